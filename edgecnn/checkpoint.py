@@ -1,0 +1,109 @@
+"""fp32 checkpoints: tensors only, loaded with `weights_only=True`, plus config.json.
+
+A checkpoint directory holds `checkpoint.pt` (a state_dict), `config.json`
+(model name, model options, preprocessing record, data spec) and usually
+`metrics.json`. A checkpoint is untrusted input: it never executes code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgecnn.config import Preprocessing
+from edgecnn.errors import EdgecnnError
+from edgecnn.models import create_model
+from edgecnn.util import atomic_write
+
+WEIGHTS = "checkpoint.pt"
+CONFIG = "config.json"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model and feed it."""
+
+    model: str
+    preprocessing: Preprocessing
+    options: dict[str, Any] = field(default_factory=dict)
+    data: str = ""
+
+    def build(self) -> nn.Module:
+        return create_model(self.model, **self.options)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "options": self.options, "data": self.data,
+                "preprocessing": self.preprocessing.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        return cls(model=data["model"], options=dict(data.get("options", {})),
+                   data=data.get("data", ""),
+                   preprocessing=Preprocessing.from_dict(data["preprocessing"]))
+
+
+def save_checkpoint(directory: Path, model: nn.Module, config: ModelConfig) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    with atomic_write(directory / WEIGHTS) as tmp:
+        torch.save(model.state_dict(), tmp)
+    with atomic_write(directory / CONFIG) as tmp:
+        tmp.write_text(json.dumps(config.to_dict(), indent=2))
+
+
+def read_config(directory: Path) -> ModelConfig:
+    path = Path(directory) / CONFIG
+    if not path.is_file():
+        raise EdgecnnError(f"checkpoint directory {directory} has no {CONFIG}")
+    try:
+        return ModelConfig.from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise EdgecnnError(f"{path}: malformed checkpoint config ({exc})") from None
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise EdgecnnError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickle, zip and torch errors alike
+        raise EdgecnnError(f"{path}: not a tensors-only checkpoint ({exc})") from None
+    if not isinstance(state, dict):
+        raise EdgecnnError(f"{path}: expected a state_dict, got {type(state).__name__}")
+    return state
+
+
+def load_weights(model: nn.Module, path: Path) -> nn.Module:
+    """Load a state_dict into `model`, naming the first key that doesn't fit."""
+    state = load_state_dict(Path(path))
+    expected = model.state_dict()
+    for key, value in expected.items():
+        if key not in state:
+            raise EdgecnnError(f"{path}: checkpoint does not fit the model: missing key {key!r}")
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise EdgecnnError(
+                f"{path}: checkpoint does not fit the model: {key!r} has shape "
+                f"{tuple(state[key].shape)}, the model expects {tuple(value.shape)}")
+    extra = [k for k in state if k not in expected]
+    if extra:
+        raise EdgecnnError(
+            f"{path}: checkpoint does not fit the model: unexpected key {extra[0]!r}")
+    model.load_state_dict(state)
+    return model
+
+
+def load_checkpoint(directory: Path,
+                    model_name: str | None = None) -> tuple[nn.Module, ModelConfig]:
+    """Rebuild the model from `config.json` (or as `model_name`) and load its weights."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise EdgecnnError(f"checkpoint directory not found: {directory}")
+    config = read_config(directory)
+    if model_name and model_name != config.model:
+        config = ModelConfig(model_name, config.preprocessing, config.options, config.data)
+    model = load_weights(config.build(), directory / WEIGHTS)
+    return model.eval(), config

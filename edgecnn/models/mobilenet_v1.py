@@ -1,0 +1,25 @@
+"""MobileNetV1 (Howard et al. 2017) with ReLU6: a stack of depthwise-separable blocks."""
+
+from __future__ import annotations
+
+from edgecnn.models.blocks import DepthwiseSeparable, make_divisible
+from edgecnn.models.net import MobileNet, input_strides
+from edgecnn.models.registry import register_model
+
+# [out_channels, stride] per DepthwiseSeparable block
+ARCH = [[64, 1], [128, 2], [128, 1], [256, 2], [256, 1], [512, 2],
+        [512, 1], [512, 1], [512, 1], [512, 1], [512, 1], [1024, 2], [1024, 1]]
+
+
+@register_model
+def mobilenet_v1(*, num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0,
+                 small_input: bool = False) -> MobileNet:
+    stem_stride, strides = input_strides([s for _, s in ARCH], small_input)
+    in_chs = stem_chs = make_divisible(32 * width_mult)
+    blocks = []
+    for (chs, _), stride in zip(ARCH, strides, strict=True):
+        out_chs = make_divisible(chs * width_mult)
+        blocks.append(DepthwiseSeparable(in_chs, out_chs, stride))
+        in_chs = out_chs
+    return MobileNet(blocks, in_channels=in_channels, stem_chs=stem_chs, stem_stride=stem_stride,
+                     num_classes=num_classes, block_out_chs=in_chs)

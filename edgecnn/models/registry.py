@@ -1,0 +1,46 @@
+"""The model registry and `create_model`, which also takes `package.module:factory`."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+
+from torch import nn
+
+from edgecnn.errors import EdgecnnError
+from edgecnn.registry import Registry
+
+models: Registry[Callable[..., nn.Module]] = Registry("model")
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    return models.register()(fn)
+
+
+def resolve_factory(name: str) -> Callable[..., nn.Module]:
+    """A registered name, or `package.module:factory` for a model of the user's own."""
+    if ":" not in name:
+        return models.get(name)
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise EdgecnnError(f"cannot import module {module_name!r} for model {name!r}: {exc}") \
+            from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise EdgecnnError(f"{module_name!r} has no callable {attr!r} (model {name!r})")
+    return factory
+
+
+def create_model(name: str, **options) -> nn.Module:
+    """Build a model by name. Options a custom factory does not accept are not passed."""
+    factory = resolve_factory(name)
+    params = inspect.signature(factory).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        options = {k: v for k, v in options.items() if k in params}
+    model = factory(**options)
+    if not isinstance(model, nn.Module):
+        raise EdgecnnError(f"factory {name!r} returned {type(model).__name__}, not an nn.Module")
+    return model

@@ -1,0 +1,59 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from edgecnn import __version__
+
+
+def edgecnn(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "edgecnn", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=600)
+
+
+def test_help_and_version():
+    result = edgecnn("--help")
+    assert result.returncode == 0
+    for command in ("models", "train"):
+        assert command in result.stdout
+    assert edgecnn("--version").stdout.strip() == f"edgecnn {__version__}"
+
+
+def test_models_json_lists_params_and_macs():
+    result = edgecnn("models", "--input-size", "32", "--num-classes", "10", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert set(rows) >= {"dsc_net", "mobilenet_v1", "mobilenet_v2", "efficientnet_b0",
+                         "efficientnet_lite0"}
+    assert rows["mobilenet_v2"]["params"] == 2_236_682
+    assert 80e6 < rows["mobilenet_v2"]["macs"] < 95e6
+
+
+def test_train_is_deterministic_and_writes_its_files(tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        result = edgecnn("train", "dsc_net", "--data", "digits", "--epochs", "1", "--seed", "3",
+                         "--out", str(tmp_path / name))
+        assert result.returncode == 0, result.stderr
+        assert "val_accuracy" in result.stdout
+        runs.append(json.loads((tmp_path / name / "metrics.json").read_text()))
+        assert (tmp_path / name / "checkpoint.pt").is_file()
+        assert (tmp_path / name / "config.json").is_file()
+    assert 0.0 <= runs[0]["val_accuracy"] <= 1.0
+    assert runs[0]["val_accuracy"] == runs[1]["val_accuracy"]
+    assert runs[0]["history"] == runs[1]["history"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "resnet50"], "unknown model 'resnet50'; known: dsc_net"),
+    (["train", "dsc_net", "--data", "mnist:/no/such/dir"], "directory not found: /no/such/dir"),
+    (["train", "dsc_net", "--data", "npz:/no/such.npz"], "file not found: /no/such.npz"),
+    (["train", "dsc_net", "--optimizer", "lion"], "unknown optimizer 'lion'"),
+])
+def test_errors_are_one_line_and_exit_2(args, message):
+    result = edgecnn(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
