@@ -98,6 +98,115 @@ def train_command(
               f"in {metrics['train_seconds']:.1f}s -> {directory}")
 
 
+@app.command("bench")
+def bench_command(
+    artifacts: Annotated[list[Path], typer.Argument(help="Artifacts (.onnx, .tflite, .pt2); "
+                                                    "ratios are against the first.")],
+    threads: Annotated[str, typer.Option(help="Comma-separated thread counts, e.g. 1,2,4; "
+                                              "'auto' for the runtime's default.")] = "1",
+    batch: Annotated[int, typer.Option(help="Images per inference call.")] = 1,
+    warmup: Annotated[int, typer.Option(help="Untimed runs before timing.")] = 20,
+    runs: Annotated[int | None, typer.Option(help="Timed runs per artifact and thread count.",
+                                             show_default="200")] = None,
+    seconds: Annotated[float | None, typer.Option(help="Time budget per artifact and "
+                                                  "thread count, instead of --runs.")] = None,
+    backend: Annotated[str, typer.Option(help="auto | onnxruntime | ai_edge_litert | "
+                                              "tflite_runtime | torch.")] = "auto",
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results "
+                                                   "and the machine description here.")] = None,
+) -> None:
+    """Latency (p50/p90/p99/mean), throughput, size and peak RSS of artifacts; torch-free."""
+    from edgecnn.progress import console as err
+    from edgecnn.runtime.bench import BenchConfig, parse_threads, run_bench
+    from edgecnn.runtime.tables import BENCH_HEADERS, bench_rows, rich_table, table_console
+    from edgecnn.util import atomic_write
+
+    config = BenchConfig(threads=parse_threads(threads), batch=batch, warmup=warmup, runs=runs,
+                         seconds=seconds, backend=backend)
+    report = run_bench(artifacts, config, progress=err.is_terminal)
+    m = report["machine"]
+    table_console(out).print(rich_table(f"edgecnn bench, batch {batch}", BENCH_HEADERS,
+                                        bench_rows(report), text_columns=2))
+    out.print(f"[dim]{m['cpu']}, {m['usable_cores']}/{m['cores']} cores, {m['os']}, "
+              f"Python {m['python']}[/dim]", highlight=False)
+    if json_path:
+        with atomic_write(json_path) as tmp:
+            tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        out.print(f"wrote {json_path}", highlight=False)
+
+
+@app.command("validate")
+def validate_command(
+    reference: Annotated[Path, typer.Option(help="The reference artifact (typically fp32 ONNX).")],
+    candidate: Annotated[list[Path], typer.Option(help="A candidate artifact; repeat the flag "
+                                                  "for several.")],
+    data: Annotated[str, typer.Option(help="digits | mnist:DIR | cifar10:DIR | "
+                                           "imagefolder:DIR | npz:FILE")],
+    max_drop: Annotated[float, typer.Option(help="Allowed top-1 drop, percentage points.")] = 1.0,
+    min_agreement: Annotated[float, typer.Option(help="Required top-1 agreement with the "
+                                                      "reference (fraction).")] = 0.99,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results "
+                                                   "as JSON.")] = None,
+    markdown_path: Annotated[Path | None, typer.Option("--markdown", help="Write the "
+                                                       "markdown table.")] = None,
+    backend: Annotated[str, typer.Option(help="auto | onnxruntime | ai_edge_litert | "
+                                              "tflite_runtime | torch.")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="Runtime threads.",
+                                                show_default="the runtime's")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the train/validation split "
+                                           "(as in training).")] = 0,
+) -> None:
+    """Accuracy gate: exit 0 when every candidate is within bounds, 1 when one is not."""
+    from edgecnn.runtime.tables import VALIDATE_HEADERS, rich_table, table_console, validate_rows
+    from edgecnn.runtime.validate import Bounds, append_step_summary, run_validate, to_markdown
+    from edgecnn.util import atomic_write
+
+    bounds = Bounds(max_drop=max_drop, min_agreement=min_agreement)
+    report = run_validate(reference, candidate, data, bounds, backend=backend, threads=threads,
+                          seed=seed)
+    table_console(out).print(rich_table(f"edgecnn validate on {data} "
+                                        f"({report['num_images']} images)",
+                                        VALIDATE_HEADERS, validate_rows(report), text_columns=3))
+    for c in report["candidates"]:
+        if c["worst_classes"]:
+            worst = ", ".join(f"{w['class']} (-{w['drop']:.1f} pp)" for w in c["worst_classes"])
+            out.print(f"{c['name']}: classes that lost most: {worst}", highlight=False)
+    markdown = to_markdown(report)
+    for target, text in ((json_path, json.dumps(report, indent=2) + "\n"),
+                         (markdown_path, markdown)):
+        if target:
+            with atomic_write(target) as tmp:
+                tmp.write_text(text, encoding="utf-8")
+    append_step_summary(markdown)
+    failures = [f for c in report["candidates"] for f in c["failures"]]
+    for failure in failures:
+        Console(stderr=True).print(f"[red]FAIL[/red] {failure}", highlight=False)
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command("export")
+def export_command(
+    model: Annotated[str, typer.Argument(help="Zoo name or package.module:factory.")],
+    checkpoint: Annotated[Path, typer.Option(help="fp32 checkpoint directory "
+                                                  "(from `edgecnn train`).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("artifacts"),
+    fmt: Annotated[str, typer.Option("--format", help="onnx.")] = "onnx",
+    quantized: Annotated[Path | None, typer.Option(
+        help="Quantized program directory (from `edgecnn quantize`): export int8.")] = None,
+    onnx_activations: Annotated[str | None, typer.Option(
+        help="int8 ONNX activation type: uint8 (x86 fast path, default) | int8.")] = None,
+) -> None:
+    """Export fp32 (or, with --quantized, int8 QDQ) artifacts from a checkpoint."""
+    from edgecnn.pipeline import export_onnx
+
+    if fmt != "onnx":
+        raise EdgecnnError(f"--format {fmt!r} is not supported; supported: onnx")
+    path = export_onnx(checkpoint, out_dir, model_name=model, quantized=quantized,
+                       activations=onnx_activations)
+    out.print(f"{model}: wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     try:

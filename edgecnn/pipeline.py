@@ -30,3 +30,22 @@ def train_reference(model_name: str, data: str, directory: Path,
     with atomic_write(Path(directory) / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def export_onnx(checkpoint: Path, out_dir: Path, *, model_name: str | None = None,
+                quantized: Path | None = None, activations: str | None = None) -> Path:
+    """Write `model_fp32.onnx` from a checkpoint, or `model_int8.onnx` from a quantized dir."""
+    from edgecnn.checkpoint import load_checkpoint
+    from edgecnn.export import onnx as onnx_export
+
+    model, config = load_checkpoint(Path(checkpoint), model_name)
+    out_dir = Path(out_dir)
+    if quantized is None:
+        return onnx_export.export_fp32(model, config.preprocessing, out_dir / "model_fp32.onnx",
+                                       model_name=config.model)
+    from edgecnn import quant
+
+    program, metadata = quant.load(Path(quantized))
+    return onnx_export.export_int8(program, metadata.preprocessing, out_dir / "model_int8.onnx",
+                                   model_name=config.model,
+                                   activations=activations or onnx_export.DEFAULT_ACTIVATIONS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,3 +48,84 @@ def reference_checkpoint(tmp_path_factory):
         return trained[name]
 
     return get
+
+
+# --- runtime: blocked imports, tiny real artifacts, digits as npz ---------------------------
+
+_BLOCKER = '''"""Test-only: make the modules named in EDGECNN_BLOCK_IMPORTS unimportable."""
+import os
+import sys
+
+_BLOCKED = tuple(n for n in os.environ.get("EDGECNN_BLOCK_IMPORTS", "").split(",") if n)
+
+
+class _Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in _BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)",
+                                      name=name)
+        return None
+
+
+sys.meta_path.insert(0, _Blocker())
+'''
+
+
+@pytest.fixture(scope="session")
+def blocked_imports_env(tmp_path_factory) -> callable:
+    """`env(*modules)` -> an environment in which those modules cannot be imported.
+
+    A `sitecustomize` on PYTHONPATH installs the blocker at interpreter start, so it
+    also holds in subprocesses the command spawns (e.g. bench workers).
+    """
+    site = tmp_path_factory.mktemp("blocker")
+    (site / "sitecustomize.py").write_text(_BLOCKER)
+
+    def env(*modules: str) -> dict[str, str]:
+        result = dict(os.environ)
+        result["PYTHONPATH"] = os.pathsep.join(
+            [str(site), *filter(None, [os.environ.get("PYTHONPATH")])])
+        result["EDGECNN_BLOCK_IMPORTS"] = ",".join(modules)
+        result.pop("GITHUB_STEP_SUMMARY", None)
+        return result
+
+    return env
+
+
+@pytest.fixture(scope="session")
+def edgecnn_cmd() -> list[str]:
+    """The `edgecnn` command of the running interpreter (works without the console script)."""
+    return [sys.executable, "-c", "import sys; from edgecnn.cli import main; "
+            "sys.argv[0] = 'edgecnn'; main()"]
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tmp_path_factory) -> dict[str, Path]:
+    """Real ONNX and TFLite digits classifiers with "edgecnn" metadata (see tiny_models.py).
+
+    fp32.onnx (dynamic batch), fp32_b1.onnx (fixed batch 1), fp32.tflite (fixed batch 1),
+    fp32_dyn.tflite (dynamic batch), int8.tflite (int8 I/O), worse.onnx (noisy weights).
+    """
+    from tflite_writer import write_tflite
+    from tiny_models import digits_classifier, write_onnx
+
+    out = tmp_path_factory.mktemp("artifacts")
+    model = digits_classifier()
+    return {
+        "fp32.onnx": write_onnx(model, out / "fp32.onnx"),
+        "fp32_b1.onnx": write_onnx(model, out / "fp32_b1.onnx", batch=1),
+        "fp32.tflite": write_tflite(model, out / "fp32.tflite"),
+        "fp32_dyn.tflite": write_tflite(model, out / "fp32_dyn.tflite", dynamic_batch=True),
+        "int8.tflite": write_tflite(model, out / "int8.tflite", int8=True),
+        "worse.onnx": write_onnx(model.perturbed(1.0), out / "worse.onnx"),
+    }
+
+
+@pytest.fixture(scope="session")
+def digits_npz(tmp_path_factory) -> Path:
+    """The digits validation split as npz (readable without scikit-learn, e.g. on a Pi)."""
+    from edgecnn.data import load, save_npz
+
+    path = tmp_path_factory.mktemp("data") / "digits_val.npz"
+    save_npz(load("digits"), path, validation_only=True)
+    return path

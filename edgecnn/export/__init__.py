@@ -1,0 +1,1 @@
+"""Exporters: PyTorch to ONNX, ONNX to TFLite."""

@@ -1,0 +1,195 @@
+"""PyTorch -> ONNX: fp32 and int8 QDQ models, simplified, checked, with metadata.
+
+Opset 18 (the dynamo exporter's native opset; per-channel QDQ needs >= 13 and
+ReduceMean takes axes as an input from 18 on). The batch dimension is dynamic.
+
+Int8 models keep the QDQ structure: int8 weight initializers behind
+DequantizeLinear (per channel, axis 0), int32 bias, one Q/DQ pair per
+activation. onnxruntime fuses DQ -> Conv -> Q into QLinearConv; which
+activation type reaches its fast path depends on the CPU, so it is an option
+(`activations`): uint8 activations are exactly the int8 grid shifted by 128,
+so the same QAT/PTQ result exports faithfully either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, numpy_helper
+
+from edgecnn.config import ArtifactMetadata, Preprocessing
+from edgecnn.errors import EdgecnnError
+from edgecnn.util import atomic_write
+
+OPSET = 18
+METADATA_KEY = "edgecnn"
+ACTIVATION_TYPES = ("uint8", "int8")
+#: Measured on AVX2 x86 without VNNI: onnxruntime's fast int8 path is U8S8 (see benchmarks/).
+DEFAULT_ACTIVATIONS = "uint8"
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+def to_onnx(module: torch.nn.Module, example_input: torch.Tensor) -> onnx.ModelProto:
+    """torch.onnx.export (dynamo) with a dynamic batch dimension named `batch`."""
+    if example_input.shape[0] < 2:
+        example_input = example_input.expand(2, *example_input.shape[1:]).contiguous()
+    if not isinstance(module, torch.export.ExportedProgram):
+        module = torch.export.export(
+            module, (example_input,),
+            dynamic_shapes=({0: torch.export.Dim("batch", max=65536)},))
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(module, (example_input,), dynamo=True,
+                                        opset_version=OPSET, verbose=False,
+                                        input_names=["input"], output_names=["logits"])
+    except Exception as exc:  # noqa: BLE001 - any exporter failure, reported by node and op
+        raise EdgecnnError(f"ONNX export failed: {describe_export_error(exc)}") from exc
+    return program.model_proto
+
+
+def describe_export_error(exc: BaseException) -> str:
+    """Name the graph node and the aten op the exporter could not translate."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        match = re.search(r"translating node %(\S+) .*?target=(?:torch\.ops\.)?([\w.]+)",
+                          str(seen))
+        if match:
+            return (f"node {match.group(1)!r} (op {match.group(2)}) has no ONNX translation "
+                    f"at opset {OPSET}")
+        seen = seen.__cause__ or seen.__context__
+    return _first_line(exc)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxsim, then a check that QDQ models kept their int8 weights behind DequantizeLinear."""
+    import onnxsim
+
+    before = _int8_weight_count(model)
+    simplified, ok = onnxsim.simplify(model)
+    if not ok:
+        raise EdgecnnError("onnxsim could not validate the simplified model")
+    if _int8_weight_count(simplified) < before:
+        raise EdgecnnError("simplification folded int8 weights back to float")
+    return simplified
+
+
+def _int8_weight_count(model: onnx.ModelProto) -> int:
+    inits = {i.name for i in model.graph.initializer
+             if i.data_type == TensorProto.INT8 and len(i.dims) >= 2}
+    return sum(1 for n in model.graph.node if n.op_type == "DequantizeLinear"
+               and n.input[0] in inits)
+
+
+def uint8_activations(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Re-encode int8 activation Q/DQ as uint8 (zero point + 128): the same real values.
+
+    Weights (DequantizeLinear of an initializer) stay int8, biases int32.
+    Returns a new model; the input is not modified.
+    """
+    model = _copy(model)
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    shifted: dict[str, str] = {}
+    changed_outputs = []
+    for node in graph.node:
+        if node.op_type not in QDQ_OPS or node.input[0] in inits or len(node.input) < 3:
+            continue
+        zero_point = inits[node.input[2]]
+        if zero_point.data_type != TensorProto.INT8:
+            continue
+        if zero_point.name not in shifted:
+            value = numpy_helper.to_array(zero_point).astype(np.int16) + 128
+            new = numpy_helper.from_array(value.astype(np.uint8), f"{zero_point.name}_u8")
+            graph.initializer.append(new)
+            shifted[zero_point.name] = new.name
+        node.input[2] = shifted[zero_point.name]
+        if node.op_type == "QuantizeLinear":
+            changed_outputs.append(node.output[0])
+    changed = set(changed_outputs)
+    for info in list(graph.value_info) + list(graph.output):
+        if info.name in changed:
+            info.type.tensor_type.elem_type = TensorProto.UINT8
+    used = {i for n in graph.node for i in n.input}
+    keep = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    return model
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def attach_metadata(model: onnx.ModelProto, metadata: ArtifactMetadata) -> None:
+    for prop in list(model.metadata_props):
+        if prop.key == METADATA_KEY:
+            model.metadata_props.remove(prop)
+    model.metadata_props.add(key=METADATA_KEY, value=metadata.to_json())
+
+
+def save(model: onnx.ModelProto, path: Path) -> Path:
+    """Full onnx.checker check, then write atomically (a failure leaves no file)."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise EdgecnnError(f"{path}: the exported model fails onnx.checker: "
+                           f"{_first_line(exc)}") from None
+    with atomic_write(Path(path)) as tmp:
+        onnx.save(model, tmp)
+    return Path(path)
+
+
+def export_fp32(model: torch.nn.Module, preprocessing: Preprocessing, path: Path, *,
+                model_name: str = "") -> Path:
+    """Export an fp32 nn.Module (BN folded by the exporter) to `path`."""
+    example = _example_input(preprocessing)
+    proto = simplify(to_onnx(model.eval(), example))
+    attach_metadata(proto, ArtifactMetadata(preprocessing.with_layout("NCHW"), model=model_name,
+                                            precision="fp32"))
+    return save(proto, path)
+
+
+def export_int8(program: torch.nn.Module, preprocessing: Preprocessing, path: Path, *,
+                model_name: str = "", activations: str = DEFAULT_ACTIVATIONS) -> Path:
+    """Export a converted PT2E program (explicit Q/DQ) to QDQ ONNX at `path`."""
+    if activations not in ACTIVATION_TYPES:
+        raise EdgecnnError(f"unknown activation type {activations!r}; known: {ACTIVATION_TYPES}")
+    proto = simplify(to_onnx(program, _example_input(preprocessing)))
+    if activations == "uint8":
+        proto = uint8_activations(proto)
+    attach_metadata(proto, ArtifactMetadata(
+        preprocessing.with_layout("NCHW"), model=model_name, precision="int8",
+        extra={"activations": activations}))
+    return save(proto, path)
+
+
+def _example_input(preprocessing: Preprocessing) -> torch.Tensor:
+    h, w = preprocessing.input_size
+    return torch.randn(2, preprocessing.channels, h, w, generator=torch.Generator().manual_seed(0))
+
+
+def runtime_op_counts(path: Path, optimized_path: Path) -> Counter:
+    """Op types of the graph onnxruntime actually runs (its optimized model, saved to disk)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(optimized_path)
+    options.log_severity_level = 3
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return Counter(node.op_type for node in onnx.load(str(optimized_path)).graph.node)

@@ -1,0 +1,258 @@
+"""Annotators: one small function per op pattern, applied in `ANNOTATORS` order.
+
+Fused patterns come first so that a conv's BN and activation are claimed by the
+conv before the single-op annotators see them: conv [+ bn] [+ relu/relu6] is one
+unit with one quantization point after the activation, as TFLite fuses it.
+The last pass (`share_with_producers`) makes every input edge reuse its
+producer's quantization: a TFLite tensor has exactly one scale and zero point.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+
+import torch
+from torch.fx import GraphModule, Node
+from torchao.quantization.pt2e.quantizer import (
+    QuantizationAnnotation,
+    QuantizationSpecBase,
+    SharedQuantizationSpec,
+)
+
+from edgecnn.quant.spec import Specs
+
+aten = torch.ops.aten
+KEY = "quantization_annotation"
+
+CONV_OPS = (aten.conv1d.default, aten.conv2d.default)
+LINEAR_OPS = (aten.linear.default,)
+BATCH_NORM_OPS = (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default)
+#: TFLite fused activations: NONE, RELU, RELU6, RELU_N1_TO_1
+RELU_OPS = (aten.relu.default, aten.relu_.default)
+HARDTANH_OPS = (aten.hardtanh.default, aten.hardtanh_.default)
+FUSED_HARDTANH_BOUNDS = ((0.0, 6.0), (-1.0, 1.0))
+ADD_OPS = (aten.add.Tensor,)
+MUL_OPS = (aten.mul.Tensor,)
+#: lowered to TFLite MEAN, which may requantize: own output quantization
+MEAN_OPS = (aten.mean.dim, aten.adaptive_avg_pool2d.default)
+SIGMOID_OPS = (aten.sigmoid.default,)
+#: ops with their own output quantization (TFLite requantizes in the kernel)
+OWN_OUTPUT_OPS = (aten.hardswish.default, *RELU_OPS, *HARDTANH_OPS)
+#: TFLite requires the same scale and zero point on input and output
+SHARED_OPS = (
+    aten.max_pool2d.default, aten.avg_pool2d.default, aten.flatten.using_ints,
+    aten.view.default, aten.reshape.default, aten.squeeze.dim, aten.squeeze.dims,
+    aten.unsqueeze.default, aten.permute.default, aten.dropout.default, aten.clone.default,
+)
+CONCAT_OPS = (aten.cat.default, aten.concat.default)
+
+Annotator = Callable[[GraphModule, Specs], None]
+ANNOTATORS: list[tuple[str, Annotator]] = []
+
+
+def annotator(name: str) -> Callable[[Annotator], Annotator]:
+    """Register an annotator; registration order is application order."""
+    def register(fn: Annotator) -> Annotator:
+        ANNOTATORS.append((name, fn))
+        return fn
+    return register
+
+
+def is_annotated(node: Node) -> bool:
+    annotation = node.meta.get(KEY)
+    return annotation is not None and annotation._annotated
+
+
+def annotate(node: Node, inputs: dict[Node, QuantizationSpecBase | None] | None = None,
+             output: QuantizationSpecBase | None = None) -> None:
+    node.meta[KEY] = QuantizationAnnotation(input_qspec_map=dict(inputs or {}),
+                                            output_qspec=output, _annotated=True)
+
+
+def mark(nodes: list[Node]) -> None:
+    """Claim pattern-internal nodes (BN, a fused activation's producer): no quantization."""
+    for node in nodes:
+        if not is_annotated(node):
+            annotate(node)
+
+
+def calls(node: object, targets: tuple) -> bool:
+    return isinstance(node, Node) and node.op == "call_function" and node.target in targets
+
+
+def candidates(gm: GraphModule, targets: tuple) -> list[Node]:
+    return [n for n in gm.graph.nodes if calls(n, targets) and not is_annotated(n)]
+
+
+def sole_user(node: Node) -> Node | None:
+    return next(iter(node.users)) if len(node.users) == 1 else None
+
+
+def is_fusable_activation(node: Node | None) -> bool:
+    if calls(node, RELU_OPS):
+        return True
+    if calls(node, HARDTANH_OPS):
+        low = float(node.args[1]) if len(node.args) > 1 else -1.0
+        high = float(node.args[2]) if len(node.args) > 2 else 1.0
+        return (low, high) in FUSED_HARDTANH_BOUNDS
+    return False
+
+
+def fuse_activation(node: Node) -> tuple[Node, list[Node]]:
+    """The pattern's output: `node`'s sole-user fused activation if any, else `node`."""
+    user = sole_user(node)
+    if user is not None and is_fusable_activation(user) and not is_annotated(user):
+        return user, [user]
+    return node, []
+
+
+def weighted_op(node: Node, specs: Specs) -> dict[Node, QuantizationSpecBase]:
+    """Input map of conv / linear: activation, per-channel weight, derived int32 bias."""
+    x, weight = node.args[0], node.args[1]
+    inputs: dict[Node, QuantizationSpecBase] = {x: specs.activation, weight: specs.weight}
+    bias = node.args[2] if len(node.args) > 2 else None
+    if isinstance(bias, Node):
+        inputs[bias] = specs.bias(x, weight, node)
+    return inputs
+
+
+@annotator("conv_bn_act")
+def annotate_conv_bn_act(gm: GraphModule, specs: Specs) -> None:
+    """conv [+ batch_norm] [+ relu/relu6]: one quantization point, after the last op.
+
+    PTQ folds BN into the conv before annotation; QAT keeps the BN node, which
+    torchao then rewrites into the simulated fold (weight scaled by gamma / std).
+    """
+    for conv in candidates(gm, CONV_OPS):
+        chain = [conv]
+        bn = sole_user(conv)
+        if calls(bn, BATCH_NORM_OPS) and not is_annotated(bn):
+            chain.append(bn)
+        out, fused = fuse_activation(chain[-1])
+        chain += fused
+        annotate(conv, weighted_op(conv, specs))
+        mark(chain[1:-1])
+        if out is conv:
+            conv.meta[KEY].output_qspec = specs.activation
+        else:
+            annotate(out, output=specs.activation)
+
+
+@annotator("linear_act")
+def annotate_linear_act(gm: GraphModule, specs: Specs) -> None:
+    """linear [+ relu/relu6]: per-channel weight (axis 0, the output features)."""
+    for linear in candidates(gm, LINEAR_OPS):
+        out, _ = fuse_activation(linear)
+        annotate(linear, weighted_op(linear, specs))
+        if out is linear:
+            linear.meta[KEY].output_qspec = specs.activation
+        else:
+            annotate(out, output=specs.activation)
+
+
+def annotate_binary(gm: GraphModule, specs: Specs, targets: tuple) -> None:
+    for node in candidates(gm, targets):
+        inputs = [a for a in node.args[:2] if isinstance(a, Node)]
+        if len(inputs) != 2:
+            continue  # a tensor-scalar op: left to validate() to report
+        out, _ = fuse_activation(node)
+        annotate(node, {a: specs.activation for a in inputs})
+        if out is node:
+            node.meta[KEY].output_qspec = specs.activation
+        else:
+            annotate(out, output=specs.activation)
+
+
+@annotator("add_act")
+def annotate_add_act(gm: GraphModule, specs: Specs) -> None:
+    """Residual add [+ relu]: both inputs and the output quantized."""
+    annotate_binary(gm, specs, ADD_OPS)
+
+
+@annotator("mul")
+def annotate_mul(gm: GraphModule, specs: Specs) -> None:
+    """Tensor x tensor (squeeze-excite gate, SiLU as x * sigmoid(x))."""
+    annotate_binary(gm, specs, MUL_OPS)
+
+
+@annotator("mean")
+def annotate_mean(gm: GraphModule, specs: Specs) -> None:
+    """Global average pool / mean: own output quantization (TFLite MEAN requantizes)."""
+    for node in candidates(gm, MEAN_OPS):
+        annotate(node, {node.args[0]: specs.activation}, specs.activation)
+
+
+@annotator("sigmoid")
+def annotate_sigmoid(gm: GraphModule, specs: Specs) -> None:
+    """LOGISTIC: fixed output quantization, scale 1/256 and zero point -128 (int8)."""
+    for node in candidates(gm, SIGMOID_OPS):
+        annotate(node, {node.args[0]: specs.activation}, specs.sigmoid)
+
+
+@annotator("own_output")
+def annotate_own_output(gm: GraphModule, specs: Specs) -> None:
+    """hardswish, and relu/relu6 not fused into a producer: input and output quantized."""
+    for node in candidates(gm, OWN_OUTPUT_OPS):
+        annotate(node, {node.args[0]: specs.activation}, specs.activation)
+
+
+@annotator("shared")
+def annotate_shared(gm: GraphModule, specs: Specs) -> None:
+    """max pool, reshape/flatten, dropout...: output shares the input's quantization."""
+    for node in candidates(gm, SHARED_OPS):
+        x = node.args[0]
+        annotate(node, {x: specs.activation}, SharedQuantizationSpec((x, node)))
+
+
+@annotator("concat")
+def annotate_concat(gm: GraphModule, specs: Specs) -> None:
+    """concat: every input and the output share one quantization."""
+    for node in candidates(gm, CONCAT_OPS):
+        inputs = [a for a in node.args[0] if isinstance(a, Node)]
+        first = (inputs[0], node)
+        shared = SharedQuantizationSpec(first)
+        annotate(node, {a: specs.activation if i == 0 else shared for i, a in enumerate(inputs)},
+                 shared)
+
+
+@annotator("share_with_producers")
+def share_with_producers(gm: GraphModule, specs: Specs) -> None:
+    """Point activation input edges at their producer's output quantization.
+
+    torchao shares implicitly only between equal specs; a fixed (sigmoid) or
+    shared (max pool) producer would otherwise get a second, requantizing Q/DQ.
+    """
+    for node in gm.graph.nodes:
+        annotation = node.meta.get(KEY)
+        if annotation is None:
+            continue
+        for arg, spec in list(annotation.input_qspec_map.items()):
+            producer = arg.meta.get(KEY)
+            if spec is specs.activation and producer is not None and producer.output_qspec:
+                annotation.input_qspec_map[arg] = SharedQuantizationSpec(arg)
+
+
+#: ops that compute nothing on the activation path and need no quantization
+PASSTHROUGH = (operator.getitem,)
+
+
+def unannotated(gm: GraphModule) -> list[Node]:
+    """call_function nodes on the activation path (downstream of the inputs) not quantized."""
+    on_path: set[Node] = {n for n in gm.graph.nodes if n.op == "placeholder"}
+    missing = []
+    for node in gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        if not any(a in on_path for a in node.all_input_nodes):
+            continue
+        on_path.add(node)
+        if not is_annotated(node) and node.target not in PASSTHROUGH:
+            missing.append(node)
+    return missing
+
+
+def known_ops() -> list[str]:
+    tables = (CONV_OPS, LINEAR_OPS, BATCH_NORM_OPS, ADD_OPS, MUL_OPS, MEAN_OPS, SIGMOID_OPS,
+              OWN_OUTPUT_OPS, SHARED_OPS, CONCAT_OPS, (aten.silu.default,))
+    return sorted({str(op) for table in tables for op in table})

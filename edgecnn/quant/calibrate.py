@@ -1,0 +1,82 @@
+"""Capture, prepare, calibrate and convert: the PTQ path, and the steps QAT shares."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+from torch.fx import GraphModule
+from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+from edgecnn.errors import EdgecnnError
+from edgecnn.progress import progress_bar
+from edgecnn.quant.graph import quantize_biases
+from edgecnn.quant.quantizer import TFLiteInt8Quantizer
+from edgecnn.quant.spec import QuantConfig
+
+
+def batch_dim() -> dict[int, torch.export.Dim]:
+    return {0: torch.export.Dim("batch", min=1, max=65536)}
+
+
+def capture(model: nn.Module, example_input: torch.Tensor, *, train: bool) -> GraphModule:
+    """torch.export a copy of `model` (batch dimension dynamic) in train or eval mode.
+
+    PTQ captures in eval mode (BN uses running statistics and is folded by
+    prepare); QAT in train mode (BN kept, then rewritten into the simulated fold).
+    """
+    if example_input.dim() < 1 or len(example_input) < 2:
+        raise EdgecnnError("the example input needs a batch of at least 2 (BN in train mode)")
+    model = copy.deepcopy(model).to(memory_format=torch.contiguous_format).train(train)
+    example = example_input.contiguous()
+    try:
+        program = torch.export.export(model, (example,), dynamic_shapes=(batch_dim(),))
+    except Exception as exc:  # noqa: BLE001 - export raises many types; name the model
+        raise EdgecnnError(f"torch.export failed for {type(model).__name__}: {exc}") from exc
+    return program.module()
+
+
+def prepare_ptq(model: nn.Module, example_input: torch.Tensor,
+                config: QuantConfig | None = None) -> GraphModule:
+    """Capture in eval mode, fold BN, annotate, insert observers."""
+    return prepare_pt2e(capture(model, example_input, train=False),
+                        TFLiteInt8Quantizer(config, is_qat=False))
+
+
+@torch.no_grad()
+def calibrate(prepared: GraphModule, x: torch.Tensor, *, batches: int = 32,
+              batch_size: int = 64, seed: int = 0, show_progress: bool = False) -> int:
+    """Run up to `batches` batches of a seeded shuffle of `x` through the observers.
+
+    Returns the number of images seen.
+    """
+    if batches < 1 or batch_size < 1:
+        raise EdgecnnError(f"calibration needs batches >= 1 and batch size >= 1, "
+                           f"got {batches} and {batch_size}")
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    order = order[:batches * batch_size]
+    steps = math.ceil(len(order) / batch_size)
+    with progress_bar("calibrate", total=steps, enabled=show_progress) as bar:
+        for i in range(steps):
+            prepared(x[order[i * batch_size:(i + 1) * batch_size]])
+            bar.advance(f"{min((i + 1) * batch_size, len(order))} images")
+    return len(order)
+
+
+def convert(prepared: GraphModule) -> GraphModule:
+    """Observers -> explicit quantize / dequantize; every bias int32 (see quantize_biases)."""
+    converted = convert_pt2e(prepared.to(memory_format=torch.contiguous_format))
+    quantize_biases(converted)
+    return converted
+
+
+def ptq(model: nn.Module, example_input: torch.Tensor, x: torch.Tensor, *,
+        config: QuantConfig | None = None, batches: int = 32, batch_size: int = 64,
+        seed: int = 0, show_progress: bool = False) -> GraphModule:
+    """Post-training quantization: prepare, calibrate on `x`, convert."""
+    prepared = prepare_ptq(model, example_input, config)
+    calibrate(prepared, x, batches=batches, batch_size=batch_size, seed=seed,
+              show_progress=show_progress)
+    return convert(prepared)

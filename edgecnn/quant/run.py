@@ -1,0 +1,84 @@
+"""`edgecnn quantize`: fp32 checkpoint -> int8 program, with accuracy measured on both.
+
+Loads the checkpoint and its data (same seeded split as training), quantizes,
+measures fp32 and int8 validation accuracy, and writes model_int8.pt2,
+metrics.json and config.json (see `edgecnn.quant.artifact`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from edgecnn.checkpoint import load_checkpoint
+from edgecnn.config import ArtifactMetadata
+from edgecnn.data import load as load_data
+from edgecnn.errors import EdgecnnError
+from edgecnn.quant import METHODS, quantize
+from edgecnn.quant.artifact import save
+from edgecnn.quant.graph import qdq_counts
+from edgecnn.quant.qat import QATConfig
+from edgecnn.quant.spec import QuantConfig
+from edgecnn.train import accuracy, to_tensors
+
+
+def training_seed(checkpoint: Path) -> int:
+    """The seed the checkpoint was trained with (it fixes the train/val split), else 0."""
+    path = Path(checkpoint) / "metrics.json"
+    try:
+        return int(json.loads(path.read_text())["train_config"]["seed"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def quantize_checkpoint(checkpoint: Path, out: Path, *, method: str = "qat",
+                        data: str | None = None, model_name: str | None = None,
+                        config: QuantConfig | None = None,
+                        qat_config: QATConfig | None = None, calib_batches: int = 32,
+                        batch_size: int = 64, seed: int | None = None,
+                        show_progress: bool = True) -> dict:
+    """Quantize the checkpoint in `checkpoint` to `out`; return the metrics written."""
+    if method not in METHODS:
+        raise EdgecnnError(f"unknown --method {method!r}; known: {', '.join(METHODS)}")
+    model, model_config = load_checkpoint(Path(checkpoint), model_name)
+    spec = data or model_config.data
+    if not spec:
+        raise EdgecnnError(f"checkpoint {checkpoint} records no data spec; pass --data")
+    split_seed = training_seed(checkpoint) if seed is None else seed
+    dataset = load_data(spec, seed=split_seed)
+    preprocessing = model_config.preprocessing
+    if dataset.num_classes != preprocessing.num_classes:
+        raise EdgecnnError(f"--data {spec} has {dataset.num_classes} classes, the checkpoint "
+                           f"{preprocessing.num_classes}")
+    x, y = to_tensors(dataset.train_images, dataset.train_labels, preprocessing)
+    vx, vy = to_tensors(dataset.val_images, dataset.val_labels, preprocessing)
+    config = config or QuantConfig()
+    qat_config = qat_config or QATConfig(seed=split_seed)
+
+    fp32_accuracy = accuracy(model, vx, vy)
+    start = time.perf_counter()
+    converted = quantize(model, x[:2], method, train_data=(x, y), config=config,
+                         qat_config=qat_config, calib_batches=calib_batches,
+                         batch_size=batch_size, seed=split_seed, show_progress=show_progress)
+    seconds = time.perf_counter() - start
+    int8_accuracy = accuracy(converted, vx, vy)
+
+    metrics = {
+        "model": model_config.model, "data": spec, "method": method,
+        "fp32_accuracy": fp32_accuracy, "int8_accuracy": int8_accuracy,
+        "accuracy_drop": round(100.0 * (fp32_accuracy - int8_accuracy), 4),
+        "val_images": len(vx), "quantize_seconds": round(seconds, 2),
+        "quant_config": config.to_dict(), "node_counts": qdq_counts(converted),
+    }
+    if method == "qat":
+        metrics["qat_config"] = {k: getattr(qat_config, k)
+                                 for k in qat_config.__dataclass_fields__}
+    else:
+        metrics["calib_images"] = min(len(x), calib_batches * batch_size)
+    metadata = ArtifactMetadata(preprocessing=preprocessing, model=model_config.model,
+                                precision="int8",
+                                extra={"quantization": {"method": method, **config.to_dict()}})
+    save(Path(out), converted, metadata, example_input=x[:2], metrics=metrics,
+         checkpoint=Path(checkpoint))
+    return metrics

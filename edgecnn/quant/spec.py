@@ -1,0 +1,151 @@
+"""The TFLite int8 quantization spec, as data and as torchao QuantizationSpecs.
+
+https://ai.google.dev/edge/litert/models/quantization_spec:
+- activations: int8, asymmetric, per tensor, [-128, 127];
+- conv / depthwise conv / linear weights: int8, symmetric, per output channel,
+  [-127, 127], zero point 0;
+- bias: int32, scale = input scale x weight scale (per channel), zero point 0;
+- LOGISTIC output: scale 1/256, zero point -128.
+
+`QuantConfig` keeps the choices the exporter may need to revisit per target
+(activation dtype, weight range) as fields, so an int8-trained model can be
+emitted as uint8 activations (the same grid shifted by 128) without retraining.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.fx import Node
+from torchao.quantization.pt2e import (
+    FakeQuantize,
+    FusedMovingAvgObsFakeQuantize,
+    HistogramObserver,
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    PerChannelMinMaxObserver,
+)
+from torchao.quantization.pt2e.quantizer import (
+    DerivedQuantizationSpec,
+    FixedQParamsQuantizationSpec,
+    QuantizationSpec,
+)
+
+from edgecnn.errors import EdgecnnError
+
+#: activation observer name -> observer class (PTQ; QAT always fake-quantizes with a
+#: moving-average min/max, the standard recipe)
+OBSERVERS = {
+    "minmax": MinMaxObserver,
+    "moving_average": MovingAverageMinMaxObserver,
+    "histogram": HistogramObserver,
+}
+
+#: activation dtype name -> (torch dtype, full range)
+ACTIVATION_DTYPES = {
+    "int8": (torch.int8, (-128, 127)),
+    "uint8": (torch.uint8, (0, 255)),
+}
+
+#: TFLite LOGISTIC: fixed output scale 1/256; the zero point puts 0.0 at the dtype minimum
+SIGMOID_SCALE = 1.0 / 256.0
+
+BIAS_RANGE = (-(2**31), 2**31 - 1)
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """What the quantizer emits; the defaults are the TFLite int8 spec.
+
+    observer: PTQ activation observer (minmax | moving_average | histogram).
+    activation_dtype: int8 (TFLite) or uint8 (the same grid, shifted by 128).
+    activation_range: quantized activation range, default the dtype's full range.
+    weight_range: symmetric int8 weight range; (-127, 127) by the spec, (-63, 63)
+        leaves headroom for int8 kernels that accumulate pairs in int16 (x86 without VNNI).
+    strict: raise on an op the quantizer does not know instead of warning.
+    """
+
+    observer: str = "minmax"
+    activation_dtype: str = "int8"
+    activation_range: tuple[int, int] | None = None
+    weight_range: tuple[int, int] = (-127, 127)
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        if self.observer not in OBSERVERS:
+            raise EdgecnnError(f"unknown observer {self.observer!r}; known: {sorted(OBSERVERS)}")
+        if self.activation_dtype not in ACTIVATION_DTYPES:
+            raise EdgecnnError(f"unknown activation dtype {self.activation_dtype!r}; "
+                               f"known: {sorted(ACTIVATION_DTYPES)}")
+        full = ACTIVATION_DTYPES[self.activation_dtype][1]
+        act = tuple(int(v) for v in (self.activation_range or full))
+        if len(act) != 2 or not full[0] <= act[0] < act[1] <= full[1]:
+            raise EdgecnnError(f"activation_range {self.activation_range} must be (min, max) "
+                               f"inside {self.activation_dtype} {full}")
+        object.__setattr__(self, "activation_range", act)
+        weight = tuple(int(v) for v in self.weight_range)
+        if len(weight) != 2 or weight[0] != -weight[1] or not 1 <= weight[1] <= 127:
+            raise EdgecnnError(f"weight_range {self.weight_range} must be symmetric, "
+                               "(-n, n) with 1 <= n <= 127 (zero point 0)")
+        object.__setattr__(self, "weight_range", weight)
+
+    @property
+    def activation_torch_dtype(self) -> torch.dtype:
+        return ACTIVATION_DTYPES[self.activation_dtype][0]
+
+    @property
+    def sigmoid_zero_point(self) -> int:
+        """0.0 at the dtype minimum: -128 for int8, 0 for uint8."""
+        return ACTIVATION_DTYPES[self.activation_dtype][1][0]
+
+    def to_dict(self) -> dict:
+        return {"observer": self.observer, "activation_dtype": self.activation_dtype,
+                "activation_range": list(self.activation_range),
+                "weight_range": list(self.weight_range), "strict": self.strict}
+
+
+@dataclass(frozen=True)
+class Specs:
+    """The QuantizationSpecs one quantizer run hands to its annotators."""
+
+    activation: QuantizationSpec
+    weight: QuantizationSpec
+    sigmoid: FixedQParamsQuantizationSpec
+    config: QuantConfig
+
+    def bias(self, input_act: Node, weight: Node, op: Node) -> DerivedQuantizationSpec:
+        """int32, per channel, scale = input scale x weight scale, zero point 0."""
+        return DerivedQuantizationSpec(
+            derived_from=[(input_act, op), (weight, op)], derive_qparams_fn=derive_bias_qparams,
+            dtype=torch.int32, quant_min=BIAS_RANGE[0], quant_max=BIAS_RANGE[1],
+            qscheme=torch.per_channel_symmetric, ch_axis=0)
+
+
+def derive_bias_qparams(obs_or_fqs: list) -> tuple[torch.Tensor, torch.Tensor]:
+    act_scale, _ = obs_or_fqs[0].calculate_qparams()
+    weight_scale, _ = obs_or_fqs[1].calculate_qparams()
+    scale = (act_scale.to(torch.float64) * weight_scale.to(torch.float64)).to(torch.float32)
+    return scale, torch.zeros_like(scale, dtype=torch.int32)
+
+
+def make_specs(config: QuantConfig, *, is_qat: bool) -> Specs:
+    act_min, act_max = config.activation_range
+    if is_qat:
+        act_ctr = FusedMovingAvgObsFakeQuantize.with_args(observer=MovingAverageMinMaxObserver)
+        weight_ctr = FakeQuantize.with_args(observer=PerChannelMinMaxObserver)
+    else:
+        act_ctr = OBSERVERS[config.observer]
+        weight_ctr = PerChannelMinMaxObserver
+    activation = QuantizationSpec(
+        dtype=config.activation_torch_dtype, quant_min=act_min, quant_max=act_max,
+        qscheme=torch.per_tensor_affine, observer_or_fake_quant_ctr=act_ctr)
+    weight = QuantizationSpec(
+        dtype=torch.int8, quant_min=config.weight_range[0], quant_max=config.weight_range[1],
+        qscheme=torch.per_channel_symmetric, ch_axis=0, observer_or_fake_quant_ctr=weight_ctr)
+    dtype_min, dtype_max = ACTIVATION_DTYPES[config.activation_dtype][1]
+    sigmoid = FixedQParamsQuantizationSpec(
+        dtype=config.activation_torch_dtype, scale=SIGMOID_SCALE,
+        zero_point=config.sigmoid_zero_point, quant_min=dtype_min, quant_max=dtype_max,
+        qscheme=torch.per_tensor_affine)
+    return Specs(activation=activation, weight=weight, sigmoid=sigmoid, config=config)

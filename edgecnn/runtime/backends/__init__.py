@@ -1,0 +1,1 @@
+"""One small module per runtime; each imports its runtime only when opened."""

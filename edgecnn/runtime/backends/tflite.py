@@ -1,0 +1,147 @@
+"""TFLite backend over ai_edge_litert (LiteRT) or tflite_runtime: the same Interpreter API.
+
+Metadata comes from the flatbuffer's "edgecnn" entry, read by `tflite_meta`
+(no schema package needed). Many TFLite models have a fixed batch of 1: the
+session resizes the input (`resize_tensor_input`) only when the model declares
+a dynamic batch (shape_signature -1), and otherwise invokes once per image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from edgecnn.config import QuantParams
+from edgecnn.errors import EdgecnnError
+from edgecnn.runtime.metadata import METADATA_KEY, resolve_metadata
+from edgecnn.runtime.session import Session, TensorInfo, pick_quant
+from edgecnn.runtime.tflite_meta import read_tflite_metadata, verify_tflite
+
+#: backend name -> the module that holds `Interpreter`.
+_INTERPRETER_MODULES = {"ai_edge_litert": "ai_edge_litert.interpreter",
+                        "tflite_runtime": "tflite_runtime.interpreter"}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _native_stderr(captured: list[str]) -> Iterator[None]:
+    """Collect what the C++ runtime prints on fd 2 (e.g. "INFO: Created TensorFlow Lite
+    XNNPACK delegate") into `captured`; on success, pass on all but the INFO lines."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    failed = False
+    with tempfile.TemporaryFile() as tmp:
+        sys.stderr.flush()
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            captured.extend(line for line in tmp.read().decode("utf-8", "replace").splitlines()
+                            if line.strip() and not line.startswith("INFO:"))
+            if captured and not failed:
+                sys.stderr.write("\n".join(captured) + "\n")
+
+
+def _runtime_quant(detail: dict) -> QuantParams | None:
+    params = detail.get("quantization_parameters") or {}
+    scales = params.get("scales")
+    if scales is not None and len(scales) > 1:
+        return None  # per-channel I/O is not a plain affine tensor; use the metadata
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    return QuantParams(float(scale), int(zero_point)) if scale else None
+
+
+def _tensor_info(detail: dict, fallback: QuantParams | None) -> TensorInfo:
+    dtype = np.dtype(detail["dtype"])
+    signature = detail.get("shape_signature")
+    dims = signature if signature is not None and len(signature) else detail["shape"]
+    shape = tuple(None if int(d) < 0 else int(d) for d in dims)
+    return TensorInfo(detail["name"], shape, dtype,
+                      pick_quant(_runtime_quant(detail), fallback, dtype))
+
+
+class TfliteSession(Session):
+    """A single-input classifier .tflite model."""
+
+    def __init__(self, path: Path, backend: str, threads: int | None) -> None:
+        data = path.read_bytes()
+        verify_tflite(data, path)
+        metadata = resolve_metadata(path, read_tflite_metadata(data, path).get(METADATA_KEY))
+        del data
+        interpreter_cls = importlib.import_module(_INTERPRETER_MODULES[backend]).Interpreter
+        captured: list[str] = []
+        try:
+            with _native_stderr(captured):
+                self._interpreter = interpreter_cls(model_path=str(path), num_threads=threads)
+                self._interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            detail = "; ".join([_first_line(exc), *captured[-1:]])
+            raise EdgecnnError(f"{path}: {backend} cannot load this TFLite model "
+                               f"({detail})") from None
+        inputs = self._interpreter.get_input_details()
+        outputs = self._interpreter.get_output_details()
+        if len(inputs) != 1:
+            raise EdgecnnError(f"{path}: expected one image input, the model has {len(inputs)}")
+        self._in_index, self._out_index = inputs[0]["index"], outputs[0]["index"]
+        self._base_batch = int(inputs[0]["shape"][0]) if len(inputs[0]["shape"]) else 1
+        self._batch = self._base_batch
+        input_info = _tensor_info(inputs[0], metadata.input_quant if metadata else None)
+        # Resize only a batch the model declares dynamic (shape_signature -1): after a
+        # failed resize, tflite_runtime 2.14 can crash in allocate_tensors.
+        self._resizable = bool(input_info.shape) and input_info.shape[0] is None
+        super().__init__(path, backend, threads, metadata, input_info,
+                         _tensor_info(outputs[0], metadata.output_quant if metadata else None))
+
+    def _resize(self, batch: int) -> None:
+        shape = [batch, *self._interpreter.get_input_details()[0]["shape"][1:]]
+        try:
+            self._interpreter.resize_tensor_input(self._in_index, shape, strict=False)
+            self._interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise EdgecnnError(f"{self.path}: cannot resize the input to a batch of {batch} "
+                               f"({_first_line(exc)})") from None
+        self._batch = batch
+
+    def _chunk_size(self, n: int) -> int:
+        return n if self._resizable else self._base_batch
+
+    def _invoke(self, x: np.ndarray) -> np.ndarray:
+        if x.shape[0] != self._batch:
+            self._resize(x.shape[0])
+        try:
+            self._interpreter.set_tensor(self._in_index, x)
+            self._interpreter.invoke()
+        except (ValueError, RuntimeError) as exc:
+            raise EdgecnnError(f"{self.path}: {self.backend} failed on input "
+                               f"{tuple(x.shape)} {x.dtype} ({_first_line(exc)}); "
+                               f"the model expects {self.expected_shape()}") from None
+        return self._interpreter.get_tensor(self._out_index).copy()
+
+    def close(self) -> None:
+        self._interpreter = None
+        super().close()
+
+
+def open_tflite(path: Path, *, backend: str, threads: int | None) -> TfliteSession:
+    """Opener registered in `session.BACKENDS` for both TFLite runtimes."""
+    return TfliteSession(path, backend, threads)

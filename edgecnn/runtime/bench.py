@@ -1,0 +1,215 @@
+"""Latency benchmark of one or more artifacts: p50/p90/p99/mean, throughput, size, peak RSS.
+
+Each (artifact, thread count) runs in its own worker process (see
+`bench_worker`), so its peak RSS is its own. The workers of one thread count
+take turns in short chunks, in a rotating order, so a slow drift of the
+machine (another job, thermal throttling) affects every artifact alike
+instead of whichever happened to run last. Only the model invocation is
+timed (`time.perf_counter_ns`): preprocessing and the Python loop are not,
+and warm-up runs are excluded.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from edgecnn.errors import EdgecnnError
+from edgecnn.progress import progress_bar
+from edgecnn.runtime.machine import describe_machine
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure; `runs` and `seconds` are alternatives (runs=200 when neither)."""
+
+    threads: tuple[int | None, ...] = (None,)
+    batch: int = 1
+    warmup: int = 20
+    runs: int | None = None
+    seconds: float | None = None
+    rounds: int = 10
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.runs is not None and self.seconds is not None:
+            raise EdgecnnError("pass either --runs or --seconds, not both")
+        if self.runs is None and self.seconds is None:
+            object.__setattr__(self, "runs", 200)
+        if self.runs is not None and self.runs < 1:
+            raise EdgecnnError(f"--runs must be at least 1, got {self.runs}")
+        if self.seconds is not None and self.seconds <= 0:
+            raise EdgecnnError(f"--seconds must be positive, got {self.seconds}")
+        if self.batch < 1:
+            raise EdgecnnError(f"--batch must be at least 1, got {self.batch}")
+        if self.warmup < 0:
+            raise EdgecnnError(f"--warmup cannot be negative, got {self.warmup}")
+        if not self.threads or any(t is not None and t < 1 for t in self.threads):
+            raise EdgecnnError(f"--threads must be positive integers, got {self.threads}")
+        if self.rounds < 1:
+            raise EdgecnnError(f"rounds must be at least 1, got {self.rounds}")
+
+    def chunks(self) -> list[dict]:
+        """The per-round requests each worker receives (runs split evenly, or time slices)."""
+        if self.seconds is not None:
+            return [{"seconds": self.seconds / self.rounds}] * self.rounds
+        rounds = min(self.rounds, self.runs)
+        return [{"runs": self.runs // rounds + (1 if i < self.runs % rounds else 0)}
+                for i in range(rounds)]
+
+
+def parse_threads(text: str) -> tuple[int | None, ...]:
+    """"1,2,4" -> (1, 2, 4); "" or "auto" -> (None,) (the runtime's default)."""
+    if text.strip().lower() in ("", "auto", "default"):
+        return (None,)
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise EdgecnnError(f"--threads expects comma-separated integers such as 1,2,4; "
+                           f"got {text!r}") from None
+    if not values or min(values) < 1:
+        raise EdgecnnError(f"--threads expects positive integers, got {text!r}")
+    return values
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Summary of per-call latencies, in milliseconds."""
+
+    runs: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    min_ms: float
+    max_ms: float
+    std_ms: float
+
+    @classmethod
+    def from_ns(cls, timings: list[int]) -> LatencyStats:
+        ms = np.asarray(timings, np.float64) / 1e6
+        p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+        return cls(len(ms), float(p50), float(p90), float(p99), float(ms.mean()),
+                   float(ms.min()), float(ms.max()), float(ms.std()))
+
+
+class _Worker:
+    """Parent-side handle of one worker process."""
+
+    def __init__(self, path: Path, threads: int | None, config: BenchConfig) -> None:
+        self.path = path
+        self._stderr: IO[str] = tempfile.TemporaryFile("w+", encoding="utf-8")
+        settings = {"path": str(path), "backend": config.backend, "threads": threads,
+                    "batch": config.batch}
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "edgecnn.runtime.bench_worker", json.dumps(settings)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+            text=True, encoding="utf-8", bufsize=1)
+        self.info: dict = {}
+
+    def ready(self) -> dict:
+        self.info = self._receive()
+        return self.info
+
+    def ask(self, **request: object) -> dict:
+        try:
+            self._proc.stdin.write(json.dumps(request) + "\n")
+            self._proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # _receive reports how the worker ended
+        return self._receive()
+
+    def _receive(self) -> dict:
+        line = self._proc.stdout.readline()
+        if not line:
+            code = self._proc.wait()
+            how = f"signal {-code}" if code < 0 else f"exit code {code}"
+            raise EdgecnnError(f"{self.path}: the benchmark process died ({how})"
+                               f"{self._last_error()}")
+        answer = json.loads(line)
+        if not answer.get("ok"):
+            raise EdgecnnError(answer.get("error", f"{self.path}: benchmark failed"))
+        return answer
+
+    def _last_error(self) -> str:
+        self._stderr.seek(0)
+        lines = [ln.strip() for ln in self._stderr.read().splitlines()
+                 if ln.strip() and not ln.startswith("INFO:")]
+        return f": {lines[-1]}" if lines else ""
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            try:
+                self._proc.stdin.write('{"cmd": "quit"}\n')
+                self._proc.stdin.close()
+                self._proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self._proc.kill()
+                self._proc.wait()
+        self._stderr.close()
+
+
+def _bench_thread_count(paths: list[Path], threads: int | None, config: BenchConfig,
+                        bar) -> list[dict]:
+    workers = [_Worker(path, threads, config) for path in paths]
+    try:
+        for worker in workers:
+            worker.ready()
+        for worker in workers:
+            worker.ask(cmd="warmup", runs=config.warmup)
+        timings: list[list[int]] = [[] for _ in paths]
+        rewarm = min(2, config.warmup)
+        for round_index, chunk in enumerate(config.chunks()):
+            shift = round_index % len(workers)
+            for i in [*range(shift, len(workers)), *range(shift)]:
+                answer = workers[i].ask(cmd="run", rewarm=rewarm if round_index else 0, **chunk)
+                timings[i].extend(answer["ns"])
+                bar.advance(f"{paths[i].name} t={threads or 'default'}")
+        peaks = [worker.ask(cmd="stats")["peak_rss_mb"] for worker in workers]
+    finally:
+        for worker in workers:
+            worker.close()
+    results = []
+    for path, worker, ns, peak in zip(paths, workers, timings, peaks, strict=True):
+        stats = LatencyStats.from_ns(ns)
+        info = {k: v for k, v in worker.info.items() if k != "ok"}
+        results.append({
+            "artifact": str(path), "name": path.name, **info, "threads": threads,
+            "batch": config.batch, **asdict(stats),
+            "throughput_ips": config.batch * 1000.0 / stats.mean_ms if stats.mean_ms else None,
+            "size_bytes": path.stat().st_size, "peak_rss_mb": peak,
+        })
+    first = results[0]
+    for row in results:
+        row["speedup_vs_first"] = first["p50_ms"] / row["p50_ms"] if row["p50_ms"] else None
+        row["size_vs_first"] = (row["size_bytes"] / first["size_bytes"]
+                                if first["size_bytes"] else None)
+    return results
+
+
+def run_bench(paths: list[Path], config: BenchConfig, *, progress: bool = True) -> dict:
+    """Benchmark `paths` at every thread count; returns the JSON-able report."""
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise EdgecnnError("bench needs at least one artifact")
+    for path in paths:
+        if not path.is_file():
+            raise EdgecnnError(f"{path}: file not found")
+    chunks = config.chunks()
+    results = []
+    with progress_bar("bench", len(config.threads) * len(chunks) * len(paths),
+                      enabled=progress) as bar:
+        for threads in config.threads:
+            results.extend(_bench_thread_count(paths, threads, config, bar))
+    settings = asdict(config)
+    settings.update(threads=list(config.threads), timed="model invocation only "
+                    "(preprocessing excluded), one process per artifact and thread count, "
+                    f"{len(chunks)} interleaved rounds")
+    return {"machine": describe_machine(), "settings": settings, "results": results}

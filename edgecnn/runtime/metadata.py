@@ -1,0 +1,84 @@
+"""Find an artifact's `ArtifactMetadata`: embedded first, then the sidecar JSON.
+
+The record tells a torch-free runtime how to feed the model (input size,
+mean/std, layout, class names, int8 input/output quantization). Where it
+lives per format:
+
+- ONNX: `metadata_props["edgecnn"]` (the session reads it from onnxruntime's
+  `custom_metadata_map`, so no `onnx` package is needed);
+- TFLite: a `Model.metadata` entry named "edgecnn" (read with `tflite_meta`);
+- torch programs (.pt2): the `extra_files["edgecnn"]` of `torch.export.save`;
+- any format: a sidecar `<artifact>.json` beside the file, when nothing is embedded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgecnn.config import ArtifactMetadata
+from edgecnn.errors import EdgecnnError
+
+METADATA_KEY = "edgecnn"
+
+
+def sidecar_path(path: Path) -> Path:
+    """`model.tflite` -> `model.tflite.json`."""
+    return Path(f"{path}.json")
+
+
+def parse_metadata(text: str | bytes, source: str) -> ArtifactMetadata:
+    """Parse the JSON record; `source` names where it came from in errors."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    try:
+        return ArtifactMetadata.from_json(text)
+    except EdgecnnError as exc:
+        raise EdgecnnError(f"{source}: invalid edgecnn metadata: {exc}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise EdgecnnError(f"{source}: invalid edgecnn metadata ({type(exc).__name__}: "
+                           f"{exc})") from None
+
+
+def resolve_metadata(path: Path, embedded: str | bytes | None) -> ArtifactMetadata | None:
+    """The embedded record if present, else the sidecar's, else None."""
+    if embedded:
+        return parse_metadata(embedded, f"{path} (embedded '{METADATA_KEY}' entry)")
+    sidecar = sidecar_path(path)
+    if sidecar.is_file():
+        return parse_metadata(sidecar.read_text(encoding="utf-8"), str(sidecar))
+    return None
+
+
+def read_metadata(path: Path | str) -> ArtifactMetadata | None:
+    """Read an artifact's record without opening a full session (torch-free for ONNX/TFLite)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgecnnError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    embedded: str | bytes | None = None
+    if suffix == ".tflite":
+        from edgecnn.runtime.tflite_meta import read_tflite_metadata
+
+        embedded = read_tflite_metadata(path.read_bytes(), path).get(METADATA_KEY)
+    elif suffix == ".onnx":
+        from edgecnn.runtime.backends.onnx import open_onnx_session
+
+        embedded = open_onnx_session(path, threads=1).get_modelmeta().custom_metadata_map.get(
+            METADATA_KEY)
+    elif suffix == ".pt2":
+        from edgecnn.runtime.backends.torch import load_program
+
+        embedded = load_program(path)[1]
+    return resolve_metadata(path, embedded)
+
+
+def require_record(path: Path, metadata: ArtifactMetadata | None) -> ArtifactMetadata:
+    """The metadata, or an error naming the file and why the record is needed."""
+    if metadata is None:
+        raise EdgecnnError(
+            f"{path}: no edgecnn metadata (no embedded '{METADATA_KEY}' entry and no sidecar "
+            f"{sidecar_path(path).name}); validate and predict need its preprocessing "
+            "record (input size, mean/std, layout, classes)"
+        )
+    return metadata
+

@@ -1,0 +1,81 @@
+"""Bench and validate results as rows, rendered as rich tables or markdown.
+
+One function builds the rows of each report, so the terminal table, the
+markdown file and the GitHub step summary always show the same numbers.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+#: Columns given to a table when the output is a file or a CI log, not a terminal.
+PIPE_WIDTH = 160
+
+
+def _num(value: float | None, fmt: str, suffix: str = "") -> str:
+    return "–" if value is None else f"{value:{fmt}}{suffix}"
+
+
+def _pct(value: float | None) -> str:
+    return _num(None if value is None else value * 100, ".2f", "%")
+
+
+BENCH_HEADERS = ("artifact", "backend", "threads", "p50 ms", "p90 ms", "p99 ms", "mean ms",
+                 "img/s", "size MB", "peak RSS MB", "speedup", "size ×")
+
+
+def bench_rows(report: dict) -> list[list[str]]:
+    """One row per (thread count, artifact); ratios are against the first artifact."""
+    rows = []
+    for r in report["results"]:
+        rows.append([
+            r["name"], r["backend"], str(r["threads"] or "default"),
+            _num(r["p50_ms"], ".3f"), _num(r["p90_ms"], ".3f"), _num(r["p99_ms"], ".3f"),
+            _num(r["mean_ms"], ".3f"), _num(r["throughput_ips"], ",.1f"),
+            _num(r["size_bytes"] / 1e6, ".3f"), _num(r["peak_rss_mb"], ".1f"),
+            _num(r["speedup_vs_first"], ".2f", "×"), _num(r["size_vs_first"], ".2f", "×"),
+        ])
+    return rows
+
+
+VALIDATE_HEADERS = ("model", "backend", "precision", "top-1", "top-5", "drop (pp)",
+                    "agreement", "result")
+
+
+def validate_rows(report: dict) -> list[list[str]]:
+    """The reference first, then one row per candidate."""
+    ref = report["reference"]
+    rows = [[f"{ref['name']} (reference)", ref["backend"], ref["precision"] or "–",
+             _pct(ref["accuracy"]), _pct(ref["top5"]), "", "", ""]]
+    for c in report["candidates"]:
+        rows.append([c["name"], c["backend"], c["precision"] or "–", _pct(c["accuracy"]),
+                     _pct(c["top5"]), _num(c["drop"], "+.2f"), _pct(c["agreement"]),
+                     "pass" if c["passed"] else "FAIL"])
+    return rows
+
+
+def rich_table(title: str, headers: tuple[str, ...], rows: list[list[str]],
+               text_columns: int = 1) -> Table:
+    """The first `text_columns` columns left-aligned, the numbers right-aligned."""
+    table = Table(title=title)
+    for i, header in enumerate(headers):
+        table.add_column(header, justify="left" if i < text_columns else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def markdown_table(headers: tuple[str, ...], rows: list[list[str]]) -> str:
+    """A GitHub-flavoured markdown table ("|" in cells escaped)."""
+    def line(cells) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(headers), line(["---"] * len(headers)), *map(line, rows)]) + "\n"
+
+
+def table_console(console: Console) -> Console:
+    """`console` itself on a terminal; a wide one for pipes and CI logs (no wrapped cells)."""
+    if console.is_terminal or console.width >= PIPE_WIDTH:
+        return console
+    return Console(file=console.file, width=PIPE_WIDTH)

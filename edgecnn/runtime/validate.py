@@ -1,0 +1,179 @@
+"""The accuracy gate: candidates against a reference on a validation split.
+
+For CI: top-1 (and top-5 with more than 5 classes) of the reference and of
+each candidate, the drop in percentage points, top-1 agreement with the
+reference, and the classes that lost most. A candidate passes when its drop
+is at most `max_drop` and its agreement at least `min_agreement`; the CLI
+turns that into exit code 0 or 1 (2 is for usage and input errors).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgecnn.errors import EdgecnnError
+from edgecnn.runtime.metadata import require_record
+from edgecnn.runtime.session import Session, open_session
+from edgecnn.runtime.tables import VALIDATE_HEADERS, markdown_table, validate_rows
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """How much worse than the reference a candidate may be."""
+
+    max_drop: float = 1.0  # percentage points of top-1
+    min_agreement: float = 0.99  # fraction of images with the reference's top-1 class
+
+    def __post_init__(self) -> None:
+        if self.max_drop < 0:
+            raise EdgecnnError(f"--max-drop must be >= 0 percentage points, got {self.max_drop}")
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise EdgecnnError(f"--min-agreement is a fraction in [0, 1], got "
+                               f"{self.min_agreement}")
+
+
+def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Fraction of images whose label is among the `k` highest logits."""
+    if len(labels) == 0:
+        return 0.0
+    top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    return float((top == labels[:, None]).any(axis=1).mean())
+
+
+def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Top-1 accuracy of each class (NaN for a class absent from the split)."""
+    correct = np.bincount(labels, weights=(pred == labels), minlength=num_classes)
+    counts = np.bincount(labels, minlength=num_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return correct / counts
+
+
+def worst_classes(ref_pred: np.ndarray, cand_pred: np.ndarray, labels: np.ndarray,
+                  class_names: tuple[str, ...], top: int = 3) -> list[dict]:
+    """The classes whose accuracy dropped most (only those that dropped)."""
+    k = len(class_names)
+    ref, cand = per_class_accuracy(ref_pred, labels, k), per_class_accuracy(cand_pred, labels, k)
+    drop = np.nan_to_num((ref - cand) * 100.0, nan=0.0)
+    order = [int(i) for i in np.argsort(-drop, kind="stable")[:top] if drop[i] > 0]
+    return [{"class": class_names[i], "reference": float(ref[i]), "candidate": float(cand[i]),
+             "drop": float(drop[i])} for i in order]
+
+
+def _logits(session: Session, images: np.ndarray, num_classes: int, data: str,
+            batch_size: int) -> np.ndarray:
+    record = require_record(session.path, session.metadata).preprocessing
+    outputs = session.num_classes
+    if outputs is not None and outputs != num_classes:
+        raise EdgecnnError(f"{data} has {num_classes} classes but {session.path} outputs "
+                           f"{outputs} logits; is this the dataset the model was trained on?")
+    if record.num_classes != num_classes:
+        raise EdgecnnError(f"{data} has {num_classes} classes but the metadata of "
+                           f"{session.path} names {record.num_classes}")
+    logits = session.predict(images, batch_size=batch_size)
+    if logits.shape[1] != num_classes:
+        raise EdgecnnError(f"{data} has {num_classes} classes but {session.path} outputs "
+                           f"{logits.shape[1]} logits")
+    return logits
+
+
+def _summary(session: Session, logits: np.ndarray, labels: np.ndarray) -> dict:
+    metadata = session.metadata
+    return {
+        "artifact": str(session.path), "name": session.path.name, "backend": session.backend,
+        "precision": metadata.precision if metadata else None,
+        "accuracy": topk_accuracy(logits, labels, 1),
+        "top5": topk_accuracy(logits, labels, 5) if logits.shape[1] > 5 else None,
+    }
+
+
+def judge(candidate: dict, bounds: Bounds) -> list[str]:
+    """One message per bound the candidate misses, naming it and by how much."""
+    failures = []
+    if candidate["drop"] > bounds.max_drop:
+        failures.append(f"{candidate['name']}: top-1 drop {candidate['drop']:.2f} pp exceeds "
+                        f"--max-drop {bounds.max_drop:.2f} pp by "
+                        f"{candidate['drop'] - bounds.max_drop:.2f} pp")
+    if candidate["agreement"] < bounds.min_agreement:
+        failures.append(f"{candidate['name']}: top-1 agreement {candidate['agreement']:.4f} "
+                        f"is below --min-agreement {bounds.min_agreement:.4f} by "
+                        f"{bounds.min_agreement - candidate['agreement']:.4f}")
+    return failures
+
+
+def run_validate(reference: Path, candidates: list[Path], data: str, bounds: Bounds, *,
+                 backend: str = "auto", threads: int | None = None, seed: int = 0,
+                 batch_size: int = 64) -> dict:
+    """Evaluate the reference and every candidate on `data`'s validation split."""
+    from edgecnn.data import load
+
+    if not candidates:
+        raise EdgecnnError("validate needs at least one --candidate")
+    sessions = [open_session(p, backend=backend, threads=threads)
+                for p in [reference, *candidates]]
+    for session in sessions:  # fail early, before any inference, on a missing record
+        require_record(session.path, session.metadata)
+    dataset = load(data, seed=seed)
+    images, labels = dataset.val_images, dataset.val_labels
+    if len(labels) == 0:
+        raise EdgecnnError(f"{data}: the validation split is empty")
+    k = dataset.num_classes
+    ref_logits = _logits(sessions[0], images, k, data, batch_size)
+    ref_pred = ref_logits.argmax(1)
+    ref = _summary(sessions[0], ref_logits, labels)
+    results = []
+    for session in sessions[1:]:
+        logits = _logits(session, images, k, data, batch_size)
+        pred = logits.argmax(1)
+        row = _summary(session, logits, labels)
+        row.update(
+            drop=(ref["accuracy"] - row["accuracy"]) * 100.0,
+            top5_drop=None if row["top5"] is None else (ref["top5"] - row["top5"]) * 100.0,
+            agreement=float((pred == ref_pred).mean()),
+            worst_classes=worst_classes(ref_pred, pred, labels, dataset.class_names),
+        )
+        row["failures"] = judge(row, bounds)
+        row["passed"] = not row["failures"]
+        results.append(row)
+    for session in sessions:
+        session.close()
+    return {
+        "data": data, "num_images": int(len(labels)), "num_classes": k,
+        "bounds": {"max_drop": bounds.max_drop, "min_agreement": bounds.min_agreement},
+        "reference": ref, "reference_accuracy": ref["accuracy"], "reference_top5": ref["top5"],
+        "candidates": results, "passed": all(c["passed"] for c in results),
+    }
+
+
+def to_markdown(report: dict) -> str:
+    """The table, the bounds and the classes that lost most, as GitHub markdown."""
+    b = report["bounds"]
+    lines = [f"### edgecnn validate: {report['data']} ({report['num_images']} images, "
+             f"{report['num_classes']} classes)", "",
+             markdown_table(VALIDATE_HEADERS, validate_rows(report)),
+             f"Bounds: top-1 drop ≤ {b['max_drop']:.2f} pp, agreement ≥ "
+             f"{b['min_agreement'] * 100:.2f}%.", ""]
+    for c in report["candidates"]:
+        if c["worst_classes"]:
+            worst = ", ".join(f"{w['class']} (−{w['drop']:.1f} pp)" for w in c["worst_classes"])
+            lines.append(f"- {c['name']}: classes that lost most: {worst}")
+        for failure in c["failures"]:
+            lines.append(f"- **FAIL** {failure}")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def append_step_summary(markdown: str) -> Path | None:
+    """Append to $GITHUB_STEP_SUMMARY when a GitHub Actions job sets it."""
+    target = os.environ.get("GITHUB_STEP_SUMMARY")
+    if not target:
+        return None
+    try:
+        with open(target, "a", encoding="utf-8") as f:
+            f.write(markdown + "\n")
+    except OSError as exc:
+        raise EdgecnnError(f"GITHUB_STEP_SUMMARY={target}: cannot append ({exc.strerror})") \
+            from None
+    return Path(target)
