@@ -188,23 +188,140 @@ def validate_command(
 @app.command("export")
 def export_command(
     model: Annotated[str, typer.Argument(help="Zoo name or package.module:factory.")],
-    checkpoint: Annotated[Path, typer.Option(help="fp32 checkpoint directory "
-                                                  "(from `edgecnn train`).")],
-    out_dir: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("artifacts"),
-    fmt: Annotated[str, typer.Option("--format", help="onnx.")] = "onnx",
+    int8: Annotated[bool, typer.Option("--int8", help="The whole job: train (when no "
+                                       "--checkpoint), quantize, export fp32 and int8, "
+                                       "validate, bench, report.")] = False,
+    checkpoint: Annotated[Path | None, typer.Option(
+        help="fp32 checkpoint directory (from `edgecnn train`).")] = None,
     quantized: Annotated[Path | None, typer.Option(
-        help="Quantized program directory (from `edgecnn quantize`): export int8.")] = None,
+        help="Without --int8: a quantized program directory (from `edgecnn quantize`) "
+             "to export as int8.")] = None,
+    formats: Annotated[str, typer.Option("--formats", "--format",
+                                         help="Comma-separated: onnx, tflite.")] = "onnx,tflite",
+    data: Annotated[str, typer.Option(help="Training / validation data spec.")] = "digits",
+    ptq: Annotated[bool, typer.Option("--ptq", help="Post-training quantization "
+                                      "instead of QAT.")] = False,
+    qat_epochs: Annotated[int, typer.Option(help="QAT fine-tuning epochs.")] = 3,
+    epochs: Annotated[int | None, typer.Option(
+        help="fp32 training epochs when no --checkpoint is given.", show_default="6")] = None,
+    max_drop: Annotated[float, typer.Option(help="Allowed int8 top-1 drop, "
+                                                 "percentage points.")] = 1.0,
+    io: Annotated[str, typer.Option(help="int8 TFLite input/output: int8 | float.")] = "int8",
+    input_size: Annotated[int | None, typer.Option(
+        help="Square input size.", show_default="32 for images up to 64 px, else 224")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output directory.",
+                                                 show_default="artifacts/MODEL")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Redo every stage.")] = False,
     onnx_activations: Annotated[str | None, typer.Option(
-        help="int8 ONNX activation type: uint8 (x86 fast path, default) | int8.")] = None,
+        help="int8 ONNX activation type: uint8 | int8.", show_default="uint8")] = None,
 ) -> None:
-    """Export fp32 (or, with --quantized, int8 QDQ) artifacts from a checkpoint."""
-    from edgecnn.pipeline import export_onnx
+    """Export artifacts; with --int8, the one command from model to validated int8 files."""
+    from edgecnn import pipeline
 
-    if fmt != "onnx":
-        raise EdgecnnError(f"--format {fmt!r} is not supported; supported: onnx")
-    path = export_onnx(checkpoint, out_dir, model_name=model, quantized=quantized,
-                       activations=onnx_activations)
-    out.print(f"{model}: wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
+    if int8:
+        report = pipeline.export_int8(
+            model, data=data, checkpoint=checkpoint, method="ptq" if ptq else "qat",
+            qat_epochs=qat_epochs, train_epochs=epochs, formats=fmts, max_drop=max_drop, io=io,
+            input_size=input_size, out=out_dir, force=force, onnx_activations=onnx_activations)
+        _print_report(report)
+        if not report.passed:
+            Console(stderr=True).print(
+                f"[red]FAIL[/red] an int8 artifact's top-1 drop exceeds --max-drop {max_drop} pp",
+                highlight=False)
+            raise typer.Exit(1)
+        return
+    if checkpoint is None:
+        raise EdgecnnError("export needs --checkpoint DIR (or --int8 to train one)")
+    written = pipeline.export_artifacts(checkpoint, out_dir or Path("artifacts"), model_name=model,
+                                        formats=fmts, quantized=quantized, io=io,
+                                        activations=onnx_activations)
+    for path in written:
+        out.print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)", highlight=False)
+
+
+def _print_report(report) -> None:
+    from edgecnn.report import SUMMARY_HEADERS
+
+    d = report.data
+    table = Table(title=f"{d['model']} on {d['data']}, {d['method'].upper()}: "
+                        f"fp32 reference {100 * d['reference_accuracy']:.2f}%")
+    for i, header in enumerate(SUMMARY_HEADERS):
+        table.add_column(header, justify="left" if i == 0 else "right")
+    for row in report.summary_rows():
+        table.add_row(*row)
+    out.print(table)
+    out.print(f"wrote {report.directory}/report.json, report.md, latency_vs_accuracy.png",
+              highlight=False)
+
+
+@app.command("convert")
+def convert_command(
+    model: Annotated[Path, typer.Argument(help="ONNX model: fp32, or QDQ int8 (any tool's).")],
+    out_path: Annotated[Path | None, typer.Option("--out", help="Output .tflite "
+                                                  "(default: MODEL with .tflite).")] = None,
+    io: Annotated[str, typer.Option(help="int8 | float: input/output type of a quantized "
+                                         "model (float adds QUANTIZE/DEQUANTIZE).")] = "int8",
+) -> None:
+    """Convert ONNX to TFLite without TensorFlow: NHWC input, full int8 for QDQ models."""
+    import time
+    import warnings
+
+    from edgecnn.export.tflite import convert, sidecar_path
+
+    target = out_path or model.with_suffix(".tflite")
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = convert(model, target, io=io)
+    seconds = time.perf_counter() - start
+    for warning in caught:
+        Console(stderr=True).print(f"[yellow]warning:[/yellow] {warning.message}",
+                                   highlight=False, soft_wrap=True)
+    from edgecnn.export.tflite.litert import op_counts  # needs ai-edge-litert, as convert did
+
+    counts = op_counts(path)
+    out.print(f"{model} -> {path} ({path.stat().st_size / 1e6:.2f} MB, "
+              f"{sum(counts.values())} ops, {seconds:.2f}s)", highlight=False)
+    out.print(", ".join(f"{name} {n}" for name, n in counts.most_common()), highlight=False)
+    if sidecar_path(path).exists():
+        out.print(f"metadata -> {sidecar_path(path)}", highlight=False)
+
+
+@app.command("quantize")
+def quantize_command(
+    model: Annotated[str, typer.Argument(help="Zoo name or package.module:factory "
+                                              "(must match the checkpoint).")],
+    checkpoint: Annotated[Path, typer.Option(help="fp32 checkpoint directory (edgecnn train).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output directory for "
+                                          "model_int8.pt2, metrics.json, config.json.")],
+    data: Annotated[str | None, typer.Option(help="Data spec [default: the checkpoint's].")
+                    ] = None,
+    method: Annotated[str, typer.Option(help="qat (fine-tune) | ptq (calibrate only).")] = "qat",
+    epochs: Annotated[int, typer.Option(help="QAT fine-tuning epochs.")] = 3,
+    lr: Annotated[float, typer.Option(help="QAT peak learning rate (cosine schedule).")] = 1e-4,
+    calib_batches: Annotated[int, typer.Option(help="PTQ calibration batches.")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Batch size (QAT and calibration).")] = 64,
+    observer: Annotated[str, typer.Option(help="PTQ activation observer: minmax | "
+                                               "moving_average | histogram.")] = "minmax",
+    strict: Annotated[bool, typer.Option(help="Fail on an op the quantizer does not know "
+                                              "instead of leaving it float.")] = False,
+) -> None:
+    """int8-quantize an fp32 checkpoint (TFLite spec); writes the Q/DQ program and metrics."""
+    from edgecnn.quant.qat import QATConfig
+    from edgecnn.quant.run import quantize_checkpoint, training_seed
+    from edgecnn.quant.spec import QuantConfig
+
+    qat_config = QATConfig(epochs=epochs, lr=lr, batch_size=batch_size,
+                           seed=training_seed(checkpoint))
+    metrics = quantize_checkpoint(checkpoint, out_dir, method=method, data=data,
+                                  model_name=model, config=QuantConfig(observer=observer,
+                                                                       strict=strict),
+                                  qat_config=qat_config, calib_batches=calib_batches,
+                                  batch_size=batch_size)
+    out.print(f"{model} {method}: fp32 {metrics['fp32_accuracy']:.4f} -> int8 "
+              f"[bold]{metrics['int8_accuracy']:.4f}[/bold] (drop {metrics['accuracy_drop']:.2f} "
+              f"points) in {metrics['quantize_seconds']:.1f}s -> {out_dir}", highlight=False)
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ rebuilt next to it. Accuracies in metrics.json are fractions in [0, 1];
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -48,8 +49,10 @@ def save(directory: Path, converted: GraphModule | torch.export.ExportedProgram,
         raise EdgecnnError("saving a converted GraphModule needs an example input")
     else:
         program = to_program(converted, example_input)
+    buffer = io.BytesIO()  # torch.export.save insists on a .pt2 name; atomic_write's is .tmp
+    torch.export.save(program, buffer, extra_files={METADATA_KEY: metadata.to_json()})
     with atomic_write(directory / PROGRAM) as tmp:
-        torch.export.save(program, tmp, extra_files={METADATA_KEY: metadata.to_json()})
+        tmp.write_bytes(buffer.getvalue())
     if metrics is not None:
         with atomic_write(directory / METRICS) as tmp:
             tmp.write_text(json.dumps(metrics, indent=2))

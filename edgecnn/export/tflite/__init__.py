@@ -1,0 +1,121 @@
+"""ONNX (fp32 or QDQ int8) -> TFLite flatbuffer, without TensorFlow.
+
+    import ONNX -> ONNX_PASSES (fold constants, fold QDQ, NHWC) -> lower each op
+    -> TFLITE_PASSES (fuse activations, int8 spec constraints) -> flatbuffer
+
+QDQ models become full-int8 models with int8 input and output (`io="int8"`),
+or with one QUANTIZE / DEQUANTIZE at the edges (`io="float"`). Imports no
+torch: a device may convert.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edgecnn.config import ArtifactMetadata, QuantParams
+from edgecnn.errors import EdgecnnError
+from edgecnn.export.tflite.graph import Graph, import_onnx
+from edgecnn.export.tflite.ops import LOWERINGS, lower_graph
+from edgecnn.export.tflite.passes import ONNX_PASSES, TFLITE_PASSES, float_io, name_io
+from edgecnn.util import atomic_write
+
+IO_MODES = ("int8", "float")
+METADATA_KEY = "edgecnn"
+
+__all__ = ["IO_MODES", "LOWERINGS", "METADATA_KEY", "convert", "sidecar_path", "to_flatbuffer"]
+
+
+def sidecar_path(out_path: str | Path) -> Path:
+    """Where the metadata JSON beside a .tflite goes: `<out>.json` (model.tflite.json)."""
+    out_path = Path(out_path)
+    return out_path.with_name(out_path.name + ".json")
+
+
+def _load(model: onnx.ModelProto | str | Path) -> tuple[onnx.ModelProto, str]:
+    if isinstance(model, onnx.ModelProto):
+        return model, "ONNX model"
+    path = Path(model)
+    if not path.is_file():
+        raise EdgecnnError(f"ONNX model {path} does not exist")
+    try:
+        return onnx.load(str(path)), str(path)
+    except Exception as exc:  # protobuf decode errors have several types
+        raise EdgecnnError(f"{path} is not a readable ONNX model: {exc}") from None
+
+
+def _io_quant(graph: Graph, name: str) -> QuantParams | None:
+    tensor = graph.tensor(name)
+    if tensor.quant is None or tensor.dtype != np.int8:
+        return None
+    return QuantParams(float(tensor.quant.scale[0]), int(tensor.quant.zero_point[0]), "int8")
+
+
+def _metadata(graph: Graph, given: ArtifactMetadata | None, where: str) -> ArtifactMetadata | None:
+    """The artifact record: NHWC layout, and the int8 I/O parameters of this file."""
+    if given is None:
+        text = graph.metadata.get(METADATA_KEY)
+        if text is None:
+            return None
+        try:
+            given = ArtifactMetadata.from_json(text)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise EdgecnnError(f"{where}: metadata_props {METADATA_KEY!r} is not an edgecnn "
+                               f"artifact record: {exc}") from None
+    return replace(given, preprocessing=given.preprocessing.with_layout("NHWC"),
+                   input_quant=_io_quant(graph, graph.inputs[0]),
+                   output_quant=_io_quant(graph, graph.outputs[0]))
+
+
+def _build(model: onnx.ModelProto | str | Path, io: str, metadata: ArtifactMetadata | None,
+           ) -> tuple[bytes, ArtifactMetadata | None]:
+    if io not in IO_MODES:
+        raise EdgecnnError(f"--io must be one of {', '.join(IO_MODES)}, got {io!r}")
+    proto, where = _load(model)
+    graph = import_onnx(proto, where)
+    for rewrite in ONNX_PASSES:
+        rewrite(graph)
+    lower_graph(graph)
+    for rewrite in TFLITE_PASSES:
+        rewrite(graph)
+    if io == "float":
+        float_io(graph)
+    graph.prune()
+    name_io(graph)
+    record = _metadata(graph, metadata, where)
+    try:
+        from edgecnn.export.tflite.writer import write_model
+    except ImportError:
+        raise EdgecnnError("writing .tflite files needs the TFLite schema from ai-edge-litert: "
+                           "pip install 'edgecnn[tflite]'") from None
+    extra = {METADATA_KEY: record.to_json().encode()} if record else None
+    return write_model(graph, metadata=extra), record
+
+
+def to_flatbuffer(model: onnx.ModelProto | str | Path, *, io: str = "int8",
+                  metadata: ArtifactMetadata | None = None) -> bytes:
+    """The .tflite bytes for an ONNX model (a ModelProto or a path)."""
+    return _build(model, io, metadata)[0]
+
+
+def convert(onnx_model_or_path: onnx.ModelProto | str | Path, out_path: str | Path, *,
+            io: str = "int8", metadata: ArtifactMetadata | None = None) -> Path:
+    """Convert an ONNX model to a .tflite file; returns its path.
+
+    `io="int8"` keeps a QDQ model's input and output int8; `"float"` adds a
+    QUANTIZE / DEQUANTIZE pair at the edges (float models are float either
+    way). The artifact record (`metadata`, else the ONNX `metadata_props`
+    entry "edgecnn") goes into the file's "edgecnn" metadata buffer and into
+    the sidecar `<out>.json`, with layout NHWC and the int8 I/O parameters.
+    """
+    data, record = _build(onnx_model_or_path, io, metadata)
+    out_path = Path(out_path)
+    with atomic_write(out_path) as tmp:
+        tmp.write_bytes(data)
+    if record is not None:
+        with atomic_write(sidecar_path(out_path)) as tmp:
+            tmp.write_text(record.to_json(), encoding="utf-8")
+    return out_path

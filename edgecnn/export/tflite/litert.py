@@ -1,0 +1,124 @@
+"""Inspect and run a .tflite on LiteRT: op counts, XNNPACK coverage, one invocation.
+
+Used by tests, benchmarks and `edgecnn convert` to check what the exporter
+wrote. Needs ai-edge-litert only for running (op counts read the flatbuffer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from ai_edge_litert import schema_py_generated as schema
+
+BUILTIN_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+
+def _bytes(model: bytes | str | Path) -> bytes:
+    return model if isinstance(model, bytes) else Path(model).read_bytes()
+
+
+def op_counts(model: bytes | str | Path) -> Counter[str]:
+    """How many operators of each builtin type the file holds."""
+    root = schema.Model.GetRootAs(_bytes(model), 0)
+    codes = [max(root.OperatorCodes(i).BuiltinCode(), root.OperatorCodes(i).DeprecatedBuiltinCode())
+             for i in range(root.OperatorCodesLength())]
+    counts: Counter[str] = Counter()
+    for s in range(root.SubgraphsLength()):
+        subgraph = root.Subgraphs(s)
+        for i in range(subgraph.OperatorsLength()):
+            counts[BUILTIN_NAMES[codes[subgraph.Operators(i).OpcodeIndex()]]] += 1
+    return counts
+
+
+def read_metadata(model: bytes | str | Path, name: str) -> bytes | None:
+    """The bytes of the named metadata buffer, or None."""
+    root = schema.Model.GetRootAs(_bytes(model), 0)
+    for i in range(root.MetadataLength()):
+        entry = root.Metadata(i)
+        if entry.Name().decode() == name:
+            return root.Buffers(entry.Buffer()).DataAsNumpy().tobytes()
+    return None
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """LiteRT prints its delegate banner on fd 2; keep it out of test and CLI output."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def interpreter(model: bytes | str | Path, *, threads: int = 1, delegate: bool = True):
+    """A LiteRT Interpreter with tensors allocated; `delegate=False` runs the builtin
+    kernels only (no default XNNPACK delegate)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    resolver = OpResolverType.AUTO if delegate else \
+        OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    with _quiet_stderr():
+        it = Interpreter(model_content=_bytes(model), num_threads=threads,
+                         experimental_op_resolver_type=resolver)
+        it.allocate_tensors()
+    return it
+
+
+def invoke(model: bytes | str | Path, inputs: list[np.ndarray], *, threads: int = 1,
+           delegate: bool = True) -> list[np.ndarray]:
+    """Run once on raw input arrays (already NHWC and of the input dtype)."""
+    it = interpreter(model, threads=threads, delegate=delegate)
+    for detail, value in zip(it.get_input_details(), inputs, strict=True):
+        it.set_tensor(detail["index"], np.ascontiguousarray(value, dtype=detail["dtype"]))
+    it.invoke()
+    return [it.get_tensor(detail["index"]) for detail in it.get_output_details()]
+
+
+@dataclass(frozen=True)
+class DelegateCoverage:
+    """How the default delegate (XNNPACK) partitioned the graph."""
+
+    total: int        # operators in the model
+    delegated: int    # operators inside a delegate partition
+    partitions: int   # delegate nodes
+
+    @property
+    def outside(self) -> int:
+        return self.total - self.delegated
+
+
+def delegate_coverage(model: bytes | str | Path, *, threads: int = 1) -> DelegateCoverage:
+    """Count the operators the default delegate took.
+
+    After `allocate_tensors` the interpreter lists the model's operators and
+    then one DELEGATE node per partition, whose inputs are the tensors the
+    partition reads from outside. Walking back from each DELEGATE node's
+    outputs through producers, stopping at its inputs, visits exactly the
+    operators of that partition; everything else runs outside the delegate.
+    """
+    it = interpreter(model, threads=threads)
+    details = it._get_ops_details()  # the one Python view of nodes after delegation
+    originals = [d for d in details if d["op_name"] != "DELEGATE"]
+    producer = {int(t): d["index"] for d in originals for t in d["outputs"]}
+    by_index = {d["index"]: d for d in originals}
+    inside: set[int] = set()
+    partitions = [d for d in details if d["op_name"] == "DELEGATE"]
+    for partition in partitions:
+        boundary = {int(t) for t in partition["inputs"]}
+        stack = [int(t) for t in partition["outputs"]]
+        while stack:
+            node = producer.get(stack.pop())
+            if node is None or node in inside:
+                continue
+            inside.add(node)
+            stack.extend(int(t) for t in by_index[node]["inputs"]
+                         if int(t) >= 0 and int(t) not in boundary)
+    return DelegateCoverage(len(originals), len(inside), len(partitions))

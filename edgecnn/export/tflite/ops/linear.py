@@ -1,0 +1,59 @@
+"""Gemm / MatMul with constant weights -> FULLY_CONNECTED."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgecnn.export.tflite.graph import Quant, Tensor
+from edgecnn.export.tflite.ops.base import Lowering, register
+from edgecnn.export.tflite.ops.conv import bias_input
+
+
+def _weights_out_in(ctx: Lowering, w: Tensor, transposed: bool) -> str:
+    """Weights as [out, in]; a per-channel axis must be the output features."""
+    if w is None or not w.is_const or w.rank != 2:
+        raise ctx.fail("weights must be a rank-2 constant (initializer)")
+    out_axis = 0 if transposed else 1
+    if w.quant is not None and w.quant.axis not in (None, out_axis):
+        raise ctx.fail("weights must be quantized per output feature")
+    if transposed:
+        return w.name
+    quant = w.quant and Quant(w.quant.scale, w.quant.zero_point, 0 if w.quant.axis else None)
+    return ctx.graph.add_const(f"{w.name}_t", np.ascontiguousarray(w.data.T), quant=quant)
+
+
+@register("Gemm")
+def lower_gemm(ctx: Lowering, *, alpha: float = 1.0, beta: float = 1.0, transA: int = 0,
+               transB: int = 0) -> None:
+    """Y = A @ B' + C with A [N,K], B constant, C constant [out] or absent.
+
+    Lowers to FULLY_CONNECTED (weights [out,in]; int8 per-output-feature or
+    per-tensor when quantized; bias made int32 by `quantize_biases`). alpha and
+    beta must be 1 (a converter for torch Linear never sees others).
+    """
+    a, y = ctx.input(0), ctx.output()
+    if transA or alpha != 1.0 or beta != 1.0:
+        raise ctx.fail(f"transA={transA}, alpha={alpha}, beta={beta} are not supported "
+                       f"(need 0, 1, 1)")
+    if a.rank != 2:
+        raise ctx.fail(f"input A has rank {a.rank}; Gemm needs 2")
+    weights = _weights_out_in(ctx, ctx.input(1), bool(transB))
+    bias = ctx.input(2)
+    if bias is not None and (not bias.is_const or bias.data.size != y.shape[1]):
+        raise ctx.fail("C must be a constant with one value per output feature")
+    ctx.emit("FULLY_CONNECTED", [a.name, weights, bias_input(ctx, bias, y.shape[1])], [y.name],
+             fused_activation_function="NONE", keep_num_dims=False)
+
+
+@register("MatMul")
+def lower_matmul(ctx: Lowering) -> None:
+    """Y = A @ B with B a constant [K, N] -> FULLY_CONNECTED (keep_num_dims for rank > 2).
+
+    A product of two activations (BATCH_MATMUL) is not supported.
+    """
+    a, b, y = ctx.input(0), ctx.input(1), ctx.output()
+    if b is None or not b.is_const:
+        raise ctx.fail("B must be a constant (a product of two activations is not supported)")
+    weights = _weights_out_in(ctx, b, transposed=False)
+    ctx.emit("FULLY_CONNECTED", [a.name, weights, bias_input(ctx, None, y.shape[-1])], [y.name],
+             fused_activation_function="NONE", keep_num_dims=a.rank > 2)

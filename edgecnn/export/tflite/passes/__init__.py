@@ -1,0 +1,40 @@
+"""Graph rewrites, each small, applied in the declared order.
+
+`ONNX_PASSES` run on the imported ONNX graph before lowering;
+`TFLITE_PASSES` run on the lowered graph. Every pass rewrites the graph in
+place and says what it changes in its docstring.
+"""
+
+from edgecnn.export.tflite.passes.activations import fuse_activations
+from edgecnn.export.tflite.passes.constants import fold_constants, remove_identities
+from edgecnn.export.tflite.passes.io import float_io, name_io
+from edgecnn.export.tflite.passes.islands import isolate_float_ops
+from edgecnn.export.tflite.passes.layout import to_nhwc
+from edgecnn.export.tflite.passes.qdq import fold_qdq, propagate_quant
+from edgecnn.export.tflite.passes.quantization import (
+    align_same_scale,
+    fix_output_quant,
+    quantize_biases,
+    quantize_constants,
+)
+from edgecnn.export.tflite.passes.reshapes import fold_reshapes
+
+ONNX_PASSES = (
+    fold_constants,      # shape arithmetic and Q(constant) become constants
+    remove_identities,   # Identity, inference Dropout
+    fold_qdq,            # Q/DQ pairs -> int8 tensors with (scale, zero point)
+    propagate_quant,     # reshape-like neighbours share parameters
+    to_nhwc,             # NCHW -> NHWC, weights OHWI / 1HWC, axes remapped
+)
+
+TFLITE_PASSES = (
+    fold_reshapes,       # RESHAPE chains -> one; no-op reshapes dropped
+    fuse_activations,    # RELU / RELU6 into the producer, when exact
+    isolate_float_ops,   # ops a QDQ model leaves float: DEQUANTIZE / QUANTIZE around them
+    quantize_constants,  # weights symmetric int8 per channel; other constants int8
+    fix_output_quant,    # LOGISTIC / SOFTMAX (1/256, -128), TANH (1/128, 0)
+    align_same_scale,    # pools, reshapes, pads, concat: one scale in and out
+    quantize_biases,     # int32, scale = input scale x weight scale
+)
+
+__all__ = ["ONNX_PASSES", "TFLITE_PASSES", "float_io", "name_io"]

@@ -1,0 +1,67 @@
+"""Constant folding and removal of ops that do nothing at inference."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from edgecnn.errors import EdgecnnError
+from edgecnn.export.tflite.graph import Graph, Op
+
+# DequantizeLinear of a constant stays: fold_qdq turns it into int8 weights.
+NOT_FOLDED = frozenset({"DequantizeLinear"})
+IDENTITIES = frozenset({"Identity", "Dropout"})
+
+
+def _evaluate(op: Op, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    attrs = {k: numpy_helper.from_array(v) if isinstance(v, np.ndarray) else v
+             for k, v in op.attrs.items()}
+    node = helper.make_node(op.type, op.inputs, op.outputs, **attrs)
+    try:
+        return ReferenceEvaluator(node).run(None, feeds)
+    except Exception as exc:  # the reference runtime raises many types
+        raise EdgecnnError(f"{op.describe()}: folding its constant inputs failed: {exc}") \
+            from None
+
+
+def fold_constants(graph: Graph) -> None:
+    """Replace ops whose inputs are all constant (and Shape of static shapes) by constants.
+
+    Rewrites `graph` in place: folded ops are removed, their outputs become
+    constant tensors.
+    """
+    kept: list[Op] = []
+    for op in graph.ops:
+        if op.type == "Shape" and graph.const(op.inputs[0]) is None:
+            shape = np.asarray(graph.tensor(op.inputs[0]).shape, np.int64)
+            start, end = op.attrs.get("start", 0), op.attrs.get("end", None)
+            results = [shape[start:end]]
+        elif (op.type not in NOT_FOLDED and op.inputs
+              and all(not name or graph.const(name) is not None for name in op.inputs)):
+            results = _evaluate(op, {n: graph.const(n) for n in op.inputs if n})
+        else:
+            kept.append(op)
+            continue
+        for name, value in zip(op.outputs, results, strict=False):
+            value = np.asarray(value)
+            graph.tensors[name].data = value
+            graph.tensors[name].shape = value.shape
+            graph.tensors[name].dtype = value.dtype
+    graph.ops = kept
+
+
+def remove_identities(graph: Graph) -> None:
+    """Drop Identity and inference-mode Dropout, reading their input instead (in place)."""
+    kept: list[Op] = []
+    for op in graph.ops:
+        if op.type in IDENTITIES and len(op.inputs) >= 1:
+            if op.type == "Dropout" and len(op.inputs) > 2 and op.inputs[2]:
+                training = graph.const(op.inputs[2])
+                if training is None or bool(training):
+                    raise EdgecnnError(f"{op.describe()}: training-mode Dropout is not "
+                                       f"supported; export the model in eval mode")
+            graph.replace_uses(op.outputs[0], op.inputs[0])
+            continue
+        kept.append(op)
+    graph.ops = kept

@@ -1,0 +1,190 @@
+"""Passes that make a lowered int8 graph meet the TFLite int8 quantization spec.
+
+Each does nothing on a float graph, or on the ops of a quantized graph that
+`isolate_float_ops` left in float. Order matters: constants first,
+then output constraints (fixed scales, same scales), and biases last, since a
+bias scale is input scale x weight scale and the steps before may retarget an
+input's scale.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgecnn.export.tflite.graph import Graph, Op, Quant, Tensor
+from edgecnn.export.tflite.passes.islands import is_int8_op
+
+INT8 = np.dtype(np.int8)
+# builtin -> (weights input, per-channel axis)
+WEIGHTS = {"CONV_2D": (1, 0), "DEPTHWISE_CONV_2D": (1, 3), "FULLY_CONNECTED": (1, 0)}
+# Ops whose int8 output has one fixed (scale, zero point) (TFLite kernels check it).
+FIXED_OUTPUT = {"LOGISTIC": (1 / 256, -128), "SOFTMAX": (1 / 256, -128), "TANH": (1 / 128, 0)}
+# Ops that copy int8 values, so their inputs and output must share parameters.
+SAME_SCALE = frozenset({"MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE", "PAD", "PADV2",
+                        "TRANSPOSE", "SQUEEZE", "CONCATENATION"})
+
+
+def _symmetric(data: np.ndarray, axis: int | None) -> tuple[np.ndarray, Quant]:
+    """int8 in [-127, 127], zero point 0, one scale per slice along `axis` (or per tensor)."""
+    reduce = tuple(i for i in range(data.ndim) if i != axis) if axis is not None else None
+    scale = np.max(np.abs(data), axis=reduce).astype(np.float64) / 127.0
+    scale = np.where(scale > 0, scale, 1e-8).astype(np.float32)
+    shape = [1] * data.ndim
+    if axis is not None:
+        shape[axis] = -1
+    q = np.clip(np.round(data / scale.reshape(shape)), -127, 127).astype(np.int8)
+    return q, Quant(scale, np.zeros(scale.size, np.int64), axis)
+
+
+def _asymmetric(data: np.ndarray) -> tuple[np.ndarray, Quant]:
+    """Per-tensor int8 covering [min, max] and zero."""
+    lo, hi = min(float(data.min()), 0.0), max(float(data.max()), 0.0)
+    scale = (hi - lo) / 255.0 or 1e-8
+    zero = int(np.clip(round(-128 - lo / scale), -128, 127))
+    q = np.clip(np.round(data / scale) + zero, -128, 127).astype(np.int8)
+    return q, Quant(scale, zero)
+
+
+def _weights(graph: Graph, tensor: Tensor, axis: int) -> str:
+    if tensor.dtype == INT8 and tensor.quant is not None and not tensor.quant.zero_point.any():
+        return tensor.name
+    values = tensor.data if tensor.quant is None else tensor.quant.dequantize(tensor.data)
+    q, quant = _symmetric(values.astype(np.float32), axis)
+    return graph.add_const(f"{tensor.name}_sym", q, quant=quant)
+
+
+def quantize_constants(graph: Graph) -> None:
+    """In place: weights become symmetric int8 (per channel), other float constants
+    (operands of ADD, MUL, CONCATENATION ...) per-tensor int8."""
+    if not graph.quantized:
+        return
+    for op in graph.ops:
+        if not is_int8_op(graph, op):
+            continue
+        for i, name in enumerate(op.inputs):
+            tensor = graph.tensors.get(name) if name else None
+            if tensor is None or not tensor.is_const:
+                continue
+            if op.type in WEIGHTS and i == WEIGHTS[op.type][0]:
+                op.inputs[i] = _weights(graph, tensor, WEIGHTS[op.type][1])
+            elif op.type in WEIGHTS and i == 2:
+                continue  # biases: quantize_biases
+            elif tensor.dtype == np.float32 or (tensor.quant and not tensor.quant.per_tensor):
+                values = tensor.data if tensor.quant is None \
+                    else tensor.quant.dequantize(tensor.data)
+                q, quant = _asymmetric(values)
+                op.inputs[i] = graph.add_const(f"{name}_q", q, quant=quant)
+
+
+def _requantize_after(graph: Graph, op: Op, quant: Quant, out: list[Op]) -> None:
+    """`op` writes a new tensor with `quant`; a QUANTIZE converts it to the old output."""
+    target = graph.tensor(op.outputs[0])
+    staged = graph.add_tensor(f"{target.name}_{op.type.lower()}", target.shape, INT8, quant=quant)
+    op.outputs[0] = staged
+    out.append(op)
+    out.append(Op("QUANTIZE", [staged], [target.name], name=op.name, domain="tflite"))
+
+
+def fix_output_quant(graph: Graph) -> None:
+    """LOGISTIC / SOFTMAX / TANH write their fixed int8 parameters (in place).
+
+    Inside the graph the output tensor is simply given them (its readers rescale
+    anyway); a model output keeps its parameters through a requantizing QUANTIZE.
+    """
+    if not graph.quantized:
+        return
+    outputs, ops = set(graph.outputs), []
+    for op in graph.ops:
+        fixed = FIXED_OUTPUT.get(op.type)
+        target = graph.tensor(op.outputs[0]) if fixed else None
+        if fixed is None or target.quant is None or target.quant.same_as(Quant(*fixed)):
+            ops.append(op)
+        elif target.name not in outputs:
+            target.quant = Quant(*fixed)
+            ops.append(op)
+        else:
+            _requantize_after(graph, op, Quant(*fixed), ops)
+    graph.ops = ops
+
+
+def align_same_scale(graph: Graph) -> None:
+    """Inputs and output of copying ops (pools, reshapes, pads, concat) share parameters.
+
+    In place. One-input ops: the output takes the input's parameters, unless it
+    is a model output (then a QUANTIZE follows). CONCATENATION keeps its output's
+    parameters; a differing input is retargeted when only the concat reads it and
+    its producer can write any scale, else requantized by a QUANTIZE.
+    """
+    if not graph.quantized:
+        return
+    outputs, ops = set(graph.outputs), []
+    producers, consumers = graph.producers(), graph.consumers()
+    for op in graph.ops:
+        if op.type not in SAME_SCALE or not is_int8_op(graph, op):
+            ops.append(op)
+            continue
+        target = graph.tensor(op.outputs[0])
+        if op.type == "CONCATENATION":
+            op.inputs = [_aligned_input(graph, name, target.quant, op, producers, consumers,
+                                        outputs, ops) for name in op.inputs]
+            ops.append(op)
+            continue
+        source = graph.tensor(op.inputs[0])
+        if op.type == "PADV2":  # the pad value shares the input's parameters
+            op.inputs[2] = _aligned_const(graph, graph.tensor(op.inputs[2]), source.quant)
+        if source.quant.same_as(target.quant):
+            ops.append(op)
+        elif target.name not in outputs:
+            target.quant = source.quant
+            ops.append(op)
+        else:
+            _requantize_after(graph, op, source.quant, ops)
+    graph.ops = ops
+
+
+def _aligned_const(graph: Graph, tensor: Tensor, quant: Quant) -> str:
+    if tensor.quant is not None and tensor.quant.same_as(quant):
+        return tensor.name
+    values = tensor.data if tensor.quant is None else tensor.quant.dequantize(tensor.data)
+    zero, scale = int(quant.zero_point[0]), float(quant.scale[0])
+    q = np.clip(np.round(values / scale) + zero, -128, 127).astype(np.int8)
+    return graph.add_const(f"{tensor.name}_aligned", q, quant=quant)
+
+
+def _aligned_input(graph: Graph, name: str, quant: Quant, op: Op, producers: dict[str, Op],
+                   consumers: dict[str, list[Op]], outputs: set[str], ops: list[Op]) -> str:
+    tensor = graph.tensor(name)
+    if tensor.is_const:
+        return _aligned_const(graph, tensor, quant)
+    if tensor.quant.same_as(quant):
+        return name
+    producer = producers.get(name)
+    if (producer is not None and producer.type not in SAME_SCALE
+            and producer.type not in FIXED_OUTPUT and len(consumers.get(name, [])) == 1
+            and name not in outputs and name not in graph.inputs):
+        tensor.quant = quant
+        return name
+    staged = graph.add_tensor(f"{name}_requant", tensor.shape, INT8, quant=quant)
+    ops.append(Op("QUANTIZE", [name], [staged], name=op.name, domain="tflite"))
+    return staged
+
+
+def quantize_biases(graph: Graph) -> None:
+    """In place: every conv / fully-connected bias becomes int32 with
+    scale = input scale x weight scale (per channel) and zero point 0."""
+    if not graph.quantized:
+        return
+    for op in graph.ops:
+        if op.type not in WEIGHTS or not is_int8_op(graph, op):
+            continue
+        x, w, b = (graph.tensor(name) for name in op.inputs[:3])
+        scale = (x.quant.scale[0] * w.quant.scale).astype(np.float32)
+        if (b.dtype == np.int32 and b.quant is not None and b.quant.scale.size == scale.size
+                and np.allclose(b.quant.scale, scale, rtol=1e-6) and not b.quant.zero_point.any()):
+            q = b.data
+        else:
+            values = b.data.astype(np.float64) if b.quant is None else \
+                (b.data.astype(np.float64) - b.quant.zero_point) * b.quant.scale.astype(np.float64)
+            q = np.clip(np.round(values / scale.astype(np.float64)), -2**31, 2**31 - 1)
+        quant = Quant(scale, np.zeros(scale.size, np.int64), 0 if scale.size > 1 else None)
+        op.inputs[2] = graph.add_const(f"{b.name}_int32", q.astype(np.int32), quant=quant)

@@ -1,0 +1,103 @@
+"""report.json, report.md and latency_vs_accuracy.png for one `export --int8` run."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgecnn.util import atomic_write
+
+SUMMARY_HEADERS = ("artifact", "size", "accuracy", "drop (pp)", "agreement", "p50 ms (1 thr)",
+                   "p50 ms (all)", "speed-up vs fp32")
+
+
+@dataclass
+class Report:
+    """What `edgecnn export --int8` measured. `data` is exactly what report.json holds."""
+
+    data: dict[str, Any] = field(default_factory=dict)
+    directory: Path | None = None
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.data.get("passed"))
+
+    @property
+    def artifacts(self) -> list[dict[str, Any]]:
+        return self.data.get("artifacts", [])
+
+    def artifact(self, name: str) -> dict[str, Any]:
+        for entry in self.artifacts:
+            if entry["name"] == name:
+                return entry
+        raise KeyError(name)
+
+    def summary_rows(self) -> list[list[str]]:
+        rows = []
+        for a in self.artifacts:
+            p50 = a["latency_ms_p50"]
+            threads = sorted(p50, key=int)
+            rows.append([
+                a["name"], f"{a['size_bytes'] / 1e6:.2f} MB", f"{100 * a['accuracy']:.2f}%",
+                f"{a['drop']:+.2f}", f"{100 * a['agreement']:.2f}%",
+                f"{p50[threads[0]]:.3f}", f"{p50[threads[-1]]:.3f}",
+                f"{a['speedup_vs_fp32']:.2f}x" if a.get("speedup_vs_fp32") else "1.00x",
+            ])
+        return rows
+
+    def to_markdown(self) -> str:
+        d = self.data
+        lines = [f"# edgecnn report: {d['model']} on {d['data']} ({d['method'].upper()})", "",
+                 f"fp32 reference accuracy {100 * d['reference_accuracy']:.2f}% on "
+                 f"{d['val_images']} validation images; bound: int8 drop <= {d['max_drop']} "
+                 f"points -> **{'PASS' if self.passed else 'FAIL'}**.", "",
+                 "| " + " | ".join(SUMMARY_HEADERS) + " |",
+                 "|" + "|".join(" --- " for _ in SUMMARY_HEADERS) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in self.summary_rows()]
+        m = d.get("machine", {})
+        lines += ["", f"Latency: batch 1, medians, on {m.get('cpu', '?')} "
+                      f"({m.get('usable_cores', '?')} cores). Speed-up: p50 at 1 thread against "
+                      "the fp32 artifact of the same format.", "", "Stages:", ""]
+        lines += [f"- {name}: {s['seconds']:.1f}s{' (reused)' if s.get('reused') else ''}"
+                  for name, s in d.get("stages", {}).items()]
+        return "\n".join(lines) + "\n"
+
+    def write(self, directory: Path) -> None:
+        directory = Path(directory)
+        with atomic_write(directory / "report.json") as tmp:
+            tmp.write_text(json.dumps(self.data, indent=2) + "\n")
+        with atomic_write(directory / "report.md") as tmp:
+            tmp.write_text(self.to_markdown())
+        plot_latency_vs_accuracy(self, directory / "latency_vs_accuracy.png")
+        self.directory = directory
+
+
+def plot_latency_vs_accuracy(report: Report, path: Path) -> None:
+    """One point per artifact: p50 latency at 1 thread against top-1 accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    markers = {"onnx": "o", "tflite": "s"}
+    colors = {"fp32": "tab:blue", "int8": "tab:orange"}
+    for a in report.artifacts:
+        p50 = a["latency_ms_p50"]
+        latency = p50[min(p50, key=int)]
+        ax.scatter(latency, 100 * a["accuracy"], s=60, marker=markers.get(a["format"], "o"),
+                   color=colors.get(a["precision"], "tab:gray"), zorder=3, label=a["name"])
+    d = report.data
+    ax.axhline(100 * d["reference_accuracy"] - d["max_drop"], color="tab:red", lw=0.8, ls="--",
+               label=f"fp32 - {d['max_drop']} pp")
+    ax.set_xlabel("p50 latency, batch 1, 1 thread (ms)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(f"{d['model']} on {d['data']}: latency vs accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

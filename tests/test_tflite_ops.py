@@ -1,0 +1,274 @@
+"""Per-op parity: tiny single-op ONNX models, float and QDQ, LiteRT vs onnxruntime.
+
+Each case is converted and run on LiteRT twice (default XNNPACK delegate, and
+the builtin kernels alone) and compared with onnxruntime running the same
+ONNX model: float within 1e-5 of the output's largest magnitude; int8 within
+one output quantization step. QDQ models are made by
+`onnxruntime.quantization.quantize_static` (per-channel, int8 activations and
+weights) from the float model. Each case also states the TFLite ops it must
+lower to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+
+pytest.importorskip("ai_edge_litert")
+
+from edgecnn.export.tflite import to_flatbuffer  # noqa: E402
+from edgecnn.export.tflite.litert import interpreter, op_counts  # noqa: E402
+
+RNG = np.random.default_rng(0)
+FLOAT_RTOL = 1e-5
+
+
+def _w(*shape: int, scale: float = 0.3) -> np.ndarray:
+    return (RNG.standard_normal(shape) * scale).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One single-op model: its nodes and initializers, NCHW inputs, expected TFLite ops."""
+
+    id: str
+    nodes: Callable[[], tuple[list[onnx.NodeProto], dict[str, np.ndarray]]]
+    inputs: dict[str, tuple[int, ...]]
+    ops: dict[str, int]
+    input_scale: dict[str, float] = field(default_factory=dict)
+    qdq_ops: dict[str, int] | None = None  # when the int8 graph differs
+    qdq: str = ""  # a reason when the QDQ variant is excluded
+
+    def model(self) -> onnx.ModelProto:
+        nodes, inits = self.nodes()
+        graph = helper.make_graph(
+            nodes, self.id,
+            [helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
+             for n, s in self.inputs.items()],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+
+    def feeds(self, seed: int = 1) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        return {n: (rng.standard_normal(s) * self.input_scale.get(n, 1.0)).astype(np.float32)
+                for n, s in self.inputs.items()}
+
+
+def node(op: str, inputs: list[str], **attrs) -> onnx.NodeProto:
+    return helper.make_node(op, inputs, ["y"], **attrs)
+
+
+def conv(c_in: int, c_out: int, k: int, *, bias: bool = True, group: int = 1, **attrs):
+    def build():
+        inits = {"w": _w(c_out, c_in // group, k, k)}
+        if bias:
+            inits["b"] = _w(c_out)
+        return [node("Conv", ["x", "w", *(["b"] if bias else [])], group=group, **attrs)], inits
+    return build
+
+
+def plain(op: str, inputs: list[str], inits: dict[str, np.ndarray] | None = None, **attrs):
+    return lambda: ([node(op, inputs, **attrs)], dict(inits or {}))
+
+
+NO_STANDALONE_ACTIVATION = (
+    "quantize_static leaves a Relu/Clip without a quantized producer float; with one it folds "
+    "them into the producer's range (conv_relu*_fused). test_tflite_qdq covers RELU in int8")
+X = {"x": (1, 3, 8, 8)}
+X8 = {"x": (1, 8, 6, 6)}
+CONV = {"CONV_2D": 1}
+MEAN_KEEPDIMS = {"MEAN": 1, "RESHAPE": 1}
+
+CASES = [
+    Case("conv3x3_bias_same", conv(3, 8, 3, pads=[1, 1, 1, 1]), X, CONV),
+    Case("conv3x3_nobias_stride2_pad", conv(3, 8, 3, bias=False, strides=[2, 2],
+                                            pads=[1, 1, 1, 1]), X, {"CONV_2D": 1, "PAD": 1}),
+    Case("conv3x3_stride2_odd_same", conv(3, 8, 3, strides=[2, 2], pads=[1, 1, 1, 1]),
+         {"x": (1, 3, 9, 9)}, CONV),
+    Case("conv3x3_asymmetric_pads", conv(3, 8, 3, pads=[0, 1, 2, 1]), X,
+         {"CONV_2D": 1, "PAD": 1}),
+    Case("conv1x1_valid", conv(3, 8, 1), X, CONV),
+    Case("conv3x3_dilated", conv(3, 8, 3, dilations=[2, 2], pads=[2, 2, 2, 2]), X, CONV),
+    Case("conv_auto_pad_same_upper", conv(3, 8, 3, strides=[2, 2], auto_pad="SAME_UPPER"), X,
+         CONV),
+    Case("depthwise3x3", conv(8, 8, 3, group=8, pads=[1, 1, 1, 1]), X8,
+         {"DEPTHWISE_CONV_2D": 1}),
+    Case("depthwise_multiplier2_stride2", conv(4, 8, 3, group=4, strides=[2, 2],
+                                               pads=[1, 1, 1, 1]),
+         {"x": (1, 4, 8, 8)}, {"DEPTHWISE_CONV_2D": 1, "PAD": 1}),
+    Case("conv_relu_fused", lambda: (
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+         node("Relu", ["c"])], {"w": _w(8, 3, 3, 3), "b": _w(8)}), X, CONV),
+    Case("conv_relu6_fused", lambda: (
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+         node("Clip", ["c", "lo", "hi"])],
+        {"w": _w(8, 3, 3, 3), "b": _w(8), "lo": np.float32(0), "hi": np.float32(6)}), X, CONV),
+    Case("gemm", plain("Gemm", ["x", "w", "b"], {"w": _w(10, 16), "b": _w(10)}, transB=1),
+         {"x": (1, 16)}, {"FULLY_CONNECTED": 1}),
+    Case("gemm_untransposed", plain("Gemm", ["x", "w", "b"], {"w": _w(16, 10), "b": _w(10)}),
+         {"x": (2, 16)}, {"FULLY_CONNECTED": 1}),
+    Case("matmul", plain("MatMul", ["x", "w"], {"w": _w(16, 10)}), {"x": (2, 16)},
+         {"FULLY_CONNECTED": 1}),
+    Case("add_const_channels", plain("Add", ["x", "c"], {"c": _w(8, 1, 1)}), X8, {"ADD": 1}),
+    Case("add_two_inputs", plain("Add", ["a", "b"]), {"a": (1, 8, 6, 6), "b": (1, 8, 6, 6)},
+         {"ADD": 1}, input_scale={"b": 3.0}),
+    Case("mul_squeeze_excite", plain("Mul", ["a", "s"]), {"a": (1, 8, 6, 6), "s": (1, 8, 1, 1)},
+         {"MUL": 1}, input_scale={"s": 0.5}),
+    Case("mul_scalar", plain("Mul", ["x", "c"], {"c": np.float32(0.5)}), X8, {"MUL": 1}),
+    Case("sub_const", plain("Sub", ["x", "c"], {"c": _w(8, 1, 1)}), X8, {"SUB": 1}),
+    # keep_dims means are MEAN + RESHAPE: TFLite's keep_dims int8 kernel is biased
+    Case("global_average_pool", plain("GlobalAveragePool", ["x"]), X8, MEAN_KEEPDIMS),
+    Case("reduce_mean_keepdims", plain("ReduceMean", ["x", "axes"],
+                                       {"axes": np.array([2, 3], np.int64)}), X8, MEAN_KEEPDIMS),
+    Case("reduce_mean_flat", plain("ReduceMean", ["x", "axes"],
+                                   {"axes": np.array([-1, -2], np.int64)}, keepdims=0),
+         X8, {"MEAN": 1}),
+    Case("average_pool2x2", plain("AveragePool", ["x"], kernel_shape=[2, 2], strides=[2, 2]),
+         X8, {"AVERAGE_POOL_2D": 1}),
+    Case("average_pool3x3_same", plain("AveragePool", ["x"], kernel_shape=[3, 3],
+                                       pads=[1, 1, 1, 1]), X8, {"AVERAGE_POOL_2D": 1}),
+    Case("average_pool_count_pad", plain("AveragePool", ["x"], kernel_shape=[3, 3],
+                                         strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=1),
+         X8, {"AVERAGE_POOL_2D": 1, "PAD": 1}),
+    Case("max_pool2x2", plain("MaxPool", ["x"], kernel_shape=[2, 2], strides=[2, 2]), X8,
+         {"MAX_POOL_2D": 1}),
+    Case("max_pool3x3_stride2_pad", plain("MaxPool", ["x"], kernel_shape=[3, 3], strides=[2, 2],
+                                          pads=[1, 1, 1, 1]), {"x": (1, 8, 8, 8)},
+         {"MAX_POOL_2D": 1, "PADV2": 1}),
+    Case("reshape_after_pool", lambda: (
+        [helper.make_node("GlobalAveragePool", ["x"], ["p"]), node("Reshape", ["p", "shape"])],
+        {"shape": np.array([1, -1], np.int64)}), X8, {"MEAN": 1, "RESHAPE": 1}),
+    Case("flatten_spatial", plain("Flatten", ["x"]), X8, {"TRANSPOSE": 1, "RESHAPE": 1}),
+    Case("concat_channels", plain("Concat", ["a", "b"], axis=1),
+         {"a": (1, 4, 6, 6), "b": (1, 8, 6, 6)}, {"CONCATENATION": 1}, input_scale={"b": 2.0},
+         qdq_ops={"CONCATENATION": 1, "QUANTIZE": 1}),  # a's scale differs from the output's
+    Case("hardswish", plain("HardSwish", ["x"]), X8, {"HARD_SWISH": 1}, input_scale={"x": 3.0}),
+    Case("sigmoid", plain("Sigmoid", ["x"]), X8, {"LOGISTIC": 1}, input_scale={"x": 3.0},
+         qdq_ops={"LOGISTIC": 1, "QUANTIZE": 1}),
+    Case("tanh", plain("Tanh", ["x"]), X8, {"TANH": 1}, qdq_ops={"TANH": 1, "QUANTIZE": 1}),
+    Case("softmax", plain("Softmax", ["x"]), {"x": (2, 10)}, {"SOFTMAX": 1},
+         input_scale={"x": 2.0}, qdq_ops={"SOFTMAX": 1, "QUANTIZE": 1}),
+    Case("softmax_channels", plain("Softmax", ["x"], axis=1), X8, {"SOFTMAX": 1},
+         qdq_ops={"SOFTMAX": 1, "QUANTIZE": 1}),
+    Case("relu", plain("Relu", ["x"]), X8, {"RELU": 1}, qdq=NO_STANDALONE_ACTIVATION),
+    Case("clip_0_6", plain("Clip", ["x", "lo", "hi"], {"lo": np.float32(0), "hi": np.float32(6)}),
+         X8, {"RELU6": 1}, input_scale={"x": 4.0}, qdq=NO_STANDALONE_ACTIVATION),
+]
+IDS = [case.id for case in CASES]
+
+
+def _nhwc(x: np.ndarray) -> np.ndarray:
+    return x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
+
+
+def _nchw(x: np.ndarray) -> np.ndarray:
+    return x.transpose(0, 3, 1, 2) if x.ndim == 4 else x
+
+
+def _run_litert(data: bytes, feeds: dict[str, np.ndarray], delegate: bool):
+    """Run on LiteRT with float feeds (quantized when the input is int8); returns the raw
+    output in NCHW and its (scale, zero point)."""
+    it = interpreter(data, delegate=delegate)
+    for detail, value in zip(it.get_input_details(), feeds.values(), strict=True):
+        value = _nhwc(value)
+        if detail["dtype"] == np.int8:
+            scale, zero = detail["quantization"]
+            value = np.clip(np.round(value / scale) + zero, -128, 127)
+        it.set_tensor(detail["index"], value.astype(detail["dtype"]))
+    it.invoke()
+    out = it.get_output_details()[0]
+    return _nchw(it.get_tensor(out["index"])), out["quantization"]
+
+
+class Reader(CalibrationDataReader):
+    def __init__(self, case: Case, count: int = 8) -> None:
+        self.batches = iter([case.feeds(seed) for seed in range(100, 100 + count)])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+# quantize_static's default op list plus ops it leaves float unless asked.
+QDQ_OPS = ["Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Relu", "Clip", "Sigmoid", "Tanh",
+           "HardSwish", "Softmax", "GlobalAveragePool", "ReduceMean", "AveragePool", "MaxPool",
+           "Reshape", "Flatten", "Concat"]
+
+
+def quantize(model: onnx.ModelProto, case: Case, tmp_path) -> onnx.ModelProto:
+    out = tmp_path / f"{case.id}_qdq.onnx"
+    quantize_static(model, out, Reader(case), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    op_types_to_quantize=QDQ_OPS,
+                    extra_options={"ForceQuantizeNoInputCheck": True})
+    return onnx.load(out)
+
+
+def _ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    return ort.InferenceSession(model.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_float_parity(case: Case) -> None:
+    model = case.model()
+    data = to_flatbuffer(model)
+    counts = op_counts(data)
+    assert dict(counts) == case.ops
+    feeds = case.feeds()
+    ref = _ort(model, feeds)
+    for delegate in (True, False):
+        out, _ = _run_litert(data, feeds, delegate)
+        assert out.shape == ref.shape
+        error = np.abs(out - ref).max() / np.abs(ref).max()
+        assert error <= FLOAT_RTOL, f"delegate={delegate}: relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_int8_parity(case: Case, tmp_path) -> None:
+    if case.qdq:
+        pytest.skip(case.qdq)
+    qdq = quantize(case.model(), case, tmp_path)
+    data = to_flatbuffer(qdq)
+    assert dict(op_counts(data)) == (case.qdq_ops or case.ops)
+    feeds = case.feeds()
+    ref = _ort(qdq, feeds)
+    for delegate in (True, False):
+        out, (scale, zero) = _run_litert(data, feeds, delegate)
+        assert out.dtype == np.int8
+        expected = np.clip(np.round(ref / scale) + zero, -128, 127)
+        steps = np.abs(out.astype(np.int32) - expected).max()
+        assert steps <= 1, f"delegate={delegate}: {steps} quantization steps off"
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.id in
+                                  ("conv3x3_bias_same", "sigmoid", "add_two_inputs")],
+                         ids=lambda c: c.id)
+def test_int8_float_io(case: Case, tmp_path) -> None:
+    """io="float": one QUANTIZE per input, one DEQUANTIZE per output, float in and out."""
+    qdq = quantize(case.model(), case, tmp_path)
+    data = to_flatbuffer(qdq, io="float")
+    counts = op_counts(data)
+    assert counts["QUANTIZE"] - (case.qdq_ops or {}).get("QUANTIZE", 0) == len(case.inputs)
+    assert counts["DEQUANTIZE"] == 1
+    feeds = case.feeds()
+    ref = _ort(qdq, feeds)
+    out, _ = _run_litert(data, feeds, delegate=True)
+    assert out.dtype == np.float32
+    scale = numpy_helper.to_array(next(
+        i for i in qdq.graph.initializer if i.name.endswith("_scale") and
+        any(n.op_type == "DequantizeLinear" and n.output[0] == "y" and n.input[1] == i.name
+            for n in qdq.graph.node)))
+    assert np.abs(out - ref).max() <= float(scale) * 1.001

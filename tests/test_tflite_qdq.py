@@ -1,0 +1,208 @@
+"""QDQ patterns beyond onnxruntime's own quantizer: hand-built graphs as a PT2E
+(torchao) export or another tool writes them, each compared with onnxruntime
+running the same QDQ model (within one output quantization step), with the
+TFLite ops the pattern must become."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+pytest.importorskip("ai_edge_litert")
+
+from edgecnn.export.tflite import to_flatbuffer  # noqa: E402
+from edgecnn.export.tflite.litert import interpreter, op_counts  # noqa: E402
+
+RNG = np.random.default_rng(7)
+
+
+class QDQGraph:
+    """Builds a QDQ ONNX graph node by node."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: dict[str, np.ndarray] = {}
+
+    def const(self, name: str, value) -> str:
+        self.inits[name] = np.asarray(value)
+        return name
+
+    def qdq(self, x: str, scale: float, zero: int, tag: str = "", dtype=np.int8) -> str:
+        tag = tag or x
+        s = self.const(f"{tag}_s", np.float32(scale))
+        z = self.const(f"{tag}_z", dtype(zero))
+        self.nodes.append(helper.make_node("QuantizeLinear", [x, s, z], [f"{tag}_q"]))
+        self.nodes.append(helper.make_node("DequantizeLinear", [f"{tag}_q", s, z], [f"{tag}_dq"]))
+        return f"{tag}_dq"
+
+    def weights(self, name: str, w: np.ndarray, axis: int = 0) -> str:
+        """Symmetric per-channel int8 weights behind a DequantizeLinear."""
+        reduce = tuple(i for i in range(w.ndim) if i != axis)
+        scale = (np.abs(w).max(axis=reduce) / 127).astype(np.float32)
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+        self.const(f"{name}_q", q)
+        self.const(f"{name}_s", scale)
+        self.const(f"{name}_z", np.zeros(scale.size, np.int8))
+        self.nodes.append(helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_s",
+                                                                f"{name}_z"], [name], axis=axis))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], output: str, **attrs) -> str:
+        self.nodes.append(helper.make_node(op_type, inputs, [output], **attrs))
+        return output
+
+    def model(self, inputs: dict[str, tuple[int, ...]], output: str) -> onnx.ModelProto:
+        self.op("Identity", [output], "y")
+        graph = helper.make_graph(
+            self.nodes, "qdq",
+            [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs.items()],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            initializer=[numpy_helper.from_array(v, k) for k, v in self.inits.items()])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)],
+                                 ir_version=9)
+
+
+def steps_off(model: onnx.ModelProto, data: bytes, x: np.ndarray) -> int:
+    """Largest difference, in output quantization steps, between LiteRT (with and
+    without XNNPACK) and onnxruntime on the QDQ model."""
+    ref = ort.InferenceSession(model.SerializeToString(),
+                               providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    worst = 0
+    for delegate in (True, False):
+        it = interpreter(data, delegate=delegate)
+        inp, out = it.get_input_details()[0], it.get_output_details()[0]
+        scale, zero = inp["quantization"]
+        xq = np.clip(np.round(x.transpose(0, 2, 3, 1) / scale) + zero, -128, 127)
+        it.set_tensor(inp["index"], xq.astype(np.int8))
+        it.invoke()
+        y = it.get_tensor(out["index"]).astype(np.int32)
+        y = y.transpose(0, 3, 1, 2) if y.ndim == 4 else y
+        scale, zero = out["quantization"]
+        expected = np.clip(np.round(ref / scale) + zero, -128, 127)
+        worst = max(worst, int(np.abs(y - expected).max()))
+    return worst
+
+
+def _conv_input(g: QDQGraph) -> str:
+    x = g.qdq("x", 0.02, 0)
+    return g.op("Conv", [x, g.weights("w", RNG.standard_normal((8, 4, 3, 3)).astype(np.float32)
+                                      * 0.3), g.const("b", RNG.standard_normal(8)
+                                                      .astype(np.float32) * 0.1)],
+                "c", pads=[1, 1, 1, 1])
+
+
+X = np.random.default_rng(1).standard_normal((1, 4, 8, 8)).astype(np.float32)
+
+
+def test_pt2e_conv_relu6_fuses_and_quantizes_float_bias() -> None:
+    """conv -> clip(0,6) -> Q with a float bias and no Q between: one CONV_2D with
+    fused RELU6 and an int32 bias of scale input x weight."""
+    g = QDQGraph()
+    c = _conv_input(g)
+    g.op("Clip", [c, g.const("lo", np.float32(0)), g.const("hi", np.float32(6))], "r")
+    model = g.model({"x": (1, 4, 8, 8)}, g.qdq("r", 6 / 255, -128))
+    data = to_flatbuffer(model)
+    assert dict(op_counts(data)) == {"CONV_2D": 1}
+    assert steps_off(model, data, X) <= 1
+    it = interpreter(data, delegate=False)
+    conv = next(t for t in it.get_tensor_details() if t["dtype"] == np.int32)
+    weight = next(t for t in it.get_tensor_details()
+                  if t["dtype"] == np.int8 and len(t["shape"]) == 4 and t["shape"][0] == 8
+                  and t["shape"][3] == 4)
+    expected = np.float32(0.02) * weight["quantization_parameters"]["scales"]
+    np.testing.assert_allclose(conv["quantization_parameters"]["scales"], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("same", [True, False], ids=["same_params", "rescaled"])
+def test_relu_between_two_quantized_tensors(same: bool) -> None:
+    """Q between conv and relu: fused when both sides share parameters (exact),
+    else RELU stays as an int8 op that rescales."""
+    g = QDQGraph()
+    c = g.qdq(_conv_input(g), 0.05, -10, tag="conv_out")
+    r = g.op("Relu", [c], "r")
+    model = g.model({"x": (1, 4, 8, 8)}, g.qdq(r, 0.05 if same else 0.03,
+                                               -10 if same else -128, tag="relu_out"))
+    data = to_flatbuffer(model)
+    assert dict(op_counts(data)) == ({"CONV_2D": 1} if same else {"CONV_2D": 1, "RELU": 1})
+    assert steps_off(model, data, X) <= 1
+
+
+def test_two_quantizations_of_one_tensor_requantize() -> None:
+    """A tensor quantized twice with different parameters: the second is a QUANTIZE."""
+    g = QDQGraph()
+    a = g.qdq("x", 0.02, 0, tag="a")
+    b = g.qdq("x", 0.05, 3, tag="b")
+    model = g.model({"x": (1, 4, 8, 8)}, g.qdq(g.op("Add", [a, b], "s"), 0.08, 0))
+    data = to_flatbuffer(model)
+    assert dict(op_counts(data)) == {"ADD": 1, "QUANTIZE": 1}
+    assert steps_off(model, data, X) <= 1
+
+
+def test_uint8_activations_become_int8() -> None:
+    """uint8 Q/DQ (asymmetric 0..255) convert to int8 with the zero point moved by -128."""
+    g = QDQGraph()
+    x = g.qdq("x", 0.02, 128, dtype=np.uint8)
+    c = g.op("Conv", [x, g.weights("w", RNG.standard_normal((8, 4, 1, 1)).astype(np.float32)),
+                      g.const("b", np.zeros(8, np.float32))], "c")
+    model = g.model({"x": (1, 4, 8, 8)}, g.qdq(c, 0.04, 120, dtype=np.uint8))
+    data = to_flatbuffer(model)
+    it = interpreter(data)
+    assert it.get_input_details()[0]["dtype"] == np.int8
+    assert it.get_input_details()[0]["quantization"][1] == 0
+    assert it.get_output_details()[0]["quantization"][1] == -8
+    assert steps_off(model, data, X) <= 1
+
+
+def test_same_scale_output_keeps_its_parameters() -> None:
+    """MAX_POOL whose output is the model output with its own parameters: a QUANTIZE
+    after it (TFLite's max pool copies int8 values); inside the graph none is needed."""
+    g = QDQGraph()
+    p = g.op("MaxPool", [g.qdq("x", 0.02, 0)], "p", kernel_shape=[2, 2], strides=[2, 2])
+    model = g.model({"x": (1, 4, 8, 8)}, g.qdq(p, 0.03, -5))
+    data = to_flatbuffer(model)
+    assert dict(op_counts(data)) == {"MAX_POOL_2D": 1, "QUANTIZE": 1}
+    assert steps_off(model, data, X) <= 1
+
+    g = QDQGraph()
+    p = g.qdq(g.op("MaxPool", [g.qdq("x", 0.02, 0)], "p", kernel_shape=[2, 2], strides=[2, 2]),
+              0.03, -5)
+    model = g.model({"x": (1, 4, 8, 8)}, g.qdq(g.op("Sigmoid", [p], "s"), 1 / 256, -128))
+    data = to_flatbuffer(model)
+    assert dict(op_counts(data)) == {"MAX_POOL_2D": 1, "LOGISTIC": 1}
+    assert steps_off(model, data, X) <= 1
+
+
+def test_max_pool_padding_of_relu_ranged_input_is_a_plain_pad() -> None:
+    """Zero point -128 is the lowest int8 value: padding with it equals padding with
+    -inf, so a PAD (which XNNPACK takes) replaces PADV2."""
+    g = QDQGraph()
+    x = g.qdq(g.op("Relu", [g.qdq("x", 0.02, 0)], "r"), 0.02, -128)
+    p = g.op("MaxPool", [x], "p", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    model = g.model({"x": (1, 4, 8, 8)}, g.qdq(p, 0.02, -128))
+    data = to_flatbuffer(model)
+    assert dict(op_counts(data)) == {"RELU": 1, "PAD": 1, "MAX_POOL_2D": 1}
+    assert steps_off(model, data, X) <= 1
+
+
+def test_weight_only_quantization_gives_a_float_model() -> None:
+    """DequantizeLinear on weights alone (no activation Q/DQ): a float CONV_2D with
+    the dequantized weights, no hybrid int8 kernel."""
+    g = QDQGraph()
+    w = RNG.standard_normal((8, 4, 3, 3)).astype(np.float32)
+    model = g.model({"x": (1, 4, 8, 8)}, g.op("Conv", ["x", g.weights("w", w)], "c",
+                                                pads=[1, 1, 1, 1]))
+    data = to_flatbuffer(model)
+    assert dict(op_counts(data)) == {"CONV_2D": 1}
+    it = interpreter(data)
+    assert all(t["dtype"] == np.float32 for t in it.get_tensor_details())
+    ref = ort.InferenceSession(model.SerializeToString(),
+                               providers=["CPUExecutionProvider"]).run(None, {"x": X})[0]
+    it.set_tensor(it.get_input_details()[0]["index"], X.transpose(0, 2, 3, 1))
+    it.invoke()
+    out = it.get_tensor(it.get_output_details()[0]["index"]).transpose(0, 3, 1, 2)
+    assert np.abs(out - ref).max() / np.abs(ref).max() <= 1e-5
