@@ -1,0 +1,127 @@
+"""`edgecnn export --int8`: the one command, end to end on digits with dsc_net."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+from typer.testing import CliRunner
+
+from edgecnn import pipeline
+from edgecnn.cli import app
+from edgecnn.runtime import open_session
+
+ARTIFACTS = ("model_fp32.onnx", "model_int8.onnx", "model_fp32.tflite", "model_int8.tflite")
+
+
+def export_int8(*args):
+    return subprocess.run([sys.executable, "-m", "edgecnn", "export", "--int8", "dsc_net", *args],
+                          capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "COLUMNS": "160"})
+
+
+@pytest.fixture(scope="module")
+def trained_run(reference_checkpoint, tmp_path_factory):
+    """The command on a trained dsc_net checkpoint, QAT for one epoch."""
+    out = tmp_path_factory.mktemp("run")
+    result = export_int8("--checkpoint", str(reference_checkpoint("dsc_net")), "--qat-epochs",
+                         "1", "--out", str(out))
+    return out, result
+
+
+def test_every_artifact_exists_loads_and_is_reported(trained_run, digits):
+    out, result = trained_run
+    assert result.returncode == 0, result.stderr
+    for name in (*ARTIFACTS, "report.json", "report.md", "latency_vs_accuracy.png",
+                 "preprocessing.json", "quantized/model_int8.pt2"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"] == "dsc_net" and report["data"] == "digits"
+    assert report["method"] == "qat" and report["passed"] is True
+    assert report["reference_accuracy"] >= 0.95
+    by_name = {a["name"]: a for a in report["artifacts"]}
+    assert set(by_name) == set(ARTIFACTS)
+    for name, entry in by_name.items():
+        with open_session(out / name) as session:
+            accuracy = float((session.predict(digits.val_images).argmax(1)
+                              == digits.val_labels).mean())
+        assert accuracy == pytest.approx(entry["accuracy"], abs=1e-9), name
+        assert entry["size_bytes"] == (out / name).stat().st_size
+        assert set(entry["latency_ms_p50"]) == {"1", str(os.cpu_count())}
+        assert all(v > 0 for v in entry["latency_ms_p50"].values())
+        assert entry["format"] == name.split(".")[-1]
+        assert entry["precision"] == name.split("_")[1].split(".")[0]
+        if entry["precision"] == "int8":
+            assert entry["drop"] <= 1.0 and entry["agreement"] >= 0.97, entry
+            assert entry["size_bytes"] < 0.5 * by_name[name.replace("int8", "fp32")]["size_bytes"]
+    assert "model_int8.tflite" in result.stdout and "speed-up" in result.stdout
+
+
+def test_a_corrupted_int8_model_fails_the_gate_with_exit_1(reference_checkpoint, tmp_path,
+                                                           monkeypatch):
+    real_export = pipeline.export_artifacts
+
+    def export_then_corrupt(*args, **kwargs):
+        written = real_export(*args, **kwargs)
+        int8 = [p for p in written if p.name == "model_int8.onnx"]
+        if int8:  # flip the sign of every int8 weight of the first conv
+            model = onnx.load(str(int8[0]))
+            weight = next(i for i in model.graph.initializer
+                          if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4)
+            weight.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(weight), weight.name))
+            onnx.save(model, str(int8[0]))
+        return written
+
+    monkeypatch.setattr(pipeline, "export_artifacts", export_then_corrupt)
+    result = CliRunner().invoke(app, ["export", "--int8", "dsc_net", "--checkpoint",
+                                      str(reference_checkpoint("dsc_net")), "--ptq", "--formats",
+                                      "onnx", "--out", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    broken = next(a for a in report["artifacts"] if a["name"] == "model_int8.onnx")
+    assert broken["drop"] > 1.0 and not broken["passed"] and not report["passed"]
+
+
+def test_rerun_reuses_the_trained_checkpoint_and_force_redoes_it(tmp_path):
+    args = ("--epochs", "1", "--qat-epochs", "1", "--formats", "onnx", "--out", str(tmp_path))
+    first = export_int8(*args)
+    assert first.returncode == 0, first.stderr
+    stages = json.loads((tmp_path / "report.json").read_text())["stages"]
+    assert not stages["train"]["reused"] and not stages["quantize"]["reused"]
+    weights = (tmp_path / "checkpoint" / "checkpoint.pt").read_bytes()
+
+    second = export_int8(*args)
+    assert second.returncode == 0, second.stderr
+    stages = json.loads((tmp_path / "report.json").read_text())["stages"]
+    assert stages["train"]["reused"] and stages["quantize"]["reused"] and stages["export"]["reused"]
+    assert (tmp_path / "checkpoint" / "checkpoint.pt").read_bytes() == weights
+    assert "(reused)" in second.stderr
+
+    changed = export_int8(*args[:-2], "--ptq", "--out", str(tmp_path))
+    stages = json.loads((tmp_path / "report.json").read_text())["stages"]
+    assert changed.returncode == 0 and stages["train"]["reused"]
+    assert not stages["quantize"]["reused"]  # a different method is a different key
+
+
+def test_python_api_mirrors_the_command(reference_checkpoint, tmp_path):
+    import edgecnn
+
+    report = edgecnn.export_int8("dsc_net", checkpoint=reference_checkpoint("dsc_net"),
+                                 method="ptq", formats=("tflite",), out=tmp_path,
+                                 show_progress=False)
+    assert report.passed
+    assert [a["name"] for a in report.artifacts] == ["model_fp32.tflite", "model_int8.tflite"]
+    assert not (tmp_path / "model_int8.onnx").exists()
+    assert report.artifact("model_int8.tflite")["agreement"] >= 0.97
+    assert np.isfinite(report.data["reference_accuracy"])
+
+
+def test_bad_formats_and_missing_checkpoint_are_one_line_errors(tmp_path):
+    result = export_int8("--formats", "coreml", "--out", str(tmp_path))
+    assert result.returncode == 2 and "supported are onnx, tflite" in result.stderr
+    result = export_int8("--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path))
+    assert result.returncode == 2 and "checkpoint directory not found" in result.stderr
