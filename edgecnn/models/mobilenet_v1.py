@@ -11,15 +11,22 @@ ARCH = [[64, 1], [128, 2], [128, 1], [256, 2], [256, 1], [512, 2],
         [512, 1], [512, 1], [512, 1], [512, 1], [512, 1], [1024, 2], [1024, 1]]
 
 
-@register_model
-def mobilenet_v1(*, num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0,
-                 small_input: bool = False) -> MobileNet:
-    stem_stride, strides = input_strides([s for _, s in ARCH], small_input)
-    in_chs = stem_chs = make_divisible(32 * width_mult)
+def dsc_stack(arch: list[list[int]], *, stem_chs: int, num_classes: int, in_channels: int,
+              width_mult: float, small_input: bool) -> MobileNet:
+    """A stem conv then one DepthwiseSeparable block per `[out_channels, stride]` row."""
+    stem_stride, strides = input_strides([s for _, s in arch], small_input)
+    in_chs = stem = make_divisible(stem_chs * width_mult)
     blocks = []
-    for (chs, _), stride in zip(ARCH, strides, strict=True):
+    for (chs, _), stride in zip(arch, strides, strict=True):
         out_chs = make_divisible(chs * width_mult)
         blocks.append(DepthwiseSeparable(in_chs, out_chs, stride))
         in_chs = out_chs
-    return MobileNet(blocks, in_channels=in_channels, stem_chs=stem_chs, stem_stride=stem_stride,
+    return MobileNet(blocks, in_channels=in_channels, stem_chs=stem, stem_stride=stem_stride,
                      num_classes=num_classes, block_out_chs=in_chs)
+
+
+@register_model
+def mobilenet_v1(*, num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0,
+                 small_input: bool = False) -> MobileNet:
+    return dsc_stack(ARCH, stem_chs=32, num_classes=num_classes, in_channels=in_channels,
+                     width_mult=width_mult, small_input=small_input)
