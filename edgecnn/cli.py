@@ -299,7 +299,7 @@ def quantize_command(
                     ] = None,
     method: Annotated[str, typer.Option(help="qat (fine-tune) | ptq (calibrate only).")] = "qat",
     epochs: Annotated[int, typer.Option(help="QAT fine-tuning epochs.")] = 3,
-    lr: Annotated[float, typer.Option(help="QAT peak learning rate (cosine schedule).")] = 1e-4,
+    lr: Annotated[float, typer.Option(help="QAT peak learning rate (cosine schedule).")] = 3e-5,
     calib_batches: Annotated[int, typer.Option(help="PTQ calibration batches.")] = 32,
     batch_size: Annotated[int, typer.Option(help="Batch size (QAT and calibration).")] = 64,
     observer: Annotated[str, typer.Option(help="PTQ activation observer: minmax | "

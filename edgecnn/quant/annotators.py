@@ -234,7 +234,7 @@ def share_with_producers(gm: GraphModule, specs: Specs) -> None:
 
 
 #: ops that compute nothing on the activation path and need no quantization
-PASSTHROUGH = (operator.getitem,)
+PASSTHROUGH = (operator.getitem, aten.sym_size.int)
 
 
 def unannotated(gm: GraphModule) -> list[Node]:

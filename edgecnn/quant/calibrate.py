@@ -28,7 +28,8 @@ def capture(model: nn.Module, example_input: torch.Tensor, *, train: bool) -> Gr
     prepare); QAT in train mode (BN kept, then rewritten into the simulated fold).
     """
     if example_input.dim() < 1 or len(example_input) < 2:
-        raise EdgecnnError("the example input needs a batch of at least 2 (BN in train mode)")
+        raise EdgecnnError("the example input needs a batch of at least 2: torch.export "
+                           "specializes a batch of 1 and BN in train mode needs 2")
     model = copy.deepcopy(model).to(memory_format=torch.contiguous_format).train(train)
     example = example_input.contiguous()
     try:

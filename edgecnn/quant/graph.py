@@ -52,6 +52,7 @@ class WeightedOp:
     weight_range: tuple[int, int]
     bias: torch.Tensor | None  # int32 when quantized
     bias_scale: torch.Tensor | None
+    bias_zero_point: torch.Tensor | None
 
 
 def weighted_ops(gm: GraphModule) -> list[WeightedOp]:
@@ -64,9 +65,9 @@ def weighted_ops(gm: GraphModule) -> list[WeightedOp]:
         if not (calls(x_dq, DEQUANTIZE_PER_TENSOR) and calls(w_dq, DEQUANTIZE_PER_CHANNEL)):
             continue
         b = node.args[2] if len(node.args) > 2 else None
-        bias = bias_scale = None
+        bias = bias_scale = bias_zero_point = None
         if calls(b, DEQUANTIZE_PER_CHANNEL):
-            bias, bias_scale = constant(gm, b.args[0]), constant(gm, b.args[1])
+            bias, bias_scale, bias_zero_point = (constant(gm, a) for a in b.args[:3])
         elif isinstance(b, Node):
             bias = constant(gm, b)
         found.append(WeightedOp(
@@ -74,7 +75,7 @@ def weighted_ops(gm: GraphModule) -> list[WeightedOp]:
             weight=constant(gm, w_dq.args[0]), weight_scale=constant(gm, w_dq.args[1]),
             weight_zero_point=constant(gm, w_dq.args[2]),
             weight_range=(int(w_dq.args[4]), int(w_dq.args[5])), bias=bias,
-            bias_scale=bias_scale))
+            bias_scale=bias_scale, bias_zero_point=bias_zero_point))
     return found
 
 

@@ -29,11 +29,12 @@ class QATConfig:
     """A QAT fine-tuning schedule.
 
     freeze_bn_fraction / freeze_observer_fraction: the share of the epochs after
-    which BN statistics / activation and weight ranges stop updating (1.0: never).
+    which BN statistics / activation and weight ranges stop updating (1.0: never;
+    BN 0.0: from the start, so training sees exactly the folded, deployed function).
     """
 
     epochs: int = 3
-    lr: float = 1e-4
+    lr: float = 3e-5
     batch_size: int = 64
     weight_decay: float = 0.0
     optimizer: str = "adamw"
@@ -43,10 +44,12 @@ class QATConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("freeze_bn_fraction", "freeze_observer_fraction"):
-            value = getattr(self, name)
-            if not 0.0 < value <= 1.0:
-                raise EdgecnnError(f"{name} must be in (0, 1], got {value}")
+        if not 0.0 <= self.freeze_bn_fraction <= 1.0:
+            raise EdgecnnError(f"freeze_bn_fraction must be in [0, 1], got "
+                               f"{self.freeze_bn_fraction}")
+        if not 0.0 < self.freeze_observer_fraction <= 1.0:  # ranges need data first
+            raise EdgecnnError(f"freeze_observer_fraction must be in (0, 1], got "
+                               f"{self.freeze_observer_fraction}")
         self.train_config()  # validates epochs, lr, batch size, optimizer
 
     def train_config(self) -> TrainConfig:
@@ -56,7 +59,7 @@ class QATConfig:
 
     def freeze_epoch(self, fraction: float) -> int:
         """First (0-based) epoch run frozen; `epochs` means never."""
-        return min(self.epochs, max(1, round(fraction * self.epochs)))
+        return min(self.epochs, round(fraction * self.epochs))
 
 
 def prepare_qat(model: nn.Module, example_input: torch.Tensor,
@@ -71,7 +74,7 @@ def qat_finetune(prepared: GraphModule, x: torch.Tensor, y: torch.Tensor,
                  config: QATConfig = QATConfig(), *, show_progress: bool = False) -> list[dict]:
     """Fine-tune a `prepare_qat` model in place; return run_epochs' per-epoch history."""
     bn_epoch = config.freeze_epoch(config.freeze_bn_fraction)
-    observer_epoch = config.freeze_epoch(config.freeze_observer_fraction)
+    observer_epoch = max(1, config.freeze_epoch(config.freeze_observer_fraction))
 
     def on_epoch_start(model: nn.Module, epoch: int) -> None:
         if epoch == bn_epoch:

@@ -1,0 +1,308 @@
+"""The TFLite int8 spec on converted graphs: count the nodes, read the parameters.
+
+A small untrained model covers every annotator (conv+bn+relu6, depthwise,
+conv+bn into a residual add, squeeze-excite with SiLU and a sigmoid gate,
+conv+relu, concat, hardswish, max pool, reshape, linear); structure does not
+need training. Accuracy on real data is in test_quant_accuracy.py.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from edgecnn.config import ArtifactMetadata, Preprocessing
+from edgecnn.errors import EdgecnnError
+from edgecnn.models.blocks import ConvBnAct, InvertedResidual, MBConv
+from edgecnn.quant import (
+    QATConfig,
+    QuantConfig,
+    UnquantizedOpWarning,
+    load,
+    qdq_counts,
+    quantize,
+    save,
+    weighted_ops,
+)
+
+qd = torch.ops.quantized_decomposed
+aten = torch.ops.aten
+
+
+class Toy(nn.Module):
+    """One of each pattern the quantizer annotates, 16x16 single-channel input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = ConvBnAct(1, 16, 3)                   # conv + bn + relu6
+        self.pool = nn.MaxPool2d(2)                       # shares its input's qparams
+        self.ir = InvertedResidual(16, 16, expand_ratio=2)  # depthwise, conv+bn, add
+        self.mb = MBConv(16, 16, expand_ratio=2)          # SiLU, SE (mean, sigmoid, mul)
+        self.branch = ConvBnAct(16, 8, 1, act_layer=nn.ReLU)
+        self.hs = nn.Hardswish()
+        self.fc = nn.Linear(24 * 4 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.stem(x))
+        x = self.mb(self.ir(x))
+        x = torch.cat([x, self.branch(x)], 1)             # concat shares one quantization
+        x = self.pool(self.hs(x))
+        return self.fc(x.reshape(x.shape[0], -1))
+
+
+def toy_data(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return (torch.randn(n, 1, 16, 16, generator=generator),
+            torch.randint(0, 10, (n,), generator=generator))
+
+
+def toy_model() -> Toy:
+    torch.manual_seed(0)
+    return Toy().eval()
+
+
+@pytest.fixture(scope="module", params=["ptq", "qat"])
+def converted(request):
+    x, y = toy_data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnquantizedOpWarning)  # every op of Toy is known
+        return quantize(toy_model(), x[:2], request.param, train_data=(x, y),
+                        qat_config=QATConfig(epochs=1, batch_size=32), calib_batches=2)
+
+
+def calls(node, target) -> bool:
+    return node.op == "call_function" and node.target == target
+
+
+def nodes(gm, target) -> list:
+    return [n for n in gm.graph.nodes if calls(n, target)]
+
+
+def output_qparams(node) -> tuple[float, int]:
+    """(scale, zero point) of the quantize node that consumes `node`."""
+    (q,) = [u for u in node.users if calls(u, qd.quantize_per_tensor.default)]
+    return float(q.args[1]), int(q.args[2])
+
+
+def input_qparams(node, index: int = 0) -> tuple[float, int]:
+    dq = node.args[index]
+    assert calls(dq, qd.dequantize_per_tensor.default), f"{node.name} input {index} is float"
+    return float(dq.args[1]), int(dq.args[2])
+
+
+# --- config ---------------------------------------------------------------------------------
+
+def test_default_config_is_the_tflite_int8_spec():
+    config = QuantConfig()
+    assert config.activation_dtype == "int8" and config.activation_range == (-128, 127)
+    assert config.weight_range == (-127, 127) and config.sigmoid_zero_point == -128
+    assert QuantConfig(activation_dtype="uint8").activation_range == (0, 255)
+    assert QuantConfig(activation_dtype="uint8").sigmoid_zero_point == 0
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"observer": "kl"}, "unknown observer 'kl'"),
+    ({"activation_dtype": "int4"}, "unknown activation dtype 'int4'"),
+    ({"activation_range": (-200, 127)}, "activation_range"),
+    ({"weight_range": (-128, 127)}, "weight_range .* must be symmetric"),
+    ({"weight_range": (-200, 200)}, "weight_range"),
+])
+def test_config_rejects_bad_values_naming_the_field(options, message):
+    with pytest.raises(EdgecnnError, match=message):
+        QuantConfig(**options)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"freeze_bn_fraction": -0.1}, "freeze_bn_fraction"),
+    ({"freeze_observer_fraction": 0.0}, "freeze_observer_fraction"),
+    ({"freeze_observer_fraction": 1.5}, "freeze_observer_fraction"),
+    ({"epochs": 0}, "epochs"),
+])
+def test_qat_config_rejects_bad_values(options, message):
+    with pytest.raises(EdgecnnError, match=message):
+        QATConfig(**options)
+
+
+# --- structure of the converted graph -------------------------------------------------------
+
+def test_node_counts(converted):
+    counts = qdq_counts(converted)
+    # 28 quantization points: input, stem, pool (shared), 4 in the inverted residual,
+    # 15 in the MBConv (3 SiLU units x 3, SE mean/reduce/silu/gate/mul, pwl, add),
+    # branch, concat, hardswish, pool, reshape, linear
+    assert counts["quantize_per_tensor"] == 28
+    assert counts["conv2d"] == 10 and counts["linear"] == 1
+    assert counts["dequantize_per_channel"] == 2 * 11  # an int8 weight and int32 bias each
+    assert counts["sigmoid"] == 4 and counts["mul"] == 4  # SiLU as x * sigmoid(x), SE gate
+    for absent in ("silu", "batch_norm", "quantize_per_channel", "div"):
+        assert absent not in counts, absent
+
+
+def test_every_conv_and_linear_is_quantized(converted):
+    ops = weighted_ops(converted)
+    assert len(ops) == len(nodes(converted, aten.conv2d.default)) + 1
+
+
+def test_weights_are_int8_symmetric_per_output_channel(converted):
+    for op in weighted_ops(converted):
+        out_channels = op.weight.shape[0]
+        assert op.weight.dtype == torch.int8, op.node.name
+        assert int(op.weight.min()) >= -127 and int(op.weight.max()) <= 127, op.node.name
+        assert op.weight_range == (-127, 127)
+        assert op.weight_scale.shape == (out_channels,), op.node.name
+        assert torch.all(op.weight_zero_point == 0), op.node.name
+        w_dq = op.node.args[1]
+        assert w_dq.args[3] == 0  # axis: output channels, conv and linear alike
+
+
+def test_bias_is_int32_with_scale_input_times_weight(converted):
+    for op in weighted_ops(converted):
+        assert op.bias is not None and op.bias.dtype == torch.int32, op.node.name
+        expected = op.input_scale * op.weight_scale.double()
+        torch.testing.assert_close(op.bias_scale.double(), expected, rtol=1e-6, atol=0)
+        assert torch.all(op.bias_zero_point == 0), op.node.name
+        assert op.node.args[2].args[3:] == (0, -(2**31), 2**31 - 1, torch.int32)
+
+
+def test_activations_are_int8_per_tensor_asymmetric(converted):
+    for q in nodes(converted, qd.quantize_per_tensor.default):
+        assert q.args[3:] == (-128, 127, torch.int8), q.name
+
+
+def test_sigmoid_output_is_fixed_1_over_256_zero_point_minus_128(converted):
+    sigmoids = nodes(converted, aten.sigmoid.default)
+    assert sigmoids
+    for node in sigmoids:
+        assert output_qparams(node) == (1.0 / 256.0, -128)
+
+
+def test_no_quantization_between_conv_and_its_activation(converted):
+    activations = nodes(converted, aten.hardtanh.default) + nodes(converted, aten.relu.default)
+    assert len(activations) == 4
+    for act in activations:
+        assert calls(act.args[0], aten.conv2d.default), act.name  # not a dequantize
+        assert len(act.args[0].users) == 1
+        output_qparams(act)  # the one quantization point of the unit
+
+
+def test_max_pool_reshape_and_concat_share_their_input_qparams(converted):
+    shared = (nodes(converted, aten.max_pool2d.default)
+              + nodes(converted, aten.reshape.default))
+    assert len(shared) == 3
+    for node in shared:
+        assert input_qparams(node) == output_qparams(node), node.name
+    (cat,) = nodes(converted, aten.cat.default)
+    out = output_qparams(cat)
+    for i, dq in enumerate(cat.args[0]):
+        assert (float(dq.args[1]), int(dq.args[2])) == out, f"concat input {i}"
+
+
+def test_residual_add_and_mul_take_their_producers_quantization(converted):
+    # each input of add / mul is a dequantize of its producer's one quantize (no requantize)
+    for node in nodes(converted, aten.add.Tensor) + nodes(converted, aten.mul.Tensor):
+        for arg in node.args[:2]:
+            q = arg.args[0]
+            assert calls(q, qd.quantize_per_tensor.default), node.name
+            assert not calls(q.args[0], qd.dequantize_per_tensor.default), node.name
+
+
+def test_converted_model_tracks_the_float_model(converted):
+    x, _ = toy_data(16)
+    with torch.no_grad():
+        reference, int8 = toy_model()(x), converted(x)
+    error = (int8 - reference).norm() / reference.norm()
+    assert error < 0.2, float(error)
+
+
+# --- options ----------------------------------------------------------------------------------
+
+def test_uint8_activations_and_a_7_bit_weight_range():
+    x, _ = toy_data()
+    config = QuantConfig(activation_dtype="uint8", weight_range=(-63, 63))
+    gm = quantize(toy_model(), x[:2], "ptq", train_data=x, config=config, calib_batches=1)
+    for q in nodes(gm, qd.quantize_per_tensor.default):
+        assert q.args[3:] == (0, 255, torch.uint8)
+    for node in nodes(gm, aten.sigmoid.default):
+        assert output_qparams(node) == (1.0 / 256.0, 0)
+    for op in weighted_ops(gm):
+        assert op.weight.dtype == torch.int8 and int(op.weight.abs().max()) <= 63
+
+
+@pytest.mark.parametrize("observer", ["moving_average", "histogram"])  # minmax: `converted`
+def test_every_observer_calibrates(observer):
+    x, _ = toy_data()
+    gm = quantize(toy_model(), x[:2], "ptq", train_data=x, calib_batches=2, batch_size=32,
+                  config=QuantConfig(observer=observer))
+    with torch.no_grad():
+        reference, int8 = toy_model()(x[:16]), gm(x[:16])
+    assert (int8 - reference).norm() / reference.norm() < 0.2
+
+
+class WithTanh(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.tanh(self.conv(x)).mean((2, 3)))
+
+
+def test_unknown_op_stays_float_with_a_warning_naming_it():
+    x = torch.randn(8, 1, 6, 6)
+    with pytest.warns(UnquantizedOpWarning, match=r"tanh \(aten\.tanh\.default\).*stay float"):
+        gm = quantize(WithTanh().eval(), x[:2], "ptq", train_data=x, calib_batches=1)
+    (tanh,) = nodes(gm, aten.tanh.default)
+    assert calls(tanh.args[0], qd.dequantize_per_tensor.default)  # float in, float out
+    assert any(calls(u, qd.quantize_per_tensor.default) for u in tanh.users)
+
+
+def test_unknown_op_raises_when_strict():
+    x = torch.randn(8, 1, 6, 6)
+    with pytest.raises(EdgecnnError, match=r"tanh \(aten\.tanh\.default\).*supported ops: "):
+        quantize(WithTanh().eval(), x[:2], "ptq", train_data=x,
+                 config=QuantConfig(strict=True))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"method": "dynamic"}, "unknown quantization method 'dynamic'"),
+    ({"method": "qat"}, "QAT needs labelled training data"),
+])
+def test_quantize_rejects_bad_requests(kwargs, message):
+    x, _ = toy_data(4)
+    with pytest.raises(EdgecnnError, match=message):
+        quantize(toy_model(), x[:2], train_data=x, **kwargs)
+
+
+# --- on disk ----------------------------------------------------------------------------------
+
+def metadata(precision: str = "int8") -> ArtifactMetadata:
+    preprocessing = Preprocessing(input_size=(16, 16), channels=1, mean=(0.5,), std=(0.25,),
+                                  class_names=tuple(str(i) for i in range(10)))
+    return ArtifactMetadata(preprocessing=preprocessing, model="toy", precision=precision)
+
+
+def test_save_and_load_round_trip_the_program_and_metadata(converted, tmp_path):
+    x, _ = toy_data(3)
+    path = save(tmp_path, converted, metadata(), example_input=x[:2])
+    assert path.name == "model_int8.pt2"
+    program, loaded = load(tmp_path)
+    assert loaded == metadata()
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), converted(x), rtol=0, atol=0)
+    counts = qdq_counts(program.graph_module)
+    assert counts["quantize_per_tensor"] == 28
+
+
+def test_save_refuses_non_int8_metadata(converted, tmp_path):
+    x, _ = toy_data(2)
+    with pytest.raises(EdgecnnError, match="precision 'int8'"):
+        save(tmp_path, converted, metadata("fp32"), example_input=x)
+
+
+def test_load_names_the_missing_file(tmp_path):
+    with pytest.raises(EdgecnnError, match="model_int8.pt2"):
+        load(tmp_path)
