@@ -6,6 +6,9 @@ For each zoo model:
   edgecnn's quantizer, measured on the exported int8 ONNX, with the drop in points;
   and onnxruntime.quantization.quantize_static (QDQ, per channel, U8S8 reduce_range,
   the same calibration images) on the same fp32 ONNX, for comparison;
+- int8 parity on the digits validation split: the int8 ONNX (onnxruntime) and the int8
+  .tflite (LiteRT with XNNPACK, and its builtin kernels as on tflite-runtime) against
+  the torch fake-quant reference, and the .tflite against the int8 ONNX;
 - p50 latency, batch 1, at 224x224 (1000 classes, PTQ on random images: latency does
   not depend on the weights' values) for fp32 and int8 on onnxruntime and LiteRT at
   1 and 2 threads, measured interleaved by `edgecnn bench`'s engine.
@@ -26,9 +29,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
 
 from edgecnn import pipeline, quant
+from edgecnn.checkpoint import read_config
 from edgecnn.config import ArtifactMetadata, Preprocessing
 from edgecnn.data import load
 from edgecnn.export import onnx as onnx_export
@@ -59,14 +64,20 @@ def accuracy_row(name: str, cache: Path) -> dict:
         row["fp32"] = report.data["reference_accuracy"]
         row[method] = report.artifact("model_int8.onnx")["accuracy"]
     fp32_onnx = cache / name / "ptq" / "model_fp32.onnx"
-    static = quantize_static_u8s8(fp32_onnx, checkpoint, cache / name / "quantize_static.onnx")
+    config = read_config(checkpoint)
+    data = load("digits")
+    calib, _ = to_tensors(data.train_images[:CALIB_IMAGES], data.train_labels[:CALIB_IMAGES],
+                          config.preprocessing)
+    static = quantize_static_u8s8(fp32_onnx, calib.numpy(), cache / name / "quantize_static.onnx",
+                                  config.preprocessing)
     result = run_validate(fp32_onnx, [static], "digits", Bounds(min_agreement=0.0))
     row["quantize_static"] = result["candidates"][0]["accuracy"]
     return row
 
 
-def quantize_static_u8s8(fp32: Path, checkpoint: Path, out: Path) -> Path:
-    """onnxruntime's best x86 recipe, calibrated on the same training images as PTQ."""
+def quantize_static_u8s8(fp32: Path, calib: np.ndarray, out: Path,
+                         record: Preprocessing) -> Path:
+    """onnxruntime's best x86 recipe (QDQ, per channel, U8S8, reduce_range) on `calib`."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -75,30 +86,69 @@ def quantize_static_u8s8(fp32: Path, checkpoint: Path, out: Path) -> Path:
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from edgecnn.checkpoint import read_config
-
-    config = read_config(checkpoint)
-    data = load("digits")
-    x, _ = to_tensors(data.train_images[:CALIB_IMAGES], data.train_labels[:CALIB_IMAGES],
-                      config.preprocessing)
-
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter([{"input": x[i:i + 32].numpy()} for i in range(0, len(x), 32)])
+            self.batches = iter([{"input": calib[i:i + 32]} for i in range(0, len(calib), 32)])
 
         def get_next(self):
             return next(self.batches, None)
 
-    pre = out.with_name("fp32_pre.onnx")
+    pre = out.with_name(out.stem + "_pre.onnx")
     quant_pre_process(str(fp32), str(pre))
     quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     reduce_range=True)
+    pre.unlink()
     proto = onnx.load(str(out))
-    onnx_export.attach_metadata(proto, ArtifactMetadata(config.preprocessing, model="static",
+    onnx_export.attach_metadata(proto, ArtifactMetadata(record, model="quantize_static",
                                                         precision="int8"))
     onnx.save(proto, str(out))
     return out
+
+
+def parity_row(name: str, cache: Path) -> dict:
+    """Top-1 agreement and share of logits within N output steps, per method and pair."""
+    from edgecnn.export.tflite.litert import interpreter
+
+    data = load("digits")
+    row = {}
+    for method in ("ptq", "qat"):
+        program, metadata = quant.load(cache / name / method / "quantized")
+        x, _ = to_tensors(data.val_images, data.val_labels, metadata.preprocessing)
+        with torch.no_grad():
+            fake_quant = program.module()(x).numpy()
+        int8_onnx = cache / name / method / "model_int8.onnx"
+        int8_tflite = convert(int8_onnx, cache / name / method / "model_int8.tflite")
+        session = ort.InferenceSession(str(int8_onnx), providers=["CPUExecutionProvider"])
+        onnx_logits = session.run(None, {"input": x.numpy()})[0]
+        nhwc = x.numpy().transpose(0, 2, 3, 1)
+        tflite = {delegate: run_tflite(interpreter(int8_tflite, delegate=delegate), nhwc)
+                  for delegate in ("xnnpack", "builtin")}
+        scale = tflite["xnnpack"][1]
+        row[method] = {"onnx_vs_fake_quant": parity(onnx_logits, fake_quant, scale, 2)}
+        for delegate, (logits, _) in tflite.items():
+            row[method][f"tflite_{delegate}_vs_fake_quant"] = parity(logits, fake_quant, scale, 1)
+            row[method][f"tflite_{delegate}_vs_onnx"] = parity(logits, onnx_logits, scale, 1)
+    return row
+
+
+def run_tflite(it, nhwc: np.ndarray) -> tuple[np.ndarray, float]:
+    """Dequantized logits of an int8-I/O interpreter, one image per call, and the output scale."""
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    (in_scale, in_zero), (out_scale, out_zero) = inp["quantization"], out["quantization"]
+    logits = []
+    for image in nhwc:
+        q = np.clip(np.round(image / in_scale) + in_zero, -128, 127).astype(np.int8)
+        it.set_tensor(inp["index"], q[None])
+        it.invoke()
+        logits.append((it.get_tensor(out["index"]).astype(np.float32) - out_zero) * out_scale)
+    return np.concatenate(logits), out_scale
+
+
+def parity(got: np.ndarray, reference: np.ndarray, scale: float, steps: int) -> dict:
+    return {"agreement": float((got.argmax(1) == reference.argmax(1)).mean()),
+            "within": float((np.abs(got - reference) <= steps * scale * (1 + 1e-5)).mean()),
+            "steps": steps}
 
 
 def latency_row(name: str, cache: Path, runs: int) -> dict:
@@ -107,7 +157,8 @@ def latency_row(name: str, cache: Path, runs: int) -> dict:
     directory.mkdir(parents=True, exist_ok=True)
     record = Preprocessing((224, 224), 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
                            tuple(str(i) for i in range(1000)))
-    files = {k: directory / k for k in ("fp32.onnx", "int8.onnx", "fp32.tflite", "int8.tflite")}
+    files = {k: directory / k for k in ("fp32.onnx", "int8.onnx", "fp32.tflite", "int8.tflite",
+                                         "static.onnx")}
     if not all(p.is_file() for p in files.values()):
         torch.manual_seed(0)
         model = create_model(name).eval()
@@ -116,11 +167,15 @@ def latency_row(name: str, cache: Path, runs: int) -> dict:
                                    batch_size=8)
         onnx_export.export_fp32(model, record, files["fp32.onnx"])
         onnx_export.export_int8(converted, record, files["int8.onnx"])
-        convert(files["fp32.onnx"], files["fp32.tflite"])
-        convert(files["int8.onnx"], files["int8.tflite"])
+        quantize_static_u8s8(files["fp32.onnx"], calib.numpy(), files["static.onnx"], record)
+    row = {}
+    for precision in ("fp32", "int8"):  # converted on every run: the conversion time is a figure
+        start = time.perf_counter()
+        convert(files[f"{precision}.onnx"], files[f"{precision}.tflite"])
+        row[f"convert_s.{precision}"] = time.perf_counter() - start
     report = run_bench(list(files.values()), BenchConfig(threads=(1, 2), runs=runs),
                        progress=False)
-    return {f"{r['name']}@{r['threads']}": r["p50_ms"] for r in report["results"]}
+    return row | {f"{r['name']}@{r['threads']}": r["p50_ms"] for r in report["results"]}
 
 
 def render(rows: dict[str, dict], machine: dict, args: argparse.Namespace) -> str:
@@ -158,6 +213,29 @@ def render(rows: dict[str, dict], machine: dict, args: argparse.Namespace) -> st
                 f, i = lat[f"fp32.{fmt}@{t}"], lat[f"int8.{fmt}@{t}"]
                 cells += [f"{f:.2f}", f"{i:.2f}", f"{f / i:.2f}x"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "### onnxruntime int8, edgecnn vs quantize_static (U8S8, reduce_range); "
+              "ONNX -> TFLite conversion time", "",
+              "| model | edgecnn 1t | quantize_static 1t | edgecnn 2t | quantize_static 2t | "
+              "convert fp32 s | convert int8 s |", "|" + " --- |" * 7]
+    for name, r in rows.items():
+        lat = r["latency"]
+        lines.append(f"| {name} | " + " | ".join(
+            f"{lat[f'{k}.onnx@{t}']:.2f}" for t in (1, 2) for k in ("int8", "static")) +
+            f" | {lat['convert_s.fp32']:.2f} | {lat['convert_s.int8']:.2f} |")
+    lines += ["", "## int8 parity on digits (359 validation images)", "",
+              "Top-1 agreement / share of logits within N output quantization steps "
+              "(N = 2 for ONNX, 1 for TFLite). FQ: the torch fake-quant reference (the "
+              "converted PT2E program). TFLite XNNPACK: LiteRT's default delegate; builtin: "
+              "LiteRT without delegates, the kernels tflite-runtime runs on a Raspberry Pi.", "",
+              "| model | method | ONNX vs FQ | TFLite XNNPACK vs FQ | TFLite builtin vs FQ | "
+              "TFLite XNNPACK vs ONNX | TFLite builtin vs ONNX |", "|" + " --- |" * 7]
+    pairs = ("onnx_vs_fake_quant", "tflite_xnnpack_vs_fake_quant", "tflite_builtin_vs_fake_quant",
+             "tflite_xnnpack_vs_onnx", "tflite_builtin_vs_onnx")
+    for name, r in rows.items():
+        for method, figures in r["parity"].items():
+            lines.append(f"| {name} | {method.upper()} | " + " | ".join(
+                f"{100 * figures[k]['agreement']:.2f}% / {100 * figures[k]['within']:.2f}%"
+                for k in pairs) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -177,6 +255,7 @@ def main() -> None:
         stats = model_stats(name)
         rows[name] = {"params": stats["params"], "macs": stats["macs"],
                       "accuracy": accuracy_row(name, args.cache),
+                      "parity": parity_row(name, args.cache),
                       "latency": latency_row(name, args.cache, args.runs)}
         args.cache.mkdir(parents=True, exist_ok=True)
         results_json.write_text(json.dumps(rows, indent=2))

@@ -242,15 +242,12 @@ def export_command(
 
 def _print_report(report) -> None:
     from edgecnn.report import SUMMARY_HEADERS
+    from edgecnn.runtime.tables import rich_table, table_console
 
     d = report.data
-    table = Table(title=f"{d['model']} on {d['data']}, {d['method'].upper()}: "
-                        f"fp32 reference {100 * d['reference_accuracy']:.2f}%")
-    for i, header in enumerate(SUMMARY_HEADERS):
-        table.add_column(header, justify="left" if i == 0 else "right")
-    for row in report.summary_rows():
-        table.add_row(*row)
-    out.print(table)
+    title = (f"{d['model']} on {d['data']}, {d['method'].upper()}: "
+             f"fp32 reference {100 * d['reference_accuracy']:.2f}%")
+    table_console(out).print(rich_table(title, SUMMARY_HEADERS, report.summary_rows()))
     out.print(f"wrote {report.directory}/report.json, report.md, latency_vs_accuracy.png",
               highlight=False)
 

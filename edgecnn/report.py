@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgecnn.runtime.tables import markdown_table
 from edgecnn.util import atomic_write
 
-SUMMARY_HEADERS = ("artifact", "size", "accuracy", "drop (pp)", "agreement", "p50 ms (1 thr)",
-                   "p50 ms (all)", "speed-up vs fp32")
+#: short enough that the table fits an 80-column terminal
+SUMMARY_HEADERS = ("artifact", "size", "top-1", "drop pp", "agree", "p50 1t ms", "p50 all ms",
+                   "speed-up")
 
 
 @dataclass
@@ -53,9 +55,7 @@ class Report:
                  f"fp32 reference accuracy {100 * d['reference_accuracy']:.2f}% on "
                  f"{d['val_images']} validation images; bound: int8 drop <= {d['max_drop']} "
                  f"points -> **{'PASS' if self.passed else 'FAIL'}**.", "",
-                 "| " + " | ".join(SUMMARY_HEADERS) + " |",
-                 "|" + "|".join(" --- " for _ in SUMMARY_HEADERS) + "|"]
-        lines += ["| " + " | ".join(row) + " |" for row in self.summary_rows()]
+                 markdown_table(SUMMARY_HEADERS, self.summary_rows()).rstrip()]
         m = d.get("machine", {})
         lines += ["", f"Latency: batch 1, medians, on {m.get('cpu', '?')} "
                       f"({m.get('usable_cores', '?')} cores). Speed-up: p50 at 1 thread against "

@@ -129,3 +129,24 @@ def digits_npz(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "digits_val.npz"
     save_npz(load("digits"), path, validation_only=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def dsc_reference(reference_checkpoint, digits, tmp_path_factory):
+    """fp32 and PTQ int8 dsc_net trained on digits, exported to ONNX (int8 and uint8
+    activations): `(model, converted, config, val_x, val_y, paths)`."""
+    from edgecnn import quant
+    from edgecnn.checkpoint import load_checkpoint
+    from edgecnn.export import onnx as onnx_export
+    from edgecnn.train import to_tensors
+
+    model, config = load_checkpoint(reference_checkpoint("dsc_net"))
+    x, _ = to_tensors(digits.train_images, digits.train_labels, config.preprocessing)
+    vx, vy = to_tensors(digits.val_images, digits.val_labels, config.preprocessing)
+    converted = quant.quantize(model, x[:2], "ptq", train_data=x, calib_batches=8)
+    out = tmp_path_factory.mktemp("onnx")
+    paths = {"fp32": onnx_export.export_fp32(model, config.preprocessing, out / "fp32.onnx")}
+    for act in onnx_export.ACTIVATION_TYPES:
+        paths[act] = onnx_export.export_int8(converted, config.preprocessing,
+                                             out / f"int8_{act}.onnx", activations=act)
+    return model, converted, config, vx, vy, paths

@@ -14,12 +14,10 @@ import torch
 from onnx import TensorProto, numpy_helper
 
 from edgecnn import quant
-from edgecnn.checkpoint import load_checkpoint
 from edgecnn.config import ArtifactMetadata, Preprocessing
 from edgecnn.errors import EdgecnnError
 from edgecnn.export import onnx as onnx_export
 from edgecnn.models import create_model, models
-from edgecnn.train import to_tensors
 
 INTEGER_KERNELS = {"QLinearConv", "QGemm", "ConvInteger", "MatMulInteger", "QLinearMatMul"}
 FLOAT_KERNELS = {"Conv", "Gemm", "MatMul", "FusedConv", "FusedGemm", "NchwcConv"}
@@ -28,21 +26,6 @@ FLOAT_KERNELS = {"Conv", "Gemm", "MatMul", "FusedConv", "FusedGemm", "NchwcConv"
 def run(path, x):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: x})[0]
-
-
-@pytest.fixture(scope="module")
-def dsc_reference(reference_checkpoint, digits, tmp_path_factory):
-    """fp32 and PTQ int8 dsc_net trained on digits, exported to ONNX."""
-    model, config = load_checkpoint(reference_checkpoint("dsc_net"))
-    x, _ = to_tensors(digits.train_images, digits.train_labels, config.preprocessing)
-    vx, vy = to_tensors(digits.val_images, digits.val_labels, config.preprocessing)
-    converted = quant.quantize(model, x[:2], "ptq", train_data=x, calib_batches=8)
-    out = tmp_path_factory.mktemp("onnx")
-    paths = {"fp32": onnx_export.export_fp32(model, config.preprocessing, out / "fp32.onnx")}
-    for act in onnx_export.ACTIVATION_TYPES:
-        paths[act] = onnx_export.export_int8(converted, config.preprocessing,
-                                             out / f"int8_{act}.onnx", activations=act)
-    return model, converted, config, vx, vy, paths
 
 
 def test_fp32_onnx_matches_torch_and_has_a_dynamic_batch(dsc_reference):
@@ -90,6 +73,26 @@ def test_uint8_activations_are_the_same_grid(dsc_reference):
     assert np.mean(np.isclose(a, b, atol=1e-6) | (np.abs(a - b) <= step * 1.01)) >= 0.99
 
 
+def test_padded_input_channels_are_exact_and_undone_for_tflite(dsc_reference, tmp_path):
+    """The stem's input padded to 4 channels for onnxruntime: the same logits bit for bit,
+    and the TFLite importer gets the 1-channel model back."""
+    from edgecnn.export.onnx_passes import PAD_NODE, unpad_input_channels
+
+    _, converted, config, vx, _, paths = dsc_reference
+    plain = onnx_export.export_int8(converted, config.preprocessing, tmp_path / "plain.onnx",
+                                    pad_channels=1)
+    padded = onnx.load(str(paths["uint8"]))
+    (pad,) = [n for n in padded.graph.node if n.op_type == "Pad"]
+    assert pad.name == PAD_NODE
+    stem = [n for n in padded.graph.node if n.op_type == "Conv"][0]
+    weights = {i.name: i for i in padded.graph.initializer}
+    producers = {o: n for n in padded.graph.node for o in n.output}
+    stem_weight = numpy_helper.to_array(weights[producers[stem.input[1]].input[0]])
+    assert stem_weight.shape[1] == 4 and not stem_weight[:, 1:].any()
+    assert np.array_equal(run(paths["uint8"], vx.numpy()), run(plain, vx.numpy()))
+    assert unpad_input_channels(padded).graph == onnx.load(str(plain)).graph
+
+
 def test_int8_onnx_matches_the_fake_quant_reference(dsc_reference):
     _, converted, _, vx, vy, paths = dsc_reference
     with torch.no_grad():
@@ -127,6 +130,10 @@ def test_every_conv_and_gemm_runs_as_an_integer_kernel(name, tmp_path):
     integer = sum(counts[k] for k in INTEGER_KERNELS)
     assert integer == graph_convs["Conv"] + graph_convs["Gemm"], counts
     assert not any(counts[k] for k in FLOAT_KERNELS), counts
+    # nothing runs in float between the input's QuantizeLinear and the logits' Dequantize:
+    # global pools (squeeze-excite's too) fuse to QLinearGlobalAveragePool
+    assert counts["QuantizeLinear"] == counts["DequantizeLinear"] == 1, counts
+    assert counts["QLinearGlobalAveragePool"] == graph_convs["GlobalAveragePool"] >= 1, counts
 
 
 def test_unwritable_output_is_a_clear_error(dsc_reference, tmp_path):
@@ -163,3 +170,28 @@ def test_cli_export_and_checkpoint_mismatch(reference_checkpoint, tmp_path):
     assert "checkpoint does not fit the model" in result.stderr and "stem.conv" in result.stderr
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
     json.loads((checkpoint / "config.json").read_text())
+
+
+def test_only_spatial_keepdims_means_become_global_average_pools():
+    from onnx import helper
+
+    from edgecnn.export.onnx_passes import global_average_pools
+
+    def mean(axes, keepdims):
+        graph = helper.make_graph(
+            [helper.make_node("ReduceMean", ["x", "axes"], ["y"], keepdims=keepdims)], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 5, 5])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(np.array(axes, np.int64), "axes")])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)],
+                                 ir_version=9)
+
+    x = np.random.default_rng(0).standard_normal((1, 8, 5, 5)).astype(np.float32)
+    for axes, keepdims, pooled in (([2, 3], 1, True), ([-1, -2], 1, True), ([2, 3], 0, False),
+                                   ([1], 1, False), ([1, 2, 3], 1, False)):
+        model = mean(axes, keepdims)
+        rewritten = global_average_pools(model)
+        assert (rewritten.graph.node[0].op_type == "GlobalAveragePool") == pooled, axes
+        expected = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+        got = ort.InferenceSession(rewritten.SerializeToString()).run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, expected, rtol=1e-6)

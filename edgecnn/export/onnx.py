@@ -8,7 +8,10 @@ DequantizeLinear (per channel, axis 0), int32 bias, one Q/DQ pair per
 activation. onnxruntime fuses DQ -> Conv -> Q into QLinearConv; which
 activation type reaches its fast path depends on the CPU, so it is an option
 (`activations`): uint8 activations are exactly the int8 grid shifted by 128,
-so the same QAT/PTQ result exports faithfully either way.
+so the same QAT/PTQ result exports faithfully either way. Global average pools
+become GlobalAveragePool (fused to QLinearGlobalAveragePool, where a ReduceMean
+runs in float), and the image's channels are zero-padded to 4 for the stem
+convolution's sake (`onnx_passes`).
 """
 
 from __future__ import annotations
@@ -19,13 +22,18 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
 
 from edgecnn.config import ArtifactMetadata, Preprocessing
 from edgecnn.errors import EdgecnnError
+from edgecnn.export.onnx_passes import (
+    INPUT_CHANNEL_MULTIPLE,
+    global_average_pools,
+    pad_input_channels,
+    uint8_activations,
+)
 from edgecnn.util import atomic_write
 
 OPSET = 18
@@ -33,7 +41,6 @@ METADATA_KEY = "edgecnn"
 ACTIVATION_TYPES = ("uint8", "int8")
 #: Measured on AVX2 x86 without VNNI: onnxruntime's fast int8 path is U8S8 (see benchmarks/).
 DEFAULT_ACTIVATIONS = "uint8"
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
 def to_onnx(module: torch.nn.Module, example_input: torch.Tensor) -> onnx.ModelProto:
@@ -94,48 +101,6 @@ def _int8_weight_count(model: onnx.ModelProto) -> int:
                and n.input[0] in inits)
 
 
-def uint8_activations(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Re-encode int8 activation Q/DQ as uint8 (zero point + 128): the same real values.
-
-    Weights (DequantizeLinear of an initializer) stay int8, biases int32.
-    Returns a new model; the input is not modified.
-    """
-    model = _copy(model)
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    shifted: dict[str, str] = {}
-    changed_outputs = []
-    for node in graph.node:
-        if node.op_type not in QDQ_OPS or node.input[0] in inits or len(node.input) < 3:
-            continue
-        zero_point = inits[node.input[2]]
-        if zero_point.data_type != TensorProto.INT8:
-            continue
-        if zero_point.name not in shifted:
-            value = numpy_helper.to_array(zero_point).astype(np.int16) + 128
-            new = numpy_helper.from_array(value.astype(np.uint8), f"{zero_point.name}_u8")
-            graph.initializer.append(new)
-            shifted[zero_point.name] = new.name
-        node.input[2] = shifted[zero_point.name]
-        if node.op_type == "QuantizeLinear":
-            changed_outputs.append(node.output[0])
-    changed = set(changed_outputs)
-    for info in list(graph.value_info) + list(graph.output):
-        if info.name in changed:
-            info.type.tensor_type.elem_type = TensorProto.UINT8
-    used = {i for n in graph.node for i in n.input}
-    keep = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
-    return model
-
-
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    return copy
-
-
 def attach_metadata(model: onnx.ModelProto, metadata: ArtifactMetadata) -> None:
     for prop in list(model.metadata_props):
         if prop.key == METADATA_KEY:
@@ -166,13 +131,19 @@ def export_fp32(model: torch.nn.Module, preprocessing: Preprocessing, path: Path
 
 
 def export_int8(program: torch.nn.Module, preprocessing: Preprocessing, path: Path, *,
-                model_name: str = "", activations: str = DEFAULT_ACTIVATIONS) -> Path:
-    """Export a converted PT2E program (explicit Q/DQ) to QDQ ONNX at `path`."""
+                model_name: str = "", activations: str = DEFAULT_ACTIVATIONS,
+                pad_channels: int = INPUT_CHANNEL_MULTIPLE) -> Path:
+    """Export a converted PT2E program (explicit Q/DQ) to QDQ ONNX at `path`.
+
+    `pad_channels`: zero-pad the image channels to this multiple for onnxruntime's
+    int8 convolution (exact; 1 turns it off; see `onnx_passes.pad_input_channels`).
+    """
     if activations not in ACTIVATION_TYPES:
         raise EdgecnnError(f"unknown activation type {activations!r}; known: {ACTIVATION_TYPES}")
-    proto = simplify(to_onnx(program, _example_input(preprocessing)))
+    proto = global_average_pools(simplify(to_onnx(program, _example_input(preprocessing))))
     if activations == "uint8":
         proto = uint8_activations(proto)
+    proto = pad_input_channels(proto, pad_channels)
     attach_metadata(proto, ArtifactMetadata(
         preprocessing.with_layout("NCHW"), model=model_name, precision="int8",
         extra={"activations": activations}))

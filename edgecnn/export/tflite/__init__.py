@@ -18,6 +18,7 @@ import onnx
 
 from edgecnn.config import ArtifactMetadata, QuantParams
 from edgecnn.errors import EdgecnnError
+from edgecnn.export.onnx_passes import unpad_input_channels
 from edgecnn.export.tflite.graph import Graph, import_onnx
 from edgecnn.export.tflite.ops import LOWERINGS, lower_graph
 from edgecnn.export.tflite.passes import ONNX_PASSES, TFLITE_PASSES, float_io, name_io
@@ -75,7 +76,7 @@ def _build(model: onnx.ModelProto | str | Path, io: str, metadata: ArtifactMetad
     if io not in IO_MODES:
         raise EdgecnnError(f"--io must be one of {', '.join(IO_MODES)}, got {io!r}")
     proto, where = _load(model)
-    graph = import_onnx(proto, where)
+    graph = import_onnx(unpad_input_channels(proto), where)
     for rewrite in ONNX_PASSES:
         rewrite(graph)
     lower_graph(graph)

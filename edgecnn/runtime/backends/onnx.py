@@ -28,6 +28,9 @@ def open_onnx_session(path: Path, threads: int | None):
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if threads:
         options.intra_op_num_threads = threads
+    # Idle worker threads sleep instead of spinning: bench interleaves artifacts in separate
+    # processes, and a spinning pool would steal the cores from the next artifact's run.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
