@@ -67,6 +67,8 @@ def interleaved_medians(paths: dict[str, Path], threads: int, rounds: int) -> di
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # as `edgecnn bench`: idle pools must not spin while the other sessions take their turn
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         sessions[label] = ort.InferenceSession(str(path), options,
                                                providers=["CPUExecutionProvider"])
     times: dict[str, list[float]] = {label: [] for label in paths}

@@ -306,3 +306,35 @@ def test_save_refuses_non_int8_metadata(converted, tmp_path):
 def test_load_names_the_missing_file(tmp_path):
     with pytest.raises(EdgecnnError, match="model_int8.pt2"):
         load(tmp_path)
+
+
+def test_qat_simulates_every_conv_bn_fold_and_folds_it_for_convert():
+    """Each conv + BN unit trains as torchao's simulated fold, with the unscaling as a
+    multiply by the reciprocal factor; eval-mode folding leaves no BN and no unscaling."""
+    from torchao.quantization.pt2e import disable_observer
+
+    from edgecnn.quant.bn_fold import fold_batch_norms, qat_units
+    from edgecnn.quant.qat import prepare_qat
+
+    x, _ = toy_data()
+    model = toy_model()
+    bns = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    prepared = prepare_qat(model, x[:2])
+    units = qat_units(prepared)
+    assert len(units) == bns == len(nodes(prepared, aten.batch_norm.default))
+    assert all(calls(unscale, aten.mul.Tensor) for _, unscale, _ in units)
+    convs = set(nodes(prepared, aten.conv2d.default))
+    assert not [n for n in nodes(prepared, aten.div.Tensor) if n.args[0] in convs]
+    prepared.eval()
+    with torch.no_grad():
+        prepared(x)  # observe ranges once, then freeze them
+        prepared.apply(disable_observer)
+        before = prepared(x)
+    assert fold_batch_norms(prepared) == bns
+    assert not nodes(prepared, aten.batch_norm.default)
+    assert not nodes(prepared, aten.reciprocal.default)
+    with torch.no_grad():
+        after = prepared(x)
+    # the same function up to float rounding, which may flip an activation by one step
+    assert (after.argmax(1) == before.argmax(1)).float().mean() >= 0.95
+    assert (after - before).abs().mean() <= 0.01 * before.abs().mean()

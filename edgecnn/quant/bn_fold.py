@@ -77,21 +77,55 @@ def enable_train_eval(gm: GraphModule) -> GraphModule:
     return gm
 
 
+def qat_units(gm: GraphModule) -> list[tuple[Node, Node, Node]]:
+    """(conv, unscale, bn) of every QAT conv + BN unit of the expected shape: a bias-free
+    conv used once, its output divided by the scale factor (or multiplied by its
+    reciprocal, see `multiply_by_reciprocal`) and batch-normalized with the pattern's eps."""
+    units = []
+    for bn in gm.graph.nodes:
+        if not calls(bn, aten.batch_norm.default):
+            continue
+        unscale = bn.args[0]
+        reciprocal = calls(unscale, aten.mul.Tensor) and \
+            calls(unscale.args[1], aten.reciprocal.default)
+        if not (calls(unscale, aten.div.Tensor) or reciprocal):
+            continue
+        conv = unscale.args[0]
+        if not calls(conv, aten.conv2d.default) and not calls(conv, aten.conv1d.default):
+            continue
+        if (len(conv.args) > 2 and conv.args[2] is not None) or len(conv.users) != 1 \
+                or len(unscale.users) != 1 or abs(float(bn.args[BN_EPS]) - QAT_PATTERN_EPS) > 1e-12:
+            continue
+        units.append((conv, unscale, bn))
+    return units
+
+
+def multiply_by_reciprocal(gm: GraphModule) -> int:
+    """conv(x) / sf -> conv(x) * (1 / sf) in every unit: the same simulated fold, but a
+    multiply (and its backward) over the feature map instead of a division, which made
+    up about a fifth of a mobilenet_v2 QAT step. Mutates `gm`; returns units changed."""
+    changed = 0
+    for _, unscale, _ in qat_units(gm):
+        if calls(unscale, aten.div.Tensor):
+            with gm.graph.inserting_before(unscale):
+                reciprocal = gm.graph.call_function(aten.reciprocal.default, (unscale.args[1],))
+            unscale.target = aten.mul.Tensor
+            unscale.args = (unscale.args[0], reciprocal)
+            changed += 1
+    if changed:
+        gm.graph.lint()
+        gm.recompile()
+    return changed
+
+
 def fold_batch_norms(gm: GraphModule) -> int:
     """Fold every eval-mode QAT conv + BN unit into conv + float bias (see module doc).
 
     Mutates `gm`; returns the number of units folded.
     """
     folded = 0
-    for bn in list(gm.graph.nodes):
-        if not calls(bn, aten.batch_norm.default) or bn.args[BN_TRAINING]:
-            continue
-        div = bn.args[0]
-        conv = div.args[0] if calls(div, aten.div.Tensor) else None
-        if not calls(conv, aten.conv2d.default) and not calls(conv, aten.conv1d.default):
-            continue
-        if (len(conv.args) > 2 and conv.args[2] is not None) or len(conv.users) != 1 \
-                or len(div.users) != 1 or abs(float(bn.args[BN_EPS]) - QAT_PATTERN_EPS) > 1e-12:
+    for conv, unscale, bn in qat_units(gm):
+        if bn.args[BN_TRAINING]:
             continue
         gamma, beta, mean, var = (constant(gm, n).detach().to(torch.float64)
                                   for n in bn.args[1:5])
@@ -102,7 +136,7 @@ def fold_batch_norms(gm: GraphModule) -> int:
             bias_node = gm.graph.get_attr(name)
         conv.args = (conv.args[0], conv.args[1], bias_node, *conv.args[3:])
         bn.replace_all_uses_with(conv)
-        for node in (bn, div, div.args[1]):
+        for node in (bn, unscale, *_factor_nodes(unscale)):
             if not node.users:
                 gm.graph.erase_node(node)
         folded += 1
@@ -112,6 +146,12 @@ def fold_batch_norms(gm: GraphModule) -> int:
         gm.graph.lint()
         gm.recompile()
     return folded
+
+
+def _factor_nodes(unscale: Node) -> list[Node]:
+    """The nodes that only feed a unit's unscaling: the reshaped factor (and its reciprocal)."""
+    factor = unscale.args[1]
+    return [factor, factor.args[0]] if calls(factor, aten.reciprocal.default) else [factor]
 
 
 def remove_bn_counters(gm: GraphModule) -> None:

@@ -17,7 +17,12 @@ from torchao.quantization.pt2e import disable_observer
 from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
 from edgecnn.errors import EdgecnnError
-from edgecnn.quant.bn_fold import enable_train_eval, fold_batch_norms, freeze_bn_stats
+from edgecnn.quant.bn_fold import (
+    enable_train_eval,
+    fold_batch_norms,
+    freeze_bn_stats,
+    multiply_by_reciprocal,
+)
 from edgecnn.quant.calibrate import capture, convert
 from edgecnn.quant.quantizer import TFLiteInt8Quantizer
 from edgecnn.quant.spec import QuantConfig
@@ -67,6 +72,7 @@ def prepare_qat(model: nn.Module, example_input: torch.Tensor,
     """Capture in train mode, annotate, insert fake-quantize; `.train()/.eval()` allowed."""
     prepared = prepare_qat_pt2e(capture(model, example_input, train=True),
                                 TFLiteInt8Quantizer(config, is_qat=True))
+    multiply_by_reciprocal(prepared)
     return enable_train_eval(prepared)
 
 
