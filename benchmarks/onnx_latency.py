@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from zoo import quantize_static_qdq  # benchmarks/ is the script's directory
 
 from edgecnn import quant
 from edgecnn.config import Preprocessing
@@ -30,33 +31,10 @@ from edgecnn.runtime.machine import describe_machine
 
 def quantize_static_variants(fp32: Path, calib: np.ndarray, out: Path) -> dict[str, Path]:
     """onnxruntime's own QDQ quantizer: S8S8 and U8S8 with reduce_range, per channel."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([{"input": calib[i:i + 1]} for i in range(len(calib))])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    pre = out / "fp32_pre.onnx"
-    quant_pre_process(str(fp32), str(pre))
-    variants = {"quantize_static S8S8": (QuantType.QInt8, False),
-                "quantize_static U8S8 reduce_range": (QuantType.QUInt8, True)}
-    paths = {}
-    for label, (activation_type, reduce_range) in variants.items():
-        path = out / (label.replace(" ", "_") + ".onnx")
-        quantize_static(str(pre), str(path), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=activation_type,
-                        weight_type=QuantType.QInt8, reduce_range=reduce_range)
-        paths[label] = path
-    return paths
+    return {"quantize_static S8S8": quantize_static_qdq(
+                fp32, calib, out / "s8s8.onnx", activations="int8", reduce_range=False),
+            "quantize_static U8S8 reduce_range": quantize_static_qdq(
+                fp32, calib, out / "u8s8_rr.onnx")}
 
 
 def interleaved_medians(paths: dict[str, Path], threads: int, rounds: int) -> dict[str, float]:

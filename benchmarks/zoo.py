@@ -42,7 +42,7 @@ from edgecnn.config import ArtifactMetadata, Preprocessing
 from edgecnn.data import load
 from edgecnn.export import onnx as onnx_export
 from edgecnn.export.tflite import convert
-from edgecnn.export.tflite.litert import op_counts
+from edgecnn.export.tflite.litert import op_counts, run_images
 from edgecnn.models import create_model, models
 from edgecnn.models.stats import model_stats
 from edgecnn.runtime.bench import BenchConfig, run_bench
@@ -73,16 +73,18 @@ def accuracy_row(name: str, cache: Path) -> dict:
     data = load("digits")
     calib, _ = to_tensors(data.train_images[:CALIB_IMAGES], data.train_labels[:CALIB_IMAGES],
                           config.preprocessing)
-    static = quantize_static_u8s8(fp32_onnx, calib.numpy(), cache / name / "quantize_static.onnx",
+    static = quantize_static_qdq(fp32_onnx, calib.numpy(), cache / name / "quantize_static.onnx",
                                   config.preprocessing)
     result = run_validate(fp32_onnx, [static], "digits", Bounds(min_agreement=0.0))
     row["quantize_static"] = result["candidates"][0]["accuracy"]
     return row
 
 
-def quantize_static_u8s8(fp32: Path, calib: np.ndarray, out: Path,
-                         record: Preprocessing) -> Path:
-    """onnxruntime's best x86 recipe (QDQ, per channel, U8S8, reduce_range) on `calib`."""
+def quantize_static_qdq(fp32: Path, calib: np.ndarray, out: Path,
+                        record: Preprocessing | None = None, *, activations: str = "uint8",
+                        reduce_range: bool = True) -> Path:
+    """onnxruntime.quantization.quantize_static, QDQ, per channel, int8 weights, calibrated
+    on `calib` (batches of 32). The default is its best x86 recipe, U8S8 with reduce_range."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -100,10 +102,13 @@ def quantize_static_u8s8(fp32: Path, calib: np.ndarray, out: Path,
 
     pre = out.with_name(out.stem + "_pre.onnx")
     quant_pre_process(str(fp32), str(pre))
+    activation_type = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[activations]
     quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    reduce_range=True)
+                    activation_type=activation_type, weight_type=QuantType.QInt8,
+                    reduce_range=reduce_range)
     pre.unlink()
+    if record is None:
+        return out
     proto = onnx.load(str(out))
     onnx_export.attach_metadata(proto, ArtifactMetadata(record, model="quantize_static",
                                                         precision="int8"))
@@ -113,8 +118,6 @@ def quantize_static_u8s8(fp32: Path, calib: np.ndarray, out: Path,
 
 def parity_row(name: str, cache: Path) -> dict:
     """Top-1 agreement and share of logits within N output steps, per method and pair."""
-    from edgecnn.export.tflite.litert import interpreter
-
     data = load("digits")
     row = {}
     for method in ("ptq", "qat"):
@@ -126,28 +129,15 @@ def parity_row(name: str, cache: Path) -> dict:
         int8_tflite = convert(int8_onnx, cache / name / method / "model_int8.tflite")
         session = ort.InferenceSession(str(int8_onnx), providers=["CPUExecutionProvider"])
         onnx_logits = session.run(None, {"input": x.numpy()})[0]
-        nhwc = x.numpy().transpose(0, 2, 3, 1)
-        tflite = {delegate: run_tflite(interpreter(int8_tflite, delegate=delegate), nhwc)
-                  for delegate in ("xnnpack", "builtin")}
-        scale = tflite["xnnpack"][1]
+        tflite = {}
+        for kernels in ("xnnpack", "builtin"):
+            q, (scale, zero) = run_images(int8_tflite, x.numpy(), delegate=kernels == "xnnpack")
+            tflite[kernels] = ((q.astype(np.float32) - zero) * scale, scale)
         row[method] = {"onnx_vs_fake_quant": parity(onnx_logits, fake_quant, scale, 2)}
         for delegate, (logits, _) in tflite.items():
             row[method][f"tflite_{delegate}_vs_fake_quant"] = parity(logits, fake_quant, scale, 1)
             row[method][f"tflite_{delegate}_vs_onnx"] = parity(logits, onnx_logits, scale, 1)
     return row
-
-
-def run_tflite(it, nhwc: np.ndarray) -> tuple[np.ndarray, float]:
-    """Dequantized logits of an int8-I/O interpreter, one image per call, and the output scale."""
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
-    (in_scale, in_zero), (out_scale, out_zero) = inp["quantization"], out["quantization"]
-    logits = []
-    for image in nhwc:
-        q = np.clip(np.round(image / in_scale) + in_zero, -128, 127).astype(np.int8)
-        it.set_tensor(inp["index"], q[None])
-        it.invoke()
-        logits.append((it.get_tensor(out["index"]).astype(np.float32) - out_zero) * out_scale)
-    return np.concatenate(logits), out_scale
 
 
 def parity(got: np.ndarray, reference: np.ndarray, scale: float, steps: int) -> dict:
@@ -172,7 +162,7 @@ def latency_row(name: str, cache: Path, runs: int) -> dict:
                                    batch_size=8)
         onnx_export.export_fp32(model, record, files["fp32.onnx"])
         onnx_export.export_int8(converted, record, files["int8.onnx"])
-        quantize_static_u8s8(files["fp32.onnx"], calib.numpy(), files["static.onnx"], record)
+        quantize_static_qdq(files["fp32.onnx"], calib.numpy(), files["static.onnx"], record)
     row = {}
     for precision in ("fp32", "int8"):  # converted on every run: the conversion time is a figure
         start = time.perf_counter()

@@ -28,6 +28,8 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from edgecnn.tools.pi_venvs import staged_source
+
 #: What a Pi on Raspberry Pi OS bookworm has (python3-numpy 1.24, tflite-runtime 2.14 wheel).
 PI_REQUIREMENTS = ("numpy>=1.24,<1.25", "tflite-runtime==2.14.0")
 PI_PYTHON = (3, 11)
@@ -95,20 +97,6 @@ def _run(cmd: Sequence[str], what: str, unavailable: bool) -> None:
         raise error(f"cannot {what}: {tail}")
 
 
-@contextlib.contextmanager
-def _staged_source(root: Path) -> Iterator[Path]:
-    """A copy of what the wheel needs, so pip's in-tree build never writes into the repo."""
-    with tempfile.TemporaryDirectory(prefix="edgecnn-src-") as tmp:
-        stage = Path(tmp) / "edgecnn-src"
-        stage.mkdir()
-        for name in ("pyproject.toml", "README.md"):
-            if (root / name).exists():
-                shutil.copy2(root / name, stage / name)
-        shutil.copytree(root / "edgecnn", stage / "edgecnn",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        yield stage
-
-
 def _build(venv: Path, root: Path) -> None:
     """Create the venv and install everything from the package index (the network step)."""
     shutil.rmtree(venv, ignore_errors=True)
@@ -117,7 +105,7 @@ def _build(venv: Path, root: Path) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as constraints:
         constraints.write("\n".join(PI_REQUIREMENTS) + "\n")
     try:
-        with _staged_source(root) as stage:
+        with staged_source(root) as stage:
             _run([python, *_PIP, "-c", constraints.name, *PI_REQUIREMENTS, "setuptools>=68",
                   str(stage)], "install numpy<2, tflite-runtime and edgecnn (no network?)", True)
     finally:
@@ -126,7 +114,7 @@ def _build(venv: Path, root: Path) -> None:
 
 def _reinstall_package(venv: Path, root: Path) -> None:
     """Offline: put the current source of edgecnn into the venv, dependencies untouched."""
-    with _staged_source(root) as stage:
+    with staged_source(root) as stage:
         _run([str(venv / "bin" / "python"), *_PIP, "--no-deps", "--no-build-isolation",
               "--force-reinstall", str(stage)], "reinstall edgecnn into the Pi venv", False)
 

@@ -20,6 +20,7 @@ from edgecnn.export.tflite.litert import (  # noqa: E402
     delegate_coverage,
     interpreter,
     op_counts,
+    run_images,
 )
 
 CONVERSION_SECONDS = 3.0
@@ -84,20 +85,6 @@ def _timed(model: onnx.ModelProto) -> tuple[bytes, float]:
     return data, time.perf_counter() - start
 
 
-def _run(data: bytes, images: np.ndarray) -> tuple[np.ndarray, tuple]:
-    it = interpreter(data)
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
-    results = []
-    for x in images.transpose(0, 2, 3, 1):
-        if inp["dtype"] == np.int8:
-            scale, zero = inp["quantization"]
-            x = np.clip(np.round(x / scale) + zero, -128, 127)
-        it.set_tensor(inp["index"], x[None].astype(inp["dtype"]))
-        it.invoke()
-        results.append(it.get_tensor(out["index"]))
-    return np.concatenate(results), out["quantization"]
-
-
 def _ort(model: onnx.ModelProto, name: str, images: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return np.concatenate([session.run(None, {name: x[None]})[0] for x in images])
@@ -115,7 +102,7 @@ def test_int8_structure_and_parity(mobilenet) -> None:
     coverage = delegate_coverage(data)
     assert coverage.outside == 0 and coverage.partitions == 1
 
-    q, (scale, zero) = _run(data, mobilenet["images"])
+    q, (scale, zero) = run_images(data, mobilenet["images"])
     ref = _ort(mobilenet["qdq"], mobilenet["name"], mobilenet["images"])
     expected = np.clip(np.round(ref / scale) + zero, -128, 127)
     assert (np.abs(q.astype(np.int32) - expected) <= 1).mean() >= 0.99
@@ -129,6 +116,6 @@ def test_float_structure_and_parity(mobilenet) -> None:
     assert counts["TRANSPOSE"] == 0 and counts["RELU6"] == 0
     coverage = delegate_coverage(data)
     assert coverage.outside == 0 and coverage.partitions == 1
-    out, _ = _run(data, mobilenet["images"])
+    out, _ = run_images(data, mobilenet["images"])
     ref = _ort(mobilenet["fp32"], mobilenet["name"], mobilenet["images"])
     assert np.abs(out - ref).max() / np.abs(ref).max() <= 1e-5

@@ -35,6 +35,7 @@ from edgecnn.export.tflite.litert import (  # noqa: E402
     interpreter,
     op_counts,
     read_metadata,
+    run_images,
 )
 from edgecnn.runtime.preprocess import prepare  # noqa: E402
 
@@ -163,28 +164,13 @@ def _ort(path, images: np.ndarray) -> np.ndarray:
     return np.concatenate([session.run(None, {name: x[None]})[0] for x in images])
 
 
-def _litert(path, images: np.ndarray, *, delegate: bool = True) -> tuple[np.ndarray, tuple]:
-    """Raw outputs for NCHW float images, quantizing them when the input is int8."""
-    it = interpreter(path, delegate=delegate)
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
-    outputs = []
-    for x in images.transpose(0, 2, 3, 1):
-        if inp["dtype"] == np.int8:
-            scale, zero = inp["quantization"]
-            x = np.clip(np.round(x / scale) + zero, -128, 127)
-        it.set_tensor(inp["index"], x[None].astype(inp["dtype"]))
-        it.invoke()
-        outputs.append(it.get_tensor(out["index"]))
-    return np.concatenate(outputs), out["quantization"]
-
-
 def test_float_matches_torch_and_onnxruntime(artifacts) -> None:
     out = convert(artifacts["fp32"], artifacts["dir"] / "tinynet.tflite")
     counts = op_counts(out)
     assert counts["TRANSPOSE"] == 0 and counts["RELU6"] == counts["RELU"] == 0  # all fused
     ref = artifacts["torch"]
     for delegate in (True, False):
-        logits, _ = _litert(out, artifacts["val_x"], delegate=delegate)
+        logits, _ = run_images(out, artifacts["val_x"], delegate=delegate)
         assert np.abs(logits - ref).max() / np.abs(ref).max() <= 1e-4
     onnx_logits = _ort(artifacts["fp32"], artifacts["val_x"])
     assert np.abs(logits - onnx_logits).max() / np.abs(onnx_logits).max() <= 1e-5
@@ -202,7 +188,7 @@ def _check_int8(artifacts, qdq, out, outside_delegate: int = 0,
                 references: dict[str, np.ndarray] | None = None) -> None:
     references = {"onnxruntime": _ort(qdq, artifacts["val_x"]), **(references or {})}
     for delegate in (True, False):
-        q, (scale, zero) = _litert(out, artifacts["val_x"], delegate=delegate)
+        q, (scale, zero) = run_images(out, artifacts["val_x"], delegate=delegate)
         assert q.dtype == np.int8
         for name, ref in references.items():
             expected = np.clip(np.round(ref / scale) + zero, -128, 127)

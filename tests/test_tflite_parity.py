@@ -17,25 +17,24 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("ai_edge_litert")
 
 from edgecnn.export.tflite import convert  # noqa: E402
-from edgecnn.export.tflite.litert import delegate_coverage, interpreter, op_counts  # noqa: E402
+from edgecnn.export.tflite.litert import (  # noqa: E402
+    delegate_coverage,
+    interpreter,
+    op_counts,
+    run_images,
+)
 
 WITHIN_ONE_STEP = 0.99  # share of logits within one output quantization step
 
 
 def run_tflite(path, nchw: np.ndarray, delegate: bool) -> tuple[np.ndarray, float]:
-    """Dequantized logits, one image per call, and the output scale."""
-    it = interpreter(path, delegate=delegate)
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
-    assert inp["dtype"] == out["dtype"] == np.int8
-    assert list(inp["shape"]) == [1, *nchw.shape[2:], nchw.shape[1]]  # the ONNX channel pad undone
-    (in_scale, in_zero), (out_scale, out_zero) = inp["quantization"], out["quantization"]
-    logits = []
-    for image in nchw.transpose(0, 2, 3, 1):
-        q = np.clip(np.round(image / in_scale) + in_zero, -128, 127).astype(np.int8)
-        it.set_tensor(inp["index"], q[None])
-        it.invoke()
-        logits.append((it.get_tensor(out["index"]).astype(np.float32) - out_zero) * out_scale)
-    return np.concatenate(logits), out_scale
+    """Dequantized logits of an int8-in, int8-out file, and the output scale."""
+    interpreter_input = interpreter(path).get_input_details()[0]
+    assert interpreter_input["dtype"] == np.int8
+    assert list(interpreter_input["shape"]) == [1, *nchw.shape[2:], nchw.shape[1]]  # unpadded
+    q, (scale, zero) = run_images(path, nchw, delegate=delegate)
+    assert q.dtype == np.int8
+    return (q.astype(np.float32) - zero) * scale, scale
 
 
 @pytest.mark.parametrize("activations", ["uint8", "int8"])

@@ -11,12 +11,14 @@ emulation would only be slower.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from edgecnn.tools.pi_root import RootError, root_command, run_logged
@@ -39,6 +41,21 @@ SUFFIXES: dict[str, str] = {"tflite_runtime": ".tflite", "ai_edge_litert": ".tfl
 MARKER = ".edgecnn-venv.json"
 
 
+@contextlib.contextmanager
+def staged_source(src: Path) -> Iterator[Path]:
+    """A temporary copy of what the wheel needs (pyproject.toml, README.md, edgecnn/),
+    so pip's in-tree build never writes build/ or egg-info into the working tree."""
+    with tempfile.TemporaryDirectory(prefix="edgecnn-src-") as tmp:
+        stage = Path(tmp) / "edgecnn-src"
+        stage.mkdir()
+        for name in ("pyproject.toml", "README.md"):
+            if (src / name).exists():
+                shutil.copy2(src / name, stage / name)
+        shutil.copytree(src / "edgecnn", stage / "edgecnn",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        yield stage
+
+
 def build_wheel(src: Path, out_dir: Path, log: Path) -> Path:
     """A wheel of the working tree's edgecnn (no extras matter: a wheel has none baked in).
 
@@ -48,14 +65,7 @@ def build_wheel(src: Path, out_dir: Path, log: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("edgecnn-*.whl"):
         old.unlink()
-    with tempfile.TemporaryDirectory(prefix="edgecnn-pi-src-") as tmp:
-        stage = Path(tmp) / "src"
-        stage.mkdir()
-        for name in ("pyproject.toml", "README.md"):
-            if (src / name).exists():
-                shutil.copy2(src / name, stage / name)
-        shutil.copytree(src / "edgecnn", stage / "edgecnn",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    with staged_source(src) as stage:
         base = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out_dir)]
         code, _ = run_logged([*base, "--no-build-isolation", str(stage)], log,
                              "pip wheel edgecnn (host, no build isolation)", check=False)

@@ -82,6 +82,25 @@ def invoke(model: bytes | str | Path, inputs: list[np.ndarray], *, threads: int 
     return [it.get_tensor(detail["index"]) for detail in it.get_output_details()]
 
 
+def run_images(model: bytes | str | Path, images: np.ndarray, *, delegate: bool = True,
+               ) -> tuple[np.ndarray, tuple[float, int]]:
+    """Raw outputs for float NCHW model inputs, one image per call, and the output's
+    (scale, zero point). An int8 input is quantized as onnxruntime's QuantizeLinear and
+    torch's fake-quant do it (round half to even), so parity checks against them start
+    from the same integers; outputs stay raw (int8 for full-int8 files)."""
+    it = interpreter(model, delegate=delegate)
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    outputs = []
+    for x in np.asarray(images, np.float32).transpose(0, 2, 3, 1):
+        if inp["dtype"] == np.int8:
+            scale, zero = inp["quantization"]
+            x = np.clip(np.round(x / scale) + zero, -128, 127)
+        it.set_tensor(inp["index"], np.ascontiguousarray(x[None], dtype=inp["dtype"]))
+        it.invoke()
+        outputs.append(it.get_tensor(out["index"]))
+    return np.concatenate(outputs), out["quantization"]
+
+
 @dataclass(frozen=True)
 class DelegateCoverage:
     """How the default delegate (XNNPACK) partitioned the graph."""
