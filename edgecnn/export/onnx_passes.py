@@ -82,9 +82,8 @@ def global_average_pools(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         axes = sorted(numpy_helper.to_array(inits[node.input[1]]).tolist())
-        if attributes.get("keepdims", 1) != 1 or axes not in ([2, 3], [-2, -1]):
-            continue
-        if axes == [-2, -1] and _rank(graph, node.input[0]) != 4:
+        if attributes.get("keepdims", 1) != 1 or axes not in ([2, 3], [-2, -1]) \
+                or _rank(graph, node.input[0]) != 4:
             continue
         node.op_type = "GlobalAveragePool"
         del node.input[1:]
@@ -94,6 +93,7 @@ def global_average_pools(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _rank(graph: onnx.GraphProto, name: str) -> int | None:
+    """The tensor's rank from the graph's inputs or value_info; None when unrecorded."""
     for info in [*graph.value_info, *graph.input]:
         if info.name == name:
             return len(info.type.tensor_type.shape.dim)
@@ -105,8 +105,9 @@ def _consumers(graph: onnx.GraphProto, name: str) -> list[onnx.NodeProto]:
 
 
 def _input_convs(graph: onnx.GraphProto):
-    """(quantize, [(dequantize, conv, weight initializer)]) when the image feeds only
-    plain convolutions through one QuantizeLinear, else None."""
+    """(image input, its QuantizeLinear, [(DequantizeLinear, Conv, weight initializer)])
+    when the image feeds only plain (group 1) convolutions through one QuantizeLinear,
+    else None."""
     inits = {i.name: i for i in graph.initializer}
     images = [i for i in graph.input if i.name not in inits]
     if len(images) != 1:
