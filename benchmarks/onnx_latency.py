@@ -2,12 +2,12 @@
 
 mobilenet_v2 at 224x224, 1000 classes, batch 1, 1 and 2 threads. edgecnn's
 default (uint8 activations, image padded to 4 channels for the stem) against
-int8 activations, against no channel padding, and against quantize_static. All models run
-interleaved (one call each, in turn, many rounds) so load and frequency changes
-hit them alike; medians are reported. Accuracy is not the point here (random
+int8 activations, against no channel padding, and against quantize_static. Measured
+by `edgecnn bench`'s engine: a process per model, interleaved rounds, so load and
+frequency changes hit them alike; medians are reported. Accuracy is not the point here (random
 weights, PTQ on random calibration images); tests/ check parity.
 
-    python benchmarks/onnx_latency.py [--rounds 200] [--out benchmarks/onnx_latency.md]
+    python benchmarks/onnx_latency.py [--runs 200] [--out benchmarks/onnx_latency.md]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from edgecnn import quant
 from edgecnn.config import Preprocessing
 from edgecnn.export import onnx as onnx_export
 from edgecnn.models import create_model
+from edgecnn.runtime.bench import BenchConfig, run_bench
 from edgecnn.runtime.machine import describe_machine
 
 
@@ -37,33 +38,21 @@ def quantize_static_variants(fp32: Path, calib: np.ndarray, out: Path) -> dict[s
                 fp32, calib, out / "u8s8_rr.onnx")}
 
 
-def interleaved_medians(paths: dict[str, Path], threads: int, rounds: int) -> dict[str, float]:
-    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
-    sessions = {}
-    for label, path in paths.items():
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        # as `edgecnn bench`: idle pools must not spin while the other sessions take their turn
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        sessions[label] = ort.InferenceSession(str(path), options,
-                                               providers=["CPUExecutionProvider"])
-    times: dict[str, list[float]] = {label: [] for label in paths}
-    for session in sessions.values():
-        for _ in range(20):
-            session.run(None, {"input": x})
-    for _ in range(rounds):
-        for label, session in sessions.items():
-            start = time.perf_counter_ns()
-            session.run(None, {"input": x})
-            times[label].append((time.perf_counter_ns() - start) / 1e6)
-    return {label: float(np.median(t)) for label, t in times.items()}
+def medians(paths: dict[str, Path], runs: int) -> dict[int, dict[str, float]]:
+    """p50 ms per thread count and label, by `edgecnn bench`'s engine (a process per
+    file, interleaved rounds)."""
+    report = run_bench(list(paths.values()), BenchConfig(threads=(1, 2), runs=runs),
+                       progress=False)
+    label = {path.name: name for name, path in paths.items()}
+    results: dict[int, dict[str, float]] = {1: {}, 2: {}}
+    for r in report["results"]:
+        results[r["threads"]][label[r["name"]]] = r["p50_ms"]
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--calib", type=int, default=32, help="calibration images")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("onnx_latency.md"))
     args = parser.parse_args()
@@ -84,12 +73,13 @@ def main() -> None:
         paths["edgecnn int8 (uint8 activations, 3-channel stem)"] = onnx_export.export_int8(
             converted, record, tmp / "int8_unpadded.onnx", pad_channels=1)
         paths.update(quantize_static_variants(paths["fp32"], calib.numpy(), tmp))
-        results = {t: interleaved_medians(paths, t, args.rounds) for t in (1, 2)}
+        results = medians(paths, args.runs)
 
     machine = describe_machine()
     lines = [f"# onnxruntime latency, mobilenet_v2 224x224, batch 1 ({time.strftime('%Y-%m-%d')})",
              "", f"Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores; "
-             f"onnxruntime {ort.__version__}; {args.rounds} interleaved rounds, medians.", "",
+             f"onnxruntime {ort.__version__}; `edgecnn bench`, {args.runs} runs in interleaved "
+             "rounds, medians.", "",
              "| model | 1 thread ms | speed-up | 2 threads ms | speed-up |",
              "| --- | ---: | ---: | ---: | ---: |"]
     for label in results[1]:
