@@ -57,3 +57,18 @@ def test_errors_are_one_line_and_exit_2(args, message):
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_quantize_defaults_are_the_qat_config_defaults():
+    """The CLI spells its defaults out (it must import without torch); they must not drift
+    from the Python API's."""
+    import inspect
+
+    pytest.importorskip("torch")
+    from edgecnn.cli import quantize_command
+    from edgecnn.quant.qat import QATConfig
+
+    parameters = inspect.signature(quantize_command).parameters
+    defaults = {name: p.default for name, p in parameters.items()}
+    for name in ("epochs", "lr", "batch_size"):
+        assert defaults[name] == getattr(QATConfig(), name), name
