@@ -11,8 +11,8 @@ from edgecnn.runtime.tables import markdown_table
 from edgecnn.util import atomic_write
 
 #: short enough that the table fits an 80-column terminal
-SUMMARY_HEADERS = ("artifact", "size", "top-1", "drop pp", "agree", "p50 1t ms", "p50 all ms",
-                   "speed-up")
+SUMMARY_HEADERS = ("artifact", "size MB", "top-1", "drop pp", "agree", "p50 1t ms", "p50 all ms",
+                   "vs fp32")
 
 
 @dataclass
@@ -42,9 +42,9 @@ class Report:
             p50 = a["latency_ms_p50"]
             threads = sorted(p50, key=int)
             rows.append([
-                a["name"], f"{a['size_bytes'] / 1e6:.2f} MB", f"{100 * a['accuracy']:.2f}%",
-                f"{a['drop']:+.2f}", f"{100 * a['agreement']:.2f}%",
-                f"{p50[threads[0]]:.3f}", f"{p50[threads[-1]]:.3f}",
+                a["name"], f"{a['size_bytes'] / 1e6:.2f}", f"{100 * a['accuracy']:.2f}%",
+                f"{a['drop']:+.2f}", f"{100 * a['agreement']:.1f}%",
+                f"{p50[threads[0]]:.2f}", f"{p50[threads[-1]]:.2f}",
                 f"{a['speedup_vs_fp32']:.2f}x" if a.get("speedup_vs_fp32") else "1.00x",
             ])
         return rows

@@ -72,3 +72,22 @@ def test_quantize_defaults_are_the_qat_config_defaults():
     defaults = {name: p.default for name, p in parameters.items()}
     for name in ("epochs", "lr", "batch_size"):
         assert defaults[name] == getattr(QATConfig(), name), name
+
+
+def test_the_export_summary_fits_an_80_column_terminal():
+    from rich.console import Console
+
+    from edgecnn.report import SUMMARY_HEADERS, Report
+    from edgecnn.runtime.tables import rich_table
+
+    artifact = {"size_bytes": 8_904_000, "accuracy": 0.9833, "drop": 0.0, "agreement": 1.0,
+                "latency_ms_p50": {"1": 12.989, "2": 10.578}, "speedup_vs_fp32": 2.37}
+    report = Report({"artifacts": [{**artifact, "name": name} for name in
+                                   ("model_fp32.onnx", "model_int8.tflite")]})
+    console = Console(width=80, record=True)
+    console.print(rich_table("t", SUMMARY_HEADERS, report.summary_rows()))
+    text = console.export_text()
+    assert max(map(len, text.splitlines())) <= 80
+    assert "…" not in text
+    for cell in report.summary_rows()[1]:
+        assert cell in text

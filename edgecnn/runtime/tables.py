@@ -57,10 +57,15 @@ def validate_rows(report: dict) -> list[list[str]]:
 
 def rich_table(title: str, headers: tuple[str, ...], rows: list[list[str]],
                text_columns: int = 1) -> Table:
-    """The first `text_columns` columns left-aligned, the numbers right-aligned."""
+    """The first `text_columns` columns left-aligned and never cut, the numbers
+    right-aligned (a narrow terminal wraps the headers first)."""
     table = Table(title=title)
     for i, header in enumerate(headers):
-        table.add_column(header, justify="left" if i < text_columns else "right")
+        if i < text_columns:
+            widest = max((len(row[i]) for row in rows), default=0)
+            table.add_column(header, justify="left", no_wrap=True, min_width=widest)
+        else:
+            table.add_column(header, justify="right")
     for row in rows:
         table.add_row(*row)
     return table
