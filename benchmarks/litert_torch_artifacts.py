@@ -9,7 +9,12 @@ litert-converter (2 GB) that edgecnn does not need:
 writes DIR/litert_torch_fp32.tflite, DIR/litert_torch_int8.tflite (litert-torch's
 PT2EQuantizer, symmetric per-channel, static; the same random calibration images
 as benchmarks/zoo.py's latency models) and DIR/litert_torch.json (conversion
-times). Then, in edgecnn's environment, bench them beside edgecnn's own files:
+times). With --checkpoint (the zoo's digits-trained mobilenet_v2,
+~/.cache/edgecnn-zoo/mobilenet_v2/checkpoint; needs scikit-learn there) it also
+writes DIR/litert_torch_int8_digits.tflite, calibrated on the zoo's 512 training
+images, and DIR/litert_torch_int8_digits_fake_quant.npy, its own fake-quant
+logits on the 359 validation images, for `zoo.py`'s parity table. Then, in
+edgecnn's environment, bench them beside edgecnn's own files:
 
     edgecnn bench DIR/*.tflite ~/.cache/edgecnn-zoo/mobilenet_v2/latency224/*.tflite \
         --threads 1,2
@@ -29,11 +34,51 @@ from torchao.quantization.pt2e import quantize_pt2e
 
 from edgecnn.models import create_model
 
+CALIB_IMAGES = 512  # as benchmarks/zoo.py
+
+
+def int8_convert(model: torch.nn.Module, calibration: torch.Tensor, out: Path
+                 ) -> torch.nn.Module:
+    """litert-torch's PT2E int8 conversion; returns the converted fake-quant program."""
+    sample = (calibration[:1],)
+    quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
+        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+    prepared = quantize_pt2e.prepare_pt2e(torch.export.export(model, sample).module(), quantizer)
+    with torch.no_grad():
+        for image in calibration:  # the export is specialized to batch 1
+            prepared(image[None])
+    converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+    litert_torch.convert(converted, sample,
+                         quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer)
+                         ).export(str(out))
+    return converted
+
+
+def digits_int8(checkpoint: Path, out: Path) -> None:
+    """The digits-trained model through litert-torch's int8 path, and its fake-quant logits."""
+    import numpy as np
+
+    from edgecnn.checkpoint import load_checkpoint
+    from edgecnn.data import load
+    from edgecnn.train import to_tensors
+
+    model, config = load_checkpoint(checkpoint)
+    data = load("digits")
+    calibration, _ = to_tensors(data.train_images[:CALIB_IMAGES],
+                                data.train_labels[:CALIB_IMAGES], config.preprocessing)
+    val, _ = to_tensors(data.val_images, data.val_labels, config.preprocessing)
+    converted = int8_convert(model, calibration, out / "litert_torch_int8_digits.tflite")
+    with torch.no_grad():
+        logits = torch.cat([converted(x[None]) for x in val]).numpy()
+    np.save(out / "litert_torch_int8_digits_fake_quant.npy", logits)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="mobilenet_v2")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--checkpoint", type=Path,
+                        help="also convert this digits-trained checkpoint (int8, for parity)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -48,16 +93,10 @@ def main() -> None:
     seconds["fp32"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
-        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
-    prepared = quantize_pt2e.prepare_pt2e(torch.export.export(model, sample).module(), quantizer)
-    for image in calib:  # the export is specialized to batch 1
-        prepared(image[None])
-    converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
-    litert_torch.convert(converted, sample,
-                         quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer)
-                         ).export(str(args.out / "litert_torch_int8.tflite"))
+    int8_convert(model, calib, args.out / "litert_torch_int8.tflite")
     seconds["int8"] = time.perf_counter() - start
+    if args.checkpoint:
+        digits_int8(args.checkpoint, args.out)
 
     record = {"model": args.model, "litert_torch": litert_torch.__version__,
               "conversion_seconds": seconds}

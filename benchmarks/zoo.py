@@ -42,6 +42,7 @@ from edgecnn.config import ArtifactMetadata, Preprocessing
 from edgecnn.data import load
 from edgecnn.export import onnx as onnx_export
 from edgecnn.export.tflite import convert
+from edgecnn.export.tflite.builtin_int8 import check_builtin
 from edgecnn.export.tflite.litert import op_counts, run_images
 from edgecnn.models import create_model, models
 from edgecnn.models.stats import model_stats
@@ -53,6 +54,7 @@ from edgecnn.train import TrainConfig, to_tensors
 SCHEDULES = {"dsc_net": TrainConfig(epochs=10, lr=5e-3)}
 DEFAULT_SCHEDULE = TrainConfig(epochs=6, lr=2e-3)
 CALIB_IMAGES = 512
+BUILTIN_CHECK_IMAGES = 100
 
 
 def accuracy_row(name: str, cache: Path) -> dict:
@@ -137,7 +139,24 @@ def parity_row(name: str, cache: Path) -> dict:
         for delegate, (logits, _) in tflite.items():
             row[method][f"tflite_{delegate}_vs_fake_quant"] = parity(logits, fake_quant, scale, 1)
             row[method][f"tflite_{delegate}_vs_onnx"] = parity(logits, onnx_logits, scale, 1)
+        row[method]["accuracy"] = {
+            k: float((v.argmax(1) == data.val_labels).mean()) for k, v in (
+                ("fake_quant", fake_quant), ("onnx", onnx_logits),
+                *((f"tflite_{d}", logits) for d, (logits, _) in tflite.items()))}
+        row[method]["builtin_ops"] = builtin_ops(int8_tflite, x.numpy()[:BUILTIN_CHECK_IMAGES])
     return row
+
+
+def builtin_ops(tflite: Path, images: np.ndarray) -> dict:
+    """The builtin kernels against `builtin_int8`'s emulation: ops checked and bit-exact,
+    and per op type the share of outputs float requantization gives differently."""
+    checks = check_builtin(tflite, images)
+    drift = {}
+    for op in sorted({c.op for c in checks}):
+        mine = [c for c in checks if c.op == op]
+        drift[op] = sum(c.float_differs for c in mine) / sum(c.elements for c in mine)
+    return {"ops": len(checks), "bit_exact": sum(c.mismatches == 0 for c in checks),
+            "drift": drift}
 
 
 def parity(got: np.ndarray, reference: np.ndarray, scale: float, steps: int) -> dict:
@@ -180,9 +199,28 @@ def litert_torch_row(directory: Path, cache: Path, runs: int) -> dict:
              ours / "fp32.tflite", ours / "int8.tflite"]
     report = run_bench(files, BenchConfig(threads=(1, 2), runs=runs), progress=False)
     record = json.loads((directory / "litert_torch.json").read_text())
-    return {"version": record["litert_torch"], "convert_s": record["conversion_seconds"],
-            "ops": {f.name: dict(op_counts(f)) for f in files},
-            "latency": {f"{r['name']}@{r['threads']}": r["p50_ms"] for r in report["results"]}}
+    row = {"version": record["litert_torch"], "convert_s": record["conversion_seconds"],
+           "ops": {f.name: dict(op_counts(f)) for f in files},
+           "latency": {f"{r['name']}@{r['threads']}": r["p50_ms"] for r in report["results"]}}
+    digits = directory / "litert_torch_int8_digits.tflite"
+    if digits.is_file():
+        row["parity"] = litert_torch_parity(digits, cache)
+    return row
+
+
+def litert_torch_parity(tflite: Path, cache: Path) -> dict:
+    """litert-torch's int8 of the digits-trained mobilenet_v2 against its own fake-quant
+    logits (saved beside it), as `parity_row` measures edgecnn's."""
+    data = load("digits")
+    config = read_config(cache / "mobilenet_v2" / "checkpoint")
+    x, _ = to_tensors(data.val_images, data.val_labels, config.preprocessing)
+    fake_quant = np.load(tflite.with_name("litert_torch_int8_digits_fake_quant.npy"))
+    row = {"ops": dict(op_counts(tflite))}
+    for kernels in ("xnnpack", "builtin"):
+        q, (scale, zero) = run_images(tflite, x.numpy(), delegate=kernels == "xnnpack")
+        logits = (q.astype(np.float32) - zero) * scale
+        row[f"tflite_{kernels}_vs_fake_quant"] = parity(logits, fake_quant, scale, 1)
+    return row
 
 
 def render(rows: dict[str, dict], machine: dict, args: argparse.Namespace,
@@ -244,13 +282,43 @@ def render(rows: dict[str, dict], machine: dict, args: argparse.Namespace,
             lines.append(f"| {name} | {method.upper()} | " + " | ".join(
                 f"{100 * figures[k]['agreement']:.2f}% / {100 * figures[k]['within']:.2f}%"
                 for k in pairs) + " |")
+    lines += render_builtin(rows)
     if litert_torch:
-        lines += render_litert_torch(litert_torch, rows["mobilenet_v2"]["latency"])
+        lines += render_litert_torch(litert_torch, rows["mobilenet_v2"])
     return "\n".join(lines) + "\n"
 
 
-def render_litert_torch(lt: dict, ours: dict) -> list[str]:
-    lat, ops = lt["latency"], lt["ops"]
+DRIFT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MEAN")
+
+
+def render_builtin(rows: dict[str, dict]) -> list[str]:
+    lines = ["", "### The builtin kernels' arithmetic", "",
+             "Top-1 accuracy on digits of each int8 runtime. Then `builtin_int8.check_builtin` "
+             f"on {BUILTIN_CHECK_IMAGES} images: how many of the file's CONV_2D, "
+             "DEPTHWISE_CONV_2D, FULLY_CONNECTED, ADD and MEAN ops the builtin kernels "
+             "computed bit for bit as the emulated TFLite fixed-point arithmetic from the "
+             "inputs they read, and per op type the share of outputs that float "
+             "requantization (XNNPACK, onnxruntime, fake quant) of the same inputs gives "
+             "differently: the drift each builtin op adds, which compounds with depth.", "",
+             "| model | method | FQ | ONNX | XNNPACK | builtin | ops bit-exact | " +
+             " | ".join(f"drift {op}" for op in DRIFT_OPS) + " |", "|" + " --- |" * 12]
+    for name, r in rows.items():
+        for method, figures in r["parity"].items():
+            acc, ops = figures.get("accuracy"), figures.get("builtin_ops")
+            if not acc or not ops:
+                continue
+            lines.append(
+                f"| {name} | {method.upper()} | " + " | ".join(
+                    f"{100 * acc[k]:.2f}" for k in ("fake_quant", "onnx", "tflite_xnnpack",
+                                                    "tflite_builtin")) +
+                f" | {ops['bit_exact']} / {ops['ops']} | " + " | ".join(
+                    f"{100 * ops['drift'][op]:.2f}%" if op in ops["drift"] else "-"
+                    for op in DRIFT_OPS) + " |")
+    return lines
+
+
+def render_litert_torch(lt: dict, mobilenet: dict) -> list[str]:
+    lat, ops, ours = lt["latency"], lt["ops"], mobilenet["latency"]
     lines = ["", f"## mobilenet_v2 at 224 against litert-torch {lt['version']}", "",
              "litert-torch's float and PT2E int8 (its PT2EQuantizer, symmetric per channel) "
              "conversions of the same model (`benchmarks/litert_torch_artifacts.py`), benched "
@@ -267,6 +335,19 @@ def render_litert_torch(lt: dict, ours: dict) -> list[str]:
             f" | {seconds[0]:.2f} / {seconds[1]:.2f} | " +
             " / ".join(str(counts.get(k, 0)) for k in ("TRANSPOSE", "QUANTIZE", "DEQUANTIZE")) +
             " |")
+    if "parity" in lt:
+        lines += ["", "The digits-trained mobilenet_v2 (small-input mode) through each "
+                  "converter's int8 path (litert-torch: its PT2EQuantizer, calibrated on the "
+                  f"same {CALIB_IMAGES} images; edgecnn: PTQ), each .tflite against its own "
+                  "torch fake-quant program on the 359 validation images: top-1 agreement / "
+                  "logits within one output step.", "",
+                  "| converter | XNNPACK vs FQ | builtin vs FQ |", "| --- | --- | --- |"]
+        for label, figures in (("litert-torch", lt["parity"]),
+                               ("edgecnn", mobilenet["parity"]["ptq"])):
+            lines.append(f"| {label} | " + " | ".join(
+                f"{100 * figures[k]['agreement']:.2f}% / {100 * figures[k]['within']:.2f}%"
+                for k in ("tflite_xnnpack_vs_fake_quant", "tflite_builtin_vs_fake_quant")) +
+                " |")
     return lines
 
 

@@ -87,7 +87,9 @@ DEFAULT_TRAIN = TrainConfig(epochs=6, lr=3e-3)
 
 
 def _digest(*parts: object) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """A stage key: its inputs, and the edgecnn version (a new release redoes the stage)."""
+    return hashlib.sha256(json.dumps([__version__, *parts], sort_keys=True,
+                                     default=str).encode()).hexdigest()[:16]
 
 
 def _files_digest(path: Path) -> str:

@@ -125,3 +125,13 @@ def test_bad_formats_and_missing_checkpoint_are_one_line_errors(tmp_path):
     assert result.returncode == 2 and "supported are onnx, tflite" in result.stderr
     result = export_int8("--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path))
     assert result.returncode == 2 and "checkpoint directory not found" in result.stderr
+
+
+def test_stage_keys_change_with_the_edgecnn_version(monkeypatch):
+    """Artifacts cached by another release are redone, not reused."""
+    from edgecnn import pipeline
+
+    key = pipeline._digest("mobilenet_v2", "digits", "qat", 3)
+    assert pipeline._digest("mobilenet_v2", "digits", "qat", 3) == key
+    monkeypatch.setattr(pipeline, "__version__", "99.0.0")
+    assert pipeline._digest("mobilenet_v2", "digits", "qat", 3) != key

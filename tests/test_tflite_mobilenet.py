@@ -119,3 +119,14 @@ def test_float_structure_and_parity(mobilenet) -> None:
     out, _ = run_images(data, mobilenet["images"])
     ref = _ort(mobilenet["fp32"], mobilenet["name"], mobilenet["images"])
     assert np.abs(out - ref).max() / np.abs(ref).max() <= 1e-5
+
+
+def test_int8_builtin_kernels_bit_exact(mobilenet) -> None:
+    """quantize_static's mobilenet_v2 at 224 (ADDs, a 7x7 MEAN): every emulated op of the
+    builtin kernels matches `builtin_int8`'s fixed-point arithmetic exactly."""
+    from edgecnn.export.tflite.builtin_int8 import check_builtin
+
+    checks = check_builtin(to_flatbuffer(mobilenet["qdq"]), mobilenet["images"])
+    assert len(checks) == 35 + 17 + 10 + 1 + 1  # CONV_2D, DEPTHWISE, ADD, MEAN, FC
+    wrong = [(c.index, c.op, c.output, c.mismatches) for c in checks if c.mismatches]
+    assert not wrong, f"builtin outputs unlike the emulation: {wrong}"

@@ -58,16 +58,19 @@ def _quiet_stderr():
         os.close(saved)
 
 
-def interpreter(model: bytes | str | Path, *, threads: int = 1, delegate: bool = True):
+def interpreter(model: bytes | str | Path, *, threads: int = 1, delegate: bool = True,
+                preserve_all_tensors: bool = False):
     """A LiteRT Interpreter with tensors allocated; `delegate=False` runs the builtin
-    kernels only (no default XNNPACK delegate)."""
+    kernels only (no default XNNPACK delegate); `preserve_all_tensors` keeps every
+    intermediate tensor readable after `invoke`."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     resolver = OpResolverType.AUTO if delegate else \
         OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     with _quiet_stderr():
         it = Interpreter(model_content=_bytes(model), num_threads=threads,
-                         experimental_op_resolver_type=resolver)
+                         experimental_op_resolver_type=resolver,
+                         experimental_preserve_all_tensors=preserve_all_tensors)
         it.allocate_tensors()
     return it
 
@@ -82,20 +85,29 @@ def invoke(model: bytes | str | Path, inputs: list[np.ndarray], *, threads: int 
     return [it.get_tensor(detail["index"]) for detail in it.get_output_details()]
 
 
+def quantize_input(detail: dict, x: np.ndarray) -> np.ndarray:
+    """A float input as the interpreter input `detail` takes it: an int8 input is
+    quantized as onnxruntime's QuantizeLinear and torch's fake-quant do it (round half
+    to even), so parity checks against them start from the same integers."""
+    if detail["dtype"] == np.int8:
+        scale, zero = detail["quantization"]
+        x = np.clip(np.round(x / scale) + zero, -128, 127)
+    return np.ascontiguousarray(x, dtype=detail["dtype"])
+
+
 def run_images(model: bytes | str | Path, images: np.ndarray, *, delegate: bool = True,
                ) -> tuple[np.ndarray, tuple[float, int]]:
     """Raw outputs for float NCHW model inputs, one image per call, and the output's
-    (scale, zero point). An int8 input is quantized as onnxruntime's QuantizeLinear and
-    torch's fake-quant do it (round half to even), so parity checks against them start
-    from the same integers; outputs stay raw (int8 for full-int8 files)."""
+    (scale, zero point); outputs stay raw (int8 for full-int8 files). Images go in
+    NHWC, or NCHW when that is the file's input shape (other converters' files)."""
     it = interpreter(model, delegate=delegate)
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    images = np.asarray(images, np.float32)
+    if list(inp["shape"][1:]) != list(images.shape[1:]):
+        images = images.transpose(0, 2, 3, 1)
     outputs = []
-    for x in np.asarray(images, np.float32).transpose(0, 2, 3, 1):
-        if inp["dtype"] == np.int8:
-            scale, zero = inp["quantization"]
-            x = np.clip(np.round(x / scale) + zero, -128, 127)
-        it.set_tensor(inp["index"], np.ascontiguousarray(x[None], dtype=inp["dtype"]))
+    for x in images:
+        it.set_tensor(inp["index"], quantize_input(inp, x[None]))
         it.invoke()
         outputs.append(it.get_tensor(out["index"]))
     return np.concatenate(outputs), out["quantization"]
