@@ -16,8 +16,11 @@ import pytest
 
 pytest.importorskip("ai_edge_litert")
 
-from edgecnn.export.tflite import convert  # noqa: E402
+from test_tflite_ops import CASES, quantize  # noqa: E402
+
+from edgecnn.export.tflite import convert, to_flatbuffer  # noqa: E402
 from edgecnn.export.tflite.builtin_int8 import (  # noqa: E402
+    EMULATED,
     check_builtin,
     fixed_point_multiply,
     float_multiply,
@@ -60,3 +63,20 @@ def test_builtin_kernels_compute_the_files_int8_arithmetic(dsc_reference, tmp_pa
     # float requantization of the same inputs differs: the drift is the rounding
     assert sum(c.float_differs for c in checks) > 0
     assert max(c.drift for c in checks) < 0.1
+
+
+# check_builtin feeds one sample per invocation: cases with one batch-1 input
+SINGLE_INPUT_CASES = [c for c in CASES if not c.qdq and set(c.ops) & set(EMULATED)
+                      and [shape[0] for shape in c.inputs.values()] == [1]]
+
+
+@pytest.mark.parametrize("case", SINGLE_INPUT_CASES, ids=lambda c: c.id)
+def test_single_op_models_bit_exact(case, tmp_path) -> None:
+    """The per-op parity cases (paddings, strides, dilation, depth multiplier, fused
+    activations, means, fully connected) quantized by quantize_static, 4 inputs each."""
+    data = to_flatbuffer(quantize(case.model(), case, tmp_path))
+    (name,) = case.inputs
+    images = np.concatenate([case.feeds(seed)[name] for seed in range(4)])
+    checks = check_builtin(data, images)
+    assert checks, "no emulated op in the file"
+    assert [c.mismatches for c in checks] == [0] * len(checks)

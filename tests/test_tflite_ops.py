@@ -29,7 +29,7 @@ from onnxruntime.quantization import (
 pytest.importorskip("ai_edge_litert")
 
 from edgecnn.export.tflite import to_flatbuffer  # noqa: E402
-from edgecnn.export.tflite.litert import interpreter, op_counts  # noqa: E402
+from edgecnn.export.tflite.litert import interpreter, op_counts, quantize_input  # noqa: E402
 
 RNG = np.random.default_rng(0)
 FLOAT_RTOL = 1e-5
@@ -183,11 +183,7 @@ def _run_litert(data: bytes, feeds: dict[str, np.ndarray], delegate: bool):
     output in NCHW and its (scale, zero point)."""
     it = interpreter(data, delegate=delegate)
     for detail, value in zip(it.get_input_details(), feeds.values(), strict=True):
-        value = _nhwc(value)
-        if detail["dtype"] == np.int8:
-            scale, zero = detail["quantization"]
-            value = np.clip(np.round(value / scale) + zero, -128, 127)
-        it.set_tensor(detail["index"], value.astype(detail["dtype"]))
+        it.set_tensor(detail["index"], quantize_input(detail, _nhwc(value)))
     it.invoke()
     out = it.get_output_details()[0]
     return _nchw(it.get_tensor(out["index"])), out["quantization"]

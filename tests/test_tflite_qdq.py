@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 pytest.importorskip("ai_edge_litert")
 
 from edgecnn.export.tflite import to_flatbuffer  # noqa: E402
-from edgecnn.export.tflite.litert import interpreter, op_counts  # noqa: E402
+from edgecnn.export.tflite.litert import interpreter, op_counts, quantize_input  # noqa: E402
 
 RNG = np.random.default_rng(7)
 
@@ -76,9 +76,7 @@ def steps_off(model: onnx.ModelProto, data: bytes, x: np.ndarray) -> int:
     for delegate in (True, False):
         it = interpreter(data, delegate=delegate)
         inp, out = it.get_input_details()[0], it.get_output_details()[0]
-        scale, zero = inp["quantization"]
-        xq = np.clip(np.round(x.transpose(0, 2, 3, 1) / scale) + zero, -128, 127)
-        it.set_tensor(inp["index"], xq.astype(np.int8))
+        it.set_tensor(inp["index"], quantize_input(inp, x.transpose(0, 2, 3, 1)))
         it.invoke()
         y = it.get_tensor(out["index"]).astype(np.int32)
         y = y.transpose(0, 3, 1, 2) if y.ndim == 4 else y

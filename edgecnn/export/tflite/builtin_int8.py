@@ -103,16 +103,24 @@ class _Op:
         return self._details[index]["quantization_parameters"]["scales"].astype(np.float64)
 
 
+#: fused activation -> its float (low, high), None for unbounded
+ACTIVATION_BOUNDS = {schema.ActivationFunctionType.RELU: (0.0, None),
+                     schema.ActivationFunctionType.RELU6: (0.0, 6.0),
+                     schema.ActivationFunctionType.RELU_N1_TO_1: (-1.0, 1.0)}
+
+
 def _activation_range(op: _Op) -> tuple[int, int]:
-    """CalculateActivationRangeQuantized for a fused activation."""
+    """CalculateActivationRangeQuantized: the int8 clamp of a fused activation (the
+    bounds quantized with std::round, ties away from zero)."""
     scale, zero = op.quant(op.output)
     act = getattr(op.options, "fusedActivationFunction", schema.ActivationFunctionType.NONE)
-    low, high = -128, 127
-    if act in (schema.ActivationFunctionType.RELU, schema.ActivationFunctionType.RELU6):
-        low = max(low, zero)
-    if act == schema.ActivationFunctionType.RELU6:
-        high = min(high, zero + int(np.round(6.0 / scale)))
-    return low, high
+    low, high = ACTIVATION_BOUNDS.get(act, (None, None))
+
+    def quantized(bound: float) -> int:
+        return zero + int(np.sign(bound) * np.floor(abs(bound) / scale + 0.5))
+
+    return (-128 if low is None else max(-128, quantized(low)),
+            127 if high is None else min(127, quantized(high)))
 
 
 def _windows(x: np.ndarray, weights_hw: tuple[int, int], options) -> np.ndarray:
@@ -188,8 +196,9 @@ EMULATED = {"CONV_2D": _linear, "DEPTHWISE_CONV_2D": _linear, "FULLY_CONNECTED":
 
 
 def check_builtin(model: bytes | str | Path, images: np.ndarray) -> list[OpCheck]:
-    """Run float NCHW `images` (quantized as `litert.run_images` does) through the
-    builtin kernels and check every emulated int8 op against the emulation."""
+    """Run float `images` (NCHW, or rows for a 2-D input; quantized as
+    `litert.run_images` does), one per invocation, through the builtin kernels and
+    check every emulated int8 op against the emulation."""
     data = model if isinstance(model, bytes) else Path(model).read_bytes()
     root = schema.ModelT.InitFromObj(schema.Model.GetRootAs(data, 0))
     it = interpreter(data, delegate=False, preserve_all_tensors=True)
@@ -202,8 +211,9 @@ def check_builtin(model: bytes | str | Path, images: np.ndarray) -> list[OpCheck
             ops.append((index, _Op(op, name, details)))
     counts = {index: [0, 0, 0] for index, _ in ops}
     source = it.get_input_details()[0]
-    for image in np.asarray(images, np.float32):
-        it.set_tensor(source["index"], quantize_input(source, image[None].transpose(0, 2, 3, 1)))
+    for image in np.asarray(images, np.float32)[:, None]:
+        nhwc = image.transpose(0, 2, 3, 1) if image.ndim == 4 else image
+        it.set_tensor(source["index"], quantize_input(source, nhwc))
         it.invoke()
         for index, op in ops:
             got = it.get_tensor(op.output).astype(np.int64)
