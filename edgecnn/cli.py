@@ -321,8 +321,18 @@ def quantize_command(
               f"points) in {metrics['quantize_seconds']:.1f}s -> {out_dir}", highlight=False)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line each on stderr, `warning: ...`, without the source location."""
+    Console(stderr=True).print(f"[yellow]warning:[/yellow] {message}", highlight=False,
+                               soft_wrap=True)
+
+
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 2."""
+    """Entry point: user errors become one line on stderr and exit code 2; warnings one
+    line each."""
+    import warnings
+
+    warnings.showwarning = _show_warning
     try:
         app()
     except EdgecnnError as exc:

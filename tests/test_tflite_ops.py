@@ -163,6 +163,18 @@ CASES = [
          input_scale={"x": 2.0}, qdq_ops={"SOFTMAX": 1, "QUANTIZE": 1}),
     Case("softmax_channels", plain("Softmax", ["x"], axis=1), X8, {"SOFTMAX": 1},
          qdq_ops={"SOFTMAX": 1, "QUANTIZE": 1}),
+    Case("pad_spatial_asymmetric", plain("Pad", ["x", "pads"],
+                                         {"pads": np.array([0, 0, 1, 0, 0, 0, 2, 1], np.int64)}),
+         X8, {"PAD": 1}),
+    Case("pad_value_axes", plain("Pad", ["x", "pads", "value", "axes"],
+                                 {"pads": np.array([1, 0, 1, 2], np.int64),
+                                  "value": np.float32(0.5), "axes": np.array([2, 3], np.int64)}),
+         X8, {"PADV2": 1}),
+    Case("pad_then_conv_tf_same", lambda: (
+        [helper.make_node("Pad", ["x", "pads"], ["p"]),
+         node("Conv", ["p", "w", "b"], strides=[2, 2])],
+        {"pads": np.array([0, 0, 0, 0, 0, 0, 1, 1], np.int64), "w": _w(8, 3, 3, 3),
+         "b": _w(8)}), X, CONV),
     Case("relu", plain("Relu", ["x"]), X8, {"RELU": 1}, qdq=NO_STANDALONE_ACTIVATION),
     Case("clip_0_6", plain("Clip", ["x", "lo", "hi"], {"lo": np.float32(0), "hi": np.float32(6)}),
          X8, {"RELU6": 1}, input_scale={"x": 4.0}, qdq=NO_STANDALONE_ACTIVATION),
@@ -200,7 +212,7 @@ class Reader(CalibrationDataReader):
 # quantize_static's default op list plus ops it leaves float unless asked.
 QDQ_OPS = ["Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Relu", "Clip", "Sigmoid", "Tanh",
            "HardSwish", "Softmax", "GlobalAveragePool", "ReduceMean", "AveragePool", "MaxPool",
-           "Reshape", "Flatten", "Concat"]
+           "Reshape", "Flatten", "Concat", "Pad"]
 
 
 def quantize(model: onnx.ModelProto, case: Case, tmp_path) -> onnx.ModelProto:

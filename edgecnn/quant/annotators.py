@@ -25,6 +25,7 @@ from edgecnn.quant.spec import Specs
 aten = torch.ops.aten
 KEY = "quantization_annotation"
 
+#: `capture` rewrites the string-padding overloads (conv2d.padding, 'same' / 'valid') to these
 CONV_OPS = (aten.conv1d.default, aten.conv2d.default)
 LINEAR_OPS = (aten.linear.default,)
 BATCH_NORM_OPS = (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default)
@@ -34,9 +35,16 @@ HARDTANH_OPS = (aten.hardtanh.default, aten.hardtanh_.default)
 FUSED_HARDTANH_BOUNDS = ((0.0, 6.0), (-1.0, 1.0))
 ADD_OPS = (aten.add.Tensor,)
 MUL_OPS = (aten.mul.Tensor,)
-#: lowered to TFLite MEAN, which may requantize: own output quantization
+#: lowered to TFLite MEAN, which may requantize: own output quantization (a non-global
+#: adaptive pool exports as AveragePool, which may not: see `is_global_pool`)
 MEAN_OPS = (aten.mean.dim, aten.adaptive_avg_pool2d.default)
-SIGMOID_OPS = (aten.sigmoid.default,)
+#: ops whose TFLite int8 kernel accepts one fixed output (scale, zero point)
+FIXED_OUTPUT_OPS = {
+    aten.sigmoid.default: "LOGISTIC",
+    aten.softmax.int: "SOFTMAX", aten._softmax.default: "SOFTMAX",
+    aten.log_softmax.int: "LOG_SOFTMAX", aten._log_softmax.default: "LOG_SOFTMAX",
+    aten.tanh.default: "TANH",
+}
 #: ops with their own output quantization (TFLite requantizes in the kernel)
 OWN_OUTPUT_OPS = (aten.hardswish.default, *RELU_OPS, *HARDTANH_OPS)
 #: TFLite requires the same scale and zero point on input and output
@@ -44,6 +52,7 @@ SHARED_OPS = (
     aten.max_pool2d.default, aten.avg_pool2d.default, aten.flatten.using_ints,
     aten.view.default, aten.reshape.default, aten.squeeze.dim, aten.squeeze.dims,
     aten.unsqueeze.default, aten.permute.default, aten.dropout.default, aten.clone.default,
+    aten.constant_pad_nd.default, aten.pad.default,
 )
 CONCAT_OPS = (aten.cat.default, aten.concat.default)
 
@@ -108,13 +117,11 @@ def fuse_activation(node: Node) -> tuple[Node, list[Node]]:
 
 
 def weighted_op(node: Node, specs: Specs) -> dict[Node, QuantizationSpecBase]:
-    """Input map of conv / linear: activation, per-channel weight, derived int32 bias."""
-    x, weight = node.args[0], node.args[1]
-    inputs: dict[Node, QuantizationSpecBase] = {x: specs.activation, weight: specs.weight}
-    bias = node.args[2] if len(node.args) > 2 else None
-    if isinstance(bias, Node):
-        inputs[bias] = specs.bias(x, weight, node)
-    return inputs
+    """Input map of conv / linear: activation and per-channel weight.
+
+    The bias stays float through convert; `graph.quantize_biases` makes it int32.
+    """
+    return {node.args[0]: specs.activation, node.args[1]: specs.weight}
 
 
 @annotator("conv_bn_act")
@@ -176,18 +183,37 @@ def annotate_mul(gm: GraphModule, specs: Specs) -> None:
     annotate_binary(gm, specs, MUL_OPS)
 
 
+def is_global_pool(node: Node) -> bool:
+    """True for a mean / adaptive average pool that reduces H and W to 1x1."""
+    if node.target != aten.adaptive_avg_pool2d.default:
+        return True
+    size = node.args[1]
+    return all(int(v) == 1 for v in (size if isinstance(size, (list, tuple)) else [size]))
+
+
 @annotator("mean")
 def annotate_mean(gm: GraphModule, specs: Specs) -> None:
-    """Global average pool / mean: own output quantization (TFLite MEAN requantizes)."""
+    """Global average pool / mean: own output quantization (TFLite MEAN requantizes).
+
+    A non-global adaptive pool (output (1, 4) of an 8x8 map) exports as ONNX
+    AveragePool, and TFLite's AVERAGE_POOL_2D needs the same scale in and out:
+    it shares its input's quantization.
+    """
     for node in candidates(gm, MEAN_OPS):
-        annotate(node, {node.args[0]: specs.activation}, specs.activation)
+        x = node.args[0]
+        if is_global_pool(node):
+            annotate(node, {x: specs.activation}, specs.activation)
+        else:
+            annotate(node, {x: specs.activation}, SharedQuantizationSpec((x, node)))
 
 
-@annotator("sigmoid")
-def annotate_sigmoid(gm: GraphModule, specs: Specs) -> None:
-    """LOGISTIC: fixed output quantization, scale 1/256 and zero point -128 (int8)."""
-    for node in candidates(gm, SIGMOID_OPS):
-        annotate(node, {node.args[0]: specs.activation}, specs.sigmoid)
+@annotator("fixed_output")
+def annotate_fixed_output(gm: GraphModule, specs: Specs) -> None:
+    """sigmoid, softmax, log_softmax, tanh: the fixed output quantization of the TFLite
+    kernel that runs them (LOGISTIC / SOFTMAX 1/256 and -128, LOG_SOFTMAX 16/256 and 127,
+    TANH 1/128 and 0, for int8; `edgecnn.qmath.FIXED_OUTPUT`)."""
+    for node in candidates(gm, tuple(FIXED_OUTPUT_OPS)):
+        annotate(node, {node.args[0]: specs.activation}, specs.fixed[FIXED_OUTPUT_OPS[node.target]])
 
 
 @annotator("own_output")
@@ -253,6 +279,7 @@ def unannotated(gm: GraphModule) -> list[Node]:
 
 
 def known_ops() -> list[str]:
-    tables = (CONV_OPS, LINEAR_OPS, BATCH_NORM_OPS, ADD_OPS, MUL_OPS, MEAN_OPS, SIGMOID_OPS,
-              OWN_OUTPUT_OPS, SHARED_OPS, CONCAT_OPS, (aten.silu.default,))
+    tables = (CONV_OPS, LINEAR_OPS, BATCH_NORM_OPS, ADD_OPS, MUL_OPS, MEAN_OPS,
+              tuple(FIXED_OUTPUT_OPS), OWN_OUTPUT_OPS, SHARED_OPS, CONCAT_OPS,
+              (aten.silu.default, aten.conv1d.padding, aten.conv2d.padding))
     return sorted({str(op) for table in tables for op in table})

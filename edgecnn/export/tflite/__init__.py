@@ -10,6 +10,7 @@ torch: a device may convert.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,7 +28,12 @@ from edgecnn.util import atomic_write
 IO_MODES = ("int8", "float")
 METADATA_KEY = "edgecnn"
 
-__all__ = ["IO_MODES", "LOWERINGS", "METADATA_KEY", "convert", "sidecar_path", "to_flatbuffer"]
+
+class ConversionWarning(UserWarning):
+    """What the converter did that changes or adds to the QDQ model's quantization."""
+
+__all__ = ["IO_MODES", "LOWERINGS", "METADATA_KEY", "ConversionWarning", "convert", "sidecar_path",
+           "to_flatbuffer"]
 
 
 def sidecar_path(out_path: str | Path) -> Path:
@@ -71,6 +77,25 @@ def _metadata(graph: Graph, given: ArtifactMetadata | None, where: str) -> Artif
                    output_quant=_io_quant(graph, graph.outputs[0]))
 
 
+def _check_int8_inputs(graph: Graph, io: str, where: str) -> None:
+    """io="int8" promises int8 inputs: refuse a quantized graph whose input stays float."""
+    if io != "int8" or not graph.quantized:
+        return
+    for name, key in zip(graph.inputs, graph.input_keys, strict=True):
+        if graph.tensor(name).quant is None:
+            raise EdgecnnError(f"{where}: io='int8' needs a quantized model input, but input "
+                               f"{key!r} is float (no QuantizeLinear reads it); convert with "
+                               f"io='float' or quantize the op that reads it")
+
+
+def _report_notes(graph: Graph, where: str) -> None:
+    """One ConversionWarning per kind of note the passes recorded, naming the nodes."""
+    for kind, names in graph.notes.items():
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        warnings.warn(f"{where}: {len(names)} op(s): {kind}: {shown}", ConversionWarning,
+                      stacklevel=4)
+
+
 def _build(model: onnx.ModelProto | str | Path, io: str, metadata: ArtifactMetadata | None,
            ) -> tuple[bytes, ArtifactMetadata | None]:
     if io not in IO_MODES:
@@ -82,6 +107,8 @@ def _build(model: onnx.ModelProto | str | Path, io: str, metadata: ArtifactMetad
     lower_graph(graph)
     for rewrite in TFLITE_PASSES:
         rewrite(graph)
+    _check_int8_inputs(graph, io, where)
+    _report_notes(graph, where)
     if io == "float":
         float_io(graph)
     graph.prune()

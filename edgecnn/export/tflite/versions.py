@@ -34,6 +34,7 @@ BUILTINS: dict[str, tuple[str, dict[str, int]]] = {
     "LOGISTIC": ("", {F32: 1, I8: 2}),
     "TANH": ("", {F32: 1, I8: 2}),
     "SOFTMAX": ("SoftmaxOptions", {F32: 1, I8: 2}),
+    "LOG_SOFTMAX": ("LogSoftmaxOptions", {F32: 1, I8: 2}),
     "HARD_SWISH": ("HardSwishOptions", {F32: 1, I8: 1}),
     "RELU": ("", {F32: 1, I8: 2}),
     "RELU6": ("", {F32: 1, I8: 2}),

@@ -82,14 +82,25 @@ def lower_hardswish(ctx: Lowering) -> None:
     _unary(ctx, "HARD_SWISH")
 
 
+def _last_axis(ctx: Lowering, axis: int) -> None:
+    rank = ctx.input(0).rank
+    if axis % rank != rank - 1:
+        raise ctx.fail(f"{ctx.op.type} over axis {axis} of a rank-{rank} tensor; only the last "
+                       f"axis is supported")
+
+
 @register("Softmax")
 def lower_softmax(ctx: Lowering, *, axis: int = -1) -> None:
     """softmax over the last axis -> SOFTMAX (beta 1). int8 output is (1/256, -128).
 
     The layout pass has already remapped `axis` to NHWC.
     """
-    rank = ctx.input(0).rank
-    if axis % rank != rank - 1:
-        raise ctx.fail(f"softmax over axis {axis} of a rank-{rank} tensor; only the last "
-                       f"axis is supported")
+    _last_axis(ctx, axis)
     _unary(ctx, "SOFTMAX", beta=1.0)
+
+
+@register("LogSoftmax")
+def lower_logsoftmax(ctx: Lowering, *, axis: int = -1) -> None:
+    """log(softmax(x)) over the last axis -> LOG_SOFTMAX. int8 output is (16/256, 127)."""
+    _last_axis(ctx, axis)
+    _unary(ctx, "LOG_SOFTMAX")

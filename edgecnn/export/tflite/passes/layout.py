@@ -95,6 +95,24 @@ def _reduce(graph: Graph, op: Op) -> list[Op]:
     return [op]
 
 
+def _pad(graph: Graph, op: Op) -> list[Op]:
+    """Pad of a rank-4 tensor: `pads` (over all axes, or over `axes`) in NHWC order."""
+    if graph.tensor(op.inputs[0]).rank != 4:
+        return [op]
+    pads = graph.const(op.inputs[1]) if len(op.inputs) > 1 else None
+    if pads is None:
+        raise EdgecnnError(f"{op.describe()}: pads must be a constant")
+    axes = graph.const(op.inputs[3]) if len(op.inputs) > 3 and op.inputs[3] else None
+    axes = list(range(4)) if axes is None else [int(a) % 4 for a in axes]
+    pads = np.asarray(pads, np.int64).reshape(-1)
+    full = np.zeros(8, np.int64)
+    for i, axis in enumerate(axes):
+        full[NHWC_AXIS[axis]], full[NHWC_AXIS[axis] + 4] = pads[i], pads[i + len(axes)]
+    op.inputs = [op.inputs[0], graph.add_const(f"{op.inputs[1]}_nhwc", full),
+                 *(op.inputs[2:3] if len(op.inputs) > 2 else [])]
+    return [op]
+
+
 def _elementwise(graph: Graph, op: Op) -> list[Op]:
     """Constants broadcast against an NHWC output are expanded to rank 4 and permuted."""
     if graph.tensor(op.outputs[0]).rank != 4:
@@ -135,7 +153,9 @@ RULES: dict[str, Callable[[Graph, Op], list[Op]]] = {
     "Conv": _conv,
     "Concat": _axis,
     "Softmax": _axis,
+    "LogSoftmax": _axis,
     "ReduceMean": _reduce,
+    "Pad": _pad,
     **{name: _elementwise for name in ELEMENTWISE},
     **{name: _reshape for name in RESHAPES},
 }

@@ -59,6 +59,8 @@ def _quantized(graph: Graph, name: str, quant: Quant, dtype: np.dtype, op: Op,
     tensor = graph.tensor(name)
     if tensor.quant is None:
         tensor.quant, tensor.dtype = widest.get(name, quant), dtype
+        graph.qdq_params[name] = Quant(tensor.quant.scale, tensor.quant.zero_point,
+                                       tensor.quant.axis)
     if tensor.quant.same_as(quant):
         return name
     requant = graph.add_tensor(f"{name}_requant", tensor.shape, dtype, quant=quant)
@@ -92,6 +94,22 @@ def fold_qdq(graph: Graph) -> None:
             target = _quantized(graph, op.inputs[0], quant, dtype, op, kept, widest)
         graph.replace_uses(op.outputs[0], target)
     graph.ops = kept
+
+
+def check_qdq_params(graph: Graph) -> None:
+    """Every activation of the QDQ model that survives into the .tflite keeps the scale and
+    zero point the QDQ model gives it, unless a pass recorded the change (`Graph.note`).
+
+    Raises EdgecnnError naming the tensor otherwise: a converter defect, never the user's.
+    """
+    for name, expected in graph.qdq_params.items():
+        tensor = graph.tensors.get(name)
+        if tensor is None or name in graph.changed or tensor.quant is None:
+            continue
+        if not tensor.quant.same_as(expected):
+            raise EdgecnnError(f"converter defect: tensor {name!r} was given {tensor.quant} "
+                               f"where the QDQ model has {expected}, without a note; please "
+                               f"report it")
 
 
 # Ops whose output may reuse the input's quantization exactly (forward), and
