@@ -34,12 +34,29 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+#: third-party loggers that print import-time noise on every call (torchao's optional CUDA
+#: kernels it cannot load, torch's pytree deprecation of torchao's enum registration)
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
+def _quiet(verbose: bool) -> None:
+    """Silence the known third-party import noise unless --verbose (must run before the
+    commands import torch / torchao)."""
+    import logging
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.ERROR)
+
+
 @app.callback()
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show third-party warnings and "
+                                          "log lines that are hidden by default.")] = False,
 ) -> None:
     """edgecnn: train, quantize, export, benchmark and validate mobile CNNs."""
+    _quiet(verbose)
 
 
 @app.command("models")

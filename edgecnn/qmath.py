@@ -1,8 +1,8 @@
 """The TFLite int8 spec's arithmetic, shared by the quantizer and the converter (numpy only).
 
-Source: https://ai.google.dev/edge/litert/models/quantization_spec and the
-kernels' own checks (tensorflow/lite/kernels/activations.cc for the fixed
-output parameters). Torch-free: the converter runs on devices without torch.
+Source: https://ai.google.dev/edge/litert/models/quantization_spec. Torch-free:
+the converter runs on devices without torch. (Per-op contracts, such as fixed
+output parameters, are in the builtin records: `edgecnn.export.tflite.builtins`.)
 """
 
 from __future__ import annotations
@@ -11,15 +11,6 @@ import numpy as np
 
 #: int32 bias range; a bias value outside it cannot be stored
 BIAS_RANGE = (-(2**31), 2**31 - 1)
-
-#: TFLite builtins whose int8 output has one fixed (scale, zero point): the kernels refuse
-#: any other (activations.cc: Prepare of LOGISTIC, SOFTMAX, LOG_SOFTMAX, TANH)
-FIXED_OUTPUT: dict[str, tuple[float, int]] = {
-    "LOGISTIC": (1 / 256, -128),
-    "SOFTMAX": (1 / 256, -128),
-    "LOG_SOFTMAX": (16 / 256, 127),
-    "TANH": (1 / 128, 0),
-}
 
 
 def bias_safe_weight_scale(bias: np.ndarray, input_scale: float,
@@ -51,3 +42,17 @@ def quantize_bias(bias: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """round(bias / scale) as int32, computed and clamped in float64 (no wrap-around)."""
     q = np.round(np.asarray(bias, np.float64) / np.asarray(scale, np.float64))
     return np.clip(q, *BIAS_RANGE).astype(np.int64).astype(np.int32)
+
+
+def quantize_symmetric(data: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """int8 weights in [-127, 127], zero point 0: (q, scale) with one scale per slice along
+    `axis` (per channel), or one scale when `axis` is None. An all-zero slice gets scale 1e-8."""
+    data = np.asarray(data, np.float32)
+    reduce = tuple(i for i in range(data.ndim) if i != axis) if axis is not None else None
+    scale = np.max(np.abs(data), axis=reduce).astype(np.float64) / 127.0
+    scale = np.atleast_1d(np.where(scale > 0, scale, 1e-8).astype(np.float32))
+    shape = [1] * data.ndim
+    if axis is not None:
+        shape[axis] = -1
+    q = np.clip(np.round(data / scale.reshape(shape)), -127, 127).astype(np.int8)
+    return q, scale

@@ -163,6 +163,14 @@ CASES = [
          input_scale={"x": 2.0}, qdq_ops={"SOFTMAX": 1, "QUANTIZE": 1}),
     Case("softmax_channels", plain("Softmax", ["x"], axis=1), X8, {"SOFTMAX": 1},
          qdq_ops={"SOFTMAX": 1, "QUANTIZE": 1}),
+    Case("log_softmax", plain("LogSoftmax", ["x"]), {"x": (2, 10)}, {"LOG_SOFTMAX": 1},
+         input_scale={"x": 2.0}, qdq="quantize_static has no QDQ rule for LogSoftmax; "
+         "test_int8_correctness runs it in int8 from edgecnn's quantizer"),
+    Case("squeeze_pooled", lambda: (
+        [helper.make_node("GlobalAveragePool", ["x"], ["p"]), node("Squeeze", ["p", "axes"])],
+        {"axes": np.array([2, 3], np.int64)}), X8, MEAN_KEEPDIMS),
+    Case("unsqueeze_rows", plain("Unsqueeze", ["x", "axes"], {"axes": np.array([2], np.int64)}),
+         {"x": (2, 10)}, {"RESHAPE": 1}),
     Case("pad_spatial_asymmetric", plain("Pad", ["x", "pads"],
                                          {"pads": np.array([0, 0, 1, 0, 0, 0, 2, 1], np.int64)}),
          X8, {"PAD": 1}),
@@ -175,6 +183,29 @@ CASES = [
          node("Conv", ["p", "w", "b"], strides=[2, 2])],
         {"pads": np.array([0, 0, 0, 0, 0, 0, 1, 1], np.int64), "w": _w(8, 3, 3, 3),
          "b": _w(8)}), X, CONV),
+    Case("leaky_relu", plain("LeakyRelu", ["x"], alpha=0.1), X8, {"LEAKY_RELU": 1}),
+    Case("prelu_channels", plain("PRelu", ["x", "slope"], {"slope": _w(8, 1, 1)}), X8,
+         {"PRELU": 1}),
+    Case("hardsigmoid_torch", plain("HardSigmoid", ["x"], alpha=1 / 6, beta=0.5), X8,
+         {"ADD": 1, "MUL": 1}, input_scale={"x": 4.0}),
+    Case("hardsigmoid_onnx_default", plain("HardSigmoid", ["x"]), X8, {"MUL": 2, "ADD": 1},
+         input_scale={"x": 4.0}),
+    Case("div_const", plain("Div", ["x", "c"], {"c": np.float32(6.0)}), X8, {"MUL": 1}),
+    Case("transpose_channels_last", plain("Transpose", ["x"], perm=[0, 2, 3, 1]), X8,
+         {"TRANSPOSE": 1}),
+    Case("slice_channels", plain("Slice", ["x", "starts", "ends", "axes"],
+                                 {"starts": np.array([0], np.int64),
+                                  "ends": np.array([4], np.int64),
+                                  "axes": np.array([1], np.int64)}), X8, {"STRIDED_SLICE": 1}),
+    Case("slice_chomp_strided", plain("Slice", ["x", "starts", "ends", "axes", "steps"],
+                                      {"starts": np.array([1, 0], np.int64),
+                                       "ends": np.array([-1, 100], np.int64),
+                                       "axes": np.array([-1, 2], np.int64),
+                                       "steps": np.array([1, 2], np.int64)}), X8,
+         {"STRIDED_SLICE": 1}),
+    Case("batch_norm", plain("BatchNormalization", ["x", "s", "b", "m", "v"],
+                             {"s": _w(8), "b": _w(8), "m": _w(8),
+                              "v": np.abs(_w(8)) + 0.5}), X8, {"DEPTHWISE_CONV_2D": 1}),
     Case("relu", plain("Relu", ["x"]), X8, {"RELU": 1}, qdq=NO_STANDALONE_ACTIVATION),
     Case("clip_0_6", plain("Clip", ["x", "lo", "hi"], {"lo": np.float32(0), "hi": np.float32(6)}),
          X8, {"RELU6": 1}, input_scale={"x": 4.0}, qdq=NO_STANDALONE_ACTIVATION),
@@ -212,7 +243,8 @@ class Reader(CalibrationDataReader):
 # quantize_static's default op list plus ops it leaves float unless asked.
 QDQ_OPS = ["Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Relu", "Clip", "Sigmoid", "Tanh",
            "HardSwish", "Softmax", "GlobalAveragePool", "ReduceMean", "AveragePool", "MaxPool",
-           "Reshape", "Flatten", "Concat", "Pad"]
+           "Reshape", "Flatten", "Concat", "Pad", "Squeeze", "Unsqueeze", "LeakyRelu", "PRelu",
+           "HardSigmoid", "Div", "Transpose", "Slice", "BatchNormalization"]
 
 
 def quantize(model: onnx.ModelProto, case: Case, tmp_path) -> onnx.ModelProto:

@@ -98,6 +98,39 @@ def resolve_conv_padding(gm: GraphModule) -> int:
     return count
 
 
+_BATCH_NORMS = (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default)
+_CONVS = (aten.conv1d.default, aten.conv2d.default)
+
+
+def keep_shared_convs_unfolded(gm: GraphModule) -> int:
+    """Put a clone between a conv whose output has other readers and the BatchNorm after it.
+
+    torchao's PTQ conv-BN folding (`_fuse_conv_bn_`) folds a BN into the conv before
+    it without checking that the BN is the conv's only reader: in a pre-activation
+    ResNet (conv -> [BN -> ReLU -> ..., residual add]) the add then reads the
+    normalized tensor, a silently wrong model. With the clone in between, that BN
+    stays a standalone op (quantized as such; the converter lowers it to a 1x1
+    depthwise conv). Mutates `gm`; returns the number of clones inserted.
+    """
+    count = 0
+    for bn in list(gm.graph.nodes):
+        if bn.op != "call_function" or bn.target not in _BATCH_NORMS:
+            continue
+        conv = bn.args[0]
+        if not (isinstance(conv, torch.fx.Node) and conv.op == "call_function"
+                and conv.target in _CONVS and len(conv.users) > 1):
+            continue
+        with gm.graph.inserting_after(conv):
+            clone = gm.graph.call_function(aten.clone.default, (conv,))
+        clone.meta = dict(conv.meta)
+        bn.replace_input_with(conv, clone)
+        count += 1
+    if count:
+        gm.graph.lint()
+        gm.recompile()
+    return count
+
+
 class TFLiteInt8Quantizer(Quantizer):
     """Annotates an exported graph with the TFLite int8 spec (see `edgecnn.quant.spec`).
 

@@ -7,7 +7,7 @@ https://ai.google.dev/edge/litert/models/quantization_spec:
 - bias: int32, scale = input scale x weight scale (per channel), zero point 0
   (made after convert by `graph.quantize_biases`, in float64);
 - LOGISTIC / SOFTMAX output: scale 1/256, zero point -128; LOG_SOFTMAX 16/256, 127;
-  TANH 1/128, 0 (`edgecnn.qmath.FIXED_OUTPUT`).
+  TANH 1/128, 0 (the builtin records, `edgecnn.export.tflite.builtins`).
 
 `QuantConfig` keeps the choices the exporter may need to revisit per target
 (activation dtype, weight range) as fields, so an int8-trained model can be
@@ -30,7 +30,7 @@ from torchao.quantization.pt2e import (
 from torchao.quantization.pt2e.quantizer import FixedQParamsQuantizationSpec, QuantizationSpec
 
 from edgecnn.errors import EdgecnnError
-from edgecnn.qmath import FIXED_OUTPUT
+from edgecnn.export.tflite.builtins import fixed_outputs
 
 #: activation observer name -> observer class (PTQ; QAT always fake-quantizes with a
 #: moving-average min/max, the standard recipe)
@@ -99,7 +99,7 @@ class Specs:
     """The QuantizationSpecs one quantizer run hands to its annotators.
 
     `fixed[builtin]`: the fixed output spec of a TFLite builtin whose int8 kernel
-    accepts one (scale, zero point) only (`edgecnn.qmath.FIXED_OUTPUT`: LOGISTIC,
+    accepts one (scale, zero point) only (`export.tflite.builtins`: LOGISTIC,
     SOFTMAX, LOG_SOFTMAX, TANH); with uint8 activations the zero point shifts by 128.
     """
 
@@ -128,5 +128,5 @@ def make_specs(config: QuantConfig, *, is_qat: bool) -> Specs:
     fixed = {builtin: FixedQParamsQuantizationSpec(
         dtype=config.activation_torch_dtype, scale=scale, zero_point=zero_point + shift,
         quant_min=dtype_min, quant_max=dtype_max, qscheme=torch.per_tensor_affine)
-        for builtin, (scale, zero_point) in FIXED_OUTPUT.items()}
+        for builtin, (scale, zero_point) in fixed_outputs().items()}
     return Specs(activation=activation, weight=weight, fixed=fixed, config=config)

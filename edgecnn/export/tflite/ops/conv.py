@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from edgecnn.export.tflite.graph import Tensor
+from edgecnn.export.tflite.layouts import conv_layout
 from edgecnn.export.tflite.ops.base import Lowering, register
 
 
@@ -81,7 +82,7 @@ def bias_input(ctx: Lowering, bias: Tensor | None, channels: int) -> str:
     return bias.name
 
 
-@register("Conv")
+@register("Conv", layout=conv_layout)
 def lower_conv(ctx: Lowering, *, kernel_shape: list[int] | None = None,
                strides: list[int] | None = None, pads: list[int] | None = None,
                dilations: list[int] | None = None, group: int = 1,

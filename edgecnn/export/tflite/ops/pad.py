@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgecnn.export.tflite.layouts import pad_layout
 from edgecnn.export.tflite.ops.base import Lowering, register
 
 
@@ -42,7 +43,7 @@ def pad_value(ctx: Lowering) -> float:
     return float(np.asarray(value).reshape(-1)[0])
 
 
-@register("Pad")
+@register("Pad", layout=pad_layout)
 def lower_pad(ctx: Lowering, *, mode: str = "constant") -> None:
     """Constant padding -> PAD (value 0; int8: the zero point, which is real 0) or PADV2
     (any other value; int8: quantized with the input's parameters, which the output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgecnn.export.tflite.graph import Tensor
+from edgecnn.export.tflite.layouts import reduce_layout
 from edgecnn.export.tflite.ops.base import Lowering, register
 from edgecnn.export.tflite.ops.conv import pad_input, spatial_padding
 
@@ -36,7 +37,7 @@ def lower_globalaveragepool(ctx: Lowering) -> None:
     _mean(ctx, [1, 2], True)
 
 
-@register("ReduceMean")
+@register("ReduceMean", layout=reduce_layout)
 def lower_reducemean(ctx: Lowering, *, axes: list[int] | None = None, keepdims: int = 1,
                      noop_with_empty_axes: int = 0) -> None:
     """Mean over `axes` (NHWC after the layout pass) -> MEAN. int8 may rescale."""
@@ -97,7 +98,7 @@ def lower_averagepool(ctx: Lowering, *, kernel_shape: list[int], strides: list[i
           "zero" if count_include_pad else "none")
 
 
-@register("MaxPool")
+@register("MaxPool", propagates="forward")
 def lower_maxpool(ctx: Lowering, *, kernel_shape: list[int], strides: list[int] | None = None,
                   pads: list[int] | None = None, dilations: list[int] | None = None,
                   auto_pad: str = "NOTSET", ceil_mode: int = 0, storage_order: int = 0) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 
 from edgecnn.errors import EdgecnnError
 from edgecnn.export.tflite.graph import Graph, Op, Quant
+from edgecnn.export.tflite.ops.base import LOWERINGS
 
 INT8 = np.dtype(np.int8)
 
@@ -112,10 +113,9 @@ def check_qdq_params(graph: Graph) -> None:
                                f"report it")
 
 
-# Ops whose output may reuse the input's quantization exactly (forward), and
-# those whose input may reuse the output's (backward: pure data movement).
-FORWARD = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "MaxPool", "Relu", "Clip"})
-BACKWARD = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze"})
+def _propagates(op: Op) -> str | None:
+    """How quantization passes through `op` (its record's `propagates`)."""
+    return LOWERINGS.get(op.type).propagates if op.type in LOWERINGS else None
 
 
 def propagate_quant(graph: Graph) -> None:
@@ -131,7 +131,8 @@ def propagate_quant(graph: Graph) -> None:
     while changed:
         changed = False
         for op in graph.ops:
-            if op.type not in FORWARD or not op.inputs:
+            rule = _propagates(op)
+            if rule is None or not op.inputs:
                 continue
             src, dst = graph.tensor(op.inputs[0]), graph.tensor(op.outputs[0])
             if src.is_const:
@@ -139,6 +140,6 @@ def propagate_quant(graph: Graph) -> None:
             if dst.quant is None and src.quant is not None:
                 dst.quant, dst.dtype = src.quant, src.dtype
                 changed = True
-            elif src.quant is None and dst.quant is not None and op.type in BACKWARD:
+            elif src.quant is None and dst.quant is not None and rule == "both":
                 src.quant, src.dtype = dst.quant, dst.dtype
                 changed = True

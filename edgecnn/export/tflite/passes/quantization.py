@@ -16,27 +16,33 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgecnn.export.tflite.builtins import record
 from edgecnn.export.tflite.graph import Graph, Op, Quant, Tensor
 from edgecnn.export.tflite.passes.islands import is_int8_op
-from edgecnn.qmath import FIXED_OUTPUT, bias_safe_weight_scale, quantize_bias
+from edgecnn.qmath import bias_safe_weight_scale, quantize_bias, quantize_symmetric
 
 INT8 = np.dtype(np.int8)
-# builtin -> (weights input, per-channel axis)
-WEIGHTS = {"CONV_2D": (1, 0), "DEPTHWISE_CONV_2D": (1, 3), "FULLY_CONNECTED": (1, 0)}
-# Ops that copy int8 values, so their inputs and output must share parameters.
-SAME_SCALE = frozenset({"MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE", "PAD", "PADV2",
-                        "TRANSPOSE", "SQUEEZE", "CONCATENATION"})
+
+
+def _weights_input(op: Op) -> tuple[int, int] | None:
+    """(weights input index, per-channel axis) of a weighted builtin, else None."""
+    rec = record(op)
+    return rec.weights if rec else None
+
+
+def _int8_contract(op: Op) -> str | None:
+    rec = record(op)
+    return rec.int8 if rec else None
+
+
+def _fixed_output(op: Op) -> tuple[float, int] | None:
+    rec = record(op)
+    return rec.fixed_output if rec else None
 
 
 def _symmetric(data: np.ndarray, axis: int | None) -> tuple[np.ndarray, Quant]:
     """int8 in [-127, 127], zero point 0, one scale per slice along `axis` (or per tensor)."""
-    reduce = tuple(i for i in range(data.ndim) if i != axis) if axis is not None else None
-    scale = np.max(np.abs(data), axis=reduce).astype(np.float64) / 127.0
-    scale = np.where(scale > 0, scale, 1e-8).astype(np.float32)
-    shape = [1] * data.ndim
-    if axis is not None:
-        shape[axis] = -1
-    q = np.clip(np.round(data / scale.reshape(shape)), -127, 127).astype(np.int8)
+    q, scale = quantize_symmetric(data, axis)
     return q, Quant(scale, np.zeros(scale.size, np.int64), axis)
 
 
@@ -69,13 +75,14 @@ def quantize_constants(graph: Graph) -> None:
     for op in graph.ops:
         if not is_int8_op(graph, op):
             continue
+        weights = _weights_input(op)
         for i, name in enumerate(op.inputs):
             tensor = graph.tensors.get(name) if name else None
             if tensor is None or not tensor.is_const:
                 continue
-            if op.type in WEIGHTS and i == WEIGHTS[op.type][0]:
-                op.inputs[i] = _weights(graph, op, tensor, WEIGHTS[op.type][1])
-            elif op.type in WEIGHTS and i == 2:
+            if weights and i == weights[0]:
+                op.inputs[i] = _weights(graph, op, tensor, weights[1])
+            elif weights and i == 2:
                 continue  # biases: quantize_biases
             elif tensor.dtype == np.float32 or (tensor.quant and not tensor.quant.per_tensor):
                 values = tensor.data if tensor.quant is None \
@@ -106,7 +113,7 @@ def fix_output_quant(graph: Graph) -> None:
         return
     ops: list[Op] = []
     for op in graph.ops:
-        fixed = FIXED_OUTPUT.get(op.type)
+        fixed = _fixed_output(op)
         target = graph.tensor(op.outputs[0]) if fixed else None
         if fixed is None or target.quant is None or target.quant.same_as(Quant(*fixed)):
             ops.append(op)
@@ -131,7 +138,7 @@ def align_same_scale(graph: Graph) -> None:
     outputs, ops = set(graph.outputs), []
     producers, consumers = graph.producers(), graph.consumers()
     for op in graph.ops:
-        if op.type not in SAME_SCALE or not is_int8_op(graph, op):
+        if _int8_contract(op) != "same" or not is_int8_op(graph, op):
             ops.append(op)
             continue
         target = graph.tensor(op.outputs[0])
@@ -168,8 +175,8 @@ def _aligned_input(graph: Graph, name: str, quant: Quant, op: Op, producers: dic
     if tensor.quant.same_as(quant):
         return name
     producer = producers.get(name)
-    if (producer is not None and producer.type not in SAME_SCALE
-            and producer.type not in FIXED_OUTPUT and len(consumers.get(name, [])) == 1
+    if (producer is not None and _int8_contract(producer) == "requantize"
+            and len(consumers.get(name, [])) == 1
             and name not in outputs and name not in graph.inputs):
         tensor.quant = quant
         graph.note("concatenation input retargeted to the concat's scale (its producer "
@@ -183,7 +190,7 @@ def _aligned_input(graph: Graph, name: str, quant: Quant, op: Op, producers: dic
 def _fit_bias_range(graph: Graph, op: Op, x: Tensor, w: Tensor, bias: np.ndarray) -> Tensor:
     """The weights of `op`, with channel scales raised where the int32 bias would not fit
     (`edgecnn.qmath.bias_safe_weight_scale`), noted; `w` itself when every bias fits."""
-    axis = WEIGHTS[op.type][1]
+    axis = _weights_input(op)[1]
     channels = w.shape[axis]
     old = np.broadcast_to(w.quant.scale, (channels,)).astype(np.float32)
     new = bias_safe_weight_scale(bias, float(x.quant.scale[0]), old)
@@ -208,7 +215,7 @@ def quantize_biases(graph: Graph) -> None:
     if not graph.quantized:
         return
     for op in graph.ops:
-        if op.type not in WEIGHTS or not is_int8_op(graph, op):
+        if _weights_input(op) is None or not is_int8_op(graph, op):
             continue
         x, w, b = (graph.tensor(name) for name in op.inputs[:3])
         scale = (x.quant.scale[0] * w.quant.scale).astype(np.float32)
