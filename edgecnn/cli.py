@@ -110,7 +110,7 @@ def train_command(
                          label_smoothing=label_smoothing, seed=seed)
     directory = out_dir or Path("checkpoints") / model.replace(":", "_")
     metrics = train_reference(model, data, directory, config, input_size=input_size,
-                              width_mult=width_mult)
+                              width_mult=width_mult, preflight="warn")
     out.print(f"{model} on {data}: val_accuracy [bold]{metrics['val_accuracy']:.4f}[/bold] "
               f"in {metrics['train_seconds']:.1f}s -> {directory}")
 
@@ -223,7 +223,7 @@ def export_command(
         help="fp32 training epochs when no --checkpoint is given.", show_default="6")] = None,
     max_drop: Annotated[float, typer.Option(help="Allowed int8 top-1 drop, "
                                                  "percentage points.")] = 1.0,
-    io: Annotated[str, typer.Option(help="int8 TFLite input/output: int8 | float.")] = "int8",
+    io: Annotated[str, typer.Option(help="int8 TFLite input/output: int8 | uint8 | float.")] = "int8",
     input_size: Annotated[int | None, typer.Option(
         help="Square input size.", show_default="32 for images up to 64 px, else 224")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output directory.",
@@ -274,7 +274,7 @@ def convert_command(
     model: Annotated[Path, typer.Argument(help="ONNX model: fp32, or QDQ int8 (any tool's).")],
     out_path: Annotated[Path | None, typer.Option("--out", help="Output .tflite "
                                                   "(default: MODEL with .tflite).")] = None,
-    io: Annotated[str, typer.Option(help="int8 | float: input/output type of a quantized "
+    io: Annotated[str, typer.Option(help="int8 | uint8 | float: input/output type of a quantized "
                                          "model (float adds QUANTIZE/DEQUANTIZE).")] = "int8",
 ) -> None:
     """Convert ONNX to TFLite without TensorFlow: NHWC input, full int8 for QDQ models."""

@@ -312,3 +312,18 @@ def test_int8_float_io(case: Case, tmp_path) -> None:
         any(n.op_type == "DequantizeLinear" and n.output[0] == "y" and n.input[1] == i.name
             for n in qdq.graph.node)))
     assert np.abs(out - ref).max() <= float(scale) * 1.001
+
+
+def test_uint8_io_is_the_int8_file_shifted_by_128(tmp_path) -> None:
+    """io="uint8": uint8 input and output, zero points + 128, one QUANTIZE at each edge; the
+    outputs are the int8 file's plus 128, exactly (QUANTIZE int8 <-> uint8 at one scale)."""
+    case = next(c for c in CASES if c.id == "conv3x3_bias_same")
+    qdq = quantize(case.model(), case, tmp_path)
+    int8, uint8 = to_flatbuffer(qdq), to_flatbuffer(qdq, io="uint8")
+    assert op_counts(uint8)["QUANTIZE"] == 2
+    feeds = case.feeds()
+    for delegate in (True, False):
+        (a, (s_a, z_a)), (b, (s_b, z_b)) = (_run_litert(data, feeds, delegate)
+                                            for data in (int8, uint8))
+        assert b.dtype == np.uint8 and s_a == s_b and z_b == z_a + 128
+        np.testing.assert_array_equal(b.astype(np.int32), a.astype(np.int32) + 128)

@@ -113,7 +113,7 @@ builtin("RELU", fusable=True)
 builtin("RELU6", fusable=True)
 builtin("RELU_N1_TO_1", versions={F32: 1, I8: 1}, fusable=True)
 # -- conversions ------------------------------------------------------------------------------
-builtin("QUANTIZE", "QuantizeOptions", {F32: 1, I8: 1}, int8="convert")
+builtin("QUANTIZE", "QuantizeOptions", {F32: 1, I8: 1, "uint8": 1}, int8="convert")
 builtin("DEQUANTIZE", "DequantizeOptions", {I8: 2}, int8="convert")
 
 

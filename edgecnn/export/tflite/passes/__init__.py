@@ -7,7 +7,7 @@ place and says what it changes in its docstring.
 
 from edgecnn.export.tflite.passes.activations import fuse_activations
 from edgecnn.export.tflite.passes.constants import fold_constants, remove_identities
-from edgecnn.export.tflite.passes.io import float_io, name_io
+from edgecnn.export.tflite.passes.io import float_io, name_io, uint8_io
 from edgecnn.export.tflite.passes.islands import isolate_float_ops
 from edgecnn.export.tflite.passes.layout import to_nhwc
 from edgecnn.export.tflite.passes.pads import fold_pads
@@ -40,4 +40,4 @@ TFLITE_PASSES = (
     check_qdq_params,    # every QDQ tensor kept its parameters, or a note says why not
 )
 
-__all__ = ["ONNX_PASSES", "TFLITE_PASSES", "float_io", "name_io"]
+__all__ = ["ONNX_PASSES", "TFLITE_PASSES", "float_io", "name_io", "uint8_io"]
