@@ -223,7 +223,8 @@ def export_command(
         help="fp32 training epochs when no --checkpoint is given.", show_default="6")] = None,
     max_drop: Annotated[float, typer.Option(help="Allowed int8 top-1 drop, "
                                                  "percentage points.")] = 1.0,
-    io: Annotated[str, typer.Option(help="int8 TFLite input/output: int8 | uint8 | float.")] = "int8",
+    io: Annotated[str, typer.Option(
+        help="int8 TFLite input/output: int8 | uint8 | float.")] = "int8",
     input_size: Annotated[int | None, typer.Option(
         help="Square input size.", show_default="32 for images up to 64 px, else 224")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output directory.",

@@ -173,10 +173,9 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
     checkpoint) hash the same as last time; `force` redoes everything. The
     returned Report is also written as report.json, report.md and a plot.
     """
+    from edgecnn.export.tflite import IO_MODES
     from edgecnn.quant.qat import QATConfig
     from edgecnn.quant.run import quantize_checkpoint
-
-    from edgecnn.export.tflite import IO_MODES
 
     unknown = set(formats) - set(FORMATS)
     if unknown or not formats:

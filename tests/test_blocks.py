@@ -5,8 +5,6 @@ keep 99% of logits within one output step, with no op left float."""
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
@@ -14,9 +12,11 @@ from torch import nn
 
 pytest.importorskip("ai_edge_litert")
 
+from int8_files import Int8Files, images  # noqa: E402
+
 from edgecnn.export.tflite.litert import op_counts  # noqa: E402
+from edgecnn.models import create_model  # noqa: E402
 from edgecnn.quant.quantizer import UnquantizedOpWarning  # noqa: E402
-from test_int8_correctness import Int8Files, images  # noqa: E402
 
 
 def conv_bn(c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -93,6 +93,11 @@ def _set_bn_statistics(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
+def mobilenet_v3_small() -> nn.Module:
+    """The zoo's MobileNetV3-Small in small-input mode (stem stride 1)."""
+    return create_model("mobilenet_v3_small", num_classes=10, small_input=True)
+
+
 BLOCKS = {
     "mobilenet_v3": (MobileNetV3Block, {"HARD_SWISH": 3, "DEPTHWISE_CONV_2D": 1}),
     # bn1 (its conv also feeds the residual) and bn_out are standalone; bn2 folds
@@ -100,6 +105,19 @@ BLOCKS = {
     "channels_last_head": (ChannelsLastHead, {"STRIDED_SLICE": 1, "LEAKY_RELU": 1,
                                               "PRELU": 1}),
 }
+
+
+def test_zoo_mobilenet_v3_small_is_full_int8(tmp_path) -> None:
+    """The zoo's MobileNetV3-Small: every op int8 (11 depthwise convs, hardswish, SE gates).
+    Untrained, its logits span a few output steps, too few for the fidelity bars above:
+    accuracy on digits is in test_quant_accuracy's zoo sweep."""
+    torch.manual_seed(0)
+    files = Int8Files(mobilenet_v3_small(), images(16, size=32, channels=3, high=1.0),
+                      tmp_path)
+    assert files.caught(UnquantizedOpWarning) == []
+    counts = op_counts(files.tflite)
+    assert counts["DEPTHWISE_CONV_2D"] == 11 and counts["HARD_SWISH"] == 19
+    assert counts["DEQUANTIZE"] == 0 and counts["QUANTIZE"] == 0, dict(counts)
 
 
 @pytest.mark.parametrize("name", list(BLOCKS))

@@ -33,6 +33,11 @@ from edgecnn.export.tflite.litert import BUILTIN_NAMES, interpreter, quantize_in
 ADD_LEFT_SHIFT = 20  # TFLite's int8 ADD scales both inputs up by 2**20 first
 
 
+def _ties(op: _Op) -> str:
+    """How the builtin kernel's final rounding right shift breaks ties (its record)."""
+    return BUILTINS.get(op.name).rounding
+
+
 def quantize_multiplier(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """TFLite's QuantizeMultiplier: real = q * 2**(shift - 31), q in [2**30, 2**31)."""
     fraction, shift = np.frexp(np.asarray(real, np.float64))
@@ -154,7 +159,7 @@ def _linear(op: _Op, tensors) -> tuple[np.ndarray, np.ndarray]:
     y_scale, _ = op.quant(op.output)
     acc = _accumulate(op, tensors)
     real = x_scale * op.scales(op.inputs[1]) / y_scale
-    return fixed_point_multiply(acc, real, BUILTINS.get(op.name).rounding), float_multiply(acc, real)
+    return fixed_point_multiply(acc, real, _ties(op)), float_multiply(acc, real)
 
 
 def _add(op: _Op, tensors) -> tuple[np.ndarray, np.ndarray]:
@@ -162,7 +167,7 @@ def _add(op: _Op, tensors) -> tuple[np.ndarray, np.ndarray]:
     y_scale, _ = op.quant(op.output)
     x1 = tensors(op.inputs[0]).astype(np.int64) - z1
     x2 = tensors(op.inputs[1]).astype(np.int64) - z2
-    twice_max, ties = 2 * max(s1, s2), BUILTINS.get(op.name).rounding
+    twice_max, ties = 2 * max(s1, s2), _ties(op)
     raw = (fixed_point_multiply(x1 << ADD_LEFT_SHIFT, s1 / twice_max, ties)
            + fixed_point_multiply(x2 << ADD_LEFT_SHIFT, s2 / twice_max, ties))
     fixed = fixed_point_multiply(raw, twice_max / (2 ** ADD_LEFT_SHIFT * y_scale), ties)
@@ -182,7 +187,7 @@ def _mean(op: _Op, tensors) -> tuple[np.ndarray, np.ndarray]:
     acc = x.sum(axis=axes, keepdims=bool(op.options.keepDims))
     q, shift = quantize_multiplier(x_scale / y_scale)
     extra = min(count.bit_length() - 1, 32, 31 + int(shift))
-    fixed = multiply_by_quantized(acc, (q << extra) // count, shift - extra, BUILTINS.get(op.name).rounding)
+    fixed = multiply_by_quantized(acc, (q << extra) // count, shift - extra, _ties(op))
     return fixed, float_multiply(acc, x_scale / (y_scale * count))
 
 

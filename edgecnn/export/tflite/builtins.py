@@ -70,6 +70,11 @@ def _dilated(graph: Graph, op: Op) -> bool:
     return op.attrs.get("dilation_h_factor", 1) != 1 or op.attrs.get("dilation_w_factor", 1) != 1
 
 
+def _grouped(graph: Graph, op: Op) -> bool:
+    """A CONV_2D whose filter has fewer input channels than its input (op_version.cc: 6)."""
+    return graph.tensor(op.inputs[1]).shape[3] != graph.tensor(op.inputs[0]).shape[3]
+
+
 def _keeps_dims(graph: Graph, op: Op) -> bool:
     return bool(op.attrs.get("keep_num_dims"))
 
@@ -80,8 +85,8 @@ def _mul_rescale_ge_1(graph: Graph, op: Op) -> bool:
 
 
 # -- weighted ops -----------------------------------------------------------------------------
-builtin("CONV_2D", "Conv2DOptions", {F32: 1, I8: 3}, weights=(1, 0), fuses_activation=True,
-        rounding="up")
+builtin("CONV_2D", "Conv2DOptions", {F32: 1, I8: 3}, version_rules=((_grouped, 6),),
+        weights=(1, 0), fuses_activation=True, rounding="up")
 builtin("DEPTHWISE_CONV_2D", "DepthwiseConv2DOptions", {F32: 1, I8: 3},
         version_rules=((_dilated, 2),), weights=(1, 3), fuses_activation=True, rounding="up")
 builtin("FULLY_CONNECTED", "FullyConnectedOptions", {F32: 1, I8: 4},

@@ -39,7 +39,7 @@ def _permuted_const(graph: Graph, name: str, data: np.ndarray, perm: tuple[int, 
     quant = graph.tensor(name).quant
     if quant is not None and quant.axis is not None:
         quant = Quant(quant.scale, quant.zero_point, (axis_map or {}).get(quant.axis, quant.axis))
-    return graph.add_const(f"{name}nhwc", data.transpose(perm), quant=quant)
+    return graph.add_const(f"{name}_nhwc", data.transpose(perm), quant=quant)
 
 
 def conv_layout(graph: Graph, op: Op) -> list[Op]:
@@ -105,7 +105,7 @@ def pad_layout(graph: Graph, op: Op) -> list[Op]:
     full = np.zeros(8, np.int64)
     for i, axis in enumerate(axes):
         full[NHWC_AXIS[axis]], full[NHWC_AXIS[axis] + 4] = pads[i], pads[i + len(axes)]
-    op.inputs = [op.inputs[0], graph.add_const(f"{op.inputs[1]}nhwc", full),
+    op.inputs = [op.inputs[0], graph.add_const(f"{op.inputs[1]}_nhwc", full),
                  *(op.inputs[2:3] if len(op.inputs) > 2 else [])]
     return [op]
 
@@ -136,13 +136,13 @@ def reshape_layout(graph: Graph, op: Op) -> list[Op]:
     after: list[Op] = []
     x, y = graph.tensor(op.inputs[0]), graph.tensor(op.outputs[0])
     if x.rank == 4 and not _same_memory(x.shape):
-        nchw = graph.add_tensor(f"{x.name}nchw", nchw(x.shape), x.dtype, quant=x.quant)
-        before.append(_transpose(graph, op, x.name, nchw, TO_NCHW))
-        op.inputs[0] = nchw
+        staged = graph.add_tensor(f"{x.name}_nchw", nchw(x.shape), x.dtype, quant=x.quant)
+        before.append(_transpose(graph, op, x.name, staged, TO_NCHW))
+        op.inputs[0] = staged
     if y.rank == 4 and not _same_memory(y.shape):
-        nchw = graph.add_tensor(f"{y.name}nchw", nchw(y.shape), y.dtype, quant=y.quant)
-        after.append(_transpose(graph, op, nchw, y.name, TO_NHWC))
-        op.outputs[0] = nchw
+        staged = graph.add_tensor(f"{y.name}_nchw", nchw(y.shape), y.dtype, quant=y.quant)
+        after.append(_transpose(graph, op, staged, y.name, TO_NHWC))
+        op.outputs[0] = staged
     return [*before, op, *after]
 
 

@@ -13,8 +13,8 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from edgecnn.errors import EdgecnnError
-from edgecnn.export.tflite.graph import Graph, Op, Tensor
 from edgecnn.export.tflite.builtins import BUILTINS, op_version
+from edgecnn.export.tflite.graph import Graph, Op, Tensor
 
 SCHEMA_VERSION = 3
 FILE_IDENTIFIER = b"TFL3"

@@ -151,9 +151,11 @@ def lower_hardsigmoid(ctx: Lowering, *, alpha: float = 0.2, beta: float = 0.5) -
     """clip(alpha * x + beta, 0, 1) (PyTorch: alpha 1/6, beta 1/2) -> [MUL by 6 alpha] ->
     ADD 6 beta with fused RELU6 -> MUL by 1/6. TFLite has no hard-sigmoid builtin.
 
-    int8: the tensor after the RELU6 holds [0, 6] exactly at scale 6/255 and zero
-    point -128; the scaled input (when alpha != 1/6) keeps the input's range times
-    6 alpha. Only alpha > 0 is supported.
+    int8: the tensor after the RELU6 takes the output's zero point and 6 x its scale,
+    so the MUL by 1/6 is an exact integer identity and the ADD rounds once, where the
+    QDQ model rounds (a [0, 6] tensor at scale 6/255 would round 6 x coarser than the
+    output); the scaled input (alpha != 1/6) takes the input's, times 6 alpha (exact
+    too). Only alpha > 0 is supported.
     """
     if alpha <= 0:
         raise ctx.fail(f"alpha {alpha} <= 0 is not supported")
@@ -166,7 +168,7 @@ def lower_hardsigmoid(ctx: Lowering, *, alpha: float = 0.2, beta: float = 0.5) -
                                                      np.float32(6 * alpha))],
                  [scaled], fused_activation_function="NONE")
         source = scaled
-    quant = None if x.quant is None else Quant(6 / 255, -128)
+    quant = None if y.quant is None else Quant(y.quant.scale * 6, y.quant.zero_point)
     relu6 = ctx.graph.add_tensor(f"{y.name}_relu6", x.shape, x.dtype, quant=quant)
     ctx.emit("ADD", [source, ctx.graph.add_const(f"{ctx.op.name}_beta", np.float32(6 * beta))],
              [relu6], fused_activation_function="RELU6")

@@ -12,7 +12,6 @@ import numpy as np
 
 from edgecnn.export.tflite.graph import Graph, Op
 
-
 FLOAT_OPS = ("run in float (DEQUANTIZE / QUANTIZE around them) because the QDQ model leaves "
              "their tensors unquantized; quantize them too for a full-int8 model")
 
