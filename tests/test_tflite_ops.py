@@ -104,6 +104,7 @@ CASES = [
     Case("conv3x3_dilated", conv(3, 8, 3, dilations=[2, 2], pads=[2, 2, 2, 2]), X, CONV),
     Case("conv_auto_pad_same_upper", conv(3, 8, 3, strides=[2, 2], auto_pad="SAME_UPPER"), X,
          CONV),
+    Case("conv3x3_grouped", conv(8, 16, 3, group=4, pads=[1, 1, 1, 1]), X8, CONV),
     Case("depthwise3x3", conv(8, 8, 3, group=8, pads=[1, 1, 1, 1]), X8,
          {"DEPTHWISE_CONV_2D": 1}),
     Case("depthwise_multiplier2_stride2", conv(4, 8, 3, group=4, strides=[2, 2],
