@@ -149,6 +149,9 @@ CASES = [
     Case("max_pool3x3_stride2_pad", plain("MaxPool", ["x"], kernel_shape=[3, 3], strides=[2, 2],
                                           pads=[1, 1, 1, 1]), {"x": (1, 8, 8, 8)},
          {"MAX_POOL_2D": 1, "PADV2": 1}),
+    Case("max_pool3x3_stride2_ceil", plain("MaxPool", ["x"], kernel_shape=[3, 3],
+                                           strides=[2, 2], ceil_mode=1), {"x": (1, 8, 8, 8)},
+         {"MAX_POOL_2D": 1}),  # the overhang is TFLite's SAME
     Case("reshape_after_pool", lambda: (
         [helper.make_node("GlobalAveragePool", ["x"], ["p"]), node("Reshape", ["p", "shape"])],
         {"shape": np.array([1, -1], np.int64)}), X8, {"MEAN": 1, "RESHAPE": 1}),
