@@ -80,6 +80,25 @@ class ChannelsLastHead(nn.Module):
         return self.head(x.mean((1, 2)))
 
 
+class UpsamplingDecoder(nn.Module):
+    """Decoder pieces: nearest and bilinear 2x upsampling, each followed by a conv, and a
+    skip connection concatenated (U-Net / FPN style)."""
+
+    def __init__(self, c: int = 8) -> None:
+        super().__init__()
+        self.down = nn.Sequential(conv_bn(3, c, 3, stride=2), nn.ReLU())
+        self.up1 = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv_bn(c, c, 3),
+                                 nn.ReLU())
+        self.up2 = nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear"),
+                                 conv_bn(2 * c, c, 3), nn.ReLU())
+        self.skip = nn.Sequential(conv_bn(3, c, 1), nn.ReLU())
+        self.head = nn.Linear(c, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = torch.cat([self.up1(self.down(x)), self.skip(x)], 1)
+        return self.head(self.up2(u).mean((2, 3)))
+
+
 def _set_bn_statistics(model: nn.Module) -> nn.Module:
     """Non-trivial running statistics, as a trained model has."""
     g = torch.Generator().manual_seed(1)
@@ -104,6 +123,8 @@ BLOCKS = {
     "preact_resnet": (PreActResNetBlock, {"DEPTHWISE_CONV_2D": 2}),
     "channels_last_head": (ChannelsLastHead, {"STRIDED_SLICE": 1, "LEAKY_RELU": 1,
                                               "PRELU": 1}),
+    "upsampling_decoder": (UpsamplingDecoder, {"RESIZE_NEAREST_NEIGHBOR": 1,
+                                               "RESIZE_BILINEAR": 1}),
 }
 
 

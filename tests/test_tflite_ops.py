@@ -210,6 +210,18 @@ CASES = [
     Case("batch_norm", plain("BatchNormalization", ["x", "s", "b", "m", "v"],
                              {"s": _w(8), "b": _w(8), "m": _w(8),
                               "v": np.abs(_w(8)) + 0.5}), X8, {"DEPTHWISE_CONV_2D": 1}),
+    Case("resize_nearest_2x", plain("Resize", ["x", "", "scales"],
+                                    {"scales": np.array([1, 1, 2, 2], np.float32)},
+                                    mode="nearest", coordinate_transformation_mode="asymmetric",
+                                    nearest_mode="floor"), X8, {"RESIZE_NEAREST_NEIGHBOR": 1}),
+    Case("resize_bilinear_half_pixel", plain("Resize", ["x", "", "scales"],
+                                             {"scales": np.array([1, 1, 2, 2], np.float32)},
+                                             mode="linear"), X8, {"RESIZE_BILINEAR": 1}),
+    Case("resize_bilinear_align_corners", plain("Resize", ["x", "", "", "sizes"],
+                                                {"sizes": np.array([1, 8, 11, 9], np.int64)},
+                                                mode="linear",
+                                                coordinate_transformation_mode="align_corners"),
+         X8, {"RESIZE_BILINEAR": 1}),
     Case("relu", plain("Relu", ["x"]), X8, {"RELU": 1}, qdq=NO_STANDALONE_ACTIVATION),
     Case("clip_0_6", plain("Clip", ["x", "lo", "hi"], {"lo": np.float32(0), "hi": np.float32(6)}),
          X8, {"RELU6": 1}, input_scale={"x": 4.0}, qdq=NO_STANDALONE_ACTIVATION),
@@ -248,7 +260,7 @@ class Reader(CalibrationDataReader):
 QDQ_OPS = ["Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Relu", "Clip", "Sigmoid", "Tanh",
            "HardSwish", "Softmax", "GlobalAveragePool", "ReduceMean", "AveragePool", "MaxPool",
            "Reshape", "Flatten", "Concat", "Pad", "Squeeze", "Unsqueeze", "LeakyRelu", "PRelu",
-           "HardSigmoid", "Div", "Transpose", "Slice", "BatchNormalization"]
+           "HardSigmoid", "Div", "Transpose", "Slice", "BatchNormalization", "Resize"]
 
 
 def quantize(model: onnx.ModelProto, case: Case, tmp_path) -> onnx.ModelProto:

@@ -7,7 +7,6 @@ layer with hardswish. The tables are the paper's Tables 1 and 2 (as in torchvisi
 
 from __future__ import annotations
 
-
 from torch import nn
 
 from edgecnn.models.blocks import InvertedResidual, SqueezeExcite, make_divisible

@@ -52,6 +52,8 @@ LOWERS_TO: dict[object, str | None] = {
     aten.reshape.default: "RESHAPE", aten.squeeze.dim: "RESHAPE", aten.squeeze.dims: "RESHAPE",
     aten.unsqueeze.default: "RESHAPE", aten.permute.default: "TRANSPOSE",
     aten.slice.Tensor: "STRIDED_SLICE",
+    aten.upsample_nearest2d.vec: "RESIZE_NEAREST_NEIGHBOR",
+    aten.upsample_bilinear2d.vec: "RESIZE_BILINEAR",
     aten.constant_pad_nd.default: "PAD", aten.pad.default: "PAD",
     aten.dropout.default: None, aten.clone.default: None,
     aten.sigmoid.default: "LOGISTIC", aten.tanh.default: "TANH",

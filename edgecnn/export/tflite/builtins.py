@@ -75,6 +75,10 @@ def _grouped(graph: Graph, op: Op) -> bool:
     return graph.tensor(op.inputs[1]).shape[3] != graph.tensor(op.inputs[0]).shape[3]
 
 
+def _half_pixel(graph: Graph, op: Op) -> bool:
+    return bool(op.attrs.get("half_pixel_centers"))
+
+
 def _keeps_dims(graph: Graph, op: Op) -> bool:
     return bool(op.attrs.get("keep_num_dims"))
 
@@ -105,6 +109,10 @@ builtin("PADV2", "PadV2Options", int8="same")
 builtin("RESHAPE", "ReshapeOptions", {F32: 1, I8: 1}, int8="same")
 builtin("TRANSPOSE", "TransposeOptions", int8="same")
 builtin("STRIDED_SLICE", "StridedSliceOptions", int8="same")
+builtin("RESIZE_NEAREST_NEIGHBOR", "ResizeNearestNeighborOptions", int8="same",
+        version_rules=((_half_pixel, 3),))
+builtin("RESIZE_BILINEAR", "ResizeBilinearOptions", int8="same",
+        version_rules=((_half_pixel, 3),))
 builtin("CONCATENATION", "ConcatenationOptions", int8="same")
 # -- activations ------------------------------------------------------------------------------
 builtin("LOGISTIC", int8="fixed", fixed_output=(1 / 256, -128))
