@@ -1,0 +1,290 @@
+"""Where int8 error comes from: the int8 artifact's tensors against the fp32 reference's.
+
+`run_inspect(reference, candidate, data)` runs both artifacts on the same
+validation images, on the runtimes that ship them (onnxruntime for .onnx;
+LiteRT's XNNPACK delegate and builtin kernels for .tflite), and compares every
+quantized tensor of the candidate with its fp32 counterpart (see
+`metrics.ErrorStats` for SQNR, cosine, errors in quantization steps and
+saturation). Each tensor's layer is also run alone on the reference's values of
+its inputs, quantized with the candidate's parameters: the error it adds by
+itself ("own"), the rest being inherited from the layers before it.
+
+Counterparts are found by name: edgecnn keeps the torch.export tensor names
+(`relu_3`, `add_1`, `logits`) through ONNX, QDQ ONNX and TFLite, and
+onnxruntime.quantization keeps the fp32 model's names. When fewer than half
+the tensors match by name (another converter's file), they are matched in graph
+order among tensors of the same shape.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from edgecnn.errors import EdgecnnError
+from edgecnn.verify.metrics import ErrorStats, sqnr_db
+from edgecnn.verify.taps import Tap
+
+SUFFIXES = (".onnx", ".tflite")
+#: the table's columns (one row per layer)
+HEADERS = ("#", "tensor", "layer", "op", "SQNR dB", "ch dB", "own dB", "own ch dB",
+           "own share", "cosine", "max err", "mean err", "sat %")
+
+
+def _open(path: Path, role: str, threads: int | None):
+    path = Path(path)
+    if not path.is_file():
+        raise EdgecnnError(f"{path}: file not found (--{role})")
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise EdgecnnError(f"{path}: --{role} must be .onnx or .tflite, not "
+                           f"{suffix or '(no suffix)'}")
+    if suffix == ".onnx":
+        from edgecnn.verify import onnx_graph as module
+    else:
+        from edgecnn.verify import tflite_graph as module
+    cls = {("reference", ".onnx"): "OnnxReference", ("candidate", ".onnx"): "OnnxCandidate",
+           ("reference", ".tflite"): "TfliteReference",
+           ("candidate", ".tflite"): "TfliteCandidate"}[role, suffix]
+    return getattr(module, cls)(path, threads)
+
+
+def align(ref: np.ndarray, shape: tuple[int, ...], ref_layout: str,
+          layout: str) -> np.ndarray | None:
+    """The reference batch in the candidate's layout and shape, or None when the two
+    cannot be the same tensor. 4-D tensors are transposed between NCHW and NHWC;
+    shapes that differ only in size-1 dimensions are reshaped."""
+    if ref.ndim == 4 and ref_layout != layout:
+        ref = ref.transpose((0, 2, 3, 1) if layout == "NHWC" else (0, 3, 1, 2))
+    if ref.shape == tuple(shape):
+        return ref
+    if [d for d in ref.shape if d != 1] == [d for d in shape if d != 1]:
+        return ref.reshape(shape)
+    return None
+
+
+def match(taps: list[Tap], reference, ref_values: dict[str, np.ndarray],
+          cand_values: dict[str, np.ndarray], layout: str) -> tuple[dict[str, str], str]:
+    """tap name -> reference tensor name, and how they were matched ("name" or "position")."""
+
+    def fits(tap: Tap, ref_name: str) -> bool:
+        return align(ref_values[ref_name], cand_values[tap.name].shape, reference.layout,
+                     layout) is not None
+
+    by_name = {}
+    for tap in taps:
+        exact = [n for n in (tap.name, *tap.aliases) if n in ref_values and fits(tap, n)]
+        if exact:
+            by_name[tap.name] = exact[0]
+            continue
+        # a converter's suffix: "mean_mean" for "mean", "relu_2_pad" (shape differs) for none
+        prefixes = [r for r in ref_values if tap.name.startswith(r + "_") and fits(tap, r)]
+        if prefixes:
+            by_name[tap.name] = max(prefixes, key=len)
+    if len(by_name) * 2 >= len(taps):
+        return by_name, "name"
+    by_position, start = {}, 0
+    order = [n for n in reference.layer_outputs if n in ref_values]
+    for tap in taps:
+        for i in range(start, len(order)):
+            if fits(tap, order[i]):
+                by_position[tap.name], start = order[i], i + 1
+                break
+    return by_position, "position"
+
+
+def _record(reference: Path, candidate: Path):
+    from edgecnn.runtime.metadata import read_metadata
+
+    for path in (candidate, reference):
+        metadata = read_metadata(path)
+        if metadata is not None:
+            return metadata.preprocessing
+    raise EdgecnnError(f"{candidate}: no edgecnn metadata in the candidate or in {reference} "
+                       "(no embedded 'edgecnn' entry, no sidecar .json); inspect needs the "
+                       "preprocessing record to feed the images")
+
+
+def run_inspect(reference: Path, candidate: Path, data: str, *, images: int = 32,
+                seed: int = 0, threads: int | None = None, batch_size: int = 16) -> dict:
+    """Compare every quantized tensor of `candidate` (.onnx QDQ or full-int8 .tflite)
+    with its counterpart in the fp32 `reference` on the first `images` validation
+    images of `data`. Returns the report dict (see `layers` in it: one entry per
+    matched tensor, in graph order). Raises EdgecnnError naming the file or flag at fault.
+    """
+    from edgecnn.data import load
+    from edgecnn.runtime.preprocess import prepare
+
+    if images < 1:
+        raise EdgecnnError(f"--images must be at least 1, got {images}")
+    reference, candidate = Path(reference), Path(candidate)
+    ref = _open(reference, "reference", threads)
+    cand = _open(candidate, "candidate", threads)
+    if not cand.taps:
+        raise EdgecnnError(f"{candidate}: no quantized activations (int8 tensors or "
+                           "QuantizeLinear nodes); --candidate must be an int8 model")
+    record = _record(reference, candidate)
+    dataset = load(data, seed=seed)
+    pixels = dataset.val_images[:images]
+    if len(pixels) == 0:
+        raise EdgecnnError(f"{data}: the validation split is empty")
+    x_ref = prepare(pixels, record.with_layout(ref.layout))
+    x_cand = prepare(pixels, record.with_layout(cand.layout))
+    _check_input(ref, x_ref[:1], reference)
+
+    axis = 1 if cand.layout == "NCHW" else -1
+    stats: dict[str, dict[str, ErrorStats]] = {}
+    own: dict[str, dict[str, ErrorStats]] = {}
+    matched: dict[str, str] = {}
+    how = "name"
+    for start in range(0, len(pixels), batch_size):
+        ref_values = ref.run(x_ref[start:start + batch_size])
+        xc = x_cand[start:start + batch_size]
+        for kernels in cand.kernels:
+            values = cand.run(xc, kernels)
+            if not matched:
+                matched, how = match(cand.taps, ref, ref_values, values, cand.layout)
+                if not matched:
+                    raise EdgecnnError(f"{candidate}: no quantized tensor has a float "
+                                       f"counterpart in {reference} (by name or by shape in "
+                                       "graph order); are they the same model?")
+                cand.set_boundaries(set(matched))
+                taps = {t.name: t for t in cand.taps}
+                layers = [t.name for t in cand.taps if t.name in matched and t.ops
+                          and all(i in matched for i in t.inputs)]
+            aligned = {name: align(ref_values[r], values[name].shape, ref.layout, cand.layout)
+                       for name, r in matched.items()}
+            for name in matched:
+                tap = taps[name]
+                entry = stats.setdefault(name, {}).setdefault(kernels, ErrorStats(tap.scale))
+                entry.add(aligned[name], tap.dequantize(values[name]), values[name], tap.limits,
+                          tap.zero_point, axis)
+            feeds = {name: taps[name].quantize(aligned[name]) for name in matched}
+            layer_values = cand.run_layers(xc, feeds, kernels, layers)
+            for name, raw in layer_values.items():
+                tap = taps[name]
+                entry = own.setdefault(name, {}).setdefault(kernels, ErrorStats(tap.scale))
+                entry.add(aligned[name], tap.dequantize(raw), raw, tap.limits, tap.zero_point, axis)
+    return _report(reference, candidate, data, len(pixels), ref, cand, matched, how, stats, own)
+
+
+def _check_input(ref, x: np.ndarray, path: Path) -> None:
+    try:
+        ref.run(x)
+    except EdgecnnError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the runtimes raise untyped errors
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise EdgecnnError(f"{path}: cannot run on the preprocessed images {x.shape} "
+                           f"({first[:200]})") from None
+
+
+def _report(reference: Path, candidate: Path, data: str, count: int, ref, cand,
+            matched: dict[str, str], how: str, stats, own) -> dict:
+    layers = []
+    for depth, tap in enumerate(t for t in cand.taps if t.name in matched):
+        runtimes = {}
+        for kernels, total in stats[tap.name].items():
+            entry = total.summary()
+            mine = own.get(tap.name, {}).get(kernels)
+            if mine is not None:
+                entry["own_sqnr_db"] = mine.sqnr_db
+                entry["own_share"] = (min(1.0, mine.noise / total.noise) if total.noise > 0
+                                      else 0.0)
+                entry["own_channel_sqnr_db"] = mine.channel_sqnr_db
+            else:  # a quantized model input: its error is all its own
+                entry["own_sqnr_db"], entry["own_share"] = entry["sqnr_db"], 1.0
+                entry["own_channel_sqnr_db"] = entry["channel_sqnr_db"]
+            runtimes[kernels] = entry
+        layers.append({
+            "depth": depth, "tensor": tap.name, "reference_tensor": matched[tap.name],
+            "layer": ref.labels.get(matched[tap.name], matched[tap.name]), "op": tap.op,
+            "scale": tap.scale, "zero_point": tap.zero_point,
+            "dtype": np.dtype(tap.dtype).name, "inputs": list(tap.inputs), "runtimes": runtimes,
+        })
+    kernels = list(cand.kernels)
+    return {"reference": str(reference), "candidate": str(candidate), "data": data,
+            "images": count, "matched_by": how, "runtimes": kernels,
+            "unmatched": [t.name for t in cand.taps if t.name not in matched],
+            "layers": layers, "worst": [entry["tensor"] for entry in worst_layers(
+                layers, kernels[0], len(layers))]}
+
+
+def rank_key(entry: dict, kernels: str) -> float:
+    """Layers rank by the SQNR of the error they add by themselves (lowest first)."""
+    return entry["runtimes"][kernels]["own_sqnr_db"]
+
+
+def worst_layers(layers: list[dict], kernels: str, top: int) -> list[dict]:
+    """The `top` layers adding most error by themselves on `kernels` (lowest own SQNR)."""
+    return sorted(layers, key=lambda e: rank_key(e, kernels))[:top]
+
+
+def _db(value: float) -> str:
+    return "inf" if math.isinf(value) else f"{value:.1f}"
+
+
+def table_rows(report: dict, kernels: str, top: int) -> list[list[str]]:
+    rows = []
+    for rank, e in enumerate(worst_layers(report["layers"], kernels, top), 1):
+        r = e["runtimes"][kernels]
+        rows.append([str(rank), e["tensor"], e["layer"], e["op"], _db(r["sqnr_db"]),
+                     _db(r["channel_sqnr_db"]), _db(r["own_sqnr_db"]),
+                     _db(r["own_channel_sqnr_db"]), f"{100 * r['own_share']:.0f}%",
+                     f"{r['cosine']:.4f}", f"{r['max_err_steps']:.1f}",
+                     f"{r['mean_err_steps']:.2f}", f"{100 * r['saturated']:.2f}"])
+    return rows
+
+
+def to_json(report: dict) -> dict:
+    """The report with infinities as null (JSON has no inf)."""
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    return clean(report)
+
+
+def plot_sqnr(report: dict, path: Path) -> bool:
+    """SQNR along depth: int8 vs fp32 per tensor (solid) and each layer's own (dashed),
+    one colour per runtime. Returns False (writes nothing) without matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    from edgecnn.util import atomic_write
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = report["layers"]
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.22 * len(layers)), 4.2), dpi=120)
+    depth = [e["depth"] for e in layers]
+    for kernels, color in zip(report["runtimes"], ("tab:blue", "tab:orange"), strict=False):
+        total = [min(e["runtimes"][kernels]["sqnr_db"], 80.0) for e in layers]
+        mine = [min(e["runtimes"][kernels]["own_sqnr_db"], 80.0) for e in layers]
+        ax.plot(depth, total, "o-", color=color, ms=3, label=f"{kernels}: int8 vs fp32")
+        ax.plot(depth, mine, "x--", color=color, ms=4, lw=0.8, label=f"{kernels}: layer's own")
+    ax.set_xticks(depth)
+    ax.set_xticklabels([e["tensor"] for e in layers], rotation=90, fontsize=6)
+    ax.set_ylabel("SQNR (dB, capped at 80)")
+    ax.set_title(f"{Path(report['candidate']).name} vs {Path(report['reference']).name}: "
+                 f"SQNR along depth ({report['images']} images)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_write(Path(path)) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return True
+
+
+__all__ = ["HEADERS", "align", "match", "plot_sqnr", "run_inspect", "sqnr_db", "table_rows",
+           "to_json", "worst_layers"]
