@@ -28,9 +28,14 @@ from edgecnn.verify.metrics import ErrorStats, sqnr_db
 from edgecnn.verify.taps import Tap
 
 SUFFIXES = (".onnx", ".tflite")
+CRUSHED_DB = 10.0  # a tensor's per-channel SQNR this far below its own: crushed channels
 #: the table's columns (one row per layer)
-HEADERS = ("#", "tensor", "layer", "op", "SQNR dB", "ch dB", "own dB", "own ch dB",
-           "own share", "cosine", "max err", "mean err", "sat %")
+HEADERS = ("#", "tensor", "layer", "op", "SQNR dB", "own dB", "own %", "ch dB", "cosine",
+           "max err", "mean err", "sat %")
+#: what the columns mean, printed under the table
+LEGEND = ("SQNR: int8 vs fp32 on the whole model; own: the layer alone on the fp32 inputs, "
+          "quantized; own %: its share of the tensor's error; ch dB: median per-channel SQNR; "
+          "errors in quantization steps; sat: values at the int8 limits")
 
 
 def _open(path: Path, role: str, threads: int | None):
@@ -231,11 +236,39 @@ def table_rows(report: dict, kernels: str, top: int) -> list[list[str]]:
     for rank, e in enumerate(worst_layers(report["layers"], kernels, top), 1):
         r = e["runtimes"][kernels]
         rows.append([str(rank), e["tensor"], e["layer"], e["op"], _db(r["sqnr_db"]),
-                     _db(r["channel_sqnr_db"]), _db(r["own_sqnr_db"]),
-                     _db(r["own_channel_sqnr_db"]), f"{100 * r['own_share']:.0f}%",
-                     f"{r['cosine']:.4f}", f"{r['max_err_steps']:.1f}",
+                     _db(r["own_sqnr_db"]), f"{100 * r['own_share']:.0f}",
+                     _db(r["channel_sqnr_db"]), f"{r['cosine']:.4f}", f"{r['max_err_steps']:.1f}",
                      f"{r['mean_err_steps']:.2f}", f"{100 * r['saturated']:.2f}"])
     return rows
+
+
+def findings(report: dict, kernels: str) -> list[str]:
+    """Plain sentences on the worst layer: what it adds, and an input whose per-channel
+    SQNR is far below its tensor SQNR (one channel's range crushing the others)."""
+    if not report["layers"]:
+        return []
+    worst = worst_layers(report["layers"], kernels, 1)[0]
+    r = worst["runtimes"][kernels]
+    lines = [f"worst layer on {kernels}: {worst['layer']} ({worst['op']}, tensor "
+             f"{worst['tensor']}): {_db(r['own_sqnr_db'])} dB SQNR by itself, "
+             f"{100 * r['own_share']:.0f}% of its error"]
+    by_tensor = {e["tensor"]: e for e in report["layers"]}
+    for name in worst["inputs"]:
+        source = by_tensor.get(name)
+        if source is None:
+            continue
+        s = source["runtimes"][kernels]
+        if s["channel_sqnr_db"] < s["sqnr_db"] - CRUSHED_DB:
+            lines.append(f"it reads {name} ({source['layer']}), whose channels keep "
+                         f"{_db(s['channel_sqnr_db'])} dB SQNR (median) against "
+                         f"{_db(s['sqnr_db'])} dB for the whole tensor: a few channels' range "
+                         "crushes the others (per-tensor int8 activations)")
+    clipped = [e for e in report["layers"] if e["runtimes"][kernels]["clipped"] > 0.01]
+    for e in clipped[:3]:
+        lines.append(f"{e['tensor']} ({e['layer']}): "
+                     f"{100 * e['runtimes'][kernels]['clipped']:.1f}% of the fp32 values lie "
+                     "outside the int8 range (calibration range too narrow)")
+    return lines
 
 
 def to_json(report: dict) -> dict:
@@ -273,7 +306,8 @@ def plot_sqnr(report: dict, path: Path) -> bool:
         ax.plot(depth, total, "o-", color=color, ms=3, label=f"{kernels}: int8 vs fp32")
         ax.plot(depth, mine, "x--", color=color, ms=4, lw=0.8, label=f"{kernels}: layer's own")
     ax.set_xticks(depth)
-    ax.set_xticklabels([e["tensor"] for e in layers], rotation=90, fontsize=6)
+    ax.set_xticklabels([e["layer"] if e["layer"] != e["tensor"] else e["tensor"]
+                        for e in layers], rotation=90, fontsize=6)
     ax.set_ylabel("SQNR (dB, capped at 80)")
     ax.set_title(f"{Path(report['candidate']).name} vs {Path(report['reference']).name}: "
                  f"SQNR along depth ({report['images']} images)", fontsize=9)

@@ -1,14 +1,16 @@
 """TFLite side of `inspect`: every intermediate tensor of a .tflite model on LiteRT's
 XNNPACK delegate and on its builtin kernels, and each int8 layer run on its own.
 
-LiteRT's `experimental_preserve_all_tensors` keeps intermediate tensors only
-without delegates: inside an XNNPACK partition they are never written. So the
-file is rewritten instead (flatbuffer object API; the arithmetic is untouched):
-every tensor of interest becomes a subgraph output, which both kernel sets must
-write. The own error of each layer comes from a second rewrite that holds a
-private copy of every layer's operators, reading new subgraph inputs: the real
-kernels run each layer on the reference's values, quantized (exact on either
-kernel set, for every op, with no emulation).
+The whole model runs with LiteRT's `experimental_preserve_all_tensors`, which
+keeps every intermediate tensor readable after `invoke`, on the builtin kernels
+and, in LiteRT 2.3, inside the XNNPACK partitions too (checked against a copy of
+the file that lists every tensor as a subgraph output: identical integers).
+The own error of each layer comes from a rewritten file (flatbuffer object API;
+the arithmetic is untouched) holding a private copy of every layer's operators
+that reads new subgraph inputs: the real kernels run each layer on the
+reference's values, quantized. That is exact on either kernel set and for every
+op, where emulating the kernels (`export.tflite.builtin_int8`) covers five ops
+and only the builtin arithmetic.
 
 Needs ai-edge-litert (interpreter and schema) and flatbuffers; no torch.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,17 +100,20 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def _interpreter(data: bytes, kernels: str, threads: int | None, path: Path):
+def _interpreter(data: bytes, kernels: str, threads: int | None, path: Path,
+                 preserve_all_tensors: bool = False):
     try:
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
     except ImportError:
         raise EdgecnnError("inspect on .tflite files needs ai-edge-litert "
                            "(pip install ai-edge-litert)") from None
     try:
-        with _quiet_stderr():
+        with _quiet_stderr(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "preserve_all_tensors is for debugging"
             it = Interpreter(model_content=data, num_threads=threads or 1,
                              experimental_op_resolver_type=getattr(OpResolverType,
-                                                                   KERNELS[kernels]))
+                                                                   KERNELS[kernels]),
+                             experimental_preserve_all_tensors=preserve_all_tensors)
             it.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -142,13 +148,6 @@ class _Graph:
     def is_constant(self, index: int) -> bool:
         buffer = self.model.buffers[self.tensors[index].buffer]
         return buffer.data is not None and len(buffer.data) > 0
-
-    def with_outputs(self, indices: list[int]) -> bytes:
-        model = copy.copy(self.model)
-        subgraph = copy.copy(self.subgraph)
-        subgraph.outputs = list(dict.fromkeys([*map(int, self.subgraph.outputs), *indices]))
-        model.subgraphs = [subgraph]
-        return _pack(model)
 
     def feed(self, interpreter, x: np.ndarray) -> None:
         """Set the model input from float NHWC `x` (quantized when the input is integer)."""
@@ -199,8 +198,8 @@ class TfliteReference(_Graph):
                 self.name(int(i)) for i in self.subgraph.operators[k].inputs[1:] if i >= 0 and self.is_constant(int(i)) and len(self.tensors[i].shape) >= 2]
             self.labels[self.name(index)] = (weights[0].removesuffix("_nhwc").removesuffix(
                 ".weight") if weights else self.name(index))
-        self._it = _interpreter(self.with_outputs(self.indices[1:]), "xnnpack", threads,
-                               path)
+        self._it = _interpreter(path.read_bytes(), "xnnpack", threads, path,
+                                preserve_all_tensors=True)
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         values = _per_image(self._it, lambda i: self.feed(self._it, x[i:i + 1]), len(x),
@@ -235,9 +234,8 @@ class TfliteCandidate(_Graph):
                                  np.dtype(integer[tensor.type])))
         self._layer_ops: dict[str, list[int]] = {}
         self.set_boundaries({t.name for t in self.taps})
-        tap_indices = [self._index[t.name] for t in self.taps]
-        self._full = {k: _interpreter(self.with_outputs(tap_indices), k, threads, path)
-                      for k in self.kernels}
+        self._full = {k: _interpreter(path.read_bytes(), k, threads, path,
+                                      preserve_all_tensors=True) for k in self.kernels}
         self._layerwise: dict[str, tuple] = {}
 
     def set_boundaries(self, names: set[str]) -> None:
