@@ -1,6 +1,6 @@
 """A small CNN with one planted bad layer, for the per-layer error analysis (`inspect`).
 
-`planted_net` is a plain conv stack (usable as `tests.planted_model:planted_net`
+`planted_net` is a plain conv stack (usable as `planted_model:planted_net`
 wherever a `package.module:factory` model is accepted). `plant(model)` then
 scales one output channel of `block.conv` by `factor` (weights and bias; the
 ReLU after it commutes with a positive scale) and divides the matching input
@@ -11,6 +11,8 @@ quantization steps: PTQ loses accuracy there, and only there.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -62,11 +64,69 @@ def planted_net(*, num_classes: int = 10, in_channels: int = 1, **_: object) -> 
 @torch.no_grad()
 def plant(model: PlantedNet, channel: int | None = None, factor: float = 100.0) -> int:
     """Scale `block.conv`'s output `channel` by `factor` and undo it in `block.proj`;
-    returns the channel (default: the one with the largest mean activation on nothing
-    in particular: channel 0). The fp32 function is unchanged up to rounding."""
+    returns the channel (default 0). The fp32 function is unchanged up to rounding."""
     channel = 0 if channel is None else channel
     block = model.block
     block.conv.weight[channel] *= factor
     block.conv.bias[channel] *= factor
     block.proj.weight[:, channel] /= factor
     return channel
+
+
+def build_planted(directory: Path, *, epochs: int = 2, factor: float = 100.0,
+                  calib_batches: int = 8) -> dict[str, Path]:
+    """Train `planted_net` on digits (seed 0), plant it, PTQ it (calibrated on the
+    training split) and write model_fp32/int8 .onnx and .tflite into `directory`;
+    also `checkpoint/` (the planted fp32 weights, for `--checkpoint` runs) and
+    `qdq_ort.onnx` (onnxruntime's quantize_static of the fp32 file, per-channel
+    weights, int8 activations, the same calibration images)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    from edgecnn import quant
+    from edgecnn.checkpoint import ModelConfig, save_checkpoint
+    from edgecnn.data import load
+    from edgecnn.export import onnx as onnx_export
+    from edgecnn.export.tflite import convert
+    from edgecnn.train import TrainConfig, model_options_for, preprocessing_for, to_tensors, train
+
+    directory = Path(directory)
+    data = load("digits")
+    preprocessing = preprocessing_for(data)
+    torch.manual_seed(0)
+    model = planted_net(num_classes=data.num_classes, in_channels=data.channels)
+    train(model, data, preprocessing, TrainConfig(epochs=epochs, lr=5e-3), show_progress=False)
+    model.eval()
+    plant(model, factor=factor)
+    save_checkpoint(directory / "checkpoint", model, ModelConfig(
+        "planted_model:planted_net", preprocessing, model_options_for(preprocessing),
+        "digits"))
+    x, _ = to_tensors(data.train_images, data.train_labels, preprocessing)
+    program = quant.quantize(model, x[:2], "ptq", train_data=x, calib_batches=calib_batches)
+    paths = {"fp32.onnx": onnx_export.export_fp32(model, preprocessing,
+                                                  directory / "model_fp32.onnx"),
+             "int8.onnx": onnx_export.export_int8(program, preprocessing,
+                                                  directory / "model_int8.onnx")}
+    paths["fp32.tflite"] = convert(paths["fp32.onnx"], directory / "model_fp32.tflite",
+                                   io="float")
+    paths["int8.tflite"] = convert(paths["int8.onnx"], directory / "model_int8.tflite")
+    calibration = x[:calib_batches * 64].numpy()
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"input": calibration[i:i + 64]}
+                                 for i in range(0, len(calibration), 64)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    paths["qdq_ort.onnx"] = directory / "qdq_ort.onnx"
+    quantize_static(paths["fp32.onnx"], paths["qdq_ort.onnx"], Reader(),
+                    quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    paths["checkpoint"] = directory / "checkpoint"
+    return paths
