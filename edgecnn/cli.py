@@ -207,8 +207,15 @@ def inspect_command(
     torch-free."""
     from edgecnn.runtime.tables import rich_table, table_console
     from edgecnn.util import atomic_write
-    from edgecnn.verify.inspect import (HEADERS, LEGEND, findings, plot_sqnr, run_inspect,
-                                        table_rows, to_json)
+    from edgecnn.verify.inspect import (
+        HEADERS,
+        LEGEND,
+        findings,
+        plot_sqnr,
+        run_inspect,
+        table_rows,
+        to_json,
+    )
 
     if top < 1:
         raise EdgecnnError(f"--top must be at least 1, got {top}")

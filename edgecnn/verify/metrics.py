@@ -109,6 +109,6 @@ class ErrorStats:
         n = max(self.elements, 1)
         return {"sqnr_db": self.sqnr_db, "cosine": self.cosine,
                 "max_err_steps": self.max_err / steps, "mean_err_steps": self.abs_err / n / steps,
-                "saturated": self.saturated / n, "clipped": self.clipped / n, "channel_sqnr_db": self.channel_sqnr_db,
-                "noise_power": self.noise / n,
+                "saturated": self.saturated / n, "clipped": self.clipped / n,
+                "channel_sqnr_db": self.channel_sqnr_db, "noise_power": self.noise / n,
                 "signal_power": self.signal / n}

@@ -137,7 +137,7 @@ class OnnxCandidate:
         self.input = graph.input[0].name
         self.producer = {o: i for i, n in enumerate(graph.node) for o in n.output}
         self.taps: list[Tap] = []
-        for index, node in enumerate(graph.node):
+        for node in graph.node:
             if node.op_type != "QuantizeLinear" or node.input[0] in self.constants:
                 continue
             scale = self.constants.get(node.input[1])

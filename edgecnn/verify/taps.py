@@ -23,10 +23,10 @@ class Tap:
     """One quantized tensor of the candidate.
 
     name: the float tensor it stands for (ONNX: the QuantizeLinear's input; TFLite: its
-    own name), which is how it finds its fp32 counterpart (or one of `aliases`). tensor: where its integers
-    are read. op: the layer's main operator. inputs: names of the taps its layer reads.
-    reads_model_input: the layer also reads the (float) model input. ops: how many
-    operators the layer has (0 for a quantized model input).
+    own name), which is how it finds its fp32 counterpart (or one of `aliases`).
+    tensor: where its integers are read. op: the layer's main operator. inputs: names
+    of the taps its layer reads. reads_model_input: the layer also reads the (float)
+    model input. ops: how many operators the layer has (0 for a quantized model input).
     """
 
     name: str

@@ -195,7 +195,8 @@ class TfliteReference(_Graph):
                     in self.producer:
                 k = self.producer[int(self.subgraph.operators[k].inputs[0])]
             weights = [] if self.op_name(k) in PASS_THROUGH else [
-                self.name(int(i)) for i in self.subgraph.operators[k].inputs[1:] if i >= 0 and self.is_constant(int(i)) and len(self.tensors[i].shape) >= 2]
+                self.name(int(i)) for i in self.subgraph.operators[k].inputs[1:]
+                if i >= 0 and self.is_constant(int(i)) and len(self.tensors[i].shape) >= 2]
             self.labels[self.name(index)] = (weights[0].removesuffix("_nhwc").removesuffix(
                 ".weight") if weights else self.name(index))
         self._it = _interpreter(path.read_bytes(), "xnnpack", threads, path,
