@@ -229,9 +229,10 @@ def inspect_command(
                                  HEADERS, table_rows(report, kernels, top), text_columns=4))
         for line in findings(report, kernels):
             out.print(line, highlight=False, soft_wrap=True)
-    out.print(f"[dim]{LEGEND}; tensors matched by {report['matched_by']}, "
-              f"{len(report['layers'])} of {len(report['layers']) + len(report['unmatched'])}"
-              "[/dim]", highlight=False, soft_wrap=True)
+    out.print(f"[dim]{LEGEND}. {len(report['layers'])} of "
+              f"{len(report['layers']) + len(report['unmatched'])} quantized tensors matched "
+              f"(same name for {100 * report['names_agree']:.0f}%)[/dim]", highlight=False,
+              soft_wrap=True)
     if json_path:
         with atomic_write(json_path) as tmp:
             tmp.write_text(json.dumps(to_json(report), indent=2) + "\n", encoding="utf-8")

@@ -55,7 +55,11 @@ def assert_planted_found(report: dict) -> None:
 @pytest.mark.parametrize("candidate", ["int8.onnx", "int8.tflite"])
 def test_inspect_ranks_the_planted_layer_worst(planted, candidate):
     report = run_inspect(planted["fp32.onnx"], planted[candidate], "digits", images=16)
-    assert report["matched_by"] == "name"
+    pairs = {e["tensor"]: e["reference_tensor"] for e in report["layers"]}
+    assert {pairs[n] for n in ("relu", "relu_1", "relu_2", "relu_3")} == {
+        "relu", "relu_1", "relu_2", "relu_3"}
+    assert all(pairs[n] == n for n in ("relu", "relu_1", "relu_2", "relu_3"))
+    assert pairs["linear" if candidate.endswith(".onnx") else "logits"] == "logits"
     assert report["runtimes"] == (["onnxruntime"] if candidate.endswith(".onnx")
                                   else ["xnnpack", "builtin"])
     assert_planted_found(report)
@@ -95,7 +99,7 @@ def test_inspect_quantize_static_model_torch_free(run, planted, digits_npz, tmp_
                  "--json", out)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
-    assert report["matched_by"] == "name" and report["runtimes"] == ["onnxruntime"]
+    assert report["names_agree"] == 1.0 and report["runtimes"] == ["onnxruntime"]
     assert {"relu", "relu_1", "relu_2", "relu_3", "logits"} <= {
         e["reference_tensor"] for e in report["layers"]}
     assert_planted_found(report)
@@ -103,7 +107,7 @@ def test_inspect_quantize_static_model_torch_free(run, planted, digits_npz, tmp_
 
 def test_inspect_matches_by_position_when_names_differ(planted, tmp_path):
     """Another converter's names: every tensor of the int8 TFLite renamed; matched in graph
-    order by shape, with the same verdict."""
+    order by kind and shape, with the same verdict."""
     from edgecnn.verify.tflite_graph import _pack, _parse
 
     model = _parse(planted["int8.tflite"])
@@ -112,7 +116,7 @@ def test_inspect_matches_by_position_when_names_differ(planted, tmp_path):
     renamed = tmp_path / "renamed.tflite"
     renamed.write_bytes(_pack(model))  # keeps the embedded metadata
     report = run_inspect(planted["fp32.onnx"], renamed, "digits", images=8)
-    assert report["matched_by"] == "position"
+    assert report["names_agree"] == 0.0
     assert [e["reference_tensor"] for e in report["layers"]][-1] == "logits"
     assert_planted_found(report)
 

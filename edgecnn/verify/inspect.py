@@ -9,15 +9,15 @@ saturation). Each tensor's layer is also run alone on the reference's values of
 its inputs, quantized with the candidate's parameters: the error it adds by
 itself ("own"), the rest being inherited from the layers before it.
 
-Counterparts are found by name: edgecnn keeps the torch.export tensor names
-(`relu_3`, `add_1`, `logits`) through ONNX, QDQ ONNX and TFLite, and
-onnxruntime.quantization keeps the fp32 model's names. When fewer than half
-the tensors match by name (another converter's file), they are matched in graph
-order among tensors of the same shape.
+Counterparts are found by graph order, kind of layer and shape, then by name
+(see `match`): the converter keeps the ONNX tensor names in TFLite, and
+onnxruntime.quantization keeps the fp32 model's names, but edgecnn's fp32 and
+int8 exports agree on only part of theirs.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 from pathlib import Path
 
@@ -71,33 +71,48 @@ def align(ref: np.ndarray, shape: tuple[int, ...], ref_layout: str,
 
 
 def match(taps: list[Tap], reference, ref_values: dict[str, np.ndarray],
-          cand_values: dict[str, np.ndarray], layout: str) -> tuple[dict[str, str], str]:
-    """tap name -> reference tensor name, and how they were matched ("name" or "position")."""
+          cand_values: dict[str, np.ndarray], layout: str) -> tuple[dict[str, str], float]:
+    """tap name -> reference tensor name, and the share of pairs whose names agree.
 
-    def fits(tap: Tap, ref_name: str) -> bool:
-        return align(ref_values[ref_name], cand_values[tap.name].shape, reference.layout,
-                     layout) is not None
+    Both graphs come from the same network, so their layers appear in the same order:
+    the taps and the reference's layer outputs are aligned as sequences of (kind of
+    layer, shape) with difflib's longest-matching-blocks alignment, which skips what
+    only one side has (a pad, a reshape, a float island). A tap left out is paired by
+    name when a reference tensor of that name (or an alias, or a converter's suffix
+    such as "mean_mean") has its kind and shape. Names alone are not enough: between
+    edgecnn's fp32 and int8 exports `relu_3`, `add_1`, `conv2d_7` (convolutions
+    without batch norm) and `logits` agree, but a batch-normed convolution is
+    `getitem_5` in one and `conv2d_5` in the other, and `sigmoid_2` can name
+    different tensors (SiLU is one op in fp32 and sigmoid + mul once quantized).
+    """
+    def shape(values: np.ndarray, aligned: bool) -> tuple[int, ...]:
+        if not aligned and values.ndim == 4 and reference.layout != layout:
+            values = values.transpose((0, 2, 3, 1) if layout == "NHWC" else (0, 3, 1, 2))
+        return tuple(d for d in values.shape[1:] if d != 1)
 
-    by_name = {}
-    for tap in taps:
-        exact = [n for n in (tap.name, *tap.aliases) if n in ref_values and fits(tap, n)]
-        if exact:
-            by_name[tap.name] = exact[0]
+    refs = [n for n in reference.layer_outputs if n in ref_values]
+    ref_keys = [(reference.kinds.get(n, ""), shape(ref_values[n], False)) for n in refs]
+    tap_keys = [(t.kind, shape(cand_values[t.name], True)) for t in taps]
+    pairs: dict[str, str] = {}
+    matcher = difflib.SequenceMatcher(None, tap_keys, ref_keys, autojunk=False)
+    for block in matcher.get_matching_blocks():
+        for k in range(block.size):
+            pairs[taps[block.a + k].name] = refs[block.b + k]
+    used = set(pairs.values())
+    for tap, key in zip(taps, tap_keys, strict=True):
+        if tap.name in pairs:
             continue
-        # a converter's suffix: "mean_mean" for "mean", "relu_2_pad" (shape differs) for none
-        prefixes = [r for r in ref_values if tap.name.startswith(r + "_") and fits(tap, r)]
-        if prefixes:
-            by_name[tap.name] = max(prefixes, key=len)
-    if len(by_name) * 2 >= len(taps):
-        return by_name, "name"
-    by_position, start = {}, 0
-    order = [n for n in reference.layer_outputs if n in ref_values]
-    for tap in taps:
-        for i in range(start, len(order)):
-            if fits(tap, order[i]):
-                by_position[tap.name], start = order[i], i + 1
+        names = [*(n for n in (tap.name, *tap.aliases) if n in ref_values),
+                 *sorted((r for r in ref_values if tap.name.startswith(r + "_")), key=len,
+                         reverse=True)]
+        for name in names:
+            if name not in used and (reference.kinds.get(name, ""),
+                                     shape(ref_values[name], False)) == key:
+                pairs[tap.name] = name
+                used.add(name)
                 break
-    return by_position, "position"
+    agree = sum(1 for t in taps if t.name in pairs and pairs[t.name] in (t.name, *t.aliases))
+    return pairs, agree / max(len(pairs), 1)
 
 
 def _record(reference: Path, candidate: Path):
@@ -143,18 +158,18 @@ def run_inspect(reference: Path, candidate: Path, data: str, *, images: int = 32
     stats: dict[str, dict[str, ErrorStats]] = {}
     own: dict[str, dict[str, ErrorStats]] = {}
     matched: dict[str, str] = {}
-    how = "name"
+    names_agree = 0.0
     for start in range(0, len(pixels), batch_size):
         ref_values = ref.run(x_ref[start:start + batch_size])
         xc = x_cand[start:start + batch_size]
         for kernels in cand.kernels:
             values = cand.run(xc, kernels)
             if not matched:
-                matched, how = match(cand.taps, ref, ref_values, values, cand.layout)
+                matched, names_agree = match(cand.taps, ref, ref_values, values, cand.layout)
                 if not matched:
                     raise EdgecnnError(f"{candidate}: no quantized tensor has a float "
-                                       f"counterpart in {reference} (by name or by shape in "
-                                       "graph order); are they the same model?")
+                                       f"counterpart in {reference} (by graph order, kind "
+                                       "and shape, or by name); are they the same model?")
                 cand.set_boundaries(set(matched))
                 taps = {t.name: t for t in cand.taps}
                 layers = [t.name for t in cand.taps if t.name in matched and t.ops
@@ -172,7 +187,8 @@ def run_inspect(reference: Path, candidate: Path, data: str, *, images: int = 32
                 tap = taps[name]
                 entry = own.setdefault(name, {}).setdefault(kernels, ErrorStats(tap.scale))
                 entry.add(aligned[name], tap.dequantize(raw), raw, tap.limits, tap.zero_point, axis)
-    return _report(reference, candidate, data, len(pixels), ref, cand, matched, how, stats, own)
+    return _report(reference, candidate, data, len(pixels), ref, cand, matched, names_agree,
+                   stats, own)
 
 
 def _check_input(ref, x: np.ndarray, path: Path) -> None:
@@ -187,7 +203,7 @@ def _check_input(ref, x: np.ndarray, path: Path) -> None:
 
 
 def _report(reference: Path, candidate: Path, data: str, count: int, ref, cand,
-            matched: dict[str, str], how: str, stats, own) -> dict:
+            matched: dict[str, str], names_agree: float, stats, own) -> dict:
     layers = []
     for depth, tap in enumerate(t for t in cand.taps if t.name in matched):
         runtimes = {}
@@ -211,7 +227,7 @@ def _report(reference: Path, candidate: Path, data: str, count: int, ref, cand,
         })
     kernels = list(cand.kernels)
     return {"reference": str(reference), "candidate": str(candidate), "data": data,
-            "images": count, "matched_by": how, "runtimes": kernels,
+            "images": count, "names_agree": names_agree, "runtimes": kernels,
             "unmatched": [t.name for t in cand.taps if t.name not in matched],
             "layers": layers, "worst": [entry["tensor"] for entry in worst_layers(
                 layers, kernels[0], len(layers))]}

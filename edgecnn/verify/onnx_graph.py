@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn.errors import EdgecnnError
-from edgecnn.verify.taps import PASS_THROUGH, Tap, main_op
+from edgecnn.verify.taps import ACTIVATIONS, WEIGHTED, Tap, kind, last_kind, main_op
 
 _INT_TYPES = {2: np.uint8, 3: np.int8, 5: np.int16}  # onnx TensorProto element types
 
@@ -63,19 +63,21 @@ def _constants(model) -> dict[str, np.ndarray]:
     return values
 
 
-def _labels(model, constants: dict[str, np.ndarray]) -> dict[str, str]:
+def _labels(model, constants: dict[str, np.ndarray]) -> tuple[dict[str, str], dict[str, str]]:
     """tensor -> layer name: the weight initializer of the op behind it ("block.conv"
-    from "block.conv.weight"), looking through activations, pads and reshapes."""
+    from "block.conv.weight"), looking through activations (not through pads and
+    reshapes); and tensor -> the kind of that op (`taps.kind`)."""
     producer = {o: n for n in model.graph.node for o in n.output}
-    labels = {}
+    labels, kinds = {}, {}
     for tensor in producer:
         node = producer[tensor]
-        while node.op_type in PASS_THROUGH and node.input and node.input[0] in producer:
+        while node.op_type in ACTIVATIONS and node.input and node.input[0] in producer:
             node = producer[node.input[0]]
-        weights = [] if node.op_type in PASS_THROUGH else [
-            i for i in node.input[1:] if i in constants and constants[i].ndim >= 2]
+        weights = [i for i in node.input[1:] if i in constants and constants[i].ndim >= 2
+                   and kind(node.op_type) in WEIGHTED]
         labels[tensor] = weights[0].removesuffix(".weight") if weights else tensor
-    return labels
+        kinds[tensor] = kind(node.op_type)
+    return labels, kinds
 
 
 class OnnxReference:
@@ -103,14 +105,15 @@ class OnnxReference:
                     if out not in outputs:
                         model.graph.output.append(onnx.helper.make_tensor_value_info(
                             out, onnx.TensorProto.FLOAT, None))
-        self.labels = _labels(model, constants)
+        self.labels, self.kinds = _labels(model, constants)
+        self.kinds[self.input] = "input"
         consumers: dict[str, list[str]] = {}
         for node in model.graph.node:
             for name in node.input:
                 consumers.setdefault(name, []).append(node.op_type)
-        #: tensors a layer hands on (not only to an activation): for matching by position
+        #: tensors a layer hands on (not only to an activation), in graph order
         self.layer_outputs = [n for n in self.names
-                              if not consumers.get(n) or any(op not in PASS_THROUGH
+                              if not consumers.get(n) or any(op not in ACTIVATIONS
                                                              for op in consumers[n])]
         self._session = _session(model, threads)
         self._outputs = [o.name for o in self._session.get_outputs()]
@@ -186,11 +189,10 @@ class OnnxCandidate:
                         stack.append(self.producer[name])
             order = sorted(nodes)
             self._layer_nodes[tap.name] = order
-            updated.append(Tap(tap.name, tap.tensor, main_op([graph.node[i].op_type
-                                                              for i in order]),
-                               tap.scale, tap.zero_point, tap.dtype,
-                               tuple(dict.fromkeys(reads)), reads_input, len(order),
-                               tap.aliases))
+            ops = [graph.node[i].op_type for i in order]
+            updated.append(Tap(tap.name, tap.tensor, main_op(ops), tap.scale, tap.zero_point,
+                               tap.dtype, tuple(dict.fromkeys(reads)), reads_input, len(order),
+                               tap.aliases, last_kind(ops)))
         self.taps = updated
         self._layerwise = None
 

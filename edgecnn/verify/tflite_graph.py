@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn.errors import EdgecnnError
-from edgecnn.verify.taps import PASS_THROUGH, Tap, main_op
+from edgecnn.verify.taps import ACTIVATIONS, WEIGHTED, Tap, kind, last_kind, main_op
 
 KERNELS = {"xnnpack": "AUTO", "builtin": "BUILTIN_WITHOUT_DEFAULT_DELEGATES"}
 ALIGNMENT = 16
@@ -186,19 +186,20 @@ class TfliteReference(_Graph):
             for i in op.inputs:
                 consumers.setdefault(int(i), []).append(self.op_name(k))
         self.layer_outputs = [self.name(i) for i in self.indices
-                              if not consumers.get(i) or any(o not in PASS_THROUGH
+                              if not consumers.get(i) or any(o not in ACTIVATIONS
                                                              for o in consumers[i])]
-        self.labels = {}
+        self.labels, self.kinds = {}, {self.names[0]: "input"}
         for index in self.indices[1:]:
             k = self.producer[index]
-            while self.op_name(k) in PASS_THROUGH and int(self.subgraph.operators[k].inputs[0]) \
+            while self.op_name(k) in ACTIVATIONS and int(self.subgraph.operators[k].inputs[0]) \
                     in self.producer:
                 k = self.producer[int(self.subgraph.operators[k].inputs[0])]
-            weights = [] if self.op_name(k) in PASS_THROUGH else [
-                self.name(int(i)) for i in self.subgraph.operators[k].inputs[1:]
-                if i >= 0 and self.is_constant(int(i)) and len(self.tensors[i].shape) >= 2]
+            weights = [self.name(int(i)) for i in self.subgraph.operators[k].inputs[1:]
+                       if i >= 0 and self.is_constant(int(i)) and len(self.tensors[i].shape) >= 2
+                       and kind(self.op_name(k)) in WEIGHTED]
             self.labels[self.name(index)] = (weights[0].removesuffix("_nhwc").removesuffix(
                 ".weight") if weights else self.name(index))
+            self.kinds[self.name(index)] = kind(self.op_name(k))
         self._it = _interpreter(path.read_bytes(), "xnnpack", threads, path,
                                 preserve_all_tensors=True)
 
@@ -263,10 +264,10 @@ class TfliteCandidate(_Graph):
                         stack.append(self.producer[i])
             order = sorted(ops)
             self._layer_ops[tap.name] = order
-            updated.append(Tap(tap.name, tap.tensor,
-                               main_op([self.op_name(k) for k in order]) if order else "input",
+            names = [self.op_name(k) for k in order]
+            updated.append(Tap(tap.name, tap.tensor, main_op(names) if order else "input",
                                tap.scale, tap.zero_point, tap.dtype, tuple(dict.fromkeys(reads)),
-                               reads_input, len(order)))
+                               reads_input, len(order), kind=last_kind(names)))
         self.taps = updated
         self._layerwise = {}
 
