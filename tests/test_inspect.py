@@ -178,3 +178,30 @@ def test_inspect_cli_errors_are_one_line(run, planted, tiny_artifacts, tmp_path)
 def test_inspect_library_error_names_the_flag(planted, tmp_path):
     with pytest.raises(EdgecnnError, match="--candidate must be .onnx or .tflite"):
         run_inspect(planted["fp32.onnx"], planted["checkpoint"] / "config.json", "digits")
+
+
+def test_export_report_gets_the_worst_layers_and_the_plot(planted, tmp_path):
+    """What `export --int8` adds to report.md: the five worst layers of the int8 .tflite
+    on XNNPACK, inspect.json and the SQNR plot beside the report."""
+    from edgecnn.report import Report
+    from edgecnn.verify.inspect import inspect_for_report
+
+    candidates = [planted["int8.onnx"], planted["fp32.tflite"], planted["int8.tflite"]]
+    summary = inspect_for_report(planted["fp32.onnx"], candidates, "digits", tmp_path,
+                                 images=8)
+    assert summary["candidate"] == "model_int8.tflite" and summary["runtime"] == "xnnpack"
+    assert [w["layer"] for w in summary["worst"]][:2] == ["block.proj", "block.conv"]
+    assert len(summary["worst"]) == 5
+    assert (tmp_path / "sqnr_along_depth.png").is_file()
+    assert len(json.loads((tmp_path / "inspect.json").read_text())["layers"]) == 7
+    markdown = Report({"model": "planted", "data": "digits", "method": "ptq",
+                       "reference_accuracy": 0.5, "val_images": 8, "max_drop": 1.0,
+                       "inspect": summary}).to_markdown()
+    section = markdown.split("## Where the int8 error comes from")[1]
+    assert "| relu_2 | block.proj | CONV_2D |" in section
+    assert "![SQNR along depth](sqnr_along_depth.png)" in section
+    # an artifact inspect cannot read is said in the report, not a failed export
+    broken = tmp_path / "model_int8_broken.tflite"
+    broken.write_bytes(b"not a flatbuffer")
+    summary = inspect_for_report(planted["fp32.onnx"], [broken], "digits", tmp_path)
+    assert "not a readable TFLite model" in summary["error"]

@@ -18,13 +18,14 @@ int8 exports agree on only part of theirs.
 from __future__ import annotations
 
 import difflib
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 
 from edgecnn.errors import EdgecnnError
-from edgecnn.verify.metrics import ErrorStats, sqnr_db
+from edgecnn.verify.metrics import ErrorStats
 from edgecnn.verify.taps import Tap
 
 SUFFIXES = (".onnx", ".tflite")
@@ -336,5 +337,48 @@ def plot_sqnr(report: dict, path: Path) -> bool:
     return True
 
 
-__all__ = ["HEADERS", "align", "match", "plot_sqnr", "run_inspect", "sqnr_db", "table_rows",
-           "to_json", "worst_layers"]
+
+
+#: the columns `export --int8` puts in report.md
+REPORT_HEADERS = ("tensor", "layer", "op", "SQNR dB", "own dB", "own %", "ch dB")
+REPORT_PLOT = "sqnr_along_depth.png"
+REPORT_JSON = "inspect.json"
+
+
+def inspect_for_report(reference: Path, candidates: list[Path], data: str, directory: Path, *,
+                       seed: int = 0, images: int = 32, top: int = 5) -> dict:
+    """What `export --int8` records: inspect the int8 .tflite (both LiteRT kernel sets),
+    else the int8 .onnx, against `reference`; write inspect.json and the plot into
+    `directory`; return the `top` worst layers on the first runtime. An artifact inspect
+    cannot read gives {"error": message} instead of failing the export."""
+    int8 = [p for p in candidates if "int8" in Path(p).stem]
+    chosen = next((p for p in int8 if Path(p).suffix == ".tflite"), int8[0] if int8 else None)
+    if chosen is None:
+        return {"error": "no int8 artifact to inspect"}
+    try:
+        report = run_inspect(reference, chosen, data, images=images, seed=seed)
+    except EdgecnnError as exc:
+        return {"candidate": Path(chosen).name, "error": str(exc)}
+    from edgecnn.util import atomic_write
+
+    with atomic_write(Path(directory) / REPORT_JSON) as tmp:
+        tmp.write_text(json.dumps(to_json(report), indent=2) + "\n", encoding="utf-8")
+    plotted = plot_sqnr(report, Path(directory) / REPORT_PLOT)
+    kernels = report["runtimes"][0]
+    worst = [{"tensor": e["tensor"], "layer": e["layer"], "op": e["op"],
+              **{k: e["runtimes"][kernels][k] for k in ("sqnr_db", "own_sqnr_db", "own_share",
+                                                       "channel_sqnr_db")}}
+             for e in worst_layers(report["layers"], kernels, top)]
+    return to_json({"candidate": Path(chosen).name, "runtime": kernels, "images": report["images"],
+                    "json": REPORT_JSON, "plot": REPORT_PLOT if plotted else None,
+                    "worst": worst})
+
+
+def report_rows(summary: dict) -> list[list[str]]:
+    """`REPORT_HEADERS` rows of `inspect_for_report`'s worst layers (None = exact, inf dB)."""
+    def db(value: float | None) -> str:
+        return "inf" if value is None else f"{value:.1f}"
+
+    return [[w["tensor"], w["layer"], w["op"], db(w["sqnr_db"]), db(w["own_sqnr_db"]),
+             f"{100 * w['own_share']:.0f}", db(w["channel_sqnr_db"])]
+            for w in summary.get("worst", [])]
