@@ -129,7 +129,7 @@ def _record(reference: Path, candidate: Path):
 
 
 def run_inspect(reference: Path, candidate: Path, data: str, *, images: int = 32,
-                seed: int = 0, threads: int | None = None, batch_size: int = 16) -> dict:
+                seed: int = 0, threads: int | None = None, batch_size: int = 4) -> dict:
     """Compare every quantized tensor of `candidate` (.onnx QDQ or full-int8 .tflite)
     with its counterpart in the fp32 `reference` on the first `images` validation
     images of `data`. Returns the report dict (see `layers` in it: one entry per
@@ -153,7 +153,7 @@ def run_inspect(reference: Path, candidate: Path, data: str, *, images: int = 32
         raise EdgecnnError(f"{data}: the validation split is empty")
     x_ref = prepare(pixels, record.with_layout(ref.layout))
     x_cand = prepare(pixels, record.with_layout(cand.layout))
-    _check_input(ref, x_ref[:1], reference)
+    _guard(reference, ref.run, x_ref[:1])
 
     axis = 1 if cand.layout == "NCHW" else -1
     stats: dict[str, dict[str, ErrorStats]] = {}
@@ -161,10 +161,10 @@ def run_inspect(reference: Path, candidate: Path, data: str, *, images: int = 32
     matched: dict[str, str] = {}
     names_agree = 0.0
     for start in range(0, len(pixels), batch_size):
-        ref_values = ref.run(x_ref[start:start + batch_size])
+        ref_values = _guard(reference, ref.run, x_ref[start:start + batch_size])
         xc = x_cand[start:start + batch_size]
         for kernels in cand.kernels:
-            values = cand.run(xc, kernels)
+            values = _guard(candidate, cand.run, xc, kernels)
             if not matched:
                 matched, names_agree = match(cand.taps, ref, ref_values, values, cand.layout)
                 if not matched:
@@ -183,7 +183,7 @@ def run_inspect(reference: Path, candidate: Path, data: str, *, images: int = 32
                 entry.add(aligned[name], tap.dequantize(values[name]), values[name], tap.limits,
                           tap.zero_point, axis)
             feeds = {name: taps[name].quantize(aligned[name]) for name in matched}
-            layer_values = cand.run_layers(xc, feeds, kernels, layers)
+            layer_values = _guard(candidate, cand.run_layers, xc, feeds, kernels, layers)
             for name, raw in layer_values.items():
                 tap = taps[name]
                 entry = own.setdefault(name, {}).setdefault(kernels, ErrorStats(tap.scale))
@@ -192,9 +192,10 @@ def run_inspect(reference: Path, candidate: Path, data: str, *, images: int = 32
                    stats, own)
 
 
-def _check_input(ref, x: np.ndarray, path: Path) -> None:
+def _guard(path: Path, run, x: np.ndarray, *args):
+    """`run(x, *args)`, a runtime's error becoming one line naming the file."""
     try:
-        ref.run(x)
+        return run(x, *args)
     except EdgecnnError:
         raise
     except Exception as exc:  # noqa: BLE001 - the runtimes raise untyped errors

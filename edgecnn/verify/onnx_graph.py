@@ -216,7 +216,8 @@ class OnnxCandidate:
 
     def _build_layerwise(self, layers: list[str]):
         onnx = _onnx()
-        helper = onnx.helper
+        from onnx import helper, numpy_helper
+
         graph = self.model.graph
         taps = {t.name: t for t in self.taps}
         boundary = {taps[n].tensor: n for n in taps}
@@ -243,10 +244,15 @@ class OnnxCandidate:
             for n, t in inputs.items()]
         used = {i for node in nodes for i in node.input}
         graph_inputs = [g for g in graph_inputs if g.name in used]
+        initializers = list(graph.initializer)
+        known = {i.name for i in initializers}
+        initializers += [numpy_helper.from_array(value, name)  # Constant nodes' values
+                         for name, value in self.constants.items()
+                         if name in used and name not in known]
         new = helper.make_graph(nodes, "layerwise", graph_inputs,
                                 [helper.make_tensor_value_info(n, _elem_type(taps[t].dtype),
                                                                None) for n, t in outputs],
-                                list(graph.initializer))
+                                initializers)
         model = helper.make_model(new, opset_imports=self.model.opset_import,
                                   ir_version=self.model.ir_version)
         return _session(model, self.threads), outputs, inputs
