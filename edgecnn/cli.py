@@ -198,8 +198,8 @@ def inspect_command(
                                                    "figures as JSON.")] = None,
     plot_path: Annotated[Path | None, typer.Option("--plot", help="Write the SQNR-along-"
                                                    "depth plot (PNG; needs matplotlib).")] = None,
-    threads: Annotated[int | None, typer.Option(help="Runtime threads.",
-                                                show_default="1")] = None,
+    threads: Annotated[int | None, typer.Option(
+        help="Runtime threads.", show_default="onnxruntime's default; 1 for LiteRT")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the train/validation split "
                                            "(as in training).")] = 0,
 ) -> None:
