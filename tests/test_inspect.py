@@ -205,3 +205,28 @@ def test_export_report_gets_the_worst_layers_and_the_plot(planted, tmp_path):
     broken.write_bytes(b"not a flatbuffer")
     summary = inspect_for_report(planted["fp32.onnx"], [broken], "digits", tmp_path)
     assert "not a readable TFLite model" in summary["error"]
+
+
+def test_error_stats_by_hand():
+    """The figures on numbers small enough to check by hand, over two batches."""
+    from edgecnn.verify.metrics import ErrorStats
+
+    stats = ErrorStats(scale=0.1)
+    ref = np.array([[1.0, -2.0], [3.0, 0.5]])
+    raw = np.array([[11, -21], [32, 5]], np.int8)  # zero point 0: dequantized = raw / 10
+    stats.add(ref[:1], raw[:1] * 0.1, raw[:1], (-128, 127), 0, channel_axis=1)
+    stats.add(ref[1:], raw[1:] * 0.1, raw[1:], (-128, 127), 0, channel_axis=1)
+    figures = stats.summary()
+    assert figures["sqnr_db"] == pytest.approx(10 * np.log10(14.25 / 0.06))
+    assert figures["max_err_steps"] == pytest.approx(2.0)
+    assert figures["mean_err_steps"] == pytest.approx(1.0)
+    cosine = (ref * raw * 0.1).sum() / np.sqrt((ref ** 2).sum() * ((raw * 0.1) ** 2).sum())
+    assert figures["cosine"] == pytest.approx(cosine)
+    channels = [10 * np.log10(10.0 / 0.05), 10 * np.log10(4.25 / 0.01)]
+    assert figures["channel_sqnr_db"] == pytest.approx(np.median(channels))
+    assert figures["saturated"] == 0.0 and figures["clipped"] == 0.0
+    # saturation counts the limits but not a limit that is the zero point (a ReLU's zeros)
+    relu = ErrorStats(scale=1.0)
+    relu.add(np.array([-128.0, 200.0, 5.0, 0.0]) + 128, np.array([0.0, 255.0, 133.0, 128.0]),
+             np.array([-128, 127, 5, 0]), (-128, 127), -128)
+    assert relu.saturated == 1 and relu.clipped == 1
