@@ -34,12 +34,29 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+#: third-party loggers that print import-time noise on every call (torchao's optional CUDA
+#: kernels it cannot load, torch's pytree deprecation of torchao's enum registration)
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
+def _quiet(verbose: bool) -> None:
+    """Silence the known third-party import noise unless --verbose (must run before the
+    commands import torch / torchao)."""
+    import logging
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.ERROR)
+
+
 @app.callback()
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show third-party warnings and "
+                                          "log lines that are hidden by default.")] = False,
 ) -> None:
     """edgecnn: train, quantize, export, benchmark and validate mobile CNNs."""
+    _quiet(verbose)
 
 
 @app.command("models")
@@ -93,7 +110,7 @@ def train_command(
                          label_smoothing=label_smoothing, seed=seed)
     directory = out_dir or Path("checkpoints") / model.replace(":", "_")
     metrics = train_reference(model, data, directory, config, input_size=input_size,
-                              width_mult=width_mult)
+                              width_mult=width_mult, preflight="warn")
     out.print(f"{model} on {data}: val_accuracy [bold]{metrics['val_accuracy']:.4f}[/bold] "
               f"in {metrics['train_seconds']:.1f}s -> {directory}")
 
@@ -267,7 +284,8 @@ def export_command(
         help="fp32 training epochs when no --checkpoint is given.", show_default="6")] = None,
     max_drop: Annotated[float, typer.Option(help="Allowed int8 top-1 drop, "
                                                  "percentage points.")] = 1.0,
-    io: Annotated[str, typer.Option(help="int8 TFLite input/output: int8 | float.")] = "int8",
+    io: Annotated[str, typer.Option(
+        help="int8 TFLite input/output: int8 | uint8 | float.")] = "int8",
     input_size: Annotated[int | None, typer.Option(
         help="Square input size.", show_default="32 for images up to 64 px, else 224")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output directory.",
@@ -318,7 +336,7 @@ def convert_command(
     model: Annotated[Path, typer.Argument(help="ONNX model: fp32, or QDQ int8 (any tool's).")],
     out_path: Annotated[Path | None, typer.Option("--out", help="Output .tflite "
                                                   "(default: MODEL with .tflite).")] = None,
-    io: Annotated[str, typer.Option(help="int8 | float: input/output type of a quantized "
+    io: Annotated[str, typer.Option(help="int8 | uint8 | float: input/output type of a quantized "
                                          "model (float adds QUANTIZE/DEQUANTIZE).")] = "int8",
 ) -> None:
     """Convert ONNX to TFLite without TensorFlow: NHWC input, full int8 for QDQ models."""
@@ -382,8 +400,18 @@ def quantize_command(
               f"points) in {metrics['quantize_seconds']:.1f}s -> {out_dir}", highlight=False)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line each on stderr, `warning: ...`, without the source location."""
+    Console(stderr=True).print(f"[yellow]warning:[/yellow] {message}", highlight=False,
+                               soft_wrap=True)
+
+
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 2."""
+    """Entry point: user errors become one line on stderr and exit code 2; warnings one
+    line each."""
+    import warnings
+
+    warnings.showwarning = _show_warning
     try:
         app()
     except EdgecnnError as exc:

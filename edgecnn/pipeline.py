@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,20 +28,47 @@ FORMATS = ("onnx", "tflite")
 
 def train_reference(model_name: str, data: str, directory: Path,
                     config: TrainConfig | None = None, *, input_size: int | None = None,
-                    width_mult: float = 1.0, show_progress: bool = True) -> dict:
-    """Train the fp32 reference and write checkpoint.pt, config.json and metrics.json."""
+                    width_mult: float = 1.0, show_progress: bool = True,
+                    preflight: str | None = None, formats: tuple[str, ...] = FORMATS,
+                    io: str = "int8") -> dict:
+    """Train the fp32 reference and write checkpoint.pt, config.json and metrics.json.
+
+    preflight: "error" or "warn" first checks, on the untrained model, that it exports
+    to int8 `formats` (`edgecnn.preflight`), and raises or warns before any epoch.
+    """
     config = config or TrainConfig()
     dataset = load(data, seed=config.seed)
     preprocessing = preprocessing_for(dataset, input_size)
     options = model_options_for(preprocessing, width_mult)
     torch.manual_seed(config.seed)  # weight init is part of the seeded run
     model = create_model(model_name, **options)
+    if preflight is not None:
+        _preflight(model, preprocessing, formats, io, preflight)
     metrics = train(model, dataset, preprocessing, config, show_progress=show_progress)
     save_checkpoint(Path(directory), model, ModelConfig(model_name, preprocessing, options, data))
     metrics = {"model": model_name, "data": data, **metrics}
     with atomic_write(Path(directory) / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+class PreflightWarning(UserWarning):
+    """The model trains, but its export to int8 would fail (named in the message)."""
+
+
+def _preflight(model: torch.nn.Module, preprocessing, formats: tuple[str, ...], io: str,
+               mode: str) -> None:
+    from edgecnn.preflight import check_exportable
+
+    state = copy.deepcopy(model.state_dict())
+    try:
+        check_exportable(model, preprocessing, formats=formats, io=io)
+    except EdgecnnError as exc:
+        if mode == "error":
+            raise
+        warnings.warn(f"{exc}; training anyway", PreflightWarning, stacklevel=3)
+    finally:
+        model.load_state_dict(state)  # the seeded initial weights, untouched
 
 
 def export_onnx(checkpoint: Path, out_dir: Path, *, model_name: str | None = None,
@@ -144,12 +173,15 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
     checkpoint) hash the same as last time; `force` redoes everything. The
     returned Report is also written as report.json, report.md and a plot.
     """
+    from edgecnn.export.tflite import IO_MODES
     from edgecnn.quant.qat import QATConfig
     from edgecnn.quant.run import quantize_checkpoint
 
     unknown = set(formats) - set(FORMATS)
     if unknown or not formats:
         raise EdgecnnError(f"--formats {','.join(formats)}: supported are {', '.join(FORMATS)}")
+    if io not in IO_MODES:
+        raise EdgecnnError(f"--io must be one of {', '.join(IO_MODES)}, got {io!r}")
     out = Path(out or Path("artifacts") / model.replace(":", "_"))
     out.mkdir(parents=True, exist_ok=True)
     stages: dict[str, dict] = {}
@@ -175,7 +207,8 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
         stage = _Stage("train", out, key, [ckpt_dir / "checkpoint.pt"], force)
         run_stage(stage, lambda: train_reference(model, data, ckpt_dir, train_config,
                                                  input_size=input_size,
-                                                 show_progress=show_progress))
+                                                 show_progress=show_progress,
+                                                 preflight="error", formats=formats, io=io))
     else:
         ckpt_dir = Path(checkpoint)
         load_checkpoint(ckpt_dir, model)  # fail early on a checkpoint that doesn't fit

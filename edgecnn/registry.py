@@ -1,4 +1,5 @@
-"""One registry primitive, shared by the model zoo and the TFLite op lowerings."""
+"""One registry primitive, shared by the model zoo, the ONNX op lowerings and the TFLite
+builtin records."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ from typing import Generic, TypeVar
 
 from edgecnn.errors import EdgecnnError
 
-T = TypeVar("T", bound=Callable)
+T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """A name -> callable table that refuses duplicates and lists itself in errors."""
+    """A name -> entry table (functions or records) that refuses duplicates and lists
+    itself in errors."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -21,13 +23,16 @@ class Registry(Generic[T]):
         """Decorator: register a function under `name` (default: its own name)."""
 
         def decorator(fn: T) -> T:
-            key = name or fn.__name__
-            if key in self._entries:
-                raise ValueError(f"{self.kind} {key!r} is already registered")
-            self._entries[key] = fn
-            return fn
+            return self.add(name or fn.__name__, fn)
 
         return decorator
+
+    def add(self, name: str, entry: T) -> T:
+        """Register `entry` under `name`; a second entry of the same name is an error."""
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} is already registered")
+        self._entries[name] = entry
+        return entry
 
     def get(self, name: str) -> T:
         try:

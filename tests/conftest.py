@@ -17,6 +17,8 @@ REFERENCE_SCHEDULES = {
     "mobilenet_v2": {"epochs": 6, "lr": 2e-3},
     "efficientnet_lite0": {"epochs": 5, "lr": 2e-3},
     "efficientnet_b0": {"epochs": 5, "lr": 2e-3},
+    "mobilenet_v3_small": {"epochs": 8, "lr": 3e-3},
+    "mobilenet_v3_large": {"epochs": 6, "lr": 2e-3},
 }
 
 

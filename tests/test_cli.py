@@ -91,3 +91,16 @@ def test_the_export_summary_fits_an_80_column_terminal():
     assert "…" not in text
     for cell in report.summary_rows()[1]:
         assert cell in text
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_torch_commands_are_quiet_unless_verbose(verbose, tmp_path):
+    """torchao's import noise (CUDA kernels it cannot load, a pytree deprecation) is hidden:
+    an error is the one line on stderr; --verbose shows the noise again."""
+    args = ["--verbose"] if verbose else []
+    result = edgecnn(*args, "quantize", "dsc_net", "--checkpoint", str(tmp_path / "missing"),
+                     "--out", str(tmp_path / "q"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: checkpoint directory not found")
+    assert (len(lines) > 1) == verbose, result.stderr

@@ -8,7 +8,8 @@ from edgecnn.models.stats import model_stats
 
 # Published parameter counts at width 1.0, 1000 classes, 224 px.
 PUBLISHED_PARAMS = {"mobilenet_v1": 4.2e6, "mobilenet_v2": 3.5e6, "efficientnet_b0": 5.3e6,
-                    "efficientnet_lite0": 4.7e6}
+                    "efficientnet_lite0": 4.7e6, "mobilenet_v3_large": 5.48e6,
+                    "mobilenet_v3_small": 2.54e6}
 
 
 @pytest.mark.parametrize("name", list(models))

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -137,3 +138,20 @@ def test_stage_keys_change_with_the_edgecnn_version(monkeypatch):
     assert pipeline._digest("mobilenet_v2", "digits", "qat", 3) == key
     monkeypatch.setattr(pipeline, "__version__", "99.0.0")
     assert pipeline._digest("mobilenet_v2", "digits", "qat", 3) != key
+
+
+def test_unexportable_model_stops_before_training(tmp_path):
+    """export --int8 checks the untrained model first: an op the converter cannot lower
+    stops the run with the converter's one-line error, before any epoch or checkpoint."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "edgecnn", "export", "--int8",
+                             "user_models:gelu_net", "--data", "digits", "--epochs", "3",
+                             "--out", str(out)], capture_output=True, text=True, env=env,
+                            timeout=600)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "checked before training" in lines[0] and "Erf" in lines[0]
+    assert "epoch" not in result.stdout + result.stderr
+    assert not (out / "checkpoint").exists()

@@ -65,7 +65,8 @@ def test_accuracy_drop_within_budget(quantized, name, method, record_property):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["ptq", "qat"])
-@pytest.mark.parametrize("name", ["mobilenet_v1", "efficientnet_lite0"])
+@pytest.mark.parametrize("name", ["mobilenet_v1", "efficientnet_lite0", "mobilenet_v3_small",
+                                  "mobilenet_v3_large"])
 def test_accuracy_drop_within_budget_rest_of_zoo(quantized, name, method, record_property):
     check_budget(check_drop(quantized, name, method, record_property))
 

@@ -130,7 +130,7 @@ def test_flatbuffer_structure() -> None:
 
 
 def test_int8_versions_follow_op_version_table() -> None:
-    from edgecnn.export.tflite.versions import BUILTINS
+    from edgecnn.export.tflite.builtins import BUILTINS
 
     x = "x"
     nodes = [helper.make_node("QuantizeLinear", [x, "s", "z"], ["xq"]),
@@ -143,7 +143,7 @@ def test_int8_versions_follow_op_version_table() -> None:
     versions = {root.OperatorCodes(i).BuiltinCode(): root.OperatorCodes(i).Version()
                 for i in range(root.OperatorCodesLength())}
     # 0.5 * 0.5 / 0.5 < 1: the plain int8 MUL version
-    assert versions == {schema.BuiltinOperator.MUL: BUILTINS["MUL"][1]["int8"]}
+    assert versions == {schema.BuiltinOperator.MUL: BUILTINS.get("MUL").versions["int8"]}
 
 
 # -- the artifact record --------------------------------------------------------------

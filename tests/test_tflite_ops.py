@@ -104,6 +104,7 @@ CASES = [
     Case("conv3x3_dilated", conv(3, 8, 3, dilations=[2, 2], pads=[2, 2, 2, 2]), X, CONV),
     Case("conv_auto_pad_same_upper", conv(3, 8, 3, strides=[2, 2], auto_pad="SAME_UPPER"), X,
          CONV),
+    Case("conv3x3_grouped", conv(8, 16, 3, group=4, pads=[1, 1, 1, 1]), X8, CONV),
     Case("depthwise3x3", conv(8, 8, 3, group=8, pads=[1, 1, 1, 1]), X8,
          {"DEPTHWISE_CONV_2D": 1}),
     Case("depthwise_multiplier2_stride2", conv(4, 8, 3, group=4, strides=[2, 2],
@@ -148,6 +149,9 @@ CASES = [
     Case("max_pool3x3_stride2_pad", plain("MaxPool", ["x"], kernel_shape=[3, 3], strides=[2, 2],
                                           pads=[1, 1, 1, 1]), {"x": (1, 8, 8, 8)},
          {"MAX_POOL_2D": 1, "PADV2": 1}),
+    Case("max_pool3x3_stride2_ceil", plain("MaxPool", ["x"], kernel_shape=[3, 3],
+                                           strides=[2, 2], ceil_mode=1), {"x": (1, 8, 8, 8)},
+         {"MAX_POOL_2D": 1}),  # the overhang is TFLite's SAME
     Case("reshape_after_pool", lambda: (
         [helper.make_node("GlobalAveragePool", ["x"], ["p"]), node("Reshape", ["p", "shape"])],
         {"shape": np.array([1, -1], np.int64)}), X8, {"MEAN": 1, "RESHAPE": 1}),
@@ -163,6 +167,49 @@ CASES = [
          input_scale={"x": 2.0}, qdq_ops={"SOFTMAX": 1, "QUANTIZE": 1}),
     Case("softmax_channels", plain("Softmax", ["x"], axis=1), X8, {"SOFTMAX": 1},
          qdq_ops={"SOFTMAX": 1, "QUANTIZE": 1}),
+    Case("log_softmax", plain("LogSoftmax", ["x"]), {"x": (2, 10)}, {"LOG_SOFTMAX": 1},
+         input_scale={"x": 2.0}, qdq="quantize_static has no QDQ rule for LogSoftmax; "
+         "test_int8_correctness runs it in int8 from edgecnn's quantizer"),
+    Case("squeeze_pooled", lambda: (
+        [helper.make_node("GlobalAveragePool", ["x"], ["p"]), node("Squeeze", ["p", "axes"])],
+        {"axes": np.array([2, 3], np.int64)}), X8, MEAN_KEEPDIMS),
+    Case("unsqueeze_rows", plain("Unsqueeze", ["x", "axes"], {"axes": np.array([2], np.int64)}),
+         {"x": (2, 10)}, {"RESHAPE": 1}),
+    Case("pad_spatial_asymmetric", plain("Pad", ["x", "pads"],
+                                         {"pads": np.array([0, 0, 1, 0, 0, 0, 2, 1], np.int64)}),
+         X8, {"PAD": 1}),
+    Case("pad_value_axes", plain("Pad", ["x", "pads", "value", "axes"],
+                                 {"pads": np.array([1, 0, 1, 2], np.int64),
+                                  "value": np.float32(0.5), "axes": np.array([2, 3], np.int64)}),
+         X8, {"PADV2": 1}),
+    Case("pad_then_conv_tf_same", lambda: (
+        [helper.make_node("Pad", ["x", "pads"], ["p"]),
+         node("Conv", ["p", "w", "b"], strides=[2, 2])],
+        {"pads": np.array([0, 0, 0, 0, 0, 0, 1, 1], np.int64), "w": _w(8, 3, 3, 3),
+         "b": _w(8)}), X, CONV),
+    Case("leaky_relu", plain("LeakyRelu", ["x"], alpha=0.1), X8, {"LEAKY_RELU": 1}),
+    Case("prelu_channels", plain("PRelu", ["x", "slope"], {"slope": _w(8, 1, 1)}), X8,
+         {"PRELU": 1}),
+    Case("hardsigmoid_torch", plain("HardSigmoid", ["x"], alpha=1 / 6, beta=0.5), X8,
+         {"ADD": 1, "MUL": 1}, input_scale={"x": 4.0}),
+    Case("hardsigmoid_onnx_default", plain("HardSigmoid", ["x"]), X8, {"MUL": 2, "ADD": 1},
+         input_scale={"x": 4.0}),
+    Case("div_const", plain("Div", ["x", "c"], {"c": np.float32(6.0)}), X8, {"MUL": 1}),
+    Case("transpose_channels_last", plain("Transpose", ["x"], perm=[0, 2, 3, 1]), X8,
+         {"TRANSPOSE": 1}),
+    Case("slice_channels", plain("Slice", ["x", "starts", "ends", "axes"],
+                                 {"starts": np.array([0], np.int64),
+                                  "ends": np.array([4], np.int64),
+                                  "axes": np.array([1], np.int64)}), X8, {"STRIDED_SLICE": 1}),
+    Case("slice_chomp_strided", plain("Slice", ["x", "starts", "ends", "axes", "steps"],
+                                      {"starts": np.array([1, 0], np.int64),
+                                       "ends": np.array([-1, 100], np.int64),
+                                       "axes": np.array([-1, 2], np.int64),
+                                       "steps": np.array([1, 2], np.int64)}), X8,
+         {"STRIDED_SLICE": 1}),
+    Case("batch_norm", plain("BatchNormalization", ["x", "s", "b", "m", "v"],
+                             {"s": _w(8), "b": _w(8), "m": _w(8),
+                              "v": np.abs(_w(8)) + 0.5}), X8, {"DEPTHWISE_CONV_2D": 1}),
     Case("relu", plain("Relu", ["x"]), X8, {"RELU": 1}, qdq=NO_STANDALONE_ACTIVATION),
     Case("clip_0_6", plain("Clip", ["x", "lo", "hi"], {"lo": np.float32(0), "hi": np.float32(6)}),
          X8, {"RELU6": 1}, input_scale={"x": 4.0}, qdq=NO_STANDALONE_ACTIVATION),
@@ -200,7 +247,8 @@ class Reader(CalibrationDataReader):
 # quantize_static's default op list plus ops it leaves float unless asked.
 QDQ_OPS = ["Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Relu", "Clip", "Sigmoid", "Tanh",
            "HardSwish", "Softmax", "GlobalAveragePool", "ReduceMean", "AveragePool", "MaxPool",
-           "Reshape", "Flatten", "Concat"]
+           "Reshape", "Flatten", "Concat", "Pad", "Squeeze", "Unsqueeze", "LeakyRelu", "PRelu",
+           "HardSigmoid", "Div", "Transpose", "Slice", "BatchNormalization"]
 
 
 def quantize(model: onnx.ModelProto, case: Case, tmp_path) -> onnx.ModelProto:
@@ -268,3 +316,18 @@ def test_int8_float_io(case: Case, tmp_path) -> None:
         any(n.op_type == "DequantizeLinear" and n.output[0] == "y" and n.input[1] == i.name
             for n in qdq.graph.node)))
     assert np.abs(out - ref).max() <= float(scale) * 1.001
+
+
+def test_uint8_io_is_the_int8_file_shifted_by_128(tmp_path) -> None:
+    """io="uint8": uint8 input and output, zero points + 128, one QUANTIZE at each edge; the
+    outputs are the int8 file's plus 128, exactly (QUANTIZE int8 <-> uint8 at one scale)."""
+    case = next(c for c in CASES if c.id == "conv3x3_bias_same")
+    qdq = quantize(case.model(), case, tmp_path)
+    int8, uint8 = to_flatbuffer(qdq), to_flatbuffer(qdq, io="uint8")
+    assert op_counts(uint8)["QUANTIZE"] == 2
+    feeds = case.feeds()
+    for delegate in (True, False):
+        (a, (s_a, z_a)), (b, (s_b, z_b)) = (_run_litert(data, feeds, delegate)
+                                            for data in (int8, uint8))
+        assert b.dtype == np.uint8 and s_a == s_b and z_b == z_a + 128
+        np.testing.assert_array_equal(b.astype(np.int32), a.astype(np.int32) + 128)

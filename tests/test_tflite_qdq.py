@@ -13,7 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 pytest.importorskip("ai_edge_litert")
 
-from edgecnn.export.tflite import to_flatbuffer  # noqa: E402
+from edgecnn.errors import EdgecnnError  # noqa: E402
+from edgecnn.export.tflite import ConversionWarning, to_flatbuffer  # noqa: E402
 from edgecnn.export.tflite.litert import interpreter, op_counts, quantize_input  # noqa: E402
 
 RNG = np.random.default_rng(7)
@@ -67,10 +68,15 @@ class QDQGraph:
                                  ir_version=9)
 
 
-def steps_off(model: onnx.ModelProto, data: bytes, x: np.ndarray) -> int:
+def steps_off(model: onnx.ModelProto, data: bytes, x: np.ndarray, *,
+              optimized: bool = True) -> int:
     """Largest difference, in output quantization steps, between LiteRT (with and
-    without XNNPACK) and onnxruntime on the QDQ model."""
-    ref = ort.InferenceSession(model.SerializeToString(),
+    without XNNPACK) and onnxruntime on the QDQ model (`optimized=False`: onnxruntime
+    runs each DequantizeLinear / op / QuantizeLinear as written, no QLinear fusion)."""
+    options = ort.SessionOptions()
+    if not optimized:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    ref = ort.InferenceSession(model.SerializeToString(), options,
                                providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     worst = 0
     for delegate in (True, False):
@@ -157,8 +163,8 @@ def test_uint8_activations_become_int8() -> None:
 
 
 def test_same_scale_output_keeps_its_parameters() -> None:
-    """MAX_POOL whose output is the model output with its own parameters: a QUANTIZE
-    after it (TFLite's max pool copies int8 values); inside the graph none is needed."""
+    """MAX_POOL whose output has its own parameters, as the model output or inside the
+    graph: a QUANTIZE after it (TFLite's max pool copies int8 values)."""
     g = QDQGraph()
     p = g.op("MaxPool", [g.qdq("x", 0.02, 0)], "p", kernel_shape=[2, 2], strides=[2, 2])
     model = g.model({"x": (1, 4, 8, 8)}, g.qdq(p, 0.03, -5))
@@ -170,8 +176,9 @@ def test_same_scale_output_keeps_its_parameters() -> None:
     p = g.qdq(g.op("MaxPool", [g.qdq("x", 0.02, 0)], "p", kernel_shape=[2, 2], strides=[2, 2]),
               0.03, -5)
     model = g.model({"x": (1, 4, 8, 8)}, g.qdq(g.op("Sigmoid", [p], "s"), 1 / 256, -128))
-    data = to_flatbuffer(model)
-    assert dict(op_counts(data)) == {"MAX_POOL_2D": 1, "LOGISTIC": 1}
+    with pytest.warns(ConversionWarning, match="QUANTIZE added"):
+        data = to_flatbuffer(model)
+    assert dict(op_counts(data)) == {"MAX_POOL_2D": 1, "QUANTIZE": 1, "LOGISTIC": 1}
     assert steps_off(model, data, X) <= 1
 
 
@@ -204,3 +211,83 @@ def test_weight_only_quantization_gives_a_float_model() -> None:
     it.invoke()
     out = it.get_tensor(it.get_output_details()[0]["index"]).transpose(0, 3, 1, 2)
     assert np.abs(out - ref).max() / np.abs(ref).max() <= 1e-5
+
+
+# --- no silent change of a QDQ tensor's parameters ------------------------------------------
+
+def test_average_pool_with_its_own_output_scale_is_requantized() -> None:
+    """Q(s) -> AveragePool -> Q(s/4): AVERAGE_POOL_2D can only write its input's scale, so a
+    QUANTIZE follows it, said in a ConversionWarning (running the pool at s and keeping s
+    downstream put 25% of outputs more than one step off onnxruntime)."""
+    g = QDQGraph()
+    p = g.op("AveragePool", [g.qdq("x", 0.02, 0)], "p", kernel_shape=[2, 2], strides=[2, 2])
+    c = g.op("Conv", [g.qdq(p, 0.005, 0, tag="p_out"),
+                      g.weights("w", RNG.standard_normal((8, 4, 1, 1)).astype(np.float32)),
+                      g.const("b", np.zeros(8, np.float32))], "c")
+    model = g.model({"x": (1, 4, 8, 8)}, g.qdq(c, 0.02, 0, tag="c_out"))
+    with pytest.warns(ConversionWarning, match="1 op.*equal input and output scales"):
+        data = to_flatbuffer(model)
+    assert dict(op_counts(data)) == {"AVERAGE_POOL_2D": 1, "QUANTIZE": 1, "CONV_2D": 1}
+    assert steps_off(model, data, X) <= 1
+
+
+def test_float_weights_of_an_int8_op_are_quantized_with_a_warning() -> None:
+    """A conv between quantized activations whose weights the QDQ model left float: the
+    converter quantizes them (TFLite has no such kernel) and says so."""
+    g = QDQGraph()
+    w = g.const("w", RNG.standard_normal((8, 4, 3, 3)).astype(np.float32))
+    c = g.op("Conv", [g.qdq("x", 0.02, 0), w], "c", pads=[1, 1, 1, 1])
+    model = g.model({"x": (1, 4, 8, 8)}, g.qdq(c, 0.1, 0, tag="c_out"))
+    with pytest.warns(ConversionWarning, match="float weights of an int8 op quantized by the "
+                                               "converter.*Conv_\\d+ \\(CONV_2D\\)"):
+        to_flatbuffer(model)
+
+
+def test_int8_io_refuses_a_float_model_input() -> None:
+    """io="int8" on a QDQ model whose input no QuantizeLinear reads: one line, no file."""
+    g = QDQGraph()
+    c = g.op("Conv", ["x", g.weights("w", RNG.standard_normal((8, 4, 1, 1)).astype(np.float32))],
+             "c")
+    model = g.model({"x": (1, 4, 8, 8)}, g.qdq(g.op("Relu", [g.qdq(c, 0.1, 0, tag="c_out")],
+                                                    "r"), 0.1, -128, tag="r_out"))
+    with pytest.raises(EdgecnnError, match="io='int8' needs a quantized model input, but input "
+                                           "'x' is float"):
+        to_flatbuffer(model)
+    assert op_counts(to_flatbuffer(model, io="float"))["CONV_2D"] == 1
+
+
+def test_bias_beyond_int32_raises_the_weight_scale_in_the_converter() -> None:
+    """A float bias of 6 on a channel with weight scale 1e-9 (input scale 0.01): the int32
+    bias would be 6e11; the converter raises that channel's weight scale instead (noted),
+    and the .tflite computes what the QDQ model says (onnxruntime without its QLinearConv
+    fusion, which quantizes the float bias itself and turns that channel's 6.0 into 0)."""
+    g = QDQGraph()
+    w = RNG.standard_normal((8, 4, 1, 1)).astype(np.float32)
+    w[3] = 1e-7
+    b = np.zeros(8, np.float32)
+    b[3] = 6.0
+    c = g.op("Conv", [g.qdq("x", 0.01, 0), g.weights("w", w), g.const("b", b)], "c")
+    model = g.model({"x": (1, 4, 8, 8)}, g.qdq(c, 0.05, 0, tag="c_out"))
+    with pytest.warns(ConversionWarning, match="weight scale raised so the int32 bias fits"):
+        data = to_flatbuffer(model)
+    assert steps_off(model, data, X, optimized=False) <= 1
+
+
+def test_a_silent_change_of_a_qdq_scale_is_caught(monkeypatch) -> None:
+    """The converter's own check: a pass that retargets a QDQ tensor without a note is a
+    defect the conversion refuses, naming the tensor."""
+    from edgecnn.export.tflite import passes
+
+    def retarget(graph) -> None:
+        graph.tensor("p").quant = graph.tensor("x").quant
+
+    index = passes.TFLITE_PASSES.index(passes.qdq.check_qdq_params)
+    monkeypatch.setattr(passes, "TFLITE_PASSES", (*passes.TFLITE_PASSES[:index], retarget,
+                                                  *passes.TFLITE_PASSES[index:]))
+    monkeypatch.setattr("edgecnn.export.tflite.TFLITE_PASSES", passes.TFLITE_PASSES)
+    g = QDQGraph()
+    p = g.qdq(g.op("MaxPool", [g.qdq("x", 0.02, 0)], "p", kernel_shape=[2, 2], strides=[2, 2]),
+              0.03, -5)
+    model = g.model({"x": (1, 4, 8, 8)}, g.qdq(g.op("Relu", [p], "r"), 0.03, -128, tag="r_out"))
+    with pytest.raises(EdgecnnError, match="converter defect: tensor 'p' was given"):
+        to_flatbuffer(model)

@@ -1,6 +1,12 @@
 """The model zoo: mobile CNN families registered by name (see `models`)."""
 
-from edgecnn.models import dsc_net, efficientnet, mobilenet_v1, mobilenet_v2  # noqa: F401
+from edgecnn.models import (  # noqa: F401
+    dsc_net,
+    efficientnet,
+    mobilenet_v1,
+    mobilenet_v2,
+    mobilenet_v3,
+)
 from edgecnn.models.blocks import (
     DepthwiseSeparable,
     InvertedResidual,

@@ -137,18 +137,23 @@ class MBConv(InvertedResidual):
 
 
 class ClassifierHead(nn.Module):
-    """Global average pool, flatten, dropout, linear: resolution-agnostic."""
+    """Global average pool, flatten, [linear + activation: MobileNetV3's pre-logits], dropout,
+    linear: resolution-agnostic."""
 
-    def __init__(self, in_chs: int, num_classes: int, drop_rate: float = 0.0) -> None:
+    def __init__(self, in_chs: int, num_classes: int, drop_rate: float = 0.0,
+                 hidden_chs: int | None = None, act_layer: LayerFn = nn.Hardswish) -> None:
         super().__init__()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
+        self.pre_logits = (nn.Sequential(nn.Linear(in_chs, hidden_chs), act_layer())
+                           if hidden_chs else nn.Identity())
         self.drop = nn.Dropout(drop_rate) if drop_rate else nn.Identity()
-        self.fc = nn.Linear(in_chs, num_classes)
+        self.fc = nn.Linear(hidden_chs or in_chs, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(x)
         x = self.flatten(x)
+        x = self.pre_logits(x)
         x = self.drop(x)
         return self.fc(x)
 

@@ -23,19 +23,21 @@ def input_strides(strides: list[int], small_input: bool) -> tuple[int, list[int]
 
 
 class MobileNet(nn.Module):
-    """stem -> blocks -> optional 1x1 head conv -> global pool -> dropout -> linear."""
+    """stem -> blocks -> optional 1x1 head conv -> global pool -> [linear + activation]
+    -> dropout -> linear."""
 
     def __init__(self, blocks: list[nn.Module], *, in_channels: int, stem_chs: int,
                  stem_stride: int, num_classes: int, head_chs: int | None = None,
                  block_out_chs: int, act_layer: LayerFn = nn.ReLU6,
-                 drop_rate: float = 0.0) -> None:
+                 drop_rate: float = 0.0, head_hidden_chs: int | None = None) -> None:
         super().__init__()
         self.stem = ConvBnAct(in_channels, stem_chs, 3, stem_stride, act_layer=act_layer)
         self.blocks = nn.Sequential(*blocks)
         self.conv_head = (ConvBnAct(block_out_chs, head_chs, 1, act_layer=act_layer)
                           if head_chs else nn.Identity())
         self.num_features = head_chs or block_out_chs
-        self.classifier = ClassifierHead(self.num_features, num_classes, drop_rate)
+        self.classifier = ClassifierHead(self.num_features, num_classes, drop_rate,
+                                         head_hidden_chs, act_layer)
         init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

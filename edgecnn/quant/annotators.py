@@ -20,11 +20,13 @@ from torchao.quantization.pt2e.quantizer import (
     SharedQuantizationSpec,
 )
 
+from edgecnn.export.tflite.builtins import BUILTINS
 from edgecnn.quant.spec import Specs
 
 aten = torch.ops.aten
 KEY = "quantization_annotation"
 
+#: `capture` rewrites the string-padding overloads (conv2d.padding, 'same' / 'valid') to these
 CONV_OPS = (aten.conv1d.default, aten.conv2d.default)
 LINEAR_OPS = (aten.linear.default,)
 BATCH_NORM_OPS = (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default)
@@ -34,17 +36,48 @@ HARDTANH_OPS = (aten.hardtanh.default, aten.hardtanh_.default)
 FUSED_HARDTANH_BOUNDS = ((0.0, 6.0), (-1.0, 1.0))
 ADD_OPS = (aten.add.Tensor,)
 MUL_OPS = (aten.mul.Tensor,)
-#: lowered to TFLite MEAN, which may requantize: own output quantization
+#: with a scalar operand these become MUL / ADD / SUB by a constant (`annotate_binary`)
+SCALAR_OPS = (aten.sub.Tensor, aten.div.Tensor)
+#: lowered to TFLite MEAN, which may requantize: own output quantization (a non-global
+#: adaptive pool exports as AveragePool, which may not: see `is_global_pool`)
 MEAN_OPS = (aten.mean.dim, aten.adaptive_avg_pool2d.default)
-SIGMOID_OPS = (aten.sigmoid.default,)
-#: ops with their own output quantization (TFLite requantizes in the kernel)
-OWN_OUTPUT_OPS = (aten.hardswish.default, *RELU_OPS, *HARDTANH_OPS)
+
+#: single-input aten op -> the TFLite builtin it becomes (None: nothing, e.g. dropout at
+#: inference). Its int8 contract is that builtin's record (`export.tflite.builtins`), so the
+#: quantizer and the converter state it once: "same" shares the input's quantization,
+#: "fixed" takes the record's fixed output, "requantize" gets its own.
+LOWERS_TO: dict[object, str | None] = {
+    aten.max_pool2d.default: "MAX_POOL_2D", aten.avg_pool2d.default: "AVERAGE_POOL_2D",
+    aten.flatten.using_ints: "RESHAPE", aten.view.default: "RESHAPE",
+    aten.reshape.default: "RESHAPE", aten.squeeze.dim: "RESHAPE", aten.squeeze.dims: "RESHAPE",
+    aten.unsqueeze.default: "RESHAPE", aten.permute.default: "TRANSPOSE",
+    aten.slice.Tensor: "STRIDED_SLICE",
+    aten.constant_pad_nd.default: "PAD", aten.pad.default: "PAD",
+    aten.dropout.default: None, aten.clone.default: None,
+    aten.sigmoid.default: "LOGISTIC", aten.tanh.default: "TANH",
+    aten.softmax.int: "SOFTMAX", aten._softmax.default: "SOFTMAX",
+    aten.log_softmax.int: "LOG_SOFTMAX", aten._log_softmax.default: "LOG_SOFTMAX",
+    aten.hardswish.default: "HARD_SWISH", aten.relu.default: "RELU", aten.relu_.default: "RELU",
+    aten.hardtanh.default: "RELU6", aten.hardtanh_.default: "RELU6",  # or RELU_N1_TO_1
+    aten.leaky_relu.default: "LEAKY_RELU", aten.prelu.default: "PRELU",
+    aten.hardsigmoid.default: "MUL",  # ADD (fused RELU6) then MUL by 1/6: see lower_hardsigmoid
+    aten.batch_norm.default: "DEPTHWISE_CONV_2D",  # standalone: a 1x1 depthwise conv
+    aten._native_batch_norm_legit_no_training.default: "DEPTHWISE_CONV_2D",
+}
+
+
+def int8_contract(target: object) -> str:
+    """The int8 contract of the builtin an aten op becomes ("same" when it becomes none)."""
+    name = LOWERS_TO[target]
+    return BUILTINS.get(name).int8 if name else "same"
+
+
 #: TFLite requires the same scale and zero point on input and output
-SHARED_OPS = (
-    aten.max_pool2d.default, aten.avg_pool2d.default, aten.flatten.using_ints,
-    aten.view.default, aten.reshape.default, aten.squeeze.dim, aten.squeeze.dims,
-    aten.unsqueeze.default, aten.permute.default, aten.dropout.default, aten.clone.default,
-)
+SHARED_OPS = tuple(op for op in LOWERS_TO if int8_contract(op) == "same")
+#: ops whose TFLite int8 kernel accepts one fixed output (scale, zero point)
+FIXED_OUTPUT_OPS = {op: LOWERS_TO[op] for op in LOWERS_TO if int8_contract(op) == "fixed"}
+#: ops with their own output quantization (TFLite requantizes in the kernel)
+OWN_OUTPUT_OPS = tuple(op for op in LOWERS_TO if int8_contract(op) == "requantize")
 CONCAT_OPS = (aten.cat.default, aten.concat.default)
 
 Annotator = Callable[[GraphModule, Specs], None]
@@ -108,13 +141,11 @@ def fuse_activation(node: Node) -> tuple[Node, list[Node]]:
 
 
 def weighted_op(node: Node, specs: Specs) -> dict[Node, QuantizationSpecBase]:
-    """Input map of conv / linear: activation, per-channel weight, derived int32 bias."""
-    x, weight = node.args[0], node.args[1]
-    inputs: dict[Node, QuantizationSpecBase] = {x: specs.activation, weight: specs.weight}
-    bias = node.args[2] if len(node.args) > 2 else None
-    if isinstance(bias, Node):
-        inputs[bias] = specs.bias(x, weight, node)
-    return inputs
+    """Input map of conv / linear: activation and per-channel weight.
+
+    The bias stays float through convert; `graph.quantize_biases` makes it int32.
+    """
+    return {node.args[0]: specs.activation, node.args[1]: specs.weight}
 
 
 @annotator("conv_bn_act")
@@ -151,11 +182,15 @@ def annotate_linear_act(gm: GraphModule, specs: Specs) -> None:
             annotate(out, output=specs.activation)
 
 
-def annotate_binary(gm: GraphModule, specs: Specs, targets: tuple) -> None:
+def annotate_binary(gm: GraphModule, specs: Specs, targets: tuple,
+                    scalar_only: bool = False) -> None:
+    """Two tensors, or a tensor and a Python number (an int8 op with a constant operand):
+    the tensor input(s) and the output quantized (with a fused relu when one follows)."""
     for node in candidates(gm, targets):
         inputs = [a for a in node.args[:2] if isinstance(a, Node)]
-        if len(inputs) != 2:
-            continue  # a tensor-scalar op: left to validate() to report
+        scalars = [a for a in node.args[:2] if isinstance(a, (int, float))]
+        if not (len(inputs) == 2 and not scalar_only) and not (len(inputs) == 1 and scalars):
+            continue  # left to validate() to report
         out, _ = fuse_activation(node)
         annotate(node, {a: specs.activation for a in inputs})
         if out is node:
@@ -172,22 +207,48 @@ def annotate_add_act(gm: GraphModule, specs: Specs) -> None:
 
 @annotator("mul")
 def annotate_mul(gm: GraphModule, specs: Specs) -> None:
-    """Tensor x tensor (squeeze-excite gate, SiLU as x * sigmoid(x))."""
+    """Tensor x tensor (squeeze-excite gate, SiLU as x * sigmoid(x)), or x constant."""
     annotate_binary(gm, specs, MUL_OPS)
+
+
+@annotator("scalar_arithmetic")
+def annotate_scalar_arithmetic(gm: GraphModule, specs: Specs) -> None:
+    """x - c, x / c with a Python number c: SUB / MUL by a constant, own output. (A tensor
+    divisor has no int8 TFLite kernel: left float, and reported.)"""
+    annotate_binary(gm, specs, SCALAR_OPS, scalar_only=True)
+
+
+def is_global_pool(node: Node) -> bool:
+    """True for a mean / adaptive average pool that reduces H and W to 1x1."""
+    if node.target != aten.adaptive_avg_pool2d.default:
+        return True
+    size = node.args[1]
+    return all(int(v) == 1 for v in (size if isinstance(size, (list, tuple)) else [size]))
 
 
 @annotator("mean")
 def annotate_mean(gm: GraphModule, specs: Specs) -> None:
-    """Global average pool / mean: own output quantization (TFLite MEAN requantizes)."""
+    """Global average pool / mean: own output quantization (TFLite MEAN requantizes).
+
+    A non-global adaptive pool (output (1, 4) of an 8x8 map) exports as ONNX
+    AveragePool, and TFLite's AVERAGE_POOL_2D needs the same scale in and out:
+    it shares its input's quantization.
+    """
     for node in candidates(gm, MEAN_OPS):
-        annotate(node, {node.args[0]: specs.activation}, specs.activation)
+        x = node.args[0]
+        if is_global_pool(node):
+            annotate(node, {x: specs.activation}, specs.activation)
+        else:
+            annotate(node, {x: specs.activation}, SharedQuantizationSpec((x, node)))
 
 
-@annotator("sigmoid")
-def annotate_sigmoid(gm: GraphModule, specs: Specs) -> None:
-    """LOGISTIC: fixed output quantization, scale 1/256 and zero point -128 (int8)."""
-    for node in candidates(gm, SIGMOID_OPS):
-        annotate(node, {node.args[0]: specs.activation}, specs.sigmoid)
+@annotator("fixed_output")
+def annotate_fixed_output(gm: GraphModule, specs: Specs) -> None:
+    """sigmoid, softmax, log_softmax, tanh: the fixed output quantization of the TFLite
+    kernel that runs them (LOGISTIC / SOFTMAX 1/256 and -128, LOG_SOFTMAX 16/256 and 127,
+    TANH 1/128 and 0, for int8; the builtin records of `export.tflite.builtins`)."""
+    for node in candidates(gm, tuple(FIXED_OUTPUT_OPS)):
+        annotate(node, {node.args[0]: specs.activation}, specs.fixed[FIXED_OUTPUT_OPS[node.target]])
 
 
 @annotator("own_output")
@@ -253,6 +314,7 @@ def unannotated(gm: GraphModule) -> list[Node]:
 
 
 def known_ops() -> list[str]:
-    tables = (CONV_OPS, LINEAR_OPS, BATCH_NORM_OPS, ADD_OPS, MUL_OPS, MEAN_OPS, SIGMOID_OPS,
-              OWN_OUTPUT_OPS, SHARED_OPS, CONCAT_OPS, (aten.silu.default,))
+    tables = (CONV_OPS, LINEAR_OPS, BATCH_NORM_OPS, ADD_OPS, MUL_OPS, SCALAR_OPS, MEAN_OPS,
+              tuple(FIXED_OUTPUT_OPS), OWN_OUTPUT_OPS, SHARED_OPS, CONCAT_OPS,
+              (aten.silu.default, aten.conv1d.padding, aten.conv2d.padding))
     return sorted({str(op) for table in tables for op in table})

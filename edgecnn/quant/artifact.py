@@ -30,8 +30,13 @@ METADATA_KEY = "edgecnn"
 
 
 def to_program(converted: GraphModule, example_input: torch.Tensor) -> torch.export.ExportedProgram:
-    """Re-capture a converted graph as an ExportedProgram (batch dimension dynamic)."""
-    return torch.export.export(converted, (example_input.contiguous(),),
+    """Re-capture a converted graph as an ExportedProgram (batch dimension dynamic).
+
+    The program keeps its example input, and `torch.export.save` writes a tensor's
+    whole storage: a copy is captured, never a view into the caller's data (a slice
+    `x[:2]` of the training set would carry every training image into the file).
+    """
+    return torch.export.export(converted, (example_input.detach().clone(),),
                                dynamic_shapes=(batch_dim(),))
 
 

@@ -13,7 +13,11 @@ from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 from edgecnn.errors import EdgecnnError
 from edgecnn.progress import progress_bar
 from edgecnn.quant.graph import quantize_biases
-from edgecnn.quant.quantizer import TFLiteInt8Quantizer
+from edgecnn.quant.quantizer import (
+    TFLiteInt8Quantizer,
+    keep_shared_convs_unfolded,
+    resolve_conv_padding,
+)
 from edgecnn.quant.spec import QuantConfig
 
 
@@ -26,6 +30,8 @@ def capture(model: nn.Module, example_input: torch.Tensor, *, train: bool) -> Gr
 
     PTQ captures in eval mode (BN uses running statistics and is folded by
     prepare); QAT in train mode (BN kept, then rewritten into the simulated fold).
+    String conv padding ('same') becomes explicit (`resolve_conv_padding`); a BN after a
+    conv with other readers stays unfolded (`keep_shared_convs_unfolded`).
     """
     if example_input.dim() < 1 or len(example_input) < 2:
         raise EdgecnnError("the example input needs a batch of at least 2: torch.export "
@@ -36,7 +42,10 @@ def capture(model: nn.Module, example_input: torch.Tensor, *, train: bool) -> Gr
         program = torch.export.export(model, (example,), dynamic_shapes=(batch_dim(),))
     except Exception as exc:  # noqa: BLE001 - export raises many types; name the model
         raise EdgecnnError(f"torch.export failed for {type(model).__name__}: {exc}") from exc
-    return program.module()
+    gm = program.module()
+    resolve_conv_padding(gm)
+    keep_shared_convs_unfolded(gm)
+    return gm
 
 
 def prepare_ptq(model: nn.Module, example_input: torch.Tensor,

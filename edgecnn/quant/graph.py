@@ -1,20 +1,30 @@
 """Reading and finishing converted (Q/DQ) graphs.
 
-`quantize_biases` is the one post-convert pass: QAT folds BN into a conv only
-at convert time, which leaves that conv with a float bias; the TFLite spec
-wants it int32 with scale = input scale x weight scale. `weighted_ops` and
-`qdq_counts` read a converted graph back for tests, metrics and the exporter.
+`quantize_biases` is the one post-convert pass: every conv / linear bias
+(PTQ's BN-folded ones, QAT's folded at convert time) leaves torchao's convert
+in float, and becomes int32 here with scale = input scale x weight scale, as
+the TFLite spec wants. It is done here, in float64, and not by torchao's
+derived bias spec, because torchao clamps the int32 range in float32, where
+2**31 - 1 rounds to 2**31 and the cast wraps to -2**31: a bias too large for
+its scale flipped sign. `weighted_ops` and `qdq_counts` read a converted graph
+back for tests, metrics and the exporter.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.fx import GraphModule, Node
 
-from edgecnn.quant.spec import BIAS_RANGE
+from edgecnn.qmath import BIAS_RANGE, bias_safe_weight_scale, quantize_bias
+
+
+class BiasRangeWarning(UserWarning):
+    """A weight scale was raised so that the layer's int32 bias fits (named in the message)."""
 
 qd = torch.ops.quantized_decomposed
 aten = torch.ops.aten
@@ -79,20 +89,67 @@ def weighted_ops(gm: GraphModule) -> list[WeightedOp]:
     return found
 
 
+def layer_name(node: Node) -> str:
+    """The module path of the layer a node came from (`features.3.conv`), else its node name."""
+    stack = node.meta.get("nn_module_stack") or {}
+    paths = [path for path, _ in stack.values() if path]
+    return paths[-1] if paths else node.name
+
+
+def _set_constant(gm: GraphModule, node: Node, value: torch.Tensor) -> None:
+    owner = gm
+    *parents, name = str(node.target).split(".")
+    for part in parents:
+        owner = getattr(owner, part)
+    setattr(owner, name, value)
+
+
+def fit_bias_range(gm: GraphModule, op: WeightedOp, bias: torch.Tensor) -> torch.Tensor:
+    """Raise the per-channel weight scales of `op` where its int32 bias would not fit.
+
+    Rewrites the int8 weight of those channels at the new scale (round to nearest,
+    clamped to the weight range) and warns with the layer's name. Returns the weight
+    scales to use (unchanged when every bias fits).
+    """
+    old = op.weight_scale.detach().to(torch.float32).numpy()
+    new = bias_safe_weight_scale(bias.numpy(), op.input_scale, old)
+    moved = np.flatnonzero(new != old)
+    if not moved.size:
+        return op.weight_scale
+    w_dq = op.node.args[1]
+    ratio = torch.ones(len(old), dtype=torch.float64)
+    ratio[moved] = torch.from_numpy(old[moved] / new[moved]).to(torch.float64)
+    shape = [-1] + [1] * (op.weight.dim() - 1)
+    weight = torch.round(op.weight.to(torch.float64) * ratio.reshape(shape))
+    weight = weight.clamp(*op.weight_range).to(op.weight.dtype)
+    scale = torch.from_numpy(new).to(op.weight_scale.dtype)
+    _set_constant(gm, w_dq.args[0], weight)
+    _set_constant(gm, w_dq.args[1], scale)
+    channels = ", ".join(str(c) for c in moved[:8]) + (" ..." if moved.size > 8 else "")
+    warnings.warn(f"layer {layer_name(op.node)!r}: weight scale raised on {moved.size} output "
+                  f"channel(s) ({channels}) so the int32 bias fits (|bias| up to "
+                  f"{float(bias.abs().max()):.3g} with near-zero weights)", BiasRangeWarning,
+                  stacklevel=3)
+    return scale
+
+
 def quantize_biases(gm: GraphModule) -> int:
     """Give every quantized conv / linear with a float bias an int32 dequantized bias.
 
-    scale = input scale x weight scale per channel, zero point 0 (TFLite spec).
-    Mutates `gm` in place; returns the number of biases quantized.
+    scale = input scale x weight scale per channel, zero point 0 (TFLite spec),
+    rounded and clamped in float64; where a bias would not fit in int32, the
+    channel's weight scale is raised first (`fit_bias_range`, with a
+    `BiasRangeWarning`). Mutates `gm` in place; returns the number of biases quantized.
     """
     count = 0
     for op in weighted_ops(gm):
         b = op.node.args[2] if len(op.node.args) > 2 else None
         if not isinstance(b, Node) or b.op != "get_attr" or op.bias is None:
             continue
-        scale = (op.input_scale * op.weight_scale.to(torch.float64)).to(torch.float32)
-        q = torch.round(op.bias.detach().to(torch.float64) / scale.to(torch.float64))
-        q = q.clamp(*BIAS_RANGE).to(torch.int32)
+        bias = op.bias.detach().to(torch.float64).reshape(-1)
+        weight_scale = fit_bias_range(gm, op, bias)
+        scale = (op.input_scale * weight_scale.to(torch.float64)).to(torch.float32)
+        q = torch.from_numpy(quantize_bias(bias.numpy(), scale.numpy()))
         prefix = f"{str(b.target).replace('.', '_')}_int32"
         names = {}
         for suffix, value in (("", q), ("_scale", scale),

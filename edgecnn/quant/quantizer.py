@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import torch
+from torch._guards import detect_fake_mode
 from torch.fx import GraphModule
 from torchao.quantization.pt2e.quantizer import Quantizer
 
@@ -36,6 +37,93 @@ def decompose_silu(gm: GraphModule) -> int:
             new.meta = {k: v for k, v in node.meta.items() if k != "quantization_annotation"}
         node.replace_all_uses_with(product)
         gm.graph.erase_node(node)
+        count += 1
+    if count:
+        gm.graph.lint()
+        gm.recompile()
+    return count
+
+
+def _per_dim(value: object, dims: int) -> list[int]:
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    return [int(v) for v in (values * dims if len(values) == 1 else values)]
+
+
+#: the string-padding overloads -> (the int-padding overload, spatial dims)
+_PADDING_OVERLOADS = {aten.conv1d.padding: (aten.conv1d.default, 1),
+                      aten.conv2d.padding: (aten.conv2d.default, 2)}
+
+
+def resolve_conv_padding(gm: GraphModule) -> int:
+    """Rewrite conv1d/conv2d with padding='same' / 'valid' to explicit integer padding.
+
+    torch.export keeps `nn.Conv2d(..., padding='same')` as the `aten.conv2d.padding`
+    overload, which no annotator (nor torchao's conv-BN folding) matches. 'same'
+    pads dilation x (kernel - 1) in total per spatial dim, the extra pixel of an odd
+    total at the end (PyTorch's `_convolution_mode`, TensorFlow's SAME at stride 1):
+    symmetric totals become the conv's own padding, odd ones a `constant_pad_nd`
+    (zeros) before an unpadded conv. Mutates `gm`; returns the number of convs rewritten.
+    """
+    count = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in _PADDING_OVERLOADS:
+            continue
+        target, dims = _PADDING_OVERLOADS[node.target]
+        x, weight, bias, stride, padding, dilation, groups = (
+            *node.args, *[None, 1, "valid", 1, 1][len(node.args) - 2:])
+        stride, dilation = _per_dim(stride, dims), _per_dim(dilation, dims)
+        kernel = list(weight.meta["val"].shape[2:])
+        totals = [d * (k - 1) for d, k in zip(dilation, kernel, strict=True)] \
+            if padding == "same" else [0] * dims
+        begin = [t // 2 for t in totals]
+        end = [t - b for t, b in zip(totals, begin, strict=True)]
+        with gm.graph.inserting_before(node):
+            if begin != end:  # constant_pad_nd takes (begin, end) pairs, last dim first
+                pads = [p for b, e in zip(reversed(begin), reversed(end), strict=True)
+                        for p in (b, e)]
+                padded = gm.graph.call_function(aten.constant_pad_nd.default, (x, pads, 0.0))
+                padded.meta = {k: v for k, v in node.meta.items() if k != "val"}
+                with detect_fake_mode([x.meta["val"]]):  # torchao reads the output's meta
+                    padded.meta["val"] = aten.constant_pad_nd.default(x.meta["val"], pads, 0.0)
+                x, begin = padded, [0] * dims
+            conv = gm.graph.call_function(target, (x, weight, bias, stride, begin, dilation,
+                                                  groups))
+        conv.meta = dict(node.meta)
+        node.replace_all_uses_with(conv)
+        gm.graph.erase_node(node)
+        count += 1
+    if count:
+        gm.graph.lint()
+        gm.recompile()
+    return count
+
+
+_BATCH_NORMS = (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default)
+_CONVS = (aten.conv1d.default, aten.conv2d.default)
+
+
+def keep_shared_convs_unfolded(gm: GraphModule) -> int:
+    """Put a clone between a conv whose output has other readers and the BatchNorm after it.
+
+    torchao's PTQ conv-BN folding (`_fuse_conv_bn_`) folds a BN into the conv before
+    it without checking that the BN is the conv's only reader: in a pre-activation
+    ResNet (conv -> [BN -> ReLU -> ..., residual add]) the add then reads the
+    normalized tensor, a silently wrong model. With the clone in between, that BN
+    stays a standalone op (quantized as such; the converter lowers it to a 1x1
+    depthwise conv). Mutates `gm`; returns the number of clones inserted.
+    """
+    count = 0
+    for bn in list(gm.graph.nodes):
+        if bn.op != "call_function" or bn.target not in _BATCH_NORMS:
+            continue
+        conv = bn.args[0]
+        if not (isinstance(conv, torch.fx.Node) and conv.op == "call_function"
+                and conv.target in _CONVS and len(conv.users) > 1):
+            continue
+        with gm.graph.inserting_after(conv):
+            clone = gm.graph.call_function(aten.clone.default, (conv,))
+        clone.meta = dict(conv.meta)
+        bn.replace_input_with(conv, clone)
         count += 1
     if count:
         gm.graph.lint()

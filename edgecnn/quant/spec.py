@@ -4,8 +4,10 @@ https://ai.google.dev/edge/litert/models/quantization_spec:
 - activations: int8, asymmetric, per tensor, [-128, 127];
 - conv / depthwise conv / linear weights: int8, symmetric, per output channel,
   [-127, 127], zero point 0;
-- bias: int32, scale = input scale x weight scale (per channel), zero point 0;
-- LOGISTIC output: scale 1/256, zero point -128.
+- bias: int32, scale = input scale x weight scale (per channel), zero point 0
+  (made after convert by `graph.quantize_biases`, in float64);
+- LOGISTIC / SOFTMAX output: scale 1/256, zero point -128; LOG_SOFTMAX 16/256, 127;
+  TANH 1/128, 0 (the builtin records, `edgecnn.export.tflite.builtins`).
 
 `QuantConfig` keeps the choices the exporter may need to revisit per target
 (activation dtype, weight range) as fields, so an int8-trained model can be
@@ -17,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.fx import Node
 from torchao.quantization.pt2e import (
     FakeQuantize,
     FusedMovingAvgObsFakeQuantize,
@@ -26,13 +27,10 @@ from torchao.quantization.pt2e import (
     MovingAverageMinMaxObserver,
     PerChannelMinMaxObserver,
 )
-from torchao.quantization.pt2e.quantizer import (
-    DerivedQuantizationSpec,
-    FixedQParamsQuantizationSpec,
-    QuantizationSpec,
-)
+from torchao.quantization.pt2e.quantizer import FixedQParamsQuantizationSpec, QuantizationSpec
 
 from edgecnn.errors import EdgecnnError
+from edgecnn.export.tflite.builtins import fixed_outputs
 
 #: activation observer name -> observer class (PTQ; QAT always fake-quantizes with a
 #: moving-average min/max, the standard recipe)
@@ -48,10 +46,6 @@ ACTIVATION_DTYPES = {
     "uint8": (torch.uint8, (0, 255)),
 }
 
-#: TFLite LOGISTIC: fixed output scale 1/256; the zero point puts 0.0 at the dtype minimum
-SIGMOID_SCALE = 1.0 / 256.0
-
-BIAS_RANGE = (-(2**31), 2**31 - 1)
 
 
 @dataclass(frozen=True)
@@ -94,11 +88,6 @@ class QuantConfig:
     def activation_torch_dtype(self) -> torch.dtype:
         return ACTIVATION_DTYPES[self.activation_dtype][0]
 
-    @property
-    def sigmoid_zero_point(self) -> int:
-        """0.0 at the dtype minimum: -128 for int8, 0 for uint8."""
-        return ACTIVATION_DTYPES[self.activation_dtype][1][0]
-
     def to_dict(self) -> dict:
         return {"observer": self.observer, "activation_dtype": self.activation_dtype,
                 "activation_range": list(self.activation_range),
@@ -107,26 +96,17 @@ class QuantConfig:
 
 @dataclass(frozen=True)
 class Specs:
-    """The QuantizationSpecs one quantizer run hands to its annotators."""
+    """The QuantizationSpecs one quantizer run hands to its annotators.
+
+    `fixed[builtin]`: the fixed output spec of a TFLite builtin whose int8 kernel
+    accepts one (scale, zero point) only (`export.tflite.builtins`: LOGISTIC,
+    SOFTMAX, LOG_SOFTMAX, TANH); with uint8 activations the zero point shifts by 128.
+    """
 
     activation: QuantizationSpec
     weight: QuantizationSpec
-    sigmoid: FixedQParamsQuantizationSpec
+    fixed: dict[str, FixedQParamsQuantizationSpec]
     config: QuantConfig
-
-    def bias(self, input_act: Node, weight: Node, op: Node) -> DerivedQuantizationSpec:
-        """int32, per channel, scale = input scale x weight scale, zero point 0."""
-        return DerivedQuantizationSpec(
-            derived_from=[(input_act, op), (weight, op)], derive_qparams_fn=derive_bias_qparams,
-            dtype=torch.int32, quant_min=BIAS_RANGE[0], quant_max=BIAS_RANGE[1],
-            qscheme=torch.per_channel_symmetric, ch_axis=0)
-
-
-def derive_bias_qparams(obs_or_fqs: list) -> tuple[torch.Tensor, torch.Tensor]:
-    act_scale, _ = obs_or_fqs[0].calculate_qparams()
-    weight_scale, _ = obs_or_fqs[1].calculate_qparams()
-    scale = (act_scale.to(torch.float64) * weight_scale.to(torch.float64)).to(torch.float32)
-    return scale, torch.zeros_like(scale, dtype=torch.int32)
 
 
 def make_specs(config: QuantConfig, *, is_qat: bool) -> Specs:
@@ -144,8 +124,9 @@ def make_specs(config: QuantConfig, *, is_qat: bool) -> Specs:
         dtype=torch.int8, quant_min=config.weight_range[0], quant_max=config.weight_range[1],
         qscheme=torch.per_channel_symmetric, ch_axis=0, observer_or_fake_quant_ctr=weight_ctr)
     dtype_min, dtype_max = ACTIVATION_DTYPES[config.activation_dtype][1]
-    sigmoid = FixedQParamsQuantizationSpec(
-        dtype=config.activation_torch_dtype, scale=SIGMOID_SCALE,
-        zero_point=config.sigmoid_zero_point, quant_min=dtype_min, quant_max=dtype_max,
-        qscheme=torch.per_tensor_affine)
-    return Specs(activation=activation, weight=weight, sigmoid=sigmoid, config=config)
+    shift = dtype_min - ACTIVATION_DTYPES["int8"][1][0]
+    fixed = {builtin: FixedQParamsQuantizationSpec(
+        dtype=config.activation_torch_dtype, scale=scale, zero_point=zero_point + shift,
+        quant_min=dtype_min, quant_max=dtype_max, qscheme=torch.per_tensor_affine)
+        for builtin, (scale, zero_point) in fixed_outputs().items()}
+    return Specs(activation=activation, weight=weight, fixed=fixed, config=config)

@@ -10,6 +10,7 @@ torch: a device may convert.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,13 +22,18 @@ from edgecnn.errors import EdgecnnError
 from edgecnn.export.onnx_passes import unpad_input_channels
 from edgecnn.export.tflite.graph import Graph, import_onnx
 from edgecnn.export.tflite.ops import LOWERINGS, lower_graph
-from edgecnn.export.tflite.passes import ONNX_PASSES, TFLITE_PASSES, float_io, name_io
+from edgecnn.export.tflite.passes import ONNX_PASSES, TFLITE_PASSES, float_io, name_io, uint8_io
 from edgecnn.util import atomic_write
 
-IO_MODES = ("int8", "float")
+IO_MODES = ("int8", "uint8", "float")
 METADATA_KEY = "edgecnn"
 
-__all__ = ["IO_MODES", "LOWERINGS", "METADATA_KEY", "convert", "sidecar_path", "to_flatbuffer"]
+
+class ConversionWarning(UserWarning):
+    """What the converter did that changes or adds to the QDQ model's quantization."""
+
+__all__ = ["IO_MODES", "LOWERINGS", "METADATA_KEY", "ConversionWarning", "convert", "sidecar_path",
+           "to_flatbuffer"]
 
 
 def sidecar_path(out_path: str | Path) -> Path:
@@ -50,9 +56,10 @@ def _load(model: onnx.ModelProto | str | Path) -> tuple[onnx.ModelProto, str]:
 
 def _io_quant(graph: Graph, name: str) -> QuantParams | None:
     tensor = graph.tensor(name)
-    if tensor.quant is None or tensor.dtype != np.int8:
+    if tensor.quant is None or tensor.dtype not in (np.int8, np.uint8):
         return None
-    return QuantParams(float(tensor.quant.scale[0]), int(tensor.quant.zero_point[0]), "int8")
+    return QuantParams(float(tensor.quant.scale[0]), int(tensor.quant.zero_point[0]),
+                       str(tensor.dtype))
 
 
 def _metadata(graph: Graph, given: ArtifactMetadata | None, where: str) -> ArtifactMetadata | None:
@@ -71,6 +78,26 @@ def _metadata(graph: Graph, given: ArtifactMetadata | None, where: str) -> Artif
                    output_quant=_io_quant(graph, graph.outputs[0]))
 
 
+def _check_int8_inputs(graph: Graph, io: str, where: str) -> None:
+    """io="int8" / "uint8" promise integer inputs: refuse a quantized graph whose input
+    stays float."""
+    if io == "float" or not graph.quantized:
+        return
+    for name, key in zip(graph.inputs, graph.input_keys, strict=True):
+        if graph.tensor(name).quant is None:
+            raise EdgecnnError(f"{where}: io={io!r} needs a quantized model input, but input "
+                               f"{key!r} is float (no QuantizeLinear reads it); convert with "
+                               f"io='float' or quantize the op that reads it")
+
+
+def _report_notes(graph: Graph, where: str) -> None:
+    """One ConversionWarning per kind of note the passes recorded, naming the nodes."""
+    for kind, names in graph.notes.items():
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        warnings.warn(f"{where}: {len(names)} op(s): {kind}: {shown}", ConversionWarning,
+                      stacklevel=4)
+
+
 def _build(model: onnx.ModelProto | str | Path, io: str, metadata: ArtifactMetadata | None,
            ) -> tuple[bytes, ArtifactMetadata | None]:
     if io not in IO_MODES:
@@ -82,8 +109,12 @@ def _build(model: onnx.ModelProto | str | Path, io: str, metadata: ArtifactMetad
     lower_graph(graph)
     for rewrite in TFLITE_PASSES:
         rewrite(graph)
+    _check_int8_inputs(graph, io, where)
+    _report_notes(graph, where)
     if io == "float":
         float_io(graph)
+    elif io == "uint8":
+        uint8_io(graph)
     graph.prune()
     name_io(graph)
     record = _metadata(graph, metadata, where)
@@ -106,7 +137,8 @@ def convert(onnx_model_or_path: onnx.ModelProto | str | Path, out_path: str | Pa
             io: str = "int8", metadata: ArtifactMetadata | None = None) -> Path:
     """Convert an ONNX model to a .tflite file; returns its path.
 
-    `io="int8"` keeps a QDQ model's input and output int8; `"float"` adds a
+    `io="int8"` keeps a QDQ model's input and output int8; `"uint8"` makes them
+    uint8 (zero point + 128, one QUANTIZE at each edge); `"float"` adds a
     QUANTIZE / DEQUANTIZE pair at the edges (float models are float either
     way). The artifact record (`metadata`, else the ONNX `metadata_props`
     entry "edgecnn") goes into the file's "edgecnn" metadata buffer and into

@@ -27,14 +27,15 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from numpy.lib.stride_tricks import sliding_window_view
 
+from edgecnn.export.tflite.builtins import BUILTINS
 from edgecnn.export.tflite.litert import BUILTIN_NAMES, interpreter, quantize_input
 
-#: How the final rounding right shift breaks ties, per kernel (x86 LiteRT 2.3 and
-#: tflite-runtime 2.14): ruy, behind the convolutions, rounds half up; the
-#: reference gemmlowp routines of ADD and MEAN round half away from zero.
-TIES = {"CONV_2D": "up", "DEPTHWISE_CONV_2D": "up", "FULLY_CONNECTED": "up",
-        "ADD": "away", "MEAN": "away"}
 ADD_LEFT_SHIFT = 20  # TFLite's int8 ADD scales both inputs up by 2**20 first
+
+
+def _ties(op: _Op) -> str:
+    """How the builtin kernel's final rounding right shift breaks ties (its record)."""
+    return BUILTINS.get(op.name).rounding
 
 
 def quantize_multiplier(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -158,7 +159,7 @@ def _linear(op: _Op, tensors) -> tuple[np.ndarray, np.ndarray]:
     y_scale, _ = op.quant(op.output)
     acc = _accumulate(op, tensors)
     real = x_scale * op.scales(op.inputs[1]) / y_scale
-    return fixed_point_multiply(acc, real, TIES[op.name]), float_multiply(acc, real)
+    return fixed_point_multiply(acc, real, _ties(op)), float_multiply(acc, real)
 
 
 def _add(op: _Op, tensors) -> tuple[np.ndarray, np.ndarray]:
@@ -166,7 +167,7 @@ def _add(op: _Op, tensors) -> tuple[np.ndarray, np.ndarray]:
     y_scale, _ = op.quant(op.output)
     x1 = tensors(op.inputs[0]).astype(np.int64) - z1
     x2 = tensors(op.inputs[1]).astype(np.int64) - z2
-    twice_max, ties = 2 * max(s1, s2), TIES[op.name]
+    twice_max, ties = 2 * max(s1, s2), _ties(op)
     raw = (fixed_point_multiply(x1 << ADD_LEFT_SHIFT, s1 / twice_max, ties)
            + fixed_point_multiply(x2 << ADD_LEFT_SHIFT, s2 / twice_max, ties))
     fixed = fixed_point_multiply(raw, twice_max / (2 ** ADD_LEFT_SHIFT * y_scale), ties)
@@ -186,7 +187,7 @@ def _mean(op: _Op, tensors) -> tuple[np.ndarray, np.ndarray]:
     acc = x.sum(axis=axes, keepdims=bool(op.options.keepDims))
     q, shift = quantize_multiplier(x_scale / y_scale)
     extra = min(count.bit_length() - 1, 32, 31 + int(shift))
-    fixed = multiply_by_quantized(acc, (q << extra) // count, shift - extra, TIES[op.name])
+    fixed = multiply_by_quantized(acc, (q << extra) // count, shift - extra, _ties(op))
     return fixed, float_multiply(acc, x_scale / (y_scale * count))
 
 

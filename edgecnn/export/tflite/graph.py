@@ -98,6 +98,11 @@ class Graph:
     `input_keys` / `output_keys` keep the ONNX names of the model's inputs and
     outputs: they become the keys of the `serving_default` signature even when
     passes replace the tensors behind them.
+
+    `notes` collects what a pass did that the user should know (requantizations
+    added, scales changed, weights the converter quantized), by kind; `changed`
+    names the tensors whose QDQ scale or zero point a pass changed. A pass never
+    changes a quantized tensor's parameters without a note.
     """
 
     def __init__(self) -> None:
@@ -108,7 +113,18 @@ class Graph:
         self.input_keys: list[str] = []
         self.output_keys: list[str] = []
         self.metadata: dict[str, str] = {}
+        self.notes: dict[str, list[str]] = {}
+        self.changed: dict[str, str] = {}
+        #: activation -> the (scale, zero point) the QDQ model gives it (set by fold_qdq)
+        self.qdq_params: dict[str, Quant] = {}
         self._counter = itertools.count()
+
+    def note(self, kind: str, name: str, changed: str | None = None) -> None:
+        """Record that a pass did `kind` at `name` (a node or tensor); `changed`: the tensor
+        whose quantization parameters it changed."""
+        self.notes.setdefault(kind, []).append(name)
+        if changed is not None:
+            self.changed[changed] = kind
 
     # -- tensors -------------------------------------------------------------
     def tensor(self, name: str) -> Tensor:

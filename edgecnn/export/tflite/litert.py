@@ -86,12 +86,13 @@ def invoke(model: bytes | str | Path, inputs: list[np.ndarray], *, threads: int 
 
 
 def quantize_input(detail: dict, x: np.ndarray) -> np.ndarray:
-    """A float input as the interpreter input `detail` takes it: an int8 input is
+    """A float input as the interpreter input `detail` takes it: an int8 (uint8) input is
     quantized as onnxruntime's QuantizeLinear and torch's fake-quant do it (round half
     to even), so parity checks against them start from the same integers."""
-    if detail["dtype"] == np.int8:
+    if np.issubdtype(detail["dtype"], np.integer):
         scale, zero = detail["quantization"]
-        x = np.clip(np.round(x / scale) + zero, -128, 127)
+        info = np.iinfo(detail["dtype"])
+        x = np.clip(np.round(x / scale) + zero, info.min, info.max)
     return np.ascontiguousarray(x, dtype=detail["dtype"])
 
 

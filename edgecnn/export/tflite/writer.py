@@ -13,8 +13,8 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from edgecnn.errors import EdgecnnError
+from edgecnn.export.tflite.builtins import BUILTINS, op_version
 from edgecnn.export.tflite.graph import Graph, Op, Tensor
-from edgecnn.export.tflite.versions import BUILTINS, op_version
 
 SCHEMA_VERSION = 3
 FILE_IDENTIFIER = b"TFL3"
@@ -54,8 +54,8 @@ def _camel(name: str) -> str:
 
 def _options(op: Op) -> tuple[int, object | None]:
     if op.type not in BUILTINS:
-        raise EdgecnnError(f"{op.describe()}: {op.type} is not in the builtin table")
-    table = BUILTINS[op.type][0]
+        raise EdgecnnError(f"{op.describe()}: {op.type} has no builtin record (builtins.py)")
+    table = BUILTINS.get(op.type).options
     if not table:
         return schema.BuiltinOptions.NONE, None
     options = getattr(schema, f"{table}T")()

@@ -1,15 +1,21 @@
-"""The lowering registry, the context a lowering function sees, and the driver.
+"""The ONNX op records, the context a lowering function sees, and the driver.
 
-A lowering is one function per ONNX op type, registered under that type and
-named after it (`lower_conv` for Conv). It receives a `Lowering` context and
-the node's attributes as keyword arguments, and emits TFLite ops through the
-context. Attributes it does not declare are reported as unsupported.
+One record per ONNX op type (`OnnxOp`), made by decorating its lowering
+function (named after the op: `lower_conv` for Conv) with `register`. The
+record also holds the op's layout rule for the NHWC pass
+(`edgecnn.export.tflite.layouts`) and how int8 quantization passes through it
+in QDQ graphs whose Q/DQ leave one side bare (`propagates`: "forward", the
+output may take the input's parameters, or "both"). A lowering receives a
+`Lowering` context and the node's attributes as keyword arguments, and emits
+TFLite ops through the context; attributes it does not declare are reported
+as unsupported. What the emitted builtins are is in `builtins.py`.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -17,12 +23,34 @@ from edgecnn.errors import EdgecnnError
 from edgecnn.export.tflite.graph import Graph, Op, Tensor
 from edgecnn.registry import Registry
 
-LOWERINGS: Registry[Callable[..., None]] = Registry("ONNX op")
+LayoutRule = Callable[[Graph, "Op"], list["Op"]]
+PROPAGATION = (None, "forward", "both")
 
 
-def register(op_type: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Register a lowering for the ONNX op `op_type`."""
-    return LOWERINGS.register(op_type)
+@dataclass(frozen=True)
+class OnnxOp:
+    """What the converter knows about one ONNX op type (see the module doc)."""
+
+    name: str
+    lower: Callable[..., None]
+    layout: LayoutRule | None = None
+    propagates: str | None = None
+
+
+LOWERINGS: Registry[OnnxOp] = Registry("ONNX op")
+
+
+def register(op_type: str, *, layout: LayoutRule | None = None, propagates: str | None = None,
+             ) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Decorator: the record of ONNX op `op_type`, with the decorated function as its lowering."""
+    if propagates not in PROPAGATION:
+        raise ValueError(f"{op_type}: propagates must be one of {PROPAGATION}")
+
+    def decorator(fn: Callable[..., None]) -> Callable[..., None]:
+        LOWERINGS.add(op_type, OnnxOp(op_type, fn, layout, propagates))
+        return fn
+
+    return decorator
 
 
 class Lowering:
@@ -89,7 +117,7 @@ def lower_graph(graph: Graph) -> None:
         if op.type not in LOWERINGS:
             raise EdgecnnError(f"{op.describe()}: op type {op.type!r} is not supported; "
                                f"supported ONNX ops: {', '.join(LOWERINGS)}")
-        fn = LOWERINGS.get(op.type)
+        fn = LOWERINGS.get(op.type).lower
         _check_attributes(fn, op)
         ctx = Lowering(graph, op)
         fn(ctx, **op.attrs)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from edgecnn.export.tflite.graph import Tensor
+from edgecnn.export.tflite.layouts import conv_layout
 from edgecnn.export.tflite.ops.base import Lowering, register
 
 
@@ -81,7 +82,7 @@ def bias_input(ctx: Lowering, bias: Tensor | None, channels: int) -> str:
     return bias.name
 
 
-@register("Conv")
+@register("Conv", layout=conv_layout)
 def lower_conv(ctx: Lowering, *, kernel_shape: list[int] | None = None,
                strides: list[int] | None = None, pads: list[int] | None = None,
                dilations: list[int] | None = None, group: int = 1,
@@ -92,7 +93,9 @@ def lower_conv(ctx: Lowering, *, kernel_shape: list[int] | None = None,
     1HWC when depthwise; int8 per-output-channel, zero point 0, when
     quantized), optional B [Cout] (float32 or int32). group == 1 lowers to
     CONV_2D; group == Cin lowers to DEPTHWISE_CONV_2D with depth_multiplier
-    Cout / Cin. Padding: SAME / VALID when they express the ONNX pads, else PAD
+    Cout / Cin; 1 < group < Cin (ResNeXt, RegNet) to a grouped CONV_2D, whose
+    filter has Cin / group input channels (version 6; run by LiteRT and
+    tflite-runtime 2.14, builtin kernels and XNNPACK, float and int8). Padding: SAME / VALID when they express the ONNX pads, else PAD
     then VALID. The int32 bias (scale = input scale x weight scale) is made by
     the `quantize_biases` pass.
     """
@@ -103,9 +106,8 @@ def lower_conv(ctx: Lowering, *, kernel_shape: list[int] | None = None,
         raise ctx.fail(f"only 2-D convolution is supported (input rank {x.rank})")
     c_in, c_out = x.shape[3], y.shape[3]
     depthwise = group > 1 and group == c_in
-    if group != 1 and not depthwise:
-        raise ctx.fail(f"grouped convolution with group={group} (neither 1 nor the "
-                       f"{c_in} input channels) is not supported")
+    if c_in % group or c_out % group:
+        raise ctx.fail(f"group={group} does not divide {c_in} input and {c_out} output channels")
     kernel = list(w.shape[1:3])
     if kernel_shape is not None and list(kernel_shape) != kernel:
         raise ctx.fail(f"kernel_shape {kernel_shape} disagrees with the weights {kernel}")

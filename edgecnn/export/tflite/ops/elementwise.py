@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
+from edgecnn.export.tflite.graph import Quant
+from edgecnn.export.tflite.layouts import axis_layout, elementwise_layout
 from edgecnn.export.tflite.ops.base import Lowering, register
 
 
@@ -12,19 +16,19 @@ def _binary(ctx: Lowering, builtin: str) -> None:
              fused_activation_function="NONE")
 
 
-@register("Add")
+@register("Add", layout=elementwise_layout)
 def lower_add(ctx: Lowering) -> None:
     """A + B with numpy broadcasting -> ADD. int8: inputs and output may differ in scale."""
     _binary(ctx, "ADD")
 
 
-@register("Sub")
+@register("Sub", layout=elementwise_layout)
 def lower_sub(ctx: Lowering) -> None:
     """A - B with numpy broadcasting -> SUB. int8: inputs and output may differ in scale."""
     _binary(ctx, "SUB")
 
 
-@register("Mul")
+@register("Mul", layout=elementwise_layout)
 def lower_mul(ctx: Lowering) -> None:
     """A * B with numpy broadcasting (squeeze-excite scales [N,1,1,C]) -> MUL."""
     _binary(ctx, "MUL")
@@ -34,7 +38,7 @@ def _unary(ctx: Lowering, builtin: str, **options) -> None:
     ctx.emit(builtin, [ctx.input(0).name], [ctx.output().name], **options)
 
 
-@register("Relu")
+@register("Relu", propagates="forward")
 def lower_relu(ctx: Lowering) -> None:
     """max(x, 0) -> RELU; the `fuse_activations` pass folds it into its producer when exact."""
     _unary(ctx, "RELU")
@@ -44,7 +48,7 @@ def lower_relu(ctx: Lowering) -> None:
 CLIP_BUILTINS = {(0.0, 6.0): "RELU6", (0.0, None): "RELU", (-1.0, 1.0): "RELU_N1_TO_1"}
 
 
-@register("Clip")
+@register("Clip", propagates="forward")
 def lower_clip(ctx: Lowering, *, min: float | None = None, max: float | None = None) -> None:
     """clip(x, min, max) for (0, 6), (0, inf) and (-1, 1) -> RELU6, RELU, RELU_N1_TO_1.
 
@@ -82,14 +86,91 @@ def lower_hardswish(ctx: Lowering) -> None:
     _unary(ctx, "HARD_SWISH")
 
 
-@register("Softmax")
+def _last_axis(ctx: Lowering, axis: int) -> None:
+    rank = ctx.input(0).rank
+    if axis % rank != rank - 1:
+        raise ctx.fail(f"{ctx.op.type} over axis {axis} of a rank-{rank} tensor; only the last "
+                       f"axis is supported")
+
+
+@register("Softmax", layout=axis_layout)
 def lower_softmax(ctx: Lowering, *, axis: int = -1) -> None:
     """softmax over the last axis -> SOFTMAX (beta 1). int8 output is (1/256, -128).
 
     The layout pass has already remapped `axis` to NHWC.
     """
-    rank = ctx.input(0).rank
-    if axis % rank != rank - 1:
-        raise ctx.fail(f"softmax over axis {axis} of a rank-{rank} tensor; only the last "
-                       f"axis is supported")
+    _last_axis(ctx, axis)
     _unary(ctx, "SOFTMAX", beta=1.0)
+
+
+@register("LogSoftmax", layout=axis_layout)
+def lower_logsoftmax(ctx: Lowering, *, axis: int = -1) -> None:
+    """log(softmax(x)) over the last axis -> LOG_SOFTMAX. int8 output is (16/256, 127)."""
+    _last_axis(ctx, axis)
+    _unary(ctx, "LOG_SOFTMAX")
+
+
+@register("LeakyRelu")
+def lower_leakyrelu(ctx: Lowering, *, alpha: float = 0.01) -> None:
+    """x if x >= 0 else alpha * x -> LEAKY_RELU. int8: the output has its own scale."""
+    _unary(ctx, "LEAKY_RELU", alpha=float(alpha))
+
+
+@register("PRelu", layout=elementwise_layout)
+def lower_prelu(ctx: Lowering) -> None:
+    """x if x >= 0 else slope * x, slope a constant broadcast over x -> PRELU.
+
+    int8: the slope becomes a per-tensor int8 constant (`quantize_constants`).
+    """
+    slope = ctx.input(1)
+    if slope is None or not slope.is_const:
+        raise ctx.fail("the slope must be a constant")
+    ctx.emit("PRELU", [ctx.input(0).name, ctx.operand(1)], [ctx.output().name])
+
+
+@register("Div", layout=elementwise_layout)
+def lower_div(ctx: Lowering) -> None:
+    """A / B with B a constant -> MUL by 1 / B (float to 1 ulp; int8 like any MUL).
+
+    Division by an activation has no int8 TFLite kernel and is not supported.
+    """
+    divisor = ctx.input(1)
+    if not divisor.is_const:
+        raise ctx.fail("division by a tensor that is not a constant is not supported")
+    values = divisor.data if divisor.quant is None else divisor.quant.dequantize(divisor.data)
+    if np.any(values == 0):
+        raise ctx.fail("division by a constant that contains zero")
+    reciprocal = ctx.graph.add_const(f"{divisor.name}_reciprocal",
+                                     (1.0 / values.astype(np.float64)).astype(np.float32))
+    ctx.emit("MUL", [ctx.input(0).name, reciprocal], [ctx.output().name],
+             fused_activation_function="NONE")
+
+
+@register("HardSigmoid")
+def lower_hardsigmoid(ctx: Lowering, *, alpha: float = 0.2, beta: float = 0.5) -> None:
+    """clip(alpha * x + beta, 0, 1) (PyTorch: alpha 1/6, beta 1/2) -> [MUL by 6 alpha] ->
+    ADD 6 beta with fused RELU6 -> MUL by 1/6. TFLite has no hard-sigmoid builtin.
+
+    int8: the tensor after the RELU6 takes the output's zero point and 6 x its scale,
+    so the MUL by 1/6 is an exact integer identity and the ADD rounds once, where the
+    QDQ model rounds (a [0, 6] tensor at scale 6/255 would round 6 x coarser than the
+    output); the scaled input (alpha != 1/6) takes the input's, times 6 alpha (exact
+    too). Only alpha > 0 is supported.
+    """
+    if alpha <= 0:
+        raise ctx.fail(f"alpha {alpha} <= 0 is not supported")
+    x, y = ctx.input(0), ctx.output()
+    source = x.name
+    if not math.isclose(6 * alpha, 1.0, rel_tol=1e-6):
+        quant = None if x.quant is None else Quant(x.quant.scale * 6 * alpha, x.quant.zero_point)
+        scaled = ctx.graph.add_tensor(f"{y.name}_scaled", x.shape, x.dtype, quant=quant)
+        ctx.emit("MUL", [source, ctx.graph.add_const(f"{ctx.op.name}_alpha",
+                                                     np.float32(6 * alpha))],
+                 [scaled], fused_activation_function="NONE")
+        source = scaled
+    quant = None if y.quant is None else Quant(y.quant.scale * 6, y.quant.zero_point)
+    relu6 = ctx.graph.add_tensor(f"{y.name}_relu6", x.shape, x.dtype, quant=quant)
+    ctx.emit("ADD", [source, ctx.graph.add_const(f"{ctx.op.name}_beta", np.float32(6 * beta))],
+             [relu6], fused_activation_function="RELU6")
+    ctx.emit("MUL", [relu6, ctx.graph.add_const(f"{ctx.op.name}_sixth", np.float32(1 / 6))],
+             [y.name], fused_activation_function="NONE")

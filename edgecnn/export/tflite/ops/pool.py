@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgecnn.export.tflite.graph import Tensor
+from edgecnn.export.tflite.layouts import reduce_layout
 from edgecnn.export.tflite.ops.base import Lowering, register
 from edgecnn.export.tflite.ops.conv import pad_input, spatial_padding
 
@@ -36,7 +37,7 @@ def lower_globalaveragepool(ctx: Lowering) -> None:
     _mean(ctx, [1, 2], True)
 
 
-@register("ReduceMean")
+@register("ReduceMean", layout=reduce_layout)
 def lower_reducemean(ctx: Lowering, *, axes: list[int] | None = None, keepdims: int = 1,
                      noop_with_empty_axes: int = 0) -> None:
     """Mean over `axes` (NHWC after the layout pass) -> MEAN. int8 may rescale."""
@@ -53,6 +54,18 @@ def _lowest(x: Tensor) -> float | None:
     return None if int(x.quant.zero_point[0]) == -128 else -128
 
 
+def _ceil_pads(in_hw, out_hw, kernel: list[int], strides: list[int],
+               pads: list[int] | None) -> list[int]:
+    """ceil_mode: the last window may run past the end; extend the end padding so that a
+    VALID pool over the padded input has the ONNX output size (max pooling pads with the
+    lowest value, so the overhang never wins)."""
+    pads = list(pads or [0, 0, 0, 0])
+    for i in range(2):
+        short = (out_hw[i] - 1) * strides[i] + kernel[i] - (in_hw[i] + pads[i] + pads[i + 2])
+        pads[i + 2] += max(short, 0)
+    return pads
+
+
 def _pool(ctx: Lowering, builtin: str, kernel_shape: list[int], strides: list[int] | None,
           pads: list[int] | None, dilations: list[int] | None, auto_pad: str, ceil_mode: int,
           fill: str) -> None:
@@ -64,6 +77,8 @@ def _pool(ctx: Lowering, builtin: str, kernel_shape: list[int], strides: list[in
     if dilations and any(d != 1 for d in dilations):
         raise ctx.fail(f"dilations {dilations} are not supported")
     strides = list(strides or [1, 1])
+    if ceil_mode and fill == "lowest":
+        pads = _ceil_pads(x.shape[1:3], y.shape[1:3], kernel_shape, strides, pads)
     padding, explicit = spatial_padding(ctx, x, kernel_shape, strides, [1, 1], pads, auto_pad,
                                         allow_same=fill != "zero")
     source = x.name
@@ -97,14 +112,15 @@ def lower_averagepool(ctx: Lowering, *, kernel_shape: list[int], strides: list[i
           "zero" if count_include_pad else "none")
 
 
-@register("MaxPool")
+@register("MaxPool", propagates="forward")
 def lower_maxpool(ctx: Lowering, *, kernel_shape: list[int], strides: list[int] | None = None,
                   pads: list[int] | None = None, dilations: list[int] | None = None,
                   auto_pad: str = "NOTSET", ceil_mode: int = 0, storage_order: int = 0) -> None:
     """Max pooling, NHWC -> MAX_POOL_2D (int8: same scale in and out).
 
     Padding SAME cannot express becomes PADV2 with the lowest value (PAD when the
-    int8 zero point is -128).
+    int8 zero point is -128); `ceil_mode=1` (GoogLeNet, ShuffleNet, SqueezeNet) pads
+    the overhang of the last window the same way.
     """
     if storage_order:
         raise ctx.fail("storage_order=1 is not supported")

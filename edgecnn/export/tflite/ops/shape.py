@@ -1,7 +1,13 @@
-"""Data movement: reshapes -> RESHAPE, Concat -> CONCATENATION."""
+"""Data movement: reshapes -> RESHAPE, Concat -> CONCATENATION, Transpose, Slice."""
 
 from __future__ import annotations
 
+from edgecnn.export.tflite.layouts import (
+    axis_layout,
+    reshape_layout,
+    slice_layout,
+    transpose_layout,
+)
 from edgecnn.export.tflite.ops.base import Lowering, register
 
 
@@ -12,31 +18,31 @@ def _reshape(ctx: Lowering) -> None:
     ctx.emit("RESHAPE", [x.name, ctx.int32("shape", shape)], [y.name], new_shape=shape)
 
 
-@register("Reshape")
+@register("Reshape", layout=reshape_layout, propagates="both")
 def lower_reshape(ctx: Lowering, *, allowzero: int = 0) -> None:
     """Reshape to a static shape (shape inference resolves -1 and 0) -> RESHAPE."""
     _reshape(ctx)
 
 
-@register("Flatten")
+@register("Flatten", layout=reshape_layout, propagates="both")
 def lower_flatten(ctx: Lowering, *, axis: int = 1) -> None:
     """Flatten to 2-D at `axis` -> RESHAPE (the layout pass keeps NCHW element order)."""
     _reshape(ctx)
 
 
-@register("Squeeze")
+@register("Squeeze", layout=reshape_layout, propagates="both")
 def lower_squeeze(ctx: Lowering, *, axes: list[int] | None = None) -> None:
     """Drop size-1 axes -> RESHAPE."""
     _reshape(ctx)
 
 
-@register("Unsqueeze")
+@register("Unsqueeze", layout=reshape_layout, propagates="both")
 def lower_unsqueeze(ctx: Lowering, *, axes: list[int] | None = None) -> None:
     """Insert size-1 axes -> RESHAPE."""
     _reshape(ctx)
 
 
-@register("Concat")
+@register("Concat", layout=axis_layout)
 def lower_concat(ctx: Lowering, *, axis: int) -> None:
     """Join along `axis` (NHWC after the layout pass) -> CONCATENATION.
 
@@ -46,3 +52,40 @@ def lower_concat(ctx: Lowering, *, axis: int) -> None:
     rank = ctx.output().rank
     ctx.emit("CONCATENATION", [ctx.operand(i) for i in range(len(ctx.op.inputs))],
              [ctx.output().name], axis=axis % rank, fused_activation_function="NONE")
+
+
+@register("Transpose", layout=transpose_layout, propagates="both")
+def lower_transpose(ctx: Lowering, *, perm: list[int] | None = None) -> None:
+    """Permute axes -> TRANSPOSE (stored axes; the layout pass remapped `perm`). int8: the
+    output shares the input's parameters."""
+    rank = ctx.input(0).rank
+    perm = list(perm) if perm is not None else list(range(rank))[::-1]
+    ctx.emit("TRANSPOSE", [ctx.input(0).name, ctx.int32("perm", perm)], [ctx.output().name])
+
+
+@register("Slice", layout=slice_layout, propagates="both")
+def lower_slice(ctx: Lowering) -> None:
+    """x[starts:ends:steps] over `axes` (constant inputs) -> STRIDED_SLICE over every axis.
+
+    Starts and ends are clamped to the axis as ONNX does (negative values count from the
+    end); steps must be positive. int8: the output shares the input's parameters.
+    """
+    x = ctx.input(0)
+    starts, ends = ctx.const(1), ctx.const(2)
+    axes, steps = ctx.const(3), ctx.const(4)
+    if starts is None or ends is None or (ctx.input(3) and axes is None) or \
+            (ctx.input(4) and steps is None):
+        raise ctx.fail("starts, ends, axes and steps must be constants")
+    axes = range(len(starts)) if axes is None else [int(a) % x.rank for a in axes]
+    steps = [1] * len(starts) if steps is None else [int(s) for s in steps]
+    begin, end, stride = [0] * x.rank, list(x.shape), [1] * x.rank
+    for axis, start, stop, step in zip(axes, starts, ends, steps, strict=True):
+        if step <= 0:
+            raise ctx.fail(f"step {step} on axis {axis}: only positive steps are supported")
+        size = x.shape[axis]
+        begin[axis] = int(min(max(start + size if start < 0 else start, 0), size))
+        end[axis] = int(min(max(stop + size if stop < 0 else stop, 0), size))
+        stride[axis] = step
+    ctx.emit("STRIDED_SLICE", [x.name, ctx.int32("begin", begin), ctx.int32("end", end),
+                               ctx.int32("strides", stride)], [ctx.output().name],
+             begin_mask=0, end_mask=0, ellipsis_mask=0, new_axis_mask=0, shrink_axis_mask=0)

@@ -7,10 +7,11 @@ place and says what it changes in its docstring.
 
 from edgecnn.export.tflite.passes.activations import fuse_activations
 from edgecnn.export.tflite.passes.constants import fold_constants, remove_identities
-from edgecnn.export.tflite.passes.io import float_io, name_io
+from edgecnn.export.tflite.passes.io import float_io, name_io, uint8_io
 from edgecnn.export.tflite.passes.islands import isolate_float_ops
 from edgecnn.export.tflite.passes.layout import to_nhwc
-from edgecnn.export.tflite.passes.qdq import fold_qdq, propagate_quant
+from edgecnn.export.tflite.passes.pads import fold_pads
+from edgecnn.export.tflite.passes.qdq import check_qdq_params, fold_qdq, propagate_quant
 from edgecnn.export.tflite.passes.quantization import (
     align_same_scale,
     fix_output_quant,
@@ -24,6 +25,7 @@ ONNX_PASSES = (
     remove_identities,   # Identity, inference Dropout
     fold_qdq,            # Q/DQ pairs -> int8 tensors with (scale, zero point)
     propagate_quant,     # reshape-like neighbours share parameters
+    fold_pads,           # zero Pad -> Conv: the conv's own padding (TF 'SAME' ports)
     to_nhwc,             # NCHW -> NHWC, weights OHWI / 1HWC, axes remapped
 )
 
@@ -35,6 +37,7 @@ TFLITE_PASSES = (
     fix_output_quant,    # LOGISTIC / SOFTMAX (1/256, -128), TANH (1/128, 0)
     align_same_scale,    # pools, reshapes, pads, concat: one scale in and out
     quantize_biases,     # int32, scale = input scale x weight scale
+    check_qdq_params,    # every QDQ tensor kept its parameters, or a note says why not
 )
 
-__all__ = ["ONNX_PASSES", "TFLITE_PASSES", "float_io", "name_io"]
+__all__ = ["ONNX_PASSES", "TFLITE_PASSES", "float_io", "name_io", "uint8_io"]

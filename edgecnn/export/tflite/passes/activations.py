@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
+from edgecnn.export.tflite.builtins import record
 from edgecnn.export.tflite.graph import Graph, Op, Tensor
-
-ACTIVATIONS = frozenset({"RELU", "RELU6", "RELU_N1_TO_1"})
-FUSABLE = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "SUB", "MUL",
-                     "AVERAGE_POOL_2D", "MAX_POOL_2D"})
 
 
 def _exact(between: Tensor, result: Tensor) -> bool:
@@ -15,16 +12,23 @@ def _exact(between: Tensor, result: Tensor) -> bool:
     return between.quant is None or between.quant.same_as(result.quant)
 
 
+def _is(op: Op, flag: str) -> bool:
+    rec = record(op)
+    return rec is not None and getattr(rec, flag)
+
+
 def fuse_activations(graph: Graph) -> None:
     """In place: an activation whose input has one reader, an op that can fuse it,
-    is removed and its producer writes the activation's output directly."""
+    is removed and its producer writes the activation's output directly (the builtin
+    records say which are activations, `fusable`, and which can take one,
+    `fuses_activation`)."""
     producers, consumers = graph.producers(), graph.consumers()
     outputs = set(graph.outputs)
     kept: list[Op] = []
     for op in graph.ops:
         source = op.inputs[0] if op.inputs else ""
         producer = producers.get(source)
-        if (op.type in ACTIVATIONS and producer is not None and producer.type in FUSABLE
+        if (_is(op, "fusable") and producer is not None and _is(producer, "fuses_activation")
                 and producer.attrs.get("fused_activation_function") == "NONE"
                 and len(consumers.get(source, [])) == 1 and source not in outputs
                 and _exact(graph.tensor(source), graph.tensor(op.outputs[0]))):

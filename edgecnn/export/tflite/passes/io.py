@@ -1,10 +1,10 @@
-"""The model's inputs and outputs: float I/O around an int8 graph, and their names."""
+"""The model's inputs and outputs: float or uint8 I/O around an int8 graph, and their names."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from edgecnn.export.tflite.graph import Graph, Op
+from edgecnn.export.tflite.graph import Graph, Op, Quant
 
 
 def float_io(graph: Graph) -> None:
@@ -24,6 +24,28 @@ def float_io(graph: Graph) -> None:
             graph.ops.append(Op("DEQUANTIZE", [name], [floating], name=f"{name}_dequantize",
                                 domain="tflite"))
             graph.outputs[i] = floating
+
+
+def uint8_io(graph: Graph) -> None:
+    """In place: int8 model inputs and outputs become uint8 with the same scale and the zero
+    point moved by +128 (the same real values), through one QUANTIZE each, as TFLiteConverter
+    does for `inference_input_type=tf.uint8` (camera pipelines, Edge TPU-style runtimes)."""
+    for i, name in enumerate(graph.inputs):
+        tensor = graph.tensor(name)
+        if tensor.quant is not None and tensor.dtype == np.int8:
+            shifted = Quant(tensor.quant.scale, tensor.quant.zero_point + 128)
+            raw = graph.add_tensor(f"{name}_uint8", tensor.shape, np.uint8, quant=shifted)
+            graph.ops.insert(0, Op("QUANTIZE", [raw], [name], name=f"{name}_quantize",
+                                   domain="tflite"))
+            graph.inputs[i] = raw
+    for i, name in enumerate(graph.outputs):
+        tensor = graph.tensor(name)
+        if tensor.quant is not None and tensor.dtype == np.int8:
+            shifted = Quant(tensor.quant.scale, tensor.quant.zero_point + 128)
+            raw = graph.add_tensor(f"{name}_uint8", tensor.shape, np.uint8, quant=shifted)
+            graph.ops.append(Op("QUANTIZE", [name], [raw], name=f"{name}_requantize",
+                                domain="tflite"))
+            graph.outputs[i] = raw
 
 
 def _rename(graph: Graph, old: str, new: str) -> None:

@@ -3,16 +3,17 @@
 onnxruntime's quantize_static, for one, leaves ops it has no QDQ rule for
 (HardSwish, ReduceMean, ...) between a DequantizeLinear and the next
 QuantizeLinear. Converting them faithfully keeps the model's numbers; the
-warning names them, so a user who wants a full-int8 file can quantize them.
+conversion notes name them, so a user who wants a full-int8 file can quantize them.
 """
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 from edgecnn.export.tflite.graph import Graph, Op
+
+FLOAT_OPS = ("run in float (DEQUANTIZE / QUANTIZE around them) because the QDQ model leaves "
+             "their tensors unquantized; quantize them too for a full-int8 model")
 
 
 def is_int8_op(graph: Graph, op: Op) -> bool:
@@ -29,13 +30,12 @@ def isolate_float_ops(graph: Graph) -> None:
     quantized = graph.quantized
     ops: list[Op] = []
     dequantized: dict[str, str] = {}
-    floating: list[Op] = []
     for op in graph.ops:
         if is_int8_op(graph, op) or op.type in ("QUANTIZE", "DEQUANTIZE"):
             ops.append(op)
             continue
         if quantized:
-            floating.append(op)
+            graph.note(FLOAT_OPS, f"{op.name} ({op.type})")
         for i, name in enumerate(op.inputs):
             tensor = graph.tensor(name) if name else None
             if tensor is None or tensor.quant is None:
@@ -59,9 +59,3 @@ def isolate_float_ops(graph: Graph) -> None:
         ops.append(op)
         ops.extend(requantize)
     graph.ops = ops
-    if floating:
-        names = ", ".join(f"{op.name} ({op.type})" for op in floating[:8])
-        more = f" and {len(floating) - 8} more" if len(floating) > 8 else ""
-        warnings.warn(f"{len(floating)} op(s) run in float because the QDQ model leaves their "
-                      f"tensors unquantized: {names}{more}; quantize them too for a "
-                      f"full-int8 model", stacklevel=2)

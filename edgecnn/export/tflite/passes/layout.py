@@ -1,157 +1,28 @@
 """NCHW -> NHWC: every rank-4 activation is stored NHWC, weights OHWI / 1HWC.
 
-The model input becomes NHWC without a TRANSPOSE. Attributes that name an
-axis are remapped; constants broadcast against an NHWC tensor are permuted. A
+The model input becomes NHWC without a TRANSPOSE. Each op's own record names
+its layout rule (`edgecnn.export.tflite.layouts`): attributes that name an
+axis are remapped; constants broadcast against an NHWC tensor are permuted; a
 reshape whose element order differs between NCHW and NHWC (it moves channels
-across spatial positions) gets a TRANSPOSE; reshapes in mobile CNNs (after a
-global pool) never do.
+across spatial positions) gets a TRANSPOSE (reshapes in mobile CNNs, after a
+global pool, never do).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import numpy as np
-
-from edgecnn.errors import EdgecnnError
-from edgecnn.export.tflite.graph import Graph, Op, Quant
-
-TO_NHWC = (0, 2, 3, 1)
-TO_NCHW = (0, 3, 1, 2)
-NHWC_AXIS = {0: 0, 1: 3, 2: 1, 3: 2}  # NCHW axis -> NHWC axis
-ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min", "Sum"})
-RESHAPES = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze"})
-
-
-def _nhwc(shape: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(shape[i] for i in TO_NHWC)
-
-
-def _nchw(shape: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(shape[i] for i in TO_NCHW)
-
-
-def _same_memory(nhwc_shape: tuple[int, ...]) -> bool:
-    """NCHW and NHWC hold elements in the same order when C == 1 or H*W == 1."""
-    _, h, w, c = nhwc_shape
-    return c == 1 or h * w == 1
-
-
-def _permuted_const(graph: Graph, name: str, data: np.ndarray, perm: tuple[int, ...],
-                    axis_map: dict[int, int] | None = None) -> str:
-    quant = graph.tensor(name).quant
-    if quant is not None and quant.axis is not None:
-        quant = Quant(quant.scale, quant.zero_point, (axis_map or {}).get(quant.axis, quant.axis))
-    return graph.add_const(f"{name}_nhwc", data.transpose(perm), quant=quant)
-
-
-def _conv(graph: Graph, op: Op) -> list[Op]:
-    weights = graph.const(op.inputs[1])
-    if weights is None or weights.ndim != 4:
-        return [op]  # lowering reports non-constant or non-2-D weights
-    group, c_in = op.attrs.get("group", 1), graph.tensor(op.inputs[0]).shape[3]
-    quant = graph.tensor(op.inputs[1]).quant
-    if quant is not None and quant.axis not in (None, 0):
-        raise EdgecnnError(f"{op.describe()}: weights quantized along axis {quant.axis}; "
-                           f"TFLite needs per-output-channel (axis 0)")
-    if group > 1 and group == c_in:  # depthwise: OIHW (I == 1) -> 1HWC
-        op.inputs[1] = _permuted_const(graph, op.inputs[1], weights, (1, 2, 3, 0), {0: 3})
-    else:  # OIHW -> OHWI
-        op.inputs[1] = _permuted_const(graph, op.inputs[1], weights, TO_NHWC, {0: 0})
-    return [op]
-
-
-def _axis(graph: Graph, op: Op) -> list[Op]:
-    """Concat / Softmax: remap the `axis` attribute; permute rank-4 constant inputs."""
-    if graph.tensor(op.outputs[0]).rank == 4:
-        axis = op.attrs.get("axis", 1 if op.type == "Concat" else -1) % 4
-        op.attrs["axis"] = NHWC_AXIS[axis]
-        for i, name in enumerate(op.inputs):
-            data = graph.const(name)
-            if data is not None and data.ndim == 4:
-                op.inputs[i] = _permuted_const(graph, name, data, TO_NHWC)
-    return [op]
-
-
-def _reduce(graph: Graph, op: Op) -> list[Op]:
-    """ReduceMean & co: axes (attribute or constant input) become an NHWC `axes` attribute."""
-    x, y = graph.tensor(op.inputs[0]), graph.tensor(op.outputs[0])
-    axes = op.attrs.get("axes")
-    if len(op.inputs) > 1 and op.inputs[1]:
-        axes = graph.const(op.inputs[1])
-        if axes is None:
-            raise EdgecnnError(f"{op.describe()}: axes must be a constant")
-        op.inputs = op.inputs[:1]
-    axes = list(range(x.rank)) if axes is None or len(axes) == 0 else [a % x.rank for a in axes]
-    if x.rank == 4:
-        kept = [a for a in range(4) if a not in axes]
-        if not op.attrs.get("keepdims", 1) and 1 in kept and len(kept) > 2:
-            raise EdgecnnError(f"{op.describe()}: reducing axes {axes} without keepdims "
-                               f"leaves channels before space; not supported")
-        axes = [NHWC_AXIS[a] for a in axes]
-    op.attrs["axes"] = sorted(axes)
-    if y.rank == 4 and x.rank != 4:
-        raise EdgecnnError(f"{op.describe()}: a reduction producing rank 4 from rank {x.rank}")
-    return [op]
-
-
-def _elementwise(graph: Graph, op: Op) -> list[Op]:
-    """Constants broadcast against an NHWC output are expanded to rank 4 and permuted."""
-    if graph.tensor(op.outputs[0]).rank != 4:
-        return [op]
-    for i, name in enumerate(op.inputs):
-        tensor = graph.tensor(name)
-        if tensor.is_const and tensor.data.size > 1:
-            data = tensor.data.reshape((1,) * (4 - tensor.rank) + tensor.data.shape)
-            op.inputs[i] = _permuted_const(graph, name, data, TO_NHWC)
-        elif not tensor.is_const and 0 < tensor.rank < 4:
-            raise EdgecnnError(f"{op.describe()}: broadcasting a rank-{tensor.rank} activation "
-                               f"{name!r} against a rank-4 tensor is not supported")
-    return [op]
-
-
-def _transpose(graph: Graph, op: Op, src: str, dst: str, perm: tuple[int, ...]) -> Op:
-    perm_name = graph.add_const(f"{op.name}_perm", np.asarray(perm, np.int32))
-    return Op("TRANSPOSE", [src, perm_name], [dst], name=op.name, domain="tflite")
-
-
-def _reshape(graph: Graph, op: Op) -> list[Op]:
-    """A reshape reads and writes NCHW element order; transpose only when the orders differ."""
-    before: list[Op] = []
-    after: list[Op] = []
-    x, y = graph.tensor(op.inputs[0]), graph.tensor(op.outputs[0])
-    if x.rank == 4 and not _same_memory(x.shape):
-        nchw = graph.add_tensor(f"{x.name}_nchw", _nchw(x.shape), x.dtype, quant=x.quant)
-        before.append(_transpose(graph, op, x.name, nchw, TO_NCHW))
-        op.inputs[0] = nchw
-    if y.rank == 4 and not _same_memory(y.shape):
-        nchw = graph.add_tensor(f"{y.name}_nchw", _nchw(y.shape), y.dtype, quant=y.quant)
-        after.append(_transpose(graph, op, nchw, y.name, TO_NHWC))
-        op.outputs[0] = nchw
-    return [*before, op, *after]
-
-
-RULES: dict[str, Callable[[Graph, Op], list[Op]]] = {
-    "Conv": _conv,
-    "Concat": _axis,
-    "Softmax": _axis,
-    "ReduceMean": _reduce,
-    **{name: _elementwise for name in ELEMENTWISE},
-    **{name: _reshape for name in RESHAPES},
-}
+from edgecnn.export.tflite.graph import Graph, Op
+from edgecnn.export.tflite.layouts import nhwc
+from edgecnn.export.tflite.ops.base import LOWERINGS
 
 
 def to_nhwc(graph: Graph) -> None:
-    """Store rank-4 activations NHWC and rewrite what depends on the layout (in place).
-
-    Ops without a rule (pools, activations) need nothing: their lowerings read
-    NHWC shapes.
-    """
+    """Store rank-4 activations NHWC and rewrite what depends on the layout (in place)."""
     for tensor in graph.tensors.values():
         if not tensor.is_const and tensor.rank == 4:
-            tensor.shape = _nhwc(tensor.shape)
+            tensor.shape = nhwc(tensor.shape)
     ops: list[Op] = []
     for op in graph.ops:
-        rule = RULES.get(op.type) if op.domain == "onnx" else None
+        rule = LOWERINGS.get(op.type).layout if op.domain == "onnx" and op.type in LOWERINGS \
+            else None
         ops.extend(rule(graph, op) if rule else [op])
     graph.ops = ops

@@ -11,6 +11,7 @@ import numpy as np
 
 from edgecnn.errors import EdgecnnError
 from edgecnn.export.tflite.graph import Graph, Op, Quant
+from edgecnn.export.tflite.ops.base import LOWERINGS
 
 INT8 = np.dtype(np.int8)
 
@@ -59,6 +60,8 @@ def _quantized(graph: Graph, name: str, quant: Quant, dtype: np.dtype, op: Op,
     tensor = graph.tensor(name)
     if tensor.quant is None:
         tensor.quant, tensor.dtype = widest.get(name, quant), dtype
+        graph.qdq_params[name] = Quant(tensor.quant.scale, tensor.quant.zero_point,
+                                       tensor.quant.axis)
     if tensor.quant.same_as(quant):
         return name
     requant = graph.add_tensor(f"{name}_requant", tensor.shape, dtype, quant=quant)
@@ -94,10 +97,25 @@ def fold_qdq(graph: Graph) -> None:
     graph.ops = kept
 
 
-# Ops whose output may reuse the input's quantization exactly (forward), and
-# those whose input may reuse the output's (backward: pure data movement).
-FORWARD = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "MaxPool", "Relu", "Clip"})
-BACKWARD = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze"})
+def check_qdq_params(graph: Graph) -> None:
+    """Every activation of the QDQ model that survives into the .tflite keeps the scale and
+    zero point the QDQ model gives it, unless a pass recorded the change (`Graph.note`).
+
+    Raises EdgecnnError naming the tensor otherwise: a converter defect, never the user's.
+    """
+    for name, expected in graph.qdq_params.items():
+        tensor = graph.tensors.get(name)
+        if tensor is None or name in graph.changed or tensor.quant is None:
+            continue
+        if not tensor.quant.same_as(expected):
+            raise EdgecnnError(f"converter defect: tensor {name!r} was given {tensor.quant} "
+                               f"where the QDQ model has {expected}, without a note; please "
+                               f"report it")
+
+
+def _propagates(op: Op) -> str | None:
+    """How quantization passes through `op` (its record's `propagates`)."""
+    return LOWERINGS.get(op.type).propagates if op.type in LOWERINGS else None
 
 
 def propagate_quant(graph: Graph) -> None:
@@ -113,7 +131,8 @@ def propagate_quant(graph: Graph) -> None:
     while changed:
         changed = False
         for op in graph.ops:
-            if op.type not in FORWARD or not op.inputs:
+            rule = _propagates(op)
+            if rule is None or not op.inputs:
                 continue
             src, dst = graph.tensor(op.inputs[0]), graph.tensor(op.outputs[0])
             if src.is_const:
@@ -121,6 +140,6 @@ def propagate_quant(graph: Graph) -> None:
             if dst.quant is None and src.quant is not None:
                 dst.quant, dst.dtype = src.quant, src.dtype
                 changed = True
-            elif src.quant is None and dst.quant is not None and op.type in BACKWARD:
+            elif src.quant is None and dst.quant is not None and rule == "both":
                 src.quant, src.dtype = dst.quant, dst.dtype
                 changed = True

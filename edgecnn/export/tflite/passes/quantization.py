@@ -5,34 +5,44 @@ Each does nothing on a float graph, or on the ops of a quantized graph that
 then output constraints (fixed scales, same scales), and biases last, since a
 bias scale is input scale x weight scale and the steps before may retarget an
 input's scale.
+
+No pass changes a QDQ tensor's scale or zero point silently: where a TFLite
+kernel cannot write the parameters the QDQ model gives its output, the op
+writes the parameters it can and a QUANTIZE requantizes to the QDQ ones, and
+every such step is recorded with `Graph.note` (which `convert` reports).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from edgecnn.export.tflite.builtins import record
 from edgecnn.export.tflite.graph import Graph, Op, Quant, Tensor
 from edgecnn.export.tflite.passes.islands import is_int8_op
+from edgecnn.qmath import bias_safe_weight_scale, quantize_bias, quantize_symmetric
 
 INT8 = np.dtype(np.int8)
-# builtin -> (weights input, per-channel axis)
-WEIGHTS = {"CONV_2D": (1, 0), "DEPTHWISE_CONV_2D": (1, 3), "FULLY_CONNECTED": (1, 0)}
-# Ops whose int8 output has one fixed (scale, zero point) (TFLite kernels check it).
-FIXED_OUTPUT = {"LOGISTIC": (1 / 256, -128), "SOFTMAX": (1 / 256, -128), "TANH": (1 / 128, 0)}
-# Ops that copy int8 values, so their inputs and output must share parameters.
-SAME_SCALE = frozenset({"MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE", "PAD", "PADV2",
-                        "TRANSPOSE", "SQUEEZE", "CONCATENATION"})
+
+
+def _weights_input(op: Op) -> tuple[int, int] | None:
+    """(weights input index, per-channel axis) of a weighted builtin, else None."""
+    rec = record(op)
+    return rec.weights if rec else None
+
+
+def _int8_contract(op: Op) -> str | None:
+    rec = record(op)
+    return rec.int8 if rec else None
+
+
+def _fixed_output(op: Op) -> tuple[float, int] | None:
+    rec = record(op)
+    return rec.fixed_output if rec else None
 
 
 def _symmetric(data: np.ndarray, axis: int | None) -> tuple[np.ndarray, Quant]:
     """int8 in [-127, 127], zero point 0, one scale per slice along `axis` (or per tensor)."""
-    reduce = tuple(i for i in range(data.ndim) if i != axis) if axis is not None else None
-    scale = np.max(np.abs(data), axis=reduce).astype(np.float64) / 127.0
-    scale = np.where(scale > 0, scale, 1e-8).astype(np.float32)
-    shape = [1] * data.ndim
-    if axis is not None:
-        shape[axis] = -1
-    q = np.clip(np.round(data / scale.reshape(shape)), -127, 127).astype(np.int8)
+    q, scale = quantize_symmetric(data, axis)
     return q, Quant(scale, np.zeros(scale.size, np.int64), axis)
 
 
@@ -45,11 +55,15 @@ def _asymmetric(data: np.ndarray) -> tuple[np.ndarray, Quant]:
     return q, Quant(scale, zero)
 
 
-def _weights(graph: Graph, tensor: Tensor, axis: int) -> str:
+def _weights(graph: Graph, op: Op, tensor: Tensor, axis: int) -> str:
     if tensor.dtype == INT8 and tensor.quant is not None and not tensor.quant.zero_point.any():
         return tensor.name
     values = tensor.data if tensor.quant is None else tensor.quant.dequantize(tensor.data)
     q, quant = _symmetric(values.astype(np.float32), axis)
+    kind = ("float weights of an int8 op quantized by the converter (symmetric, per channel)"
+            if tensor.quant is None else
+            "asymmetric or per-tensor weights requantized symmetric per channel by the converter")
+    graph.note(kind, f"{op.name} ({op.type})")
     return graph.add_const(f"{tensor.name}_sym", q, quant=quant)
 
 
@@ -61,13 +75,14 @@ def quantize_constants(graph: Graph) -> None:
     for op in graph.ops:
         if not is_int8_op(graph, op):
             continue
+        weights = _weights_input(op)
         for i, name in enumerate(op.inputs):
             tensor = graph.tensors.get(name) if name else None
             if tensor is None or not tensor.is_const:
                 continue
-            if op.type in WEIGHTS and i == WEIGHTS[op.type][0]:
-                op.inputs[i] = _weights(graph, tensor, WEIGHTS[op.type][1])
-            elif op.type in WEIGHTS and i == 2:
+            if weights and i == weights[0]:
+                op.inputs[i] = _weights(graph, op, tensor, weights[1])
+            elif weights and i == 2:
                 continue  # biases: quantize_biases
             elif tensor.dtype == np.float32 or (tensor.quant and not tensor.quant.per_tensor):
                 values = tensor.data if tensor.quant is None \
@@ -76,51 +91,54 @@ def quantize_constants(graph: Graph) -> None:
                 op.inputs[i] = graph.add_const(f"{name}_q", q, quant=quant)
 
 
-def _requantize_after(graph: Graph, op: Op, quant: Quant, out: list[Op]) -> None:
-    """`op` writes a new tensor with `quant`; a QUANTIZE converts it to the old output."""
+def _requantize_after(graph: Graph, op: Op, quant: Quant, out: list[Op], why: str) -> None:
+    """`op` writes a new tensor with `quant`; a QUANTIZE converts it to the QDQ output's
+    parameters, which stay as the QDQ model gives them (noted under `why`)."""
     target = graph.tensor(op.outputs[0])
     staged = graph.add_tensor(f"{target.name}_{op.type.lower()}", target.shape, INT8, quant=quant)
     op.outputs[0] = staged
     out.append(op)
     out.append(Op("QUANTIZE", [staged], [target.name], name=op.name, domain="tflite"))
+    graph.note(why, f"{op.name} ({op.type})")
 
 
 def fix_output_quant(graph: Graph) -> None:
-    """LOGISTIC / SOFTMAX / TANH write their fixed int8 parameters (in place).
+    """LOGISTIC / SOFTMAX / LOG_SOFTMAX / TANH write their fixed int8 parameters (in place).
 
-    Inside the graph the output tensor is simply given them (its readers rescale
-    anyway); a model output keeps its parameters through a requantizing QUANTIZE.
+    When the QDQ model gives the output other parameters, the op writes the fixed
+    ones and a QUANTIZE requantizes to the QDQ model's (edgecnn's quantizer gives
+    the fixed ones, so its files need none).
     """
     if not graph.quantized:
         return
-    outputs, ops = set(graph.outputs), []
+    ops: list[Op] = []
     for op in graph.ops:
-        fixed = FIXED_OUTPUT.get(op.type)
+        fixed = _fixed_output(op)
         target = graph.tensor(op.outputs[0]) if fixed else None
         if fixed is None or target.quant is None or target.quant.same_as(Quant(*fixed)):
             ops.append(op)
-        elif target.name not in outputs:
-            target.quant = Quant(*fixed)
-            ops.append(op)
         else:
-            _requantize_after(graph, op, Quant(*fixed), ops)
+            _requantize_after(graph, op, Quant(*fixed), ops,
+                              "QUANTIZE added: the kernel has a fixed output scale")
     graph.ops = ops
 
 
 def align_same_scale(graph: Graph) -> None:
     """Inputs and output of copying ops (pools, reshapes, pads, concat) share parameters.
 
-    In place. One-input ops: the output takes the input's parameters, unless it
-    is a model output (then a QUANTIZE follows). CONCATENATION keeps its output's
-    parameters; a differing input is retargeted when only the concat reads it and
-    its producer can write any scale, else requantized by a QUANTIZE.
+    In place. One-input ops whose QDQ output has other parameters than the
+    input: the op writes the input's, and a QUANTIZE requantizes to the output's.
+    CONCATENATION keeps its output's parameters; a differing input is retargeted
+    (noted: its producer then writes the concat's parameters directly) when only
+    the concat reads it and its producer can write any scale, else requantized
+    by a QUANTIZE.
     """
     if not graph.quantized:
         return
     outputs, ops = set(graph.outputs), []
     producers, consumers = graph.producers(), graph.consumers()
     for op in graph.ops:
-        if op.type not in SAME_SCALE or not is_int8_op(graph, op):
+        if _int8_contract(op) != "same" or not is_int8_op(graph, op):
             ops.append(op)
             continue
         target = graph.tensor(op.outputs[0])
@@ -134,11 +152,9 @@ def align_same_scale(graph: Graph) -> None:
             op.inputs[2] = _aligned_const(graph, graph.tensor(op.inputs[2]), source.quant)
         if source.quant.same_as(target.quant):
             ops.append(op)
-        elif target.name not in outputs:
-            target.quant = source.quant
-            ops.append(op)
         else:
-            _requantize_after(graph, op, source.quant, ops)
+            _requantize_after(graph, op, source.quant, ops,
+                              "QUANTIZE added: the kernel needs equal input and output scales")
     graph.ops = ops
 
 
@@ -159,23 +175,47 @@ def _aligned_input(graph: Graph, name: str, quant: Quant, op: Op, producers: dic
     if tensor.quant.same_as(quant):
         return name
     producer = producers.get(name)
-    if (producer is not None and producer.type not in SAME_SCALE
-            and producer.type not in FIXED_OUTPUT and len(consumers.get(name, [])) == 1
+    if (producer is not None and _int8_contract(producer) == "requantize"
+            and len(consumers.get(name, [])) == 1
             and name not in outputs and name not in graph.inputs):
         tensor.quant = quant
+        graph.note("concatenation input retargeted to the concat's scale (its producer "
+                   "requantizes to it directly)", name, changed=name)
         return name
     staged = graph.add_tensor(f"{name}_requant", tensor.shape, INT8, quant=quant)
     ops.append(Op("QUANTIZE", [name], [staged], name=op.name, domain="tflite"))
     return staged
 
 
+def _fit_bias_range(graph: Graph, op: Op, x: Tensor, w: Tensor, bias: np.ndarray) -> Tensor:
+    """The weights of `op`, with channel scales raised where the int32 bias would not fit
+    (`edgecnn.qmath.bias_safe_weight_scale`), noted; `w` itself when every bias fits."""
+    axis = _weights_input(op)[1]
+    channels = w.shape[axis]
+    old = np.broadcast_to(w.quant.scale, (channels,)).astype(np.float32)
+    new = bias_safe_weight_scale(bias, float(x.quant.scale[0]), old)
+    if np.array_equal(new, old):
+        return w
+    shape = [1] * w.rank
+    shape[axis] = -1
+    ratio = (old.astype(np.float64) / new).reshape(shape)
+    q = np.clip(np.round(w.data.astype(np.float64) * ratio), -127, 127).astype(np.int8)
+    graph.note("weight scale raised so the int32 bias fits", f"{op.name} ({op.type})",
+               changed=w.name)
+    name = graph.add_const(f"{w.name}_bias_fit", q,
+                           quant=Quant(new, np.zeros(channels, np.int64), axis))
+    op.inputs[1] = name
+    return graph.tensor(name)
+
+
 def quantize_biases(graph: Graph) -> None:
     """In place: every conv / fully-connected bias becomes int32 with
-    scale = input scale x weight scale (per channel) and zero point 0."""
+    scale = input scale x weight scale (per channel) and zero point 0, rounded and
+    clamped in float64; where a bias would not fit, the weight scale rises first."""
     if not graph.quantized:
         return
     for op in graph.ops:
-        if op.type not in WEIGHTS or not is_int8_op(graph, op):
+        if _weights_input(op) is None or not is_int8_op(graph, op):
             continue
         x, w, b = (graph.tensor(name) for name in op.inputs[:3])
         scale = (x.quant.scale[0] * w.quant.scale).astype(np.float32)
@@ -185,6 +225,8 @@ def quantize_biases(graph: Graph) -> None:
         else:
             values = b.data.astype(np.float64) if b.quant is None else \
                 (b.data.astype(np.float64) - b.quant.zero_point) * b.quant.scale.astype(np.float64)
-            q = np.clip(np.round(values / scale.astype(np.float64)), -2**31, 2**31 - 1)
+            w = _fit_bias_range(graph, op, x, w, values)
+            scale = (x.quant.scale[0] * w.quant.scale).astype(np.float32)
+            q = quantize_bias(values, scale)
         quant = Quant(scale, np.zeros(scale.size, np.int64), 0 if scale.size > 1 else None)
         op.inputs[2] = graph.add_const(f"{b.name}_int32", q.astype(np.int32), quant=quant)

@@ -1,0 +1,149 @@
+"""One record per TFLite builtin the converter writes: what edgecnn knows about it, in one place.
+
+A record holds the builtin's options table in the schema, the lowest version
+per input dtype and the rules that raise it (tensorflow/lite/tools/versioning/
+op_version.cc: a runtime refuses a version it does not register), and its int8
+contract (tensorflow/lite/kernels/*.cc Prepare checks, and
+https://ai.google.dev/edge/litert/models/quantization_spec):
+
+- "requantize": the kernel rescales, the output has parameters of its own;
+- "same": the kernel copies int8 values, input(s) and output share parameters;
+- "fixed": the output has one fixed (scale, zero point), `fixed_output`;
+- "convert": QUANTIZE / DEQUANTIZE themselves.
+
+`weights` names the constant weights input and its per-channel axis (the int32
+bias, input 2, has scale input x weight scale); `fuses_activation` says a
+RELU / RELU6 / RELU_N1_TO_1 can become its fused_activation_function, and
+`fusable` that this builtin is such an activation. `rounding` is how the
+builtin int8 kernel breaks ties in its final rounding right shift (measured:
+`builtin_int8`). The passes, the writer and the quantizer read these records;
+a new builtin is one `builtin(...)` call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edgecnn.errors import EdgecnnError
+from edgecnn.export.tflite.graph import Graph, Op
+from edgecnn.registry import Registry
+
+F32, I8 = "float32", "int8"
+INT8_CONTRACTS = ("requantize", "same", "fixed", "convert")
+
+VersionRule = tuple[Callable[[Graph, Op], bool], int]
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """What the converter knows about one TFLite builtin operator (see the module doc)."""
+
+    name: str
+    options: str
+    versions: dict[str, int]
+    int8: str = "requantize"
+    version_rules: tuple[VersionRule, ...] = ()
+    fixed_output: tuple[float, int] | None = None
+    weights: tuple[int, int] | None = None
+    fuses_activation: bool = False
+    fusable: bool = False
+    rounding: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.int8 not in INT8_CONTRACTS:
+            raise ValueError(f"{self.name}: int8 contract {self.int8!r} not in {INT8_CONTRACTS}")
+        if (self.int8 == "fixed") != (self.fixed_output is not None):
+            raise ValueError(f"{self.name}: a fixed int8 contract needs fixed_output, and only it")
+
+
+BUILTINS: Registry[Builtin] = Registry("TFLite builtin")
+
+
+def builtin(name: str, options: str = "", versions: dict[str, int] | None = None,
+            **contract) -> Builtin:
+    """Register the record of builtin `name` (versions default: float32 1, int8 2)."""
+    return BUILTINS.add(name, Builtin(name, options, versions or {F32: 1, I8: 2}, **contract))
+
+
+def _dilated(graph: Graph, op: Op) -> bool:
+    return op.attrs.get("dilation_h_factor", 1) != 1 or op.attrs.get("dilation_w_factor", 1) != 1
+
+
+def _grouped(graph: Graph, op: Op) -> bool:
+    """A CONV_2D whose filter has fewer input channels than its input (op_version.cc: 6)."""
+    return graph.tensor(op.inputs[1]).shape[3] != graph.tensor(op.inputs[0]).shape[3]
+
+
+def _keeps_dims(graph: Graph, op: Op) -> bool:
+    return bool(op.attrs.get("keep_num_dims"))
+
+
+def _mul_rescale_ge_1(graph: Graph, op: Op) -> bool:
+    a, b, y = (graph.tensor(n).quant for n in (*op.inputs[:2], op.outputs[0]))
+    return None not in (a, b, y) and a.scale[0] * b.scale[0] / y.scale[0] >= 1.0
+
+
+# -- weighted ops -----------------------------------------------------------------------------
+builtin("CONV_2D", "Conv2DOptions", {F32: 1, I8: 3}, version_rules=((_grouped, 6),),
+        weights=(1, 0), fuses_activation=True, rounding="up")
+builtin("DEPTHWISE_CONV_2D", "DepthwiseConv2DOptions", {F32: 1, I8: 3},
+        version_rules=((_dilated, 2),), weights=(1, 3), fuses_activation=True, rounding="up")
+builtin("FULLY_CONNECTED", "FullyConnectedOptions", {F32: 1, I8: 4},
+        version_rules=((_keeps_dims, 5),), weights=(1, 0), fuses_activation=True,
+        rounding="up")
+# -- elementwise and reductions ---------------------------------------------------------------
+builtin("ADD", "AddOptions", fuses_activation=True, rounding="away")
+builtin("SUB", "SubOptions", fuses_activation=True)
+builtin("MUL", "MulOptions", version_rules=((_mul_rescale_ge_1, 3),), fuses_activation=True)
+builtin("MEAN", "ReducerOptions", rounding="away")
+# -- data movement: one scale in and out ------------------------------------------------------
+builtin("AVERAGE_POOL_2D", "Pool2DOptions", int8="same", fuses_activation=True)
+builtin("MAX_POOL_2D", "Pool2DOptions", int8="same", fuses_activation=True)
+builtin("PAD", "PadOptions", int8="same")
+builtin("PADV2", "PadV2Options", int8="same")
+builtin("RESHAPE", "ReshapeOptions", {F32: 1, I8: 1}, int8="same")
+builtin("TRANSPOSE", "TransposeOptions", int8="same")
+builtin("STRIDED_SLICE", "StridedSliceOptions", int8="same")
+builtin("CONCATENATION", "ConcatenationOptions", int8="same")
+# -- activations ------------------------------------------------------------------------------
+builtin("LOGISTIC", int8="fixed", fixed_output=(1 / 256, -128))
+builtin("TANH", int8="fixed", fixed_output=(1 / 128, 0))
+builtin("SOFTMAX", "SoftmaxOptions", int8="fixed", fixed_output=(1 / 256, -128))
+builtin("LOG_SOFTMAX", "LogSoftmaxOptions", int8="fixed", fixed_output=(16 / 256, 127))
+builtin("HARD_SWISH", "HardSwishOptions", {F32: 1, I8: 1})
+builtin("LEAKY_RELU", "LeakyReluOptions")
+builtin("PRELU", versions={F32: 1, I8: 1})
+builtin("RELU", fusable=True)
+builtin("RELU6", fusable=True)
+builtin("RELU_N1_TO_1", versions={F32: 1, I8: 1}, fusable=True)
+# -- conversions ------------------------------------------------------------------------------
+builtin("QUANTIZE", "QuantizeOptions", {F32: 1, I8: 1, "uint8": 1}, int8="convert")
+builtin("DEQUANTIZE", "DequantizeOptions", {I8: 2}, int8="convert")
+
+
+def record(op: Op) -> Builtin | None:
+    """The record of a lowered op's builtin, None for a name without one."""
+    return BUILTINS.get(op.type) if op.type in BUILTINS else None
+
+
+def fixed_outputs() -> dict[str, tuple[float, int]]:
+    """builtin -> its fixed int8 output (scale, zero point), for the builtins that have one."""
+    return {name: BUILTINS.get(name).fixed_output for name in BUILTINS
+            if BUILTINS.get(name).fixed_output is not None}
+
+
+def op_version(graph: Graph, op: Op) -> int:
+    """The version of `op`'s operator code: the record's version for the dtype of input 0,
+    raised by the record's rules that hold."""
+    rec = record(op)
+    dtype = str(graph.tensor(op.inputs[0]).dtype)
+    if rec is None or dtype not in rec.versions:
+        known = ", ".join(sorted(rec.versions)) if rec else "none"
+        raise EdgecnnError(f"{op.describe()}: no TFLite {op.type} kernel for {dtype} inputs "
+                           f"(dtypes with a version: {known})")
+    version = rec.versions[dtype]
+    for condition, rule_version in rec.version_rules:
+        if condition(graph, op):
+            version = max(version, rule_version)
+    return version

@@ -1,0 +1,172 @@
+"""Layout rules: how one ONNX op is rewritten when its rank-4 tensors become NHWC.
+
+Each rule takes the graph and an ONNX op whose activations already have NHWC
+shapes, and returns the ops that replace it (usually the op itself, with
+attributes remapped and constants permuted). The op records in `ops/` name
+their rule (`register(..., layout=...)`); the `to_nhwc` pass applies them. Ops
+without a rule (pools, activations) need nothing: their lowerings read NHWC
+shapes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgecnn.errors import EdgecnnError
+from edgecnn.export.tflite.graph import Graph, Op, Quant
+
+TO_NHWC = (0, 2, 3, 1)
+TO_NCHW = (0, 3, 1, 2)
+NHWC_AXIS = {0: 0, 1: 3, 2: 1, 3: 2}  # NCHW axis -> NHWC axis
+
+
+def nhwc(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(shape[i] for i in TO_NHWC)
+
+
+def nchw(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(shape[i] for i in TO_NCHW)
+
+
+def _same_memory(nhwc_shape: tuple[int, ...]) -> bool:
+    """NCHW and NHWC hold elements in the same order when C == 1 or H*W == 1."""
+    _, h, w, c = nhwc_shape
+    return c == 1 or h * w == 1
+
+
+def _permuted_const(graph: Graph, name: str, data: np.ndarray, perm: tuple[int, ...],
+                    axis_map: dict[int, int] | None = None) -> str:
+    quant = graph.tensor(name).quant
+    if quant is not None and quant.axis is not None:
+        quant = Quant(quant.scale, quant.zero_point, (axis_map or {}).get(quant.axis, quant.axis))
+    return graph.add_const(f"{name}_nhwc", data.transpose(perm), quant=quant)
+
+
+def conv_layout(graph: Graph, op: Op) -> list[Op]:
+    weights = graph.const(op.inputs[1])
+    if weights is None or weights.ndim != 4:
+        return [op]  # lowering reports non-constant or non-2-D weights
+    group, c_in = op.attrs.get("group", 1), graph.tensor(op.inputs[0]).shape[3]
+    quant = graph.tensor(op.inputs[1]).quant
+    if quant is not None and quant.axis not in (None, 0):
+        raise EdgecnnError(f"{op.describe()}: weights quantized along axis {quant.axis}; "
+                           f"TFLite needs per-output-channel (axis 0)")
+    if group > 1 and group == c_in:  # depthwise: OIHW (I == 1) -> 1HWC
+        op.inputs[1] = _permuted_const(graph, op.inputs[1], weights, (1, 2, 3, 0), {0: 3})
+    else:  # OIHW -> OHWI
+        op.inputs[1] = _permuted_const(graph, op.inputs[1], weights, TO_NHWC, {0: 0})
+    return [op]
+
+
+def axis_layout(graph: Graph, op: Op) -> list[Op]:
+    """Concat / Softmax: remap the `axis` attribute; permute rank-4 constant inputs."""
+    if graph.tensor(op.outputs[0]).rank == 4:
+        axis = op.attrs.get("axis", 1 if op.type == "Concat" else -1) % 4
+        op.attrs["axis"] = NHWC_AXIS[axis]
+        for i, name in enumerate(op.inputs):
+            data = graph.const(name)
+            if data is not None and data.ndim == 4:
+                op.inputs[i] = _permuted_const(graph, name, data, TO_NHWC)
+    return [op]
+
+
+def reduce_layout(graph: Graph, op: Op) -> list[Op]:
+    """ReduceMean & co: axes (attribute or constant input) become an NHWC `axes` attribute."""
+    x, y = graph.tensor(op.inputs[0]), graph.tensor(op.outputs[0])
+    axes = op.attrs.get("axes")
+    if len(op.inputs) > 1 and op.inputs[1]:
+        axes = graph.const(op.inputs[1])
+        if axes is None:
+            raise EdgecnnError(f"{op.describe()}: axes must be a constant")
+        op.inputs = op.inputs[:1]
+    axes = list(range(x.rank)) if axes is None or len(axes) == 0 else [a % x.rank for a in axes]
+    if x.rank == 4:
+        kept = [a for a in range(4) if a not in axes]
+        if not op.attrs.get("keepdims", 1) and 1 in kept and len(kept) > 2:
+            raise EdgecnnError(f"{op.describe()}: reducing axes {axes} without keepdims "
+                               f"leaves channels before space; not supported")
+        axes = [NHWC_AXIS[a] for a in axes]
+    op.attrs["axes"] = sorted(axes)
+    if y.rank == 4 and x.rank != 4:
+        raise EdgecnnError(f"{op.describe()}: a reduction producing rank 4 from rank {x.rank}")
+    return [op]
+
+
+def pad_layout(graph: Graph, op: Op) -> list[Op]:
+    """Pad of a rank-4 tensor: `pads` (over all axes, or over `axes`) in NHWC order."""
+    if graph.tensor(op.inputs[0]).rank != 4:
+        return [op]
+    pads = graph.const(op.inputs[1]) if len(op.inputs) > 1 else None
+    if pads is None:
+        raise EdgecnnError(f"{op.describe()}: pads must be a constant")
+    axes = graph.const(op.inputs[3]) if len(op.inputs) > 3 and op.inputs[3] else None
+    axes = list(range(4)) if axes is None else [int(a) % 4 for a in axes]
+    pads = np.asarray(pads, np.int64).reshape(-1)
+    full = np.zeros(8, np.int64)
+    for i, axis in enumerate(axes):
+        full[NHWC_AXIS[axis]], full[NHWC_AXIS[axis] + 4] = pads[i], pads[i + len(axes)]
+    op.inputs = [op.inputs[0], graph.add_const(f"{op.inputs[1]}_nhwc", full),
+                 *(op.inputs[2:3] if len(op.inputs) > 2 else [])]
+    return [op]
+
+
+def elementwise_layout(graph: Graph, op: Op) -> list[Op]:
+    """Constants broadcast against an NHWC output are expanded to rank 4 and permuted."""
+    if graph.tensor(op.outputs[0]).rank != 4:
+        return [op]
+    for i, name in enumerate(op.inputs):
+        tensor = graph.tensor(name)
+        if tensor.is_const and tensor.data.size > 1:
+            data = tensor.data.reshape((1,) * (4 - tensor.rank) + tensor.data.shape)
+            op.inputs[i] = _permuted_const(graph, name, data, TO_NHWC)
+        elif not tensor.is_const and 0 < tensor.rank < 4:
+            raise EdgecnnError(f"{op.describe()}: broadcasting a rank-{tensor.rank} activation "
+                               f"{name!r} against a rank-4 tensor is not supported")
+    return [op]
+
+
+def _transpose(graph: Graph, op: Op, src: str, dst: str, perm: tuple[int, ...]) -> Op:
+    perm_name = graph.add_const(f"{op.name}_perm", np.asarray(perm, np.int32))
+    return Op("TRANSPOSE", [src, perm_name], [dst], name=op.name, domain="tflite")
+
+
+def reshape_layout(graph: Graph, op: Op) -> list[Op]:
+    """A reshape reads and writes NCHW element order; transpose only when the orders differ."""
+    before: list[Op] = []
+    after: list[Op] = []
+    x, y = graph.tensor(op.inputs[0]), graph.tensor(op.outputs[0])
+    if x.rank == 4 and not _same_memory(x.shape):
+        staged = graph.add_tensor(f"{x.name}_nchw", nchw(x.shape), x.dtype, quant=x.quant)
+        before.append(_transpose(graph, op, x.name, staged, TO_NCHW))
+        op.inputs[0] = staged
+    if y.rank == 4 and not _same_memory(y.shape):
+        staged = graph.add_tensor(f"{y.name}_nchw", nchw(y.shape), y.dtype, quant=y.quant)
+        after.append(_transpose(graph, op, staged, y.name, TO_NHWC))
+        op.outputs[0] = staged
+    return [*before, op, *after]
+
+
+def transpose_layout(graph: Graph, op: Op) -> list[Op]:
+    """Transpose of rank-4 tensors, both stored NHWC: perm p over NCHW axes becomes
+    q[j] = NHWC_AXIS[p[TO_NHWC[j]]] over the stored axes."""
+    if graph.tensor(op.inputs[0]).rank == 4:
+        perm = list(op.attrs.get("perm") or [3, 2, 1, 0])
+        op.attrs["perm"] = [NHWC_AXIS[perm[TO_NHWC[j]]] for j in range(4)]
+    return [op]
+
+
+def slice_layout(graph: Graph, op: Op) -> list[Op]:
+    """Slice of a rank-4 tensor: its `axes` input (all axes when absent) names NHWC axes."""
+    x = graph.tensor(op.inputs[0])
+    if x.rank != 4:
+        return [op]
+    starts = graph.const(op.inputs[1])
+    axes = graph.const(op.inputs[3]) if len(op.inputs) > 3 and op.inputs[3] else None
+    if starts is None or (len(op.inputs) > 3 and op.inputs[3] and axes is None):
+        raise EdgecnnError(f"{op.describe()}: starts and axes must be constants")
+    axes = np.arange(len(starts)) if axes is None else np.asarray(axes) % 4
+    inputs = list(op.inputs) + [""] * (5 - len(op.inputs))
+    inputs[3] = graph.add_const(f"{op.name}_axes_nhwc",
+                                np.asarray([NHWC_AXIS[int(a)] for a in axes], np.int64))
+    op.inputs = inputs
+    return [op]

@@ -1,0 +1,58 @@
+"""The TFLite int8 spec's arithmetic, shared by the quantizer and the converter (numpy only).
+
+Source: https://ai.google.dev/edge/litert/models/quantization_spec. Torch-free:
+the converter runs on devices without torch. (Per-op contracts, such as fixed
+output parameters, are in the builtin records: `edgecnn.export.tflite.builtins`.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: int32 bias range; a bias value outside it cannot be stored
+BIAS_RANGE = (-(2**31), 2**31 - 1)
+
+
+def bias_safe_weight_scale(bias: np.ndarray, input_scale: float,
+                           weight_scale: np.ndarray) -> np.ndarray:
+    """Per-channel weight scales raised just enough that every int32 bias fits.
+
+    The int32 bias of a conv / fully-connected op has scale input_scale x
+    weight_scale[c] (zero point 0). A channel whose weights are all (nearly)
+    zero, e.g. pruned or folded with BatchNorm gamma 0, gets a weight scale near
+    float32 eps, and then |bias / (input_scale x weight_scale)| can exceed
+    2**31 - 1. onnxruntime's QDQ quantizer resolves this the same way: the
+    weight scale rises to |bias| / (input_scale x (2**31 - 1)), which only
+    coarsens that channel's (tiny) weights.
+
+    bias: (C,) float; weight_scale: (C,) float32; returns float32 (C,) with
+    returned >= weight_scale everywhere, equal where the bias already fits.
+    """
+    bias = np.abs(np.asarray(bias, np.float64).reshape(-1))
+    scale = np.asarray(weight_scale, np.float32).reshape(-1)
+    if scale.size == 1 and bias.size > 1:
+        scale = np.repeat(scale, bias.size)
+    # the smallest scale that fits, nudged up by float32 rounding of the product
+    needed = bias / (float(input_scale) * BIAS_RANGE[1])
+    raised = np.where(needed > scale.astype(np.float64), needed * (1 + 1e-6), scale)
+    return raised.astype(np.float32)
+
+
+def quantize_bias(bias: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """round(bias / scale) as int32, computed and clamped in float64 (no wrap-around)."""
+    q = np.round(np.asarray(bias, np.float64) / np.asarray(scale, np.float64))
+    return np.clip(q, *BIAS_RANGE).astype(np.int64).astype(np.int32)
+
+
+def quantize_symmetric(data: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """int8 weights in [-127, 127], zero point 0: (q, scale) with one scale per slice along
+    `axis` (per channel), or one scale when `axis` is None. An all-zero slice gets scale 1e-8."""
+    data = np.asarray(data, np.float32)
+    reduce = tuple(i for i in range(data.ndim) if i != axis) if axis is not None else None
+    scale = np.max(np.abs(data), axis=reduce).astype(np.float64) / 127.0
+    scale = np.atleast_1d(np.where(scale > 0, scale, 1e-8).astype(np.float32))
+    shape = [1] * data.ndim
+    if axis is not None:
+        shape[axis] = -1
+    q = np.clip(np.round(data / scale.reshape(shape)), -127, 127).astype(np.int8)
+    return q, scale

@@ -1,0 +1,139 @@
+"""Blocks of the CNN literature beyond the zoo, through the user's path: PTQ with edgecnn's
+quantizer, the int8 ONNX as shipped, the full-int8 .tflite converted from it. Each block's
+.tflite (XNNPACK) must agree with onnxruntime and with the fake-quant program on top-1 and
+keep 99% of logits within one output step, with no op left float."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("ai_edge_litert")
+
+from int8_files import Int8Files, images  # noqa: E402
+
+from edgecnn.export.tflite.litert import op_counts  # noqa: E402
+from edgecnn.models import create_model  # noqa: E402
+from edgecnn.quant.quantizer import UnquantizedOpWarning  # noqa: E402
+
+
+def conv_bn(c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, k, stride, k // 2, groups=groups, bias=False),
+                         nn.BatchNorm2d(c_out))
+
+
+class MobileNetV3Block(nn.Module):
+    """Expand (hardswish), 5x5 depthwise, squeeze-excite with a hard-sigmoid gate, project,
+    residual (Howard et al., "Searching for MobileNetV3", 2019)."""
+
+    def __init__(self, c: int = 16, expand: int = 48, se: int = 12) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(conv_bn(3, c, 3), nn.Hardswish())
+        self.expand = nn.Sequential(conv_bn(c, expand, 1), nn.Hardswish())
+        self.dw = nn.Sequential(conv_bn(expand, expand, 5, groups=expand), nn.Hardswish())
+        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(expand, se, 1), nn.ReLU(),
+                                nn.Conv2d(se, expand, 1), nn.Hardsigmoid())
+        self.project = conv_bn(expand, c, 1)
+        self.head = nn.Linear(c, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.dw(self.expand(x))
+        y = self.project(y * self.se(y))
+        return self.head((x + y).mean((2, 3)))
+
+
+class PreActResNetBlock(nn.Module):
+    """BN + ReLU before each convolution, on the residual sum: BatchNormalizations that no
+    convolution absorbs (He et al., "Identity Mappings in Deep Residual Networks", 2016)."""
+
+    def __init__(self, c: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.bn1, self.conv1 = nn.BatchNorm2d(c), nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(c), nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn_out = nn.BatchNorm2d(c)
+        self.head = nn.Linear(c, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.conv1(torch.relu(self.bn1(x)))
+        y = self.conv2(torch.relu(self.bn2(y)))
+        return self.head(torch.relu(self.bn_out(x + y)).mean((2, 3)))
+
+
+class ChannelsLastHead(nn.Module):
+    """A permute to channels-last, a channel slice, LeakyReLU, PReLU and arithmetic with
+    constants (x / 6, x - 0.5): the small ops of ConvNeXt-, GhostNet- and TCN-style code."""
+
+    def __init__(self, c: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(conv_bn(3, c, 3), nn.LeakyReLU(0.1))
+        self.conv = nn.Sequential(conv_bn(c, 2 * c, 3, stride=2), nn.PReLU(2 * c))
+        self.head = nn.Linear(c, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(self.stem(x))[:, :16]          # GhostNet: slice back to the width
+        x = x.permute(0, 2, 3, 1) / 6 - 0.5         # channels-last, constants
+        return self.head(x.mean((1, 2)))
+
+
+def _set_bn_statistics(model: nn.Module) -> nn.Module:
+    """Non-trivial running statistics, as a trained model has."""
+    g = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            c = module.num_features
+            module.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+            module.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+            module.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
+            module.bias.data.copy_(torch.randn(c, generator=g) * 0.1)
+    return model.eval()
+
+
+def mobilenet_v3_small() -> nn.Module:
+    """The zoo's MobileNetV3-Small in small-input mode (stem stride 1)."""
+    return create_model("mobilenet_v3_small", num_classes=10, small_input=True)
+
+
+BLOCKS = {
+    "mobilenet_v3": (MobileNetV3Block, {"HARD_SWISH": 3, "DEPTHWISE_CONV_2D": 1}),
+    # bn1 (its conv also feeds the residual) and bn_out are standalone; bn2 folds
+    "preact_resnet": (PreActResNetBlock, {"DEPTHWISE_CONV_2D": 2}),
+    "channels_last_head": (ChannelsLastHead, {"STRIDED_SLICE": 1, "LEAKY_RELU": 1,
+                                              "PRELU": 1}),
+}
+
+
+def test_zoo_mobilenet_v3_small_is_full_int8(tmp_path) -> None:
+    """The zoo's MobileNetV3-Small: every op int8 (11 depthwise convs, hardswish, SE gates).
+    Untrained, its logits span a few output steps, too few for the fidelity bars above:
+    accuracy on digits is in test_quant_accuracy's zoo sweep."""
+    torch.manual_seed(0)
+    files = Int8Files(mobilenet_v3_small(), images(16, size=32, channels=3, high=1.0),
+                      tmp_path)
+    assert files.caught(UnquantizedOpWarning) == []
+    counts = op_counts(files.tflite)
+    assert counts["DEPTHWISE_CONV_2D"] == 11 and counts["HARD_SWISH"] == 19
+    assert counts["DEQUANTIZE"] == 0 and counts["QUANTIZE"] == 0, dict(counts)
+
+
+@pytest.mark.parametrize("name", list(BLOCKS))
+def test_block_goes_to_full_int8(name: str, tmp_path) -> None:
+    factory, must_have = BLOCKS[name]
+    torch.manual_seed(0)
+    files = Int8Files(_set_bn_statistics(factory()), images(128, size=16, channels=3,
+                                                             high=1.0), tmp_path)
+    assert files.caught(UnquantizedOpWarning) == []
+    counts = op_counts(files.tflite)
+    assert counts["DEQUANTIZE"] == 0 and counts["QUANTIZE"] == 0, dict(counts)
+    for op, count in must_have.items():
+        assert counts[op] == count, dict(counts)
+    for reference in (files.ort, files.fake_quant):
+        assert (files.litert.argmax(1) == reference.argmax(1)).mean() >= 0.99
+        assert files.within_one(files.litert, reference) >= 0.99
+    # and the int8 model is the fp32 model, quantized (torchao's PTQ conv-BN fold once
+    # folded bn1 into the stem conv that also feeds the residual: 19% off)
+    assert np.abs(files.fake_quant - files.fp32).max() <= 0.05 * np.ptp(files.fp32)
