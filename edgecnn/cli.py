@@ -1,6 +1,6 @@
 """The `edgecnn` command. Thin: parse flags, call the modules, print.
 
-Commands that run on devices (`bench`, `validate`) must not import torch, so
+Commands that run on devices (`bench`, `validate`, `inspect`) must not import torch, so
 every torch-using module is imported inside its command.
 """
 
@@ -200,6 +200,67 @@ def validate_command(
         Console(stderr=True).print(f"[red]FAIL[/red] {failure}", highlight=False)
     if failures:
         raise typer.Exit(1)
+
+
+@app.command("inspect")
+def inspect_command(
+    reference: Annotated[Path, typer.Option(help="The fp32 artifact (.onnx or .tflite).")],
+    candidate: Annotated[Path, typer.Option(help="The int8 artifact (.onnx QDQ or full-int8 "
+                                                 ".tflite; edgecnn's or another tool's).")],
+    data: Annotated[str, typer.Option(help="digits | mnist:DIR | cifar10:DIR | "
+                                           "imagefolder:DIR | npz:FILE")],
+    images: Annotated[int, typer.Option(help="Validation images to run.")] = 32,
+    top: Annotated[int, typer.Option(help="Layers in the table (worst first).")] = 10,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write every layer's "
+                                                   "figures as JSON.")] = None,
+    plot_path: Annotated[Path | None, typer.Option("--plot", help="Write the SQNR-along-"
+                                                   "depth plot (PNG; needs matplotlib).")] = None,
+    threads: Annotated[int | None, typer.Option(
+        help="Runtime threads.", show_default="onnxruntime's default; 1 for LiteRT")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the train/validation split "
+                                           "(as in training).")] = 0,
+) -> None:
+    """Where int8 error comes from: every quantized tensor against fp32, layer by layer;
+    torch-free."""
+    from edgecnn.runtime.tables import rich_table, table_console
+    from edgecnn.util import atomic_write
+    from edgecnn.verify.inspect import (
+        HEADERS,
+        LEGEND,
+        findings,
+        plot_sqnr,
+        run_inspect,
+        table_rows,
+        to_json,
+    )
+
+    if top < 1:
+        raise EdgecnnError(f"--top must be at least 1, got {top}")
+    if plot_path is not None and plot_path.suffix.lower() != ".png":
+        raise EdgecnnError(f"--plot {plot_path}: the plot is a PNG file (.png)")
+    report = run_inspect(reference, candidate, data, images=images, seed=seed, threads=threads)
+    console = table_console(out)
+    for kernels in report["runtimes"]:
+        console.print(rich_table(f"edgecnn inspect: {candidate.name} vs {reference.name} on "
+                                 f"{data}, {report['images']} images, {kernels}",
+                                 HEADERS, table_rows(report, kernels, top), text_columns=4))
+        for line in findings(report, kernels):
+            out.print(line, highlight=False, soft_wrap=True)
+    out.print(f"[dim]{LEGEND}. {len(report['layers'])} of "
+              f"{len(report['layers']) + len(report['unmatched'])} quantized tensors matched "
+              f"(same name for {100 * report['names_agree']:.0f}%)[/dim]", highlight=False,
+              soft_wrap=True)
+    if json_path:
+        with atomic_write(json_path) as tmp:
+            tmp.write_text(json.dumps(to_json(report), indent=2) + "\n", encoding="utf-8")
+        out.print(f"wrote {json_path}", highlight=False)
+    if plot_path:
+        if plot_sqnr(report, plot_path):
+            out.print(f"wrote {plot_path}", highlight=False)
+        else:
+            Console(stderr=True).print("[yellow]warning:[/yellow] --plot needs matplotlib "
+                                       "(pip install matplotlib); no plot written",
+                                       highlight=False)
 
 
 @app.command("export")

@@ -255,8 +255,15 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
     if show_progress:
         console.print(f"[green]✓[/green] bench [dim]({stages['bench']['seconds']:.1f}s)[/dim]")
 
-    report = Report(_report_data(model, data, method, max_drop, config, quant_metrics,
-                                 validation, bench, stages, ordered))
+    from edgecnn.verify.inspect import inspect_for_report  # where the int8 error comes from
+
+    start = time.perf_counter()
+    inspection = inspect_for_report(reference, ordered[1:], data, out, seed=seed)
+    stages["inspect"] = {"seconds": round(time.perf_counter() - start, 2)}
+    if show_progress:
+        console.print(f"[green]✓[/green] inspect [dim]({stages['inspect']['seconds']:.1f}s)[/dim]")
+    report = Report({**_report_data(model, data, method, max_drop, config, quant_metrics,
+                                    validation, bench, stages, ordered), "inspect": inspection})
     report.write(out)
     return report
 

@@ -62,6 +62,7 @@ class Report:
                       "the fp32 artifact of the same format.", "", "Stages:", ""]
         lines += [f"- {name}: {s['seconds']:.1f}s{' (reused)' if s.get('reused') else ''}"
                   for name, s in d.get("stages", {}).items()]
+        lines += _inspect_markdown(d.get("inspect"))
         return "\n".join(lines) + "\n"
 
     def write(self, directory: Path) -> None:
@@ -72,6 +73,25 @@ class Report:
             tmp.write_text(self.to_markdown())
         plot_latency_vs_accuracy(self, directory / "latency_vs_accuracy.png")
         self.directory = directory
+
+
+def _inspect_markdown(summary: dict | None) -> list[str]:
+    """The five layers adding most int8 error and the SQNR plot (`edgecnn inspect`)."""
+    if not summary:
+        return []
+    from edgecnn.verify.inspect import REPORT_HEADERS, report_rows
+
+    lines = ["", "## Where the int8 error comes from", ""]
+    if summary.get("error"):
+        return [*lines, f"inspect could not run: {summary['error']}"]
+    lines += [f"{summary['candidate']} on {summary['runtime']}, {summary['images']} validation "
+              "images: the layers that add most error by themselves (own: the layer alone on "
+              "the fp32 inputs, quantized; ch: median per-channel SQNR). Every layer: "
+              f"`{summary['json']}`.", "", markdown_table(REPORT_HEADERS,
+                                                          report_rows(summary)).rstrip()]
+    if summary.get("plot"):
+        lines += ["", f"![SQNR along depth]({summary['plot']})"]
+    return lines
 
 
 def plot_latency_vs_accuracy(report: Report, path: Path) -> None:

@@ -60,6 +60,8 @@ def test_every_artifact_exists_loads_and_is_reported(trained_run, digits):
             assert entry["drop"] <= 1.0 and entry["agreement"] >= 0.97, entry
             assert entry["size_bytes"] < 0.5 * by_name[name.replace("int8", "fp32")]["size_bytes"]
     assert "model_int8.tflite" in result.stdout and "vs fp32" in result.stdout
+    assert len(report["inspect"]["worst"]) == 5 and (out / "sqnr_along_depth.png").is_file()
+    assert "## Where the int8 error comes from" in (out / "report.md").read_text()
 
 
 def test_a_corrupted_int8_model_fails_the_gate_with_exit_1(reference_checkpoint, tmp_path,
