@@ -95,9 +95,9 @@ def lower_conv(ctx: Lowering, *, kernel_shape: list[int] | None = None,
     CONV_2D; group == Cin lowers to DEPTHWISE_CONV_2D with depth_multiplier
     Cout / Cin; 1 < group < Cin (ResNeXt, RegNet) to a grouped CONV_2D, whose
     filter has Cin / group input channels (version 6; run by LiteRT and
-    tflite-runtime 2.14, builtin kernels and XNNPACK, float and int8). Padding: SAME / VALID when they express the ONNX pads, else PAD
-    then VALID. The int32 bias (scale = input scale x weight scale) is made by
-    the `quantize_biases` pass.
+    tflite-runtime 2.14, builtin kernels and XNNPACK, float and int8). Padding:
+    SAME / VALID when they express the ONNX pads, else PAD then VALID. The int32
+    bias (scale = input scale x weight scale) is made by the `quantize_biases` pass.
     """
     x, w, y = ctx.input(0), ctx.input(1), ctx.output()
     if w is None or not w.is_const:

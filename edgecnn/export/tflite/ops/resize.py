@@ -1,4 +1,4 @@
-"""Resize (nearest and bilinear upsampling of decoders) -> RESIZE_NEAREST_NEIGHBOR / RESIZE_BILINEAR."""
+"""Resize (decoders' nearest / bilinear upsampling) -> RESIZE_NEAREST_NEIGHBOR / _BILINEAR."""
 
 from __future__ import annotations
 
