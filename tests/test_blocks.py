@@ -80,6 +80,25 @@ class ChannelsLastHead(nn.Module):
         return self.head(x.mean((1, 2)))
 
 
+class ConvMixer(nn.Module):
+    """Patch embedding, then depthwise 'same' conv + GELU + BN in a residual and a pointwise
+    conv + GELU + BN (Trockman & Kolter, "Patches Are All You Need?", 2022): GELU and BNs
+    that follow an activation, so none folds into a conv."""
+
+    def __init__(self, c: int = 16, kernel: int = 5) -> None:
+        super().__init__()
+        self.patch = nn.Sequential(nn.Conv2d(3, c, 2, stride=2), nn.GELU(), nn.BatchNorm2d(c))
+        self.mix = nn.Sequential(nn.Conv2d(c, c, kernel, groups=c, padding="same"), nn.GELU(),
+                                 nn.BatchNorm2d(c))
+        self.point = nn.Sequential(nn.Conv2d(c, c, 1), nn.GELU(), nn.BatchNorm2d(c))
+        self.head = nn.Linear(c, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x)
+        x = self.point(x + self.mix(x))
+        return self.head(x.mean((2, 3)))
+
+
 class UpsamplingDecoder(nn.Module):
     """Decoder pieces: nearest and bilinear 2x upsampling, each followed by a conv, and a
     skip connection concatenated (U-Net / FPN style)."""
@@ -123,6 +142,7 @@ BLOCKS = {
     "preact_resnet": (PreActResNetBlock, {"DEPTHWISE_CONV_2D": 2}),
     "channels_last_head": (ChannelsLastHead, {"STRIDED_SLICE": 1, "LEAKY_RELU": 1,
                                               "PRELU": 1}),
+    "convmixer": (ConvMixer, {"GELU": 3, "DEPTHWISE_CONV_2D": 4}),  # 1 conv + 3 lone BNs
     "upsampling_decoder": (UpsamplingDecoder, {"RESIZE_NEAREST_NEIGHBOR": 1,
                                                "RESIZE_BILINEAR": 1}),
 }

@@ -11,6 +11,7 @@ lower to.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -50,6 +51,7 @@ class Case:
     input_scale: dict[str, float] = field(default_factory=dict)
     qdq_ops: dict[str, int] | None = None  # when the int8 graph differs
     qdq: str = ""  # a reason when the QDQ variant is excluded
+    opset: int = 18
 
     def model(self) -> onnx.ModelProto:
         nodes, inits = self.nodes()
@@ -59,7 +61,8 @@ class Case:
              for n, s in self.inputs.items()],
             [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
             initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
-        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)],
+                                 ir_version=9)
 
     def feeds(self, seed: int = 1) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(seed)
@@ -222,6 +225,16 @@ CASES = [
                                                 mode="linear",
                                                 coordinate_transformation_mode="align_corners"),
          X8, {"RESIZE_BILINEAR": 1}),
+    Case("gelu_erf_chain", lambda: (
+        [helper.make_node("Div", ["x", "sqrt2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+         helper.make_node("Add", ["e", "one"], ["a"]),
+         helper.make_node("Mul", ["half", "a"], ["m"]), node("Mul", ["x", "m"])],
+        {"sqrt2": np.float32(math.sqrt(2)), "one": np.float32(1), "half": np.float32(0.5)}),
+         X8, {"GELU": 1}, input_scale={"x": 2.0},
+         qdq="quantize_static quantizes each op of the chain separately; edgecnn's quantizer "
+             "quantizes torch's gelu as one op (test_blocks)"),
+    Case("gelu_tanh", plain("Gelu", ["x"], approximate="tanh"), X8, {"GELU": 1},
+         input_scale={"x": 2.0}, qdq="quantize_static has no QDQ rule for Gelu", opset=20),
     Case("relu", plain("Relu", ["x"]), X8, {"RELU": 1}, qdq=NO_STANDALONE_ACTIVATION),
     Case("clip_0_6", plain("Clip", ["x", "lo", "hi"], {"lo": np.float32(0), "hi": np.float32(6)}),
          X8, {"RELU6": 1}, input_scale={"x": 4.0}, qdq=NO_STANDALONE_ACTIVATION),

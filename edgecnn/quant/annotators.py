@@ -62,6 +62,7 @@ LOWERS_TO: dict[object, str | None] = {
     aten.hardswish.default: "HARD_SWISH", aten.relu.default: "RELU", aten.relu_.default: "RELU",
     aten.hardtanh.default: "RELU6", aten.hardtanh_.default: "RELU6",  # or RELU_N1_TO_1
     aten.leaky_relu.default: "LEAKY_RELU", aten.prelu.default: "PRELU",
+    aten.gelu.default: "GELU",
     aten.hardsigmoid.default: "MUL",  # ADD (fused RELU6) then MUL by 1/6: see lower_hardsigmoid
     aten.batch_norm.default: "DEPTHWISE_CONV_2D",  # standalone: a 1x1 depthwise conv
     aten._native_batch_norm_legit_no_training.default: "DEPTHWISE_CONV_2D",

@@ -174,3 +174,12 @@ def lower_hardsigmoid(ctx: Lowering, *, alpha: float = 0.2, beta: float = 0.5) -
              [relu6], fused_activation_function="RELU6")
     ctx.emit("MUL", [relu6, ctx.graph.add_const(f"{ctx.op.name}_sixth", np.float32(1 / 6))],
              [y.name], fused_activation_function="NONE")
+
+
+@register("Gelu")
+def lower_gelu(ctx: Lowering, *, approximate: str = "none") -> None:
+    """GELU, exact (erf) or its tanh approximation -> GELU (also what `fuse_gelu` makes of
+    the Erf chain torch.onnx writes). int8: the output has its own scale."""
+    if approximate not in ("none", "tanh"):
+        raise ctx.fail(f"approximate={approximate!r} is not supported")
+    _unary(ctx, "GELU", approximate=approximate == "tanh")

@@ -7,6 +7,7 @@ place and says what it changes in its docstring.
 
 from edgecnn.export.tflite.passes.activations import fuse_activations
 from edgecnn.export.tflite.passes.constants import fold_constants, remove_identities
+from edgecnn.export.tflite.passes.fusions import fuse_gelu
 from edgecnn.export.tflite.passes.io import float_io, name_io, uint8_io
 from edgecnn.export.tflite.passes.islands import isolate_float_ops
 from edgecnn.export.tflite.passes.layout import to_nhwc
@@ -26,6 +27,7 @@ ONNX_PASSES = (
     fold_qdq,            # Q/DQ pairs -> int8 tensors with (scale, zero point)
     propagate_quant,     # reshape-like neighbours share parameters
     fold_pads,           # zero Pad -> Conv: the conv's own padding (TF 'SAME' ports)
+    fuse_gelu,           # x * 0.5 * (1 + erf(x / sqrt 2)) -> Gelu
     to_nhwc,             # NCHW -> NHWC, weights OHWI / 1HWC, axes remapped
 )
 

@@ -1,0 +1,75 @@
+"""Recognize decomposed ops that TFLite has as one builtin."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from edgecnn.export.tflite.graph import Graph, Op
+
+
+def _scalar(graph: Graph, name: str) -> float | None:
+    data = graph.const(name)
+    if data is None or data.size != 1:
+        return None
+    tensor = graph.tensor(name)
+    value = tensor.quant.dequantize(data.reshape(-1)) if tensor.quant is not None else data
+    return float(np.asarray(value).reshape(-1)[0])
+
+
+def _other(op: Op, name: str) -> str | None:
+    """The input of a binary op that is not `name` (None when both or neither are)."""
+    if len(op.inputs) != 2 or op.inputs.count(name) != 1:
+        return None
+    return op.inputs[1] if op.inputs[0] == name else op.inputs[0]
+
+
+def _sole_reader(consumers: dict[str, list[Op]], name: str, kind: str) -> Op | None:
+    readers = consumers.get(name, [])
+    return readers[0] if len(readers) == 1 and readers[0].type == kind else None
+
+
+def fuse_gelu(graph: Graph) -> None:
+    """x * 0.5 * (1 + erf(x / sqrt(2))) -> one Gelu op (exact GELU; TFLite's GELU builtin).
+
+    torch.onnx writes `nn.GELU()` at opset 18 as Div(x, sqrt 2) -> Erf -> Add 1 ->
+    Mul 0.5 -> Mul x; the two Muls may come in either order, the Div may be a Mul by
+    1 / sqrt 2. In place; the intermediate tensors (float inside a QDQ model's
+    DQ -> ... -> Q) disappear with the chain.
+    """
+    producers, consumers = graph.producers(), graph.consumers()
+    outputs = set(graph.outputs)
+    fused: dict[int, Op] = {}
+    drop: set[int] = set()
+    for erf in graph.ops:
+        if erf.type != "Erf":
+            continue
+        scale = producers.get(erf.inputs[0])
+        if scale is None or scale.type not in ("Div", "Mul"):
+            continue
+        x = next((n for n in scale.inputs if graph.const(n) is None), None)
+        c = _scalar(graph, _other(scale, x) or "") if x else None
+        if c is None or not math.isclose(c if scale.type == "Div" else 1 / c, math.sqrt(2),
+                                         rel_tol=1e-5):
+            continue
+        add = _sole_reader(consumers, erf.outputs[0], "Add")
+        if add is None or _scalar(graph, _other(add, erf.outputs[0]) or "") != 1.0:
+            continue
+        first = _sole_reader(consumers, add.outputs[0], "Mul")
+        second = _sole_reader(consumers, first.outputs[0], "Mul") if first else None
+        if second is None:
+            continue
+        a, b = _other(first, add.outputs[0]), _other(second, first.outputs[0])
+        if {_scalar(graph, a or "") if a != x else "x",
+                _scalar(graph, b or "") if b != x else "x"} != {0.5, "x"}:
+            continue
+        chain = [scale, erf, add, first]
+        if any(out in outputs or len(consumers.get(out, [])) != 1
+               for op in chain for out in op.outputs):
+            continue
+        drop.update(id(op) for op in chain)
+        fused[id(second)] = Op("Gelu", [x], list(second.outputs), {"approximate": "none"},
+                               name=erf.name)
+    if fused:
+        graph.ops = [fused.get(id(op), op) for op in graph.ops if id(op) not in drop]
