@@ -130,6 +130,23 @@ def units(model: onnx.ModelProto | str | Path) -> list[Unit]:
     return found
 
 
+def accumulator_overflow_risk(model_units: list[Unit]) -> dict[str, list[int]]:
+    """{key: output channels} of convs / fully connected ops whose int32 bias leaves
+    less than fan-in x 255 x 127 of headroom: an int32 accumulator (onnxruntime's
+    QLinearConv, XNNPACK, the builtin kernels) can wrap there, where a float one
+    (fake quantization) does not. Such a bias comes from a weight scale floored
+    near float32 eps (a channel pruned or BN-folded to ~0 weights)."""
+    found = {}
+    for unit in model_units:
+        if unit.bias is None or unit.weight is None:
+            continue
+        fan_in = int(np.prod(unit.weight.shape[1:]))
+        edge = np.abs(unit.bias) > 2 ** 31 - 1 - fan_in * 255 * 127
+        if edge.any():
+            found[unit.key] = np.flatnonzero(edge).tolist()
+    return found
+
+
 def _conv(x: np.ndarray, unit: Unit) -> np.ndarray:
     """Exact integer convolution (float64 holds every int8 x int8 sum here), NCHW."""
     w = unit.weight.astype(np.float64)

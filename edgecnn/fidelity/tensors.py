@@ -129,26 +129,55 @@ def tflite_tensors(model_path: str | Path, images: np.ndarray, keys: list[str], 
     return out
 
 
-def torch_tensors(program, images: np.ndarray, keys: list[str]) -> dict[str, np.ndarray]:
+def torch_tensors(program, images: np.ndarray, keys: list[str], *,
+                  float64: bool = False) -> dict[str, np.ndarray]:
     """{key: int8 values} of the fake-quant program (a converted PT2E GraphModule):
     the outputs of its quantize_per_tensor nodes, in graph order, which is the QDQ
     ONNX model's order of `keys` (the ONNX exporter renames some values: add_1 ->
-    add_311); a program with another number of quantize nodes raises ValueError."""
+    add_311); a program with another number of quantize nodes raises ValueError.
+
+    `float64=True` runs the program's float arithmetic in float64 (quantize and
+    dequantize computed by hand, everything between them on float64 tensors):
+    the accumulation then is exact for int8 x int8 sums, so the program computes
+    the integer reference (one exact requantization per op) up to true ties."""
     import torch
     from torch.fx import Interpreter
 
-    quantize = torch.ops.quantized_decomposed.quantize_per_tensor.default
+    qd = torch.ops.quantized_decomposed
+    quantize = qd.quantize_per_tensor.default
     found: list[torch.Tensor] = []
+
+    def exact(target, args):
+        """quantize / dequantize in float64 (the decomposed ops insist on float32)."""
+        if target not in (quantize, qd.dequantize_per_tensor.default,
+                          qd.dequantize_per_channel.default):
+            return None
+        x, scale, zero = args[0], args[1], args[2]
+        if target == quantize:
+            low, high, dtype = args[3], args[4], args[5]
+            return torch.clamp(torch.round(x.double() / float(scale)) + zero, low, high).to(dtype)
+        if target == qd.dequantize_per_tensor.default:
+            return (x.double() - zero) * float(scale)
+        if target == qd.dequantize_per_channel.default:
+            shape = [-1 if d == args[3] else 1 for d in range(x.dim())]
+            return (x.double() - zero.double().view(shape)) * scale.double().view(shape)
+        return None
 
     class Recorder(Interpreter):
         def run_node(self, node):
-            result = super().run_node(node)
+            result = None
+            if float64 and node.op == "call_function":
+                args, _ = self.fetch_args_kwargs_from_env(node)
+                result = exact(node.target, args)
+            if result is None:
+                result = super().run_node(node)
             if node.op == "call_function" and node.target == quantize:
                 found.append(result)
             return result
 
     with torch.no_grad():
-        Recorder(program).run(torch.from_numpy(np.asarray(images, np.float32)))
+        model = program.double() if float64 else program
+        Recorder(model).run(torch.from_numpy(np.asarray(images, np.float32)))
     if len(found) != len(keys):
         raise ValueError(f"the program quantizes {len(found)} tensors, the ONNX model "
                          f"{len(keys)}")
