@@ -15,7 +15,7 @@ and the .tflite converted from the shipped ONNX as `edgecnn export` does. Then:
    runtime's own inputs (`edgecnn.fidelity.integer_reference`), split into rounding
    decisions (within 0.05 step of a half step) and arithmetic differences.
 
-Writes the markdown to --out. Takes ~4 min at the defaults on 2 cores.
+Writes the markdown to --out. Takes about 4 min at the defaults on an idle 2-core machine.
 """
 
 from __future__ import annotations
@@ -159,7 +159,9 @@ def render(result: dict, calib: int, images: int) -> str:
               "left out.", "",
               "The last column is the builtin kernels against their own fixed-point "
               "arithmetic (`builtin_int8.check_builtin`: a 31-bit multiplier, then a rounding "
-              "shift): every difference from the reference there is that double rounding.", "",
+              "shift, with int64 accumulation): where it is 0, the builtin kernels' "
+              "differences from the reference are that double rounding; where it is not, "
+              "the kernel's int32 accumulator wrapped (see the last section).", "",
               "| # | tensor | op | elements | " + " | ".join(RUNTIMES.values())
               + " | builtin vs its emulation |",
               "| --- | --- | --- | --- | " + " | ".join("---" for _ in RUNTIMES) + " | --- |"]

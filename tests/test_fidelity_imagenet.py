@@ -78,7 +78,7 @@ def test_mapping_reproduces_the_companion_model(lite0, crops) -> None:
     ref = lite.EfficientNet.from_name("efficientnet-lite0")
     ref.load_state_dict(weights)
     ref.eval()
-    x = torch.from_numpy(crops[1][:4])
+    x = torch.from_numpy(crops[1][:2])
     with torch.no_grad():
         ours, same = model(x), ref(x)
         for m in ref.modules():
@@ -129,6 +129,7 @@ def test_runtimes_agree_within_the_measured_bars(runtimes, pair) -> None:
     keys, tensors, _ = runtimes
     a, b = (tensors[name][keys[-1]] for name in pair)
     result = agreement(a, b)
+    print(pair, result)
     top1, within, steps = BARS[pair]
     assert result.top1 >= top1 and result.within_one >= within and result.max_steps <= steps, \
         f"{pair}: {result}"
