@@ -21,7 +21,6 @@ Writes the markdown to --out. Takes about 4 min at the defaults on an idle 2-cor
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import tempfile
 import time
@@ -109,7 +108,7 @@ def measure(calib: int, images: int, workdir: Path) -> dict:
     tflite = convert(shipped, workdir / "model_int8.tflite")
     keys = quantized_keys(canonical)
     tensors = {"fq": torch_tensors(program, x, keys),
-               "fq64": torch_tensors(copy.deepcopy(program), x, keys, float64=True),
+               "fq64": torch_tensors(program, x, keys, float64=True),
                "ort_u8": onnx_tensors(shipped, x),
                "ort_i8": onnx_tensors(canonical, x), "xnnpack": tflite_tensors(tflite, x, keys),
                "builtin": tflite_tensors(tflite, x, keys, delegate=False)}

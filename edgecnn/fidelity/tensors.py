@@ -137,9 +137,11 @@ def torch_tensors(program, images: np.ndarray, keys: list[str], *,
     add_311); a program with another number of quantize nodes raises ValueError.
 
     `float64=True` runs the program's float arithmetic in float64 (quantize and
-    dequantize computed by hand, everything between them on float64 tensors):
-    the accumulation then is exact for int8 x int8 sums, so the program computes
-    the integer reference (one exact requantization per op) up to true ties."""
+    dequantize computed by hand, everything between them on float64 tensors, on a
+    copy of the program): with 29 more bits in every sum, the program computes the
+    integer reference (one exact requantization per op) except near true ties."""
+    import copy
+
     import torch
     from torch.fx import Interpreter
 
@@ -176,7 +178,7 @@ def torch_tensors(program, images: np.ndarray, keys: list[str], *,
             return result
 
     with torch.no_grad():
-        model = program.double() if float64 else program
+        model = copy.deepcopy(program).double() if float64 else program
         Recorder(model).run(torch.from_numpy(np.asarray(images, np.float32)))
     if len(found) != len(keys):
         raise ValueError(f"the program quantizes {len(found)} tensors, the ONNX model "
