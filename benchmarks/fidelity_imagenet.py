@@ -180,7 +180,10 @@ def render(result: dict, calib: int, images: int) -> str:
             totals[name][2] += e.elements
             any_wrong |= e.mismatches > 0
             cells.append(f"{e.mismatches} ({arithmetic}) / {e.max_steps}" if e.mismatches else "0")
-        emulated = result["emulation"].get(unit.key)
+        emulated = result["emulation"].get(unit.key) or next(
+            (c for name, c in result["emulation"].items()  # a split op's `<key>_<role>`
+             if name.startswith(unit.key + "_") and not name[len(unit.key) + 1:].isdigit()),
+            None)
         cells.append("-" if emulated is None else str(emulated.mismatches))
         if any_wrong:
             lines.append(f"| {position} | `{unit.key}` | {unit.op} | {elements} | "
@@ -199,9 +202,9 @@ def render(result: dict, calib: int, images: int) -> str:
               "- The first tensor in which the shipped artifacts differ from fake quantization "
               "is the stem: the int32-accumulating kernels wrap on the channels listed above "
               "(arithmetic mismatches up to 85 steps), which fake quantization and the "
-              "canonical ONNX's unfused float convolutions do not. The channels are dead "
-              "downstream (the next depthwise ignores them), so the logits do not change "
-              "when the bias fits.",
+              "canonical ONNX's unfused float convolutions do not. The logits do not depend "
+              "on it here: with those channels' weight scales raised to leave the headroom "
+              "(simulating the fix), every pair figure above stays the same.",
               "- Everywhere else every float-requantizing runtime is the integer reference "
               "up to rounding decisions: a few per million outputs for onnxruntime's QLinear "
               "kernels and XNNPACK (int32 sums, float32 multiplier), about five times as "
