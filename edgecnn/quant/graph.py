@@ -105,14 +105,16 @@ def _set_constant(gm: GraphModule, node: Node, value: torch.Tensor) -> None:
 
 
 def fit_bias_range(gm: GraphModule, op: WeightedOp, bias: torch.Tensor) -> torch.Tensor:
-    """Raise the per-channel weight scales of `op` where its int32 bias would not fit.
+    """Raise the per-channel weight scales of `op` where its int32 bias would not fit (with
+    room for the int32 accumulation, `qmath.bias_safe_weight_scale`).
 
     Rewrites the int8 weight of those channels at the new scale (round to nearest,
     clamped to the weight range) and warns with the layer's name. Returns the weight
     scales to use (unchanged when every bias fits).
     """
     old = op.weight_scale.detach().to(torch.float32).numpy()
-    new = bias_safe_weight_scale(bias.numpy(), op.input_scale, old)
+    fan_in = op.weight.numel() // op.weight.shape[0]
+    new = bias_safe_weight_scale(bias.numpy(), op.input_scale, old, fan_in)
     moved = np.flatnonzero(new != old)
     if not moved.size:
         return op.weight_scale

@@ -193,7 +193,7 @@ def _fit_bias_range(graph: Graph, op: Op, x: Tensor, w: Tensor, bias: np.ndarray
     axis = _weights_input(op)[1]
     channels = w.shape[axis]
     old = np.broadcast_to(w.quant.scale, (channels,)).astype(np.float32)
-    new = bias_safe_weight_scale(bias, float(x.quant.scale[0]), old)
+    new = bias_safe_weight_scale(bias, float(x.quant.scale[0]), old, w.data.size // channels)
     if np.array_equal(new, old):
         return w
     shape = [1] * w.rank
