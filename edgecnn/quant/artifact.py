@@ -80,4 +80,7 @@ def load(directory: Path) -> tuple[torch.export.ExportedProgram, ArtifactMetadat
     program, extra = load_pt2(path, (METADATA_KEY,))  # never runs code from the file
     if not extra[METADATA_KEY]:
         raise EdgecnnError(f"{path}: no edgecnn metadata (extra file {METADATA_KEY!r})")
-    return program, ArtifactMetadata.from_json(extra[METADATA_KEY])
+    try:
+        return program, ArtifactMetadata.from_json(extra[METADATA_KEY], "the record")
+    except EdgecnnError as exc:
+        raise EdgecnnError(f"{path}: invalid edgecnn metadata: {exc}") from None

@@ -314,5 +314,8 @@ def check_file(path: Path) -> None:
         except Exception as exc:  # noqa: BLE001 - protobuf decode errors have several types
             first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() \
                 else type(exc).__name__
-            raise EdgecnnError(f"{path}: not a readable ONNX model ({first})") from None
+            raise EdgecnnError(f"{path}: not a loadable ONNX model ({first})") from None
+        if not model.HasField("graph") or not model.graph.node:
+            raise EdgecnnError(f"{path}: not a loadable ONNX model (no graph nodes: empty, "
+                               "truncated or not an ONNX file)")
         check_onnx(model, str(path))

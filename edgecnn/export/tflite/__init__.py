@@ -87,8 +87,8 @@ def _metadata(graph: Graph, given: ArtifactMetadata | None, where: str) -> Artif
         if text is None:
             return None
         try:
-            given = ArtifactMetadata.from_json(text)
-        except (ValueError, KeyError, TypeError) as exc:
+            given = ArtifactMetadata.from_json(text, "the record")
+        except (EdgecnnError, ValueError, KeyError, TypeError) as exc:
             raise EdgecnnError(f"{where}: metadata_props {METADATA_KEY!r} is not an edgecnn "
                                f"artifact record: {exc}") from None
     return replace(given, preprocessing=given.preprocessing.with_layout("NHWC"),
