@@ -160,6 +160,29 @@ def make_dataset(
     return Dataset(name, tr_x, tr_y, va_x, va_y, tuple(class_names))
 
 
+#: Sources that read a path (the others take no argument).
+PATH_SOURCES = ("mnist", "cifar10", "imagefolder", "npz")
+
+
+def check_spec(spec: str) -> None:
+    """Fail fast on a malformed data spec (unknown source, missing or extra argument,
+    a path that does not exist) without reading any data."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise EdgecnnError(f"--data is empty; known sources: {', '.join(sorted(sources))}")
+    kind, sep, arg = spec.partition(":")
+    sources.get(kind)  # raises listing the known sources
+    if kind in PATH_SOURCES:
+        from pathlib import Path
+
+        if not arg:
+            raise EdgecnnError(f"--data {spec}: {kind} needs a path ({kind}:PATH)")
+        what = "file" if kind == "npz" else "directory"
+        if not Path(arg).expanduser().exists():
+            raise EdgecnnError(f"--data {spec}: {what} not found: {arg}")
+    elif sep:
+        raise EdgecnnError(f"--data {spec}: {kind!r} takes no argument")
+
+
 def load(spec: str, *, seed: int = 0, val_fraction: float = 0.2) -> Dataset:
     """Load a dataset from a spec: `digits`, `mnist:DIR`, `cifar10:DIR`, `imagefolder:DIR`,
     `npz:FILE`."""

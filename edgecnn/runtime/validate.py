@@ -180,8 +180,10 @@ def _compare(artifacts: list[_Artifact], images: Path, labels: np.ndarray, datas
         row["failures"] = judge(row, bounds)
         row["passed"] = not row["failures"]
         results.append(row)
+    counts = np.bincount(labels, minlength=k)
     return {
         "data": data, "num_images": int(len(labels)), "num_classes": k,
+        "chance": float(counts.max() / len(labels)),
         "bounds": {"max_drop": bounds.max_drop, "min_agreement": bounds.min_agreement},
         "reference": ref, "reference_accuracy": ref["accuracy"], "reference_top5": ref["top5"],
         "candidates": results, "passed": all(c["passed"] for c in results),
