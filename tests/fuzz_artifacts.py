@@ -53,6 +53,7 @@ class Case:
     argv: tuple[str, ...]
     marker: str = ""  # a file a pickle payload would create; its existence is a finding
     torch: bool = False
+    must_refuse: bool = False  # invalid by the format's rules: only exit 2 is right
 
 
 # --- mutations ------------------------------------------------------------------------------
@@ -135,6 +136,15 @@ def _bad_record(record: dict, rng: random.Random) -> bytes:
     return json.dumps(record).encode()
 
 
+#: Values no runtime can run, by mutation: a case carrying one must be refused (exit 2).
+_INVALID: set = set()
+
+
+def _mark(value):
+    _INVALID.add("hit")
+    return value
+
+
 def _tflite_mutant(data: bytes, rng: random.Random) -> tuple[str, bytes]:
     from ai_edge_litert import schema_py_generated as schema
 
@@ -154,14 +164,14 @@ def _tflite_mutant(data: bytes, rng: random.Random) -> tuple[str, bytes]:
         op = rng.choice(conv)
         options = op.builtinOptions
         if how == "stride":
-            setattr(options, rng.choice(("strideW", "strideH")), rng.choice((0, -1, 1000)))
+            setattr(options, rng.choice(("strideW", "strideH")), _mark(rng.choice((0, -1))))
         elif how == "dilation" and hasattr(options, "dilationWFactor"):
             setattr(options, rng.choice(("dilationWFactor", "dilationHFactor")),
-                    rng.choice((0, -2, 500)))
+                    _mark(rng.choice((0, -2))))
         elif hasattr(options, "depthMultiplier"):
-            options.depthMultiplier = rng.choice((0, 99, -1))
+            options.depthMultiplier = _mark(rng.choice((99, -1, 3)))
         else:
-            options.strideW = 0
+            options.strideW = _mark(0)
     elif how in ("scale", "zero_point"):
         quantized = [t for t in graph.tensors if t.quantization is not None
                      and t.quantization.scale is not None and len(t.quantization.scale)]
@@ -172,15 +182,18 @@ def _tflite_mutant(data: bytes, rng: random.Random) -> tuple[str, bytes]:
         i = rng.randrange(len(q.scale))
         if how == "scale":
             q.scale = list(q.scale)
-            q.scale[i] = rng.choice((float("nan"), 0.0, -0.5, float("inf"), 1e-45, 1e30))
+            q.scale[i] = _mark(rng.choice((float("nan"), 0.0, -0.5, float("inf"))))
         else:
             q.zeroPoint = list(q.zeroPoint if q.zeroPoint is not None else [0] * len(q.scale))
             q.zeroPoint[i] = rng.choice((300, -1000, 2**40))
+            if tensor.type in (3, 9):  # UINT8 / INT8: out of range
+                _mark(None)
     elif how == "const_input":
         tensor = graph.tensors[graph.inputs[0]]
         buffer = schema.BufferT()
         size = int(np.prod(tensor.shape)) * (1 if tensor.type in (9, 3) else 4)
         buffer.data = [0] * rng.choice((size, 4))
+        _mark(None)
         model.buffers.append(buffer)
         tensor.buffer = len(model.buffers) - 1
     elif how == "shape":
@@ -188,6 +201,8 @@ def _tflite_mutant(data: bytes, rng: random.Random) -> tuple[str, bytes]:
         if tensor.shape is not None and len(tensor.shape):
             tensor.shape = list(tensor.shape)
             tensor.shape[rng.randrange(len(tensor.shape))] = rng.choice((0, -5, 2**30, 7))
+            if min(tensor.shape) < 1:
+                _mark(None)
     elif how == "opcode":
         code = rng.choice(model.operatorCodes)
         code.builtinCode = rng.choice((0, 3, 4, 9, 22, 117, 200))
@@ -236,8 +251,7 @@ def _onnx_mutant(data: bytes, rng: random.Random) -> tuple[str, bytes]:
             array = numpy_helper.to_array(inits[name]).copy()
             flat = array.reshape(-1)
             if how == "scale":
-                flat[rng.randrange(flat.size)] = rng.choice(
-                    (np.nan, 0.0, -0.25, np.inf, 1e-45, 1e30))
+                flat[rng.randrange(flat.size)] = _mark(rng.choice((np.nan, 0.0, -0.25, np.inf)))
             else:
                 dtype = array.dtype
                 wider = array.astype(np.int32).reshape(-1)
@@ -254,6 +268,8 @@ def _onnx_mutant(data: bytes, rng: random.Random) -> tuple[str, bytes]:
         if attrs:
             attr = rng.choice(attrs)
             attr.ints[rng.randrange(len(attr.ints))] = rng.choice((0, -1, -7, 1000))
+            if node.op_type != "Pad" and min(attr.ints) < (0 if attr.name == "pads" else 1):
+                _mark(None)
         else:
             node.attribute.append(onnx.helper.make_attribute("strides", [0, 0]))
     elif how == "dtype":
@@ -436,6 +452,7 @@ def generate(base: Path, out: Path, *, seed: int, count: int,
              kinds: tuple[str, ...] | None = None) -> list[Case]:
     """`count` damaged inputs made from the good artifacts in `base`, with their commands."""
     rng = random.Random(seed)
+    base, out = Path(base).resolve(), Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     ref, npz = str(base / "model_fp32.onnx"), str(base / "val.npz")
     data = f"npz:{npz}"
@@ -456,6 +473,7 @@ def generate(base: Path, out: Path, *, seed: int, count: int,
         kind = rng.choices(names, weights)[0]
         name = f"{n:04d}_{kind}"
         marker = str(out / f"{name}.PWNED")
+        _INVALID.clear()
         if kind == "tflite":
             source = rng.choice(("model_int8.tflite", "model_fp32.tflite"))
             how, blob = _tflite_mutant((base / source).read_bytes(), rng)
@@ -505,7 +523,7 @@ def generate(base: Path, out: Path, *, seed: int, count: int,
             argv = ("export", "dsc_net", "--checkpoint", str(path), "--formats", "onnx",
                     "--out", str(out / f"{name}_out"))
         cases.append(Case(f"{name}_{how}:{argv[0]}", kind, tuple(argv), marker,
-                          torch=kind in ("pt2", "checkpoint")))
+                          torch=kind in ("pt2", "checkpoint"), must_refuse=bool(_INVALID)))
     return cases
 
 
@@ -581,6 +599,7 @@ def run_cases(cases: list[Case], workdir: Path, *, timeout: float = 60.0,
               env: dict[str, str] | None = None, python: str = sys.executable,
               preload: tuple[str, ...] = ()) -> list[tuple[Case, str, str]]:
     """Run every case in a forked child of one server process; (case, outcome, stderr)."""
+    workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     env = dict(env or os.environ)
     env.pop("GITHUB_STEP_SUMMARY", None)
