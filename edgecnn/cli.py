@@ -287,6 +287,12 @@ def export_command(
         return
     if checkpoint is None:
         raise EdgecnnError("export needs --checkpoint DIR (or --int8 to train one)")
+    from edgecnn.export.tflite import IO_MODES
+    from edgecnn.util import check_writable_dir
+
+    if io not in IO_MODES:
+        raise EdgecnnError(f"--io must be one of {', '.join(IO_MODES)}, got {io!r}")
+    check_writable_dir(out_dir or Path("artifacts"), "--out")
     written = pipeline.export_artifacts(checkpoint, out_dir or Path("artifacts"), model_name=model,
                                         formats=fmts, quantized=quantized, io=io,
                                         activations=onnx_activations)
@@ -360,6 +366,13 @@ def quantize_command(
 ) -> None:
     """int8-quantize an fp32 checkpoint (TFLite spec); writes the Q/DQ program and metrics."""
     check_all(epochs=epochs, lr=lr, calib_batches=calib_batches, batch_size=batch_size)
+    from edgecnn.util import check_writable_dir
+
+    if data is not None:
+        from edgecnn.data import check_spec
+
+        check_spec(data)
+    check_writable_dir(out_dir, "--out")
     from edgecnn.quant.qat import QATConfig
     from edgecnn.quant.run import quantize_checkpoint, training_seed
     from edgecnn.quant.spec import QuantConfig
@@ -391,9 +404,14 @@ def main() -> None:
     (temporary files go), one line says so, and the exit code is 128 + the
     signal number (130, 143), without a traceback.
     """
+    import logging
     import signal
 
     signal.signal(signal.SIGTERM, _on_sigterm)
+    # import-time chatter of torch and torchao (a deprecation note, optional CUDA kernels
+    # that cannot load on a CPU machine) is not the user's business: keep stderr to one line
+    for name in ("torch.utils._pytree", "torchao"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         app()
     except EdgecnnError as exc:

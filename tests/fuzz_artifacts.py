@@ -532,10 +532,14 @@ def generate(base: Path, out: Path, *, seed: int, count: int,
 _SERVER = r'''
 import json, os, signal, sys, time, traceback
 preload = json.loads(sys.argv[1])
-import numpy, onnx, onnxruntime, ai_edge_litert.interpreter  # noqa: E401
+import importlib
 import edgecnn.cli
-for module in preload:
-    __import__(module)
+for module in ("numpy", "onnx", "onnxruntime", "ai_edge_litert.interpreter",
+               "tflite_runtime.interpreter", *preload):
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        pass  # e.g. the Raspberry Pi stack: no onnx, no ai_edge_litert
 for line in sys.stdin:
     case = json.loads(line)
     pid = os.fork()
