@@ -185,7 +185,7 @@ def _check_arguments(model: str, data: str, checkpoint: Path | None, method: str
     check_spec(data)
     resolve_factory(model)
     if checkpoint is not None and not Path(checkpoint).is_dir():
-        raise EdgecnnError(f"--checkpoint {checkpoint}: directory not found")
+        raise EdgecnnError(f"--checkpoint: checkpoint directory not found: {checkpoint}")
     check_writable_dir(out, "--out")
 
 
