@@ -240,7 +240,7 @@ def read_npz(arg: str, *, seed: int, val_fraction: float) -> Dataset:
     names = None
     if "class_names" in arrays:
         raw = arrays["class_names"]
-        if raw.ndim != 1 or not (raw.dtype.kind in "US") or len(raw) > MAX_CLASSES:
+        if raw.ndim != 1 or raw.dtype.kind not in "US" or len(raw) > MAX_CLASSES:
             raise EdgecnnError(f"{path}: class_names must be a 1-D array of strings (at most "
                                f"{MAX_CLASSES}), got {raw.dtype} shaped {raw.shape}")
         names = tuple(str(n) for n in raw)

@@ -20,9 +20,9 @@ import numpy as np
 
 from edgecnn.config import QuantParams
 from edgecnn.errors import EdgecnnError
+from edgecnn.runtime.check import check_tflite
 from edgecnn.runtime.metadata import METADATA_KEY, resolve_metadata
 from edgecnn.runtime.session import Session, TensorInfo, pick_quant
-from edgecnn.runtime.check import check_tflite
 from edgecnn.runtime.tflite_meta import read_tflite_metadata
 
 #: backend name -> the module that holds `Interpreter`.
