@@ -202,7 +202,7 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
     returned Report is also written as report.json, report.md and a plot.
     """
     from edgecnn.quant.qat import QATConfig
-    from edgecnn.quant.run import quantize_checkpoint
+    from edgecnn.quant.run import quantize_checkpoint, training_seed
 
     out = Path(out or Path("artifacts") / model.replace(":", "_"))
     _check_arguments(model, data, checkpoint, method, formats, max_drop, io, onnx_activations,
@@ -268,8 +268,7 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
     start = time.perf_counter()
     ordered = list(paths.values())
     reference = ordered[0]
-    seed = json.loads((ckpt_dir / "metrics.json").read_text()).get("train_config", {}).get(
-        "seed", 0) if (ckpt_dir / "metrics.json").is_file() else 0
+    seed = training_seed(ckpt_dir)
     validation = run_validate(reference, ordered[1:], data, Bounds(max_drop=max_drop), seed=seed)
     stages["validate"] = {"seconds": round(time.perf_counter() - start, 2)}
     if show_progress:
