@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgecnn.config import Preprocessing
+from edgecnn.config import MAX_CLASSES, Preprocessing, loads
 from edgecnn.errors import EdgecnnError
 from edgecnn.models import create_model
 from edgecnn.util import atomic_write
@@ -42,9 +42,47 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        return cls(model=data["model"], options=dict(data.get("options", {})),
+        """Parse and check config.json's record (types and ranges of every field)."""
+        if not isinstance(data, dict):
+            raise EdgecnnError(f"expected a JSON object, got {type(data).__name__}")
+        for key in ("model", "preprocessing"):
+            if key not in data:
+                raise EdgecnnError(f"missing key {key!r}")
+        if not isinstance(data["model"], str) or not data["model"].strip():
+            raise EdgecnnError(f"'model' must be a model name, got {data['model']!r}"[:200])
+        if not isinstance(data.get("data", ""), str):
+            raise EdgecnnError("'data' must be a data spec string")
+        return cls(model=data["model"], options=check_options(data.get("options", {})),
                    data=data.get("data", ""),
                    preprocessing=Preprocessing.from_dict(data["preprocessing"]))
+
+
+#: The model options a checkpoint may record, with their checks (the zoo builders' keywords).
+def check_options(options: Any) -> dict[str, Any]:
+    """Model options from a record: known keys, right types, values in range."""
+    import math
+
+    if not isinstance(options, dict):
+        raise EdgecnnError(f"'options' must be a JSON object, got {type(options).__name__}")
+    checked: dict[str, Any] = {}
+    for key, value in options.items():
+        if key in ("num_classes", "in_channels"):
+            high = 3 if key == "in_channels" else MAX_CLASSES
+            if isinstance(value, bool) or not isinstance(value, int) \
+                    or not (2 if key == "num_classes" else 1) <= value <= high:
+                raise EdgecnnError(f"options.{key} must be an integer in range, got {value!r}")
+        elif key == "width_mult":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value) or not 0 < value <= 8:
+                raise EdgecnnError(f"options.width_mult must be in (0, 8], got {value!r}")
+        elif key == "small_input":
+            if not isinstance(value, bool):
+                raise EdgecnnError(f"options.small_input must be true or false, got {value!r}")
+        else:
+            raise EdgecnnError(f"unknown model option {key!r} (known: num_classes, "
+                               "in_channels, width_mult, small_input)")
+        checked[key] = value
+    return checked
 
 
 def save_checkpoint(directory: Path, model: nn.Module, config: ModelConfig) -> None:
@@ -60,7 +98,9 @@ def read_config(directory: Path) -> ModelConfig:
     if not path.is_file():
         raise EdgecnnError(f"checkpoint directory {directory} has no {CONFIG}")
     try:
-        return ModelConfig.from_dict(json.loads(path.read_text()))
+        return ModelConfig.from_dict(loads(path.read_bytes(), "the file"))
+    except EdgecnnError as exc:
+        raise EdgecnnError(f"{path}: malformed checkpoint config: {exc}") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise EdgecnnError(f"{path}: malformed checkpoint config ({exc})") from None
 
@@ -71,10 +111,26 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle, zip and torch errors alike
-        raise EdgecnnError(f"{path}: not a tensors-only checkpoint ({exc})") from None
+        raise EdgecnnError(f"{path}: not a tensors-only checkpoint ({_first_line(exc)})") \
+            from None
     if not isinstance(state, dict):
         raise EdgecnnError(f"{path}: expected a state_dict, got {type(state).__name__}")
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise EdgecnnError(f"{path}: expected a state_dict of tensors, but {key!r} holds "
+                               f"{type(value).__name__}"[:200])
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise EdgecnnError(f"{path}: {key!r} holds NaN or infinite values; the checkpoint "
+                               "is broken (did training diverge?)")
     return state
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception, without terminal escape codes (torch colors some)."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def load_weights(model: nn.Module, path: Path) -> nn.Module:

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from edgecnn import __version__
 from edgecnn.errors import EdgecnnError
+from edgecnn.flags import check_all
 
 app = typer.Typer(
     name="edgecnn",
@@ -67,6 +68,7 @@ def models_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
 ) -> None:
     """List the model zoo with parameters and MACs at an input size."""
+    check_all(input_size=input_size, num_classes=num_classes, in_channels=in_channels)
     from edgecnn.models import models
     from edgecnn.models.stats import model_stats
 
@@ -103,12 +105,19 @@ def train_command(
     width_mult: Annotated[float, typer.Option(help="Channel width multiplier.")] = 1.0,
 ) -> None:
     """Train the fp32 reference model; writes checkpoint.pt, config.json, metrics.json."""
+    check_all(epochs=epochs, seed=seed, batch_size=batch_size, lr=lr,
+              label_smoothing=label_smoothing, input_size=input_size, width_mult=width_mult)
+    from edgecnn.data import check_spec
     from edgecnn.pipeline import train_reference
     from edgecnn.train import TrainConfig
+    from edgecnn.util import check_writable_dir
+
+    check_spec(data)
 
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                          label_smoothing=label_smoothing, seed=seed)
     directory = out_dir or Path("checkpoints") / model.replace(":", "_")
+    check_writable_dir(directory, "--out")  # before the training run, not after it
     metrics = train_reference(model, data, directory, config, input_size=input_size,
                               width_mult=width_mult, preflight="warn")
     out.print(f"{model} on {data}: val_accuracy [bold]{metrics['val_accuracy']:.4f}[/bold] "
@@ -131,25 +140,54 @@ def bench_command(
                                               "tflite_runtime | torch.")] = "auto",
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results "
                                                    "and the machine description here.")] = None,
+    manifest: Annotated[Path | None, typer.Option(help="report.json of `export --int8`: "
+                                                  "refuse files that are not the ones it "
+                                                  "wrote (sha256).")] = None,
 ) -> None:
     """Latency (p50/p90/p99/mean), throughput, size and peak RSS of artifacts; torch-free."""
+    check_all(batch=batch, warmup=warmup, runs=runs, seconds=seconds)
     from edgecnn.progress import console as err
     from edgecnn.runtime.bench import BenchConfig, parse_threads, run_bench
     from edgecnn.runtime.tables import BENCH_HEADERS, bench_rows, rich_table, table_console
-    from edgecnn.util import atomic_write
+    from edgecnn.util import atomic_write, check_writable_file
+
+    if json_path:
+        check_writable_file(json_path, "--json")
 
     config = BenchConfig(threads=parse_threads(threads), batch=batch, warmup=warmup, runs=runs,
                          seconds=seconds, backend=backend)
+    digests = _digests(artifacts, manifest)
     report = run_bench(artifacts, config, progress=err.is_terminal)
+    for row in report["results"]:
+        row["sha256"] = digests[Path(row["artifact"])]
     m = report["machine"]
     table_console(out).print(rich_table(f"edgecnn bench, batch {batch}", BENCH_HEADERS,
                                         bench_rows(report), text_columns=2))
     out.print(f"[dim]{m['cpu']}, {m['usable_cores']}/{m['cores']} cores, {m['os']}, "
               f"Python {m['python']}[/dim]", highlight=False)
+    _print_digests(digests, manifest)
     if json_path:
         with atomic_write(json_path) as tmp:
             tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         out.print(f"wrote {json_path}", highlight=False)
+
+
+def _digests(paths: list[Path], manifest: Path | None) -> dict[Path, str]:
+    """sha256 of each artifact, checked against `--manifest` when given."""
+    from edgecnn.runtime.manifest import sha256_file, verify
+
+    if manifest is not None:
+        return verify(paths, manifest)
+    for path in paths:
+        if not Path(path).is_file():
+            raise EdgecnnError(f"{path}: file not found")
+    return {Path(p): sha256_file(Path(p)) for p in paths}
+
+
+def _print_digests(digests: dict[Path, str], manifest: Path | None) -> None:
+    checked = f" (matches {manifest})" if manifest else ""
+    for path, digest in digests.items():
+        out.print(f"sha256 {digest}  {path}{checked}", highlight=False, soft_wrap=True)
 
 
 @app.command("validate")
@@ -172,15 +210,28 @@ def validate_command(
                                                 show_default="the runtime's")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the train/validation split "
                                            "(as in training).")] = 0,
+    manifest: Annotated[Path | None, typer.Option(help="report.json of `export --int8`: "
+                                                  "refuse files that are not the ones it "
+                                                  "wrote (sha256).")] = None,
 ) -> None:
     """Accuracy gate: exit 0 when every candidate is within bounds, 1 when one is not."""
+    check_all(max_drop=max_drop, min_agreement=min_agreement, threads=threads, seed=seed)
+    from edgecnn.data import check_spec
     from edgecnn.runtime.tables import VALIDATE_HEADERS, rich_table, table_console, validate_rows
     from edgecnn.runtime.validate import Bounds, append_step_summary, run_validate, to_markdown
-    from edgecnn.util import atomic_write
+    from edgecnn.util import atomic_write, check_writable_file
+
+    check_spec(data)
+    for flag, target in (("--json", json_path), ("--markdown", markdown_path)):
+        if target:
+            check_writable_file(target, flag)
 
     bounds = Bounds(max_drop=max_drop, min_agreement=min_agreement)
+    digests = _digests([reference, *candidate], manifest)
     report = run_validate(reference, candidate, data, bounds, backend=backend, threads=threads,
                           seed=seed)
+    for row in (report["reference"], *report["candidates"]):
+        row["sha256"] = digests[Path(row["artifact"])]
     table_console(out).print(rich_table(f"edgecnn validate on {data} "
                                         f"({report['num_images']} images)",
                                         VALIDATE_HEADERS, validate_rows(report), text_columns=3))
@@ -188,6 +239,7 @@ def validate_command(
         if c["worst_classes"]:
             worst = ", ".join(f"{w['class']} (-{w['drop']:.1f} pp)" for w in c["worst_classes"])
             out.print(f"{c['name']}: classes that lost most: {worst}", highlight=False)
+    _print_digests(digests, manifest)
     markdown = to_markdown(report)
     for target, text in ((json_path, json.dumps(report, indent=2) + "\n"),
                          (markdown_path, markdown)):
@@ -197,7 +249,8 @@ def validate_command(
     append_step_summary(markdown)
     failures = [f for c in report["candidates"] for f in c["failures"]]
     for failure in failures:
-        Console(stderr=True).print(f"[red]FAIL[/red] {failure}", highlight=False)
+        Console(stderr=True).print(f"[red]FAIL[/red] {failure}", highlight=False,
+                                   soft_wrap=True)
     if failures:
         raise typer.Exit(1)
 
@@ -295,6 +348,7 @@ def export_command(
         help="int8 ONNX activation type: uint8 | int8.", show_default="uint8")] = None,
 ) -> None:
     """Export artifacts; with --int8, the one command from model to validated int8 files."""
+    check_all(qat_epochs=qat_epochs, epochs=epochs, max_drop=max_drop, input_size=input_size)
     from edgecnn import pipeline
 
     fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
@@ -305,13 +359,19 @@ def export_command(
             input_size=input_size, out=out_dir, force=force, onnx_activations=onnx_activations)
         _print_report(report)
         if not report.passed:
-            Console(stderr=True).print(
-                f"[red]FAIL[/red] an int8 artifact's top-1 drop exceeds --max-drop {max_drop} pp",
-                highlight=False)
+            for failure in report.failures():
+                Console(stderr=True).print(f"[red]FAIL[/red] {failure}", highlight=False,
+                                           soft_wrap=True)
             raise typer.Exit(1)
         return
     if checkpoint is None:
         raise EdgecnnError("export needs --checkpoint DIR (or --int8 to train one)")
+    from edgecnn.export.tflite import IO_MODES
+    from edgecnn.util import check_writable_dir
+
+    if io not in IO_MODES:
+        raise EdgecnnError(f"--io must be one of {', '.join(IO_MODES)}, got {io!r}")
+    check_writable_dir(out_dir or Path("artifacts"), "--out")
     written = pipeline.export_artifacts(checkpoint, out_dir or Path("artifacts"), model_name=model,
                                         formats=fmts, quantized=quantized, io=io,
                                         activations=onnx_activations)
@@ -384,6 +444,14 @@ def quantize_command(
                                               "instead of leaving it float.")] = False,
 ) -> None:
     """int8-quantize an fp32 checkpoint (TFLite spec); writes the Q/DQ program and metrics."""
+    check_all(epochs=epochs, lr=lr, calib_batches=calib_batches, batch_size=batch_size)
+    from edgecnn.util import check_writable_dir
+
+    if data is not None:
+        from edgecnn.data import check_spec
+
+        check_spec(data)
+    check_writable_dir(out_dir, "--out")
     from edgecnn.quant.qat import QATConfig
     from edgecnn.quant.run import quantize_checkpoint, training_seed
     from edgecnn.quant.spec import QuantConfig
@@ -406,16 +474,37 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
                                soft_wrap=True)
 
 
+class Terminated(BaseException):
+    """Raised in the main thread when SIGTERM arrives (CI cancellation, `timeout`)."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2; warnings one
-    line each."""
+    line each.
+
+    SIGINT and SIGTERM stop the command like Ctrl-C: the `finally` blocks run
+    (temporary files go), one line says so, and the exit code is 128 + the
+    signal number (130, 143), without a traceback. Third-party import chatter is
+    hidden unless --verbose (`_quiet`).
+    """
+    import signal
     import warnings
 
     warnings.showwarning = _show_warning
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    _quiet(verbose="--verbose" in sys.argv[1:2])
     try:
         app()
     except EdgecnnError as exc:
         Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted (SIGINT)", highlight=False, soft_wrap=True)
         sys.exit(130)
+    except Terminated:
+        Console(stderr=True).print("terminated (SIGTERM)", highlight=False, soft_wrap=True)
+        sys.exit(143)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 import time
 import warnings
@@ -20,8 +21,9 @@ from edgecnn.errors import EdgecnnError
 from edgecnn.models import create_model
 from edgecnn.progress import console
 from edgecnn.report import Report
+from edgecnn.runtime.manifest import sha256_file
 from edgecnn.train import TrainConfig, model_options_for, preprocessing_for, train
-from edgecnn.util import atomic_write
+from edgecnn.util import atomic_write, check_writable_dir, clean_stale_temps
 
 FORMATS = ("onnx", "tflite")
 
@@ -138,27 +140,82 @@ def data_digest(spec: str) -> str:
 
 
 class _Stage:
-    """A pipeline step whose outputs are reused while its key (inputs' hash) is unchanged."""
+    """A pipeline step whose outputs are reused only when verified.
+
+    The marker `.NAME.edgecnn-stage.json` records the stage's key (a hash of its
+    inputs, including the content hashes of upstream outputs) and the sha256 of
+    every output. It is removed before the stage runs and written last,
+    atomically, after all outputs are; a stage is reused only when the key
+    matches and every output still has the recorded hash. So a run killed
+    mid-stage, or an output edited or replaced since, is redone, never mixed.
+    """
 
     MARKER = ".edgecnn-stage.json"
 
     def __init__(self, name: str, directory: Path, key: str, outputs: list[Path],
                  force: bool) -> None:
         self.name, self.directory, self.key, self.outputs = name, directory, key, outputs
-        self.fresh = not force and self._recorded() == key and all(p.exists() for p in outputs)
+        self.fresh = not force and self._verified()
 
     def _marker(self) -> Path:
         return self.directory / f".{self.name}{self.MARKER}"
 
-    def _recorded(self) -> str | None:
+    def _verified(self) -> bool:
         try:
-            return json.loads(self._marker().read_text())["key"]
-        except (OSError, ValueError, KeyError):
-            return None
+            recorded = json.loads(self._marker().read_text())
+            if recorded["key"] != self.key:
+                return False
+            hashes = recorded["outputs"]
+            return all(p.is_file() and hashes.get(str(p.relative_to(self.directory)))
+                       == sha256_file(p) for p in self.outputs)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return False
+
+    def start(self) -> None:
+        self._marker().unlink(missing_ok=True)
 
     def done(self) -> None:
+        missing = [p for p in self.outputs if not p.is_file()]
+        if missing:
+            raise EdgecnnError(f"stage {self.name} did not write {missing[0]}")
+        outputs = {str(p.relative_to(self.directory)): sha256_file(p) for p in self.outputs}
         with atomic_write(self._marker()) as tmp:
-            tmp.write_text(json.dumps({"key": self.key}))
+            tmp.write_text(json.dumps({"key": self.key, "outputs": outputs}))
+
+
+def chance_floor(chance: float, num_images: int) -> float:
+    """The top-1 a working fp32 reference must reach: the majority-class rate plus 5
+    points or three binomial standard errors of it, whichever is larger."""
+    return chance + max(0.05, 3.0 * math.sqrt(chance * (1.0 - chance) / max(num_images, 1)))
+
+
+def _check_arguments(model: str, data: str, checkpoint: Path | None, method: str,
+                     formats: tuple[str, ...], max_drop: float, io: str,
+                     onnx_activations: str | None, out: Path) -> None:
+    """Every argument of `export_int8`, checked before any work (training takes minutes)."""
+    from edgecnn.data import check_spec
+    from edgecnn.export.onnx import ACTIVATION_TYPES
+    from edgecnn.export.tflite import IO_MODES
+    from edgecnn.flags import check
+    from edgecnn.models.registry import resolve_factory
+    from edgecnn.quant import METHODS
+
+    unknown = set(formats) - set(FORMATS)
+    if unknown or not formats:
+        raise EdgecnnError(f"--formats {','.join(formats)}: supported are {', '.join(FORMATS)}")
+    if io not in IO_MODES:
+        raise EdgecnnError(f"--io must be one of {', '.join(IO_MODES)}, got {io!r}")
+    if onnx_activations is not None and onnx_activations not in ACTIVATION_TYPES:
+        raise EdgecnnError(f"--onnx-activations must be one of {', '.join(ACTIVATION_TYPES)}, "
+                           f"got {onnx_activations!r}")
+    if method not in METHODS:
+        raise EdgecnnError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    check("--max-drop", max_drop)
+    check_spec(data)
+    resolve_factory(model)
+    if checkpoint is not None and not Path(checkpoint).is_dir():
+        raise EdgecnnError(f"--checkpoint: checkpoint directory not found: {checkpoint}")
+    check_writable_dir(out, "--out")
 
 
 def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = None,
@@ -173,22 +230,19 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
     checkpoint) hash the same as last time; `force` redoes everything. The
     returned Report is also written as report.json, report.md and a plot.
     """
-    from edgecnn.export.tflite import IO_MODES
     from edgecnn.quant.qat import QATConfig
-    from edgecnn.quant.run import quantize_checkpoint
+    from edgecnn.quant.run import quantize_checkpoint, training_seed
 
-    unknown = set(formats) - set(FORMATS)
-    if unknown or not formats:
-        raise EdgecnnError(f"--formats {','.join(formats)}: supported are {', '.join(FORMATS)}")
-    if io not in IO_MODES:
-        raise EdgecnnError(f"--io must be one of {', '.join(IO_MODES)}, got {io!r}")
     out = Path(out or Path("artifacts") / model.replace(":", "_"))
-    out.mkdir(parents=True, exist_ok=True)
+    _check_arguments(model, data, checkpoint, method, formats, max_drop, io, onnx_activations,
+                     out)
+    clean_stale_temps(out, recursive=True)  # left by a run killed mid-write
     stages: dict[str, dict] = {}
 
     def run_stage(stage: _Stage, fn) -> None:
         start = time.perf_counter()
         if not stage.fresh:
+            stage.start()
             fn()
             stage.done()
         stages[stage.name] = {"seconds": round(time.perf_counter() - start, 2),
@@ -204,7 +258,8 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
         train_config = (DEFAULT_TRAIN if train_epochs is None
                         else TrainConfig(epochs=train_epochs, lr=DEFAULT_TRAIN.lr))
         key = _digest(model, data_digest(data), input_size, asdict(train_config))
-        stage = _Stage("train", out, key, [ckpt_dir / "checkpoint.pt"], force)
+        stage = _Stage("train", out, key, [ckpt_dir / "checkpoint.pt", ckpt_dir / "config.json",
+                                            ckpt_dir / "metrics.json"], force)
         run_stage(stage, lambda: train_reference(model, data, ckpt_dir, train_config,
                                                  input_size=input_size,
                                                  show_progress=show_progress,
@@ -218,7 +273,8 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
     # 2. quantization (QAT by default)
     quant_dir = out / "quantized"
     key = _digest(ckpt_key, data_digest(data), method, qat_epochs)
-    stage = _Stage("quantize", out, key, [quant_dir / "model_int8.pt2"], force)
+    stage = _Stage("quantize", out, key, [quant_dir / "model_int8.pt2",
+                                          quant_dir / "metrics.json"], force)
     run_stage(stage, lambda: quantize_checkpoint(
         ckpt_dir, quant_dir, method=method, data=data, model_name=model,
         qat_config=QATConfig(epochs=qat_epochs), show_progress=show_progress))
@@ -226,8 +282,10 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
 
     # 3. artifacts
     paths = {f"model_{p}.{f}": out / f"model_{p}.{f}" for f in formats for p in ("fp32", "int8")}
-    key = _digest(ckpt_key, stage.key, formats, io, onnx_activations)
-    stage = _Stage("export", out, key, list(paths.values()), force)
+    key = _digest(ckpt_key, _files_digest(quant_dir / "model_int8.pt2"), formats, io,
+                  onnx_activations)
+    sidecars = [Path(f"{p}.json") for p in paths.values() if p.suffix == ".tflite"]
+    stage = _Stage("export", out, key, list(paths.values()) + sidecars, force)
     run_stage(stage, lambda: _write_artifacts(ckpt_dir, quant_dir, out, formats, io,
                                               onnx_activations, model))
     with atomic_write(out / "preprocessing.json") as tmp:
@@ -240,10 +298,8 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
     start = time.perf_counter()
     ordered = list(paths.values())
     reference = ordered[0]
-    seed = json.loads((ckpt_dir / "metrics.json").read_text()).get("train_config", {}).get(
-        "seed", 0) if (ckpt_dir / "metrics.json").is_file() else 0
-    validation = run_validate(reference, ordered[1:], data, Bounds(max_drop=max_drop,
-                                                                   min_agreement=0.0), seed=seed)
+    seed = training_seed(ckpt_dir)
+    validation = run_validate(reference, ordered[1:], data, Bounds(max_drop=max_drop), seed=seed)
     stages["validate"] = {"seconds": round(time.perf_counter() - start, 2)}
     if show_progress:
         console.print(f"[green]✓[/green] validate [dim]({stages['validate']['seconds']:.1f}s)"
@@ -262,10 +318,27 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
     stages["inspect"] = {"seconds": round(time.perf_counter() - start, 2)}
     if show_progress:
         console.print(f"[green]✓[/green] inspect [dim]({stages['inspect']['seconds']:.1f}s)[/dim]")
+    manifest_files = [*ordered, *sidecars, quant_dir / "model_int8.pt2",
+                      ckpt_dir / "checkpoint.pt", out / "preprocessing.json"]
     report = Report({**_report_data(model, data, method, max_drop, config, quant_metrics,
-                                    validation, bench, stages, ordered), "inspect": inspection})
+                                    validation, bench, stages, ordered, manifest_files),
+                     "inspect": inspection})
     report.write(out)
     return report
+
+
+def manifest(files: list[Path], root: Path) -> dict[str, dict]:
+    """{path relative to `root`: {"sha256", "size_bytes"}} of every file (report.json's
+    "manifest"; `validate` and `bench` check files against it with --manifest)."""
+    entries = {}
+    for file in files:
+        file = Path(file)
+        try:
+            name = str(file.resolve().relative_to(Path(root).resolve()))
+        except ValueError:
+            name = str(file)
+        entries[name] = {"sha256": sha256_file(file), "size_bytes": file.stat().st_size}
+    return entries
 
 
 def _write_artifacts(ckpt_dir: Path, quant_dir: Path, out: Path, formats: tuple[str, ...],
@@ -277,7 +350,7 @@ def _write_artifacts(ckpt_dir: Path, quant_dir: Path, out: Path, formats: tuple[
 
 def _report_data(model: str, data: str, method: str, max_drop: float, config: ModelConfig,
                  quant_metrics: dict, validation: dict, bench: dict, stages: dict,
-                 paths: list[Path]) -> dict:
+                 paths: list[Path], manifest_files: list[Path]) -> dict:
     by_name = {c["name"]: c for c in validation["candidates"]}
     reference = validation["reference"]
     latency: dict[str, dict[str, float]] = {}
@@ -296,15 +369,25 @@ def _report_data(model: str, data: str, method: str, max_drop: float, config: Mo
             "drop": entry["drop"], "agreement": entry["agreement"],
             "latency_ms_p50": latency[path.name],
             "speedup_vs_fp32": fp32_p50[one] / latency[path.name][one],
-            "passed": precision == "fp32" or entry["drop"] <= max_drop,
+            "passed": precision == "fp32" or entry["passed"],
         })
+    failures = [f for c in validation["candidates"] for f in c["failures"]]
+    floor = chance_floor(validation["chance"], validation["num_images"])
+    if reference["accuracy"] < floor:
+        failures.insert(0, f"the fp32 reference {paths[0].name} itself is broken: top-1 "
+                           f"{100 * reference['accuracy']:.2f}% does not beat chance "
+                           f"({100 * validation['chance']:.2f}%, the majority class) by the "
+                           f"required margin (floor {100 * floor:.2f}%)")
     return {
         "model": model, "data": data, "method": method, "max_drop": max_drop,
         "reference_accuracy": reference["accuracy"], "val_images": validation["num_images"],
         "torch_fp32_accuracy": quant_metrics["fp32_accuracy"],
         "torch_int8_accuracy": quant_metrics["int8_accuracy"],
         "preprocessing": config.preprocessing.to_dict(),
-        "passed": all(a["passed"] for a in artifacts), "artifacts": artifacts,
+        "min_agreement": validation["bounds"]["min_agreement"],
+        "reference_floor": floor, "failures": failures,
+        "passed": not failures and all(a["passed"] for a in artifacts), "artifacts": artifacts,
+        "manifest": manifest(manifest_files, root=paths[0].parent),
         "stages": stages, "machine": bench["machine"], "edgecnn_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

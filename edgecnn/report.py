@@ -26,6 +26,10 @@ class Report:
     def passed(self) -> bool:
         return bool(self.data.get("passed"))
 
+    def failures(self) -> list[str]:
+        """One line per reason the gate failed (reference floor, drop, agreement)."""
+        return list(self.data.get("failures", []))
+
     @property
     def artifacts(self) -> list[dict[str, Any]]:
         return self.data.get("artifacts", [])

@@ -37,8 +37,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise EdgecnnError("epochs and batch size must be at least 1")
-        if self.lr <= 0:
-            raise EdgecnnError(f"learning rate must be positive, got {self.lr}")
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            raise EdgecnnError(f"learning rate must be positive and finite, got {self.lr}")
+        if not 0.0 <= self.label_smoothing < 1.0:  # also false for NaN
+            raise EdgecnnError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
+            raise EdgecnnError(f"weight_decay must be >= 0 and finite, got {self.weight_decay}")
         if self.optimizer not in OPTIMIZERS:
             raise EdgecnnError(f"unknown optimizer {self.optimizer!r}; known: {OPTIMIZERS}")
 

@@ -1,32 +1,119 @@
-"""Small helpers shared across modules."""
+"""Small helpers shared across modules: atomic writes, stale temp files, writable outputs."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import re
+import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from edgecnn.errors import EdgecnnError
+
+#: Our temporary files: `.NAME.PID.RANDOM.tmp` beside the target (the PID of the writer).
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
+#: The older naming, `.NAME.XXXXXXXX.tmp` (tempfile.mkstemp), cleaned once it is an hour old.
+_OLD_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+_OLD_TEMP_AGE_S = 3600
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def is_stale_temp(path: Path) -> bool:
+    """Whether `path` is a temporary file of ours whose writer is gone (killed mid-write)."""
+    match = _TEMP.match(path.name)
+    if match:
+        return not _alive(int(match.group("pid")))
+    if _OLD_TEMP.match(path.name):
+        try:
+            return time.time() - path.stat().st_mtime > _OLD_TEMP_AGE_S
+        except OSError:
+            return False
+    return False
+
+
+def clean_stale_temps(directory: Path, *, recursive: bool = False) -> list[Path]:
+    """Remove our temporary files left by a killed writer in `directory`; return them."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    candidates = directory.rglob(".*.tmp") if recursive else directory.glob(".*.tmp")
+    removed = []
+    for path in candidates:
+        if path.is_file() and is_stale_temp(path):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 @contextlib.contextmanager
 def atomic_write(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only on success.
 
-    A failure never leaves a half-written file behind.
+    A failure never leaves a half-written file behind, and an OSError (a full disk,
+    a directory in the way, a read-only mount) becomes one `EdgecnnError` naming
+    `path`. The file gets the mode the umask gives (0666 & ~umask), like any other
+    tool's output. Temporary files of killed writers beside `path` are removed.
     """
     path = Path(path)
+    if path.is_dir():
+        raise EdgecnnError(f"cannot write {path}: it is a directory")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        clean_stale_temps(path.parent)
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        os.close(fd)
     except OSError as exc:
         raise EdgecnnError(f"cannot write {path}: {exc.strerror or exc}") from None
-    os.close(fd)
-    tmp = Path(tmp_name)
     try:
-        yield tmp
-        os.replace(tmp, path)
+        try:
+            yield tmp
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise EdgecnnError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_writable_dir(directory: Path, flag: str) -> None:
+    """Fail fast, before long work, when `directory` cannot be created or written."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise EdgecnnError(f"{flag} {directory}: exists and is not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".edgecnn-probe.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise EdgecnnError(f"{flag} {directory}: cannot write there "
+                           f"({exc.strerror or exc})") from None
+
+
+def check_writable_file(path: Path, flag: str) -> None:
+    """Fail fast when the output file `path` is a directory or its folder is not writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise EdgecnnError(f"{flag} {path}: is a directory; give a file path")
+    check_writable_dir(path.parent, flag)

@@ -152,3 +152,13 @@ def dsc_reference(reference_checkpoint, digits, tmp_path_factory):
         paths[act] = onnx_export.export_int8(converted, config.preprocessing,
                                              out / f"int8_{act}.onnx", activations=act)
     return model, converted, config, vx, vy, paths
+
+
+@pytest.fixture(scope="session")
+def robust_base(tmp_path_factory) -> Path:
+    """Good artifacts of one small dsc_net on digits (2 epochs, PTQ), made once per session
+    by `export --int8`'s own pipeline: fp32/int8 .onnx and .tflite, model_int8.pt2, the
+    checkpoint directory and the validation split as val.npz (see fuzz_artifacts.make_base)."""
+    from fuzz_artifacts import make_base
+
+    return make_base(tmp_path_factory.mktemp("robust"), epochs=2)

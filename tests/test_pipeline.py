@@ -92,13 +92,16 @@ def test_a_corrupted_int8_model_fails_the_gate_with_exit_1(reference_checkpoint,
 def test_rerun_reuses_the_trained_checkpoint_and_force_redoes_it(tmp_path):
     args = ("--epochs", "1", "--qat-epochs", "1", "--formats", "onnx", "--out", str(tmp_path))
     first = export_int8(*args)
-    assert first.returncode == 0, first.stderr
+    # one epoch leaves dsc_net at chance on digits: the gate says the reference is broken
+    # (issue 16: it used to pass), and the stages are cached all the same
+    assert first.returncode == 1, first.stderr
+    assert "itself is broken" in first.stderr
     stages = json.loads((tmp_path / "report.json").read_text())["stages"]
     assert not stages["train"]["reused"] and not stages["quantize"]["reused"]
     weights = (tmp_path / "checkpoint" / "checkpoint.pt").read_bytes()
 
     second = export_int8(*args)
-    assert second.returncode == 0, second.stderr
+    assert second.returncode == 1, second.stderr
     stages = json.loads((tmp_path / "report.json").read_text())["stages"]
     assert stages["train"]["reused"] and stages["quantize"]["reused"] and stages["export"]["reused"]
     assert (tmp_path / "checkpoint" / "checkpoint.pt").read_bytes() == weights
@@ -106,7 +109,7 @@ def test_rerun_reuses_the_trained_checkpoint_and_force_redoes_it(tmp_path):
 
     changed = export_int8(*args[:-2], "--ptq", "--out", str(tmp_path))
     stages = json.loads((tmp_path / "report.json").read_text())["stages"]
-    assert changed.returncode == 0 and stages["train"]["reused"]
+    assert changed.returncode == 1 and stages["train"]["reused"]
     assert not stages["quantize"]["reused"]  # a different method is a different key
 
 

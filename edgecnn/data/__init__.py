@@ -6,7 +6,7 @@ NHWC images. This package is torch-free: `edgecnn validate` uses it on devices.
 """
 
 from edgecnn.data import readers as _readers  # noqa: F401  (registers the readers)
-from edgecnn.data.dataset import Dataset, load, sources
+from edgecnn.data.dataset import Dataset, check_spec, load, sources
 from edgecnn.data.readers import save_npz
 
-__all__ = ["Dataset", "load", "save_npz", "sources"]
+__all__ = ["Dataset", "check_spec", "load", "save_npz", "sources"]

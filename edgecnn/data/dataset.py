@@ -58,6 +58,70 @@ def split(
     return images[~val_mask], labels[~val_mask], images[val_mask], labels[val_mask]
 
 
+#: Bounds checked before any image is converted.
+MAX_CLASSES = 100_000
+MAX_SIDE = 8192
+
+
+def to_images(images: object, name: str, key: str) -> np.ndarray:
+    """One conversion for every split: uint8 NHWC images, with one-line errors naming `key`.
+
+    Accepts (N,H,W) or (N,H,W,C) with C in {1, 3}; uint8 (0..255), other integers within
+    0..255, or float in [0, 1] (scaled by 255 and rounded). Refuses bool, strings and
+    objects, NaN, values out of range, and empty image dimensions.
+    """
+    from edgecnn.runtime.preprocess import as_nhwc
+
+    x = np.asarray(images)
+    if x.ndim not in (3, 4):
+        raise EdgecnnError(f"{name}: {key}: expected images shaped (N,H,W) or (N,H,W,C), got "
+                           f"{x.shape}")
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.shape[-1] not in (1, 3) or min(x.shape[1:3], default=0) < 1 \
+            or max(x.shape[1:3]) > MAX_SIDE:
+        raise EdgecnnError(f"{name}: {key} has image shape {x.shape[1:]}; expected H, W in "
+                           f"1..{MAX_SIDE} and 1 or 3 channels")
+    if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.integer)
+                                   or np.issubdtype(x.dtype, np.floating)):
+        raise EdgecnnError(f"{name}: {key} is {x.dtype}; images must be uint8 (0..255) or "
+                           "float in [0, 1]")
+    if x.dtype != np.uint8 and x.size:
+        low, high = float(np.min(x)), float(np.max(x))
+        if np.issubdtype(x.dtype, np.floating):
+            if not (np.isfinite(low) and np.isfinite(high)) or low < 0 or high > 1:
+                raise EdgecnnError(f"{name}: {key} is {x.dtype} with values in [{low}, "
+                                   f"{high}]; float images must be finite and in [0, 1]")
+            x = np.round(x.astype(np.float64) * 255.0)
+        elif low < 0 or high > 255:
+            raise EdgecnnError(f"{name}: {key} is {x.dtype} with values in [{low:g}, "
+                               f"{high:g}]; integer images must be in 0..255")
+    return as_nhwc(x.astype(np.uint8, copy=False))
+
+
+def to_labels(labels: object, count: int, name: str, key: str) -> np.ndarray:
+    """int64 class indices: integers in 0..MAX_CLASSES-1, one per image."""
+    y = np.asarray(labels)
+    if y.ndim != 1:
+        raise EdgecnnError(f"{name}: {key} must be a 1-D array of class indices, got shape "
+                           f"{y.shape}")
+    if len(y) != count:
+        raise EdgecnnError(f"{name}: {count} images but {len(y)} labels in {key}")
+    if y.dtype == np.bool_ or not (np.issubdtype(y.dtype, np.integer)
+                                   or np.issubdtype(y.dtype, np.floating)):
+        raise EdgecnnError(f"{name}: {key} is {y.dtype}; labels must be integer class indices")
+    if y.size:
+        if np.issubdtype(y.dtype, np.floating) and not (
+                np.isfinite(y).all() and (y == np.round(y)).all()):
+            raise EdgecnnError(f"{name}: {key} holds non-integer labels (NaN, inf or "
+                               "fractions)")
+        low, high = float(y.min()), float(y.max())
+        if low < 0 or high >= MAX_CLASSES:
+            raise EdgecnnError(f"{name}: {key} holds labels in [{low:g}, {high:g}]; class "
+                               f"indices must be in 0..{MAX_CLASSES - 1}")
+    return y.astype(np.int64)
+
+
 def make_dataset(
     name: str,
     images: np.ndarray,
@@ -69,35 +133,54 @@ def make_dataset(
     val: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Dataset:
     """Validate arrays, split them when no validation set is given, build a Dataset."""
-    from edgecnn.runtime.preprocess import as_nhwc
-
-    if np.ndim(images) not in (3, 4):
-        raise EdgecnnError(f"{name}: expected images shaped (N,H,W) or (N,H,W,C), "
-                           f"got {np.shape(images)}")
-    images = as_nhwc(images)
-    if images.dtype != np.uint8:
-        if np.issubdtype(images.dtype, np.floating) and images.size and images.max() <= 1.0:
-            images = np.round(images * 255.0).astype(np.uint8)
-        else:
-            raise EdgecnnError(
-                f"{name}: images must be uint8 (0..255) or float in [0, 1], got {images.dtype}"
-            )
-    labels = np.asarray(labels).astype(np.int64).reshape(-1)
-    if len(labels) != len(images):
-        raise EdgecnnError(f"{name}: {len(images)} images but {len(labels)} labels")
+    tr_x = to_images(images, name, "x")
+    tr_y = to_labels(labels, len(tr_x), name, "y")
     if val is None:
-        tr_x, tr_y, va_x, va_y = split(images, labels, seed, val_fraction)
+        if len(tr_x) == 0:
+            raise EdgecnnError(f"{name}: no images")
+        tr_x, tr_y, va_x, va_y = split(tr_x, tr_y, seed, val_fraction)
     else:
-        tr_x, tr_y = images, labels
-        va_x = as_nhwc(val[0]).astype(np.uint8)
-        va_y = np.asarray(val[1]).astype(np.int64).reshape(-1)
-    num_classes = int(np.concatenate([tr_y, va_y]).max()) + 1
+        va_x = to_images(val[0], name, "x_val")
+        va_y = to_labels(val[1], len(va_x), name, "y_val")
+        if len(tr_x) and va_x.shape[1:] != tr_x.shape[1:]:
+            raise EdgecnnError(f"{name}: validation images are {va_x.shape[1:]} but training "
+                               f"images {tr_x.shape[1:]} (H, W, C)")
+    all_labels = np.concatenate([tr_y, va_y])
+    if len(all_labels) == 0:
+        raise EdgecnnError(f"{name}: no labels")
+    num_classes = int(all_labels.max()) + 1
     if class_names is None:
         class_names = tuple(str(i) for i in range(num_classes))
     if len(class_names) < num_classes:
         raise EdgecnnError(f"{name}: labels go up to {num_classes - 1} but only "
                            f"{len(class_names)} class names are given")
+    if len(class_names) < 2:
+        raise EdgecnnError(f"{name}: a classifier needs at least two classes, got "
+                           f"{len(class_names)}")
     return Dataset(name, tr_x, tr_y, va_x, va_y, tuple(class_names))
+
+
+#: Sources that read a path (the others take no argument).
+PATH_SOURCES = ("mnist", "cifar10", "imagefolder", "npz")
+
+
+def check_spec(spec: str) -> None:
+    """Fail fast on a malformed data spec (unknown source, missing or extra argument,
+    a path that does not exist) without reading any data."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise EdgecnnError(f"--data is empty; known sources: {', '.join(sorted(sources))}")
+    kind, sep, arg = spec.partition(":")
+    sources.get(kind)  # raises listing the known sources
+    if kind in PATH_SOURCES:
+        from pathlib import Path
+
+        if not arg:
+            raise EdgecnnError(f"--data {spec}: {kind} needs a path ({kind}:PATH)")
+        what = "file" if kind == "npz" else "directory"
+        if not Path(arg).expanduser().exists():
+            raise EdgecnnError(f"--data {spec}: {what} not found: {arg}")
+    elif sep:
+        raise EdgecnnError(f"--data {spec}: {kind!r} takes no argument")
 
 
 def load(spec: str, *, seed: int = 0, val_fraction: float = 0.2) -> Dataset:

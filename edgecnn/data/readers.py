@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecnn.data.dataset import Dataset, make_dataset, sources
+from edgecnn.data.dataset import MAX_CLASSES, Dataset, make_dataset, sources
 from edgecnn.errors import EdgecnnError
 
 
@@ -30,6 +30,8 @@ def _existing_dir(arg: str, kind: str) -> Path:
 @sources.register("digits")
 def read_digits(arg: str, *, seed: int, val_fraction: float) -> Dataset:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 real images, 10 classes)."""
+    if arg:
+        raise EdgecnnError(f"data spec 'digits' takes no argument, got 'digits:{arg}'")
     try:
         from sklearn.datasets import load_digits
     except ImportError:
@@ -201,6 +203,10 @@ def read_imagefolder(arg: str, *, seed: int, val_fraction: float) -> Dataset:
 
 # --- npz --------------------------------------------------------------------------------
 
+#: Largest array an npz may hold (uncompressed), checked before it is read.
+MAX_NPZ_MEMBER_BYTES = 16 * 2**30
+
+
 @sources.register("npz")
 def read_npz(arg: str, *, seed: int, val_fraction: float) -> Dataset:
     """An .npz with arrays `x` (N,H,W[,C], uint8 or float in [0,1]) and `y` (N,) int labels.
@@ -214,6 +220,12 @@ def read_npz(arg: str, *, seed: int, val_fraction: float) -> Dataset:
         raise EdgecnnError(f"npz: file not found: {path}")
     try:
         with np.load(path, allow_pickle=False) as f:
+            if not hasattr(f, "files"):
+                raise ValueError("a single array, not an archive of named arrays")
+            for member in f.zip.infolist():
+                if member.file_size > MAX_NPZ_MEMBER_BYTES:
+                    raise ValueError(f"member {member.filename} expands to "
+                                     f"{member.file_size} bytes")
             arrays = {k: f[k] for k in f.files}
     except Exception as exc:  # noqa: BLE001 - numpy raises several types for a bad file
         raise EdgecnnError(f"{path}: not a readable .npz ({exc})") from None
@@ -221,8 +233,17 @@ def read_npz(arg: str, *, seed: int, val_fraction: float) -> Dataset:
     if missing:
         raise EdgecnnError(f"{path}: expected arrays 'x' (images) and 'y' (labels); "
                            f"missing {sorted(missing)}, found {sorted(arrays)}")
-    val = (arrays["x_val"], arrays["y_val"]) if {"x_val", "y_val"} <= set(arrays) else None
-    names = tuple(str(n) for n in arrays["class_names"]) if "class_names" in arrays else None
+    if ("x_val" in arrays) != ("y_val" in arrays):
+        raise EdgecnnError(f"{path}: has {'x_val' if 'x_val' in arrays else 'y_val'} without "
+                           f"{'y_val' if 'x_val' in arrays else 'x_val'}")
+    val = (arrays["x_val"], arrays["y_val"]) if "x_val" in arrays else None
+    names = None
+    if "class_names" in arrays:
+        raw = arrays["class_names"]
+        if raw.ndim != 1 or raw.dtype.kind not in "US" or len(raw) > MAX_CLASSES:
+            raise EdgecnnError(f"{path}: class_names must be a 1-D array of strings (at most "
+                               f"{MAX_CLASSES}), got {raw.dtype} shaped {raw.shape}")
+        names = tuple(str(n) for n in raw)
     return make_dataset(f"npz:{path.name}", arrays["x"], arrays["y"], names, seed=seed,
                         val_fraction=val_fraction, val=val)
 

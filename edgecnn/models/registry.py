@@ -20,9 +20,14 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 
 def resolve_factory(name: str) -> Callable[..., nn.Module]:
     """A registered name, or `package.module:factory` for a model of the user's own."""
+    if not isinstance(name, str) or not name.strip():
+        raise EdgecnnError(f"model name is empty; known: {', '.join(models)} or "
+                           "package.module:factory")
     if ":" not in name:
         return models.get(name)
     module_name, _, attr = name.partition(":")
+    if not module_name or not attr.isidentifier():
+        raise EdgecnnError(f"model {name!r}: expected package.module:factory")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -31,6 +36,9 @@ def resolve_factory(name: str) -> Callable[..., nn.Module]:
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise EdgecnnError(f"{module_name!r} has no callable {attr!r} (model {name!r})")
+    if not (inspect.isfunction(factory) or inspect.isclass(factory)):
+        raise EdgecnnError(f"model {name!r}: {attr!r} is a {type(factory).__name__}, not a "
+                           "Python function or nn.Module class returning a model")
     return factory
 
 
@@ -40,6 +48,13 @@ def create_model(name: str, **options) -> nn.Module:
     params = inspect.signature(factory).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         options = {k: v for k, v in options.items() if k in params}
+    required = [p.name for p in params.values() if p.default is p.empty
+                and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                and p.name not in options]
+    if required:
+        raise EdgecnnError(f"factory {name!r} needs argument(s) {', '.join(required)}; a model "
+                           "factory is called with num_classes, in_channels, width_mult, "
+                           "small_input only")
     model = factory(**options)
     if not isinstance(model, nn.Module):
         raise EdgecnnError(f"factory {name!r} returned {type(model).__name__}, not an nn.Module")

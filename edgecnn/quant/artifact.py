@@ -21,6 +21,7 @@ from torch.fx import GraphModule
 from edgecnn.config import ArtifactMetadata
 from edgecnn.errors import EdgecnnError
 from edgecnn.quant.calibrate import batch_dim
+from edgecnn.safe_pt2 import load_pt2
 from edgecnn.util import atomic_write
 
 PROGRAM = "model_int8.pt2"
@@ -71,17 +72,20 @@ def save(directory: Path, converted: GraphModule | torch.export.ExportedProgram,
 
 
 def load(directory: Path) -> tuple[torch.export.ExportedProgram, ArtifactMetadata]:
-    """Read model_int8.pt2 and its metadata. `.module()` of the program runs it."""
+    """Read model_int8.pt2 and its metadata. `.module()` of the program runs it.
+
+    The archive is checked first (`edgecnn.safe_pt2`): nothing in it is unpickled or
+    evaluated as code; a file that would need that is refused with one line.
+    """
     import torchao.quantization.pt2e  # noqa: F401 - registers the quantized_decomposed ops
 
     path = Path(directory) / PROGRAM
     if not path.is_file():
         raise EdgecnnError(f"quantized program not found: {path}")
-    extra = {METADATA_KEY: ""}
-    try:
-        program = torch.export.load(path, extra_files=extra)
-    except Exception as exc:  # noqa: BLE001 - zip, pickle and torch errors alike
-        raise EdgecnnError(f"{path}: not a saved torch.export program ({exc})") from None
+    program, extra = load_pt2(path, (METADATA_KEY,))  # never runs code from the file
     if not extra[METADATA_KEY]:
         raise EdgecnnError(f"{path}: no edgecnn metadata (extra file {METADATA_KEY!r})")
-    return program, ArtifactMetadata.from_json(extra[METADATA_KEY])
+    try:
+        return program, ArtifactMetadata.from_json(extra[METADATA_KEY], "the record")
+    except EdgecnnError as exc:
+        raise EdgecnnError(f"{path}: invalid edgecnn metadata: {exc}") from None

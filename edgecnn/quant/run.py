@@ -27,9 +27,11 @@ def training_seed(checkpoint: Path) -> int:
     """The seed the checkpoint was trained with (it fixes the train/val split), else 0."""
     path = Path(checkpoint) / "metrics.json"
     try:
-        return int(json.loads(path.read_text())["train_config"]["seed"])
-    except (OSError, ValueError, KeyError, TypeError):
+        seed = json.loads(path.read_text())["train_config"]["seed"]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return 0
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) \
+        and 0 <= seed < 2**32 else 0
 
 
 def quantize_checkpoint(checkpoint: Path, out: Path, *, method: str = "qat",

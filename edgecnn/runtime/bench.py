@@ -45,13 +45,13 @@ class BenchConfig:
             object.__setattr__(self, "runs", 200)
         if self.runs is not None and self.runs < 1:
             raise EdgecnnError(f"--runs must be at least 1, got {self.runs}")
-        if self.seconds is not None and self.seconds <= 0:
-            raise EdgecnnError(f"--seconds must be positive, got {self.seconds}")
+        if self.seconds is not None and not 0 < self.seconds <= 86_400:  # also false for NaN
+            raise EdgecnnError(f"--seconds must be in (0, 86400], got {self.seconds}")
         if self.batch < 1:
             raise EdgecnnError(f"--batch must be at least 1, got {self.batch}")
         if self.warmup < 0:
             raise EdgecnnError(f"--warmup cannot be negative, got {self.warmup}")
-        if not self.threads or any(t is not None and t < 1 for t in self.threads):
+        if not self.threads or any(t is not None and not 1 <= t <= 1024 for t in self.threads):
             raise EdgecnnError(f"--threads must be positive integers, got {self.threads}")
         if self.rounds < 1:
             raise EdgecnnError(f"rounds must be at least 1, got {self.rounds}")
@@ -74,8 +74,8 @@ def parse_threads(text: str) -> tuple[int | None, ...]:
     except ValueError:
         raise EdgecnnError(f"--threads expects comma-separated integers such as 1,2,4; "
                            f"got {text!r}") from None
-    if not values or min(values) < 1:
-        raise EdgecnnError(f"--threads expects positive integers, got {text!r}")
+    if not values or min(values) < 1 or max(values) > 1024:
+        raise EdgecnnError(f"--threads expects integers in 1..1024, got {text!r}")
     return values
 
 

@@ -28,10 +28,8 @@ def sidecar_path(path: Path) -> Path:
 
 def parse_metadata(text: str | bytes, source: str) -> ArtifactMetadata:
     """Parse the JSON record; `source` names where it came from in errors."""
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", errors="replace")
     try:
-        return ArtifactMetadata.from_json(text)
+        return ArtifactMetadata.from_json(text, "the record")
     except EdgecnnError as exc:
         raise EdgecnnError(f"{source}: invalid edgecnn metadata: {exc}") from None
     except (ValueError, KeyError, TypeError) as exc:
@@ -45,7 +43,11 @@ def resolve_metadata(path: Path, embedded: str | bytes | None) -> ArtifactMetada
         return parse_metadata(embedded, f"{path} (embedded '{METADATA_KEY}' entry)")
     sidecar = sidecar_path(path)
     if sidecar.is_file():
-        return parse_metadata(sidecar.read_text(encoding="utf-8"), str(sidecar))
+        try:
+            raw = sidecar.read_bytes()
+        except OSError as exc:
+            raise EdgecnnError(f"{sidecar}: cannot read ({exc.strerror or exc})") from None
+        return parse_metadata(raw, str(sidecar))
     return None
 
 

@@ -276,13 +276,19 @@ def choose_backend(path: Path, backend: str = "auto") -> Backend:
 
 
 def open_session(path: Path | str, backend: str = "auto", threads: int | None = None) -> Session:
-    """Open an artifact (.onnx, .tflite, .pt2) with the chosen or best installed runtime."""
+    """Open an artifact (.onnx, .tflite, .pt2) with the chosen or best installed runtime.
+
+    .tflite and .onnx files pass `edgecnn.runtime.check.check_file` first.
+    """
     path = Path(path)
     if threads is not None and threads < 1:
         raise EdgecnnError(f"threads must be at least 1, got {threads}")
     chosen = choose_backend(path, backend)
     if not path.is_file():
         raise EdgecnnError(f"{path}: file not found")
+    from edgecnn.runtime.check import check_file
+
+    check_file(path)  # refuse what would crash or mislead the runtime, before it sees the file
     module, _, function = chosen.opener.partition(":")
     opener = getattr(importlib.import_module(module), function)
     return opener(path, backend=chosen.name, threads=threads)

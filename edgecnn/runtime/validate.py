@@ -9,15 +9,18 @@ turns that into exit code 0 or 1 (2 is for usage and input errors).
 
 from __future__ import annotations
 
+import math
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from edgecnn.config import ArtifactMetadata
 from edgecnn.errors import EdgecnnError
-from edgecnn.runtime.metadata import require_record
-from edgecnn.runtime.session import Session, open_session
+from edgecnn.runtime.metadata import parse_metadata, require_record
+from edgecnn.runtime.predict_worker import PredictWorker
 from edgecnn.runtime.tables import VALIDATE_HEADERS, markdown_table, validate_rows
 
 
@@ -29,6 +32,9 @@ class Bounds:
     min_agreement: float = 0.99  # fraction of images with the reference's top-1 class
 
     def __post_init__(self) -> None:
+        if not math.isfinite(self.max_drop) or not math.isfinite(self.min_agreement):
+            raise EdgecnnError(f"--max-drop and --min-agreement must be finite numbers, got "
+                               f"{self.max_drop} and {self.min_agreement}")
         if self.max_drop < 0:
             raise EdgecnnError(f"--max-drop must be >= 0 percentage points, got {self.max_drop}")
         if not 0.0 <= self.min_agreement <= 1.0:
@@ -63,27 +69,48 @@ def worst_classes(ref_pred: np.ndarray, cand_pred: np.ndarray, labels: np.ndarra
              "drop": float(drop[i])} for i in order]
 
 
-def _logits(session: Session, images: np.ndarray, num_classes: int, data: str,
+class _Artifact:
+    """An artifact opened in its own worker process (see `predict_worker`)."""
+
+    def __init__(self, path: Path, backend: str, threads: int | None) -> None:
+        self.path = Path(path)
+        self.worker = PredictWorker(self.path, backend, threads)
+        self.backend = backend
+        self.metadata: ArtifactMetadata | None = None
+        self.num_classes: int | None = None
+
+    def ready(self) -> None:
+        info = self.worker.ready()
+        self.backend, self.num_classes = info["backend"], info["num_classes"]
+        if info["metadata"]:
+            self.metadata = parse_metadata(info["metadata"], str(self.path))
+
+
+def _logits(artifact: _Artifact, images: Path, num_classes: int, data: str,
             batch_size: int) -> np.ndarray:
-    record = require_record(session.path, session.metadata).preprocessing
-    outputs = session.num_classes
+    record = require_record(artifact.path, artifact.metadata).preprocessing
+    outputs = artifact.num_classes
     if outputs is not None and outputs != num_classes:
-        raise EdgecnnError(f"{data} has {num_classes} classes but {session.path} outputs "
+        raise EdgecnnError(f"{data} has {num_classes} classes but {artifact.path} outputs "
                            f"{outputs} logits; is this the dataset the model was trained on?")
     if record.num_classes != num_classes:
         raise EdgecnnError(f"{data} has {num_classes} classes but the metadata of "
-                           f"{session.path} names {record.num_classes}")
-    logits = session.predict(images, batch_size=batch_size)
-    if logits.shape[1] != num_classes:
-        raise EdgecnnError(f"{data} has {num_classes} classes but {session.path} outputs "
-                           f"{logits.shape[1]} logits")
+                           f"{artifact.path} names {record.num_classes}")
+    logits = artifact.worker.predict(images, batch_size)
+    if logits.ndim != 2 or logits.shape[1] != num_classes:
+        raise EdgecnnError(f"{data} has {num_classes} classes but {artifact.path} outputs "
+                           f"logits shaped {logits.shape}")
+    if not np.isfinite(logits).all():
+        raise EdgecnnError(f"{artifact.path}: the model outputs NaN or infinite logits "
+                           f"on {data}")
     return logits
 
 
-def _summary(session: Session, logits: np.ndarray, labels: np.ndarray) -> dict:
-    metadata = session.metadata
+def _summary(artifact: _Artifact, logits: np.ndarray, labels: np.ndarray) -> dict:
+    metadata = artifact.metadata
     return {
-        "artifact": str(session.path), "name": session.path.name, "backend": session.backend,
+        "artifact": str(artifact.path), "name": artifact.path.name,
+        "backend": artifact.backend,
         "precision": metadata.precision if metadata else None,
         "accuracy": topk_accuracy(logits, labels, 1),
         "top5": topk_accuracy(logits, labels, 5) if logits.shape[1] > 5 else None,
@@ -112,23 +139,38 @@ def run_validate(reference: Path, candidates: list[Path], data: str, bounds: Bou
 
     if not candidates:
         raise EdgecnnError("validate needs at least one --candidate")
-    sessions = [open_session(p, backend=backend, threads=threads)
-                for p in [reference, *candidates]]
-    for session in sessions:  # fail early, before any inference, on a missing record
-        require_record(session.path, session.metadata)
-    dataset = load(data, seed=seed)
+    if batch_size < 1:
+        raise EdgecnnError(f"batch_size must be at least 1, got {batch_size}")
+    dataset = load(data, seed=seed)  # bad data fails before any runtime starts
     images, labels = dataset.val_images, dataset.val_labels
     if len(labels) == 0:
         raise EdgecnnError(f"{data}: the validation split is empty")
+    artifacts = [_Artifact(p, backend, threads) for p in [reference, *candidates]]
+    try:
+        for artifact in artifacts:  # fail early, before any inference, on a missing record
+            artifact.ready()
+            require_record(artifact.path, artifact.metadata)
+        with tempfile.TemporaryDirectory(prefix="edgecnn-validate-") as tmp:
+            images_npy = Path(tmp) / "images.npy"
+            np.save(images_npy, np.ascontiguousarray(images))
+            report = _compare(artifacts, images_npy, labels, dataset, data, bounds, batch_size)
+    finally:
+        for artifact in artifacts:
+            artifact.worker.close()
+    return report
+
+
+def _compare(artifacts: list[_Artifact], images: Path, labels: np.ndarray, dataset,
+             data: str, bounds: Bounds, batch_size: int) -> dict:
     k = dataset.num_classes
-    ref_logits = _logits(sessions[0], images, k, data, batch_size)
+    ref_logits = _logits(artifacts[0], images, k, data, batch_size)
     ref_pred = ref_logits.argmax(1)
-    ref = _summary(sessions[0], ref_logits, labels)
+    ref = _summary(artifacts[0], ref_logits, labels)
     results = []
-    for session in sessions[1:]:
-        logits = _logits(session, images, k, data, batch_size)
+    for artifact in artifacts[1:]:
+        logits = _logits(artifact, images, k, data, batch_size)
         pred = logits.argmax(1)
-        row = _summary(session, logits, labels)
+        row = _summary(artifact, logits, labels)
         row.update(
             drop=(ref["accuracy"] - row["accuracy"]) * 100.0,
             top5_drop=None if row["top5"] is None else (ref["top5"] - row["top5"]) * 100.0,
@@ -138,10 +180,10 @@ def run_validate(reference: Path, candidates: list[Path], data: str, bounds: Bou
         row["failures"] = judge(row, bounds)
         row["passed"] = not row["failures"]
         results.append(row)
-    for session in sessions:
-        session.close()
+    counts = np.bincount(labels, minlength=k)
     return {
         "data": data, "num_images": int(len(labels)), "num_classes": k,
+        "chance": float(counts.max() / len(labels)),
         "bounds": {"max_drop": bounds.max_drop, "min_agreement": bounds.min_agreement},
         "reference": ref, "reference_accuracy": ref["accuracy"], "reference_top5": ref["top5"],
         "candidates": results, "passed": all(c["passed"] for c in results),

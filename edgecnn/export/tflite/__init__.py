@@ -10,6 +10,7 @@ torch: a device may convert.
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +24,7 @@ from edgecnn.export.onnx_passes import unpad_input_channels
 from edgecnn.export.tflite.graph import Graph, import_onnx
 from edgecnn.export.tflite.ops import LOWERINGS, lower_graph
 from edgecnn.export.tflite.passes import ONNX_PASSES, TFLITE_PASSES, float_io, name_io, uint8_io
+from edgecnn.runtime.check import check_onnx, check_tflite
 from edgecnn.util import atomic_write
 
 IO_MODES = ("int8", "uint8", "float")
@@ -42,16 +44,39 @@ def sidecar_path(out_path: str | Path) -> Path:
     return out_path.with_name(out_path.name + ".json")
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
 def _load(model: onnx.ModelProto | str | Path) -> tuple[onnx.ModelProto, str]:
+    """Read and check the model: `onnx.checker` (full: with strict shape inference), then
+    `edgecnn.runtime.check.check_onnx` (empty graph, dangling outputs, scales, strides)."""
     if isinstance(model, onnx.ModelProto):
-        return model, "ONNX model"
-    path = Path(model)
-    if not path.is_file():
-        raise EdgecnnError(f"ONNX model {path} does not exist")
+        proto, where = model, "ONNX model"
+    else:
+        path = Path(model)
+        if not path.is_file():
+            raise EdgecnnError(f"ONNX model {path} does not exist")
+        if path.stat().st_size == 0:
+            raise EdgecnnError(f"{path}: empty file, not an ONNX model")
+        try:
+            proto, where = onnx.load(str(path)), str(path)
+        except Exception as exc:  # noqa: BLE001 - protobuf decode errors have several types
+            raise EdgecnnError(f"{path} is not a readable ONNX model: {_first_line(exc)}") \
+                from None
+    check_onnx(proto, where)
     try:
-        return onnx.load(str(path)), str(path)
-    except Exception as exc:  # protobuf decode errors have several types
-        raise EdgecnnError(f"{path} is not a readable ONNX model: {exc}") from None
+        # strict shape inference first: it also fills the output types a hand-built graph
+        # may leave without a shape, which the checker alone would reject
+        inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+        onnx.checker.check_model(inferred, full_check=True)
+    except Exception as exc:  # noqa: BLE001 - checker and shape-inference errors
+        node = re.search(r"Name: (\S*) OpType: (\S+)", str(exc))
+        at = f" (node {node.group(1)!r}, {node.group(2)})" if node else ""
+        raise EdgecnnError(f"{where}: onnx.checker rejects the model{at}: "
+                           f"{_first_line(exc)}") from None
+    return proto, where
 
 
 def _io_quant(graph: Graph, name: str) -> QuantParams | None:
@@ -69,8 +94,8 @@ def _metadata(graph: Graph, given: ArtifactMetadata | None, where: str) -> Artif
         if text is None:
             return None
         try:
-            given = ArtifactMetadata.from_json(text)
-        except (ValueError, KeyError, TypeError) as exc:
+            given = ArtifactMetadata.from_json(text, "the record")
+        except (EdgecnnError, ValueError, KeyError, TypeError) as exc:
             raise EdgecnnError(f"{where}: metadata_props {METADATA_KEY!r} is not an edgecnn "
                                f"artifact record: {exc}") from None
     return replace(given, preprocessing=given.preprocessing.with_layout("NHWC"),
@@ -124,7 +149,11 @@ def _build(model: onnx.ModelProto | str | Path, io: str, metadata: ArtifactMetad
         raise EdgecnnError("writing .tflite files needs the TFLite schema from ai-edge-litert: "
                            "pip install 'edgecnn[tflite]'") from None
     extra = {METADATA_KEY: record.to_json().encode()} if record else None
-    return write_model(graph, metadata=extra), record
+    data = write_model(graph, metadata=extra)
+    if not graph.ops:
+        raise EdgecnnError(f"{where}: the converted model has no operators")
+    check_tflite(data, f"{where} (converted)")  # never write what a runtime would crash on
+    return data, record
 
 
 def to_flatbuffer(model: onnx.ModelProto | str | Path, *, io: str = "int8",
@@ -144,8 +173,12 @@ def convert(onnx_model_or_path: onnx.ModelProto | str | Path, out_path: str | Pa
     entry "edgecnn") goes into the file's "edgecnn" metadata buffer and into
     the sidecar `<out>.json`, with layout NHWC and the int8 I/O parameters.
     """
-    data, record = _build(onnx_model_or_path, io, metadata)
     out_path = Path(out_path)
+    if not isinstance(onnx_model_or_path, onnx.ModelProto) and out_path.exists() \
+            and Path(onnx_model_or_path).exists() \
+            and out_path.resolve() == Path(onnx_model_or_path).resolve():
+        raise EdgecnnError(f"--out {out_path} is the input model; choose another path")
+    data, record = _build(onnx_model_or_path, io, metadata)
     with atomic_write(out_path) as tmp:
         tmp.write_bytes(data)
     if record is not None:

@@ -20,9 +20,10 @@ import numpy as np
 
 from edgecnn.config import QuantParams
 from edgecnn.errors import EdgecnnError
+from edgecnn.runtime.check import check_tflite
 from edgecnn.runtime.metadata import METADATA_KEY, resolve_metadata
 from edgecnn.runtime.session import Session, TensorInfo, pick_quant
-from edgecnn.runtime.tflite_meta import read_tflite_metadata, verify_tflite
+from edgecnn.runtime.tflite_meta import read_tflite_metadata
 
 #: backend name -> the module that holds `Interpreter`.
 _INTERPRETER_MODULES = {"ai_edge_litert": "ai_edge_litert.interpreter",
@@ -85,7 +86,7 @@ class TfliteSession(Session):
 
     def __init__(self, path: Path, backend: str, threads: int | None) -> None:
         data = path.read_bytes()
-        verify_tflite(data, path)
+        check_tflite(data, path)
         metadata = resolve_metadata(path, read_tflite_metadata(data, path).get(METADATA_KEY))
         del data
         interpreter_cls = importlib.import_module(_INTERPRETER_MODULES[backend]).Interpreter

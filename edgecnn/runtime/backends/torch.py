@@ -18,14 +18,9 @@ from edgecnn.runtime.session import Session, TensorInfo
 
 def load_program(path: Path) -> tuple[Any, str | None]:
     """(ExportedProgram, embedded metadata JSON or None); a bad file becomes one line."""
-    import torch
+    from edgecnn.safe_pt2 import load_pt2
 
-    extra = {METADATA_KEY: ""}
-    try:
-        program = torch.export.load(str(path), extra_files=extra)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad archive
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EdgecnnError(f"{path}: not a loadable torch.export program ({first})") from None
+    program, extra = load_pt2(path, (METADATA_KEY,))  # never runs code from the file
     return program, extra[METADATA_KEY] or None
 
 

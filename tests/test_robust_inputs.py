@@ -1,0 +1,231 @@
+"""Issue 16, kinds 2, 5, 6 and 8: bad data, records, flags and outputs are one line, before work.
+
+Each case is the issue's reproduction through the real CLI (or the library call it makes),
+and the outcome must be exit 2 with exactly one `error:` line naming what is at fault."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgecnn.errors import EdgecnnError
+
+
+def _cli(edgecnn_cmd, *args, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([*edgecnn_cmd, *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _one_error(result: subprocess.CompletedProcess, *expected: str) -> str:
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr[-2000:]
+    for text in expected:
+        assert text in lines[0], lines[0]
+    assert "\x1b[" not in result.stderr  # no color when stderr is not a terminal
+    return lines[0]
+
+
+# --- npz (kind 2) ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def val_arrays():
+    from edgecnn.data import load
+
+    ds = load("digits")
+    return ds.val_images, ds.val_labels
+
+
+def test_float_x_val_is_converted_like_x_not_cast_to_black(val_arrays, tmp_path):
+    from edgecnn.data import load
+
+    x, y = val_arrays
+    path = tmp_path / "f.npz"
+    np.savez(path, x=x[:0], y=y[:0], x_val=x.astype(np.float32) / 255.0, y_val=y)
+    ds = load(f"npz:{path}")
+    assert np.array_equal(ds.val_images, x)  # not all zeros: one conversion for both splits
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda x, y: {"x_val": x > 128}, "x_val is bool"),
+    (lambda x, y: {"y_val": y[:100]}, "359 images but 100 labels in y_val"),
+    (lambda x, y: {"x_val": x.reshape(len(x), -1)[:1]}, "x_val: expected images shaped"),
+    (lambda x, y: {"y_val": np.where(np.arange(len(y)) == 0, -1, y)}, "labels in [-1"),
+    (lambda x, y: {"y_val": np.where(np.arange(len(y)) == 0, np.nan, y)}, "non-integer labels"),
+    (lambda x, y: {"y_val": np.where(np.arange(len(y)) == 0, 2**40, y)}, "class indices must"),
+    (lambda x, y: {"x_val": np.asarray([["a"] * 4] * len(y))}, "x_val"),
+    (lambda x, y: {"x_val": np.zeros((len(y), 0, 0), np.uint8)}, "image shape"),
+    (lambda x, y: {"class_names": np.asarray("x")}, "class_names must be a 1-D array"),
+    (lambda x, y: {"x_val": x[:0], "y_val": y[:0]}, "no labels"),
+    (lambda x, y: {"x_val": x.astype(np.float32)}, "float images must be finite and in [0, 1]"),
+])
+def test_bad_npz_is_one_line(val_arrays, tmp_path, edgecnn_cmd, robust_base, change, expected):
+    x, y = val_arrays
+    arrays = {"x": x[:0], "y": y[:0], "x_val": x, "y_val": y,
+              "class_names": np.asarray([str(i) for i in range(10)])}
+    arrays.update(change(x, y))
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    result = _cli(edgecnn_cmd, "validate", "--reference", str(robust_base / "model_fp32.onnx"),
+                  "--candidate", str(robust_base / "model_int8.onnx"), "--data", f"npz:{path}")
+    _one_error(result, expected)
+
+
+# --- records (kind 5) -----------------------------------------------------------------------
+
+def _record(robust_base: Path) -> dict:
+    return json.loads((robust_base / "model_int8.tflite.json").read_text())
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda r: b"\xff\xfe{}", "not UTF-8"),
+    (lambda r: ("[" * 2000 + "]" * 2000).encode(), "nested too deeply"),
+    (lambda r: b'"a string"', "must be a JSON object"),
+    (lambda r: json.dumps({**r, "precision": 3}).encode(), "precision must be"),
+    (lambda r: json.dumps({**r, "preprocessing": {**r["preprocessing"],
+                                                  "input_size": [20000, 20000]}}).encode(),
+     "input_size must be in 1..8192"),
+    (lambda r: json.dumps({**r, "input_quant": {"scale": -1, "zero_point": 0}}).encode(),
+     "input_quant.scale must be > 0"),
+])
+def test_bad_sidecar_records_are_one_line(robust_base, tmp_path, edgecnn_cmd, make, expected):
+    import onnx
+
+    bare = tmp_path / "bare.onnx"
+    model = onnx.load(str(robust_base / "model_fp32.onnx"))
+    del model.metadata_props[:]
+    onnx.save(model, str(bare))
+    Path(f"{bare}.json").write_bytes(make(_record(robust_base)))
+    for args in (["bench", str(bare), "--runs", "1", "--warmup", "0"],
+                 ["validate", "--reference", str(bare), "--candidate",
+                  str(robust_base / "model_int8.tflite"), "--data",
+                  f"npz:{robust_base / 'val.npz'}"]):
+        _one_error(_cli(edgecnn_cmd, *args), "bare.onnx.json", expected)
+
+
+@pytest.mark.parametrize("state, expected", [
+    ("ints", "expected a state_dict of tensors"), ("strings", "expected a state_dict of tensors"),
+    ("nested", "expected a state_dict of tensors"), ("nan", "NaN or infinite"),
+    ("pickle", "not a tensors-only checkpoint"),
+])
+def test_bad_checkpoints_are_one_line(robust_base, tmp_path, edgecnn_cmd, state, expected):
+    torch = pytest.importorskip("torch")
+    from fuzz_artifacts import _code_pickle
+
+    ckpt = Path(shutil.copytree(robust_base / "checkpoint", tmp_path / "ckpt"))
+    weights = torch.load(ckpt / "checkpoint.pt", weights_only=True)
+    if state == "pickle":
+        (ckpt / "checkpoint.pt").write_bytes(_code_pickle(str(tmp_path / "PWNED")))
+    else:
+        if state == "ints":
+            weights = {k: 3 for k in weights}
+        elif state == "strings":
+            weights = {k: "x" for k in weights}
+        elif state == "nested":
+            weights = {"state": weights}
+        else:
+            key = next(k for k, v in weights.items() if v.is_floating_point())
+            weights[key] = torch.full_like(weights[key], float("nan"))
+        torch.save(weights, ckpt / "checkpoint.pt")
+    result = _cli(edgecnn_cmd, "export", "--int8", "dsc_net", "--checkpoint", str(ckpt),
+                  "--ptq", "--out", str(tmp_path / "out"))
+    _one_error(result, "checkpoint.pt", expected)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_nested_config_json_is_one_line(robust_base, tmp_path, edgecnn_cmd):
+    ckpt = Path(shutil.copytree(robust_base / "checkpoint", tmp_path / "ckpt"))
+    (ckpt / "config.json").write_text("[" * 3000 + "]" * 3000)
+    _one_error(_cli(edgecnn_cmd, "export", "dsc_net", "--checkpoint", str(ckpt), "--out",
+                    str(tmp_path / "o")), "config.json", "nested too deeply")
+
+
+# --- flags and arguments, before any work (kinds 2 and 8) -----------------------------------
+
+@pytest.mark.parametrize("args, expected", [
+    (["validate", "--reference", "a.onnx", "--candidate", "b.onnx", "--data", "digits",
+      "--max-drop", "nan"], "--max-drop must be a finite number"),
+    (["export", "--int8", "dsc_net", "--max-drop", "inf"], "--max-drop"),
+    (["train", "dsc_net", "--lr", "nan"], "--lr must be a finite number"),
+    (["train", "dsc_net", "--label-smoothing", "2"], "--label-smoothing must be in [0, 1)"),
+    (["train", "dsc_net", "--width-mult", "nan"], "--width-mult"),
+    (["bench", "a.onnx", "--seconds", "nan"], "--seconds"),
+    (["bench", "a.onnx", "--threads", "100000"], "--threads"),
+    (["train", "dsc_net", "--input-size", "0"], "--input-size must be in [8, 8192]"),
+    (["models", "--in-channels", "0"], "--in-channels must be in [1, 3]"),
+    (["train", "dsc_net", "--data", "digits:extra"], "'digits' takes no argument"),
+    (["export", "", "--int8"], "model name is empty"),
+    (["export", "os:system", "--int8"], "not a Python function"),
+    (["export", "--int8", "dsc_net", "--io", "bogus"], "--io must be one of int8, float"),
+])
+def test_bad_arguments_fail_before_any_work(edgecnn_cmd, tmp_path, args, expected):
+    start = time.monotonic()
+    result = subprocess.run([*edgecnn_cmd, *args], capture_output=True, text=True,
+                            timeout=600, cwd=tmp_path)
+    _one_error(result, expected)
+    assert not (tmp_path / "artifacts").exists() or args[0] != "export"
+    assert time.monotonic() - start >= 0  # (speed is not asserted; nothing was trained)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_outputs_are_checked_before_work(edgecnn_cmd, tmp_path, robust_base):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    _one_error(_cli(edgecnn_cmd, "train", "dsc_net", "--out", str(blocker / "sub")),
+               "--out", "cannot write there")
+    _one_error(_cli(edgecnn_cmd, "validate", "--reference",
+                    str(robust_base / "model_fp32.onnx"), "--candidate",
+                    str(robust_base / "model_int8.onnx"), "--data",
+                    f"npz:{robust_base / 'val.npz'}", "--json", str(tmp_path)),
+               "--json", "is a directory")
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
+    from edgecnn.util import atomic_write
+
+    with pytest.raises(EdgecnnError, match=r"cannot write .*out\.json: No space left"):
+        with atomic_write(tmp_path / "out.json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- the manifest (kind 2) ------------------------------------------------------------------
+
+def test_validate_and_bench_check_the_manifest(robust_base, tmp_path, edgecnn_cmd):
+    report = robust_base.parent / "export" / "report.json"
+    ok = _cli(edgecnn_cmd, "bench", str(report.parent / "model_int8.tflite"), "--runs", "1",
+              "--warmup", "0", "--manifest", str(report))
+    assert ok.returncode == 0, ok.stderr
+    assert "sha256 " in ok.stdout and f"matches {report}" in ok.stdout
+    damaged = Path(shutil.copy(report.parent / "model_int8.tflite", tmp_path))
+    raw = bytearray(damaged.read_bytes())
+    raw[-100] ^= 1
+    damaged.write_bytes(raw)
+    shutil.copy(report.parent / "model_int8.tflite.json", tmp_path)
+    _one_error(_cli(edgecnn_cmd, "validate", "--reference",
+                    str(report.parent / "model_fp32.onnx"), "--candidate", str(damaged),
+                    "--data", f"npz:{robust_base / 'val.npz'}", "--manifest", str(report)),
+               "model_int8.tflite", "is not the exported")
+
+
+def test_a_broken_reference_fails_the_gate(robust_base, tmp_path, edgecnn_cmd):
+    """A reference at chance (the classifier's rows rolled) is reported as broken, exit 1."""
+    torch = pytest.importorskip("torch")
+    ckpt = Path(shutil.copytree(robust_base / "checkpoint", tmp_path / "ckpt"))
+    state = torch.load(ckpt / "checkpoint.pt", weights_only=True)
+    for key in [k for k in state if k.startswith("classifier")]:
+        state[key] = torch.roll(state[key], 1, dims=0)
+    torch.save(state, ckpt / "checkpoint.pt")
+    result = _cli(edgecnn_cmd, "export", "--int8", "dsc_net", "--checkpoint", str(ckpt),
+                  "--ptq", "--out", str(tmp_path / "out"), timeout=900)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "FAIL the fp32 reference model_fp32.onnx itself is broken" in result.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert not report["passed"] and report["manifest"]["model_int8.tflite"]["sha256"]
