@@ -114,25 +114,151 @@ def bench_command(
                                               "tflite_runtime | torch.")] = "auto",
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results "
                                                    "and the machine description here.")] = None,
+    remote: Annotated[list[str] | None, typer.Option(
+        help="Run on this device over SSH: USER@HOST[:PORT] or an ~/.ssh/config alias; "
+             "repeat for several.")] = None,
+    ssh_command: Annotated[str, typer.Option(help="The command used instead of ssh "
+                                                  "(options, host and the remote command are "
+                                                  "appended).")] = "ssh",
+    remote_dir: Annotated[str, typer.Option(help="Directory on the device for the venv, "
+                                                 "wheels and artifacts.")
+                          ] = "~/.cache/edgecnn-remote",
+    offline: Annotated[bool, typer.Option("--offline", help="With --remote: download the "
+                                          "runtime wheels here for the device's platform and "
+                                          "copy them (the device needs no package index).")
+                       ] = False,
+    validate: Annotated[str | None, typer.Option(
+        help="npz:FILE: also validate on the device, first artifact as the reference.")] = None,
+    max_drop: Annotated[float, typer.Option(help="With --validate: allowed top-1 drop, "
+                                                 "percentage points.")] = 1.0,
+    min_agreement: Annotated[float, typer.Option(help="With --validate: required top-1 "
+                                                      "agreement (fraction).")] = 0.99,
+    profile: Annotated[bool, typer.Option("--profile", help="Per-op latency instead of the "
+                                          "whole-model table: top ops, fp32 vs int8 per "
+                                          "layer.")] = False,
+    plot: Annotated[Path | None, typer.Option(help="With --profile: a bar plot of time per "
+                                              "layer (PNG; needs matplotlib).")] = None,
+    top: Annotated[int, typer.Option(help="With --profile: ops in the top table.")] = 15,
 ) -> None:
     """Latency (p50/p90/p99/mean), throughput, size and peak RSS of artifacts; torch-free."""
     from edgecnn.progress import console as err
     from edgecnn.runtime.bench import BenchConfig, parse_threads, run_bench
     from edgecnn.runtime.tables import BENCH_HEADERS, bench_rows, rich_table, table_console
-    from edgecnn.util import atomic_write
 
     config = BenchConfig(threads=parse_threads(threads), batch=batch, warmup=warmup, runs=runs,
                          seconds=seconds, backend=backend)
+    if validate is not None and not validate.startswith("npz:"):
+        raise EdgecnnError(f"--validate expects npz:FILE (the device has no dataset "
+                           f"readers' sources), got {validate!r}")
+    if validate is not None and len(artifacts) < 2:
+        raise EdgecnnError("--validate needs a reference and at least one candidate artifact")
+    if remote:
+        _bench_remote(artifacts, config, remote, ssh_command, remote_dir, offline, validate,
+                      max_drop, min_agreement, profile, json_path)
+        return
+    if profile:
+        _bench_profile(artifacts, config, json_path, plot, top)
+        return
     report = run_bench(artifacts, config, progress=err.is_terminal)
     m = report["machine"]
     table_console(out).print(rich_table(f"edgecnn bench, batch {batch}", BENCH_HEADERS,
                                         bench_rows(report), text_columns=2))
     out.print(f"[dim]{m['cpu']}, {m['usable_cores']}/{m['cores']} cores, {m['os']}, "
               f"Python {m['python']}[/dim]", highlight=False)
-    if json_path:
-        with atomic_write(json_path) as tmp:
+    _write_json(json_path, report)
+    if validate is not None:
+        from edgecnn.runtime.validate import Bounds, run_validate
+
+        result = run_validate(artifacts[0], artifacts[1:], validate,
+                              Bounds(max_drop=max_drop, min_agreement=min_agreement),
+                              backend=backend)
+        _print_validate([result], validate)
+        if not all(c["passed"] for c in result["candidates"]):
+            raise typer.Exit(1)
+
+
+def _write_json(path: Path | None, report: dict) -> None:
+    from edgecnn.util import atomic_write
+
+    if path:
+        with atomic_write(path) as tmp:
             tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        out.print(f"wrote {json_path}", highlight=False)
+        out.print(f"wrote {path}", highlight=False)
+
+
+def _print_validate(reports: list[dict], data: str) -> None:
+    from edgecnn.runtime.tables import (DEVICE_VALIDATE_HEADERS, device_validate_rows,
+                                        rich_table, table_console)
+
+    table_console(out).print(rich_table(f"edgecnn validate on {data}", DEVICE_VALIDATE_HEADERS,
+                                        device_validate_rows(reports), text_columns=4))
+    for report in reports:
+        for c in report["candidates"]:
+            for failure in c["failures"]:
+                Console(stderr=True).print(f"[red]FAIL[/red] {failure}", highlight=False)
+
+
+def _bench_remote(artifacts: list[Path], config, targets: list[str], ssh_command: str,
+                  remote_dir: str, offline: bool, validate: str | None, max_drop: float,
+                  min_agreement: float, profile: bool, json_path: Path | None) -> None:
+    """`bench --remote`: each device in turn, one table with a device column."""
+    import shlex
+
+    from edgecnn.runtime import remote as rm
+    from edgecnn.runtime.tables import (DEVICE_BENCH_HEADERS, device_bench_rows, rich_table,
+                                        table_console)
+
+    for path in artifacts:
+        if not path.is_file():
+            raise EdgecnnError(f"{path}: file not found")
+    data = Path(validate.removeprefix("npz:")) if validate else None
+    if data is not None and not data.is_file():
+        raise EdgecnnError(f"--validate {validate}: file not found")
+    command = tuple(shlex.split(ssh_command))
+    if not command:
+        raise EdgecnnError("--ssh-command is empty")
+    devices = [rm.Device(rm.Target.parse(t), command, base=remote_dir) for t in targets]
+    bench_args = ["--threads", ",".join(str(t or "auto") for t in config.threads) if
+                  config.threads != (None,) else "auto", "--batch", str(config.batch),
+                  "--warmup", str(config.warmup), "--backend", config.backend,
+                  *(["--seconds", str(config.seconds)] if config.seconds is not None
+                    else ["--runs", str(config.runs)]), *(["--profile"] if profile else [])]
+    reports, checks, codes = [], [], []
+    for device in devices:
+        out.print(f"{device.target}: setting up and benchmarking ...", highlight=False)
+        reports.append(rm.remote_bench(device, artifacts, bench_args, offline=offline))
+        if data is not None:
+            result, code = rm.remote_validate(
+                device, artifacts[0], artifacts[1:], data,
+                ["--max-drop", str(max_drop), "--min-agreement", str(min_agreement)],
+                offline=offline)
+            checks.append(result)
+            codes.append(code)
+    table_console(out).print(rich_table(f"edgecnn bench on {len(devices)} device(s), batch "
+                                        f"{config.batch}", DEVICE_BENCH_HEADERS,
+                                        device_bench_rows(reports), text_columns=3))
+    for report in reports:
+        m, d = report["machine"], report["device"]
+        temps = m.get("temperature_c") or {}
+        temp = (f", {temps['before']:.1f} -> {temps['after']:.1f} °C"
+                if temps.get("before") is not None and temps.get("after") is not None else "")
+        out.print(f"[dim]{d['target']}: {m.get('board') or m['cpu']}"
+                  f"{' (' + m['cpu'] + ')' if m.get('board') else ''}, {m['usable_cores']}/"
+                  f"{m['cores']} cores, governor {m.get('governor') or '–'}{temp}, {m['os']}, "
+                  f"Python {m['python']}; venv {d['venv_action']}, copied {d['copied']['sent']}"
+                  f" file(s), {d['copied']['skipped']} already there[/dim]", highlight=False,
+                  soft_wrap=True)
+    if checks:
+        _print_validate(checks, validate)
+    _write_json(json_path, {"devices": reports, **({"validate": checks} if checks else {})})
+    if any(code == 1 for code in codes):
+        raise typer.Exit(1)
+
+
+def _bench_profile(artifacts: list[Path], config, json_path: Path | None, plot: Path | None,
+                   top: int) -> None:
+    """`bench --profile`: per-op time of each artifact, tables, JSON, optional plot."""
+    raise EdgecnnError("--profile: not implemented yet")
 
 
 @app.command("validate")

@@ -39,6 +39,19 @@ def bench_rows(report: dict) -> list[list[str]]:
     return rows
 
 
+DEVICE_BENCH_HEADERS = ("device", *BENCH_HEADERS)
+
+
+def device_bench_rows(reports: list[dict]) -> list[list[str]]:
+    """`bench_rows` of several devices' reports in one table, the device first in each row."""
+    return [[device_label(report), *row] for report in reports for row in bench_rows(report)]
+
+
+def device_label(report: dict) -> str:
+    """The `--remote` target a report came from ("local" for this machine)."""
+    return report.get("device", {}).get("target", "local")
+
+
 VALIDATE_HEADERS = ("model", "backend", "precision", "top-1", "top-5", "drop (pp)",
                     "agreement", "result")
 
@@ -53,6 +66,15 @@ def validate_rows(report: dict) -> list[list[str]]:
                      _pct(c["top5"]), _num(c["drop"], "+.2f"), _pct(c["agreement"]),
                      "pass" if c["passed"] else "FAIL"])
     return rows
+
+
+DEVICE_VALIDATE_HEADERS = ("device", *VALIDATE_HEADERS)
+
+
+def device_validate_rows(reports: list[dict]) -> list[list[str]]:
+    """`validate_rows` of several devices' reports in one table, the device first."""
+    return [[device_label(report), *row] for report in reports
+            for row in validate_rows(report)]
 
 
 def rich_table(title: str, headers: tuple[str, ...], rows: list[list[str]],
