@@ -187,8 +187,12 @@ def _write_json(path: Path | None, report: dict) -> None:
 
 
 def _print_validate(reports: list[dict], data: str) -> None:
-    from edgecnn.runtime.tables import (DEVICE_VALIDATE_HEADERS, device_validate_rows,
-                                        rich_table, table_console)
+    from edgecnn.runtime.tables import (
+        DEVICE_VALIDATE_HEADERS,
+        device_validate_rows,
+        rich_table,
+        table_console,
+    )
 
     table_console(out).print(rich_table(f"edgecnn validate on {data}", DEVICE_VALIDATE_HEADERS,
                                         device_validate_rows(reports), text_columns=4))
@@ -205,8 +209,12 @@ def _bench_remote(artifacts: list[Path], config, targets: list[str], ssh_command
     import shlex
 
     from edgecnn.runtime import remote as rm
-    from edgecnn.runtime.tables import (DEVICE_BENCH_HEADERS, device_bench_rows, rich_table,
-                                        table_console)
+    from edgecnn.runtime.tables import (
+        DEVICE_BENCH_HEADERS,
+        device_bench_rows,
+        rich_table,
+        table_console,
+    )
 
     for path in artifacts:
         if not path.is_file():
