@@ -266,7 +266,42 @@ def _bench_remote(artifacts: list[Path], config, targets: list[str], ssh_command
 def _bench_profile(artifacts: list[Path], config, json_path: Path | None, plot: Path | None,
                    top: int) -> None:
     """`bench --profile`: per-op time of each artifact, tables, JSON, optional plot."""
-    raise EdgecnnError("--profile: not implemented yet")
+    from edgecnn.runtime import profile as prof
+    from edgecnn.runtime.tables import (
+        PROFILE_COMPARE_HEADERS,
+        PROFILE_TOP_HEADERS,
+        profile_compare_rows,
+        profile_top_rows,
+        rich_table,
+        table_console,
+    )
+
+    threads = config.threads[0]
+    profiles = [prof.profile_file(p, runs=config.runs or 50, warmup=config.warmup,
+                                  threads=threads) for p in artifacts]
+    console = table_console(out)
+    for p in profiles:
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in prof.by_kind(p).items())
+        console.print(rich_table(f"{p['name']}: top ops ({p['method']}, {threads or 'default'} "
+                                 f"thread(s)), total {p['total_us'] / 1e3:.3f} ms",
+                                 PROFILE_TOP_HEADERS, profile_top_rows(p, top), text_columns=3))
+        out.print(f"{p['name']} by layer kind: {shares}", highlight=False)
+    comparisons = []
+    for base, other in prof.pairs(profiles):
+        rows = prof.compare_layers(base, other)
+        comparisons.append({"base": base["name"], "other": other["name"], "layers": rows})
+        headers = ("layer", f"{base['name']} µs", f"{other['name']} µs", "speed-up")
+        assert len(headers) == len(PROFILE_COMPARE_HEADERS)
+        console.print(rich_table(f"per layer: {base['name']} vs {other['name']} "
+                                 f"({base['total_us'] / max(other['total_us'], 1e-9):.2f}× "
+                                 "overall)", headers, profile_compare_rows(rows)))
+    if plot is not None:
+        if prof.plot_layers(profiles, plot):
+            out.print(f"wrote {plot}", highlight=False)
+        else:
+            out.print(f"no plot: matplotlib is not installed ({plot} not written)",
+                      highlight=False)
+    _write_json(json_path, {"profiles": profiles, "comparisons": comparisons})
 
 
 @app.command("validate")

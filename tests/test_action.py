@@ -19,10 +19,16 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 ACTION = ROOT / "action.yml"
+pytest.importorskip("check_jsonschema", reason="pip install -e '.[dev]' (check-jsonschema)")
+
+
+def _load(path: Path) -> dict:
+    from ruamel.yaml import YAML  # comes with check-jsonschema
+
+    return YAML(typ="safe").load(path.read_text())
 
 
 def _check_schema(path: Path) -> subprocess.CompletedProcess:
@@ -32,10 +38,9 @@ def _check_schema(path: Path) -> subprocess.CompletedProcess:
 
 
 def test_action_metadata_follows_the_schema(tmp_path):
-    pytest.importorskip("check_jsonschema")
     result = _check_schema(ACTION)
     assert result.returncode == 0, result.stdout + result.stderr
-    action = yaml.safe_load(ACTION.read_text())
+    action = _load(ACTION)
     assert action["runs"]["using"] == "composite"
     assert set(action["inputs"]) == {"reference", "candidates", "data", "max-drop",
                                      "min-agreement", "python-version"}
@@ -63,7 +68,7 @@ def _expand(value: str, inputs: dict[str, str]) -> str:
 
 def run_action(inputs: dict[str, str], venv: Path, workdir: Path) -> tuple[int, dict, str]:
     """Every `run:` step in order, as the runner does; (exit code, outputs, summary)."""
-    action = yaml.safe_load(ACTION.read_text())
+    action = _load(ACTION)
     defaults = {k: str(v.get("default", "")) for k, v in action["inputs"].items()}
     inputs = {**defaults, **inputs}
     summary, outputs = workdir / "summary.md", workdir / "output.txt"
