@@ -332,13 +332,14 @@ def plot_layers(profiles: list[dict], out: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    layers = list(by_layer(profiles[0]))
+    keyed = [{layer.split()[0]: (layer, us) for layer, us in by_layer(p).items()}
+             for p in profiles]
+    keys = list(dict.fromkeys(k for times in keyed for k in times))
+    layers = [next(t[k][0] for t in keyed if k in t) for k in keys]
     fig, ax = plt.subplots(figsize=(max(8.0, 0.22 * len(layers) * len(profiles)), 4.5))
     width = 0.8 / len(profiles)
-    for i, prof in enumerate(profiles):
-        times = by_layer(prof)
-        values = [times.get(layer, 0.0) for layer in layers] if i == 0 else \
-            list(times.values())[:len(layers)]
+    for i, (prof, times) in enumerate(zip(profiles, keyed, strict=True)):
+        values = [times.get(k, ("", 0.0))[1] for k in keys]
         ax.bar([x + i * width for x in range(len(values))], values, width, label=prof["name"])
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(layers))])
     ax.set_xticklabels(layers, rotation=90, fontsize=6)
