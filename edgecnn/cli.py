@@ -282,8 +282,10 @@ def _bench_profile(artifacts: list[Path], config, json_path: Path | None, plot: 
     console = table_console(out)
     for p in profiles:
         shares = ", ".join(f"{k} {v:.0%}" for k, v in prof.by_kind(p).items())
+        whole = (f", whole run {p['whole_run_us'] / 1e3:.3f} ms"
+                 if p.get("whole_run_us") else "")
         console.print(rich_table(f"{p['name']}: top ops ({p['method']}, {threads or 'default'} "
-                                 f"thread(s)), total {p['total_us'] / 1e3:.3f} ms",
+                                 f"thread(s)), sum of ops {p['total_us'] / 1e3:.3f} ms{whole}",
                                  PROFILE_TOP_HEADERS, profile_top_rows(p, top), text_columns=3))
         out.print(f"{p['name']} by layer kind: {shares}", highlight=False)
     comparisons = []

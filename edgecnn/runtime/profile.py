@@ -10,8 +10,9 @@
   model is cut out of the file (its non-constant inputs become the model's inputs,
   its weights kept, `schema_py_generated` from ai-edge-litert and flatbuffers),
   run on LiteRT with random inputs of the right type, and timed like `bench` times
-  a model. The sum of the isolated ops is reported beside the whole model's
-  time: it is higher by the per-invoke overhead of each little model.
+  a model. The whole model's time (`whole_run_us`) is reported beside the sum
+  of the ops (`total_us`): the sum includes one invoke overhead per op, and an
+  op alone runs with its input in cache.
 
 Layers: the files carry no torch module names (the ONNX exporter's node names
 are "node_conv2d_3", and onnxruntime renames fused nodes), so a layer is named
@@ -119,8 +120,9 @@ def _onnx_weight_shapes(path: Path) -> dict[str, list[int]]:
 
 
 def profile_onnx(path: Path, runs: int = 50, warmup: int = 10,
-                 threads: int | None = 1) -> list[OpTime]:
-    """Mean µs per node over `runs` profiled runs (after `warmup`), in execution order."""
+                 threads: int | None = 1) -> tuple[list[OpTime], float | None]:
+    """Median µs per node over `runs` profiled runs (after `warmup`), in execution order,
+    and the median µs of a whole run (the profiler's "model_run" events)."""
     import onnxruntime as ort
 
     from edgecnn.runtime.session import open_session
@@ -140,6 +142,8 @@ def profile_onnx(path: Path, runs: int = 50, warmup: int = 10,
         events = json.loads(Path(sess.end_profiling()).read_text())
     durations: dict[str, list[float]] = {}
     info: dict[str, dict] = {}
+    whole = [float(e["dur"]) for e in events
+             if e.get("cat") == "Session" and e.get("name") == "model_run"][warmup:]
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             node = e["name"].removesuffix("_kernel_time")
@@ -161,7 +165,7 @@ def profile_onnx(path: Path, runs: int = 50, warmup: int = 10,
             if op == "QLinearConv" and len(x) == 4 and x[1] != x[2] and x[2] == x[3]:
                 nhwc = False  # NCHW kept (the layout transformer did not run)
             labels[i] = _conv_label(op, x, w, y, nhwc)
-    return assign_layers(ops, labels)
+    return assign_layers(ops, labels), statistics.median(whole) if whole else None
 
 
 # --- LiteRT: one-op models --------------------------------------------------------------------
@@ -224,8 +228,9 @@ def _random(detail: dict, rng: np.random.Generator) -> np.ndarray:
 
 
 def profile_tflite(path: Path, runs: int = 50, warmup: int = 10,
-                   threads: int | None = 1) -> list[OpTime]:
-    """Median µs of each operator run alone on LiteRT (see the module docstring)."""
+                   threads: int | None = 1) -> tuple[list[OpTime], float | None]:
+    """Median µs of each operator run alone on LiteRT (see the module docstring), and the
+    median µs of the whole model's invoke, timed the same way."""
     from ai_edge_litert.interpreter import Interpreter
 
     schema, flatbuffers = _schema()
@@ -250,7 +255,12 @@ def profile_tflite(path: Path, runs: int = 50, warmup: int = 10,
             shape = [list(graph.tensors[t].shape) for t in op.inputs[:2]]
             y = list(graph.tensors[op.outputs[0]].shape)
             labels[i] = _conv_label(kind, shape[0], shape[1], y, nhwc=True)
-    return assign_layers(ops, labels)
+    interpreter = Interpreter(model_path=str(path), num_threads=threads)
+    interpreter.allocate_tensors()
+    for detail in interpreter.get_input_details():
+        interpreter.set_tensor(detail["index"], _random(detail, rng))
+    whole = float(np.median(time_runs(interpreter.invoke, runs=runs, rewarm=warmup))) / 1e3
+    return assign_layers(ops, labels), whole
 
 
 # --- reports ----------------------------------------------------------------------------------
@@ -261,13 +271,14 @@ def profile_file(path: Path, runs: int = 50, warmup: int = 10, threads: int | No
     if not path.is_file():
         raise EdgecnnError(f"{path}: file not found")
     if path.suffix == ".onnx":
-        ops, method = profile_onnx(path, runs, warmup, threads), "onnxruntime profiler"
+        (ops, whole), method = profile_onnx(path, runs, warmup, threads), "onnxruntime profiler"
     elif path.suffix == ".tflite":
-        ops, method = profile_tflite(path, runs, warmup, threads), "LiteRT, each op alone"
+        (ops, whole), method = profile_tflite(path, runs, warmup, threads), "LiteRT, each op alone"
     else:
         raise EdgecnnError(f"{path}: --profile reads .onnx and .tflite files, not {path.suffix}")
     return {"artifact": str(path), "name": path.name, "method": method, "threads": threads,
-            "runs": runs, "total_us": sum(o.us for o in ops), "ops": [asdict(o) for o in ops]}
+            "runs": runs, "total_us": sum(o.us for o in ops), "whole_run_us": whole,
+            "ops": [asdict(o) for o in ops]}
 
 
 def by_layer(profile: dict) -> dict[str, float]:
