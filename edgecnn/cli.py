@@ -154,7 +154,7 @@ def bench_command(
         raise EdgecnnError("--validate needs a reference and at least one candidate artifact")
     if remote:
         _bench_remote(artifacts, config, remote, ssh_command, remote_dir, offline, validate,
-                      max_drop, min_agreement, profile, json_path)
+                      max_drop, min_agreement, profile, json_path, top)
         return
     if profile:
         _bench_profile(artifacts, config, json_path, plot, top)
@@ -204,7 +204,8 @@ def _print_validate(reports: list[dict], data: str) -> None:
 
 def _bench_remote(artifacts: list[Path], config, targets: list[str], ssh_command: str,
                   remote_dir: str, offline: bool, validate: str | None, max_drop: float,
-                  min_agreement: float, profile: bool, json_path: Path | None) -> None:
+                  min_agreement: float, profile: bool, json_path: Path | None,
+                  top: int) -> None:
     """`bench --remote`: each device in turn, one table with a device column."""
     import shlex
 
@@ -235,6 +236,8 @@ def _bench_remote(artifacts: list[Path], config, targets: list[str], ssh_command
     for device in devices:
         out.print(f"{device.target}: setting up and benchmarking ...", highlight=False)
         reports.append(rm.remote_bench(device, artifacts, bench_args, offline=offline))
+        if profile:
+            _print_profiles(reports[-1], top, device=str(device.target))
         if data is not None:
             result, code = rm.remote_validate(
                 device, artifacts[0], artifacts[1:], data,
@@ -242,9 +245,10 @@ def _bench_remote(artifacts: list[Path], config, targets: list[str], ssh_command
                 offline=offline)
             checks.append(result)
             codes.append(code)
-    table_console(out).print(rich_table(f"edgecnn bench on {len(devices)} device(s), batch "
-                                        f"{config.batch}", DEVICE_BENCH_HEADERS,
-                                        device_bench_rows(reports), text_columns=3))
+    if not profile:
+        table_console(out).print(rich_table(f"edgecnn bench on {len(devices)} device(s), batch "
+                                            f"{config.batch}", DEVICE_BENCH_HEADERS,
+                                            device_bench_rows(reports), text_columns=3))
     for report in reports:
         m, d = report["machine"], report["device"]
         temps = m.get("temperature_c") or {}
@@ -267,8 +271,27 @@ def _bench_profile(artifacts: list[Path], config, json_path: Path | None, plot: 
                    top: int) -> None:
     """`bench --profile`: per-op time of each artifact, tables, JSON, optional plot."""
     from edgecnn.runtime import profile as prof
+
+    profiles = [prof.profile_file(p, runs=config.runs or 50, warmup=config.warmup,
+                                  threads=config.threads[0]) for p in artifacts]
+    from edgecnn.runtime.machine import describe_machine
+
+    report = {"machine": describe_machine(), "profiles": profiles,
+              "comparisons": prof.comparisons(profiles)}
+    _print_profiles(report, top)
+    if plot is not None:
+        if prof.plot_layers(profiles, plot):
+            out.print(f"wrote {plot}", highlight=False)
+        else:
+            out.print(f"no plot: matplotlib is not installed ({plot} not written)",
+                      highlight=False)
+    _write_json(json_path, report)
+
+
+def _print_profiles(report: dict, top: int, device: str = "") -> None:
+    """Top ops and the share per layer kind of each file, then fp32 vs int8 per layer."""
+    from edgecnn.runtime import profile as prof
     from edgecnn.runtime.tables import (
-        PROFILE_COMPARE_HEADERS,
         PROFILE_TOP_HEADERS,
         profile_compare_rows,
         profile_top_rows,
@@ -276,34 +299,23 @@ def _bench_profile(artifacts: list[Path], config, json_path: Path | None, plot: 
         table_console,
     )
 
-    threads = config.threads[0]
-    profiles = [prof.profile_file(p, runs=config.runs or 50, warmup=config.warmup,
-                                  threads=threads) for p in artifacts]
-    console = table_console(out)
-    for p in profiles:
+    console, on = table_console(out), f" on {device}" if device else ""
+    for p in report["profiles"]:
         shares = ", ".join(f"{k} {v:.0%}" for k, v in prof.by_kind(p).items())
         whole = (f", whole run {p['whole_run_us'] / 1e3:.3f} ms"
                  if p.get("whole_run_us") else "")
-        console.print(rich_table(f"{p['name']}: top ops ({p['method']}, {threads or 'default'} "
+        threads = p["threads"] or "default"
+        console.print(rich_table(f"{p['name']}{on}: top ops ({p['method']}, {threads} "
                                  f"thread(s)), sum of ops {p['total_us'] / 1e3:.3f} ms{whole}",
                                  PROFILE_TOP_HEADERS, profile_top_rows(p, top), text_columns=3))
-        out.print(f"{p['name']} by layer kind: {shares}", highlight=False)
-    comparisons = []
-    for base, other in prof.pairs(profiles):
-        rows = prof.compare_layers(base, other)
-        comparisons.append({"base": base["name"], "other": other["name"], "layers": rows})
-        headers = ("layer", f"{base['name']} µs", f"{other['name']} µs", "speed-up")
-        assert len(headers) == len(PROFILE_COMPARE_HEADERS)
-        console.print(rich_table(f"per layer: {base['name']} vs {other['name']} "
-                                 f"({base['total_us'] / max(other['total_us'], 1e-9):.2f}× "
-                                 "overall)", headers, profile_compare_rows(rows)))
-    if plot is not None:
-        if prof.plot_layers(profiles, plot):
-            out.print(f"wrote {plot}", highlight=False)
-        else:
-            out.print(f"no plot: matplotlib is not installed ({plot} not written)",
-                      highlight=False)
-    _write_json(json_path, {"profiles": profiles, "comparisons": comparisons})
+        out.print(f"{p['name']}{on} by layer kind: {shares}", highlight=False)
+    totals = {p["name"]: p["total_us"] for p in report["profiles"]}
+    for c in report["comparisons"]:
+        base, other = c["base"], c["other"]
+        headers = ("layer", f"{base} µs", f"{other} µs", "speed-up")
+        console.print(rich_table(f"per layer{on}: {base} vs {other} "
+                                 f"({totals[base] / max(totals[other], 1e-9):.2f}× overall)",
+                                 headers, profile_compare_rows(c["layers"])))
 
 
 @app.command("validate")

@@ -310,14 +310,19 @@ def compare_layers(base: dict, other: dict) -> list[dict]:
     def keyed(profile: dict) -> dict[str, tuple[str, float]]:
         return {layer.split()[0]: (layer, us) for layer, us in by_layer(profile).items()}
 
+    def unknown_kernel(label: str) -> bool:  # int8 ONNX read without the onnx package
+        return label.split()[1:2] == ["conv"] and "x" not in label.split()[2]
+
     a, b = keyed(base), keyed(other)
     rows = []
-    for key in dict.fromkeys([*a, *b]):
+    for key in sorted(dict.fromkeys([*a, *b]), key=lambda k: (k != "input", k)):
         la, ta = a.get(key, ("–", None))
         lb, tb = b.get(key, ("–", None))
-        rows.append({"layer": la if la != "–" else lb, "other_layer": lb, "base_us": ta,
-                     "other_us": tb, "speedup": ta / tb if ta and tb else None,
-                     "matched": la == "–" or lb == "–" or la.split()[1:2] == lb.split()[1:2]})
+        matched = ("–" in (la, lb) or la.split()[1:2] == lb.split()[1:2]
+                   or unknown_kernel(la) or unknown_kernel(lb))
+        rows.append({"layer": la if la != "–" and not unknown_kernel(la) else lb,
+                     "other_layer": lb, "base_us": ta, "other_us": tb,
+                     "speedup": ta / tb if ta and tb else None, "matched": matched})
     return rows
 
 
@@ -332,6 +337,12 @@ def pairs(profiles: list[dict]) -> list[tuple[dict, dict]]:
         else:
             firsts[suffix] = prof
     return result
+
+
+def comparisons(profiles: list[dict]) -> list[dict]:
+    """`compare_layers` of every (base, other) pair of `pairs`, JSON-able."""
+    return [{"base": base["name"], "other": other["name"], "layers": compare_layers(base, other)}
+            for base, other in pairs(profiles)]
 
 
 def plot_layers(profiles: list[dict], out: Path) -> bool:

@@ -335,7 +335,7 @@ def prepare(device: Device, paths: list[Path], offline: bool, extra: list[Path] 
 def _localize(report: dict, where: dict[Path, str]) -> None:
     """Rows name the local files again; the sha256 key of each is kept."""
     by_remote = {remote: path for path, remote in where.items()}
-    for row in report.get("results", []):
+    for row in [*report.get("results", []), *report.get("profiles", [])]:
         local = by_remote.get(row.get("artifact"))
         if local is not None:
             row["remote_artifact"], row["artifact"] = row["artifact"], str(local)
