@@ -7,7 +7,9 @@ Makes (or reuses, in the layout benchmarks/zoo.py caches: DIR/MODEL/latency224/)
 time does not depend on the values), runs `edgecnn bench --profile`'s engine on each at
 1 thread and prints the markdown for benchmarks/RESULTS.md: total per-op time, the share
 of depthwise, pointwise, other conv and fc layers, and the int8 speed-up of each kind.
-The JSON with every op goes to DIR/MODEL/latency224/profile.json.
+The JSON with every op goes to DIR/MODEL/latency224/profile.json; with --update
+RESULTS.md the section between the profile_ops markers there is replaced (appended
+when absent; benchmarks/zoo.py keeps it when it rewrites the file).
 """
 
 from __future__ import annotations
@@ -20,6 +22,25 @@ from edgecnn.runtime import profile
 from edgecnn.runtime.machine import describe_machine
 
 FILES = ("fp32.onnx", "int8.onnx", "fp32.tflite", "int8.tflite")
+BEGIN, END = "<!-- profile_ops: begin -->", "<!-- profile_ops: end -->"
+
+
+def replace_section(text: str, section: str) -> str:
+    """`text` with the marked profile section replaced by `section` (appended when absent)."""
+    block = f"{BEGIN}\n{section.rstrip()}\n{END}\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        return head + block + rest.split(END, 1)[1].lstrip("\n")
+    return text.rstrip("\n") + "\n\n" + block
+
+
+def keep_section(path: Path, new_text: str) -> str:
+    """`new_text` with the profile section of the file at `path` carried over, if it has one."""
+    old = path.read_text() if path.exists() else ""
+    if BEGIN not in old or END not in old:
+        return new_text
+    section = old.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
+    return replace_section(new_text, section)
 
 
 def make_files(name: str, directory: Path) -> dict[str, Path]:
@@ -94,13 +115,18 @@ def main() -> None:
     parser.add_argument("--model", default="mobilenet_v2")
     parser.add_argument("--cache", type=Path, default=Path("~/.cache/edgecnn-zoo").expanduser())
     parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--update", type=Path, default=None,
+                        help="replace the profile section of this markdown file")
     args = parser.parse_args()
     directory = args.cache / args.model / "latency224"
     files = make_files(args.model, directory)
     profiles = {name: profile.profile_file(path, runs=args.runs, warmup=10, threads=1)
                 for name, path in files.items()}
     (directory / "profile.json").write_text(json.dumps(profiles, indent=2) + "\n")
-    print(render(profiles, describe_machine(), args.model, args.runs))
+    text = render(profiles, describe_machine(), args.model, args.runs)
+    print(text)
+    if args.update:
+        args.update.write_text(replace_section(args.update.read_text(), text))
 
 
 if __name__ == "__main__":

@@ -107,7 +107,8 @@ def test_bench_remote_matches_local_run(server, dsc_files, cli, tmp_path_factory
     setup = again["devices"][0]["device"]
     assert setup["venv_action"] == "reused" and setup["copied"]["sent"] == 0
     check = again["validate"][0]
-    assert check["device"]["copied"] == {"sent": 1, "skipped": 3,
+    sidecars = sum(Path(f"{f}.json").is_file() for f in dsc_files)
+    assert check["device"]["copied"] == {"sent": 1, "skipped": 3 + sidecars,
                                          "bytes": digits_npz.stat().st_size}
     from edgecnn.runtime.validate import Bounds, run_validate
 
