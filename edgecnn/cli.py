@@ -227,8 +227,8 @@ def _bench_remote(artifacts: list[Path], config, targets: list[str], ssh_command
     if not command:
         raise EdgecnnError("--ssh-command is empty")
     devices = [rm.Device(rm.Target.parse(t), command, base=remote_dir) for t in targets]
-    bench_args = ["--threads", ",".join(str(t or "auto") for t in config.threads) if
-                  config.threads != (None,) else "auto", "--batch", str(config.batch),
+    threads = "auto" if config.threads == (None,) else ",".join(map(str, config.threads))
+    bench_args = ["--threads", threads, "--batch", str(config.batch),
                   "--warmup", str(config.warmup), "--backend", config.backend,
                   *(["--seconds", str(config.seconds)] if config.seconds is not None
                     else ["--runs", str(config.runs)]), *(["--profile"] if profile else [])]

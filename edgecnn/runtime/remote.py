@@ -293,8 +293,6 @@ def run_edgecnn(device: Device, args: list[str], what: str,
               f'"$B/{__version__}/bin/edgecnn" {quoted} --json "$R" >&2; c=$?; '
               f'[ -s "$R" ] && cat "$R"; rm -f "$R"; exit $c')
     proc = device.run(script, what=what, ok_codes=ok_codes)
-    if proc.returncode not in ok_codes:  # pragma: no cover - run() raised already
-        raise EdgecnnError(device.explain(proc, what))
     try:
         return json.loads(proc.stdout), proc.returncode
     except ValueError:
