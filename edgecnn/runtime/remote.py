@@ -35,7 +35,7 @@ import re
 import shlex
 import subprocess
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgecnn import __version__
@@ -91,7 +91,6 @@ class Device:
     ssh_command: tuple[str, ...] = ("ssh",)
     base: str = DEFAULT_BASE
     connect_timeout: int = 10
-    log: list[str] = field(default_factory=list)
 
     def argv(self, remote_command: str) -> list[str]:
         options = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout}",
@@ -114,7 +113,6 @@ class Device:
             proc = subprocess.run(self.argv(command), input=stdin or b"", capture_output=True)
         except FileNotFoundError:
             raise EdgecnnError(f"--ssh-command: {self.ssh_command[0]!r} not found") from None
-        self.log.append(f"$ {what}: exit {proc.returncode}")
         if proc.returncode not in ok_codes:
             raise EdgecnnError(self.explain(proc, what))
         return proc
