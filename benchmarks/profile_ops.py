@@ -109,8 +109,9 @@ def render(profiles: dict[str, dict], machine: dict, model: str, runs: int) -> s
               "inflates it more than the per-op medians. An op timed alone on LiteRT reads "
               "its input from memory rather than from the cache the op before it filled, "
               "so memory-bound ops (depthwise, PAD) look slower there than inside the whole "
-              "model: LiteRT's int8 depthwise layers are no faster than fp32 ones alone, "
-              "while the whole int8 model runs 2.1x faster (the latency table above)."]
+              "model: alone, LiteRT's int8 depthwise layers are slower than its fp32 ones, "
+              "yet the whole int8 model is faster (whole-run column; the latency table above "
+              "has the interleaved `edgecnn bench` figures)."]
     top = sorted(profiles["int8.onnx"]["ops"], key=lambda o: -o["us"])[:5]
     lines += ["", "The five slowest int8 ONNX ops: " + "; ".join(
         f"{o['layer']} ({o['op']}, {o['us']:.0f} µs)" for o in top) + "."]
