@@ -143,20 +143,57 @@ def bench_command(
     manifest: Annotated[Path | None, typer.Option(help="report.json of `export --int8`: "
                                                   "refuse files that are not the ones it "
                                                   "wrote (sha256).")] = None,
+    remote: Annotated[list[str] | None, typer.Option(
+        help="Run on this device over SSH: USER@HOST[:PORT] or an ~/.ssh/config alias; "
+             "repeat for several.")] = None,
+    ssh_command: Annotated[str, typer.Option(help="The command used instead of ssh "
+                                                  "(options, host and the remote command are "
+                                                  "appended).")] = "ssh",
+    remote_dir: Annotated[str, typer.Option(help="Directory on the device for the venv, "
+                                                 "wheels and artifacts.")
+                          ] = "~/.cache/edgecnn-remote",
+    offline: Annotated[bool, typer.Option("--offline", help="With --remote: download the "
+                                          "runtime wheels here for the device's platform and "
+                                          "copy them (the device needs no package index).")
+                       ] = False,
+    validate: Annotated[str | None, typer.Option(
+        help="npz:FILE: also validate on the device, first artifact as the reference.")] = None,
+    max_drop: Annotated[float, typer.Option(help="With --validate: allowed top-1 drop, "
+                                                 "percentage points.")] = 1.0,
+    min_agreement: Annotated[float, typer.Option(help="With --validate: required top-1 "
+                                                      "agreement (fraction).")] = 0.99,
+    profile: Annotated[bool, typer.Option("--profile", help="Per-op latency instead of the "
+                                          "whole-model table: top ops, fp32 vs int8 per "
+                                          "layer.")] = False,
+    plot: Annotated[Path | None, typer.Option(help="With --profile: a bar plot of time per "
+                                              "layer (PNG; needs matplotlib).")] = None,
+    top: Annotated[int, typer.Option(help="With --profile: ops in the top table.")] = 15,
 ) -> None:
     """Latency (p50/p90/p99/mean), throughput, size and peak RSS of artifacts; torch-free."""
     check_all(batch=batch, warmup=warmup, runs=runs, seconds=seconds)
     from edgecnn.progress import console as err
     from edgecnn.runtime.bench import BenchConfig, parse_threads, run_bench
     from edgecnn.runtime.tables import BENCH_HEADERS, bench_rows, rich_table, table_console
-    from edgecnn.util import atomic_write, check_writable_file
+    from edgecnn.util import check_writable_file
 
     if json_path:
         check_writable_file(json_path, "--json")
-
+    check_all(max_drop=max_drop, min_agreement=min_agreement, top=top)
     config = BenchConfig(threads=parse_threads(threads), batch=batch, warmup=warmup, runs=runs,
                          seconds=seconds, backend=backend)
+    if validate is not None and not validate.startswith("npz:"):
+        raise EdgecnnError(f"--validate expects npz:FILE (the device has no dataset "
+                           f"readers' sources), got {validate!r}")
+    if validate is not None and len(artifacts) < 2:
+        raise EdgecnnError("--validate needs a reference and at least one candidate artifact")
     digests = _digests(artifacts, manifest)
+    if remote:
+        _bench_remote(artifacts, config, remote, ssh_command, remote_dir, offline, validate,
+                      max_drop, min_agreement, profile, json_path, top)
+        return
+    if profile:
+        _bench_profile(artifacts, config, json_path, plot, top)
+        return
     report = run_bench(artifacts, config, progress=err.is_terminal)
     for row in report["results"]:
         row["sha256"] = digests[Path(row["artifact"])]
@@ -166,10 +203,157 @@ def bench_command(
     out.print(f"[dim]{m['cpu']}, {m['usable_cores']}/{m['cores']} cores, {m['os']}, "
               f"Python {m['python']}[/dim]", highlight=False)
     _print_digests(digests, manifest)
-    if json_path:
-        with atomic_write(json_path) as tmp:
+    _write_json(json_path, report)
+    if validate is not None:
+        from edgecnn.runtime.validate import Bounds, run_validate
+
+        result = run_validate(artifacts[0], artifacts[1:], validate,
+                              Bounds(max_drop=max_drop, min_agreement=min_agreement),
+                              backend=backend)
+        _print_validate([result], validate)
+        if not all(c["passed"] for c in result["candidates"]):
+            raise typer.Exit(1)
+
+
+def _write_json(path: Path | None, report: dict) -> None:
+    from edgecnn.util import atomic_write
+
+    if path:
+        with atomic_write(path) as tmp:
             tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        out.print(f"wrote {json_path}", highlight=False)
+        out.print(f"wrote {path}", highlight=False)
+
+
+def _print_validate(reports: list[dict], data: str) -> None:
+    from edgecnn.runtime.tables import (
+        DEVICE_VALIDATE_HEADERS,
+        device_validate_rows,
+        rich_table,
+        table_console,
+    )
+
+    table_console(out).print(rich_table(f"edgecnn validate on {data}", DEVICE_VALIDATE_HEADERS,
+                                        device_validate_rows(reports), text_columns=4))
+    for report in reports:
+        for c in report["candidates"]:
+            for failure in c["failures"]:
+                Console(stderr=True).print(f"[red]FAIL[/red] {failure}", highlight=False)
+
+
+def _bench_remote(artifacts: list[Path], config, targets: list[str], ssh_command: str,
+                  remote_dir: str, offline: bool, validate: str | None, max_drop: float,
+                  min_agreement: float, profile: bool, json_path: Path | None,
+                  top: int) -> None:
+    """`bench --remote`: each device in turn, one table with a device column."""
+    import shlex
+
+    from edgecnn.runtime import remote as rm
+    from edgecnn.runtime.tables import (
+        DEVICE_BENCH_HEADERS,
+        device_bench_rows,
+        rich_table,
+        table_console,
+    )
+
+    for path in artifacts:
+        if not path.is_file():
+            raise EdgecnnError(f"{path}: file not found")
+    data = Path(validate.removeprefix("npz:")) if validate else None
+    if data is not None and not data.is_file():
+        raise EdgecnnError(f"--validate {validate}: file not found")
+    command = tuple(shlex.split(ssh_command))
+    if not command:
+        raise EdgecnnError("--ssh-command is empty")
+    devices = [rm.Device(rm.Target.parse(t), command, base=remote_dir) for t in targets]
+    threads = "auto" if config.threads == (None,) else ",".join(map(str, config.threads))
+    bench_args = ["--threads", threads, "--batch", str(config.batch),
+                  "--warmup", str(config.warmup), "--backend", config.backend,
+                  *(["--seconds", str(config.seconds)] if config.seconds is not None
+                    else ["--runs", str(config.runs)]), *(["--profile"] if profile else [])]
+    reports, checks, codes = [], [], []
+    for device in devices:
+        out.print(f"{device.target}: setting up and benchmarking ...", highlight=False)
+        reports.append(rm.remote_bench(device, artifacts, bench_args, offline=offline))
+        if profile:
+            _print_profiles(reports[-1], top, device=str(device.target))
+        if data is not None:
+            result, code = rm.remote_validate(
+                device, artifacts[0], artifacts[1:], data,
+                ["--max-drop", str(max_drop), "--min-agreement", str(min_agreement)],
+                offline=offline)
+            checks.append(result)
+            codes.append(code)
+    if not profile:
+        table_console(out).print(rich_table(f"edgecnn bench on {len(devices)} device(s), batch "
+                                            f"{config.batch}", DEVICE_BENCH_HEADERS,
+                                            device_bench_rows(reports), text_columns=3))
+    for report in reports:
+        m, d = report["machine"], report["device"]
+        temps = m.get("temperature_c") or {}
+        temp = (f", {temps['before']:.1f} -> {temps['after']:.1f} °C"
+                if temps.get("before") is not None and temps.get("after") is not None else "")
+        out.print(f"[dim]{d['target']}: {m.get('board') or m['cpu']}"
+                  f"{' (' + m['cpu'] + ')' if m.get('board') else ''}, {m['usable_cores']}/"
+                  f"{m['cores']} cores, governor {m.get('governor') or '–'}{temp}, {m['os']}, "
+                  f"Python {m['python']}; venv {d['venv_action']}, copied {d['copied']['sent']}"
+                  f" file(s), {d['copied']['skipped']} already there[/dim]", highlight=False,
+                  soft_wrap=True)
+    if checks:
+        _print_validate(checks, validate)
+    _write_json(json_path, {"devices": reports, **({"validate": checks} if checks else {})})
+    if any(code == 1 for code in codes):
+        raise typer.Exit(1)
+
+
+def _bench_profile(artifacts: list[Path], config, json_path: Path | None, plot: Path | None,
+                   top: int) -> None:
+    """`bench --profile`: per-op time of each artifact, tables, JSON, optional plot."""
+    from edgecnn.runtime import profile as prof
+
+    profiles = [prof.profile_file(p, runs=config.runs or 50, warmup=config.warmup,
+                                  threads=config.threads[0]) for p in artifacts]
+    from edgecnn.runtime.machine import describe_machine
+
+    report = {"machine": describe_machine(), "profiles": profiles,
+              "comparisons": prof.comparisons(profiles)}
+    _print_profiles(report, top)
+    if plot is not None:
+        if prof.plot_layers(profiles, plot):
+            out.print(f"wrote {plot}", highlight=False)
+        else:
+            out.print(f"no plot: matplotlib is not installed ({plot} not written)",
+                      highlight=False)
+    _write_json(json_path, report)
+
+
+def _print_profiles(report: dict, top: int, device: str = "") -> None:
+    """Top ops and the share per layer kind of each file, then fp32 vs int8 per layer."""
+    from edgecnn.runtime import profile as prof
+    from edgecnn.runtime.tables import (
+        PROFILE_TOP_HEADERS,
+        profile_compare_rows,
+        profile_top_rows,
+        rich_table,
+        table_console,
+    )
+
+    console, on = table_console(out), f" on {device}" if device else ""
+    for p in report["profiles"]:
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in prof.by_kind(p).items())
+        whole = (f", whole run {p['whole_run_us'] / 1e3:.3f} ms"
+                 if p.get("whole_run_us") else "")
+        threads = p["threads"] or "default"
+        console.print(rich_table(f"{p['name']}{on}: top ops ({p['method']}, {threads} "
+                                 f"thread(s)), sum of ops {p['total_us'] / 1e3:.3f} ms{whole}",
+                                 PROFILE_TOP_HEADERS, profile_top_rows(p, top), text_columns=3))
+        out.print(f"{p['name']}{on} by layer kind: {shares}", highlight=False)
+    totals = {p["name"]: p["total_us"] for p in report["profiles"]}
+    for c in report["comparisons"]:
+        base, other = c["base"], c["other"]
+        headers = ("layer", f"{base} µs", f"{other} µs", "speed-up")
+        console.print(rich_table(f"per layer{on}: {base} vs {other} "
+                                 f"({totals[base] / max(totals[other], 1e-9):.2f}× overall)",
+                                 headers, profile_compare_rows(c["layers"])))
 
 
 def _digests(paths: list[Path], manifest: Path | None) -> dict[Path, str]:

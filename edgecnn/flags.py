@@ -33,6 +33,7 @@ RANGES: dict[str, tuple[float, float, bool, bool, bool]] = {
     "--calib-batches": (1, 1_000_000, True, True, True),
     "--num-classes": (2, 100_000, True, True, True),
     "--in-channels": (1, 3, True, True, True),
+    "--top": (1, 100_000, True, True, True),
 }
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from edgecnn.errors import EdgecnnError
 from edgecnn.progress import progress_bar
-from edgecnn.runtime.machine import describe_machine
+from edgecnn.runtime.machine import cpu_temperature_c, describe_machine
 
 
 @dataclass(frozen=True)
@@ -204,6 +204,7 @@ def run_bench(paths: list[Path], config: BenchConfig, *, progress: bool = True) 
             raise EdgecnnError(f"{path}: file not found")
     chunks = config.chunks()
     results = []
+    temperature_before = cpu_temperature_c()
     with progress_bar("bench", len(config.threads) * len(chunks) * len(paths),
                       enabled=progress) as bar:
         for threads in config.threads:
@@ -212,4 +213,6 @@ def run_bench(paths: list[Path], config: BenchConfig, *, progress: bool = True) 
     settings.update(threads=list(config.threads), timed="model invocation only "
                     "(preprocessing excluded), one process per artifact and thread count, "
                     f"{len(chunks)} interleaved rounds")
-    return {"machine": describe_machine(), "settings": settings, "results": results}
+    machine = describe_machine()
+    machine["temperature_c"] = {"before": temperature_before, "after": cpu_temperature_c()}
+    return {"machine": machine, "settings": settings, "results": results}

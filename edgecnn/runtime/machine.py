@@ -64,17 +64,41 @@ def package_versions(names: tuple[str, ...] = RUNTIME_PACKAGES) -> dict[str, str
     return versions
 
 
+def board_model() -> str | None:
+    """The board's name from the device tree ("Raspberry Pi 4 Model B Rev 1.4"), None elsewhere."""
+    return _read("/proc/device-tree/model").strip("\x00\n ") or None
+
+
+def cpu_governor() -> str | None:
+    """cpu0's cpufreq scaling governor ("ondemand", "performance"), None when unreadable."""
+    return _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor").strip() or None
+
+
+def cpu_temperature_c() -> float | None:
+    """The SoC temperature in degrees Celsius (thermal_zone0, millidegrees in the file)."""
+    text = _read("/sys/class/thermal/thermal_zone0/temp").strip()
+    try:
+        return int(text) / 1000.0
+    except ValueError:
+        return None
+
+
 def describe_machine() -> dict:
-    """CPU, cores, OS, Python and runtime versions, as recorded in bench JSON."""
+    """Board, CPU, cores, governor, OS, Python and runtime versions, as recorded in bench JSON.
+
+    `board` and `governor` are None where the files are not readable (VMs, containers).
+    """
     try:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         usable = os.cpu_count()
     return {
+        "board": board_model(),
         "cpu": cpu_model(),
         "arch": platform.machine(),
         "cores": os.cpu_count(),
         "usable_cores": usable,
+        "governor": cpu_governor(),
         "os": os_name(),
         "kernel": platform.release(),
         "python": platform.python_version(),

@@ -39,6 +39,19 @@ def bench_rows(report: dict) -> list[list[str]]:
     return rows
 
 
+DEVICE_BENCH_HEADERS = ("device", *BENCH_HEADERS)
+
+
+def device_bench_rows(reports: list[dict]) -> list[list[str]]:
+    """`bench_rows` of several devices' reports in one table, the device first in each row."""
+    return [[device_label(report), *row] for report in reports for row in bench_rows(report)]
+
+
+def device_label(report: dict) -> str:
+    """The `--remote` target a report came from ("local" for this machine)."""
+    return report.get("device", {}).get("target", "local")
+
+
 VALIDATE_HEADERS = ("model", "backend", "precision", "top-1", "top-5", "drop (pp)",
                     "agreement", "result")
 
@@ -53,6 +66,40 @@ def validate_rows(report: dict) -> list[list[str]]:
                      _pct(c["top5"]), _num(c["drop"], "+.2f"), _pct(c["agreement"]),
                      "pass" if c["passed"] else "FAIL"])
     return rows
+
+
+PROFILE_TOP_HEADERS = ("#", "layer", "op", "µs", "share", "cumulative")
+
+
+def profile_top_rows(profile: dict, top: int) -> list[list[str]]:
+    """The `top` most expensive ops of one profile, with their share of the total."""
+    total = profile["total_us"] or 1.0
+    ops = sorted(profile["ops"], key=lambda o: -o["us"])[:top]
+    rows, cumulative = [], 0.0
+    for rank, op in enumerate(ops, 1):
+        cumulative += op["us"] / total
+        rows.append([str(rank), op["layer"], op["op"], _num(op["us"], ",.1f"),
+                     _pct(op["us"] / total), _pct(cumulative)])
+    return rows
+
+
+PROFILE_COMPARE_HEADERS = ("layer", "base µs", "other µs", "speed-up")
+
+
+def profile_compare_rows(rows: list[dict]) -> list[list[str]]:
+    """`profile.compare_layers` rows; a layer whose kinds differ is marked with "≠"."""
+    return [[r["layer"] + ("" if r["matched"] else f" ≠ {r['other_layer']}"),
+             _num(r["base_us"], ",.1f"), _num(r["other_us"], ",.1f"),
+             _num(r["speedup"], ".2f", "×")] for r in rows]
+
+
+DEVICE_VALIDATE_HEADERS = ("device", *VALIDATE_HEADERS)
+
+
+def device_validate_rows(reports: list[dict]) -> list[list[str]]:
+    """`validate_rows` of several devices' reports in one table, the device first."""
+    return [[device_label(report), *row] for report in reports
+            for row in validate_rows(report)]
 
 
 def rich_table(title: str, headers: tuple[str, ...], rows: list[list[str]],
