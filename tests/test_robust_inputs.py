@@ -163,7 +163,7 @@ def test_nested_config_json_is_one_line(robust_base, tmp_path, edgecnn_cmd):
     (["train", "dsc_net", "--data", "digits:extra"], "'digits' takes no argument"),
     (["export", "", "--int8"], "model name is empty"),
     (["export", "os:system", "--int8"], "not a Python function"),
-    (["export", "--int8", "dsc_net", "--io", "bogus"], "--io must be one of int8, float"),
+    (["export", "--int8", "dsc_net", "--io", "bogus"], "--io must be one of int8, uint8, float"),
 ])
 def test_bad_arguments_fail_before_any_work(edgecnn_cmd, tmp_path, args, expected):
     start = time.monotonic()

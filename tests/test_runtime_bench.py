@@ -24,7 +24,7 @@ def test_config_validation_and_interleaved_chunks():
     for bad, message in [(dict(runs=5, seconds=1.0), "either --runs or --seconds"),
                          (dict(batch=0), "--batch must be at least 1"),
                          (dict(runs=0), "--runs must be at least 1"),
-                         (dict(seconds=-1.0), "--seconds must be positive")]:
+                         (dict(seconds=-1.0), r"--seconds must be in \(0, 86400\]")]:
         with pytest.raises(EdgecnnError, match=message):
             BenchConfig(**bad)
     with pytest.raises(EdgecnnError, match="--threads expects comma-separated integers"):

@@ -57,7 +57,7 @@ def test_unsupported_op_names_node_type_and_supported_ops() -> None:
 
 
 @pytest.mark.parametrize("attrs, fragment", [
-    ({"group": 2}, "group=2"),
+    ({"group": 2}, None),  # grouped: a grouped CONV_2D
     ({"auto_pad": "SAME_LOWER", "kernel_shape": [3, 3]}, None),  # supported: no error
 ])
 def test_conv_attributes(attrs, fragment) -> None:
@@ -104,8 +104,8 @@ def test_bad_files_and_flags(tmp_path) -> None:
     garbage.write_bytes(b"\x00not a protobuf\xff" * 10)
     with pytest.raises(EdgecnnError, match="garbage.onnx is not a readable ONNX model"):
         convert(garbage, tmp_path / "out.tflite")
-    with pytest.raises(EdgecnnError, match="--io must be one of int8, float"):
-        convert(_conv_model(), tmp_path / "out.tflite", io="uint8")
+    with pytest.raises(EdgecnnError, match="--io must be one of int8, uint8, float"):
+        convert(_conv_model(), tmp_path / "out.tflite", io="bogus")
     with pytest.raises(EdgecnnError):
         convert(_model([helper.make_node("Cos", ["x"], ["y"])]), tmp_path / "out.tflite")
     assert not list(tmp_path.glob("out.tflite*"))  # a failed conversion writes nothing

@@ -105,17 +105,24 @@ def _requantize_after(graph: Graph, op: Op, quant: Quant, out: list[Op], why: st
 def fix_output_quant(graph: Graph) -> None:
     """LOGISTIC / SOFTMAX / LOG_SOFTMAX / TANH write their fixed int8 parameters (in place).
 
-    When the QDQ model gives the output other parameters, the op writes the fixed
-    ones and a QUANTIZE requantizes to the QDQ model's (edgecnn's quantizer gives
-    the fixed ones, so its files need none).
+    When the QDQ model gives the output other parameters (onnxruntime's quantize_static
+    calibrates them), a tensor inside the graph takes the fixed ones, noted (its readers
+    rescale anyway, and the fixed grid is at least as fine as a calibrated [0, 1] one; a
+    QUANTIZE would round twice); a model output keeps the QDQ parameters through a
+    QUANTIZE. edgecnn's quantizer gives the fixed ones, so its files need neither.
     """
     if not graph.quantized:
         return
-    ops: list[Op] = []
+    outputs, ops = set(graph.outputs), []
     for op in graph.ops:
         fixed = _fixed_output(op)
         target = graph.tensor(op.outputs[0]) if fixed else None
         if fixed is None or target.quant is None or target.quant.same_as(Quant(*fixed)):
+            ops.append(op)
+        elif target.name not in outputs:
+            target.quant = Quant(*fixed)
+            graph.note(f"output given the kernel's fixed int8 parameters instead of the QDQ "
+                       f"model's", f"{op.name} ({op.type})", changed=target.name)
             ops.append(op)
         else:
             _requantize_after(graph, op, Quant(*fixed), ops,
