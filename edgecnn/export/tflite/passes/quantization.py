@@ -121,8 +121,8 @@ def fix_output_quant(graph: Graph) -> None:
             ops.append(op)
         elif target.name not in outputs:
             target.quant = Quant(*fixed)
-            graph.note(f"output given the kernel's fixed int8 parameters instead of the QDQ "
-                       f"model's", f"{op.name} ({op.type})", changed=target.name)
+            graph.note("output given the kernel's fixed int8 parameters instead of the QDQ "
+                       "model's", f"{op.name} ({op.type})", changed=target.name)
             ops.append(op)
         else:
             _requantize_after(graph, op, Quant(*fixed), ops,
