@@ -3,7 +3,7 @@ export), each run in its own process. The only allowed outcomes are exit 0, exit
 failed) and exit 2 with exactly one `error:` line: no traceback, no signal, no hang, no code
 run from a file. Files that break the formats' rules must be refused (exit 2).
 
-The default run makes `EDGECNN_FUZZ_CASES` cases (default 120, seed 0); `pytest -m fuzz`
+The default run makes `EDGECNN_FUZZ_CASES` cases (default 200, seed 0); `pytest -m fuzz`
 runs thousands over several seeds. tests/fuzz_artifacts.py documents the generator and the
 fork-server runner; `python tests/fuzz_artifacts.py BASE OUT SEED COUNT` prints the table.
 """
@@ -33,7 +33,7 @@ def _run(robust_base, tmp_path, seed: int, count: int, kinds=None):
 
 
 def test_fuzz_default(robust_base, tmp_path):
-    count = int(os.environ.get("EDGECNN_FUZZ_CASES", "120"))
+    count = int(os.environ.get("EDGECNN_FUZZ_CASES", "200"))
     results, findings, table = _run(robust_base, tmp_path, seed=0, count=count)
     assert not findings, "\n".join([table, *findings])
     outcomes = Counter(o for _, o, _ in results)
