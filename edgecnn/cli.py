@@ -663,6 +663,18 @@ class Terminated(BaseException):
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
+    """Raise Terminated in the main thread; should library code swallow it (a finalizer, a
+    broad handler inside an exporter), a watchdog still ends the process 5 s later."""
+    import os
+    import threading
+
+    def force_exit() -> None:
+        Console(stderr=True).print("terminated (SIGTERM)", highlight=False, soft_wrap=True)
+        os._exit(143)
+
+    watchdog = threading.Timer(5.0, force_exit)
+    watchdog.daemon = True
+    watchdog.start()
     raise Terminated()
 
 
