@@ -521,6 +521,8 @@ def export_command(
         help="fp32 training epochs when no --checkpoint is given.", show_default="6")] = None,
     max_drop: Annotated[float, typer.Option(help="Allowed int8 top-1 drop, "
                                                  "percentage points.")] = 1.0,
+    min_agreement: Annotated[float, typer.Option(help="Required int8 top-1 agreement with "
+                                                      "the fp32 reference (fraction).")] = 0.99,
     io: Annotated[str, typer.Option(
         help="int8 TFLite input/output: int8 | uint8 | float.")] = "int8",
     input_size: Annotated[int | None, typer.Option(
@@ -532,15 +534,17 @@ def export_command(
         help="int8 ONNX activation type: uint8 | int8.", show_default="uint8")] = None,
 ) -> None:
     """Export artifacts; with --int8, the one command from model to validated int8 files."""
-    check_all(qat_epochs=qat_epochs, epochs=epochs, max_drop=max_drop, input_size=input_size)
+    check_all(qat_epochs=qat_epochs, epochs=epochs, max_drop=max_drop,
+              min_agreement=min_agreement, input_size=input_size)
     from edgecnn import pipeline
 
     fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
     if int8:
         report = pipeline.export_int8(
             model, data=data, checkpoint=checkpoint, method="ptq" if ptq else "qat",
-            qat_epochs=qat_epochs, train_epochs=epochs, formats=fmts, max_drop=max_drop, io=io,
-            input_size=input_size, out=out_dir, force=force, onnx_activations=onnx_activations)
+            qat_epochs=qat_epochs, train_epochs=epochs, formats=fmts, max_drop=max_drop,
+            min_agreement=min_agreement, io=io, input_size=input_size, out=out_dir, force=force,
+            onnx_activations=onnx_activations)
         _print_report(report)
         if not report.passed:
             for failure in report.failures():

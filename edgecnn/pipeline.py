@@ -190,7 +190,7 @@ def chance_floor(chance: float, num_images: int) -> float:
 
 
 def _check_arguments(model: str, data: str, checkpoint: Path | None, method: str,
-                     formats: tuple[str, ...], max_drop: float, io: str,
+                     formats: tuple[str, ...], max_drop: float, min_agreement: float, io: str,
                      onnx_activations: str | None, out: Path) -> None:
     """Every argument of `export_int8`, checked before any work (training takes minutes)."""
     from edgecnn.data import check_spec
@@ -211,6 +211,7 @@ def _check_arguments(model: str, data: str, checkpoint: Path | None, method: str
     if method not in METHODS:
         raise EdgecnnError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     check("--max-drop", max_drop)
+    check("--min-agreement", min_agreement)
     check_spec(data)
     resolve_factory(model)
     if checkpoint is not None and not Path(checkpoint).is_dir():
@@ -220,7 +221,8 @@ def _check_arguments(model: str, data: str, checkpoint: Path | None, method: str
 
 def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = None,
                 method: str = "qat", qat_epochs: int = 3, train_epochs: int | None = None,
-                formats: tuple[str, ...] = FORMATS, max_drop: float = 1.0, io: str = "int8",
+                formats: tuple[str, ...] = FORMATS, max_drop: float = 1.0,
+                min_agreement: float = 0.99, io: str = "int8",
                 input_size: int | None = None, out: Path | None = None, force: bool = False,
                 onnx_activations: str | None = None, bench_runs: int = 100,
                 show_progress: bool = True) -> Report:
@@ -234,8 +236,8 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
     from edgecnn.quant.run import quantize_checkpoint, training_seed
 
     out = Path(out or Path("artifacts") / model.replace(":", "_"))
-    _check_arguments(model, data, checkpoint, method, formats, max_drop, io, onnx_activations,
-                     out)
+    _check_arguments(model, data, checkpoint, method, formats, max_drop, min_agreement, io,
+                     onnx_activations, out)
     clean_stale_temps(out, recursive=True)  # left by a run killed mid-write
     stages: dict[str, dict] = {}
 
@@ -299,7 +301,8 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
     ordered = list(paths.values())
     reference = ordered[0]
     seed = training_seed(ckpt_dir)
-    validation = run_validate(reference, ordered[1:], data, Bounds(max_drop=max_drop), seed=seed)
+    bounds = Bounds(max_drop=max_drop, min_agreement=min_agreement)
+    validation = run_validate(reference, ordered[1:], data, bounds, seed=seed)
     stages["validate"] = {"seconds": round(time.perf_counter() - start, 2)}
     if show_progress:
         console.print(f"[green]✓[/green] validate [dim]({stages['validate']['seconds']:.1f}s)"

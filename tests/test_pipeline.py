@@ -118,11 +118,17 @@ def test_python_api_mirrors_the_command(reference_checkpoint, tmp_path):
 
     report = edgecnn.export_int8("dsc_net", checkpoint=reference_checkpoint("dsc_net"),
                                  method="ptq", formats=("tflite",), out=tmp_path,
-                                 show_progress=False)
-    assert report.passed
+                                 show_progress=False, min_agreement=0.97)
+    assert report.passed and report.data["min_agreement"] == 0.97
     assert [a["name"] for a in report.artifacts] == ["model_fp32.tflite", "model_int8.tflite"]
     assert not (tmp_path / "model_int8.onnx").exists()
-    assert report.artifact("model_int8.tflite")["agreement"] >= 0.97
+    agreement = report.artifact("model_int8.tflite")["agreement"]
+    assert agreement >= 0.97
+    # the bound is the caller's: the same files against a stricter one
+    strict = edgecnn.export_int8("dsc_net", checkpoint=reference_checkpoint("dsc_net"),
+                                 method="ptq", formats=("tflite",), out=tmp_path,
+                                 show_progress=False, min_agreement=agreement + 1e-9)
+    assert not strict.passed and strict.data["stages"]["export"]["reused"]
     assert np.isfinite(report.data["reference_accuracy"])
 
 
@@ -131,6 +137,8 @@ def test_bad_formats_and_missing_checkpoint_are_one_line_errors(tmp_path):
     assert result.returncode == 2 and "supported are onnx, tflite" in result.stderr
     result = export_int8("--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path))
     assert result.returncode == 2 and "checkpoint directory not found" in result.stderr
+    result = export_int8("--min-agreement", "1.5", "--out", str(tmp_path))
+    assert result.returncode == 2 and "--min-agreement" in result.stderr
 
 
 def test_stage_keys_change_with_the_edgecnn_version(monkeypatch):
