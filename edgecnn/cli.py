@@ -682,6 +682,15 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise Terminated()
 
 
+def _click_exceptions():
+    """The exception module of the click typer runs on (typer >= 0.22 vendors its own)."""
+    try:
+        from typer._click import exceptions
+    except ImportError:
+        from click import exceptions
+    return exceptions
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2; warnings one
     line each.
@@ -697,8 +706,23 @@ def main() -> None:
     warnings.showwarning = _show_warning
     signal.signal(signal.SIGTERM, _on_sigterm)
     _quiet(verbose="--verbose" in sys.argv[1:2])
+    click = _click_exceptions()
     try:
-        app()
+        code = app(standalone_mode=False)  # click's usage errors come here, not as a box
+    except click.NoArgsIsHelpError as exc:  # `edgecnn` or `edgecnn CMD` alone: the help
+        exc.show()
+        sys.exit(2)
+    except click.UsageError as exc:  # a flag value of the wrong type, an unknown flag
+        command = exc.ctx.command_path if exc.ctx else "edgecnn"
+        Console(stderr=True).print(f"[red]error:[/red] {command}: {exc.format_message()} "
+                                   f"(see {command} --help)", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {exc.format_message()}",
+                                   highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:  # EOF at a prompt
+        sys.exit(1)
     except EdgecnnError as exc:
         Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -708,3 +732,6 @@ def main() -> None:
     except Terminated:
         Console(stderr=True).print("terminated (SIGTERM)", highlight=False, soft_wrap=True)
         sys.exit(143)
+    if code == 130:  # typer turns a KeyboardInterrupt inside a command into exit code 130
+        Console(stderr=True).print("interrupted (SIGINT)", highlight=False, soft_wrap=True)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -9,7 +9,6 @@ import errno
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -164,14 +163,19 @@ def test_nested_config_json_is_one_line(robust_base, tmp_path, edgecnn_cmd):
     (["export", "", "--int8"], "model name is empty"),
     (["export", "os:system", "--int8"], "not a Python function"),
     (["export", "--int8", "dsc_net", "--io", "bogus"], "--io must be one of int8, uint8, float"),
+    # click's own usage errors: one line too, never typer's boxed usage text
+    (["inspect", "a.onnx", "b.onnx", "--images", "nan"],
+     "edgecnn inspect: Invalid value for '--images'"),
+    (["export", "--int8", "dsc_net", "--epochs", "1.5"], "Invalid value for '--epochs'"),
+    (["export", "--int8"], "edgecnn export: Missing argument"),
+    (["export", "--int8", "dsc_net", "--bogus"], "No such option: --bogus"),
+    (["expor", "dsc_net"], "No such command 'expor'"),
 ])
 def test_bad_arguments_fail_before_any_work(edgecnn_cmd, tmp_path, args, expected):
-    start = time.monotonic()
     result = subprocess.run([*edgecnn_cmd, *args], capture_output=True, text=True,
                             timeout=600, cwd=tmp_path)
     _one_error(result, expected)
     assert not (tmp_path / "artifacts").exists() or args[0] != "export"
-    assert time.monotonic() - start >= 0  # (speed is not asserted; nothing was trained)
     assert not (tmp_path / "checkpoints").exists()
 
 
