@@ -4,7 +4,7 @@
 #
 #   scripts/pi_check.sh ARTIFACT_DIR DATA_SPEC [--runs N] [--venvs a,b] [--root DIR]
 #
-# The logic is edgecnn/tools/pi_check.py; this picks the interpreter (one with
+# The logic is devtools/pi_check.py; this picks the interpreter (one with
 # edgecnn and its runtimes installed: $EDGECNN_PYTHON, else `python`, else
 # `python3`) and runs it as root (chroot, mount and debootstrap need root).
 # Writes ARTIFACT_DIR/pi_check.json; exit 0 = passed or skipped (host cannot
@@ -17,4 +17,4 @@ if [ $# -lt 2 ]; then
     exit 2
 fi
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
-exec "$python" -m edgecnn.tools.pi_check "$@"
+exec "$python" -m devtools.pi_check "$@"

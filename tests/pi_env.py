@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from edgecnn.tools.pi_venvs import staged_source
+from edgecnn.runtime.remote_wheels import edgecnn_wheel
 
 #: What a Pi on Raspberry Pi OS bookworm has (python3-numpy 1.24, tflite-runtime 2.14 wheel).
 PI_REQUIREMENTS = ("numpy>=1.24,<1.25", "tflite-runtime==2.14.0")
@@ -105,18 +105,17 @@ def _build(venv: Path, root: Path) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as constraints:
         constraints.write("\n".join(PI_REQUIREMENTS) + "\n")
     try:
-        with staged_source(root) as stage:
-            _run([python, *_PIP, "-c", constraints.name, *PI_REQUIREMENTS, "setuptools>=68",
-                  str(stage)], "install numpy<2, tflite-runtime and edgecnn (no network?)", True)
+        _run([python, *_PIP, "-c", constraints.name, *PI_REQUIREMENTS,
+              str(edgecnn_wheel(root).local)],
+             "install numpy<2, tflite-runtime and edgecnn (no network?)", True)
     finally:
         os.unlink(constraints.name)
 
 
 def _reinstall_package(venv: Path, root: Path) -> None:
     """Offline: put the current source of edgecnn into the venv, dependencies untouched."""
-    with staged_source(root) as stage:
-        _run([str(venv / "bin" / "python"), *_PIP, "--no-deps", "--no-build-isolation",
-              "--force-reinstall", str(stage)], "reinstall edgecnn into the Pi venv", False)
+    _run([str(venv / "bin" / "python"), *_PIP, "--no-deps", "--force-reinstall",
+          str(edgecnn_wheel(root).local)], "reinstall edgecnn into the Pi venv", False)
 
 
 #: Why the environment could not be built, once tried in this process (not retried).

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecnn.tools import pi_check, pi_root
-from edgecnn.tools.pi_compare import compare_logits, relative_diff, top1_agreement
+from devtools import pi_check, pi_root
+from devtools.pi_compare import compare_logits, relative_diff, top1_agreement
 
 
 def _logits(n: int = 1000, classes: int = 10, seed: int = 0) -> np.ndarray:
@@ -161,7 +161,7 @@ def test_root_marker_must_match_the_current_key(tmp_path) -> None:
 def test_wheel_digest_ignores_zip_timestamps(tmp_path) -> None:
     import zipfile
 
-    from edgecnn.tools.pi_venvs import _digest
+    from devtools.pi_venvs import _digest
 
     paths = []
     for i, stamp in enumerate(((2020, 1, 1, 0, 0, 0), (2026, 6, 1, 12, 0, 0))):
@@ -174,3 +174,20 @@ def test_wheel_digest_ignores_zip_timestamps(tmp_path) -> None:
 
 def test_root_emulates_a_pi4_cpu_not_qemus_max() -> None:
     assert pi_root.BASE_ENV["QEMU_CPU"] == "cortex-a72" or "EDGECNN_PI_CPU" in pi_root.os.environ
+
+
+def test_the_wheel_carries_no_emulation_tooling() -> None:
+    """devtools/ (debootstrap, chroot, binfmt) stays in the repository: the package a user or
+    a device installs is edgecnn/ alone (issue 17, item 7)."""
+    import zipfile
+
+    from edgecnn.runtime.remote_wheels import edgecnn_wheel
+
+    wheel = edgecnn_wheel(pi_check.SRC).local
+    assert wheel is not None
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        code = b"".join(zf.read(n) for n in names if n.endswith(".py"))
+    assert any(n.startswith("edgecnn/runtime/") for n in names)
+    assert not [n for n in names if not n.startswith(("edgecnn/", "edgecnn-"))], names
+    assert b"debootstrap" not in code and b"chroot" not in code

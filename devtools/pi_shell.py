@@ -1,11 +1,11 @@
 """An `ssh` stand-in that runs the remote command inside the emulated Raspberry Pi root.
 
     edgecnn bench model_int8.tflite --remote pi@emulated \\
-        --ssh-command "python -m edgecnn.tools.pi_shell" --offline
+        --ssh-command "python -m devtools.pi_shell" --offline
 
 `edgecnn bench --remote` calls its ssh command as `CMD [-o OPT]... [-p PORT] HOST COMMAND`;
 this one ignores the options and the host and runs COMMAND with `/bin/sh -c` as root in
-the arm64 root of `edgecnn.tools.pi_root` (default `$EDGECNN_PI_ROOT`), under qemu with a
+the arm64 root of `devtools.pi_root` (default `$EDGECNN_PI_ROOT`), under qemu with a
 Raspberry Pi 4's CPU and /proc/cpuinfo, stdin and stdout passed through, exit code kept.
 So the remote path (probe, upload, venv, bench) runs on aarch64 Raspberry Pi OS without a
 Pi. Needs root and a built root (scripts/pi_check.sh builds it); exit 255 with one line
@@ -18,7 +18,7 @@ import os
 import subprocess
 import sys
 
-from edgecnn.tools import pi_root
+from devtools import pi_root
 
 
 def main(argv: list[str] | None = None) -> int:

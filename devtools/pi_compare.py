@@ -15,7 +15,7 @@ An int8 artifact whose output is float (the QDQ ONNX model) has no single output
 step to count in, so only its top-1 agreement is gated; its largest difference
 is reported.
 
-Pure numpy, no runtime: the logits come from `edgecnn.tools.pi_dump` files.
+Pure numpy, no runtime: the logits come from `devtools.pi_dump` files.
 """
 
 from __future__ import annotations

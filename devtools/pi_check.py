@@ -1,14 +1,14 @@
 """Raspberry Pi check: `edgecnn bench` and `validate` in emulated Raspberry Pi OS, against x86.
 
-    python -m edgecnn.tools.pi_check ARTIFACT_DIR DATA_SPEC      (or scripts/pi_check.sh)
+    python -m devtools.pi_check ARTIFACT_DIR DATA_SPEC      (or scripts/pi_check.sh)
 
-1. prepare (or reuse) the arm64 bookworm root (`edgecnn.tools.pi_root`);
+1. prepare (or reuse) the arm64 bookworm root (`devtools.pi_root`);
 2. install the working tree's edgecnn into one venv per runtime there
-   (`edgecnn.tools.pi_venvs`);
+   (`devtools.pi_venvs`);
 3. copy in the artifacts and the validation set, and run in each venv the
    logits dump, `edgecnn bench` and `edgecnn validate`;
 4. run the same dump and validate on this x86 host and compare
-   (`edgecnn.tools.pi_compare`).
+   (`devtools.pi_compare`).
 
 Everything lands in ARTIFACT_DIR/pi_check.json. Exit 0 when every step ran and
 every comparison holds, or when the host cannot emulate at all (status
@@ -28,14 +28,16 @@ import sys
 import time
 from pathlib import Path
 
+from devtools import pi_root, pi_venvs
+from devtools.pi_compare import compare_logits
 from edgecnn.errors import EdgecnnError
-from edgecnn.tools import pi_root, pi_venvs
-from edgecnn.tools.pi_compare import compare_logits
 
 #: What `edgecnn export --int8` writes; the check runs those that are present.
 ARTIFACTS = ("model_fp32.onnx", "model_int8.onnx", "model_fp32.tflite", "model_int8.tflite")
 WORK = "/opt/edgecnn/work"
-SRC = Path(__file__).resolve().parents[2]
+SRC = Path(__file__).resolve().parents[1]
+#: Copied next to the artifacts and run as a script (the venvs hold only the edgecnn wheel).
+DUMP_SCRIPT = Path(__file__).with_name("pi_dump.py")
 
 
 def find_artifacts(directory: Path) -> list[Path]:
@@ -110,7 +112,8 @@ class Check:
             shutil.copy2(a, self.x86 / a.name)
             if Path(f"{a}.json").exists():
                 shutil.copy2(f"{a}.json", self.x86 / f"{a.name}.json")
-        self.wheel = pi_venvs.build_wheel(SRC, self.x86 / "x86-wheel", self.log)
+        self.wheel = pi_venvs.build_wheel(SRC)
+        shutil.copy2(DUMP_SCRIPT, self.x86 / DUMP_SCRIPT.name)
         twins = self.root.parent / f"{self.root.name}.x86-venvs"
         dumps, verdicts, installs = {}, {}, {}
         for venv in self.venvs:
@@ -119,7 +122,7 @@ class Check:
                 continue
             python, installs[venv] = pi_venvs.ensure_x86_venv(twins, venv, self.wheel, self.log)
             out = f"x86-logits-{venv}.npz"
-            code, _ = _host(python, ["-m", "edgecnn.tools.pi_dump", "--data", "npz:val.npz",
+            code, _ = _host(python, [DUMP_SCRIPT.name, "--data", "npz:val.npz",
                                      "--out", out, "--backend", venv, *arts],
                             self.x86, self.log, f"x86 logits ({venv})")
             if code != 0:
@@ -180,7 +183,7 @@ class Check:
         env = {"PATH": f"{bin_dir}:{pi_root.BASE_ENV['PATH']}", "COLUMNS": "160"}
         names = [a.name for a in arts]
         steps = {
-            "dump": [f"{bin_dir}/python", "-m", "edgecnn.tools.pi_dump", "--data",
+            "dump": [f"{bin_dir}/python", DUMP_SCRIPT.name, "--data",
                      "npz:val.npz", "--out", f"pi-logits-{venv}.npz", "--backend", venv,
                      *names],
             "bench": ["edgecnn", "bench", *names, "--threads", "1", "--warmup", "3", "--runs",
@@ -213,7 +216,7 @@ class Check:
     # --- comparison -----------------------------------------------------------------------
     def compare(self, venv: str, info: dict, x86: dict) -> list[dict]:
         """The logits and validate verdicts of `venv` against x86; failures recorded."""
-        from edgecnn.tools.pi_dump import read_dump
+        from devtools.pi_dump import read_dump
 
         dump = self.root / WORK.lstrip("/") / f"pi-logits-{venv}.npz"
         if info.get("dump_exit") != 0 or not dump.exists():

@@ -1,13 +1,13 @@
 """Save the logits of artifacts on a validation set, to compare them across machines.
 
-    python -m edgecnn.tools.pi_dump --data npz:val.npz --out logits.npz \\
-        [--backend auto] ART [ART ...]
+    python pi_dump.py --data npz:val.npz --out logits.npz [--backend auto] ART [ART ...]
 
-Runs the same way on x86 and inside the emulated Raspberry Pi root: torch-free,
-only `edgecnn.data` (for `npz:`) and `edgecnn.runtime`. The .npz holds one
+Runs the same way on x86 and inside the emulated Raspberry Pi root, as a script
+copied next to the artifacts (the venvs there hold only the edgecnn wheel):
+torch-free, only `edgecnn.data` (for `npz:`) and `edgecnn.runtime`. The .npz holds one
 float32 (N, classes) array per artifact file name, and `meta`, a JSON string
 with the backend, precision and output quantization step of each artifact
-(what `edgecnn.tools.pi_compare` needs to judge them).
+(what `devtools.pi_compare` needs to judge them).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def read_dump(path: Path) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry: see the module docstring."""
-    parser = argparse.ArgumentParser(prog="python -m edgecnn.tools.pi_dump",
+    parser = argparse.ArgumentParser(prog="python pi_dump.py",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="data spec, e.g. npz:val.npz")
     parser.add_argument("--out", required=True, type=Path, help="the .npz to write")
