@@ -47,7 +47,7 @@ def test_bench_two_artifacts_two_thread_counts(tiny_artifacts):
         ("fp32.onnx", 1), ("int8.tflite", 1), ("fp32.onnx", 2), ("int8.tflite", 2)]
     for r, path in zip(results, paths * 2, strict=True):
         assert r["runs"] == 30 and r["batch"] == 1 and r["size_bytes"] == path.stat().st_size
-        assert 0 < r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"] < 100
+        assert 0 < r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
         assert r["throughput_ips"] == pytest.approx(1000.0 / r["mean_ms"])
         assert 20 < r["baseline_rss_mb"] <= r["peak_rss_mb"] < 2000
         assert r["has_metadata"] and r["model"] == "ncm_digits"
