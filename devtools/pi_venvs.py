@@ -54,7 +54,7 @@ def build_wheel(src: Path) -> Path:
     return wheel.local
 
 
-def _digest(wheel: Path) -> str:
+def wheel_digest(wheel: Path) -> str:
     """A hash of the wheel's files (not of the zip: its timestamps change on every build)."""
     h = hashlib.sha256()
     with zipfile.ZipFile(wheel) as zf:
@@ -82,13 +82,14 @@ def _ensure(venv: Path, requirements: tuple[str, ...], wheel: Path, wheel_arg: s
         _, installed = run_logged(wrap([*pip, *requirements, wheel_arg]), log,
                                   f"pip install {' '.join(requirements)} edgecnn into {where}")
         action, seconds = "built", created + installed
-    elif state.get("wheel") != _digest(wheel):
+    elif state.get("wheel") != wheel_digest(wheel):
         _, seconds = run_logged(wrap([*pip, "--no-deps", "--force-reinstall", wheel_arg]), log,
                                 f"reinstall edgecnn into {where}")
         action = "refreshed edgecnn"
     else:
         action, seconds = "reused", 0.0
-    marker.write_text(json.dumps({"requirements": list(requirements), "wheel": _digest(wheel)}))
+    marker.write_text(json.dumps({"requirements": list(requirements),
+                                  "wheel": wheel_digest(wheel)}))
     return {"requirements": list(requirements), "action": action, "seconds": round(seconds, 1)}
 
 

@@ -591,7 +591,8 @@ def convert_command(
     import time
     import warnings
 
-    from edgecnn.export.tflite import convert, sidecar_path
+    from edgecnn.config import sidecar_path
+    from edgecnn.export.tflite import convert
 
     target = out_path or model.with_suffix(".tflite")
     start = time.perf_counter()

@@ -11,6 +11,7 @@ import json
 import math
 import numbers
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from edgecnn.errors import EdgecnnError
@@ -186,6 +187,17 @@ class QuantParams:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: The key the ArtifactMetadata record is stored under: ONNX metadata_props, the TFLite
+#: Metadata table, the .pt2's extra files.
+METADATA_KEY = "edgecnn"
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """Where an artifact's metadata JSON goes when not embedded: `model.tflite` ->
+    `model.tflite.json`."""
+    return Path(f"{path}.json")
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,7 @@ def export_artifacts(checkpoint: Path, out_dir: Path, *, model_name: str | None 
 DEFAULT_TRAIN = TrainConfig(epochs=6, lr=3e-3)
 
 
-def _digest(*parts: object) -> str:
+def stage_key(*parts: object) -> str:
     """A stage key: its inputs, and the edgecnn version (a new release redoes the stage)."""
     return hashlib.sha256(json.dumps([__version__, *parts], sort_keys=True,
                                      default=str).encode()).hexdigest()[:16]
@@ -259,7 +259,7 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
     if checkpoint is None:
         train_config = (DEFAULT_TRAIN if train_epochs is None
                         else TrainConfig(epochs=train_epochs, lr=DEFAULT_TRAIN.lr))
-        key = _digest(model, data_digest(data), input_size, asdict(train_config))
+        key = stage_key(model, data_digest(data), input_size, asdict(train_config))
         stage = _Stage("train", out, key, [ckpt_dir / "checkpoint.pt", ckpt_dir / "config.json",
                                             ckpt_dir / "metrics.json"], force)
         run_stage(stage, lambda: train_reference(model, data, ckpt_dir, train_config,
@@ -274,7 +274,7 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
 
     # 2. quantization (QAT by default)
     quant_dir = out / "quantized"
-    key = _digest(ckpt_key, data_digest(data), method, qat_epochs)
+    key = stage_key(ckpt_key, data_digest(data), method, qat_epochs)
     stage = _Stage("quantize", out, key, [quant_dir / "model_int8.pt2",
                                           quant_dir / "metrics.json"], force)
     run_stage(stage, lambda: quantize_checkpoint(
@@ -284,7 +284,7 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
 
     # 3. artifacts
     paths = {f"model_{p}.{f}": out / f"model_{p}.{f}" for f in formats for p in ("fp32", "int8")}
-    key = _digest(ckpt_key, _files_digest(quant_dir / "model_int8.pt2"), formats, io,
+    key = stage_key(ckpt_key, _files_digest(quant_dir / "model_int8.pt2"), formats, io,
                   onnx_activations)
     sidecars = [Path(f"{p}.json") for p in paths.values() if p.suffix == ".tflite"]
     stage = _Stage("export", out, key, list(paths.values()) + sidecars, force)

@@ -45,7 +45,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("EDGECNN_TEST_CACHE", "~/.cache/edgecnn-tests")).expanduser()
 
 
-def _digest(parts: Sequence[bytes]) -> str:
+def _hash(parts: Sequence[bytes]) -> str:
     h = hashlib.sha256()
     for part in parts:
         h.update(hashlib.sha256(part).digest())
@@ -54,13 +54,13 @@ def _digest(parts: Sequence[bytes]) -> str:
 
 def deps_key(root: Path = ROOT) -> str:
     """Changes when pyproject.toml or the pinned Pi requirements change."""
-    return _digest([(root / "pyproject.toml").read_bytes(), *map(str.encode, PI_REQUIREMENTS)])
+    return _hash([(root / "pyproject.toml").read_bytes(), *map(str.encode, PI_REQUIREMENTS)])
 
 
 def source_key(root: Path = ROOT) -> str:
     """Changes when any file of the installed package changes."""
     files = sorted((root / "edgecnn").rglob("*.py"))
-    return _digest([(root / "pyproject.toml").read_bytes(),
+    return _hash([(root / "pyproject.toml").read_bytes(),
                     *(f"{p.relative_to(root)}\0".encode() + p.read_bytes() for p in files)])
 
 

@@ -161,7 +161,7 @@ def test_root_marker_must_match_the_current_key(tmp_path) -> None:
 def test_wheel_digest_ignores_zip_timestamps(tmp_path) -> None:
     import zipfile
 
-    from devtools.pi_venvs import _digest
+    from devtools.pi_venvs import wheel_digest
 
     paths = []
     for i, stamp in enumerate(((2020, 1, 1, 0, 0, 0), (2026, 6, 1, 12, 0, 0))):
@@ -169,7 +169,7 @@ def test_wheel_digest_ignores_zip_timestamps(tmp_path) -> None:
         with zipfile.ZipFile(path, "w") as zf:
             zf.writestr(zipfile.ZipInfo("edgecnn/__init__.py", stamp), "x = 1\n")
         paths.append(path)
-    assert _digest(paths[0]) == _digest(paths[1])
+    assert wheel_digest(paths[0]) == wheel_digest(paths[1])
 
 
 def test_root_emulates_a_pi4_cpu_not_qemus_max() -> None:

@@ -145,10 +145,10 @@ def test_stage_keys_change_with_the_edgecnn_version(monkeypatch):
     """Artifacts cached by another release are redone, not reused."""
     from edgecnn import pipeline
 
-    key = pipeline._digest("mobilenet_v2", "digits", "qat", 3)
-    assert pipeline._digest("mobilenet_v2", "digits", "qat", 3) == key
+    key = pipeline.stage_key("mobilenet_v2", "digits", "qat", 3)
+    assert pipeline.stage_key("mobilenet_v2", "digits", "qat", 3) == key
     monkeypatch.setattr(pipeline, "__version__", "99.0.0")
-    assert pipeline._digest("mobilenet_v2", "digits", "qat", 3) != key
+    assert pipeline.stage_key("mobilenet_v2", "digits", "qat", 3) != key
 
 
 def test_unexportable_model_stops_before_training(tmp_path):

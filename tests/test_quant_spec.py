@@ -27,6 +27,7 @@ from edgecnn.quant import (
     save,
     weighted_ops,
 )
+from edgecnn.quant.graph import calls
 
 qd = torch.ops.quantized_decomposed
 aten = torch.ops.aten
@@ -71,10 +72,6 @@ def converted(request):
         warnings.simplefilter("error", UnquantizedOpWarning)  # every op of Toy is known
         return quantize(toy_model(), x[:2], request.param, train_data=(x, y),
                         qat_config=QATConfig(epochs=1, batch_size=32), calib_batches=2)
-
-
-def calls(node, target) -> bool:
-    return node.op == "call_function" and node.target == target
 
 
 def nodes(gm, target) -> list:

@@ -5,10 +5,9 @@ import pytest
 from tflite_writer import int8_reference_logits, write_tflite
 from tiny_models import digits_classifier, metadata_json, write_onnx
 
-from edgecnn.config import QuantParams
+from edgecnn.config import QuantParams, sidecar_path
 from edgecnn.errors import EdgecnnError
 from edgecnn.runtime import installed_backends, open_session
-from edgecnn.runtime.metadata import sidecar_path
 from edgecnn.runtime.session import pick_quant
 
 

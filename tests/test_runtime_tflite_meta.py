@@ -5,10 +5,9 @@ import struct
 
 import pytest
 
-from edgecnn.config import ArtifactMetadata
+from edgecnn.config import ArtifactMetadata, sidecar_path
 from edgecnn.errors import EdgecnnError
 from edgecnn.runtime import read_metadata
-from edgecnn.runtime.metadata import sidecar_path
 from edgecnn.runtime.tflite_meta import read_tflite_metadata, verify_tflite
 
 

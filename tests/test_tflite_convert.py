@@ -16,9 +16,13 @@ pytest.importorskip("ai_edge_litert")
 
 from ai_edge_litert import schema_py_generated as schema  # noqa: E402
 
-from edgecnn.config import ArtifactMetadata, Preprocessing  # noqa: E402
+from edgecnn.config import (  # noqa: E402
+    ArtifactMetadata,
+    Preprocessing,
+    sidecar_path,  # noqa: E402
+)
 from edgecnn.errors import EdgecnnError  # noqa: E402
-from edgecnn.export.tflite import convert, sidecar_path, to_flatbuffer  # noqa: E402
+from edgecnn.export.tflite import convert, to_flatbuffer  # noqa: E402
 from edgecnn.export.tflite.litert import interpreter, op_counts, read_metadata  # noqa: E402
 
 

@@ -27,9 +27,13 @@ pytest.importorskip("sklearn")
 
 from torch import nn  # noqa: E402
 
-from edgecnn.config import ArtifactMetadata, Preprocessing  # noqa: E402
+from edgecnn.config import (  # noqa: E402
+    ArtifactMetadata,
+    Preprocessing,
+    sidecar_path,  # noqa: E402
+)
 from edgecnn.data import load  # noqa: E402
-from edgecnn.export.tflite import convert, sidecar_path  # noqa: E402
+from edgecnn.export.tflite import convert  # noqa: E402
 from edgecnn.export.tflite.litert import (  # noqa: E402
     delegate_coverage,
     interpreter,

@@ -26,7 +26,7 @@ import onnx
 import torch
 from onnx import TensorProto
 
-from edgecnn.config import ArtifactMetadata, Preprocessing
+from edgecnn.config import METADATA_KEY, ArtifactMetadata, Preprocessing
 from edgecnn.errors import EdgecnnError
 from edgecnn.export.onnx_passes import (
     INPUT_CHANNEL_MULTIPLE,
@@ -37,7 +37,6 @@ from edgecnn.export.onnx_passes import (
 from edgecnn.util import atomic_write
 
 OPSET = 18
-METADATA_KEY = "edgecnn"
 ACTIVATION_TYPES = ("uint8", "int8")
 #: Measured on AVX2 x86 without VNNI: onnxruntime's fast int8 path is U8S8 (see benchmarks/).
 DEFAULT_ACTIVATIONS = "uint8"

@@ -21,6 +21,7 @@ from torchao.quantization.pt2e.quantizer import (
 )
 
 from edgecnn.export.tflite.builtins import BUILTINS
+from edgecnn.quant.graph import calls
 from edgecnn.quant.spec import Specs
 
 aten = torch.ops.aten
@@ -111,10 +112,6 @@ def mark(nodes: list[Node]) -> None:
     for node in nodes:
         if not is_annotated(node):
             annotate(node)
-
-
-def calls(node: object, targets: tuple) -> bool:
-    return isinstance(node, Node) and node.op == "call_function" and node.target in targets
 
 
 def candidates(gm: GraphModule, targets: tuple) -> list[Node]:

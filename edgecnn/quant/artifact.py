@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch.fx import GraphModule
 
-from edgecnn.config import ArtifactMetadata
+from edgecnn.config import METADATA_KEY, ArtifactMetadata
 from edgecnn.errors import EdgecnnError
 from edgecnn.quant.calibrate import batch_dim
 from edgecnn.safe_pt2 import load_pt2
@@ -27,7 +27,6 @@ from edgecnn.util import atomic_write
 PROGRAM = "model_int8.pt2"
 METRICS = "metrics.json"
 CONFIG = "config.json"
-METADATA_KEY = "edgecnn"
 
 
 def to_program(converted: GraphModule, example_input: torch.Tensor) -> torch.export.ExportedProgram:

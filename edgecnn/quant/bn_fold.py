@@ -23,7 +23,7 @@ import types
 import torch
 from torch.fx import GraphModule, Node
 
-from edgecnn.quant.graph import constant
+from edgecnn.quant.graph import calls, constant
 
 aten = torch.ops.aten
 
@@ -33,10 +33,6 @@ BN_TRAINING, BN_EPS = 5, 7
 DROPOUT_TRAIN = 2
 #: the eps torchao's QAT conv-bn pattern hard-codes in its weight scale factor
 QAT_PATTERN_EPS = 1e-5
-
-
-def calls(node: object, target: object) -> bool:
-    return isinstance(node, Node) and node.op == "call_function" and node.target == target
 
 
 def set_flag(gm: GraphModule, target: object, index: int, value: bool) -> int:

@@ -35,7 +35,10 @@ DEQUANTIZE_PER_CHANNEL = (qd.dequantize_per_channel.default,)
 WEIGHTED_OPS = (aten.conv1d.default, aten.conv2d.default, aten.linear.default)
 
 
-def calls(node: object, targets: tuple) -> bool:
+def calls(node: object, targets: object) -> bool:
+    """`node` calls `targets`: one op overload (aten.conv2d.default) or a tuple of them."""
+    if not isinstance(targets, tuple):
+        targets = (targets,)
     return isinstance(node, Node) and node.op == "call_function" and node.target in targets
 
 

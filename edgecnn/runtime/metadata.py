@@ -15,15 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgecnn.config import ArtifactMetadata
+from edgecnn.config import METADATA_KEY, ArtifactMetadata, sidecar_path
 from edgecnn.errors import EdgecnnError
-
-METADATA_KEY = "edgecnn"
-
-
-def sidecar_path(path: Path) -> Path:
-    """`model.tflite` -> `model.tflite.json`."""
-    return Path(f"{path}.json")
 
 
 def parse_metadata(text: str | bytes, source: str) -> ArtifactMetadata:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edgecnn.config import ArtifactMetadata, QuantParams
+from edgecnn.config import METADATA_KEY, ArtifactMetadata, QuantParams, sidecar_path
 from edgecnn.errors import EdgecnnError
 from edgecnn.export.onnx_passes import unpad_input_channels
 from edgecnn.export.tflite.graph import Graph, import_onnx
@@ -28,20 +28,12 @@ from edgecnn.runtime.check import check_onnx, check_tflite
 from edgecnn.util import atomic_write
 
 IO_MODES = ("int8", "uint8", "float")
-METADATA_KEY = "edgecnn"
 
 
 class ConversionWarning(UserWarning):
     """What the converter did that changes or adds to the QDQ model's quantization."""
 
-__all__ = ["IO_MODES", "LOWERINGS", "METADATA_KEY", "ConversionWarning", "convert", "sidecar_path",
-           "to_flatbuffer"]
-
-
-def sidecar_path(out_path: str | Path) -> Path:
-    """Where the metadata JSON beside a .tflite goes: `<out>.json` (model.tflite.json)."""
-    out_path = Path(out_path)
-    return out_path.with_name(out_path.name + ".json")
+__all__ = ["IO_MODES", "LOWERINGS", "ConversionWarning", "convert", "to_flatbuffer"]
 
 
 def _first_line(exc: BaseException) -> str:

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecnn.config import QuantParams
+from edgecnn.config import METADATA_KEY, QuantParams
 from edgecnn.errors import EdgecnnError
 from edgecnn.runtime.check import check_tflite
-from edgecnn.runtime.metadata import METADATA_KEY, resolve_metadata
+from edgecnn.runtime.metadata import resolve_metadata
 from edgecnn.runtime.session import Session, TensorInfo, pick_quant
 from edgecnn.runtime.tflite_meta import read_tflite_metadata
 

@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from edgecnn.config import METADATA_KEY
 from edgecnn.errors import EdgecnnError
-from edgecnn.runtime.metadata import METADATA_KEY, resolve_metadata
+from edgecnn.runtime.metadata import resolve_metadata
 from edgecnn.runtime.session import Session, TensorInfo
 
 
