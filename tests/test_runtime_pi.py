@@ -12,6 +12,11 @@ def pi():
     return pi_python_or_skip()
 
 
+#: the tests that run in the venv; test_cache_keys_... below needs none
+needs_venv = pytest.mark.pi_venv
+
+
+@needs_venv
 def test_the_environment_is_what_a_pi_has(pi):
     code = ("import importlib.util as u, sys, numpy, tflite_runtime;"
             "print(sys.version_info[:2], numpy.__version__, tflite_runtime.__version__,"
@@ -21,6 +26,7 @@ def test_the_environment_is_what_a_pi_has(pi):
     assert result.stdout.strip() == "(3, 11) 1.24.4 2.14.0 []"
 
 
+@needs_venv
 def test_bench_and_validate_run_on_tflite_runtime(pi, tiny_artifacts, digits_npz, tmp_path):
     bench = run_pi_edgecnn(["bench", str(tiny_artifacts["int8.tflite"]),
                             str(tiny_artifacts["fp32.onnx"]), "--threads", "1,2", "--runs", "20",
@@ -46,6 +52,7 @@ def test_bench_and_validate_run_on_tflite_runtime(pi, tiny_artifacts, digits_npz
     assert fp32["drop"] == 0.0 and fp32["agreement"] == 1.0
 
 
+@needs_venv
 def test_metadata_reader_needs_no_flatbuffers_package(pi, tiny_artifacts):
     # onnxruntime pulls in flatbuffers, a Pi image may not have it: block it here
     code = ("import sys; sys.modules['flatbuffers'] = None;"
@@ -58,6 +65,7 @@ def test_metadata_reader_needs_no_flatbuffers_package(pi, tiny_artifacts):
     assert (backend, precision, layout) == ("tflite_runtime", "int8", "NHWC")
 
 
+@needs_venv
 def test_truncated_tflite_is_one_line_on_tflite_runtime(pi, tiny_artifacts, tmp_path):
     broken = tmp_path / "broken.tflite"
     broken.write_bytes(tiny_artifacts["fp32.tflite"].read_bytes()[:-200])

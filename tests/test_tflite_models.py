@@ -259,6 +259,7 @@ def test_artifact_record_travels(artifacts) -> None:
     assert op_counts(float_io)["QUANTIZE"] == op_counts(float_io)["DEQUANTIZE"] == 1
 
 
+@pytest.mark.pi_venv
 def test_tflite_runtime_2_14_agrees(artifacts) -> None:
     """The same files on tflite-runtime 2.14 / numpy 1.24 (the Raspberry Pi OS bookworm
     oracle): float within 1e-4 of torch, int8 at the bars LiteRT meets."""

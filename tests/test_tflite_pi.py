@@ -69,6 +69,7 @@ def _nhwc(x: np.ndarray) -> np.ndarray:
     return x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
 
 
+@pytest.mark.pi_venv
 def test_tflite_runtime_2_14_agrees_with_onnxruntime(tmp_path) -> None:
     pi_python_or_skip()
     jobs, expected = [], []
