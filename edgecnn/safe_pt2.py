@@ -180,6 +180,20 @@ def _torch_quiet_and_safe() -> Iterator[None]:
             os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = saved
 
 
+def read_extra_file(path: Path | str, key: str) -> str | None:
+    """The text of `extra_files[key]` of a `torch.export.save` archive (`<root>/extra/<key>`),
+    or None; reads that one zip entry, loads no program, needs no torch. One line on a
+    file that is not a zip archive."""
+    where = str(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.count("/") == 2
+                     and n.endswith(f"/extra/{key}")]
+            return archive.read(names[0]).decode("utf-8") if names else None
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, UnicodeDecodeError) as exc:
+        raise EdgecnnError(f"{where}: not a torch.export archive ({exc})") from None
+
+
 def load_pt2(path: Path | str, extra_keys: tuple[str, ...] = ()) -> tuple[Any, dict[str, str]]:
     """(ExportedProgram, {key: extra file text}) of a checked archive; one line on any failure.
 

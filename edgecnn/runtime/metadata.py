@@ -45,7 +45,9 @@ def resolve_metadata(path: Path, embedded: str | bytes | None) -> ArtifactMetada
 
 
 def read_metadata(path: Path | str) -> ArtifactMetadata | None:
-    """Read an artifact's record without opening a full session (torch-free for ONNX/TFLite)."""
+    """An artifact's record, read cheaply: the ONNX metadata_props field, the TFLite
+    Metadata entry, the .pt2's extra file, with no session, no graph and no torch or
+    runtime imported (`onnx_meta`, `tflite_meta`, `safe_pt2.read_extra_file`)."""
     path = Path(path)
     if not path.is_file():
         raise EdgecnnError(f"{path}: file not found")
@@ -56,14 +58,13 @@ def read_metadata(path: Path | str) -> ArtifactMetadata | None:
 
         embedded = read_tflite_metadata(path.read_bytes(), path).get(METADATA_KEY)
     elif suffix == ".onnx":
-        from edgecnn.runtime.backends.onnx import open_onnx_session
+        from edgecnn.runtime.onnx_meta import read_onnx_metadata
 
-        embedded = open_onnx_session(path, threads=1).get_modelmeta().custom_metadata_map.get(
-            METADATA_KEY)
+        embedded = read_onnx_metadata(path).get(METADATA_KEY)
     elif suffix == ".pt2":
-        from edgecnn.runtime.backends.torch import load_program
+        from edgecnn.safe_pt2 import read_extra_file
 
-        embedded = load_program(path)[1]
+        embedded = read_extra_file(path, METADATA_KEY)
     return resolve_metadata(path, embedded)
 
 
