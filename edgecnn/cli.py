@@ -179,6 +179,8 @@ def bench_command(
     if json_path:
         check_writable_file(json_path, "--json")
     check_all(max_drop=max_drop, min_agreement=min_agreement, top=top)
+    if runs is not None and seconds is not None:
+        raise EdgecnnError("pass either --runs or --seconds, not both")
     config = BenchConfig(threads=parse_threads(threads), batch=batch, warmup=warmup, runs=runs,
                          seconds=seconds, backend=backend)
     if validate is not None and not validate.startswith("npz:"):
@@ -725,7 +727,8 @@ def main() -> None:
     except typer.Abort:  # EOF at a prompt
         sys.exit(1)
     except EdgecnnError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        Console(stderr=True).print(f"[red]error:[/red] {exc.for_cli()}", highlight=False,
+                                   soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted (SIGINT)", highlight=False, soft_wrap=True)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, ParameterError
 from edgecnn.runtime.bench import BenchConfig, LatencyStats, parse_threads, run_bench
 from edgecnn.runtime.bench_worker import time_runs
 from edgecnn.runtime.machine import describe_machine
@@ -21,13 +21,17 @@ def test_config_validation_and_interleaved_chunks():
     assert [c["runs"] for c in BenchConfig(runs=3).chunks()] == [1, 1, 1]
     assert BenchConfig(seconds=2.0, rounds=4).chunks() == [{"seconds": 0.5}] * 4
     assert parse_threads("1,2,4") == (1, 2, 4) and parse_threads("auto") == (None,)
-    for bad, message in [(dict(runs=5, seconds=1.0), "either --runs or --seconds"),
-                         (dict(batch=0), "--batch must be at least 1"),
-                         (dict(runs=0), "--runs must be at least 1"),
-                         (dict(seconds=-1.0), r"--seconds must be in \(0, 86400\]")]:
-        with pytest.raises(EdgecnnError, match=message):
+    with pytest.raises(EdgecnnError, match="pass either runs or seconds, not both"):
+        BenchConfig(runs=5, seconds=1.0)
+    # the library names the parameter, the CLI the flag (ParameterError.for_cli)
+    for bad, message in [(dict(batch=0), "batch must be at least 1"),
+                         (dict(runs=0), "runs must be at least 1"),
+                         (dict(seconds=-1.0), "seconds must be in (0, 86400]")]:
+        with pytest.raises(ParameterError) as caught:
             BenchConfig(**bad)
-    with pytest.raises(EdgecnnError, match="--threads expects comma-separated integers"):
+        assert str(caught.value).startswith(message) and \
+            caught.value.for_cli().startswith(f"--{message}")
+    with pytest.raises(ParameterError, match="^threads expects comma-separated integers"):
         parse_threads("1,two")
 
 

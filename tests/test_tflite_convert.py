@@ -108,7 +108,7 @@ def test_bad_files_and_flags(tmp_path) -> None:
     garbage.write_bytes(b"\x00not a protobuf\xff" * 10)
     with pytest.raises(EdgecnnError, match="garbage.onnx is not a readable ONNX model"):
         convert(garbage, tmp_path / "out.tflite")
-    with pytest.raises(EdgecnnError, match="--io must be one of int8, uint8, float"):
+    with pytest.raises(EdgecnnError, match="^io must be one of int8, uint8, float"):
         convert(_conv_model(), tmp_path / "out.tflite", io="bogus")
     with pytest.raises(EdgecnnError):
         convert(_model([helper.make_node("Cos", ["x"], ["y"])]), tmp_path / "out.tflite")

@@ -14,7 +14,7 @@ from pathlib import Path
 from edgecnn.checkpoint import load_checkpoint
 from edgecnn.config import ArtifactMetadata
 from edgecnn.data import load as load_data
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, ParameterError
 from edgecnn.quant import METHODS, quantize
 from edgecnn.quant.artifact import save
 from edgecnn.quant.graph import qdq_counts
@@ -51,8 +51,8 @@ def quantize_checkpoint(checkpoint: Path, out: Path, *, method: str = "qat",
     dataset = load_data(spec, seed=split_seed)
     preprocessing = model_config.preprocessing
     if dataset.num_classes != preprocessing.num_classes:
-        raise EdgecnnError(f"--data {spec} has {dataset.num_classes} classes, the checkpoint "
-                           f"{preprocessing.num_classes}")
+        raise ParameterError("data", f"{spec} has {dataset.num_classes} classes, the "
+                                     f"checkpoint {preprocessing.num_classes}")
     x, y = to_tensors(dataset.train_images, dataset.train_labels, preprocessing)
     vx, vy = to_tensors(dataset.val_images, dataset.val_labels, preprocessing)
     config = config or QuantConfig()

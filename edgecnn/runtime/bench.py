@@ -21,7 +21,7 @@ from typing import IO
 
 import numpy as np
 
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, ParameterError
 from edgecnn.progress import progress_bar
 from edgecnn.runtime.machine import cpu_temperature_c, describe_machine
 
@@ -40,21 +40,21 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         if self.runs is not None and self.seconds is not None:
-            raise EdgecnnError("pass either --runs or --seconds, not both")
+            raise EdgecnnError("pass either runs or seconds, not both")
         if self.runs is None and self.seconds is None:
             object.__setattr__(self, "runs", 200)
         if self.runs is not None and self.runs < 1:
-            raise EdgecnnError(f"--runs must be at least 1, got {self.runs}")
+            raise ParameterError("runs", f"must be at least 1, got {self.runs}")
         if self.seconds is not None and not 0 < self.seconds <= 86_400:  # also false for NaN
-            raise EdgecnnError(f"--seconds must be in (0, 86400], got {self.seconds}")
+            raise ParameterError("seconds", f"must be in (0, 86400], got {self.seconds}")
         if self.batch < 1:
-            raise EdgecnnError(f"--batch must be at least 1, got {self.batch}")
+            raise ParameterError("batch", f"must be at least 1, got {self.batch}")
         if self.warmup < 0:
-            raise EdgecnnError(f"--warmup cannot be negative, got {self.warmup}")
+            raise ParameterError("warmup", f"cannot be negative, got {self.warmup}")
         if not self.threads or any(t is not None and not 1 <= t <= 1024 for t in self.threads):
-            raise EdgecnnError(f"--threads must be positive integers, got {self.threads}")
+            raise ParameterError("threads", f"must be positive integers, got {self.threads}")
         if self.rounds < 1:
-            raise EdgecnnError(f"rounds must be at least 1, got {self.rounds}")
+            raise ParameterError("rounds", f"must be at least 1, got {self.rounds}")
 
     def chunks(self) -> list[dict]:
         """The per-round requests each worker receives (runs split evenly, or time slices)."""
@@ -72,10 +72,10 @@ def parse_threads(text: str) -> tuple[int | None, ...]:
     try:
         values = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise EdgecnnError(f"--threads expects comma-separated integers such as 1,2,4; "
-                           f"got {text!r}") from None
+        raise ParameterError("threads", f"expects comma-separated integers such as 1,2,4; "
+                                        f"got {text!r}") from None
     if not values or min(values) < 1 or max(values) > 1024:
-        raise EdgecnnError(f"--threads expects integers in 1..1024, got {text!r}")
+        raise ParameterError("threads", f"expects integers in 1..1024, got {text!r}")
     return values
 
 

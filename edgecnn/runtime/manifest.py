@@ -12,7 +12,7 @@ import hashlib
 from pathlib import Path
 
 from edgecnn.config import loads
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, ParameterError
 
 #: report.json is small; anything beyond this is not one.
 MAX_REPORT_BYTES = 64 * 2**20
@@ -34,20 +34,20 @@ def read_manifest(report: Path) -> dict[Path, dict]:
     """{absolute path: entry} from a report.json; one-line errors naming the file."""
     report = Path(report)
     if not report.is_file():
-        raise EdgecnnError(f"--manifest {report}: file not found")
+        raise ParameterError("manifest", f"{report}: file not found")
     if report.stat().st_size > MAX_REPORT_BYTES:
-        raise EdgecnnError(f"--manifest {report}: larger than a report.json can be")
-    data = loads(report.read_bytes(), f"--manifest {report}")
+        raise ParameterError("manifest", f"{report}: larger than a report.json can be")
+    data = loads(report.read_bytes(), str(report))
     entries = data.get("manifest") if isinstance(data, dict) else None
     if not isinstance(entries, dict) or not entries:
-        raise EdgecnnError(f"--manifest {report}: no 'manifest' entry (written by "
-                           "`edgecnn export --int8`)")
+        raise ParameterError("manifest", f"{report}: no 'manifest' entry (written by "
+                                         "`edgecnn export --int8`)")
     result = {}
     for name, entry in entries.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) \
                 or len(entry["sha256"]) != 64 or not isinstance(entry.get("size_bytes"), int):
-            raise EdgecnnError(f"--manifest {report}: entry {name!r} needs sha256 (64 hex "
-                               "digits) and size_bytes")
+            raise ParameterError("manifest", f"{report}: entry {name!r} needs sha256 (64 "
+                                             "hex digits) and size_bytes")
         result[(report.parent / name).resolve()] = entry
     return result
 

@@ -175,7 +175,7 @@ def _schema():
         import flatbuffers
         from ai_edge_litert import schema_py_generated as schema
     except ImportError as exc:
-        raise EdgecnnError(f"--profile of .tflite files needs ai-edge-litert and flatbuffers "
+        raise EdgecnnError(f"profiling .tflite files needs ai-edge-litert and flatbuffers "
                            f"(pip install 'edgecnn[tflite]'): {exc}") from None
     return schema, flatbuffers
 

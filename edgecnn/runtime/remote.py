@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgecnn import __version__
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, ParameterError
 from edgecnn.runtime import remote_wheels
 
 DEFAULT_BASE = "~/.cache/edgecnn-remote"
@@ -65,13 +65,13 @@ class Target:
     @classmethod
     def parse(cls, text: str) -> Target:
         """"pi@raspberrypi.local:2222" -> Target("raspberrypi.local", "pi", 2222);
-        `[::1]:22` for IPv6. Raises EdgecnnError naming --remote on a malformed value."""
+        `[::1]:22` for IPv6. Raises ParameterError("remote") on a malformed value."""
         match = re.fullmatch(r"(?:([^@\s]+)@)?(\[[^\]]+\]|[^:@\s\[\]]+)(?::(\d+))?", text.strip())
         if not match:
-            raise EdgecnnError(f"--remote expects USER@HOST[:PORT], got {text!r}")
+            raise ParameterError("remote", f"expects USER@HOST[:PORT], got {text!r}")
         user, host, port = match.groups()
         if port is not None and not 0 < int(port) < 65536:
-            raise EdgecnnError(f"--remote {text}: port must be 1-65535")
+            raise ParameterError("remote", f"{text}: port must be 1-65535")
         return cls(host.strip("[]"), user, int(port) if port else None)
 
     def __str__(self) -> str:
@@ -112,7 +112,7 @@ class Device:
         try:
             proc = subprocess.run(self.argv(command), input=stdin or b"", capture_output=True)
         except FileNotFoundError:
-            raise EdgecnnError(f"--ssh-command: {self.ssh_command[0]!r} not found") from None
+            raise ParameterError("ssh_command", f"{self.ssh_command[0]!r}: not found") from None
         if proc.returncode not in ok_codes:
             raise EdgecnnError(self.explain(proc, what))
         return proc

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, ParameterError
 from edgecnn.verify.metrics import ErrorStats
 from edgecnn.verify.taps import Tap
 
@@ -139,7 +139,7 @@ def run_inspect(reference: Path, candidate: Path, data: str, *, images: int = 32
     from edgecnn.runtime.preprocess import prepare
 
     if images < 1:
-        raise EdgecnnError(f"--images must be at least 1, got {images}")
+        raise ParameterError("images", f"must be at least 1, got {images}")
     reference, candidate = Path(reference), Path(candidate)
     ref = _open(reference, "reference", threads)
     cand = _open(candidate, "candidate", threads)

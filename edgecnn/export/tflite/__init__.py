@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from edgecnn.config import METADATA_KEY, ArtifactMetadata, QuantParams, sidecar_path
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, ParameterError
 from edgecnn.export.onnx_passes import unpad_input_channels
 from edgecnn.export.tflite.graph import Graph, import_onnx
 from edgecnn.export.tflite.ops import LOWERINGS, lower_graph
@@ -118,7 +118,7 @@ def _report_notes(graph: Graph, where: str) -> None:
 def _build(model: onnx.ModelProto | str | Path, io: str, metadata: ArtifactMetadata | None,
            ) -> tuple[bytes, ArtifactMetadata | None]:
     if io not in IO_MODES:
-        raise EdgecnnError(f"--io must be one of {', '.join(IO_MODES)}, got {io!r}")
+        raise ParameterError("io", f"must be one of {', '.join(IO_MODES)}, got {io!r}")
     proto, where = _load(model)
     graph = import_onnx(unpad_input_channels(proto), where)
     for rewrite in ONNX_PASSES:
@@ -169,7 +169,8 @@ def convert(onnx_model_or_path: onnx.ModelProto | str | Path, out_path: str | Pa
     if not isinstance(onnx_model_or_path, onnx.ModelProto) and out_path.exists() \
             and Path(onnx_model_or_path).exists() \
             and out_path.resolve() == Path(onnx_model_or_path).resolve():
-        raise EdgecnnError(f"--out {out_path} is the input model; choose another path")
+        raise ParameterError("out_path", f"{out_path} is the input model; choose another "
+                             "path", flag="--out")
     data, record = _build(onnx_model_or_path, io, metadata)
     with atomic_write(out_path) as tmp:
         tmp.write_bytes(data)
