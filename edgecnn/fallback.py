@@ -18,6 +18,7 @@ artifact and the runtime that ship.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,23 +47,38 @@ def check_fallback(fallback: str) -> None:
         raise EdgecnnError(f"--fallback must be one of {', '.join(FALLBACKS)}, got {fallback!r}")
 
 
-def rank_groups(report: dict, layers: list[str]) -> list[list[str]]:
+def _ranked(report: dict) -> list[dict]:
+    """The report's layers by own SQNR on its first runtime, lowest first; exact layers
+    (infinite SQNR, null in JSON) left out: moving them gains nothing."""
+    kernels = report["runtimes"][0]
+
+    def own(entry: dict) -> float | None:
+        return entry["runtimes"][kernels]["own_sqnr_db"]
+
+    return sorted((e for e in report["layers"] if own(e) is not None and math.isfinite(own(e))),
+                  key=own)
+
+
+def rank_groups(report: dict, layers: list[str], *, float_input: bool = False,
+                ) -> list[list[str]]:
     """Groups of layer names to move, in order: each ranked layer (own SQNR on the
     report's first runtime, lowest first) with the layers writing its input tensors.
     Only names in `layers` (the program's conv / linear layers) move; a ranked entry of
-    another kind (an add, a pool) contributes the weighted layers that feed it."""
-    kernels = report["runtimes"][0]
+    another kind (an add, a pool) contributes the weighted layers that feed it. A layer
+    that reads the model input moves only when `float_input` (io float): a float first
+    layer leaves the model input unquantized, which int8 / uint8 io cannot have."""
     known = set(layers)
     by_tensor = {e["tensor"]: e for e in report["layers"]}
-    ranked = sorted((e for e in report["layers"]
-                     if e["runtimes"][kernels]["own_sqnr_db"] is not None),
-                    key=lambda e: e["runtimes"][kernels]["own_sqnr_db"])
+    ranked = _ranked(report)
+    reads_input = {e["layer"] for e in report["layers"]
+                   if any(by_tensor.get(t, {}).get("op") == "input" for t in e["inputs"])}
+    movable = known if float_input else known - reads_input
     groups: list[list[str]] = []
     for entry in ranked:
         names = [entry["layer"], *(by_tensor[t]["layer"] for t in entry["inputs"]
                                    if t in by_tensor)]
-        group = [n for n in dict.fromkeys(names) if n in known]
-        if group and group not in groups:
+        group = [n for n in dict.fromkeys(names) if n in movable]
+        if group and set(group) not in [set(g) for g in groups]:
             groups.append(group)
     return groups
 
@@ -89,9 +105,7 @@ def summary(mode: str, max_drop: float, report: dict | None, steps: list[Step]) 
         kernels = report["runtimes"][0]
         ranked = [{"layer": e["layer"], "tensor": e["tensor"],
                    "own_sqnr_db": e["runtimes"][kernels]["own_sqnr_db"]}
-                  for e in sorted((e for e in report["layers"]
-                                   if e["runtimes"][kernels]["own_sqnr_db"] is not None),
-                                  key=lambda e: e["runtimes"][kernels]["own_sqnr_db"])[:10]]
+                  for e in _ranked(report)[:10]]
     final = steps[-1]
     return {"mode": mode, "max_drop": max_drop, "within_bound": final.within(max_drop),
             "moved": [n for s in steps for n in s.moved],
@@ -110,6 +124,10 @@ def markdown(fallback: dict | None) -> list[str]:
     from edgecnn.runtime.tables import markdown_table
 
     steps = fallback["steps"]
+    if len(steps) == 1 and fallback["within_bound"]:
+        return ["", "## Fallback to float", "",
+                f"--fallback {fallback['mode']}: every int8 artifact is within "
+                f"{fallback['max_drop']} points; nothing moved."]
     names = list(steps[0]["drops"])
     head = ["step", "moved to float", *[f"{n} drop" for n in names],
             *[f"{n} p50 1t ms" for n in names]]

@@ -50,7 +50,7 @@ def train_reference(model_name: str, data: str, directory: Path,
     if quant_config is not None:
         _check_patterns(model, preprocessing, quant_config)
     if preflight is not None:
-        _preflight(model, preprocessing, formats, io, preflight)
+        _preflight(model, preprocessing, formats, io, preflight, quant_config)
     metrics = train(model, dataset, preprocessing, config, show_progress=show_progress)
     save_checkpoint(Path(directory), model, ModelConfig(model_name, preprocessing, options, data))
     metrics = {"model": model_name, "data": data, **metrics}
@@ -72,12 +72,12 @@ def _check_patterns(model: torch.nn.Module, preprocessing, quant_config) -> None
 
 
 def _preflight(model: torch.nn.Module, preprocessing, formats: tuple[str, ...], io: str,
-               mode: str) -> None:
+               mode: str, quant_config=None) -> None:
     from edgecnn.preflight import check_exportable
 
     state = copy.deepcopy(model.state_dict())
     try:
-        check_exportable(model, preprocessing, formats=formats, io=io)
+        check_exportable(model, preprocessing, formats=formats, io=io, config=quant_config)
     except EdgecnnError as exc:
         if mode == "error":
             raise
@@ -337,7 +337,7 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
         quant_metrics, validation, fallback_record = _fall_back(
             fallback, quant_config, quant_metrics, validation, quantize_and_export,
             lambda: run_validate(reference, ordered[1:], data, bounds, seed=seed),
-            reference, ordered, data, seed, max_drop, bench_runs, show_progress)
+            reference, ordered, data, seed, max_drop, bench_runs, io, show_progress)
         stages["fallback"] = {"seconds": round(time.perf_counter() - start, 2)}
     start = time.perf_counter()
     threads = tuple(sorted({1, os.cpu_count() or 1}))
@@ -376,7 +376,7 @@ def _int8_latency(paths: list[Path], runs: int) -> dict[str, float]:
 
 def _fall_back(mode: str, quant_config, quant_metrics: dict, validation: dict,
                quantize_and_export, validate, reference: Path, paths: list[Path], data: str,
-               seed: int, max_drop: float, bench_runs: int, show_progress: bool,
+               seed: int, max_drop: float, bench_runs: int, io: str, show_progress: bool,
                ) -> tuple[dict, dict, dict | None]:
     """The accuracy-aware loop of `edgecnn.fallback`: returns the last step's quantize
     metrics and validation, and the "fallback" record (None when step 0 is within)."""
@@ -390,7 +390,8 @@ def _fall_back(mode: str, quant_config, quant_metrics: dict, validation: dict,
     steps[0].p50_ms = _int8_latency(paths, bench_runs)
     ranking = rank_layers(reference, paths[1:], data, seed)
     moved: list[str] = []
-    for group in rank_groups(ranking, quant_metrics.get("int8_layers", [])):
+    for group in rank_groups(ranking, quant_metrics.get("int8_layers", []),
+                             float_input=io == "float"):
         new = [n for n in group if n not in moved and n not in steps[-1].float_layers]
         if not new:
             continue

@@ -177,3 +177,73 @@ def test_fallback_float_brings_the_drop_back_and_reports_it(planted, tmp_path):
     assert report.passed, report.failures()
     markdown = (tmp_path / "out" / "report.md").read_text()
     assert "## Fallback to float" in markdown and "block.proj, block.conv" in markdown
+
+
+# --- the converter's float layers, on a hand-built QDQ graph (no torch) ---------------------
+
+def _float_conv_model(declared: bool) -> onnx.ModelProto:
+    """Q(x) -> Conv with float weights (one output channel 100x the others) -> Q."""
+    from test_tflite_qdq import RNG, QDQGraph
+
+    from edgecnn.config import ArtifactMetadata, Preprocessing
+    from edgecnn.export.onnx import attach_metadata
+    from edgecnn.export.onnx_passes import float_layers_per_axis_input
+
+    g = QDQGraph()
+    w = RNG.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    w[0] *= 100.0
+    c = g.op("Conv", [g.qdq("x", 0.02, 0), g.const("w", w)], "c", pads=[1, 1, 1, 1])
+    model = float_layers_per_axis_input(g.model({"x": (1, 3, 8, 8)},
+                                                g.qdq(c, 0.5, 0, tag="c_out")))
+    extra = {"float_weights": "float"} if declared else {}
+    attach_metadata(model, ArtifactMetadata(
+        Preprocessing((8, 8), 3, (0.0,) * 3, (1.0,) * 3, tuple("ab")), precision="int8",
+        extra=extra))
+    return model
+
+
+def test_declared_float_layer_runs_in_float_on_both_runtimes():
+    """With the record's float_weights = "float", the conv stays float in the .tflite
+    (DEQUANTIZE / CONV_2D / QUANTIZE) and on onnxruntime (its input DequantizeLinear is
+    per axis, so WeightBiasQuantization leaves it alone): within one output step of each
+    other. Without the record, the converter quantizes the weights, as before."""
+    from test_tflite_qdq import X, steps_off
+
+    from edgecnn.export.tflite import ConversionWarning, to_flatbuffer
+    from edgecnn.export.tflite.litert import op_counts
+
+    model = _float_conv_model(declared=True)
+    x = X[:, :3]
+    with pytest.warns(ConversionWarning, match="float layers of the QDQ model"):
+        data = to_flatbuffer(model)
+    assert dict(op_counts(data)) == {"DEQUANTIZE": 1, "CONV_2D": 1, "QUANTIZE": 1}
+    assert steps_off(model, data, x) <= 1
+    with pytest.warns(ConversionWarning, match="float weights of an int8 op quantized"):
+        quantized = to_flatbuffer(_float_conv_model(declared=False))
+    assert dict(op_counts(quantized)) == {"CONV_2D": 1}
+
+
+def _entry(tensor, layer, op, own, inputs):
+    return {"tensor": tensor, "layer": layer, "op": op, "inputs": inputs,
+            "runtimes": {"xnnpack": {"own_sqnr_db": own}}}
+
+
+def test_rank_groups_order_inputs_writers_and_the_first_layer():
+    """Lowest own SQNR first, each with the writers of its inputs; a layer reading the
+    model input moves only with io float; non-weighted entries bring their writers;
+    exact layers (own SQNR inf, null in JSON) never move."""
+    from edgecnn.fallback import markdown, rank_groups
+
+    report = {"runtimes": ["xnnpack"], "layers": [
+        _entry("input", "input", "input", 50.0, []),
+        _entry("a", "stem", "CONV_2D", 5.0, ["input"]),
+        _entry("b", "conv1", "CONV_2D", 30.0, ["a"]),
+        _entry("c", "add_1", "ADD", 10.0, ["a", "b"]),
+        _entry("d", "fc", "FULLY_CONNECTED", None, ["c"])]}
+    layers = ["stem", "conv1", "fc"]
+    assert rank_groups(report, layers) == [["conv1"]]  # add_1's writers, stem aside
+    assert rank_groups(report, layers, float_input=True) == [["stem"], ["stem", "conv1"]]
+    record = {"mode": "float", "max_drop": 1.0, "within_bound": True, "moved": [],
+              "ranking": {}, "steps": [{"moved": [], "float_layers": [], "drops": {"m": 0.2},
+                                        "p50_ms": {}}]}
+    assert "nothing moved" in "\n".join(markdown(record))

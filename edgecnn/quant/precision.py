@@ -3,7 +3,7 @@
 A pattern is a regular expression matched in full (`re.fullmatch`) against a
 node's names: its module path and every enclosing one (`block.conv`, `block`)
 and its FX node name (`conv2d_1`, `add_2`). A matched node is claimed before
-the int8 annotators run, with no quantization: it computes in float on the
+the int8 annotators run, with no quantization (`annotators.FLOAT_KEY`): it computes in float on the
 dequantized outputs of its int8 producers, and its int8 readers quantize its
 output on their input edge. A matched conv / linear takes its fused BN and
 activation along (one layer, as TFLite fuses it).
@@ -30,11 +30,11 @@ from edgecnn.errors import EdgecnnError
 from edgecnn.quant.annotators import (
     BATCH_NORM_OPS,
     CONV_OPS,
+    FLOAT_KEY,
     LINEAR_OPS,
     PASSTHROUGH,
     calls,
     fuse_activation,
-    mark,
     sole_user,
 )
 
@@ -126,7 +126,8 @@ def keep_float(gm: GraphModule, patterns: Iterable[str]) -> list[Node]:
         return []
     claimed = [m for node in select(gm, patterns, "--keep-float") for m in with_fused(node)]
     claimed = list(dict.fromkeys(claimed))
-    mark(claimed)
+    for node in claimed:
+        node.meta[FLOAT_KEY] = True
     return claimed
 
 
