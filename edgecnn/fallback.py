@@ -135,6 +135,9 @@ def markdown(fallback: dict | None) -> list[str]:
              *[f"{s['drops'][n]:+.2f}" for n in names],
              *[f"{s['p50_ms'].get(n, float('nan')):.3f}" for n in names]]
             for i, s in enumerate(steps)]
+    if fallback.get("error"):
+        return ["", "## Fallback to float", "",
+                f"--fallback {fallback['mode']} could not rank the layers: {fallback['error']}"]
     verdict = ("within" if fallback["within_bound"] else "still outside")
     ranking = fallback["ranking"]
     lines = ["", "## Fallback to float", "",

@@ -388,7 +388,13 @@ def _fall_back(mode: str, quant_config, quant_metrics: dict, validation: dict,
     if steps[0].within(max_drop):
         return quant_metrics, validation, summary(mode, max_drop, None, steps)
     steps[0].p50_ms = _int8_latency(paths, bench_runs)
-    ranking = rank_layers(reference, paths[1:], data, seed)
+    try:
+        ranking = rank_layers(reference, paths[1:], data, seed)
+    except EdgecnnError as exc:  # nothing to rank by: say so, keep the int8 files
+        warnings.warn(f"--fallback {mode}: cannot rank the layers ({exc}); nothing moved",
+                      stacklevel=2)
+        return quant_metrics, validation, {**summary(mode, max_drop, None, steps),
+                                           "error": str(exc)}
     moved: list[str] = []
     for group in rank_groups(ranking, quant_metrics.get("int8_layers", []),
                              float_input=io == "float"):
