@@ -247,3 +247,40 @@ def test_rank_groups_order_inputs_writers_and_the_first_layer():
               "ranking": {}, "steps": [{"moved": [], "float_layers": [], "drops": {"m": 0.2},
                                         "p50_ms": {}}]}
     assert "nothing moved" in "\n".join(markdown(record))
+
+
+def test_keep_float_under_qat_folds_the_float_layers_bn(tmp_path):
+    """QAT keeps a conv + BN float too (torchao's QAT conv-BN rewrite runs on it; the
+    export folds the BN scale into float weights): onnxruntime and LiteRT compute what the
+    converted program computes."""
+    import torch
+    from planted_model import planted_net
+
+    from edgecnn import quant
+    from edgecnn.config import Preprocessing
+    from edgecnn.export import onnx as onnx_export
+    from edgecnn.export.tflite import convert
+    from edgecnn.quant.precision import float_layers
+    from edgecnn.quant.qat import QATConfig
+    from edgecnn.quant.spec import QuantConfig
+    from edgecnn.runtime.session import open_session
+
+    torch.manual_seed(0)
+    x, y = torch.rand(128, 1, 32, 32), torch.randint(0, 10, (128,))
+    program = quant.quantize(planted_net().eval(), x[:2], "qat", train_data=(x, y),
+                             qat_config=QATConfig(epochs=1),
+                             config=QuantConfig(keep_float=(r"head\.0", r"block\.proj")))
+    assert float_layers(program) == ["block.proj", "head.0"]
+    record = Preprocessing((32, 32), 1, (0.0,), (1.0,), tuple("0123456789"))
+    path = onnx_export.export_int8(program, record, tmp_path / "m.onnx")
+    assert not any(n.op_type.startswith("BatchNorm") for n in onnx.load(str(path)).graph.node)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tflite = convert(path, tmp_path / "m.tflite")
+    expected = program(x[:16]).detach().numpy()
+    with open_session(path) as ort_session, open_session(tflite, "ai_edge_litert") as tfl:
+        got_ort = ort_session.run(x[:16].numpy())
+        got_tfl = tfl.run(x[:16].numpy().transpose(0, 2, 3, 1))
+        step = tfl.output.quant.scale
+    assert np.abs(got_ort - expected).max() <= step * 1.01
+    assert np.abs(got_tfl - got_ort).max() <= step * 1.01
