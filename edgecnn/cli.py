@@ -502,6 +502,11 @@ def inspect_command(
                                        highlight=False)
 
 
+KEEP_FLOAT_HELP = ("Keep the layers this regular expression matches in full (module path such "
+                   "as block.conv or block, or node name) float: DEQUANTIZE / QUANTIZE around "
+                   "them in TFLite, no Q/DQ on them in ONNX. Repeatable.")
+
+
 @app.command("export")
 def export_command(
     model: Annotated[str, typer.Argument(help="Zoo name or package.module:factory.")],
@@ -534,6 +539,12 @@ def export_command(
     force: Annotated[bool, typer.Option("--force", help="Redo every stage.")] = False,
     onnx_activations: Annotated[str | None, typer.Option(
         help="int8 ONNX activation type: uint8 | int8.", show_default="uint8")] = None,
+    keep_float: Annotated[list[str] | None, typer.Option(
+        "--keep-float", help=KEEP_FLOAT_HELP)] = None,
+    fallback: Annotated[str, typer.Option(
+        help="none | float: when an int8 artifact's drop exceeds --max-drop, move the layers "
+             "adding most int8 error (inspect, on the training split's tail) to float, one "
+             "group at a time, until it is within.")] = "none",
 ) -> None:
     """Export artifacts; with --int8, the one command from model to validated int8 files."""
     check_all(qat_epochs=qat_epochs, epochs=epochs, max_drop=max_drop,
@@ -546,7 +557,8 @@ def export_command(
             model, data=data, checkpoint=checkpoint, method="ptq" if ptq else "qat",
             qat_epochs=qat_epochs, train_epochs=epochs, formats=fmts, max_drop=max_drop,
             min_agreement=min_agreement, io=io, input_size=input_size, out=out_dir, force=force,
-            onnx_activations=onnx_activations)
+            onnx_activations=onnx_activations, keep_float=tuple(keep_float or ()),
+            fallback=fallback)
         _print_report(report)
         if not report.passed:
             for failure in report.failures():
@@ -554,6 +566,10 @@ def export_command(
                                            soft_wrap=True)
             raise typer.Exit(1)
         return
+    if keep_float:
+        raise EdgecnnError("--keep-float needs --int8 (or pass it to `edgecnn quantize`)")
+    if fallback != "none":
+        raise EdgecnnError("--fallback needs --int8")
     if checkpoint is None:
         raise EdgecnnError("export needs --checkpoint DIR (or --int8 to train one)")
     from edgecnn.export.tflite import IO_MODES
@@ -570,13 +586,21 @@ def export_command(
 
 
 def _print_report(report) -> None:
-    from edgecnn.report import SUMMARY_HEADERS
+    from edgecnn.report import SUMMARY_HEADERS, precision_lines
     from edgecnn.runtime.tables import rich_table, table_console
 
     d = report.data
     title = (f"{d['model']} on {d['data']}, {d['method'].upper()}: "
              f"fp32 reference {100 * d['reference_accuracy']:.2f}%")
     table_console(out).print(rich_table(title, SUMMARY_HEADERS, report.summary_rows()))
+    for line in precision_lines(d):
+        out.print(line, highlight=False)
+    record = d.get("fallback")
+    if record and len(record["steps"]) > 1:
+        out.print(f"fallback {record['mode']}: moved {', '.join(record['moved'])} in "
+                  f"{len(record['steps']) - 1} step(s); "
+                  f"{'within' if record['within_bound'] else 'still outside'} the bound "
+                  "(report.md: drop and latency per step)", highlight=False)
     out.print(f"wrote {report.directory}/report.json, report.md, latency_vs_accuracy.png",
               highlight=False)
 
@@ -633,6 +657,8 @@ def quantize_command(
                                                "moving_average | histogram.")] = "minmax",
     strict: Annotated[bool, typer.Option(help="Fail on an op the quantizer does not know "
                                               "instead of leaving it float.")] = False,
+    keep_float: Annotated[list[str] | None, typer.Option(
+        "--keep-float", help=KEEP_FLOAT_HELP)] = None,
 ) -> None:
     """int8-quantize an fp32 checkpoint (TFLite spec); writes the Q/DQ program and metrics."""
     check_all(epochs=epochs, lr=lr, calib_batches=calib_batches, batch_size=batch_size)
@@ -650,13 +676,16 @@ def quantize_command(
     qat_config = QATConfig(epochs=epochs, lr=lr, batch_size=batch_size,
                            seed=training_seed(checkpoint))
     metrics = quantize_checkpoint(checkpoint, out_dir, method=method, data=data,
-                                  model_name=model, config=QuantConfig(observer=observer,
-                                                                       strict=strict),
+                                  model_name=model, config=QuantConfig(
+                                      observer=observer, strict=strict,
+                                      keep_float=tuple(keep_float or ())),
                                   qat_config=qat_config, calib_batches=calib_batches,
                                   batch_size=batch_size)
     out.print(f"{model} {method}: fp32 {metrics['fp32_accuracy']:.4f} -> int8 "
               f"[bold]{metrics['int8_accuracy']:.4f}[/bold] (drop {metrics['accuracy_drop']:.2f} "
               f"points) in {metrics['quantize_seconds']:.1f}s -> {out_dir}", highlight=False)
+    if metrics["float_layers"]:
+        out.print(f"float layers: {', '.join(metrics['float_layers'])}", highlight=False)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

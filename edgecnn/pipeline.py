@@ -18,6 +18,7 @@ from edgecnn import __version__
 from edgecnn.checkpoint import ModelConfig, load_checkpoint, read_config, save_checkpoint
 from edgecnn.data import load
 from edgecnn.errors import EdgecnnError
+from edgecnn.fallback import check_fallback
 from edgecnn.models import create_model
 from edgecnn.progress import console
 from edgecnn.report import Report
@@ -32,11 +33,13 @@ def train_reference(model_name: str, data: str, directory: Path,
                     config: TrainConfig | None = None, *, input_size: int | None = None,
                     width_mult: float = 1.0, show_progress: bool = True,
                     preflight: str | None = None, formats: tuple[str, ...] = FORMATS,
-                    io: str = "int8") -> dict:
+                    io: str = "int8", quant_config=None) -> dict:
     """Train the fp32 reference and write checkpoint.pt, config.json and metrics.json.
 
     preflight: "error" or "warn" first checks, on the untrained model, that it exports
     to int8 `formats` (`edgecnn.preflight`), and raises or warns before any epoch.
+    quant_config: the QuantConfig the model will be quantized with; its layer patterns
+    (`--keep-float`) must each match a layer, checked before any epoch (raises).
     """
     config = config or TrainConfig()
     dataset = load(data, seed=config.seed)
@@ -44,8 +47,10 @@ def train_reference(model_name: str, data: str, directory: Path,
     options = model_options_for(preprocessing, width_mult)
     torch.manual_seed(config.seed)  # weight init is part of the seeded run
     model = create_model(model_name, **options)
+    if quant_config is not None:
+        _check_patterns(model, preprocessing, quant_config)
     if preflight is not None:
-        _preflight(model, preprocessing, formats, io, preflight)
+        _preflight(model, preprocessing, formats, io, preflight, quant_config)
     metrics = train(model, dataset, preprocessing, config, show_progress=show_progress)
     save_checkpoint(Path(directory), model, ModelConfig(model_name, preprocessing, options, data))
     metrics = {"model": model_name, "data": data, **metrics}
@@ -58,13 +63,21 @@ class PreflightWarning(UserWarning):
     """The model trains, but its export to int8 would fail (named in the message)."""
 
 
+def _check_patterns(model: torch.nn.Module, preprocessing, quant_config) -> None:
+    """Every layer pattern of `quant_config` matches a layer of `model` (left unchanged)."""
+    from edgecnn.quant.precision import check_patterns
+
+    h, w = preprocessing.input_size
+    check_patterns(model, torch.zeros(2, preprocessing.channels, h, w), quant_config)
+
+
 def _preflight(model: torch.nn.Module, preprocessing, formats: tuple[str, ...], io: str,
-               mode: str) -> None:
+               mode: str, quant_config=None) -> None:
     from edgecnn.preflight import check_exportable
 
     state = copy.deepcopy(model.state_dict())
     try:
-        check_exportable(model, preprocessing, formats=formats, io=io)
+        check_exportable(model, preprocessing, formats=formats, io=io, config=quant_config)
     except EdgecnnError as exc:
         if mode == "error":
             raise
@@ -225,19 +238,26 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
                 min_agreement: float = 0.99, io: str = "int8",
                 input_size: int | None = None, out: Path | None = None, force: bool = False,
                 onnx_activations: str | None = None, bench_runs: int = 100,
+                keep_float: tuple[str, ...] = (), fallback: str = "none",
                 show_progress: bool = True) -> Report:
     """Model -> fp32 reference -> QAT/PTQ -> fp32 and int8 ONNX/TFLite -> validate, bench.
 
     Every stage's outputs are reused when its inputs (model, options, data,
     checkpoint) hash the same as last time; `force` redoes everything. The
     returned Report is also written as report.json, report.md and a plot.
+    keep_float: regular expressions over layer names kept float (`edgecnn.quant.precision`).
+    fallback: "float" moves the layers adding most int8 error to float until every int8
+    artifact's drop is within `max_drop` (`edgecnn.fallback`); "none" only measures.
     """
     from edgecnn.quant.qat import QATConfig
     from edgecnn.quant.run import quantize_checkpoint, training_seed
+    from edgecnn.quant.spec import QuantConfig
 
     out = Path(out or Path("artifacts") / model.replace(":", "_"))
     _check_arguments(model, data, checkpoint, method, formats, max_drop, min_agreement, io,
                      onnx_activations, out)
+    quant_config = QuantConfig(keep_float=tuple(keep_float))
+    check_fallback(fallback)
     clean_stale_temps(out, recursive=True)  # left by a run killed mid-write
     stages: dict[str, dict] = {}
 
@@ -265,35 +285,39 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
         run_stage(stage, lambda: train_reference(model, data, ckpt_dir, train_config,
                                                  input_size=input_size,
                                                  show_progress=show_progress,
-                                                 preflight="error", formats=formats, io=io))
+                                                 preflight="error", formats=formats, io=io,
+                                                 quant_config=quant_config))
     else:
         ckpt_dir = Path(checkpoint)
-        load_checkpoint(ckpt_dir, model)  # fail early on a checkpoint that doesn't fit
+        loaded, loaded_config = load_checkpoint(ckpt_dir, model)  # fail early on a misfit
+        _check_patterns(loaded, loaded_config.preprocessing, quant_config)
     ckpt_key = _files_digest(ckpt_dir / "checkpoint.pt") + _files_digest(ckpt_dir / "config.json")
     config = read_config(ckpt_dir)
 
-    # 2. quantization (QAT by default)
+    # 2. quantization (QAT by default), 3. artifacts: again per fallback step
     quant_dir = out / "quantized"
-    key = stage_key(ckpt_key, data_digest(data), method, qat_epochs)
-    stage = _Stage("quantize", out, key, [quant_dir / "model_int8.pt2",
-                                          quant_dir / "metrics.json"], force)
-    run_stage(stage, lambda: quantize_checkpoint(
-        ckpt_dir, quant_dir, method=method, data=data, model_name=model,
-        qat_config=QATConfig(epochs=qat_epochs), show_progress=show_progress))
-    quant_metrics = json.loads((quant_dir / "metrics.json").read_text())
-
-    # 3. artifacts
     paths = {f"model_{p}.{f}": out / f"model_{p}.{f}" for f in formats for p in ("fp32", "int8")}
-    key = stage_key(ckpt_key, _files_digest(quant_dir / "model_int8.pt2"), formats, io,
-                  onnx_activations)
     sidecars = [Path(f"{p}.json") for p in paths.values() if p.suffix == ".tflite"]
-    stage = _Stage("export", out, key, list(paths.values()) + sidecars, force)
-    run_stage(stage, lambda: _write_artifacts(ckpt_dir, quant_dir, out, formats, io,
-                                              onnx_activations, model))
+
+    def quantize_and_export(config) -> dict:
+        key = stage_key(ckpt_key, data_digest(data), method, qat_epochs, config.to_dict())
+        stage = _Stage("quantize", out, key, [quant_dir / "model_int8.pt2",
+                                              quant_dir / "metrics.json"], force)
+        run_stage(stage, lambda: quantize_checkpoint(
+            ckpt_dir, quant_dir, method=method, data=data, model_name=model, config=config,
+            qat_config=QATConfig(epochs=qat_epochs), show_progress=show_progress))
+        key = stage_key(ckpt_key, _files_digest(quant_dir / "model_int8.pt2"), formats, io,
+                        onnx_activations)
+        stage = _Stage("export", out, key, list(paths.values()) + sidecars, force)
+        run_stage(stage, lambda: _write_artifacts(ckpt_dir, quant_dir, out, formats, io,
+                                                  onnx_activations, model))
+        return json.loads((quant_dir / "metrics.json").read_text())
+
+    quant_metrics = quantize_and_export(quant_config)
     with atomic_write(out / "preprocessing.json") as tmp:
         tmp.write_text(json.dumps(config.preprocessing.to_dict(), indent=2))
 
-    # 4. validate against the fp32 reference, 5. bench
+    # 4. validate against the fp32 reference (and fall back layer by layer), 5. bench
     from edgecnn.runtime.bench import BenchConfig, run_bench
     from edgecnn.runtime.validate import Bounds, run_validate
 
@@ -307,6 +331,14 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
     if show_progress:
         console.print(f"[green]✓[/green] validate [dim]({stages['validate']['seconds']:.1f}s)"
                       "[/dim]")
+    fallback_record = None
+    if fallback != "none":
+        start = time.perf_counter()
+        quant_metrics, validation, fallback_record = _fall_back(
+            fallback, quant_config, quant_metrics, validation, quantize_and_export,
+            lambda: run_validate(reference, ordered[1:], data, bounds, seed=seed),
+            reference, ordered, data, seed, max_drop, bench_runs, io, show_progress)
+        stages["fallback"] = {"seconds": round(time.perf_counter() - start, 2)}
     start = time.perf_counter()
     threads = tuple(sorted({1, os.cpu_count() or 1}))
     bench = run_bench(ordered, BenchConfig(threads=threads, runs=bench_runs), progress=False)
@@ -325,9 +357,63 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
                       ckpt_dir / "checkpoint.pt", out / "preprocessing.json"]
     report = Report({**_report_data(model, data, method, max_drop, config, quant_metrics,
                                     validation, bench, stages, ordered, manifest_files),
-                     "inspect": inspection})
+                     "inspect": inspection, "fallback": fallback_record})
     report.write(out)
     return report
+
+
+def _int8_drops(validation: dict) -> dict[str, float]:
+    return {c["name"]: c["drop"] for c in validation["candidates"] if "int8" in c["name"]}
+
+
+def _int8_latency(paths: list[Path], runs: int) -> dict[str, float]:
+    from edgecnn.runtime.bench import BenchConfig, run_bench
+
+    int8 = [p for p in paths if "int8" in p.stem]
+    bench = run_bench(int8, BenchConfig(threads=(1,), runs=runs), progress=False)
+    return {row["name"]: row["p50_ms"] for row in bench["results"]}
+
+
+def _fall_back(mode: str, quant_config, quant_metrics: dict, validation: dict,
+               quantize_and_export, validate, reference: Path, paths: list[Path], data: str,
+               seed: int, max_drop: float, bench_runs: int, io: str, show_progress: bool,
+               ) -> tuple[dict, dict, dict | None]:
+    """The accuracy-aware loop of `edgecnn.fallback`: returns the last step's quantize
+    metrics and validation, and the "fallback" record (None when step 0 is within)."""
+    from dataclasses import replace
+
+    from edgecnn.fallback import Step, patterns, rank_groups, rank_layers, summary
+
+    steps = [Step([], quant_metrics.get("float_layers", []), _int8_drops(validation))]
+    if steps[0].within(max_drop):
+        return quant_metrics, validation, summary(mode, max_drop, None, steps)
+    steps[0].p50_ms = _int8_latency(paths, bench_runs)
+    try:
+        ranking = rank_layers(reference, paths[1:], data, seed)
+    except EdgecnnError as exc:  # nothing to rank by: say so, keep the int8 files
+        warnings.warn(f"--fallback {mode}: cannot rank the layers ({exc}); nothing moved",
+                      stacklevel=2)
+        return quant_metrics, validation, {**summary(mode, max_drop, None, steps),
+                                           "error": str(exc)}
+    moved: list[str] = []
+    for group in rank_groups(ranking, quant_metrics.get("int8_layers", []),
+                             float_input=io == "float"):
+        new = [n for n in group if n not in moved and n not in steps[-1].float_layers]
+        if not new:
+            continue
+        moved += new
+        config = replace(quant_config, keep_float=quant_config.keep_float + patterns(moved))
+        quant_metrics = quantize_and_export(config)
+        validation = validate()
+        steps.append(Step(new, quant_metrics.get("float_layers", []), _int8_drops(validation),
+                          _int8_latency(paths, bench_runs)))
+        if show_progress:
+            drops = ", ".join(f"{n} {d:+.2f}" for n, d in steps[-1].drops.items())
+            console.print(f"[green]✓[/green] fallback step {len(steps) - 1}: "
+                          f"{', '.join(new)} to float: drop {drops}", highlight=False)
+        if steps[-1].within(max_drop):
+            break
+    return quant_metrics, validation, summary(mode, max_drop, ranking, steps)
 
 
 def manifest(files: list[Path], root: Path) -> dict[str, dict]:
@@ -386,6 +472,7 @@ def _report_data(model: str, data: str, method: str, max_drop: float, config: Mo
         "reference_accuracy": reference["accuracy"], "val_images": validation["num_images"],
         "torch_fp32_accuracy": quant_metrics["fp32_accuracy"],
         "torch_int8_accuracy": quant_metrics["int8_accuracy"],
+        "float_layers": quant_metrics.get("float_layers", []),
         "preprocessing": config.preprocessing.to_dict(),
         "min_agreement": validation["bounds"]["min_agreement"],
         "reference_floor": floor, "failures": failures,

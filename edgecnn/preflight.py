@@ -21,12 +21,14 @@ from edgecnn.errors import EdgecnnError
 
 
 def check_exportable(model: nn.Module, preprocessing: Preprocessing, *,
-                     formats: tuple[str, ...] = ("onnx", "tflite"), io: str = "int8") -> None:
+                     formats: tuple[str, ...] = ("onnx", "tflite"), io: str = "int8",
+                     config=None) -> None:
     """Quantize (PTQ, one random batch) and export a copy of `model` to int8 ONNX, then
     convert it to TFLite when "tflite" is in `formats`; `model` is left unchanged.
 
     Raises EdgecnnError("model cannot be exported to int8 ...: <the export's own error>").
     Quantizer and converter warnings are silenced here: the real run reports them.
+    `config`: the QuantConfig of the real run (its float layers, `--keep-float`).
     """
     from edgecnn import quant
     from edgecnn.export import onnx as onnx_export
@@ -37,7 +39,7 @@ def check_exportable(model: nn.Module, preprocessing: Preprocessing, *,
     try:
         with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
             warnings.simplefilter("ignore")
-            converted = quant.quantize(model.eval(), x[:2], "ptq", train_data=x,
+            converted = quant.quantize(model.eval(), x[:2], "ptq", train_data=x, config=config,
                                        calib_batches=1, batch_size=8)
             path = onnx_export.export_int8(converted, preprocessing, Path(tmp) / "model.onnx")
             if "tflite" in formats:

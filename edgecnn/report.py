@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgecnn.fallback import markdown as fallback_markdown
 from edgecnn.runtime.tables import markdown_table
 from edgecnn.util import atomic_write
 
@@ -66,6 +67,8 @@ class Report:
                       "the fp32 artifact of the same format.", "", "Stages:", ""]
         lines += [f"- {name}: {s['seconds']:.1f}s{' (reused)' if s.get('reused') else ''}"
                   for name, s in d.get("stages", {}).items()]
+        lines += _precision_markdown(d)
+        lines += fallback_markdown(d.get("fallback"))
         lines += _inspect_markdown(d.get("inspect"))
         return "\n".join(lines) + "\n"
 
@@ -77,6 +80,24 @@ class Report:
             tmp.write_text(self.to_markdown())
         plot_latency_vs_accuracy(self, directory / "latency_vs_accuracy.png")
         self.directory = directory
+
+
+def precision_lines(data: dict) -> list[str]:
+    """One line per precision other than int8 in the int8 artifacts (float layers), or
+    none when every layer is int8."""
+    lines = []
+    if data.get("float_layers"):
+        lines.append(f"float layers ({len(data['float_layers'])}): "
+                     f"{', '.join(data['float_layers'])}")
+    return lines
+
+
+def _precision_markdown(data: dict) -> list[str]:
+    """The layers that are not int8 (`--keep-float`), so the report says what was done."""
+    lines = precision_lines(data)
+    if not lines:
+        return []
+    return ["", "## Layers not in int8", "", *[f"- {line}" for line in lines]]
 
 
 def _inspect_markdown(summary: dict | None) -> list[str]:

@@ -30,10 +30,12 @@ from edgecnn.config import METADATA_KEY, ArtifactMetadata, Preprocessing
 from edgecnn.errors import EdgecnnError
 from edgecnn.export.onnx_passes import (
     INPUT_CHANNEL_MULTIPLE,
+    float_layers_per_axis_input,
     global_average_pools,
     pad_input_channels,
     uint8_activations,
 )
+from edgecnn.export.tflite.passes.islands import FLOAT_WEIGHTS_KEY
 from edgecnn.util import atomic_write
 
 OPSET = 18
@@ -142,10 +144,10 @@ def export_int8(program: torch.nn.Module, preprocessing: Preprocessing, path: Pa
     proto = global_average_pools(simplify(to_onnx(program, _example_input(preprocessing))))
     if activations == "uint8":
         proto = uint8_activations(proto)
-    proto = pad_input_channels(proto, pad_channels)
+    proto = float_layers_per_axis_input(pad_input_channels(proto, pad_channels))
     attach_metadata(proto, ArtifactMetadata(
         preprocessing.with_layout("NCHW"), model=model_name, precision="int8",
-        extra={"activations": activations}))
+        extra={"activations": activations, FLOAT_WEIGHTS_KEY: "float"}))
     return save(proto, path)
 
 

@@ -206,3 +206,64 @@ def _set_channels(graph: onnx.GraphProto, names: set[str], channels: int) -> Non
     for info in graph.value_info:
         if info.name in names and len(info.type.tensor_type.shape.dim) == 4:
             info.type.tensor_type.shape.dim[1].dim_value = channels
+
+
+#: ops whose float weights onnxruntime's WeightBiasQuantization quantizes when their input
+#: is a per-tensor DequantizeLinear
+WEIGHT_QUANTIZED_BY_ORT = ("Conv", "ConvTranspose", "Gemm")
+
+
+def _input_channels(node: onnx.NodeProto, weight: np.ndarray) -> int:
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Conv":
+        return weight.shape[1] * int(attrs.get("group", 1))
+    if node.op_type == "Gemm":
+        return weight.shape[1] if attrs.get("transB", 0) else weight.shape[0]
+    return weight.shape[0]  # ConvTranspose: (C, O / group, kH, kW)
+
+
+def float_layers_per_axis_input(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Keep float layers float on onnxruntime: a Conv / ConvTranspose / Gemm with float
+    weight initializers that reads a per-tensor DequantizeLinear gets its own
+    DequantizeLinear of the same tensor with the scale and zero point repeated per
+    channel (axis 1). The values are the same, bit for bit; but onnxruntime's
+    WeightBiasQuantization transformer (graph optimization level 1, onnxruntime >= 1.20,
+    core/optimizer/qdq_transformer/weight_bias_quantization.cc) quantizes the float
+    weights of such an op to symmetric per-tensor int8 when its input DequantizeLinear has
+    a scalar scale, which would make a `--keep-float` layer int8 (and crush per-channel
+    ranges). Returns a new model; the input is not modified.
+    """
+    model = _copy(model)
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    added: dict[tuple[str, int], str] = {}
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        dq = producer.get(node.input[0]) if node.input else None
+        weight = inits.get(node.input[1]) if len(node.input) > 1 else None
+        if (node.op_type in WEIGHT_QUANTIZED_BY_ORT and weight is not None
+                and weight.data_type == TensorProto.FLOAT and dq is not None
+                and dq.op_type == "DequantizeLinear" and dq.input[1] in inits
+                and numpy_helper.to_array(inits[dq.input[1]]).size == 1):
+            channels = _input_channels(node, numpy_helper.to_array(weight))
+            key = (node.input[0], channels)
+            if key not in added:
+                name = f"{node.input[0]}_per_axis"
+                inputs = [dq.input[0]]
+                for i, suffix in ((1, "scale"), (2, "zero_point")):
+                    if len(dq.input) <= i or not dq.input[i]:
+                        continue
+                    value = numpy_helper.to_array(inits[dq.input[i]]).reshape(-1)
+                    tensor = numpy_helper.from_array(np.repeat(value, channels),
+                                                     f"{name}_{suffix}")
+                    graph.initializer.append(tensor)
+                    inputs.append(tensor.name)
+                nodes.append(helper.make_node("DequantizeLinear", inputs, [name], axis=1,
+                                              name=f"{dq.name or name}_per_axis"))
+                added[key] = name
+            node.input[0] = added[key]
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model

@@ -96,7 +96,15 @@ def annotator(name: str) -> Callable[[Annotator], Annotator]:
     return register
 
 
+#: meta flag of a node kept float (`edgecnn.quant.precision`): no annotator claims it, and it
+#: carries no annotation at all (torchao's QAT conv-BN rewrite needs a full one or none)
+FLOAT_KEY = "edgecnn_keep_float"
+
+
 def is_annotated(node: Node) -> bool:
+    """Claimed: annotated, or kept float."""
+    if node.meta.get(FLOAT_KEY):
+        return True
     annotation = node.meta.get(KEY)
     return annotation is not None and annotation._annotated
 

@@ -11,6 +11,7 @@ from torchao.quantization.pt2e.quantizer import Quantizer
 
 from edgecnn.errors import EdgecnnError
 from edgecnn.quant.annotators import ANNOTATORS, known_ops, unannotated
+from edgecnn.quant.precision import keep_float
 from edgecnn.quant.spec import QuantConfig, make_specs
 
 aten = torch.ops.aten
@@ -150,6 +151,7 @@ class TFLiteInt8Quantizer(Quantizer):
         return model
 
     def annotate(self, model: GraphModule) -> GraphModule:
+        keep_float(model, self.config.keep_float)  # claimed first: no annotator quantizes them
         for _, annotate in ANNOTATORS:
             annotate(model, self.specs)
         return model

@@ -18,6 +18,7 @@ from edgecnn.errors import EdgecnnError, ParameterError
 from edgecnn.quant import METHODS, quantize
 from edgecnn.quant.artifact import save
 from edgecnn.quant.graph import qdq_counts
+from edgecnn.quant.precision import float_layers, int8_layers
 from edgecnn.quant.qat import QATConfig
 from edgecnn.quant.spec import QuantConfig
 from edgecnn.train import accuracy, to_tensors
@@ -72,6 +73,7 @@ def quantize_checkpoint(checkpoint: Path, out: Path, *, method: str = "qat",
         "accuracy_drop": round(100.0 * (fp32_accuracy - int8_accuracy), 4),
         "val_images": len(vx), "quantize_seconds": round(seconds, 2),
         "quant_config": config.to_dict(), "node_counts": qdq_counts(converted),
+        "float_layers": float_layers(converted), "int8_layers": int8_layers(converted),
     }
     if method == "qat":
         metrics["qat_config"] = {k: getattr(qat_config, k)

@@ -58,6 +58,8 @@ class QuantConfig:
     weight_range: symmetric int8 weight range; (-127, 127) by the spec, (-63, 63)
         leaves headroom for int8 kernels that accumulate pairs in int16 (x86 without VNNI).
     strict: raise on an op the quantizer does not know instead of warning.
+    keep_float: regular expressions over layer / node names; the layers they match stay
+        float (`edgecnn.quant.precision`; a pattern matching nothing raises at annotation).
     """
 
     observer: str = "minmax"
@@ -65,8 +67,13 @@ class QuantConfig:
     activation_range: tuple[int, int] | None = None
     weight_range: tuple[int, int] = (-127, 127)
     strict: bool = False
+    keep_float: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        from edgecnn.quant.precision import compile_patterns
+
+        object.__setattr__(self, "keep_float", tuple(self.keep_float))
+        compile_patterns(self.keep_float, "--keep-float")
         if self.observer not in OBSERVERS:
             raise EdgecnnError(f"unknown observer {self.observer!r}; known: {sorted(OBSERVERS)}")
         if self.activation_dtype not in ACTIVATION_DTYPES:
@@ -91,7 +98,8 @@ class QuantConfig:
     def to_dict(self) -> dict:
         return {"observer": self.observer, "activation_dtype": self.activation_dtype,
                 "activation_range": list(self.activation_range),
-                "weight_range": list(self.weight_range), "strict": self.strict}
+                "weight_range": list(self.weight_range), "strict": self.strict,
+                "keep_float": list(self.keep_float)}
 
 
 @dataclass(frozen=True)

@@ -128,12 +128,19 @@ def _record(reference: Path, candidate: Path):
                        "preprocessing record to feed the images")
 
 
+#: which images `run_inspect` reads: the first of the validation split, or the last of the
+#: training split (held out from the gate: the fallback ranks layers on them)
+SPLITS = ("val", "train_tail")
+
+
 def run_inspect(reference: Path, candidate: Path, data: str, *, images: int = 32,
-                seed: int = 0, threads: int | None = None, batch_size: int = 4) -> dict:
+                seed: int = 0, threads: int | None = None, batch_size: int = 4,
+                split: str = "val") -> dict:
     """Compare every quantized tensor of `candidate` (.onnx QDQ or full-int8 .tflite)
     with its counterpart in the fp32 `reference` on the first `images` validation
-    images of `data`. Returns the report dict (see `layers` in it: one entry per
-    matched tensor, in graph order). Raises EdgecnnError naming the file or flag at fault.
+    images of `data` (split="train_tail": the last `images` of the training split).
+    Returns the report dict (see `layers` in it: one entry per matched tensor, in graph
+    order). Raises EdgecnnError naming the file or flag at fault.
     """
     from edgecnn.data import load
     from edgecnn.runtime.preprocess import prepare
@@ -147,8 +154,10 @@ def run_inspect(reference: Path, candidate: Path, data: str, *, images: int = 32
         raise EdgecnnError(f"{candidate}: no quantized activations (int8 tensors or "
                            "QuantizeLinear nodes); --candidate must be an int8 model")
     record = _record(reference, candidate)
+    if split not in SPLITS:
+        raise EdgecnnError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     dataset = load(data, seed=seed)
-    pixels = dataset.val_images[:images]
+    pixels = dataset.val_images[:images] if split == "val" else dataset.train_images[-images:]
     if len(pixels) == 0:
         raise EdgecnnError(f"{data}: the validation split is empty")
     x_ref = prepare(pixels, record.with_layout(ref.layout))

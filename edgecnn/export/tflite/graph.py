@@ -117,6 +117,9 @@ class Graph:
         self.changed: dict[str, str] = {}
         #: activation -> the (scale, zero point) the QDQ model gives it (set by fold_qdq)
         self.qdq_params: dict[str, Quant] = {}
+        #: ids of ops that compute in float although their activations are int8 tensors (a
+        #: QDQ model's float layers, `passes.islands.mark_float_layers`)
+        self.float_ops: set[int] = set()
         self._counter = itertools.count()
 
     def note(self, kind: str, name: str, changed: str | None = None) -> None:

@@ -9,7 +9,7 @@ from edgecnn.export.tflite.passes.activations import fuse_activations
 from edgecnn.export.tflite.passes.constants import fold_constants, remove_identities
 from edgecnn.export.tflite.passes.fusions import fuse_gelu
 from edgecnn.export.tflite.passes.io import float_io, name_io, uint8_io
-from edgecnn.export.tflite.passes.islands import isolate_float_ops
+from edgecnn.export.tflite.passes.islands import isolate_float_ops, mark_float_layers
 from edgecnn.export.tflite.passes.layout import to_nhwc
 from edgecnn.export.tflite.passes.pads import fold_pads
 from edgecnn.export.tflite.passes.qdq import check_qdq_params, fold_qdq, propagate_quant
@@ -32,6 +32,7 @@ ONNX_PASSES = (
 )
 
 TFLITE_PASSES = (
+    mark_float_layers,   # conv / FC with float weights in a model that declares float layers
     fold_reshapes,       # RESHAPE chains -> one; no-op reshapes dropped
     fuse_activations,    # RELU / RELU6 into the producer, when exact
     isolate_float_ops,   # ops a QDQ model leaves float: DEQUANTIZE / QUANTIZE around them

@@ -8,16 +8,53 @@ conversion notes name them, so a user who wants a full-int8 file can quantize th
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
+from edgecnn.export.tflite.builtins import record
 from edgecnn.export.tflite.graph import Graph, Op
 
 FLOAT_OPS = ("run in float (DEQUANTIZE / QUANTIZE around them) because the QDQ model leaves "
              "their tensors unquantized; quantize them too for a full-int8 model")
+FLOAT_LAYERS = ("run in float (DEQUANTIZE / QUANTIZE around them): float layers of the QDQ "
+                "model (edgecnn --keep-float)")
+#: the key of the edgecnn record's `extra` that declares a QDQ model's float weights intended
+FLOAT_WEIGHTS_KEY = "float_weights"
+
+
+def declares_float_layers(graph: Graph) -> bool:
+    """True when the model's edgecnn record says its float weights are float layers by
+    design (`extra.float_weights == "float"`, written by `export.onnx.export_int8`). Other
+    QDQ files keep the default: float weights of an int8 op are quantized, with a note."""
+    try:
+        extra = json.loads(graph.metadata.get("edgecnn", "{}")).get("extra", {})
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(extra, dict) and extra.get(FLOAT_WEIGHTS_KEY) == "float"
+
+
+def mark_float_layers(graph: Graph) -> None:
+    """A weighted op (conv, fully connected) whose weights the QDQ model leaves float runs
+    in float when the model declares it (`declares_float_layers`), as onnxruntime runs
+    it: `isolate_float_ops` then puts a DEQUANTIZE before it and a QUANTIZE after it
+    even where the tensors around it are int8. In place (`graph.float_ops`)."""
+    if not graph.quantized or not declares_float_layers(graph):
+        return
+    for op in graph.ops:
+        rec = record(op)
+        if rec is None or rec.weights is None or len(op.inputs) <= rec.weights[0]:
+            continue
+        weights = graph.tensors.get(op.inputs[rec.weights[0]])
+        if weights is not None and weights.is_const and weights.quant is None:
+            graph.float_ops.add(id(op))
 
 
 def is_int8_op(graph: Graph, op: Op) -> bool:
-    """True when every activation the op reads or writes is an int8 tensor."""
+    """True when every activation the op reads or writes is an int8 tensor, and the op is
+    not one of the model's float layers (`mark_float_layers`)."""
+    if id(op) in graph.float_ops:
+        return False
     names = [n for n in (*op.inputs, *op.outputs) if n and not graph.tensor(n).is_const]
     return all(graph.tensor(n).quant is not None for n in names)
 
@@ -35,7 +72,8 @@ def isolate_float_ops(graph: Graph) -> None:
             ops.append(op)
             continue
         if quantized:
-            graph.note(FLOAT_OPS, f"{op.name} ({op.type})")
+            graph.note(FLOAT_LAYERS if id(op) in graph.float_ops else FLOAT_OPS,
+                       f"{op.name} ({op.type})")
         for i, name in enumerate(op.inputs):
             tensor = graph.tensor(name) if name else None
             if tensor is None or tensor.quant is None:

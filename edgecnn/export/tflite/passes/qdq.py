@@ -33,9 +33,19 @@ def _params(graph: Graph, op: Op, rank: int) -> tuple[Quant, np.dtype]:
     if qtype == np.uint8:
         zero = zero - 128  # uint8 q is int8 q + 128 with the same scale
     axis = op.attrs.get("axis", 1) if np.size(scale) > 1 else None
+    if axis is not None and _uniform_activation(graph, op, scale, zero):
+        scale, zero, axis = np.reshape(scale, -1)[:1], zero.reshape(-1)[:1], None
     if axis is not None and axis < 0:
         axis += rank
     return Quant(scale, zero, axis), (INT8 if qtype == np.uint8 else qtype)
+
+
+def _uniform_activation(graph: Graph, op: Op, scale: np.ndarray, zero: np.ndarray) -> bool:
+    """A per-axis Q / DQ of an activation whose scales and zero points are all equal is
+    per-tensor (edgecnn's float layers read one, `onnx_passes.float_layers_per_axis_input`)."""
+    scale = np.reshape(scale, -1)
+    return (not graph.tensor(op.inputs[0]).is_const and bool(np.all(scale == scale[0]))
+            and bool(np.all(zero == zero.reshape(-1)[0])))
 
 
 def _widest(graph: Graph) -> dict[str, Quant]:

@@ -1,0 +1,150 @@
+"""Accuracy-aware quantization: layers leave int8 until the drop is within the bound.
+
+`export --int8 --max-drop X --fallback float`: when an int8 artifact's top-1 drop
+exceeds X, `edgecnn inspect` ranks the layers by the error each adds by itself
+(own SQNR, lowest first) on the last `HOLDOUT_IMAGES` images of the training split,
+never on the validation images that decide the gate. The worst layer moves to
+float together with the layers that write the tensors it reads: a layer's own
+error includes the quantization of its inputs, which only their writers can
+remove (`edgecnn.quant.precision`). The model is quantized and exported again, the
+drop re-measured, and the next group moves, until every int8 artifact is within
+X or no layer is left. Each step is recorded (`Step`): what moved, the drops, the
+latency at one thread; report.json and report.md say what was done.
+
+The ranking is NNCF's accuracy-aware loop (rank by a per-layer metric, revert the
+worst, re-validate) with the metric of `edgecnn inspect`, measured on the
+artifact and the runtime that ship.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from edgecnn.errors import EdgecnnError
+
+FALLBACKS = ("none", "float")
+HOLDOUT_IMAGES = 64
+
+
+@dataclass
+class Step:
+    """One state of the loop: step 0 is plain int8, each later one moved `moved`."""
+
+    moved: list[str]
+    float_layers: list[str]
+    drops: dict[str, float]
+    p50_ms: dict[str, float] = field(default_factory=dict)  # int8 artifacts, 1 thread
+
+    def within(self, max_drop: float) -> bool:
+        return all(d <= max_drop for d in self.drops.values())
+
+
+def check_fallback(fallback: str) -> None:
+    if fallback not in FALLBACKS:
+        raise EdgecnnError(f"--fallback must be one of {', '.join(FALLBACKS)}, got {fallback!r}")
+
+
+def _ranked(report: dict) -> list[dict]:
+    """The report's layers by own SQNR on its first runtime, lowest first; exact layers
+    (infinite SQNR, null in JSON) left out: moving them gains nothing."""
+    kernels = report["runtimes"][0]
+
+    def own(entry: dict) -> float | None:
+        return entry["runtimes"][kernels]["own_sqnr_db"]
+
+    return sorted((e for e in report["layers"] if own(e) is not None and math.isfinite(own(e))),
+                  key=own)
+
+
+def rank_groups(report: dict, layers: list[str], *, float_input: bool = False,
+                ) -> list[list[str]]:
+    """Groups of layer names to move, in order: each ranked layer (own SQNR on the
+    report's first runtime, lowest first) with the layers writing its input tensors.
+    Only names in `layers` (the program's conv / linear layers) move; a ranked entry of
+    another kind (an add, a pool) contributes the weighted layers that feed it. A layer
+    that reads the model input moves only when `float_input` (io float): a float first
+    layer leaves the model input unquantized, which int8 / uint8 io cannot have."""
+    known = set(layers)
+    by_tensor = {e["tensor"]: e for e in report["layers"]}
+    ranked = _ranked(report)
+    reads_input = {e["layer"] for e in report["layers"]
+                   if any(by_tensor.get(t, {}).get("op") == "input" for t in e["inputs"])}
+    movable = known if float_input else known - reads_input
+    groups: list[list[str]] = []
+    for entry in ranked:
+        names = [entry["layer"], *(by_tensor[t]["layer"] for t in entry["inputs"]
+                                   if t in by_tensor)]
+        group = [n for n in dict.fromkeys(names) if n in movable]
+        if group and set(group) not in [set(g) for g in groups]:
+            groups.append(group)
+    return groups
+
+
+def rank_layers(reference: Path, candidates: list[Path], data: str, seed: int) -> dict:
+    """`edgecnn inspect` of the int8 .tflite (else .onnx) on the training split's tail."""
+    from edgecnn.verify.inspect import run_inspect
+
+    int8 = [Path(p) for p in candidates if "int8" in Path(p).stem]
+    chosen = next((p for p in int8 if p.suffix == ".tflite"), int8[0])
+    return run_inspect(reference, chosen, data, images=HOLDOUT_IMAGES, seed=seed,
+                       split="train_tail")
+
+
+def patterns(names: list[str]) -> tuple[str, ...]:
+    """`--keep-float` patterns that match exactly these layer names."""
+    return tuple(re.escape(n) for n in names)
+
+
+def summary(mode: str, max_drop: float, report: dict | None, steps: list[Step]) -> dict:
+    """What report.json records under "fallback"."""
+    ranked = []
+    if report is not None:
+        kernels = report["runtimes"][0]
+        ranked = [{"layer": e["layer"], "tensor": e["tensor"],
+                   "own_sqnr_db": e["runtimes"][kernels]["own_sqnr_db"]}
+                  for e in _ranked(report)[:10]]
+    final = steps[-1]
+    return {"mode": mode, "max_drop": max_drop, "within_bound": final.within(max_drop),
+            "moved": [n for s in steps for n in s.moved],
+            "ranking": {"images": report["images"] if report else 0,
+                        "split": f"training split, last {HOLDOUT_IMAGES} images",
+                        "candidate": Path(report["candidate"]).name if report else None,
+                        "runtime": report["runtimes"][0] if report else None,
+                        "worst": ranked},
+            "steps": [asdict(s) for s in steps]}
+
+
+def markdown(fallback: dict | None) -> list[str]:
+    """report.md's section: one row per step."""
+    if not fallback or not fallback.get("steps"):
+        return []
+    from edgecnn.runtime.tables import markdown_table
+
+    steps = fallback["steps"]
+    if len(steps) == 1 and fallback["within_bound"]:
+        return ["", "## Fallback to float", "",
+                f"--fallback {fallback['mode']}: every int8 artifact is within "
+                f"{fallback['max_drop']} points; nothing moved."]
+    names = list(steps[0]["drops"])
+    head = ["step", "moved to float", *[f"{n} drop" for n in names],
+            *[f"{n} p50 1t ms" for n in names]]
+    rows = [[str(i), ", ".join(s["moved"]) or "(int8)",
+             *[f"{s['drops'][n]:+.2f}" for n in names],
+             *[f"{s['p50_ms'].get(n, float('nan')):.3f}" for n in names]]
+            for i, s in enumerate(steps)]
+    if fallback.get("error"):
+        return ["", "## Fallback to float", "",
+                f"--fallback {fallback['mode']} could not rank the layers: {fallback['error']}"]
+    verdict = ("within" if fallback["within_bound"] else "still outside")
+    ranking = fallback["ranking"]
+    lines = ["", "## Fallback to float", "",
+             f"--fallback {fallback['mode']}: layers ranked by the error each adds by itself "
+             f"(edgecnn inspect on {ranking['candidate']}, {ranking['runtime']}, "
+             f"{ranking['split']}); moved one group at a time until the drop is within "
+             f"{fallback['max_drop']} points: {verdict} after {len(steps) - 1} step(s). Moved: "
+             f"{', '.join(fallback['moved']) or 'nothing'}.", "",
+             markdown_table(head, rows).rstrip()]
+    return lines
