@@ -80,10 +80,37 @@ def lower_tanh(ctx: Lowering) -> None:
     _unary(ctx, "TANH")
 
 
+#: the hard-sigmoid tensor inside an int8 hard-swish: [0, 1] on the int8 grid, so that
+#: saturation is the clamp (scale 1/255, zero point -128)
+UNIT_INTERVAL = Quant(1 / 255, -128)
+
+
 @register("HardSwish")
 def lower_hardswish(ctx: Lowering) -> None:
-    """x * relu6(x + 3) / 6 -> HARD_SWISH. int8: input and output may differ in scale."""
-    _unary(ctx, "HARD_SWISH")
+    """x * relu6(x + 3) / 6 -> HARD_SWISH (float); int8: MUL by 1/6 -> ADD 1/2 -> MUL by x.
+
+    XNNPACK (LiteRT's delegate) has no int8 HARD_SWISH kernel (its TFLite delegate
+    checks for float32 tensors), so an int8 HARD_SWISH runs outside the delegate and
+    splits its partition: the int8 MobileNetV3 ran slower than the float one. The chain
+    runs inside it: x / 6 takes x's zero point and scale / 6 (an exact integer identity),
+    the ADD writes h = clip(x / 6 + 1/2, 0, 1) at `UNIT_INTERVAL`, where int8 saturation
+    is the clip, and the last MUL writes x * h with the output's parameters. Against
+    one rounding (onnxruntime's QDQ HardSwish), h's grid adds at most |x| / 510 for
+    |x| < 3 (h is exact elsewhere): a fraction of an output step when the output's
+    scale exceeds 3 / 510 (`benchmarks/hardswish.md`).
+    """
+    x, y = ctx.input(0), ctx.output()
+    if x.quant is None or y.quant is None:
+        _unary(ctx, "HARD_SWISH")
+        return
+    sixth = ctx.graph.add_tensor(f"{y.name}_sixth", x.shape, x.dtype,
+                                 quant=Quant(x.quant.scale / 6, x.quant.zero_point))
+    gate = ctx.graph.add_tensor(f"{y.name}_gate", x.shape, x.dtype, quant=UNIT_INTERVAL)
+    ctx.emit("MUL", [x.name, ctx.graph.add_const(f"{ctx.op.name}_sixth", np.float32(1 / 6))],
+             [sixth], fused_activation_function="NONE")
+    ctx.emit("ADD", [sixth, ctx.graph.add_const(f"{ctx.op.name}_half", np.float32(0.5))],
+             [gate], fused_activation_function="NONE")
+    ctx.emit("MUL", [x.name, gate], [y.name], fused_activation_function="NONE")
 
 
 def _last_axis(ctx: Lowering, axis: int) -> None:
