@@ -118,6 +118,38 @@ class UpsamplingDecoder(nn.Module):
         return self.head(self.up2(u).mean((2, 3)))
 
 
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet's channel shuffle: view to rank 5, swap the group axes, view back."""
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+
+
+class ShuffleNetV2Block(nn.Module):
+    """A stride-2 unit (both branches) and a stride-1 unit (channel split, one branch,
+    concat, channel shuffle) (Ma et al., "ShuffleNet V2", 2018)."""
+
+    def __init__(self, c: int = 16) -> None:
+        super().__init__()
+        half = c // 2
+        self.stem = nn.Sequential(conv_bn(3, half, 3), nn.ReLU())
+        self.down_left = nn.Sequential(conv_bn(half, half, 3, stride=2, groups=half),
+                                       conv_bn(half, half, 1), nn.ReLU())
+        self.down_right = nn.Sequential(conv_bn(half, half, 1), nn.ReLU(),
+                                        conv_bn(half, half, 3, stride=2, groups=half),
+                                        conv_bn(half, half, 1), nn.ReLU())
+        self.branch = nn.Sequential(conv_bn(half, half, 1), nn.ReLU(),
+                                    conv_bn(half, half, 3, groups=half),
+                                    conv_bn(half, half, 1), nn.ReLU())
+        self.head = nn.Linear(c, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = channel_shuffle(torch.cat([self.down_left(x), self.down_right(x)], 1), 2)
+        kept, active = x.chunk(2, dim=1)
+        x = channel_shuffle(torch.cat([kept, self.branch(active)], 1), 2)
+        return self.head(x.mean((2, 3)))
+
+
 def _set_bn_statistics(model: nn.Module) -> nn.Module:
     """Non-trivial running statistics, as a trained model has."""
     g = torch.Generator().manual_seed(1)
@@ -146,6 +178,8 @@ BLOCKS = {
     "convmixer": (ConvMixer, {"GELU": 3, "DEPTHWISE_CONV_2D": 4}),  # 1 conv + 3 lone BNs
     "upsampling_decoder": (UpsamplingDecoder, {"RESIZE_NEAREST_NEIGHBOR": 1,
                                                "RESIZE_BILINEAR": 1}),
+    # each shuffle is RESHAPE -> TRANSPOSE -> RESHAPE on the NHWC tensor: one TRANSPOSE
+    "shufflenet_v2": (ShuffleNetV2Block, {"SPLIT": 1, "TRANSPOSE": 2, "CONCATENATION": 2}),
 }
 
 

@@ -211,6 +211,19 @@ CASES = [
                                        "axes": np.array([-1, 2], np.int64),
                                        "steps": np.array([1, 2], np.int64)}), X8,
          {"STRIDED_SLICE": 1}),
+    Case("split_channels_equal", lambda: ([helper.make_node("Split", ["x"], ["y", "rest"],
+                                                            axis=1, num_outputs=2)], {}),
+         X8, {"SPLIT": 1}),
+    Case("split_channels_sizes", lambda: ([helper.make_node("Split", ["x", "sizes"],
+                                                            ["rest", "y"], axis=1)],
+                                          {"sizes": np.array([3, 5], np.int64)}),
+         X8, {"SPLIT_V": 1}),
+    Case("channel_shuffle", lambda: (
+        [helper.make_node("Reshape", ["x", "grouped"], ["g"]),
+         helper.make_node("Transpose", ["g"], ["t"], perm=[0, 2, 1, 3, 4]),
+         node("Reshape", ["t", "shape"])],
+        {"grouped": np.array([1, 2, 4, 6, 6], np.int64),
+         "shape": np.array([1, 8, 6, 6], np.int64)}), X8, {"RESHAPE": 2, "TRANSPOSE": 1}),
     Case("batch_norm", plain("BatchNormalization", ["x", "s", "b", "m", "v"],
                              {"s": _w(8), "b": _w(8), "m": _w(8),
                               "v": np.abs(_w(8)) + 0.5}), X8, {"DEPTHWISE_CONV_2D": 1}),
@@ -274,7 +287,7 @@ class Reader(CalibrationDataReader):
 QDQ_OPS = ["Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Relu", "Clip", "Sigmoid", "Tanh",
            "HardSwish", "Softmax", "GlobalAveragePool", "ReduceMean", "AveragePool", "MaxPool",
            "Reshape", "Flatten", "Concat", "Pad", "Squeeze", "Unsqueeze", "LeakyRelu", "PRelu",
-           "HardSigmoid", "Div", "Transpose", "Slice", "BatchNormalization", "Resize"]
+           "HardSigmoid", "Div", "Transpose", "Slice", "BatchNormalization", "Resize", "Split"]
 
 
 def quantize(model: onnx.ModelProto, case: Case, tmp_path) -> onnx.ModelProto:

@@ -51,7 +51,11 @@ LOWERS_TO: dict[object, str | None] = {
     aten.flatten.using_ints: "RESHAPE", aten.view.default: "RESHAPE",
     aten.reshape.default: "RESHAPE", aten.squeeze.dim: "RESHAPE", aten.squeeze.dims: "RESHAPE",
     aten.unsqueeze.default: "RESHAPE", aten.permute.default: "TRANSPOSE",
-    aten.slice.Tensor: "STRIDED_SLICE",
+    aten.slice.Tensor: "STRIDED_SLICE", aten.transpose.int: "TRANSPOSE",
+    aten.contiguous.default: None,
+    # several outputs (getitem reads each): `annotate_split`, before the single-output ones
+    aten.split.Tensor: "SPLIT", aten.split_with_sizes.default: "SPLIT",
+    aten.chunk.default: "SPLIT",
     aten.upsample_nearest2d.vec: "RESIZE_NEAREST_NEIGHBOR",
     aten.upsample_bilinear2d.vec: "RESIZE_BILINEAR",
     aten.constant_pad_nd.default: "PAD", aten.pad.default: "PAD",
@@ -259,6 +263,20 @@ def annotate_own_output(gm: GraphModule, specs: Specs) -> None:
     """hardswish, and relu/relu6 not fused into a producer: input and output quantized."""
     for node in candidates(gm, OWN_OUTPUT_OPS):
         annotate(node, {node.args[0]: specs.activation}, specs.activation)
+
+
+SPLIT_OPS = (aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default)
+
+
+@annotator("split")
+def annotate_split(gm: GraphModule, specs: Specs) -> None:
+    """split / chunk (ShuffleNetV2's channel split): the input quantized, and each piece
+    (a getitem of the tuple) shares the input's quantization, as TFLite SPLIT copies."""
+    for node in candidates(gm, SPLIT_OPS):
+        x = node.args[0]
+        annotate(node, {x: specs.activation})
+        for piece in node.users:
+            annotate(piece, output=SharedQuantizationSpec((x, node)))
 
 
 @annotator("shared")

@@ -58,10 +58,14 @@ def conv_layout(graph: Graph, op: Op) -> list[Op]:
     return [op]
 
 
+#: the ONNX default of `axis` per op type (-1 for the others)
+DEFAULT_AXIS = {"Concat": 1, "Split": 0}
+
+
 def axis_layout(graph: Graph, op: Op) -> list[Op]:
-    """Concat / Softmax: remap the `axis` attribute; permute rank-4 constant inputs."""
+    """Concat / Split / Softmax: remap the `axis` attribute; permute rank-4 constant inputs."""
     if graph.tensor(op.outputs[0]).rank == 4:
-        axis = op.attrs.get("axis", 1 if op.type == "Concat" else -1) % 4
+        axis = op.attrs.get("axis", DEFAULT_AXIS.get(op.type, -1)) % 4
         op.attrs["axis"] = NHWC_AXIS[axis]
         for i, name in enumerate(op.inputs):
             data = graph.const(name)

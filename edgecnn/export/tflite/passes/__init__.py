@@ -19,7 +19,7 @@ from edgecnn.export.tflite.passes.quantization import (
     quantize_biases,
     quantize_constants,
 )
-from edgecnn.export.tflite.passes.reshapes import fold_reshapes
+from edgecnn.export.tflite.passes.reshapes import fold_channel_shuffles, fold_reshapes
 
 ONNX_PASSES = (
     fold_constants,      # shape arithmetic and Q(constant) become constants
@@ -32,6 +32,7 @@ ONNX_PASSES = (
 )
 
 TFLITE_PASSES = (
+    fold_channel_shuffles,  # NCHW group reshape -> transpose -> reshape, kept NHWC
     fold_reshapes,       # RESHAPE chains -> one; no-op reshapes dropped
     fuse_activations,    # RELU / RELU6 into the producer, when exact
     isolate_float_ops,   # ops a QDQ model leaves float: DEQUANTIZE / QUANTIZE around them

@@ -154,15 +154,33 @@ def align_same_scale(graph: Graph) -> None:
                                         outputs, ops) for name in op.inputs]
             ops.append(op)
             continue
-        source = graph.tensor(op.inputs[0])
+        source = graph.tensor(op.inputs[record(op).data_input])
         if op.type == "PADV2":  # the pad value shares the input's parameters
             op.inputs[2] = _aligned_const(graph, graph.tensor(op.inputs[2]), source.quant)
-        if source.quant.same_as(target.quant):
+        if len(op.outputs) > 1:
+            _align_outputs(graph, op, source.quant, ops)
+        elif source.quant.same_as(target.quant):
             ops.append(op)
         else:
             _requantize_after(graph, op, source.quant, ops,
                               "QUANTIZE added: the kernel needs equal input and output scales")
     graph.ops = ops
+
+
+def _align_outputs(graph: Graph, op: Op, quant: Quant, out: list[Op]) -> None:
+    """A copying op with several outputs (SPLIT): each writes `quant`; an output the QDQ
+    model gives other parameters is requantized to them by a QUANTIZE (noted)."""
+    requantize = []
+    for i, name in enumerate(op.outputs):
+        target = graph.tensor(name)
+        if target.quant.same_as(quant):
+            continue
+        staged = graph.add_tensor(f"{name}_{op.type.lower()}", target.shape, INT8, quant=quant)
+        op.outputs[i] = staged
+        requantize.append(Op("QUANTIZE", [staged], [name], name=op.name, domain="tflite"))
+        graph.note("QUANTIZE added: the kernel needs equal input and output scales",
+                   f"{op.name} ({op.type})")
+    out.extend([op, *requantize])
 
 
 def _aligned_const(graph: Graph, tensor: Tensor, quant: Quant) -> str:
