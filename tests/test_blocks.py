@@ -150,6 +150,41 @@ class ShuffleNetV2Block(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+class TemporalBlock(nn.Module):
+    """Two weight-normed dilated causal Conv1d (padding both sides, the right side chomped
+    off), ReLU, and a residual through a 1x1 Conv1d (Bai et al., "An Empirical Evaluation
+    of Generic Convolutional and Recurrent Networks for Sequence Modeling", 2018)."""
+
+    def __init__(self, c_in: int, c: int, kernel: int, dilation: int) -> None:
+        super().__init__()
+        self.chomp = (kernel - 1) * dilation
+        weight_norm = nn.utils.parametrizations.weight_norm
+        self.conv1 = weight_norm(nn.Conv1d(c_in, c, kernel, padding=self.chomp,
+                                           dilation=dilation))
+        self.conv2 = weight_norm(nn.Conv1d(c, c, kernel, padding=self.chomp,
+                                           dilation=dilation))
+        self.downsample = nn.Conv1d(c_in, c, 1) if c_in != c else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv1(x)[:, :, :-self.chomp])
+        y = torch.relu(self.conv2(y)[:, :, :-self.chomp])
+        return torch.relu(y + self.downsample(x))
+
+
+class TCN(nn.Module):
+    """A temporal convolutional network over a 3-channel sensor sequence of 32 steps, fed
+    as edgecnn feeds images ([N, 3, 1, 32], squeezed to [N, 3, 32]): dilations 1 and 2,
+    the mean over time into a linear classifier."""
+
+    def __init__(self, c: int = 16) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(TemporalBlock(3, c, 3, 1), TemporalBlock(c, c, 3, 2))
+        self.head = nn.Linear(c, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(x.squeeze(2)).mean(2))
+
+
 def _set_bn_statistics(model: nn.Module) -> nn.Module:
     """Non-trivial running statistics, as a trained model has."""
     g = torch.Generator().manual_seed(1)
@@ -201,6 +236,26 @@ def test_zoo_mobilenet_v3_small_is_full_int8(tmp_path) -> None:
     assert counts["DEQUANTIZE"] == 0 and counts["QUANTIZE"] == 0, dict(counts)
     coverage = delegate_coverage(files.tflite)
     assert coverage.outside == 0 and coverage.partitions == 1, coverage
+
+
+def test_tcn_on_a_sequence_goes_to_full_int8(tmp_path) -> None:
+    """Conv1d on [N, C, L]: each a CONV_2D over [N, 1, L, C], the chomps STRIDED_SLICEs,
+    no TRANSPOSE (the squeeze's and the lift's cancel)."""
+    torch.manual_seed(0)
+    x = images(128, size=32, channels=3, high=1.0)[:, :, :1]
+    files = Int8Files(TCN(), x, tmp_path)
+    assert files.caught(UnquantizedOpWarning) == []
+    counts = op_counts(files.tflite)
+    assert counts["DEQUANTIZE"] == 0 and counts["QUANTIZE"] == 0, dict(counts)
+    assert counts["CONV_2D"] == 5 and counts["STRIDED_SLICE"] == 4, dict(counts)
+    assert counts["TRANSPOSE"] == 0, dict(counts)
+    for reference in (files.ort, files.fake_quant):
+        assert (files.litert.argmax(1) == reference.argmax(1)).mean() >= 0.99
+        assert files.within_one(files.litert, reference) >= 0.99
+    assert np.abs(files.fake_quant - files.fp32).max() <= 0.05 * np.ptp(files.fp32)
+    # LiteRT 2.3's XNNPACK takes no standalone int8 RELU: the ReLU after each chomp runs
+    # outside it (a ReLU straight after its conv is fused into it)
+    assert delegate_coverage(files.tflite).outside == counts["RELU"] == 4
 
 
 @pytest.mark.parametrize("name", list(BLOCKS))

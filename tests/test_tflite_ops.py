@@ -224,6 +224,18 @@ CASES = [
          node("Reshape", ["t", "shape"])],
         {"grouped": np.array([1, 2, 4, 6, 6], np.int64),
          "shape": np.array([1, 8, 6, 6], np.int64)}), X8, {"RESHAPE": 2, "TRANSPOSE": 1}),
+    # Conv1d: [N, C, L] as [N, C, 1, L]; a TRANSPOSE each way at the rank-3 edges
+    Case("conv1d_dilated", plain("Conv", ["x", "w", "b"], {"w": _w(8, 4, 3), "b": _w(8)},
+                                 dilations=[2], pads=[2, 2]), {"x": (1, 4, 16)},
+         {"CONV_2D": 1, "RESHAPE": 2, "TRANSPOSE": 2}),
+    Case("conv1d_causal_chomp", lambda: (
+        [helper.make_node("Conv", ["x", "w"], ["c"], dilations=[2], pads=[4, 4], group=4),
+         helper.make_node("Relu", ["c"], ["r"]),
+         node("Slice", ["r", "starts", "ends", "axes"])],
+        {"w": _w(4, 1, 3), "starts": np.array([0], np.int64),
+         "ends": np.array([-4], np.int64), "axes": np.array([2], np.int64)}),
+         {"x": (1, 4, 16)}, {"DEPTHWISE_CONV_2D": 1, "PAD": 1, "STRIDED_SLICE": 1,
+                             "RESHAPE": 2, "TRANSPOSE": 2}),
     Case("batch_norm", plain("BatchNormalization", ["x", "s", "b", "m", "v"],
                              {"s": _w(8), "b": _w(8), "m": _w(8),
                               "v": np.abs(_w(8)) + 0.5}), X8, {"DEPTHWISE_CONV_2D": 1}),

@@ -108,3 +108,25 @@ def fold_channel_shuffles(graph: Graph) -> None:
         merge.outputs[0] = last.outputs[0]
         dropped.update((id(first), id(last)))
     graph.ops = [op for op in graph.ops if id(op) not in dropped]
+
+
+def cancel_inverse_transposes(graph: Graph) -> None:
+    """A TRANSPOSE read only by the TRANSPOSE that undoes it: both disappear (in place).
+
+    A layout round trip left where two rank changes met and `fold_reshapes` removed the
+    reshapes between them (a [N, C, 1, L] image squeezed to a Conv1d's sequence and
+    lifted back to [N, C, 1, L])."""
+    outputs = set(graph.outputs)
+    consumers = graph.consumers()
+    dropped: set[int] = set()
+    for first in graph.ops:
+        if first.type != "TRANSPOSE" or id(first) in dropped:
+            continue
+        second = _sole(consumers, first.outputs[0], "TRANSPOSE", outputs)
+        p, q = _perm(graph, first), second and _perm(graph, second)
+        if not second or p is None or q is None or [p[i] for i in q] != list(range(len(p))) \
+                or second.outputs[0] in outputs:
+            continue
+        graph.replace_uses(second.outputs[0], first.inputs[0])
+        dropped.update((id(first), id(second)))
+    graph.ops = [op for op in graph.ops if id(op) not in dropped]
