@@ -185,6 +185,23 @@ class TCN(nn.Module):
         return self.head(self.blocks(x.squeeze(2)).mean(2))
 
 
+class TransposedConvDecoder(nn.Module):
+    """An encoder-decoder whose decoder upsamples with learned transposed convolutions
+    (2x2 stride 2 with a ReLU, and 3x3 stride 2 with output_padding), as in U-Net
+    and DCGAN-style decoders."""
+
+    def __init__(self, c: int = 8) -> None:
+        super().__init__()
+        self.down = nn.Sequential(conv_bn(3, c, 3, stride=2), nn.ReLU(),
+                                  conv_bn(c, 2 * c, 3, stride=2), nn.ReLU())
+        self.up1 = nn.Sequential(nn.ConvTranspose2d(2 * c, c, 2, stride=2), nn.ReLU())
+        self.up2 = nn.ConvTranspose2d(c, c, 3, stride=2, padding=1, output_padding=1)
+        self.head = nn.Linear(c, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.up2(self.up1(self.down(x))).mean((2, 3)))
+
+
 def _set_bn_statistics(model: nn.Module) -> nn.Module:
     """Non-trivial running statistics, as a trained model has."""
     g = torch.Generator().manual_seed(1)
@@ -213,6 +230,8 @@ BLOCKS = {
     "convmixer": (ConvMixer, {"GELU": 3, "DEPTHWISE_CONV_2D": 4}),  # 1 conv + 3 lone BNs
     "upsampling_decoder": (UpsamplingDecoder, {"RESIZE_NEAREST_NEIGHBOR": 1,
                                                "RESIZE_BILINEAR": 1}),
+    "transposed_conv_decoder": (TransposedConvDecoder, {"TRANSPOSE_CONV": 2,
+                                                        "STRIDED_SLICE": 1}),
     # each shuffle is RESHAPE -> TRANSPOSE -> RESHAPE on the NHWC tensor: one TRANSPOSE
     "shufflenet_v2": (ShuffleNetV2Block, {"SPLIT": 1, "TRANSPOSE": 2, "CONCATENATION": 2}),
 }

@@ -164,6 +164,8 @@ CASES = [
          qdq_ops={"CONCATENATION": 1, "QUANTIZE": 1}),  # a's scale differs from the output's
     Case("hardswish", plain("HardSwish", ["x"]), X8, {"HARD_SWISH": 1}, input_scale={"x": 3.0},
          qdq_ops={"MUL": 2, "ADD": 1}),  # int8: a chain XNNPACK runs (no int8 HARD_SWISH)
+    Case("hardswish_narrow_input", plain("HardSwish", ["x"]), X8, {"HARD_SWISH": 1},
+         input_scale={"x": 0.5}, qdq_ops={"MUL": 2, "ADD": 1}),  # x spans < 6: a finer gate
     Case("sigmoid", plain("Sigmoid", ["x"]), X8, {"LOGISTIC": 1}, input_scale={"x": 3.0},
          qdq_ops={"LOGISTIC": 1, "QUANTIZE": 1}),
     Case("tanh", plain("Tanh", ["x"]), X8, {"TANH": 1}, qdq_ops={"TANH": 1, "QUANTIZE": 1}),
@@ -236,6 +238,19 @@ CASES = [
          "ends": np.array([-4], np.int64), "axes": np.array([2], np.int64)}),
          {"x": (1, 4, 16)}, {"DEPTHWISE_CONV_2D": 1, "PAD": 1, "STRIDED_SLICE": 1,
                              "RESHAPE": 2, "TRANSPOSE": 2}),
+    Case("conv_transpose_2x2_stride2", plain("ConvTranspose", ["x", "w", "b"],
+                                             {"w": _w(8, 4, 2, 2), "b": _w(4)},
+                                             strides=[2, 2]), X8, {"TRANSPOSE_CONV": 1}),
+    Case("conv_transpose_3x3_same", plain("ConvTranspose", ["x", "w"], {"w": _w(8, 6, 3, 3)},
+                                          strides=[2, 2], pads=[0, 0, 1, 1]),
+         X8, {"TRANSPOSE_CONV": 1}),
+    Case("conv_transpose_3x3_output_padding", plain(
+        "ConvTranspose", ["x", "w", "b"], {"w": _w(8, 4, 3, 3), "b": _w(4)}, strides=[2, 2],
+        pads=[1, 1, 1, 1], output_padding=[1, 1]), X8,
+         {"TRANSPOSE_CONV": 1, "STRIDED_SLICE": 1}),
+    Case("conv_transpose_relu_fused", lambda: (
+        [helper.make_node("ConvTranspose", ["x", "w", "b"], ["c"], strides=[2, 2]),
+         node("Relu", ["c"])], {"w": _w(8, 4, 2, 2), "b": _w(4)}), X8, {"TRANSPOSE_CONV": 1}),
     Case("batch_norm", plain("BatchNormalization", ["x", "s", "b", "m", "v"],
                              {"s": _w(8), "b": _w(8), "m": _w(8),
                               "v": np.abs(_w(8)) + 0.5}), X8, {"DEPTHWISE_CONV_2D": 1}),
@@ -299,7 +314,8 @@ class Reader(CalibrationDataReader):
 QDQ_OPS = ["Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Relu", "Clip", "Sigmoid", "Tanh",
            "HardSwish", "Softmax", "GlobalAveragePool", "ReduceMean", "AveragePool", "MaxPool",
            "Reshape", "Flatten", "Concat", "Pad", "Squeeze", "Unsqueeze", "LeakyRelu", "PRelu",
-           "HardSigmoid", "Div", "Transpose", "Slice", "BatchNormalization", "Resize", "Split"]
+           "HardSigmoid", "Div", "Transpose", "Slice", "BatchNormalization", "Resize", "Split",
+           "ConvTranspose"]
 
 
 def quantize(model: onnx.ModelProto, case: Case, tmp_path) -> onnx.ModelProto:

@@ -9,6 +9,7 @@ producer's quantization: a TFLite tensor has exactly one scale and zero point.
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from collections.abc import Callable
 
@@ -177,6 +178,23 @@ def annotate_conv_bn_act(gm: GraphModule, specs: Specs) -> None:
             annotate(out, output=specs.activation)
 
 
+CONV_TRANSPOSE_OPS = (aten.conv_transpose2d.input,)
+
+
+@annotator("conv_transpose_act")
+def annotate_conv_transpose_act(gm: GraphModule, specs: Specs) -> None:
+    """conv_transpose2d [+ relu/relu6] (TFLite TRANSPOSE_CONV fuses them): per-channel
+    weights along axis 1, the output channels of its [Cin, Cout, kH, kW] weight."""
+    weight = dataclasses.replace(specs.weight, ch_axis=1)
+    for node in candidates(gm, CONV_TRANSPOSE_OPS):
+        out, _ = fuse_activation(node)
+        annotate(node, {node.args[0]: specs.activation, node.args[1]: weight})
+        if out is node:
+            node.meta[KEY].output_qspec = specs.activation
+        else:
+            annotate(out, output=specs.activation)
+
+
 @annotator("linear_act")
 def annotate_linear_act(gm: GraphModule, specs: Specs) -> None:
     """linear [+ relu/relu6]: per-channel weight (axis 0, the output features)."""
@@ -335,7 +353,8 @@ def unannotated(gm: GraphModule) -> list[Node]:
 
 
 def known_ops() -> list[str]:
-    tables = (CONV_OPS, LINEAR_OPS, BATCH_NORM_OPS, ADD_OPS, MUL_OPS, SCALAR_OPS, MEAN_OPS,
+    tables = (CONV_OPS, CONV_TRANSPOSE_OPS, LINEAR_OPS, BATCH_NORM_OPS, ADD_OPS, MUL_OPS,
+              SCALAR_OPS, MEAN_OPS,
               tuple(FIXED_OUTPUT_OPS), OWN_OUTPUT_OPS, SHARED_OPS, CONCAT_OPS,
               (aten.silu.default, aten.conv1d.padding, aten.conv2d.padding))
     return sorted({str(op) for table in tables for op in table})

@@ -12,7 +12,7 @@ https://ai.google.dev/edge/litert/models/quantization_spec):
 - "convert": QUANTIZE / DEQUANTIZE themselves.
 
 `weights` names the constant weights input and its per-channel axis (the int32
-bias, input 2, has scale input x weight scale); `fuses_activation` says a
+bias, input `bias_input`, has scale input x weight scale); `fuses_activation` says a
 RELU / RELU6 / RELU_N1_TO_1 can become its fused_activation_function, and
 `fusable` that this builtin is such an activation. `data_input` is the input whose dtype
 picks the version and whose parameters a "same" output shares (SPLIT's comes after the
@@ -51,6 +51,7 @@ class Builtin:
     fuses_activation: bool = False
     fusable: bool = False
     data_input: int = 0
+    bias_input: int = 2
     rounding: str | None = None
 
     def __post_init__(self) -> None:
@@ -88,6 +89,15 @@ def _rank_above(rank: int) -> Callable[[Graph, Op], bool]:
     return condition
 
 
+def _transpose_conv_bias(graph: Graph, op: Op) -> bool:
+    """A TRANSPOSE_CONV with its optional bias input 3 (op_version.cc: 3)."""
+    return len(op.inputs) > 3 and bool(op.inputs[3])
+
+
+def _fused_activation(graph: Graph, op: Op) -> bool:
+    return op.attrs.get("fused_activation_function", "NONE") != "NONE"
+
+
 def _keeps_dims(graph: Graph, op: Op) -> bool:
     return bool(op.attrs.get("keep_num_dims"))
 
@@ -105,6 +115,9 @@ builtin("DEPTHWISE_CONV_2D", "DepthwiseConv2DOptions", {F32: 1, I8: 3},
 builtin("FULLY_CONNECTED", "FullyConnectedOptions", {F32: 1, I8: 4},
         version_rules=((_keeps_dims, 5),), weights=(1, 0), fuses_activation=True,
         rounding="up")
+builtin("TRANSPOSE_CONV", "TransposeConvOptions",
+        version_rules=((_transpose_conv_bias, 3), (_fused_activation, 4)),
+        weights=(1, 0), data_input=2, bias_input=3, fuses_activation=True)
 # -- elementwise and reductions ---------------------------------------------------------------
 builtin("ADD", "AddOptions", fuses_activation=True, rounding="away")
 builtin("SUB", "SubOptions", fuses_activation=True)

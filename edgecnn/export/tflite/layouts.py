@@ -62,6 +62,20 @@ def conv_layout(graph: Graph, op: Op) -> list[Op]:
 DEFAULT_AXIS = {"Concat": 1, "Split": 0}
 
 
+def conv_transpose_layout(graph: Graph, op: Op) -> list[Op]:
+    """ConvTranspose weights [Cin, Cout, kH, kW] (quantized along axis 1) -> TFLite's
+    TRANSPOSE_CONV filter [Cout, kH, kW, Cin] (along axis 0)."""
+    weights = graph.const(op.inputs[1])
+    if weights is None or weights.ndim != 4 or op.attrs.get("group", 1) != 1:
+        return [op]  # lowering reports
+    quant = graph.tensor(op.inputs[1]).quant
+    if quant is not None and quant.axis not in (None, 1):
+        raise EdgecnnError(f"{op.describe()}: weights quantized along axis {quant.axis}; "
+                           f"TFLite needs per-output-channel (axis 1 of ConvTranspose)")
+    op.inputs[1] = _permuted_const(graph, op.inputs[1], weights, (1, 2, 3, 0), {1: 0})
+    return [op]
+
+
 def axis_layout(graph: Graph, op: Op) -> list[Op]:
     """Concat / Split / Softmax: remap the `axis` attribute; permute rank-4 constant inputs."""
     if graph.tensor(op.outputs[0]).rank == 4:
