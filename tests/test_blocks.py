@@ -202,6 +202,29 @@ class TransposedConvDecoder(nn.Module):
         return self.head(self.up2(self.up1(self.down(x))).mean((2, 3)))
 
 
+class GlobalContextBlock(nn.Module):
+    """Global-context attention pooling (Cao et al., "GCNet", 2019): a 1x1 conv scores each
+    position, a softmax over H x W weights them, a MatMul of two activations pools the
+    features, a bottleneck transform (here without its LayerNorm) is added to every
+    position."""
+
+    def __init__(self, c: int = 16, ratio: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(conv_bn(3, c, 3, stride=2), nn.ReLU())
+        self.score = nn.Conv2d(c, 1, 1)
+        self.transform = nn.Sequential(nn.Conv2d(c, c // ratio, 1), nn.ReLU(),
+                                       nn.Conv2d(c // ratio, c, 1))
+        self.head = nn.Linear(c, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        n, c, h, w = x.shape
+        weights = torch.softmax(self.score(x).view(n, 1, h * w), dim=2)  # [N, 1, HW]
+        context = torch.matmul(x.view(n, c, h * w), weights.transpose(1, 2))  # [N, C, 1]
+        x = x + self.transform(context.view(n, c, 1, 1))
+        return self.head(x.mean((2, 3)))
+
+
 def _set_bn_statistics(model: nn.Module) -> nn.Module:
     """Non-trivial running statistics, as a trained model has."""
     g = torch.Generator().manual_seed(1)
@@ -232,6 +255,8 @@ BLOCKS = {
                                                "RESIZE_BILINEAR": 1}),
     "transposed_conv_decoder": (TransposedConvDecoder, {"TRANSPOSE_CONV": 2,
                                                         "STRIDED_SLICE": 1}),
+    # the [N, C, H, W] -> [N, C, HW] view of an NHWC tensor is a TRANSPOSE
+    "global_context": (GlobalContextBlock, {"BATCH_MATMUL": 1, "SOFTMAX": 1, "TRANSPOSE": 1}),
     # each shuffle is RESHAPE -> TRANSPOSE -> RESHAPE on the NHWC tensor: one TRANSPOSE
     "shufflenet_v2": (ShuffleNetV2Block, {"SPLIT": 1, "TRANSPOSE": 2, "CONCATENATION": 2}),
 }

@@ -126,6 +126,8 @@ CASES = [
          {"x": (2, 16)}, {"FULLY_CONNECTED": 1}),
     Case("matmul", plain("MatMul", ["x", "w"], {"w": _w(16, 10)}), {"x": (2, 16)},
          {"FULLY_CONNECTED": 1}),
+    Case("matmul_two_activations", plain("MatMul", ["a", "b"]),
+         {"a": (1, 8, 12), "b": (1, 12, 3)}, {"BATCH_MATMUL": 1}, input_scale={"b": 0.5}),
     Case("add_const_channels", plain("Add", ["x", "c"], {"c": _w(8, 1, 1)}), X8, {"ADD": 1}),
     Case("add_two_inputs", plain("Add", ["a", "b"]), {"a": (1, 8, 6, 6), "b": (1, 8, 6, 6)},
          {"ADD": 1}, input_scale={"b": 3.0}),
@@ -203,6 +205,8 @@ CASES = [
     Case("div_const", plain("Div", ["x", "c"], {"c": np.float32(6.0)}), X8, {"MUL": 1}),
     Case("transpose_channels_last", plain("Transpose", ["x"], perm=[0, 2, 3, 1]), X8,
          {"TRANSPOSE": 1}),
+    Case("transpose_unit_axis", plain("Transpose", ["x"], perm=[0, 2, 1]), {"x": (1, 1, 12)},
+         {"RESHAPE": 1}),  # only a size-1 axis moves: the element order stays
     Case("slice_channels", plain("Slice", ["x", "starts", "ends", "axes"],
                                  {"starts": np.array([0], np.int64),
                                   "ends": np.array([4], np.int64),

@@ -236,6 +236,20 @@ def annotate_mul(gm: GraphModule, specs: Specs) -> None:
     annotate_binary(gm, specs, MUL_OPS)
 
 
+MATMUL_OPS = (aten.matmul.default, aten.bmm.default)
+
+
+@annotator("matmul")
+def annotate_matmul(gm: GraphModule, specs: Specs) -> None:
+    """A product of two activations (attention pooling; BATCH_MATMUL): both inputs and
+    the output quantized, each with its own parameters. (A matmul by a parameter is a
+    linear layer's job.)"""
+    for node in candidates(gm, MATMUL_OPS):
+        inputs = [a for a in node.args[:2] if isinstance(a, Node)]
+        if len(inputs) == 2 and all(a.op != "get_attr" for a in inputs):
+            annotate(node, {a: specs.activation for a in inputs}, specs.activation)
+
+
 @annotator("scalar_arithmetic")
 def annotate_scalar_arithmetic(gm: GraphModule, specs: Specs) -> None:
     """x - c, x / c with a Python number c: SUB / MUL by a constant, own output. (A tensor
@@ -354,7 +368,7 @@ def unannotated(gm: GraphModule) -> list[Node]:
 
 def known_ops() -> list[str]:
     tables = (CONV_OPS, CONV_TRANSPOSE_OPS, LINEAR_OPS, BATCH_NORM_OPS, ADD_OPS, MUL_OPS,
-              SCALAR_OPS, MEAN_OPS,
+              MATMUL_OPS, SCALAR_OPS, MEAN_OPS,
               tuple(FIXED_OUTPUT_OPS), OWN_OUTPUT_OPS, SHARED_OPS, CONCAT_OPS,
               (aten.silu.default, aten.conv1d.padding, aten.conv2d.padding))
     return sorted({str(op) for table in tables for op in table})

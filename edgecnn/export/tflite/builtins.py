@@ -118,6 +118,7 @@ builtin("FULLY_CONNECTED", "FullyConnectedOptions", {F32: 1, I8: 4},
 builtin("TRANSPOSE_CONV", "TransposeConvOptions",
         version_rules=((_transpose_conv_bias, 3), (_fused_activation, 4)),
         weights=(1, 0), data_input=2, bias_input=3, fuses_activation=True)
+builtin("BATCH_MATMUL", "BatchMatMulOptions")
 # -- elementwise and reductions ---------------------------------------------------------------
 builtin("ADD", "AddOptions", fuses_activation=True, rounding="away")
 builtin("SUB", "SubOptions", fuses_activation=True)

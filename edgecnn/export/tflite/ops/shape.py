@@ -78,11 +78,15 @@ def lower_split(ctx: Lowering, *, axis: int = 0, num_outputs: int | None = None)
 
 @register("Transpose", layout=transpose_layout, propagates="both")
 def lower_transpose(ctx: Lowering, *, perm: list[int] | None = None) -> None:
-    """Permute axes -> TRANSPOSE (stored axes; the layout pass remapped `perm`). int8: the
-    output shares the input's parameters."""
-    rank = ctx.input(0).rank
-    perm = list(perm) if perm is not None else list(range(rank))[::-1]
-    ctx.emit("TRANSPOSE", [ctx.input(0).name, ctx.int32("perm", perm)], [ctx.output().name])
+    """Permute axes -> TRANSPOSE (stored axes; the layout pass remapped `perm`), or RESHAPE
+    when only size-1 axes move. int8: the output shares the input's parameters."""
+    x = ctx.input(0)
+    perm = list(perm) if perm is not None else list(range(x.rank))[::-1]
+    moved = [axis for axis in perm if x.shape[axis] != 1]
+    if moved == sorted(moved):  # only size-1 axes move: the element order stays
+        _reshape(ctx)
+        return
+    ctx.emit("TRANSPOSE", [x.name, ctx.int32("perm", perm)], [ctx.output().name])
 
 
 @register("Slice", layout=slice_layout, propagates="both")
