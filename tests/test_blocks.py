@@ -225,6 +225,124 @@ class GlobalContextBlock(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+class UniversalInvertedBottleneck(nn.Module):
+    """MobileNetV4's UIB (Qin et al., "MobileNetV4", 2024): an optional depthwise conv
+    before the expansion, the 1x1 expansion, an optional depthwise conv after it (here
+    stride 2 in the first block, 'ExtraDW' with both in the second), the 1x1 projection."""
+
+    def __init__(self, c_in: int, c: int, start_dw: int, middle_dw: int, stride: int,
+                 expand: int = 4) -> None:
+        super().__init__()
+        wide = c_in * expand
+        self.start = conv_bn(c_in, c_in, start_dw, groups=c_in) if start_dw else nn.Identity()
+        self.expand = nn.Sequential(conv_bn(c_in, wide, 1), nn.ReLU())
+        self.middle = nn.Sequential(conv_bn(wide, wide, middle_dw, stride, groups=wide),
+                                    nn.ReLU()) if middle_dw else nn.Identity()
+        self.project = conv_bn(wide, c, 1)
+        self.residual = stride == 1 and c_in == c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.project(self.middle(self.expand(self.start(x))))
+        return x + y if self.residual else y
+
+
+class MobileNetV4Blocks(nn.Module):
+    def __init__(self, c: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(conv_bn(3, c, 3), nn.ReLU())
+        self.blocks = nn.Sequential(UniversalInvertedBottleneck(c, c, 0, 3, 2),
+                                    UniversalInvertedBottleneck(c, c, 3, 5, 1))
+        self.head = nn.Linear(c, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+class GhostModule(nn.Module):
+    """A 1x1 conv makes half the channels, a cheap depthwise conv the other half, concat,
+    slice back to the output width (Han et al., "GhostNet", 2020)."""
+
+    def __init__(self, c_in: int, c: int, relu: bool = True) -> None:
+        super().__init__()
+        self.c = c
+        primary = (c + 1) // 2
+        act = nn.ReLU() if relu else nn.Identity()
+        self.primary = nn.Sequential(conv_bn(c_in, primary, 1), act)
+        self.cheap = nn.Sequential(conv_bn(primary, primary, 3, groups=primary), act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.primary(x)
+        return torch.cat([y, self.cheap(y)], 1)[:, :self.c]
+
+
+class GhostBottleneck(nn.Module):
+    """Ghost module, stride-2 depthwise, squeeze-excite with GhostNet's hard-sigmoid gate
+    (relu6(x + 3) / 6), ghost module without ReLU, shortcut through a depthwise + 1x1."""
+
+    def __init__(self, c: int = 15, mid: int = 24) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(conv_bn(3, c, 3), nn.ReLU())
+        self.ghost1 = GhostModule(c, mid)
+        self.dw = conv_bn(mid, mid, 3, stride=2, groups=mid)
+        self.se_reduce, self.se_expand = nn.Conv2d(mid, 8, 1), nn.Conv2d(8, mid, 1)
+        self.ghost2 = GhostModule(mid, c, relu=False)
+        self.shortcut = nn.Sequential(conv_bn(c, c, 3, stride=2, groups=c), conv_bn(c, c, 1))
+        self.head = nn.Linear(c, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.dw(self.ghost1(x))
+        gate = self.se_expand(torch.relu(self.se_reduce(y.mean((2, 3), keepdim=True))))
+        y = self.ghost2(y * (torch.nn.functional.relu6(gate + 3) / 6))
+        return self.head((y + self.shortcut(x)).mean((2, 3)))
+
+
+class LCNetBlocks(nn.Module):
+    """PP-LCNet (Cui et al., 2021): depthwise-separable convs with hardswish, one with a
+    squeeze-excite (ReLU, hard-sigmoid), a 5x5 depthwise, and the 1x1 conv head after
+    the global pool."""
+
+    def __init__(self, c: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(conv_bn(3, c, 3, stride=2), nn.Hardswish())
+        self.dw1 = nn.Sequential(conv_bn(c, c, 3, groups=c), nn.Hardswish())
+        self.pw1 = nn.Sequential(conv_bn(c, 2 * c, 1), nn.Hardswish())
+        self.dw2 = nn.Sequential(conv_bn(2 * c, 2 * c, 5, stride=2, groups=2 * c),
+                                 nn.Hardswish())
+        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(2 * c, c // 2, 1),
+                                nn.ReLU(), nn.Conv2d(c // 2, 2 * c, 1), nn.Hardsigmoid())
+        self.pw2 = nn.Sequential(conv_bn(2 * c, 2 * c, 1), nn.Hardswish())
+        self.last = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(2 * c, 64, 1),
+                                  nn.Hardswish(), nn.Flatten())
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.dw2(self.pw1(self.dw1(self.stem(x))))
+        return self.head(self.last(self.pw2(x * self.se(x))))
+
+
+class MnasNetBlocks(nn.Module):
+    """MnasNet-A1 (Tan et al., 2019): the separable first block, then MBConv6 with a 5x5
+    depthwise and squeeze-excite (sigmoid gate), ReLU throughout."""
+
+    def __init__(self, c: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(conv_bn(3, 2 * c, 3), nn.ReLU())
+        self.sep = nn.Sequential(conv_bn(2 * c, 2 * c, 3, groups=2 * c), nn.ReLU(),
+                                 conv_bn(2 * c, c, 1))
+        self.expand = nn.Sequential(conv_bn(c, 6 * c, 1), nn.ReLU())
+        self.dw = nn.Sequential(conv_bn(6 * c, 6 * c, 5, groups=6 * c), nn.ReLU())
+        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(6 * c, c // 4, 1),
+                                nn.ReLU(), nn.Conv2d(c // 4, 6 * c, 1), nn.Sigmoid())
+        self.project = conv_bn(6 * c, c, 1)
+        self.head = nn.Linear(c, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.sep(self.stem(x))
+        y = self.dw(self.expand(x))
+        return self.head((x + self.project(y * self.se(y))).mean((2, 3)))
+
+
 def _set_bn_statistics(model: nn.Module) -> nn.Module:
     """Non-trivial running statistics, as a trained model has."""
     g = torch.Generator().manual_seed(1)
@@ -255,6 +373,11 @@ BLOCKS = {
                                                "RESIZE_BILINEAR": 1}),
     "transposed_conv_decoder": (TransposedConvDecoder, {"TRANSPOSE_CONV": 2,
                                                         "STRIDED_SLICE": 1}),
+    "mobilenet_v4_uib": (MobileNetV4Blocks, {"DEPTHWISE_CONV_2D": 3}),
+    # ghost1's slice keeps all 24 channels (the export drops it); ghost2's cuts 16 to 15
+    "ghostnet": (GhostBottleneck, {"CONCATENATION": 2, "STRIDED_SLICE": 1}),
+    "lcnet": (LCNetBlocks, {"HARD_SWISH": 0, "DEPTHWISE_CONV_2D": 2}),
+    "mnasnet": (MnasNetBlocks, {"DEPTHWISE_CONV_2D": 2, "LOGISTIC": 1}),
     # the [N, C, H, W] -> [N, C, HW] view of an NHWC tensor is a TRANSPOSE
     "global_context": (GlobalContextBlock, {"BATCH_MATMUL": 1, "SOFTMAX": 1, "TRANSPOSE": 1}),
     # each shuffle is RESHAPE -> TRANSPOSE -> RESHAPE on the NHWC tensor: one TRANSPOSE

@@ -33,6 +33,7 @@ LINEAR_OPS = (aten.linear.default,)
 BATCH_NORM_OPS = (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default)
 #: TFLite fused activations: NONE, RELU, RELU6, RELU_N1_TO_1
 RELU_OPS = (aten.relu.default, aten.relu_.default)
+RELU6_OPS = (aten.relu6.default,)  # F.relu6; nn.ReLU6 is hardtanh(0, 6)
 HARDTANH_OPS = (aten.hardtanh.default, aten.hardtanh_.default)
 FUSED_HARDTANH_BOUNDS = ((0.0, 6.0), (-1.0, 1.0))
 ADD_OPS = (aten.add.Tensor,)
@@ -60,7 +61,8 @@ LOWERS_TO: dict[object, str | None] = {
     aten.upsample_nearest2d.vec: "RESIZE_NEAREST_NEIGHBOR",
     aten.upsample_bilinear2d.vec: "RESIZE_BILINEAR",
     aten.constant_pad_nd.default: "PAD", aten.pad.default: "PAD",
-    aten.dropout.default: None, aten.clone.default: None,
+    aten.dropout.default: None, aten.clone.default: None, aten.alias.default: None,
+    aten.relu6.default: "RELU6",
     aten.sigmoid.default: "LOGISTIC", aten.tanh.default: "TANH",
     aten.softmax.int: "SOFTMAX", aten._softmax.default: "SOFTMAX",
     aten.log_softmax.int: "LOG_SOFTMAX", aten._log_softmax.default: "LOG_SOFTMAX",
@@ -131,7 +133,7 @@ def sole_user(node: Node) -> Node | None:
 
 
 def is_fusable_activation(node: Node | None) -> bool:
-    if calls(node, RELU_OPS):
+    if calls(node, RELU_OPS + RELU6_OPS):
         return True
     if calls(node, HARDTANH_OPS):
         low = float(node.args[1]) if len(node.args) > 1 else -1.0
