@@ -142,7 +142,11 @@ def render(latency: dict, accuracy: dict, machine: dict, runs: int) -> str:
              "interleaved)", "",
              "before: int8 with the HARD_SWISH builtin (XNNPACK runs it in float only: it "
              "falls back to the builtin kernel); after: int8 with MUL / ADD / MUL. "
-             "delegated: operators XNNPACK took / all, in how many partitions.", "",
+             "delegated: operators XNNPACK took / all, in how many partitions. The VM's 2 "
+             "cores were shared with other jobs: the files of a row are measured "
+             "interleaved, so ratios within a row hold, absolute values vary between runs "
+             "(an earlier run, 224 px, 1 thread: fp32 5.84, before 13.94, after 5.92 ms).",
+             "",
              "| input | threads | fp32 | int8 before | int8 after | fp32 / before | "
              "fp32 / after |", "|" + " --- |" * 7]
     for size, row in latency.items():
