@@ -442,3 +442,27 @@ def test_block_goes_to_full_int8(name: str, tmp_path) -> None:
     # and the int8 model is the fp32 model, quantized (torchao's PTQ conv-BN fold once
     # folded bn1 into the stem conv that also feeds the residual: 19% off)
     assert np.abs(files.fake_quant - files.fp32).max() <= 0.05 * np.ptp(files.fp32)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3", "shufflenet_v2"])
+def test_block_on_tflite_runtime_2_14(name: str, tmp_path) -> None:
+    """The int8 files of the MobileNetV3 (hardswish as MUL / ADD / MUL) and ShuffleNetV2
+    (SPLIT, rank-5 TRANSPOSE) blocks on tflite-runtime 2.14 / numpy 1.24, with and without
+    its XNNPACK delegate: top-1 as onnxruntime's, logits within one step as LiteRT's
+    builtin kernels keep them (test_tflite_models' bars)."""
+    from pi_env import pi_python_or_skip
+    from test_tflite_pi import run_on_pi
+
+    pi_python_or_skip()
+    torch.manual_seed(0)
+    x = images(64, size=16, channels=3, high=1.0)
+    files = Int8Files(_set_bn_statistics(BLOCKS[name][0]()), x, tmp_path)
+    np.save(tmp_path / "x.npy", x.numpy().transpose(0, 2, 3, 1)[:, None])
+    stem = str(tmp_path / "out")
+    outputs, (scale, zero) = run_on_pi(tmp_path, [{"model": str(files.tflite),
+                                                   "inputs": [str(tmp_path / "x.npy")],
+                                                   "output": stem}])[stem]
+    for runner, bar in (("delegate", 0.99), ("builtin", 0.97)):
+        logits = (outputs[runner].astype(np.float32) - zero) * scale
+        assert (logits.argmax(1) == files.ort.argmax(1)).mean() >= 0.99, runner
+        assert files.within_one(logits, files.ort) >= bar, runner
