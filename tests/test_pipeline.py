@@ -158,12 +158,12 @@ def test_unexportable_model_stops_before_training(tmp_path):
         [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
     out = tmp_path / "out"
     result = subprocess.run([sys.executable, "-m", "edgecnn", "export", "--int8",
-                             "user_models:deconv_net", "--data", "digits", "--epochs", "3",
+                             "user_models:cumulative_net", "--data", "digits", "--epochs", "3",
                              "--out", str(out)], capture_output=True, text=True, env=env,
                             timeout=600)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "checked before training" in lines[0]
-    assert "ConvTranspose" in lines[0]
+    assert "CumSum" in lines[0]
     assert "epoch" not in result.stdout + result.stderr
     assert not (out / "checkpoint").exists()

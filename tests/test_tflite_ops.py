@@ -126,6 +126,8 @@ CASES = [
          {"x": (2, 16)}, {"FULLY_CONNECTED": 1}),
     Case("matmul", plain("MatMul", ["x", "w"], {"w": _w(16, 10)}), {"x": (2, 16)},
          {"FULLY_CONNECTED": 1}),
+    Case("matmul_two_activations", plain("MatMul", ["a", "b"]),
+         {"a": (1, 8, 12), "b": (1, 12, 3)}, {"BATCH_MATMUL": 1}, input_scale={"b": 0.5}),
     Case("add_const_channels", plain("Add", ["x", "c"], {"c": _w(8, 1, 1)}), X8, {"ADD": 1}),
     Case("add_two_inputs", plain("Add", ["a", "b"]), {"a": (1, 8, 6, 6), "b": (1, 8, 6, 6)},
          {"ADD": 1}, input_scale={"b": 3.0}),
@@ -162,7 +164,10 @@ CASES = [
     Case("concat_channels", plain("Concat", ["a", "b"], axis=1),
          {"a": (1, 4, 6, 6), "b": (1, 8, 6, 6)}, {"CONCATENATION": 1}, input_scale={"b": 2.0},
          qdq_ops={"CONCATENATION": 1, "QUANTIZE": 1}),  # a's scale differs from the output's
-    Case("hardswish", plain("HardSwish", ["x"]), X8, {"HARD_SWISH": 1}, input_scale={"x": 3.0}),
+    Case("hardswish", plain("HardSwish", ["x"]), X8, {"HARD_SWISH": 1}, input_scale={"x": 3.0},
+         qdq_ops={"MUL": 2, "ADD": 1}),  # int8: a chain XNNPACK runs (no int8 HARD_SWISH)
+    Case("hardswish_narrow_input", plain("HardSwish", ["x"]), X8, {"HARD_SWISH": 1},
+         input_scale={"x": 0.5}, qdq_ops={"MUL": 2, "ADD": 1}),  # x spans < 6: a finer gate
     Case("sigmoid", plain("Sigmoid", ["x"]), X8, {"LOGISTIC": 1}, input_scale={"x": 3.0},
          qdq_ops={"LOGISTIC": 1, "QUANTIZE": 1}),
     Case("tanh", plain("Tanh", ["x"]), X8, {"TANH": 1}, qdq_ops={"TANH": 1, "QUANTIZE": 1}),
@@ -200,6 +205,8 @@ CASES = [
     Case("div_const", plain("Div", ["x", "c"], {"c": np.float32(6.0)}), X8, {"MUL": 1}),
     Case("transpose_channels_last", plain("Transpose", ["x"], perm=[0, 2, 3, 1]), X8,
          {"TRANSPOSE": 1}),
+    Case("transpose_unit_axis", plain("Transpose", ["x"], perm=[0, 2, 1]), {"x": (1, 1, 12)},
+         {"RESHAPE": 1}),  # only a size-1 axis moves: the element order stays
     Case("slice_channels", plain("Slice", ["x", "starts", "ends", "axes"],
                                  {"starts": np.array([0], np.int64),
                                   "ends": np.array([4], np.int64),
@@ -210,6 +217,44 @@ CASES = [
                                        "axes": np.array([-1, 2], np.int64),
                                        "steps": np.array([1, 2], np.int64)}), X8,
          {"STRIDED_SLICE": 1}),
+    Case("split_channels_equal", lambda: ([helper.make_node("Split", ["x"], ["y", "rest"],
+                                                            axis=1, num_outputs=2)], {}),
+         X8, {"SPLIT": 1}),
+    Case("split_channels_sizes", lambda: ([helper.make_node("Split", ["x", "sizes"],
+                                                            ["rest", "y"], axis=1)],
+                                          {"sizes": np.array([3, 5], np.int64)}),
+         X8, {"SPLIT_V": 1}),
+    Case("channel_shuffle", lambda: (
+        [helper.make_node("Reshape", ["x", "grouped"], ["g"]),
+         helper.make_node("Transpose", ["g"], ["t"], perm=[0, 2, 1, 3, 4]),
+         node("Reshape", ["t", "shape"])],
+        {"grouped": np.array([1, 2, 4, 6, 6], np.int64),
+         "shape": np.array([1, 8, 6, 6], np.int64)}), X8, {"RESHAPE": 2, "TRANSPOSE": 1}),
+    # Conv1d: [N, C, L] as [N, C, 1, L]; a TRANSPOSE each way at the rank-3 edges
+    Case("conv1d_dilated", plain("Conv", ["x", "w", "b"], {"w": _w(8, 4, 3), "b": _w(8)},
+                                 dilations=[2], pads=[2, 2]), {"x": (1, 4, 16)},
+         {"CONV_2D": 1, "RESHAPE": 2, "TRANSPOSE": 2}),
+    Case("conv1d_causal_chomp", lambda: (
+        [helper.make_node("Conv", ["x", "w"], ["c"], dilations=[2], pads=[4, 4], group=4),
+         helper.make_node("Relu", ["c"], ["r"]),
+         node("Slice", ["r", "starts", "ends", "axes"])],
+        {"w": _w(4, 1, 3), "starts": np.array([0], np.int64),
+         "ends": np.array([-4], np.int64), "axes": np.array([2], np.int64)}),
+         {"x": (1, 4, 16)}, {"DEPTHWISE_CONV_2D": 1, "PAD": 1, "STRIDED_SLICE": 1,
+                             "RESHAPE": 2, "TRANSPOSE": 2}),
+    Case("conv_transpose_2x2_stride2", plain("ConvTranspose", ["x", "w", "b"],
+                                             {"w": _w(8, 4, 2, 2), "b": _w(4)},
+                                             strides=[2, 2]), X8, {"TRANSPOSE_CONV": 1}),
+    Case("conv_transpose_3x3_same", plain("ConvTranspose", ["x", "w"], {"w": _w(8, 6, 3, 3)},
+                                          strides=[2, 2], pads=[0, 0, 1, 1]),
+         X8, {"TRANSPOSE_CONV": 1}),
+    Case("conv_transpose_3x3_output_padding", plain(
+        "ConvTranspose", ["x", "w", "b"], {"w": _w(8, 4, 3, 3), "b": _w(4)}, strides=[2, 2],
+        pads=[1, 1, 1, 1], output_padding=[1, 1]), X8,
+         {"TRANSPOSE_CONV": 1, "STRIDED_SLICE": 1}),
+    Case("conv_transpose_relu_fused", lambda: (
+        [helper.make_node("ConvTranspose", ["x", "w", "b"], ["c"], strides=[2, 2]),
+         node("Relu", ["c"])], {"w": _w(8, 4, 2, 2), "b": _w(4)}), X8, {"TRANSPOSE_CONV": 1}),
     Case("batch_norm", plain("BatchNormalization", ["x", "s", "b", "m", "v"],
                              {"s": _w(8), "b": _w(8), "m": _w(8),
                               "v": np.abs(_w(8)) + 0.5}), X8, {"DEPTHWISE_CONV_2D": 1}),
@@ -273,7 +318,8 @@ class Reader(CalibrationDataReader):
 QDQ_OPS = ["Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Relu", "Clip", "Sigmoid", "Tanh",
            "HardSwish", "Softmax", "GlobalAveragePool", "ReduceMean", "AveragePool", "MaxPool",
            "Reshape", "Flatten", "Concat", "Pad", "Squeeze", "Unsqueeze", "LeakyRelu", "PRelu",
-           "HardSigmoid", "Div", "Transpose", "Slice", "BatchNormalization", "Resize"]
+           "HardSigmoid", "Div", "Transpose", "Slice", "BatchNormalization", "Resize", "Split",
+           "ConvTranspose"]
 
 
 def quantize(model: onnx.ModelProto, case: Case, tmp_path) -> onnx.ModelProto:

@@ -9,6 +9,7 @@ producer's quantization: a TFLite tensor has exactly one scale and zero point.
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from collections.abc import Callable
 
@@ -33,6 +34,7 @@ LINEAR_OPS = (aten.linear.default,)
 BATCH_NORM_OPS = (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default)
 #: TFLite fused activations: NONE, RELU, RELU6, RELU_N1_TO_1
 RELU_OPS = (aten.relu.default, aten.relu_.default)
+RELU6_OPS = (aten.relu6.default,)  # F.relu6; nn.ReLU6 is hardtanh(0, 6)
 HARDTANH_OPS = (aten.hardtanh.default, aten.hardtanh_.default)
 FUSED_HARDTANH_BOUNDS = ((0.0, 6.0), (-1.0, 1.0))
 ADD_OPS = (aten.add.Tensor,)
@@ -52,11 +54,16 @@ LOWERS_TO: dict[object, str | None] = {
     aten.flatten.using_ints: "RESHAPE", aten.view.default: "RESHAPE",
     aten.reshape.default: "RESHAPE", aten.squeeze.dim: "RESHAPE", aten.squeeze.dims: "RESHAPE",
     aten.unsqueeze.default: "RESHAPE", aten.permute.default: "TRANSPOSE",
-    aten.slice.Tensor: "STRIDED_SLICE",
+    aten.slice.Tensor: "STRIDED_SLICE", aten.transpose.int: "TRANSPOSE",
+    aten.contiguous.default: None,
+    # several outputs (getitem reads each): `annotate_split`, before the single-output ones
+    aten.split.Tensor: "SPLIT", aten.split_with_sizes.default: "SPLIT",
+    aten.chunk.default: "SPLIT",
     aten.upsample_nearest2d.vec: "RESIZE_NEAREST_NEIGHBOR",
     aten.upsample_bilinear2d.vec: "RESIZE_BILINEAR",
     aten.constant_pad_nd.default: "PAD", aten.pad.default: "PAD",
-    aten.dropout.default: None, aten.clone.default: None,
+    aten.dropout.default: None, aten.clone.default: None, aten.alias.default: None,
+    aten.relu6.default: "RELU6",
     aten.sigmoid.default: "LOGISTIC", aten.tanh.default: "TANH",
     aten.softmax.int: "SOFTMAX", aten._softmax.default: "SOFTMAX",
     aten.log_softmax.int: "LOG_SOFTMAX", aten._log_softmax.default: "LOG_SOFTMAX",
@@ -131,7 +138,7 @@ def sole_user(node: Node) -> Node | None:
 
 
 def is_fusable_activation(node: Node | None) -> bool:
-    if calls(node, RELU_OPS):
+    if calls(node, RELU_OPS + RELU6_OPS):
         return True
     if calls(node, HARDTANH_OPS):
         low = float(node.args[1]) if len(node.args) > 1 else -1.0
@@ -178,6 +185,23 @@ def annotate_conv_bn_act(gm: GraphModule, specs: Specs) -> None:
             annotate(out, output=specs.activation)
 
 
+CONV_TRANSPOSE_OPS = (aten.conv_transpose2d.input,)
+
+
+@annotator("conv_transpose_act")
+def annotate_conv_transpose_act(gm: GraphModule, specs: Specs) -> None:
+    """conv_transpose2d [+ relu/relu6] (TFLite TRANSPOSE_CONV fuses them): per-channel
+    weights along axis 1, the output channels of its [Cin, Cout, kH, kW] weight."""
+    weight = dataclasses.replace(specs.weight, ch_axis=1)
+    for node in candidates(gm, CONV_TRANSPOSE_OPS):
+        out, _ = fuse_activation(node)
+        annotate(node, {node.args[0]: specs.activation, node.args[1]: weight})
+        if out is node:
+            node.meta[KEY].output_qspec = specs.activation
+        else:
+            annotate(out, output=specs.activation)
+
+
 @annotator("linear_act")
 def annotate_linear_act(gm: GraphModule, specs: Specs) -> None:
     """linear [+ relu/relu6]: per-channel weight (axis 0, the output features)."""
@@ -217,6 +241,20 @@ def annotate_add_act(gm: GraphModule, specs: Specs) -> None:
 def annotate_mul(gm: GraphModule, specs: Specs) -> None:
     """Tensor x tensor (squeeze-excite gate, SiLU as x * sigmoid(x)), or x constant."""
     annotate_binary(gm, specs, MUL_OPS)
+
+
+MATMUL_OPS = (aten.matmul.default, aten.bmm.default)
+
+
+@annotator("matmul")
+def annotate_matmul(gm: GraphModule, specs: Specs) -> None:
+    """A product of two activations (attention pooling; BATCH_MATMUL): both inputs and
+    the output quantized, each with its own parameters. (A matmul by a parameter is a
+    linear layer's job.)"""
+    for node in candidates(gm, MATMUL_OPS):
+        inputs = [a for a in node.args[:2] if isinstance(a, Node)]
+        if len(inputs) == 2 and all(a.op != "get_attr" for a in inputs):
+            annotate(node, {a: specs.activation for a in inputs}, specs.activation)
 
 
 @annotator("scalar_arithmetic")
@@ -264,6 +302,20 @@ def annotate_own_output(gm: GraphModule, specs: Specs) -> None:
     """hardswish, and relu/relu6 not fused into a producer: input and output quantized."""
     for node in candidates(gm, OWN_OUTPUT_OPS):
         annotate(node, {node.args[0]: specs.activation}, specs.activation)
+
+
+SPLIT_OPS = (aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default)
+
+
+@annotator("split")
+def annotate_split(gm: GraphModule, specs: Specs) -> None:
+    """split / chunk (ShuffleNetV2's channel split): the input quantized, and each piece
+    (a getitem of the tuple) shares the input's quantization, as TFLite SPLIT copies."""
+    for node in candidates(gm, SPLIT_OPS):
+        x = node.args[0]
+        annotate(node, {x: specs.activation})
+        for piece in node.users:
+            annotate(piece, output=SharedQuantizationSpec((x, node)))
 
 
 @annotator("shared")
@@ -322,7 +374,8 @@ def unannotated(gm: GraphModule) -> list[Node]:
 
 
 def known_ops() -> list[str]:
-    tables = (CONV_OPS, LINEAR_OPS, BATCH_NORM_OPS, ADD_OPS, MUL_OPS, SCALAR_OPS, MEAN_OPS,
+    tables = (CONV_OPS, CONV_TRANSPOSE_OPS, LINEAR_OPS, BATCH_NORM_OPS, ADD_OPS, MUL_OPS,
+              MATMUL_OPS, SCALAR_OPS, MEAN_OPS,
               tuple(FIXED_OUTPUT_OPS), OWN_OUTPUT_OPS, SHARED_OPS, CONCAT_OPS,
               (aten.silu.default, aten.conv1d.padding, aten.conv2d.padding))
     return sorted({str(op) for table in tables for op in table})

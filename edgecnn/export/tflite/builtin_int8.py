@@ -148,10 +148,20 @@ def _accumulate(op: _Op, tensors: Callable[[int], np.ndarray]) -> np.ndarray:
     if op.name == "FULLY_CONNECTED":
         return x.reshape(-1, w.shape[1]) @ w.T + bias
     windows = _windows(x, w.shape[1:3], op.options)
-    if op.name == "CONV_2D":
-        return np.einsum("nhwcij,oijc->nhwo", windows, w) + bias
+    if op.name == "CONV_2D":  # grouped when the filter has fewer input channels
+        groups, width = x.shape[3] // w.shape[3], w.shape[3]
+        outs = w.shape[0] // groups
+        return np.concatenate([np.einsum("nhwcij,oijc->nhwo",
+                                         windows[:, :, :, g * width:(g + 1) * width],
+                                         w[g * outs:(g + 1) * outs]) for g in range(groups)],
+                              axis=3) + bias
     windows = np.repeat(windows, w.shape[3] // x.shape[3], axis=3)  # depth multiplier
     return np.einsum("nhwcij,ijc->nhwc", windows, w[0]) + bias
+
+
+def _grouped(op: _Op, tensors) -> bool:
+    return op.name == "CONV_2D" and tensors(op.inputs[1]).shape[3] != \
+        tensors(op.inputs[0]).shape[3]
 
 
 def _linear(op: _Op, tensors) -> tuple[np.ndarray, np.ndarray]:
@@ -159,7 +169,9 @@ def _linear(op: _Op, tensors) -> tuple[np.ndarray, np.ndarray]:
     y_scale, _ = op.quant(op.output)
     acc = _accumulate(op, tensors)
     real = x_scale * op.scales(op.inputs[1]) / y_scale
-    return fixed_point_multiply(acc, real, _ties(op)), float_multiply(acc, real)
+    # a grouped CONV_2D runs the reference kernel, which rounds ties away from zero
+    ties = "away" if _grouped(op, tensors) else _ties(op)
+    return fixed_point_multiply(acc, real, ties), float_multiply(acc, real)
 
 
 def _add(op: _Op, tensors) -> tuple[np.ndarray, np.ndarray]:

@@ -12,9 +12,11 @@ https://ai.google.dev/edge/litert/models/quantization_spec):
 - "convert": QUANTIZE / DEQUANTIZE themselves.
 
 `weights` names the constant weights input and its per-channel axis (the int32
-bias, input 2, has scale input x weight scale); `fuses_activation` says a
+bias, input `bias_input`, has scale input x weight scale); `fuses_activation` says a
 RELU / RELU6 / RELU_N1_TO_1 can become its fused_activation_function, and
-`fusable` that this builtin is such an activation. `rounding` is how the
+`fusable` that this builtin is such an activation. `data_input` is the input whose dtype
+picks the version and whose parameters a "same" output shares (SPLIT's comes after the
+axis). `rounding` is how the
 builtin int8 kernel breaks ties in its final rounding right shift (measured:
 `builtin_int8`). The passes, the writer and the quantizer read these records;
 a new builtin is one `builtin(...)` call.
@@ -48,6 +50,8 @@ class Builtin:
     weights: tuple[int, int] | None = None
     fuses_activation: bool = False
     fusable: bool = False
+    data_input: int = 0
+    bias_input: int = 2
     rounding: str | None = None
 
     def __post_init__(self) -> None:
@@ -79,6 +83,21 @@ def _half_pixel(graph: Graph, op: Op) -> bool:
     return bool(op.attrs.get("half_pixel_centers"))
 
 
+def _rank_above(rank: int) -> Callable[[Graph, Op], bool]:
+    def condition(graph: Graph, op: Op) -> bool:
+        return graph.tensor(op.inputs[0]).rank > rank
+    return condition
+
+
+def _transpose_conv_bias(graph: Graph, op: Op) -> bool:
+    """A TRANSPOSE_CONV with its optional bias input 3 (op_version.cc: 3)."""
+    return len(op.inputs) > 3 and bool(op.inputs[3])
+
+
+def _fused_activation(graph: Graph, op: Op) -> bool:
+    return op.attrs.get("fused_activation_function", "NONE") != "NONE"
+
+
 def _keeps_dims(graph: Graph, op: Op) -> bool:
     return bool(op.attrs.get("keep_num_dims"))
 
@@ -96,6 +115,10 @@ builtin("DEPTHWISE_CONV_2D", "DepthwiseConv2DOptions", {F32: 1, I8: 3},
 builtin("FULLY_CONNECTED", "FullyConnectedOptions", {F32: 1, I8: 4},
         version_rules=((_keeps_dims, 5),), weights=(1, 0), fuses_activation=True,
         rounding="up")
+builtin("TRANSPOSE_CONV", "TransposeConvOptions",
+        version_rules=((_transpose_conv_bias, 3), (_fused_activation, 4)),
+        weights=(1, 0), data_input=2, bias_input=3, fuses_activation=True)
+builtin("BATCH_MATMUL", "BatchMatMulOptions")
 # -- elementwise and reductions ---------------------------------------------------------------
 builtin("ADD", "AddOptions", fuses_activation=True, rounding="away")
 builtin("SUB", "SubOptions", fuses_activation=True)
@@ -107,13 +130,16 @@ builtin("MAX_POOL_2D", "Pool2DOptions", int8="same", fuses_activation=True)
 builtin("PAD", "PadOptions", int8="same")
 builtin("PADV2", "PadV2Options", int8="same")
 builtin("RESHAPE", "ReshapeOptions", {F32: 1, I8: 1}, int8="same")
-builtin("TRANSPOSE", "TransposeOptions", int8="same")
+builtin("TRANSPOSE", "TransposeOptions", int8="same",
+        version_rules=((_rank_above(4), 4), (_rank_above(5), 6)))
 builtin("STRIDED_SLICE", "StridedSliceOptions", int8="same")
 builtin("RESIZE_NEAREST_NEIGHBOR", "ResizeNearestNeighborOptions", int8="same",
         version_rules=((_half_pixel, 3),))
 builtin("RESIZE_BILINEAR", "ResizeBilinearOptions", int8="same",
         version_rules=((_half_pixel, 3),))
 builtin("CONCATENATION", "ConcatenationOptions", int8="same")
+builtin("SPLIT", "SplitOptions", int8="same", data_input=1)
+builtin("SPLIT_V", "SplitVOptions", int8="same")
 # -- activations ------------------------------------------------------------------------------
 builtin("LOGISTIC", int8="fixed", fixed_output=(1 / 256, -128))
 builtin("TANH", int8="fixed", fixed_output=(1 / 128, 0))
@@ -143,10 +169,10 @@ def fixed_outputs() -> dict[str, tuple[float, int]]:
 
 
 def op_version(graph: Graph, op: Op) -> int:
-    """The version of `op`'s operator code: the record's version for the dtype of input 0,
+    """The version of `op`'s operator code: the record's version for the dtype of its data input,
     raised by the record's rules that hold."""
     rec = record(op)
-    dtype = str(graph.tensor(op.inputs[0]).dtype)
+    dtype = str(graph.tensor(op.inputs[rec.data_input if rec else 0]).dtype)
     if rec is None or dtype not in rec.versions:
         known = ", ".join(sorted(rec.versions)) if rec else "none"
         raise EdgecnnError(f"{op.describe()}: no TFLite {op.type} kernel for {dtype} inputs "

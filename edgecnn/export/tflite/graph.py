@@ -179,7 +179,7 @@ class Graph:
         for op in reversed(self.ops):
             if any(out in live for out in op.outputs):
                 kept.append(op)
-                live.update(name for name in op.inputs if name)
+                live.update(name for name in (*op.inputs, *op.outputs) if name)
         self.ops = kept[::-1]
         live.update(self.inputs)
         self.tensors = {name: t for name, t in self.tensors.items() if name in live}

@@ -58,10 +58,28 @@ def conv_layout(graph: Graph, op: Op) -> list[Op]:
     return [op]
 
 
+#: the ONNX default of `axis` per op type (-1 for the others)
+DEFAULT_AXIS = {"Concat": 1, "Split": 0}
+
+
+def conv_transpose_layout(graph: Graph, op: Op) -> list[Op]:
+    """ConvTranspose weights [Cin, Cout, kH, kW] (quantized along axis 1) -> TFLite's
+    TRANSPOSE_CONV filter [Cout, kH, kW, Cin] (along axis 0)."""
+    weights = graph.const(op.inputs[1])
+    if weights is None or weights.ndim != 4 or op.attrs.get("group", 1) != 1:
+        return [op]  # lowering reports
+    quant = graph.tensor(op.inputs[1]).quant
+    if quant is not None and quant.axis not in (None, 1):
+        raise EdgecnnError(f"{op.describe()}: weights quantized along axis {quant.axis}; "
+                           f"TFLite needs per-output-channel (axis 1 of ConvTranspose)")
+    op.inputs[1] = _permuted_const(graph, op.inputs[1], weights, (1, 2, 3, 0), {1: 0})
+    return [op]
+
+
 def axis_layout(graph: Graph, op: Op) -> list[Op]:
-    """Concat / Softmax: remap the `axis` attribute; permute rank-4 constant inputs."""
+    """Concat / Split / Softmax: remap the `axis` attribute; permute rank-4 constant inputs."""
     if graph.tensor(op.outputs[0]).rank == 4:
-        axis = op.attrs.get("axis", 1 if op.type == "Concat" else -1) % 4
+        axis = op.attrs.get("axis", DEFAULT_AXIS.get(op.type, -1)) % 4
         op.attrs["axis"] = NHWC_AXIS[axis]
         for i, name in enumerate(op.inputs):
             data = graph.const(name)

@@ -1,4 +1,5 @@
-"""Conv -> CONV_2D / DEPTHWISE_CONV_2D, and the SAME / VALID / explicit-PAD decision."""
+"""Conv -> CONV_2D / DEPTHWISE_CONV_2D, and the SAME / VALID / explicit-PAD decision;
+ConvTranspose -> TRANSPOSE_CONV."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import numpy as np
 
 from edgecnn.export.tflite.graph import Tensor
-from edgecnn.export.tflite.layouts import conv_layout
+from edgecnn.export.tflite.layouts import conv_layout, conv_transpose_layout
 from edgecnn.export.tflite.ops.base import Lowering, register
 
 
@@ -123,3 +124,75 @@ def lower_conv(ctx: Lowering, *, kernel_shape: list[int] | None = None,
                  **options)
     else:
         ctx.emit("CONV_2D", inputs, [y.name], **options)
+
+
+@register("ConvTranspose", layout=conv_transpose_layout)
+def lower_convtranspose(ctx: Lowering, *, kernel_shape: list[int] | None = None,
+                        strides: list[int] | None = None, pads: list[int] | None = None,
+                        dilations: list[int] | None = None, group: int = 1,
+                        output_padding: list[int] | None = None,
+                        output_shape: list[int] | None = None,
+                        auto_pad: str = "NOTSET") -> None:
+    """2-D transposed convolution (decoders, U-Nets), NHWC -> TRANSPOSE_CONV.
+
+    Inputs: X [N,H,W,Cin], W constant (OHWI after the layout pass; int8 per output
+    channel), optional B [Cout]. TFLite's kernel writes the full (in - 1) x stride +
+    kernel output cropped at the start by (total - out) // 2 when padding=SAME, by
+    nothing when VALID; ONNX pads (and output_padding, which shape inference has in
+    the output size) that are neither are the full VALID output then a STRIDED_SLICE.
+    Always with its bias input (version 3; int8 version 2 without; 4 with a fused
+    RELU / RELU6: op_version.cc; tflite-runtime 2.14 runs 4).
+    group > 1 and dilations != 1 are not supported. int8: own output parameters, the
+    int32 bias (input 3) scaled input x weight scale.
+    """
+    x, w, y = ctx.input(0), ctx.input(1), ctx.output()
+    if w is None or not w.is_const:
+        raise ctx.fail("weights must be a constant (initializer)")
+    if x.rank != 4:
+        raise ctx.fail(f"only 2-D transposed convolution is supported (input rank {x.rank})")
+    if group != 1:
+        raise ctx.fail(f"group={group} is not supported (TRANSPOSE_CONV has no groups)")
+    if any(d != 1 for d in dilations or [1, 1]):
+        raise ctx.fail(f"dilations {dilations} are not supported")
+    strides = list(strides or [1, 1])
+    kernel = list(w.shape[1:3])
+    full = [(x.shape[1 + i] - 1) * strides[i] + kernel[i] for i in range(2)]
+    out = list(y.shape[1:3])
+    begin = [0, 0]
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER", "VALID", "NOTSET"):
+        onnx_pads = list(pads or [0, 0, 0, 0]) if auto_pad == "NOTSET" else None
+        for i in range(2):
+            total = full[i] - out[i]
+            if onnx_pads is not None:
+                begin[i] = onnx_pads[i]
+            elif auto_pad == "SAME_UPPER":
+                begin[i] = total // 2
+            elif auto_pad == "SAME_LOWER":
+                begin[i] = total - total // 2
+    else:
+        raise ctx.fail(f"auto_pad={auto_pad!r} is not supported")
+    if any(o > f for o, f in zip(out, full, strict=True)) or any(b < 0 for b in begin):
+        raise ctx.fail(f"output {out} larger than the full transposed convolution {full}")
+    c_out = y.shape[3]
+    bias = bias_input(ctx, ctx.input(2), c_out)
+    options = dict(stride_h=strides[0], stride_w=strides[1], fused_activation_function="NONE")
+    if begin == [0, 0] and out == full:
+        shape = ctx.int32("output_shape", [y.shape[0], *out, c_out])
+        ctx.emit("TRANSPOSE_CONV", [shape, w.name, x.name, bias], [y.name], padding="VALID",
+                 **options)
+    elif all(b == (f - o) // 2 and o == i * s for b, f, o, i, s in
+             zip(begin, full, out, x.shape[1:3], strides, strict=True)):
+        shape = ctx.int32("output_shape", [y.shape[0], *out, c_out])
+        ctx.emit("TRANSPOSE_CONV", [shape, w.name, x.name, bias], [y.name], padding="SAME",
+                 **options)
+    else:
+        whole = ctx.like("full", y, (y.shape[0], *full, c_out))
+        shape = ctx.int32("output_shape", [y.shape[0], *full, c_out])
+        ctx.emit("TRANSPOSE_CONV", [shape, w.name, x.name, bias], [whole], padding="VALID",
+                 **options)
+        ctx.emit("STRIDED_SLICE", [whole, ctx.int32("begin", [0, *begin, 0]),
+                                   ctx.int32("end", [y.shape[0], begin[0] + out[0],
+                                                     begin[1] + out[1], c_out]),
+                                   ctx.int32("strides", [1, 1, 1, 1])], [y.name],
+                 begin_mask=0, end_mask=0, ellipsis_mask=0, new_axis_mask=0,
+                 shrink_axis_mask=0)

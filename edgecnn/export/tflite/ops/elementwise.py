@@ -80,10 +80,46 @@ def lower_tanh(ctx: Lowering) -> None:
     _unary(ctx, "TANH")
 
 
+#: the hard-sigmoid tensor inside an int8 hard-swish when x spans 6 or more: [0, 1] on the
+#: int8 grid, so that saturation is the clamp (scale 1/255, zero point -128)
+UNIT_INTERVAL = Quant(1 / 255, -128)
+
+
+def _gate_quant(x: Quant) -> Quant:
+    """The int8 parameters of h = clip(x / 6 + 1/2, 0, 1) for x quantized with `x`: the
+    grid [0, min(1, hi)] (zero must be on it), hi = h at x's largest value, so that
+    saturation at its ends is the clip and its step is at most 1/255."""
+    scale, zero = float(x.scale[0]), int(x.zero_point[0])
+    high = min(1.0, scale * (127 - zero) / 6 + 0.5)
+    return Quant(high / 255, -128) if 0.0 < high < 1.0 else UNIT_INTERVAL  # <= 0: h is 0
+
+
 @register("HardSwish")
 def lower_hardswish(ctx: Lowering) -> None:
-    """x * relu6(x + 3) / 6 -> HARD_SWISH. int8: input and output may differ in scale."""
-    _unary(ctx, "HARD_SWISH")
+    """x * relu6(x + 3) / 6 -> HARD_SWISH (float); int8: MUL by 1/6 -> ADD 1/2 -> MUL by x.
+
+    XNNPACK (LiteRT's delegate) has no int8 HARD_SWISH kernel (its TFLite delegate
+    checks for float32 tensors), so an int8 HARD_SWISH runs outside the delegate and
+    splits its partition: the int8 MobileNetV3 ran slower than the float one. The chain
+    runs inside it: x / 6 takes x's zero point and scale / 6 (an exact integer identity),
+    the ADD writes h = clip(x / 6 + 1/2, 0, 1) on `_gate_quant`'s grid, where int8
+    saturation is the clip, and the last MUL writes x * h with the output's parameters.
+    Against one rounding (onnxruntime's QDQ HardSwish), h's grid adds at most
+    |x| x step / 2 <= 3 / 510 for |x| < 3 (h is exact elsewhere): a fraction of an
+    output step for the ranges hard-swish sees (`benchmarks/hardswish.md`).
+    """
+    x, y = ctx.input(0), ctx.output()
+    if x.quant is None or y.quant is None:
+        _unary(ctx, "HARD_SWISH")
+        return
+    sixth = ctx.graph.add_tensor(f"{y.name}_sixth", x.shape, x.dtype,
+                                 quant=Quant(x.quant.scale / 6, x.quant.zero_point))
+    gate = ctx.graph.add_tensor(f"{y.name}_gate", x.shape, x.dtype, quant=_gate_quant(x.quant))
+    ctx.emit("MUL", [x.name, ctx.graph.add_const(f"{ctx.op.name}_sixth", np.float32(1 / 6))],
+             [sixth], fused_activation_function="NONE")
+    ctx.emit("ADD", [sixth, ctx.graph.add_const(f"{ctx.op.name}_half", np.float32(0.5))],
+             [gate], fused_activation_function="NONE")
+    ctx.emit("MUL", [x.name, gate], [y.name], fused_activation_function="NONE")
 
 
 def _last_axis(ctx: Lowering, axis: int) -> None:

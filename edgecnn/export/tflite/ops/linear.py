@@ -1,4 +1,5 @@
-"""Gemm / MatMul with constant weights -> FULLY_CONNECTED."""
+"""Gemm / MatMul with constant weights -> FULLY_CONNECTED; MatMul of two activations ->
+BATCH_MATMUL."""
 
 from __future__ import annotations
 
@@ -47,13 +48,21 @@ def lower_gemm(ctx: Lowering, *, alpha: float = 1.0, beta: float = 1.0, transA: 
 
 @register("MatMul")
 def lower_matmul(ctx: Lowering) -> None:
-    """Y = A @ B with B a constant [K, N] -> FULLY_CONNECTED (keep_num_dims for rank > 2).
+    """Y = A @ B. B a constant [K, N] -> FULLY_CONNECTED (keep_num_dims for rank > 2);
+    B an activation (a global-context block's attention pooling, [N, C, HW] @ [N, HW, 1])
+    -> BATCH_MATMUL over A and B of equal rank 2 or 3 (rank-4 activations are stored
+    NHWC, whose last two axes are not the matrices').
 
-    A product of two activations (BATCH_MATMUL) is not supported.
+    int8: BATCH_MATMUL's inputs and output each keep their own parameters (version 2).
     """
     a, b, y = ctx.input(0), ctx.input(1), ctx.output()
-    if b is None or not b.is_const:
-        raise ctx.fail("B must be a constant (a product of two activations is not supported)")
+    if b is not None and not b.is_const:
+        if a.rank != b.rank or a.rank not in (2, 3):
+            raise ctx.fail(f"a product of two activations of ranks {a.rank} and {b.rank}; "
+                           f"supported: both of rank 2 or 3")
+        ctx.emit("BATCH_MATMUL", [a.name, b.name], [y.name], adj_x=False, adj_y=False,
+                 asymmetric_quantize_inputs=False)
+        return
     weights = _weights_out_in(ctx, b, transposed=False)
     ctx.emit("FULLY_CONNECTED", [a.name, weights, bias_input(ctx, None, y.shape[-1])], [y.name],
              fused_activation_function="NONE", keep_num_dims=a.rank > 2)

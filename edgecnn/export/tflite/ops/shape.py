@@ -1,6 +1,8 @@
-"""Data movement: reshapes -> RESHAPE, Concat -> CONCATENATION, Transpose, Slice."""
+"""Data movement: reshapes -> RESHAPE, Concat -> CONCATENATION, Split, Transpose, Slice."""
 
 from __future__ import annotations
+
+import numpy as np
 
 from edgecnn.export.tflite.layouts import (
     axis_layout,
@@ -54,13 +56,37 @@ def lower_concat(ctx: Lowering, *, axis: int) -> None:
              [ctx.output().name], axis=axis % rank, fused_activation_function="NONE")
 
 
+@register("Split", layout=axis_layout, propagates="both")
+def lower_split(ctx: Lowering, *, axis: int = 0, num_outputs: int | None = None) -> None:
+    """Cut along `axis` (NHWC after the layout pass) into the outputs' sizes (the `split`
+    input, or `num_outputs` equal parts) -> SPLIT when they are equal, else SPLIT_V.
+
+    ShuffleNetV2's channel split (`x.chunk(2, dim=1)`) is one SPLIT, which XNNPACK runs
+    for 2 to 4 equal outputs. int8: every output shares the input's parameters.
+    """
+    x = ctx.input(0)
+    axis %= x.rank
+    sizes = [ctx.output(i).shape[axis] for i in range(len(ctx.op.outputs))]
+    outputs = [ctx.output(i).name for i in range(len(sizes))]
+    dim = ctx.graph.add_const(f"{ctx.op.name}_axis", np.asarray(axis, np.int32))
+    if len(set(sizes)) == 1:
+        ctx.emit("SPLIT", [dim, x.name], outputs, num_splits=len(sizes))
+    else:
+        ctx.emit("SPLIT_V", [x.name, ctx.int32("sizes", sizes), dim], outputs,
+                 num_splits=len(sizes))
+
+
 @register("Transpose", layout=transpose_layout, propagates="both")
 def lower_transpose(ctx: Lowering, *, perm: list[int] | None = None) -> None:
-    """Permute axes -> TRANSPOSE (stored axes; the layout pass remapped `perm`). int8: the
-    output shares the input's parameters."""
-    rank = ctx.input(0).rank
-    perm = list(perm) if perm is not None else list(range(rank))[::-1]
-    ctx.emit("TRANSPOSE", [ctx.input(0).name, ctx.int32("perm", perm)], [ctx.output().name])
+    """Permute axes -> TRANSPOSE (stored axes; the layout pass remapped `perm`), or RESHAPE
+    when only size-1 axes move. int8: the output shares the input's parameters."""
+    x = ctx.input(0)
+    perm = list(perm) if perm is not None else list(range(x.rank))[::-1]
+    moved = [axis for axis in perm if x.shape[axis] != 1]
+    if moved == sorted(moved):  # only size-1 axes move: the element order stays
+        _reshape(ctx)
+        return
+    ctx.emit("TRANSPOSE", [x.name, ctx.int32("perm", perm)], [ctx.output().name])
 
 
 @register("Slice", layout=slice_layout, propagates="both")

@@ -19,13 +19,19 @@ from edgecnn.export.tflite.passes.quantization import (
     quantize_biases,
     quantize_constants,
 )
-from edgecnn.export.tflite.passes.reshapes import fold_reshapes
+from edgecnn.export.tflite.passes.reshapes import (
+    cancel_inverse_transposes,
+    fold_channel_shuffles,
+    fold_reshapes,
+)
+from edgecnn.export.tflite.passes.sequence import lift_conv1d
 
 ONNX_PASSES = (
     fold_constants,      # shape arithmetic and Q(constant) become constants
     remove_identities,   # Identity, inference Dropout
     fold_qdq,            # Q/DQ pairs -> int8 tensors with (scale, zero point)
     propagate_quant,     # reshape-like neighbours share parameters
+    lift_conv1d,         # Conv1d regions: [N, C, L] -> [N, C, 1, L]
     fold_pads,           # zero Pad -> Conv: the conv's own padding (TF 'SAME' ports)
     fuse_gelu,           # x * 0.5 * (1 + erf(x / sqrt 2)) -> Gelu
     to_nhwc,             # NCHW -> NHWC, weights OHWI / 1HWC, axes remapped
@@ -33,7 +39,9 @@ ONNX_PASSES = (
 
 TFLITE_PASSES = (
     mark_float_layers,   # conv / FC with float weights in a model that declares float layers
+    fold_channel_shuffles,  # NCHW group reshape -> transpose -> reshape, kept NHWC
     fold_reshapes,       # RESHAPE chains -> one; no-op reshapes dropped
+    cancel_inverse_transposes,  # TRANSPOSE then its inverse -> nothing
     fuse_activations,    # RELU / RELU6 into the producer, when exact
     isolate_float_ops,   # ops a QDQ model leaves float: DEQUANTIZE / QUANTIZE around them
     quantize_constants,  # weights symmetric int8 per channel; other constants int8

@@ -144,12 +144,13 @@ def propagate_quant(graph: Graph) -> None:
             rule = _propagates(op)
             if rule is None or not op.inputs:
                 continue
-            src, dst = graph.tensor(op.inputs[0]), graph.tensor(op.outputs[0])
+            src = graph.tensor(op.inputs[0])
             if src.is_const:
                 continue
-            if dst.quant is None and src.quant is not None:
-                dst.quant, dst.dtype = src.quant, src.dtype
-                changed = True
-            elif src.quant is None and dst.quant is not None and rule == "both":
-                src.quant, src.dtype = dst.quant, dst.dtype
-                changed = True
+            for dst in (graph.tensor(name) for name in op.outputs):  # Split: several
+                if dst.quant is None and src.quant is not None:
+                    dst.quant, dst.dtype = src.quant, src.dtype
+                    changed = True
+                elif src.quant is None and dst.quant is not None and rule == "both":
+                    src.quant, src.dtype = dst.quant, dst.dtype
+                    changed = True

@@ -82,8 +82,10 @@ def quantize_constants(graph: Graph) -> None:
                 continue
             if weights and i == weights[0]:
                 op.inputs[i] = _weights(graph, op, tensor, weights[1])
-            elif weights and i == 2:
+            elif weights and i == record(op).bias_input:
                 continue  # biases: quantize_biases
+            elif tensor.dtype == np.int32:
+                continue  # shapes (TRANSPOSE_CONV's output shape)
             elif tensor.dtype == np.float32 or (tensor.quant and not tensor.quant.per_tensor):
                 values = tensor.data if tensor.quant is None \
                     else tensor.quant.dequantize(tensor.data)
@@ -154,15 +156,33 @@ def align_same_scale(graph: Graph) -> None:
                                         outputs, ops) for name in op.inputs]
             ops.append(op)
             continue
-        source = graph.tensor(op.inputs[0])
+        source = graph.tensor(op.inputs[record(op).data_input])
         if op.type == "PADV2":  # the pad value shares the input's parameters
             op.inputs[2] = _aligned_const(graph, graph.tensor(op.inputs[2]), source.quant)
-        if source.quant.same_as(target.quant):
+        if len(op.outputs) > 1:
+            _align_outputs(graph, op, source.quant, ops)
+        elif source.quant.same_as(target.quant):
             ops.append(op)
         else:
             _requantize_after(graph, op, source.quant, ops,
                               "QUANTIZE added: the kernel needs equal input and output scales")
     graph.ops = ops
+
+
+def _align_outputs(graph: Graph, op: Op, quant: Quant, out: list[Op]) -> None:
+    """A copying op with several outputs (SPLIT): each writes `quant`; an output the QDQ
+    model gives other parameters is requantized to them by a QUANTIZE (noted)."""
+    requantize = []
+    for i, name in enumerate(op.outputs):
+        target = graph.tensor(name)
+        if target.quant.same_as(quant):
+            continue
+        staged = graph.add_tensor(f"{name}_{op.type.lower()}", target.shape, INT8, quant=quant)
+        op.outputs[i] = staged
+        requantize.append(Op("QUANTIZE", [staged], [name], name=op.name, domain="tflite"))
+        graph.note("QUANTIZE added: the kernel needs equal input and output scales",
+                   f"{op.name} ({op.type})")
+    out.extend([op, *requantize])
 
 
 def _aligned_const(graph: Graph, tensor: Tensor, quant: Quant) -> str:
@@ -211,7 +231,7 @@ def _fit_bias_range(graph: Graph, op: Op, x: Tensor, w: Tensor, bias: np.ndarray
                changed=w.name)
     name = graph.add_const(f"{w.name}_bias_fit", q,
                            quant=Quant(new, np.zeros(channels, np.int64), axis))
-    op.inputs[1] = name
+    op.inputs[_weights_input(op)[0]] = name
     return graph.tensor(name)
 
 
@@ -224,7 +244,9 @@ def quantize_biases(graph: Graph) -> None:
     for op in graph.ops:
         if _weights_input(op) is None or not is_int8_op(graph, op):
             continue
-        x, w, b = (graph.tensor(name) for name in op.inputs[:3])
+        rec = record(op)
+        x, w, b = (graph.tensor(op.inputs[i]) for i in (rec.data_input, rec.weights[0],
+                                                         rec.bias_input))
         scale = (x.quant.scale[0] * w.quant.scale).astype(np.float32)
         if (b.dtype == np.int32 and b.quant is not None and b.quant.scale.size == scale.size
                 and np.allclose(b.quant.scale, scale, rtol=1e-6) and not b.quant.zero_point.any()):
@@ -236,4 +258,5 @@ def quantize_biases(graph: Graph) -> None:
             scale = (x.quant.scale[0] * w.quant.scale).astype(np.float32)
             q = quantize_bias(values, scale)
         quant = Quant(scale, np.zeros(scale.size, np.int64), 0 if scale.size > 1 else None)
-        op.inputs[2] = graph.add_const(f"{b.name}_int32", q.astype(np.int32), quant=quant)
+        op.inputs[rec.bias_input] = graph.add_const(f"{b.name}_int32", q.astype(np.int32),
+                                                    quant=quant)

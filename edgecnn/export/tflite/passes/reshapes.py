@@ -1,8 +1,12 @@
-"""Fold chains of RESHAPE and drop reshapes that change nothing."""
+"""Fold chains of RESHAPE, drop reshapes that change nothing, and keep channel shuffles
+in NHWC."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from edgecnn.export.tflite.graph import Graph, Op
+from edgecnn.export.tflite.layouts import TO_NCHW, TO_NHWC
 
 
 def fold_reshapes(graph: Graph) -> None:
@@ -31,3 +35,98 @@ def fold_reshapes(graph: Graph) -> None:
             continue
         kept.append(op)
     graph.ops = kept
+
+
+def _sole(consumers: dict[str, list[Op]], name: str, kind: str, outputs: set[str]) -> Op | None:
+    readers = consumers.get(name, [])
+    if name in outputs or len(readers) != 1 or readers[0].type != kind:
+        return None
+    return readers[0]
+
+
+def _perm(graph: Graph, op: Op) -> list[int] | None:
+    data = graph.const(op.inputs[1])
+    return None if data is None else [int(v) for v in data.reshape(-1)]
+
+
+def _same_elements(shape: tuple[int, ...], old: list[tuple[str, object]],
+                   new: list[tuple[str, object]]) -> bool:
+    """Whether two chains of ("reshape", shape) / ("transpose", perm) move the elements of
+    a tensor of `shape` to the same places (checked on the element indices)."""
+    def run(chain: list[tuple[str, object]]) -> np.ndarray:
+        x = np.arange(int(np.prod(shape))).reshape(shape)
+        for kind, arg in chain:
+            x = x.reshape(arg) if kind == "reshape" else x.transpose(arg)
+        return x
+    return np.array_equal(run(old), run(new))
+
+
+def fold_channel_shuffles(graph: Graph) -> None:
+    """A reshape -> transpose -> reshape of channel groups (ShuffleNet's channel shuffle:
+    [N, C, H, W] viewed as [N, g, C/g, H, W], the group axes swapped, viewed back) becomes
+    RESHAPE -> TRANSPOSE -> RESHAPE on the NHWC tensor, without the two layout TRANSPOSEs
+    the NCHW reshapes needed. In place; a rewrite is kept only when it moves every element
+    where the original chain does.
+    """
+    outputs = set(graph.outputs)
+    consumers = graph.consumers()
+    dropped: set[int] = set()
+    for first in graph.ops:
+        if first.type != "TRANSPOSE" or _perm(graph, first) != list(TO_NCHW):
+            continue
+        split = _sole(consumers, first.outputs[0], "RESHAPE", outputs)
+        swap = split and _sole(consumers, split.outputs[0], "TRANSPOSE", outputs)
+        merge = swap and _sole(consumers, swap.outputs[0], "RESHAPE", outputs)
+        last = merge and _sole(consumers, merge.outputs[0], "TRANSPOSE", outputs)
+        if not last or _perm(graph, last) != list(TO_NHWC) or _perm(graph, swap) is None:
+            continue
+        x = graph.tensor(first.inputs[0])
+        n, h, w, c = x.shape
+        grouped, perm = graph.tensor(split.outputs[0]).shape, _perm(graph, swap)
+        k = len(grouped) - 3
+        if (k < 1 or grouped[0] != n or tuple(grouped[-2:]) != (h, w) or perm[0] != 0
+                or perm[-2:] != [k + 1, k + 2] or graph.tensor(merge.outputs[0]).shape
+                != (n, c, h, w)):
+            continue
+        factors = tuple(grouped[1:-2])
+        nhwc_grouped = (n, h, w, *factors)
+        nhwc_perm = [0, 1, 2, *(p + 2 for p in perm[1:-2])]
+        old = [("transpose", TO_NCHW), ("reshape", grouped), ("transpose", perm),
+               ("reshape", (n, c, h, w)), ("transpose", TO_NHWC)]
+        new = [("reshape", nhwc_grouped), ("transpose", nhwc_perm), ("reshape", x.shape)]
+        if not _same_elements(x.shape, old, new):
+            continue
+        split.inputs = [x.name, graph.add_const(f"{split.name}_shape_nhwc",
+                                                np.asarray(nhwc_grouped, np.int32))]
+        split.attrs["new_shape"] = list(nhwc_grouped)
+        graph.tensor(split.outputs[0]).shape = nhwc_grouped
+        swap.inputs[1] = graph.add_const(f"{swap.name}_perm_nhwc", np.asarray(nhwc_perm, np.int32))
+        graph.tensor(swap.outputs[0]).shape = tuple(nhwc_grouped[i] for i in nhwc_perm)
+        merge.inputs[1] = graph.add_const(f"{merge.name}_shape_nhwc",
+                                          np.asarray(x.shape, np.int32))
+        merge.attrs["new_shape"] = list(x.shape)
+        merge.outputs[0] = last.outputs[0]
+        dropped.update((id(first), id(last)))
+    graph.ops = [op for op in graph.ops if id(op) not in dropped]
+
+
+def cancel_inverse_transposes(graph: Graph) -> None:
+    """A TRANSPOSE read only by the TRANSPOSE that undoes it: both disappear (in place).
+
+    A layout round trip left where two rank changes met and `fold_reshapes` removed the
+    reshapes between them (a [N, C, 1, L] image squeezed to a Conv1d's sequence and
+    lifted back to [N, C, 1, L])."""
+    outputs = set(graph.outputs)
+    consumers = graph.consumers()
+    dropped: set[int] = set()
+    for first in graph.ops:
+        if first.type != "TRANSPOSE" or id(first) in dropped:
+            continue
+        second = _sole(consumers, first.outputs[0], "TRANSPOSE", outputs)
+        p, q = _perm(graph, first), second and _perm(graph, second)
+        if not second or p is None or q is None or [p[i] for i in q] != list(range(len(p))) \
+                or second.outputs[0] in outputs:
+            continue
+        graph.replace_uses(second.outputs[0], first.inputs[0])
+        dropped.update((id(first), id(second)))
+    graph.ops = [op for op in graph.ops if id(op) not in dropped]
