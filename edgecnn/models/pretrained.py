@@ -46,13 +46,13 @@ def _file_kind(path: Path) -> str:
     """'safetensors' or 'torch' from the file's first bytes, else EdgecnnError."""
     with open(path, "rb") as f:
         head = f.read(9)
-    if head[:4] == _ZIP_MAGIC:
+    if head[:4] == _ZIP_MAGIC or head[:1] == b"\x80":  # zip, or torch's legacy pickle stream
         return "torch"
     if len(head) == 9 and 0 < int.from_bytes(head[:8], "little") <= _MAX_HEADER \
             and head[8:9] == b"{":
         return "safetensors"
     raise EdgecnnError(f"{path}: not a safetensors file nor a torch tensors file "
-                       "(torch.save zip archive)")
+                       "(torch.save output)")
 
 
 def _unwrap(state: object, path: Path) -> dict[str, torch.Tensor]:
