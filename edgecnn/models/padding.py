@@ -137,8 +137,12 @@ def _swapped(module: nn.Module) -> nn.Module | None:
         return new
     if type(module) in (nn.MaxPool2d, nn.AvgPool2d):
         k, s = _pairs(module.kernel_size), _pairs(module.stride)
+        # TF's average counts the pixels inside the image only: padded averages differ
+        counts_pad = isinstance(module, nn.AvgPool2d) and module.count_include_pad \
+            and any(_pairs(module.padding))
         if _pairs(module.padding) != tuple((x - 1) // 2 for x in k) \
-                or getattr(module, "ceil_mode", False) or not _differs(k, s, (1, 1)):
+                or getattr(module, "ceil_mode", False) \
+                or not (_differs(k, s, (1, 1)) or counts_pad):
             return None
         if isinstance(module, nn.MaxPool2d):
             if _pairs(module.dilation) != (1, 1) or module.return_indices:

@@ -77,11 +77,28 @@ def _unwrap(state: object, path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+#: parameter names in the order a module registers them (nn.Conv2d, nn.BatchNorm2d, Linear)
+_PARAM_RANK = {"weight": 0, "bias": 1, "running_mean": 2, "running_var": 3,
+               "num_batches_tracked": 4}
+
+
+def _natural_key(name: str) -> tuple:
+    """Sort key: dotted parts, numbers as numbers, a module's own tensors in registration
+    order (weight, bias, running_mean, running_var)."""
+    *module, leaf = name.split(".")
+    parts = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in module)
+    return parts, _PARAM_RANK.get(leaf, 9), leaf
+
+
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """{name: tensor} from a .safetensors file or a tensors-only torch file.
 
     The kind is read from the file's first bytes, not its name. Torch files are
-    loaded with `torch.load(weights_only=True)` (no code runs). Raises EdgecnnError
+    loaded with `torch.load(weights_only=True)` (no code runs) and keep their order.
+    A safetensors file keeps no order (it stores tensors by dtype and name): its
+    tensors come sorted by name, numbers as numbers, each module's weight, bias,
+    running mean and variance in that order, the order an `nn.Sequential`-built
+    network registers them (what order-and-shape mapping needs). Raises EdgecnnError
     naming the file: missing, another kind of file, not tensors, NaN / inf values.
     """
     path = Path(path)
@@ -92,7 +109,8 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         if kind == "safetensors":
             from safetensors.torch import load_file
 
-            state: object = load_file(str(path), device="cpu")
+            loaded = load_file(str(path), device="cpu")
+            state: object = {k: loaded[k] for k in sorted(loaded, key=_natural_key)}
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except EdgecnnError:
