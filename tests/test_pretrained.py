@@ -266,7 +266,7 @@ def test_cli_refuses_bad_pretrained_inputs_before_training(tmp_path, torchvision
 
 @pytest.fixture(scope="module")
 def photo_folder(tmp_path_factory) -> Path:
-    """4 classes (the photo a crop comes from), 12 crops each, 80 px PNGs."""
+    """4 classes (the photo a crop comes from), 16 crops each, 72 px PNGs."""
     from PIL import Image
 
     from edgecnn.data.photos import random_crops, sample_photos
@@ -275,7 +275,7 @@ def photo_folder(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("photos")
     for seed, name in enumerate(("china", "flower", "chelsea", "coffee")):
         (root / name).mkdir()
-        for i, crop in enumerate(random_crops({name: photos[name]}, 12, size=80, seed=seed,
+        for i, crop in enumerate(random_crops({name: photos[name]}, 16, size=72, seed=seed,
                                               min_scale=0.5)):
             Image.fromarray(crop).save(root / name / f"{i}.png")
     return root
@@ -283,9 +283,10 @@ def photo_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def backbone_file(tmp_path_factory) -> Path:
-    """'Pretrained' dsc_net weights with a 1000-class head: dsc_net trained 2 epochs on
-    photo crops of other photos (astronaut, rocket, ...) as a 5-class task, so its
-    features are of photos; the head is then widened to 1000 classes."""
+    """'Pretrained' dsc_net weights with a 1000-class head: dsc_net trained an epoch on
+    crops of other photos (astronaut, rocket, ...) as a 5-class task, so its features
+    are of photos; the head is then widened to 1000 classes. Saved with the zoo's names
+    as safetensors."""
     from safetensors.torch import save_file
 
     from edgecnn.data.photos import normalize, random_crops, sample_photos
@@ -294,16 +295,23 @@ def backbone_file(tmp_path_factory) -> Path:
     photos = sample_photos()
     others = ["astronaut", "rocket", "stereo_motorcycle", "hubble_deep_field",
               "immunohistochemistry"]
-    x = torch.cat([torch.from_numpy(normalize(random_crops({n: photos[n]}, 24, size=80,
+    x = torch.cat([torch.from_numpy(normalize(random_crops({n: photos[n]}, 8, size=72,
                                                             seed=10 + i), MEAN, STD))
                    for i, n in enumerate(others)])
-    y = torch.arange(len(others)).repeat_interleave(24)
+    y = torch.arange(len(others)).repeat_interleave(8)
     torch.manual_seed(0)
     model = create_model("dsc_net", num_classes=len(others), small_input=True)
-    run_epochs(model, x, y, TrainConfig(epochs=2, lr=3e-3, batch_size=32), description="pre",
+    run_epochs(model, x, y, TrainConfig(epochs=1, lr=3e-3, batch_size=8), description="pre",
                show_progress=False)
+    for m in model.modules():  # BN statistics of the data, as a trained backbone has them
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    with torch.no_grad():
+        model.train()(x)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    state["classifier.fc.weight"] = torch.randn(1000, state["classifier.fc.weight"].shape[1])
+    state["classifier.fc.weight"] = 0.01 * torch.randn(1000,
+                                                       state["classifier.fc.weight"].shape[1])
     state["classifier.fc.bias"] = torch.zeros(1000)
     path = tmp_path_factory.mktemp("weights") / "dsc_net.safetensors"
     save_file(state, path)
@@ -313,32 +321,35 @@ def backbone_file(tmp_path_factory) -> Path:
 def test_head_only_epochs_keep_the_backbone_then_fine_tuning_learns(
         tmp_path, photo_folder, backbone_file) -> None:
     common = ["--pretrained", str(backbone_file), "--data", f"imagefolder:{photo_folder}",
-              "--mean", "0.498", "--std", "0.502", "--batch-size", "16", "--lr", "3e-3"]
-    head_only = edgecnn("train", "dsc_net", *common, "--epochs", "1", "--freeze-epochs", "1",
+              "--mean", "0.498", "--std", "0.502", "--batch-size", "8", "--lr", "3e-2",
+              "--input-size", "72"]
+    head_only = edgecnn("train", "dsc_net", *common, "--epochs", "2", "--freeze-epochs", "2",
                         "--out", str(tmp_path / "frozen"))
     assert head_only.returncode == 0, head_only.stderr
-    assert "pretrained: 80 tensors mapped by layer order and shape" in head_only.stdout
+    assert "pretrained: 67 tensors mapped by the edgecnn name table" in head_only.stderr
     assert "1000 classes in the weights, 4 in the model: replaced and re-initialised" \
-        in head_only.stdout
+        in head_only.stderr
     source = read_weights(backbone_file)
     trained = torch.load(tmp_path / "frozen" / "checkpoint.pt", weights_only=True)
-    backbone = [k for k in trained if not k.startswith("classifier.")]
+    backbone = [k for k, v in trained.items()  # weights and BN statistics, not counters
+                if not k.startswith("classifier.") and v.is_floating_point()]
     assert len(backbone) > 50
-    assert all(torch.equal(trained[k], source[k]) for k in backbone)  # bit-identical
+    assert [k for k in backbone if not torch.equal(trained[k], source[k])] == []  # bit-identical
     assert not torch.equal(trained["classifier.fc.bias"], torch.zeros(4))
     metrics = json.loads((tmp_path / "frozen" / "metrics.json").read_text())
-    assert [h["head_only"] for h in metrics["history"]] == [True]
+    assert [h["head_only"] for h in metrics["history"]] == [True, True]
     assert metrics["pretrained"]["classifier"] == "replaced"
+    # 4 balanced classes: chance is 25% (6 of 12 or more right by chance: p = 0.05)
+    assert metrics["val_images"] >= 12 and metrics["val_accuracy"] >= 0.5, metrics
 
-    tuned = edgecnn("train", "dsc_net", *common, "--epochs", "3", "--freeze-epochs", "1",
+    tuned = edgecnn("train", "dsc_net", *common, "--epochs", "3", "--freeze-epochs", "2",
                     "--out", str(tmp_path / "tuned"))
     assert tuned.returncode == 0, tuned.stderr
     metrics = json.loads((tmp_path / "tuned" / "metrics.json").read_text())
-    assert [h["head_only"] for h in metrics["history"]] == [True, False, False]
+    assert [h["head_only"] for h in metrics["history"]] == [True, True, False]
     trained = torch.load(tmp_path / "tuned" / "checkpoint.pt", weights_only=True)
     assert not torch.equal(trained["stem.conv.weight"], source["stem.conv.weight"])
-    # 4 balanced classes: chance is 25%; 10 validation crops
-    assert metrics["val_accuracy"] >= 0.6, metrics
+    assert metrics["val_accuracy"] >= 0.5, metrics
 
 
 def test_augmentation_for_photos_is_a_resized_crop_with_flips() -> None:

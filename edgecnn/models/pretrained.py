@@ -215,8 +215,15 @@ class Layout:
     rename: Renamer = field(repr=False)
 
 
+def _own_names(keys: list[str], model: nn.Module) -> dict[str, str] | None:
+    """The zoo's own names (an edgecnn checkpoint, or weights saved from the zoo model)."""
+    ours = model.state_dict()
+    return {k: k for k in keys} if all(k in ours for k in keys) else None
+
+
 #: known layouts, tried in order; a layout applies when it renames every key
 LAYOUTS = (
+    Layout("edgecnn", ("*",), _own_names),
     Layout("torchvision", ("mobilenet_v2",), _torchvision_mobilenet_v2),
     Layout("lukemelas-efficientnet", ("efficientnet_b0", "efficientnet_lite0"), _by_rules([
         (r"_conv_stem\.(.+)", r"stem.conv.\1"), (r"_bn0\.(.+)", r"stem.bn.\1"),
@@ -330,7 +337,7 @@ def map_state_dict(model: nn.Module, foreign: Mapping[str, torch.Tensor], *,
     keys = [k for k, _ in theirs]
     layout, names = "order", None
     for candidate in LAYOUTS:
-        if model_name in candidate.models:
+        if model_name in candidate.models or "*" in candidate.models:
             names = candidate.rename(keys, model)
             if names is not None:
                 layout = candidate.name
