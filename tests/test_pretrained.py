@@ -433,3 +433,41 @@ def test_lite0_tf_same_reproduces_the_source_logits_and_exports_without_pad(
             logits = session.predict(images)
         agree = float((logits.argmax(1) == fp32_top1).mean())
         assert agree >= 4 / 6, (path.name, agree)
+
+
+@pytest.mark.parametrize("method", ["ptq", "qat"])
+def test_tf_same_model_quantizes_and_converts_without_pad(method, tmp_path) -> None:
+    """A zoo model with TF 'SAME' padding at an even input size (every strided conv pads
+    bottom / right) through PTQ or QAT (train-mode capture: pad, conv, BN), int8 ONNX and
+    TFLite: no PAD op, and the .tflite follows the quantized program."""
+    from edgecnn.config import Preprocessing
+    from edgecnn.export.onnx import export_int8
+    from edgecnn.export.tflite import convert
+    from edgecnn.export.tflite.litert import op_counts
+    from edgecnn.quant import quantize
+    from edgecnn.quant.qat import QATConfig
+    from edgecnn.runtime import open_session
+
+    torch.manual_seed(0)
+    model = create_model("dsc_net", num_classes=4, padding="tf_same", bn_eps=1e-3).eval()
+    images = (torch.rand(24, 64, 64, 3) * 255).to(torch.uint8).numpy()
+    x = torch.from_numpy(normalize_images(images))
+    y = torch.arange(4).repeat(6)
+    program = quantize(model, x[:2], method, train_data=(x, y), calib_batches=2, batch_size=12,
+                       qat_config=QATConfig(epochs=1, batch_size=12))
+    pre = Preprocessing((64, 64), 3, MEAN, STD, ("a", "b", "c", "d"))
+    onnx_path = export_int8(program, pre, tmp_path / "model_int8.onnx")
+    counts = op_counts(convert(onnx_path, tmp_path / "model_int8.tflite"))
+    assert not {"PAD", "PADV2"} & set(counts), counts
+    assert counts["CONV_2D"] + counts["DEPTHWISE_CONV_2D"] == 13
+    with torch.no_grad():
+        expected = program(x[:8]).argmax(1).numpy()
+    with open_session(tmp_path / "model_int8.tflite") as session:
+        got = session.predict(images[:8]).argmax(1)
+    assert (got == expected).mean() >= 0.75
+
+
+def normalize_images(images: np.ndarray) -> np.ndarray:
+    from edgecnn.data.photos import normalize
+
+    return normalize(images, MEAN, STD)
