@@ -471,3 +471,28 @@ def normalize_images(images: np.ndarray) -> np.ndarray:
     from edgecnn.data.photos import normalize
 
     return normalize(images, MEAN, STD)
+
+
+def test_timm_names_map_back_to_the_zoo() -> None:
+    """timm's EfficientNet-Lite0 layout (conv_stem, bn1, blocks.STAGE.INDEX.*, conv_head,
+    bn2, classifier), written from the zoo model's tensors in timm's stage structure."""
+    model = create_model("efficientnet_lite0")
+    repeats = [1, 2, 2, 3, 3, 4, 1]  # the B0 table's blocks per stage
+    stage_of = [(s, i) for s, n in enumerate(repeats) for i in range(n)]
+    top = {"stem.conv.": "conv_stem.", "stem.bn.": "bn1.", "conv_head.conv.": "conv_head.",
+           "conv_head.bn.": "bn2.", "classifier.fc.": "classifier."}
+    timm = {}
+    for key, value in model.state_dict().items():
+        prefix = next((p for p in top if key.startswith(p)), None)
+        if prefix:
+            timm[top[prefix] + key.removeprefix(prefix)] = value
+        else:
+            _, index, rest = key.split(".", 2)
+            stage, i = stage_of[int(index)]
+            timm[f"blocks.{stage}.{i}.{rest}"] = value
+    mapped, record = map_state_dict(model, timm, model_name="efficientnet_lite0")
+    assert record.layout == "timm"
+    assert record.names["blocks.6.0.conv_pwl.weight"] == "blocks.15.conv_pwl.weight"
+    state = model.state_dict()
+    assert set(mapped) == {k for k, v in state.items() if v.is_floating_point()}
+    assert all(torch.equal(mapped[k], state[k]) for k in mapped)
