@@ -18,6 +18,7 @@ from torch import nn
 from edgecnn.config import MAX_CLASSES, Preprocessing, loads
 from edgecnn.errors import EdgecnnError
 from edgecnn.models import create_model
+from edgecnn.models.padding import PADDINGS
 from edgecnn.util import atomic_write
 
 WEIGHTS = "checkpoint.pt"
@@ -78,9 +79,17 @@ def check_options(options: Any) -> dict[str, Any]:
         elif key == "small_input":
             if not isinstance(value, bool):
                 raise EdgecnnError(f"options.small_input must be true or false, got {value!r}")
+        elif key == "padding":
+            if value not in PADDINGS:
+                raise EdgecnnError(f"options.padding must be one of {', '.join(PADDINGS)}, "
+                                   f"got {value!r}"[:200])
+        elif key == "bn_eps":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value) or not 0 < value <= 0.1:
+                raise EdgecnnError(f"options.bn_eps must be in (0, 0.1], got {value!r}")
         else:
             raise EdgecnnError(f"unknown model option {key!r} (known: num_classes, "
-                               "in_channels, width_mult, small_input)")
+                               "in_channels, width_mult, small_input, padding, bn_eps)")
         checked[key] = value
     return checked
 

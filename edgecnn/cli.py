@@ -60,6 +60,62 @@ def _root(
     _quiet(verbose)
 
 
+#: `--padding` values -> the model option (`edgecnn.models.padding.PADDINGS`)
+PADDING_FLAGS = {"symmetric": "symmetric", "tf-same": "tf_same"}
+PRETRAINED_HELP = ("Start from these weights: .safetensors or a tensors-only torch file "
+                   "(torchvision / timm / TF-ported names, else matched by layer order).")
+
+
+def _normalization(mean: str | None, std: str | None):
+    """--mean / --std: comma-separated fractions of 255 (one value: every channel)."""
+    if (mean is None) != (std is None):
+        raise EdgecnnError("--mean and --std go together")
+    if mean is None:
+        return None
+    values = []
+    for flag, text in (("--mean", mean), ("--std", std)):
+        try:
+            numbers = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            raise EdgecnnError(f"{flag} expects comma-separated numbers, got {text!r}") from None
+        import math
+
+        if not numbers or not all(math.isfinite(v) and (v > 0 if flag == "--std" else
+                                                        0 <= v <= 1) for v in numbers):
+            raise EdgecnnError(f"{flag} values must be finite fractions of 255 (std > 0), "
+                               f"got {text!r}")
+        values.append(numbers)
+    return values[0], values[1]
+
+
+def _starting_point(pretrained: Path | None, drop_background: bool, padding: str,
+                    bn_eps: float | None, epochs: int | None, freeze_epochs: int,
+                    mean: str | None, std: str | None):
+    """(Pretrained | None, model options, normalization) from the flags, checked first."""
+    from edgecnn.pipeline import Pretrained
+
+    if padding not in PADDING_FLAGS:
+        raise EdgecnnError(f"--padding must be one of {', '.join(PADDING_FLAGS)}, "
+                           f"got {padding!r}")
+    check_all(bn_eps=bn_eps, freeze_epochs=freeze_epochs)
+    if pretrained is None:
+        for flag, used in (("--drop-background", drop_background),
+                           ("--freeze-epochs", freeze_epochs), ("--epochs 0", epochs == 0)):
+            if used:
+                raise EdgecnnError(f"{flag} needs --pretrained FILE")
+    elif not pretrained.is_file():
+        raise EdgecnnError(f"--pretrained {pretrained}: file not found")
+    if epochs is not None and freeze_epochs > epochs:
+        raise EdgecnnError(f"--freeze-epochs {freeze_epochs} is more than --epochs {epochs}")
+    options: dict = {}
+    if padding != "symmetric":
+        options["padding"] = PADDING_FLAGS[padding]
+    if bn_eps is not None or padding == "tf-same":  # TF-trained weights: epsilon 1e-3
+        options["bn_eps"] = 1e-3 if bn_eps is None else bn_eps
+    weights = None if pretrained is None else Pretrained(pretrained, drop_background)
+    return weights, options, _normalization(mean, std)
+
+
 @app.command("models")
 def models_command(
     input_size: Annotated[int, typer.Option(help="Square input size for the MAC count.")] = 224,
@@ -103,23 +159,45 @@ def train_command(
                                                       "(default: 32 for images up to 64 px, "
                                                       "else 224).")] = None,
     width_mult: Annotated[float, typer.Option(help="Channel width multiplier.")] = 1.0,
+    pretrained: Annotated[Path | None, typer.Option(help=PRETRAINED_HELP)] = None,
+    drop_background: Annotated[bool, typer.Option(
+        "--drop-background", help="Drop row 0 of a 1001-logit TF classifier.")] = False,
+    padding: Annotated[str, typer.Option(help="symmetric | tf-same (TensorFlow 'SAME', for "
+                                              "TF-trained weights).")] = "symmetric",
+    bn_eps: Annotated[float | None, typer.Option(
+        help="BatchNorm epsilon.", show_default="1e-3 with --padding tf-same, else 1e-5")] = None,
+    freeze_epochs: Annotated[int, typer.Option(help="With --pretrained: the first N epochs "
+                                                    "train the classifier only.")] = 0,
+    backbone_lr_factor: Annotated[float, typer.Option(
+        help="With --pretrained: the backbone's learning rate is --lr times this.")] = 0.1,
+    mean: Annotated[str | None, typer.Option(help="Input mean per channel, fractions of 255 "
+                                                  "(comma-separated; with --std).",
+                                             show_default="the data's")] = None,
+    std: Annotated[str | None, typer.Option(help="Input std per channel (with --mean).")
+                   ] = None,
 ) -> None:
-    """Train the fp32 reference model; writes checkpoint.pt, config.json, metrics.json."""
+    """Train the fp32 reference model; writes checkpoint.pt, config.json, metrics.json.
+    With --pretrained, fine-tunes those weights (a new classifier when the class count
+    differs; --epochs 0 keeps them as they are)."""
     check_all(epochs=epochs, seed=seed, batch_size=batch_size, lr=lr,
-              label_smoothing=label_smoothing, input_size=input_size, width_mult=width_mult)
+              label_smoothing=label_smoothing, input_size=input_size, width_mult=width_mult,
+              backbone_lr_factor=backbone_lr_factor)
     from edgecnn.data import check_spec
     from edgecnn.pipeline import train_reference
     from edgecnn.train import TrainConfig
     from edgecnn.util import check_writable_dir
 
     check_spec(data)
-
+    weights, options, normalization = _starting_point(pretrained, drop_background, padding,
+                                                      bn_eps, epochs, freeze_epochs, mean, std)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
-                         label_smoothing=label_smoothing, seed=seed)
+                         label_smoothing=label_smoothing, seed=seed,
+                         freeze_epochs=freeze_epochs, backbone_lr_factor=backbone_lr_factor)
     directory = out_dir or Path("checkpoints") / model.replace(":", "_")
     check_writable_dir(directory, "--out")  # before the training run, not after it
     metrics = train_reference(model, data, directory, config, input_size=input_size,
-                              width_mult=width_mult, preflight="warn")
+                              width_mult=width_mult, preflight="warn", pretrained=weights,
+                              model_options=options, normalization=normalization)
     out.print(f"{model} on {data}: val_accuracy [bold]{metrics['val_accuracy']:.4f}[/bold] "
               f"in {metrics['train_seconds']:.1f}s -> {directory}")
 
@@ -545,20 +623,50 @@ def export_command(
         help="none | float: when an int8 artifact's drop exceeds --max-drop, move the layers "
              "adding most int8 error (inspect, on the training split's tail) to float, one "
              "group at a time, until it is within.")] = "none",
+    pretrained: Annotated[Path | None, typer.Option(help="With --int8: " + PRETRAINED_HELP
+                                                    + " --epochs 0 uses them as they are.")
+                          ] = None,
+    drop_background: Annotated[bool, typer.Option(
+        "--drop-background", help="Drop row 0 of a 1001-logit TF classifier.")] = False,
+    padding: Annotated[str, typer.Option(help="symmetric | tf-same (TensorFlow 'SAME', for "
+                                              "TF-trained weights).")] = "symmetric",
+    bn_eps: Annotated[float | None, typer.Option(
+        help="BatchNorm epsilon.", show_default="1e-3 with --padding tf-same, else 1e-5")] = None,
+    freeze_epochs: Annotated[int, typer.Option(help="With --pretrained: the first N fp32 "
+                                                    "epochs train the classifier only.")] = 0,
+    backbone_lr_factor: Annotated[float, typer.Option(
+        help="With --pretrained: the backbone's learning rate is the fp32 rate times "
+             "this.")] = 0.1,
+    mean: Annotated[str | None, typer.Option(help="Input mean per channel, fractions of 255 "
+                                                  "(comma-separated; with --std).",
+                                             show_default="the data's")] = None,
+    std: Annotated[str | None, typer.Option(help="Input std per channel (with --mean).")
+                   ] = None,
 ) -> None:
     """Export artifacts; with --int8, the one command from model to validated int8 files."""
     check_all(qat_epochs=qat_epochs, epochs=epochs, max_drop=max_drop,
-              min_agreement=min_agreement, input_size=input_size)
+              min_agreement=min_agreement, input_size=input_size,
+              backbone_lr_factor=backbone_lr_factor)
     from edgecnn import pipeline
 
     fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
     if int8:
+        from dataclasses import replace
+
+        weights, options, normalization = _starting_point(
+            pretrained, drop_background, padding, bn_eps, epochs, freeze_epochs, mean, std)
+        if checkpoint is not None and (weights is not None or options or normalization):
+            raise EdgecnnError("--checkpoint fixes the model (its config.json): --pretrained, "
+                               "--padding, --bn-eps, --mean and --std apply without it")
+        train_config = replace(pipeline.DEFAULT_TRAIN, freeze_epochs=freeze_epochs,
+                               backbone_lr_factor=backbone_lr_factor)
         report = pipeline.export_int8(
             model, data=data, checkpoint=checkpoint, method="ptq" if ptq else "qat",
             qat_epochs=qat_epochs, train_epochs=epochs, formats=fmts, max_drop=max_drop,
             min_agreement=min_agreement, io=io, input_size=input_size, out=out_dir, force=force,
             onnx_activations=onnx_activations, keep_float=tuple(keep_float or ()),
-            fallback=fallback)
+            fallback=fallback, pretrained=weights, model_options=options,
+            train_config=train_config, normalization=normalization)
         _print_report(report)
         if not report.passed:
             for failure in report.failures():
@@ -570,6 +678,9 @@ def export_command(
         raise EdgecnnError("--keep-float needs --int8 (or pass it to `edgecnn quantize`)")
     if fallback != "none":
         raise EdgecnnError("--fallback needs --int8")
+    if pretrained is not None or padding != "symmetric" or freeze_epochs or mean or std:
+        raise EdgecnnError("--pretrained, --padding, --freeze-epochs, --mean and --std go with "
+                           "--int8 (or `edgecnn train`); without it, --checkpoint fixes the model")
     if checkpoint is None:
         raise EdgecnnError("export needs --checkpoint DIR (or --int8 to train one)")
     from edgecnn.export.tflite import IO_MODES

@@ -15,7 +15,10 @@ from edgecnn.errors import EdgecnnError
 
 #: flag -> (low, high, low_inclusive, high_inclusive, integer)
 RANGES: dict[str, tuple[float, float, bool, bool, bool]] = {
-    "--epochs": (1, 100_000, True, True, True),
+    "--epochs": (0, 100_000, True, True, True),
+    "--freeze-epochs": (0, 100_000, True, True, True),
+    "--backbone-lr-factor": (0.0, 1.0, False, True, False),
+    "--bn-eps": (0.0, 0.1, False, True, False),
     "--qat-epochs": (1, 100_000, True, True, True),
     "--batch-size": (1, 65_536, True, True, True),
     "--batch": (1, 65_536, True, True, True),

@@ -9,7 +9,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -29,31 +29,80 @@ from edgecnn.util import atomic_write, check_writable_dir, clean_stale_temps
 FORMATS = ("onnx", "tflite")
 
 
+@dataclass(frozen=True)
+class Pretrained:
+    """Start from pretrained weights: a .safetensors or tensors-only torch file, mapped
+    onto the model by `edgecnn.models.pretrained` (name table, else layer order);
+    `drop_background` drops the first row of a classifier with one class too many
+    (TensorFlow's 1001-logit heads)."""
+
+    weights: Path
+    drop_background: bool = False
+
+
 def train_reference(model_name: str, data: str, directory: Path,
                     config: TrainConfig | None = None, *, input_size: int | None = None,
                     width_mult: float = 1.0, show_progress: bool = True,
                     preflight: str | None = None, formats: tuple[str, ...] = FORMATS,
-                    io: str = "int8", quant_config=None) -> dict:
+                    io: str = "int8", quant_config=None, pretrained: Pretrained | None = None,
+                    model_options: dict | None = None,
+                    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+                    ) -> dict:
     """Train the fp32 reference and write checkpoint.pt, config.json and metrics.json.
 
     preflight: "error" or "warn" first checks, on the untrained model, that it exports
     to int8 `formats` (`edgecnn.preflight`), and raises or warns before any epoch.
     quant_config: the QuantConfig the model will be quantized with; its layer patterns
     (`--keep-float`) must each match a layer, checked before any epoch (raises).
+    pretrained: load these weights first; training then fine-tunes them (the
+    classifier is the head of `TrainConfig`'s phases), and `config.epochs == 0` keeps
+    them as they are (refused when the classifier had to be replaced).
+    model_options: `padding` and `bn_eps` (recorded in config.json, as every option).
+    normalization: (mean, std) of the weights, fractions of 255; default: the data's.
+    Raises EdgecnnError before any training for a bad file, a tensor with no home, or
+    options out of range.
     """
+    from edgecnn.checkpoint import check_options
+    from edgecnn.models.pretrained import _classifier, load_pretrained_file, read_weights
+
     config = config or TrainConfig()
+    extra = check_options(dict(model_options or {}))
+    if pretrained is None and (config.epochs == 0 or config.freeze_epochs):
+        raise EdgecnnError("epochs=0 and freeze_epochs need pretrained weights (a model "
+                           "trained from scratch must train)")
+    if pretrained is not None:
+        read_weights(pretrained.weights)  # a bad file fails before the data loads
     dataset = load(data, seed=config.seed)
-    preprocessing = preprocessing_for(dataset, input_size)
-    options = model_options_for(preprocessing, width_mult)
+    mean, std = normalization or (None, None)
+    preprocessing = preprocessing_for(dataset, input_size, mean, std)
+    options = {**model_options_for(preprocessing, width_mult), **extra}
     torch.manual_seed(config.seed)  # weight init is part of the seeded run
     model = create_model(model_name, **options)
     if quant_config is not None:
         _check_patterns(model, preprocessing, quant_config)
+    loaded = None
+    if pretrained is not None:
+        loaded = load_pretrained_file(model, pretrained.weights, model_name=model_name,
+                                      drop_background=pretrained.drop_background)
+        if show_progress:
+            for line in loaded.summary():
+                console.print(line, highlight=False, soft_wrap=True)
+        if config.epochs == 0 and loaded.head == "replaced":
+            raise EdgecnnError(f"epochs=0 uses the weights as they are, but {loaded.head_note}"
+                               ": train at least one epoch")
     if preflight is not None:
         _preflight(model, preprocessing, formats, io, preflight, quant_config)
-    metrics = train(model, dataset, preprocessing, config, show_progress=show_progress)
+    metrics = train(model, dataset, preprocessing, config, show_progress=show_progress,
+                    head=_classifier(model) if loaded is not None else None)
     save_checkpoint(Path(directory), model, ModelConfig(model_name, preprocessing, options, data))
     metrics = {"model": model_name, "data": data, **metrics}
+    if loaded is not None:
+        metrics["pretrained"] = {"file": str(pretrained.weights), "sha256": loaded.sha256,
+                                 "layout": loaded.layout, "classifier": loaded.head,
+                                 "classifier_note": loaded.head_note}
+        with atomic_write(Path(directory) / "pretrained.json") as tmp:
+            tmp.write_text(json.dumps({"file": str(pretrained.weights), **loaded.to_dict()},
+                                      indent=2))
     with atomic_write(Path(directory) / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2))
     return metrics
@@ -239,7 +288,10 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
                 input_size: int | None = None, out: Path | None = None, force: bool = False,
                 onnx_activations: str | None = None, bench_runs: int = 100,
                 keep_float: tuple[str, ...] = (), fallback: str = "none",
-                show_progress: bool = True) -> Report:
+                show_progress: bool = True, pretrained: Pretrained | None = None,
+                model_options: dict | None = None, train_config: TrainConfig | None = None,
+                normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+                ) -> Report:
     """Model -> fp32 reference -> QAT/PTQ -> fp32 and int8 ONNX/TFLite -> validate, bench.
 
     Every stage's outputs are reused when its inputs (model, options, data,
@@ -248,6 +300,9 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
     keep_float: regular expressions over layer names kept float (`edgecnn.quant.precision`).
     fallback: "float" moves the layers adding most int8 error to float until every int8
     artifact's drop is within `max_drop` (`edgecnn.fallback`); "none" only measures.
+    pretrained, model_options, normalization: as `train_reference`; train_config
+    replaces the default fp32 schedule (`train_epochs` then sets only its epochs;
+    0 with `pretrained`: no fp32 training, straight to quantization).
     """
     from edgecnn.quant.qat import QATConfig
     from edgecnn.quant.run import quantize_checkpoint, training_seed
@@ -258,6 +313,13 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
                      onnx_activations, out)
     quant_config = QuantConfig(keep_float=tuple(keep_float))
     check_fallback(fallback)
+    if checkpoint is not None and (pretrained is not None or model_options):
+        raise EdgecnnError("checkpoint and pretrained / model_options exclude each other: a "
+                           "checkpoint's config.json fixes its model")
+    if pretrained is not None:
+        from edgecnn.models.pretrained import read_weights
+
+        read_weights(pretrained.weights)  # fail fast: before any stage
     clean_stale_temps(out, recursive=True)  # left by a run killed mid-write
     stages: dict[str, dict] = {}
 
@@ -277,16 +339,23 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
     # 1. the fp32 reference
     ckpt_dir = out / "checkpoint"
     if checkpoint is None:
-        train_config = (DEFAULT_TRAIN if train_epochs is None
-                        else TrainConfig(epochs=train_epochs, lr=DEFAULT_TRAIN.lr))
-        key = stage_key(model, data_digest(data), input_size, asdict(train_config))
+        base = train_config or DEFAULT_TRAIN
+        train_config = base if train_epochs is None else TrainConfig(
+            **{**asdict(base), "epochs": train_epochs})
+        weights = (None if pretrained is None else
+                   [_files_digest(Path(pretrained.weights)), pretrained.drop_background])
+        key = stage_key(model, data_digest(data), input_size, asdict(train_config),
+                        weights, model_options or {}, normalization)
         stage = _Stage("train", out, key, [ckpt_dir / "checkpoint.pt", ckpt_dir / "config.json",
                                             ckpt_dir / "metrics.json"], force)
         run_stage(stage, lambda: train_reference(model, data, ckpt_dir, train_config,
                                                  input_size=input_size,
                                                  show_progress=show_progress,
                                                  preflight="error", formats=formats, io=io,
-                                                 quant_config=quant_config))
+                                                 quant_config=quant_config,
+                                                 pretrained=pretrained,
+                                                 model_options=model_options,
+                                                 normalization=normalization))
     else:
         ckpt_dir = Path(checkpoint)
         loaded, loaded_config = load_checkpoint(ckpt_dir, model)  # fail early on a misfit

@@ -23,7 +23,14 @@ OPTIMIZERS = ("adamw", "sgd")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """An fp32 schedule: optimizer, cosine learning rate, optional label smoothing."""
+    """An fp32 schedule: optimizer, cosine learning rate, optional label smoothing.
+
+    Fine-tuning a pretrained backbone under a new head (`train(..., head=PREFIX)`):
+    the first `freeze_epochs` of the `epochs` train the head only (the backbone's
+    weights and BatchNorm statistics stay as loaded), then everything trains, the
+    backbone at `backbone_lr_factor` x `lr` (each phase its own cosine schedule).
+    `epochs=0` trains nothing (pretrained weights used as they are).
+    """
 
     epochs: int = 10
     batch_size: int = 64
@@ -33,10 +40,18 @@ class TrainConfig:
     label_smoothing: float = 0.0
     augment: bool = True
     seed: int = 0
+    freeze_epochs: int = 0
+    backbone_lr_factor: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise EdgecnnError("epochs and batch size must be at least 1")
+        if self.epochs < 0 or self.batch_size < 1:
+            raise EdgecnnError("epochs must be at least 0 and batch size at least 1")
+        if not 0 <= self.freeze_epochs <= self.epochs:
+            raise EdgecnnError(f"freeze_epochs must be in 0..epochs ({self.epochs}), got "
+                               f"{self.freeze_epochs}")
+        if not math.isfinite(self.backbone_lr_factor) or not 0 < self.backbone_lr_factor <= 1:
+            raise EdgecnnError(f"backbone_lr_factor must be in (0, 1], got "
+                               f"{self.backbone_lr_factor}")
         if not math.isfinite(self.lr) or self.lr <= 0:
             raise EdgecnnError(f"learning rate must be positive and finite, got {self.lr}")
         if not 0.0 <= self.label_smoothing < 1.0:  # also false for NaN
@@ -52,9 +67,20 @@ def default_input_size(dataset: Dataset) -> int:
     return 32 if max(dataset.image_size) <= 64 else 224
 
 
-def preprocessing_for(dataset: Dataset, input_size: int | None = None) -> Preprocessing:
+def preprocessing_for(dataset: Dataset, input_size: int | None = None,
+                      mean: tuple[float, ...] | None = None,
+                      std: tuple[float, ...] | None = None) -> Preprocessing:
+    """The record a model trained on `dataset` is fed by: the data's own channel mean and
+    std unless given (pretrained weights come with theirs, as fractions of 255; one
+    value stands for every channel)."""
     size = input_size or default_input_size(dataset)
-    mean, std = dataset.channel_stats()
+    data_mean, data_std = dataset.channel_stats()
+    mean, std = tuple(mean or data_mean), tuple(std or data_std)
+    mean = mean * dataset.channels if len(mean) == 1 else mean
+    std = std * dataset.channels if len(std) == 1 else std
+    if len(mean) != dataset.channels or len(std) != dataset.channels:
+        raise EdgecnnError(f"mean and std need {dataset.channels} values (one per channel), "
+                           f"got {len(mean)} and {len(std)}")
     return Preprocessing(input_size=(size, size), channels=dataset.channels, mean=mean, std=std,
                          class_names=dataset.class_names)
 
@@ -81,6 +107,57 @@ def random_shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
                         for i, (dy, dx) in enumerate(offsets.tolist())])
 
 
+def random_resized_crop_flip(x: torch.Tensor, generator: torch.Generator,
+                             scale: tuple[float, float] = (0.25, 1.0),
+                             ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+    """Per image: a random crop of `scale` x the area and aspect `ratio` (log-uniform),
+    resized back bilinearly to the input size, mirrored left-right with probability 1/2
+    (the Inception-style augmentation torchvision's RandomResizedCrop + RandomHorizontalFlip
+    apply to photos). NCHW in and out."""
+    n, _, h, w = x.shape
+    out = torch.empty_like(x)
+    draws = torch.rand((n, 5), generator=generator).tolist()
+    for i, (u_area, u_ratio, u_top, u_left, u_flip) in enumerate(draws):
+        area = h * w * (scale[0] + (scale[1] - scale[0]) * u_area)
+        aspect = math.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0]))
+                          * u_ratio)
+        ch = min(h, max(8, round(math.sqrt(area / aspect))))
+        cw = min(w, max(8, round(math.sqrt(area * aspect))))
+        top, left = int(u_top * (h - ch + 1)), int(u_left * (w - cw + 1))
+        crop = x[i:i + 1, :, top:top + ch, left:left + cw]
+        crop = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)
+        out[i] = crop[0].flip(-1) if u_flip < 0.5 else crop[0]
+    return out
+
+
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Photos (inputs over 64 px): random resized crop + flip; small images (digits,
+    32 px): a random shift (a flip would turn a 2 into a mirrored 2)."""
+    if max(x.shape[-2:]) > 64:
+        return random_resized_crop_flip(x, generator)
+    return random_shift(x, generator)
+
+
+def _phases(model: nn.Module, config: TrainConfig, lr: float,
+            head: str | None) -> list[tuple[int, list[dict], bool]]:
+    """[(epochs, optimizer param groups, backbone frozen)] of the schedule."""
+    if head is None:
+        return [(config.epochs, [{"params": list(model.parameters()), "lr": lr}], False)]
+    named = list(model.named_parameters())
+    head_params = [p for n, p in named if n.startswith(head)]
+    backbone = [p for n, p in named if not n.startswith(head)]
+    if not head_params:
+        raise EdgecnnError(f"the model has no parameters under {head!r} (the head to train)")
+    phases = []
+    if config.freeze_epochs:
+        phases.append((config.freeze_epochs, [{"params": head_params, "lr": lr}], True))
+    if config.epochs > config.freeze_epochs:
+        phases.append((config.epochs - config.freeze_epochs,
+                       [{"params": backbone, "lr": lr * config.backbone_lr_factor},
+                        {"params": head_params, "lr": lr}], False))
+    return phases
+
+
 @torch.no_grad()
 def predict_logits(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
                    batch_size: int = 256) -> torch.Tensor:
@@ -94,6 +171,7 @@ def accuracy(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
 
 
 def make_optimizer(params, config: TrainConfig, lr: float | None = None) -> torch.optim.Optimizer:
+    """AdamW or SGD (Nesterov, momentum 0.9) over `params` (tensors or param groups)."""
     lr = lr or config.lr
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=config.weight_decay,
@@ -104,55 +182,76 @@ def make_optimizer(params, config: TrainConfig, lr: float | None = None) -> torc
 def run_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig, *,
                description: str, lr: float | None = None,
                on_epoch_start: Callable[[nn.Module, int], None] | None = None,
-               show_progress: bool = True) -> list[dict]:
+               show_progress: bool = True, head: str | None = None) -> list[dict]:
     """Train with a per-step cosine schedule; return per-epoch loss and train accuracy.
 
     `on_epoch_start(model, epoch)` lets QAT freeze BN statistics and observers.
+    `head`: the state_dict prefix of a new classifier on a pretrained backbone; the
+    schedule then has the phases `TrainConfig` describes (head only, then all).
     """
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     # channels_last runs mobile convs (depthwise above all) ~1.7x faster on CPU
     model.to(memory_format=torch.channels_last)
     x = x.contiguous(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model.parameters(), config, lr)
     steps_per_epoch = math.ceil(len(x) / config.batch_size)
-    total = config.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    history = []
-    with progress_bar(description, total=total, enabled=show_progress) as bar:
-        for epoch in range(config.epochs):
-            if on_epoch_start:
-                on_epoch_start(model, epoch)
-            model.train()
-            order = torch.randperm(len(x), generator=generator)
-            seen = correct = 0
-            loss_sum = 0.0
-            for start in range(0, len(x), config.batch_size):
-                idx = order[start:start + config.batch_size]
-                xb, yb = x[idx], y[idx]
-                if config.augment:
-                    xb = random_shift(xb, generator).contiguous(memory_format=torch.channels_last)
-                logits = model(xb)
-                loss = loss_fn(logits, yb)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                seen += len(idx)
-                loss_sum += float(loss.detach()) * len(idx)
-                correct += int((logits.argmax(1) == yb).sum())
-                bar.advance(f"epoch {epoch + 1}/{config.epochs} loss {loss_sum / seen:.3f} "
-                            f"acc {correct / seen:.3f}")
-            history.append({"epoch": epoch + 1, "loss": loss_sum / seen,
-                            "train_accuracy": correct / seen})
+    history: list[dict] = []
+    frozen_bns = [] if head is None else [
+        m for n, m in model.named_modules() if not (n + ".").startswith(head)
+        and isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    backbone = [] if head is None else [p for n, p in model.named_parameters()
+                                        if not n.startswith(head) and p.requires_grad]
+    with progress_bar(description, total=config.epochs * steps_per_epoch,
+                      enabled=show_progress) as bar:
+        for phase_epochs, groups, frozen in _phases(model, config, lr or config.lr, head):
+            optimizer = make_optimizer(groups, config, lr)
+            total = phase_epochs * steps_per_epoch
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step, total=total: 0.5 * (1 + math.cos(math.pi * step / total)))
+            for _ in range(phase_epochs):
+                epoch = len(history)
+                if on_epoch_start:
+                    on_epoch_start(model, epoch)
+                model.train()
+                for module in frozen_bns if frozen else []:
+                    module.eval()  # the backbone as loaded: BN statistics too
+                for p in backbone:
+                    p.requires_grad_(not frozen)
+                order = torch.randperm(len(x), generator=generator)
+                seen = correct = 0
+                loss_sum = 0.0
+                for start in range(0, len(x), config.batch_size):
+                    idx = order[start:start + config.batch_size]
+                    xb, yb = x[idx], y[idx]
+                    if config.augment:
+                        xb = augment(xb, generator).contiguous(memory_format=torch.channels_last)
+                    logits = model(xb)
+                    loss = loss_fn(logits, yb)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    seen += len(idx)
+                    loss_sum += float(loss.detach()) * len(idx)
+                    correct += int((logits.argmax(1) == yb).sum())
+                    bar.advance(f"epoch {epoch + 1}/{config.epochs} loss {loss_sum / seen:.3f} "
+                                f"acc {correct / seen:.3f}" + (" (head only)" if frozen else ""))
+                history.append({"epoch": epoch + 1, "loss": loss_sum / seen,
+                                "train_accuracy": correct / seen, "head_only": frozen})
+    for p in backbone:
+        p.requires_grad_(True)
     return history
 
 
 def train(model: nn.Module, dataset: Dataset, preprocessing: Preprocessing,
-          config: TrainConfig | None = None, *, show_progress: bool = True) -> dict:
-    """Train `model` in place on `dataset`; return metrics (val_accuracy is a fraction)."""
+          config: TrainConfig | None = None, *, show_progress: bool = True,
+          head: str | None = None) -> dict:
+    """Train `model` in place on `dataset`; return metrics (val_accuracy is a fraction).
+
+    `head`: fine-tune a pretrained backbone under this new classifier (state_dict
+    prefix; see `TrainConfig` for the phases).
+    """
     if preprocessing.num_classes != dataset.num_classes:
         raise EdgecnnError(f"the preprocessing record has {preprocessing.num_classes} classes, "
                            f"the dataset {dataset.num_classes}")
@@ -161,7 +260,8 @@ def train(model: nn.Module, dataset: Dataset, preprocessing: Preprocessing,
     x, y = to_tensors(dataset.train_images, dataset.train_labels, preprocessing)
     vx, vy = to_tensors(dataset.val_images, dataset.val_labels, preprocessing)
     start = time.perf_counter()
-    history = run_epochs(model, x, y, config, description="train", show_progress=show_progress)
+    history = run_epochs(model, x, y, config, description="train", show_progress=show_progress,
+                         head=head) if config.epochs else []
     seconds = time.perf_counter() - start
     model.to(memory_format=torch.contiguous_format).eval()
     return {"val_accuracy": accuracy(model, vx, vy), "train_seconds": round(seconds, 2),

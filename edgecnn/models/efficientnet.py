@@ -18,7 +18,7 @@ ARCH = [[1, 3, 16, 1, 1], [6, 3, 24, 2, 2], [6, 5, 40, 2, 2], [6, 3, 80, 3, 2],
 
 
 def _efficientnet(*, lite: bool, num_classes: int, in_channels: int, width_mult: float,
-                  small_input: bool) -> MobileNet:
+                  small_input: bool, padding: str, bn_eps: float) -> MobileNet:
     act_layer = nn.ReLU6 if lite else nn.SiLU
     stem_stride, strides = input_strides([row[4] for row in ARCH], small_input)
     in_chs = stem_chs = 32 if lite else make_divisible(32 * width_mult)
@@ -35,18 +35,22 @@ def _efficientnet(*, lite: bool, num_classes: int, in_channels: int, width_mult:
     head_chs = 1280 if lite else make_divisible(1280 * max(1.0, width_mult))
     return MobileNet(blocks, in_channels=in_channels, stem_chs=stem_chs, stem_stride=stem_stride,
                      num_classes=num_classes, block_out_chs=in_chs, head_chs=head_chs,
-                     act_layer=act_layer, drop_rate=0.2)
+                     act_layer=act_layer, drop_rate=0.2, padding=padding, bn_eps=bn_eps)
 
 
 @register_model
 def efficientnet_b0(*, num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0,
-                    small_input: bool = False) -> MobileNet:
+                    small_input: bool = False,
+                    padding: str = "symmetric", bn_eps: float = 1e-5) -> MobileNet:
     return _efficientnet(lite=False, num_classes=num_classes, in_channels=in_channels,
-                         width_mult=width_mult, small_input=small_input)
+                         width_mult=width_mult, small_input=small_input,
+                         padding=padding, bn_eps=bn_eps)
 
 
 @register_model
 def efficientnet_lite0(*, num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0,
-                       small_input: bool = False) -> MobileNet:
+                       small_input: bool = False,
+                       padding: str = "symmetric", bn_eps: float = 1e-5) -> MobileNet:
     return _efficientnet(lite=True, num_classes=num_classes, in_channels=in_channels,
-                         width_mult=width_mult, small_input=small_input)
+                         width_mult=width_mult, small_input=small_input,
+                         padding=padding, bn_eps=bn_eps)

@@ -13,7 +13,8 @@ ARCH = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2],
 
 @register_model
 def mobilenet_v2(*, num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0,
-                 small_input: bool = False) -> MobileNet:
+                 small_input: bool = False,
+                 padding: str = "symmetric", bn_eps: float = 1e-5) -> MobileNet:
     stem_stride, strides = input_strides([row[3] for row in ARCH], small_input)
     in_chs = stem_chs = make_divisible(32 * width_mult)
     blocks = []
@@ -24,4 +25,5 @@ def mobilenet_v2(*, num_classes: int = 1000, in_channels: int = 3, width_mult: f
             in_chs = out_chs
     return MobileNet(blocks, in_channels=in_channels, stem_chs=stem_chs, stem_stride=stem_stride,
                      num_classes=num_classes, block_out_chs=in_chs,
-                     head_chs=make_divisible(1280 * max(1.0, width_mult)), drop_rate=0.2)
+                     head_chs=make_divisible(1280 * max(1.0, width_mult)), drop_rate=0.2,
+                     padding=padding, bn_eps=bn_eps)

@@ -36,7 +36,8 @@ def _se(chs: int) -> SqueezeExcite:
 
 
 def _mobilenet_v3(arch: list[list], *, head_chs: int, hidden_chs: int, num_classes: int,
-                  in_channels: int, width_mult: float, small_input: bool) -> MobileNet:
+                  in_channels: int, width_mult: float, small_input: bool, padding: str,
+                  bn_eps: float) -> MobileNet:
     stem_stride, strides = input_strides([row[5] for row in arch], small_input)
     in_chs = stem_chs = make_divisible(16 * width_mult)
     blocks = []
@@ -49,18 +50,23 @@ def _mobilenet_v3(arch: list[list], *, head_chs: int, hidden_chs: int, num_class
     return MobileNet(blocks, in_channels=in_channels, stem_chs=stem_chs, stem_stride=stem_stride,
                      num_classes=num_classes, block_out_chs=in_chs,
                      head_chs=make_divisible(head_chs * width_mult), act_layer=nn.Hardswish,
-                     drop_rate=0.2, head_hidden_chs=hidden_chs)
+                     drop_rate=0.2, head_hidden_chs=hidden_chs, padding=padding,
+                     bn_eps=bn_eps)
 
 
 @register_model
 def mobilenet_v3_large(*, num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0,
-                       small_input: bool = False) -> MobileNet:
+                       small_input: bool = False,
+                       padding: str = "symmetric", bn_eps: float = 1e-5) -> MobileNet:
     return _mobilenet_v3(LARGE, head_chs=960, hidden_chs=1280, num_classes=num_classes,
-                         in_channels=in_channels, width_mult=width_mult, small_input=small_input)
+                         in_channels=in_channels, width_mult=width_mult, small_input=small_input,
+                         padding=padding, bn_eps=bn_eps)
 
 
 @register_model
 def mobilenet_v3_small(*, num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0,
-                       small_input: bool = False) -> MobileNet:
+                       small_input: bool = False,
+                       padding: str = "symmetric", bn_eps: float = 1e-5) -> MobileNet:
     return _mobilenet_v3(SMALL, head_chs=576, hidden_chs=1024, num_classes=num_classes,
-                         in_channels=in_channels, width_mult=width_mult, small_input=small_input)
+                         in_channels=in_channels, width_mult=width_mult, small_input=small_input,
+                         padding=padding, bn_eps=bn_eps)

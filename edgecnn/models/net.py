@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from edgecnn.models.blocks import ClassifierHead, ConvBnAct, LayerFn, init_weights
+from edgecnn.models.padding import apply_padding, set_batchnorm_eps
 
 
 def input_strides(strides: list[int], small_input: bool) -> tuple[int, list[int]]:
@@ -24,12 +25,18 @@ def input_strides(strides: list[int], small_input: bool) -> tuple[int, list[int]
 
 class MobileNet(nn.Module):
     """stem -> blocks -> optional 1x1 head conv -> global pool -> [linear + activation]
-    -> dropout -> linear."""
+    -> dropout -> linear.
+
+    `padding` ("symmetric" | "tf_same", `edgecnn.models.padding`) and `bn_eps` (every
+    BatchNorm's epsilon: PyTorch's 1e-5, TensorFlow's 1e-3) follow the weights a model
+    is meant to carry.
+    """
 
     def __init__(self, blocks: list[nn.Module], *, in_channels: int, stem_chs: int,
                  stem_stride: int, num_classes: int, head_chs: int | None = None,
                  block_out_chs: int, act_layer: LayerFn = nn.ReLU6,
-                 drop_rate: float = 0.0, head_hidden_chs: int | None = None) -> None:
+                 drop_rate: float = 0.0, head_hidden_chs: int | None = None,
+                 padding: str = "symmetric", bn_eps: float = 1e-5) -> None:
         super().__init__()
         self.stem = ConvBnAct(in_channels, stem_chs, 3, stem_stride, act_layer=act_layer)
         self.blocks = nn.Sequential(*blocks)
@@ -39,6 +46,8 @@ class MobileNet(nn.Module):
         self.classifier = ClassifierHead(self.num_features, num_classes, drop_rate,
                                          head_hidden_chs, act_layer)
         init_weights(self)
+        apply_padding(self, padding)
+        set_batchnorm_eps(self, bn_eps)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)

@@ -43,10 +43,16 @@ def resolve_factory(name: str) -> Callable[..., nn.Module]:
 
 
 def create_model(name: str, **options) -> nn.Module:
-    """Build a model by name. Options a custom factory does not accept are not passed."""
+    """Build a model by name. Options a custom factory does not accept are not passed,
+    except `padding` and `bn_eps` (see `edgecnn.models.padding`), which are then applied
+    to the model it returns."""
+    from edgecnn.models.padding import apply_padding, set_batchnorm_eps
+
     factory = resolve_factory(name)
     params = inspect.signature(factory).parameters
+    after: dict = {}
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        after = {k: options[k] for k in ("padding", "bn_eps") if k in options and k not in params}
         options = {k: v for k, v in options.items() if k in params}
     required = [p.name for p in params.values() if p.default is p.empty
                 and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
@@ -58,4 +64,8 @@ def create_model(name: str, **options) -> nn.Module:
     model = factory(**options)
     if not isinstance(model, nn.Module):
         raise EdgecnnError(f"factory {name!r} returned {type(model).__name__}, not an nn.Module")
+    if "padding" in after:
+        apply_padding(model, after["padding"])
+    if "bn_eps" in after:
+        set_batchnorm_eps(model, after["bn_eps"])
     return model

@@ -49,6 +49,8 @@ class QATConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise EdgecnnError(f"QAT epochs must be at least 1, got {self.epochs!r}")
         if not 0.0 <= self.freeze_bn_fraction <= 1.0:
             raise EdgecnnError(f"freeze_bn_fraction must be in [0, 1], got "
                                f"{self.freeze_bn_fraction}")
