@@ -23,7 +23,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import ParameterError
 
 FALLBACKS = ("none", "float")
 HOLDOUT_IMAGES = 64
@@ -44,7 +44,8 @@ class Step:
 
 def check_fallback(fallback: str) -> None:
     if fallback not in FALLBACKS:
-        raise EdgecnnError(f"--fallback must be one of {', '.join(FALLBACKS)}, got {fallback!r}")
+        raise ParameterError("fallback", f"must be one of {', '.join(FALLBACKS)}, "
+                             f"got {fallback!r}")
 
 
 def _ranked(report: dict) -> list[dict]:

@@ -17,7 +17,7 @@ import torch
 from edgecnn import __version__
 from edgecnn.checkpoint import ModelConfig, load_checkpoint, read_config, save_checkpoint
 from edgecnn.data import load
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, ParameterError
 from edgecnn.fallback import check_fallback
 from edgecnn.models import create_model
 from edgecnn.progress import console
@@ -159,7 +159,8 @@ def export_artifacts(checkpoint: Path, out_dir: Path, *, model_name: str | None 
     """fp32 (or, with `quantized`, int8) artifacts in `formats`; TFLite goes through ONNX."""
     unknown = set(formats) - set(FORMATS)
     if unknown or not formats:
-        raise EdgecnnError(f"--formats {','.join(formats)}: supported are {', '.join(FORMATS)}")
+        raise ParameterError("formats", f"{','.join(formats)}: supported are "
+                             f"{', '.join(FORMATS)}")
     onnx_path = export_onnx(checkpoint, out_dir, model_name=model_name, quantized=quantized,
                             activations=activations)
     written = [onnx_path] if "onnx" in formats else []
@@ -264,12 +265,13 @@ def _check_arguments(model: str, data: str, checkpoint: Path | None, method: str
 
     unknown = set(formats) - set(FORMATS)
     if unknown or not formats:
-        raise EdgecnnError(f"--formats {','.join(formats)}: supported are {', '.join(FORMATS)}")
+        raise ParameterError("formats", f"{','.join(formats)}: supported are "
+                             f"{', '.join(FORMATS)}")
     if io not in IO_MODES:
-        raise EdgecnnError(f"--io must be one of {', '.join(IO_MODES)}, got {io!r}")
+        raise ParameterError("io", f"must be one of {', '.join(IO_MODES)}, got {io!r}")
     if onnx_activations is not None and onnx_activations not in ACTIVATION_TYPES:
-        raise EdgecnnError(f"--onnx-activations must be one of {', '.join(ACTIVATION_TYPES)}, "
-                           f"got {onnx_activations!r}")
+        raise ParameterError("onnx_activations", f"must be one of "
+                             f"{', '.join(ACTIVATION_TYPES)}, got {onnx_activations!r}")
     if method not in METHODS:
         raise EdgecnnError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     check("--max-drop", max_drop)
@@ -277,7 +279,7 @@ def _check_arguments(model: str, data: str, checkpoint: Path | None, method: str
     check_spec(data)
     resolve_factory(model)
     if checkpoint is not None and not Path(checkpoint).is_dir():
-        raise EdgecnnError(f"--checkpoint: checkpoint directory not found: {checkpoint}")
+        raise ParameterError("checkpoint", f"directory not found: {checkpoint}")
     check_writable_dir(out, "--out")
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -27,6 +28,8 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from edgecnn.runtime.remote_wheels import edgecnn_wheel
 
@@ -174,3 +177,49 @@ def run_pi_edgecnn(args: Sequence[str], cwd: Path | None = None,
     """Run the `edgecnn` console script installed in the Pi venv."""
     return subprocess.run([str(pi_venv().parent / "edgecnn"), *args], capture_output=True,
                           text=True, cwd=cwd, env=pi_env_vars(), timeout=timeout)
+
+
+# jobs: [{"model", "inputs": [npy of samples x NHWC input], "output"}]; writes the
+# stacked outputs per resolver and the output's (scale, zero point).
+RUNNER = r'''
+import json, sys
+import numpy as np
+from tflite_runtime.interpreter import Interpreter, OpResolverType
+
+jobs = json.load(open(sys.argv[1]))
+for job in jobs:
+    samples = [np.load(path) for path in job["inputs"]]
+    for name, resolver in (("delegate", OpResolverType.AUTO),
+                           ("builtin", OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)):
+        it = Interpreter(model_path=job["model"], num_threads=1,
+                         experimental_op_resolver_type=resolver)
+        it.allocate_tensors()
+        out, outputs = it.get_output_details()[0], []
+        for i in range(len(samples[0])):
+            for detail, x in zip(it.get_input_details(), samples):
+                x = x[i]
+                if detail["dtype"] == np.int8:
+                    scale, zero = detail["quantization"]
+                    x = np.clip(np.round(x / scale) + zero, -128, 127)
+                it.set_tensor(detail["index"], x.astype(detail["dtype"]))
+            it.invoke()
+            outputs.append(it.get_tensor(out["index"]))
+        np.save(job["output"] + "." + name + ".npy", np.concatenate(outputs))
+        json.dump(list(map(float, out["quantization"])), open(job["output"] + ".q.json", "w"))
+print(f"ran {len(jobs)} models")
+'''
+
+
+def run_on_pi(directory, jobs: list[dict]) -> dict[str, tuple[dict[str, np.ndarray], tuple]]:
+    """Run the jobs in the Pi venv; per output stem: {resolver: outputs}, (scale, zero)."""
+    (directory / "jobs.json").write_text(json.dumps(jobs))
+    (directory / "runner.py").write_text(RUNNER)
+    done = run_pi([str(directory / "runner.py"), str(directory / "jobs.json")])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"ran {len(jobs)} models" in done.stdout
+    results = {}
+    for job in jobs:
+        stem = job["output"]
+        quant = tuple(json.loads(open(stem + ".q.json").read()))
+        results[stem] = ({r: np.load(f"{stem}.{r}.npy") for r in ("delegate", "builtin")}, quant)
+    return results

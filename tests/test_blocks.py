@@ -444,14 +444,14 @@ def test_block_goes_to_full_int8(name: str, tmp_path) -> None:
     assert np.abs(files.fake_quant - files.fp32).max() <= 0.05 * np.ptp(files.fp32)
 
 
+@pytest.mark.pi_venv
 @pytest.mark.parametrize("name", ["mobilenet_v3", "shufflenet_v2"])
 def test_block_on_tflite_runtime_2_14(name: str, tmp_path) -> None:
     """The int8 files of the MobileNetV3 (hardswish as MUL / ADD / MUL) and ShuffleNetV2
     (SPLIT, rank-5 TRANSPOSE) blocks on tflite-runtime 2.14 / numpy 1.24, with and without
     its XNNPACK delegate: top-1 as onnxruntime's, logits within one step as LiteRT's
     builtin kernels keep them (test_tflite_models' bars)."""
-    from pi_env import pi_python_or_skip
-    from test_tflite_pi import run_on_pi
+    from pi_env import pi_python_or_skip, run_on_pi
 
     pi_python_or_skip()
     torch.manual_seed(0)

@@ -44,10 +44,10 @@ def test_every_record_has_an_op_that_writes_it() -> None:
 
 
 def test_every_lowering_has_a_parity_case() -> None:
-    from test_tflite_ops import CASES
+    from op_cases import CASES
 
     covered = {node.op_type for case in CASES for node in case.nodes()[0]}
-    assert set(LOWERINGS) <= covered, f"lowerings without a parity row in test_tflite_ops: " \
+    assert set(LOWERINGS) <= covered, f"lowerings without a parity row in op_cases.CASES: " \
                                       f"{sorted(set(LOWERINGS) - covered)}"
 
 

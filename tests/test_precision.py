@@ -183,7 +183,9 @@ def test_fallback_float_brings_the_drop_back_and_reports_it(planted, tmp_path):
 
 def _float_conv_model(declared: bool) -> onnx.ModelProto:
     """Q(x) -> Conv with float weights (one output channel 100x the others) -> Q."""
-    from test_tflite_qdq import RNG, QDQGraph
+    from qdq_graphs import QDQGraph
+
+    RNG = np.random.default_rng(7)
 
     from edgecnn.config import ArtifactMetadata, Preprocessing
     from edgecnn.export.onnx import attach_metadata
@@ -207,7 +209,9 @@ def test_declared_float_layer_runs_in_float_on_both_runtimes():
     (DEQUANTIZE / CONV_2D / QUANTIZE) and on onnxruntime (its input DequantizeLinear is
     per axis, so WeightBiasQuantization leaves it alone): within one output step of each
     other. Without the record, the converter quantizes the weights, as before."""
-    from test_tflite_qdq import X, steps_off
+    from qdq_graphs import steps_off
+
+    X = np.random.default_rng(1).standard_normal((1, 4, 8, 8)).astype(np.float32)
 
     from edgecnn.export.tflite import ConversionWarning, to_flatbuffer
     from edgecnn.export.tflite.litert import op_counts

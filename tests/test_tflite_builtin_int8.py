@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("ai_edge_litert")
 
-from test_tflite_ops import CASES, quantize  # noqa: E402
+from op_cases import CASES, quantize  # noqa: E402
 
 from edgecnn.export.tflite import convert, to_flatbuffer  # noqa: E402
 from edgecnn.export.tflite.builtin_int8 import (  # noqa: E402
@@ -80,7 +80,7 @@ SINGLE_INPUT_CASES = [c for c in CASES if not c.qdq and set(c.ops) & set(EMULATE
 def test_single_op_models_bit_exact(case, tmp_path) -> None:
     """The per-op parity cases (paddings, strides, dilation, depth multiplier, fused
     activations, means, fully connected) quantized by quantize_static, 4 inputs each."""
-    data = to_flatbuffer(quantize(case.model(), case, tmp_path))
+    data = to_flatbuffer(quantize(case))
     (name,) = case.inputs
     images = np.concatenate([case.feeds(seed)[name] for seed in range(4)])
     checks = check_builtin(data, images)

@@ -264,8 +264,7 @@ def test_artifact_record_travels(artifacts) -> None:
 def test_tflite_runtime_2_14_agrees(artifacts) -> None:
     """The same files on tflite-runtime 2.14 / numpy 1.24 (the Raspberry Pi OS bookworm
     oracle): float within 1e-4 of torch, int8 at the bars LiteRT meets."""
-    from pi_env import pi_python_or_skip
-    from test_tflite_pi import run_on_pi
+    from pi_env import pi_python_or_skip, run_on_pi
 
     pi_python_or_skip()
     directory = artifacts["dir"]

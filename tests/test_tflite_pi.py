@@ -7,62 +7,15 @@ in one process there, with and without the default XNNPACK delegate.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 pytest.importorskip("ai_edge_litert")
 
-from pi_env import pi_python_or_skip, run_pi  # noqa: E402
-from test_tflite_ops import CASES, FLOAT_RTOL, _ort, quantize  # noqa: E402
+from op_cases import CASES, FLOAT_RTOL, ort_run, quantize  # noqa: E402
+from pi_env import pi_python_or_skip, run_on_pi  # noqa: E402
 
 from edgecnn.export.tflite import to_flatbuffer  # noqa: E402
-
-# jobs: [{"model", "inputs": [npy of samples x NHWC input], "output"}]; writes the
-# stacked outputs per resolver and the output's (scale, zero point).
-RUNNER = r'''
-import json, sys
-import numpy as np
-from tflite_runtime.interpreter import Interpreter, OpResolverType
-
-jobs = json.load(open(sys.argv[1]))
-for job in jobs:
-    samples = [np.load(path) for path in job["inputs"]]
-    for name, resolver in (("delegate", OpResolverType.AUTO),
-                           ("builtin", OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)):
-        it = Interpreter(model_path=job["model"], num_threads=1,
-                         experimental_op_resolver_type=resolver)
-        it.allocate_tensors()
-        out, outputs = it.get_output_details()[0], []
-        for i in range(len(samples[0])):
-            for detail, x in zip(it.get_input_details(), samples):
-                x = x[i]
-                if detail["dtype"] == np.int8:
-                    scale, zero = detail["quantization"]
-                    x = np.clip(np.round(x / scale) + zero, -128, 127)
-                it.set_tensor(detail["index"], x.astype(detail["dtype"]))
-            it.invoke()
-            outputs.append(it.get_tensor(out["index"]))
-        np.save(job["output"] + "." + name + ".npy", np.concatenate(outputs))
-        json.dump(list(map(float, out["quantization"])), open(job["output"] + ".q.json", "w"))
-print(f"ran {len(jobs)} models")
-'''
-
-
-def run_on_pi(directory, jobs: list[dict]) -> dict[str, tuple[dict[str, np.ndarray], tuple]]:
-    """Run the jobs in the Pi venv; per output stem: {resolver: outputs}, (scale, zero)."""
-    (directory / "jobs.json").write_text(json.dumps(jobs))
-    (directory / "runner.py").write_text(RUNNER)
-    done = run_pi([str(directory / "runner.py"), str(directory / "jobs.json")])
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert f"ran {len(jobs)} models" in done.stdout
-    results = {}
-    for job in jobs:
-        stem = job["output"]
-        quant = tuple(json.loads(open(stem + ".q.json").read()))
-        results[stem] = ({r: np.load(f"{stem}.{r}.npy") for r in ("delegate", "builtin")}, quant)
-    return results
 
 
 def _nhwc(x: np.ndarray) -> np.ndarray:
@@ -77,7 +30,7 @@ def test_tflite_runtime_2_14_agrees_with_onnxruntime(tmp_path) -> None:
         float_model = case.model()
         variants = [("float", float_model)]
         if not case.qdq:
-            variants.append(("int8", quantize(case.model(), case, tmp_path)))  # it edits its input
+            variants.append(("int8", quantize(case)))
         feeds = case.feeds()
         inputs = []
         for name, value in feeds.items():
@@ -87,7 +40,7 @@ def test_tflite_runtime_2_14_agrees_with_onnxruntime(tmp_path) -> None:
             stem = str(tmp_path / f"{case.id}_{kind}")
             (tmp_path / f"{case.id}_{kind}.tflite").write_bytes(to_flatbuffer(model))
             jobs.append({"model": stem + ".tflite", "inputs": inputs, "output": stem})
-            expected.append((f"{case.id}/{kind}", kind, _ort(model, feeds), stem))
+            expected.append((f"{case.id}/{kind}", kind, ort_run(model, feeds), stem))
     results = run_on_pi(tmp_path, jobs)
 
     failures = []
