@@ -28,6 +28,11 @@ app = typer.Typer(
 )
 out = Console()
 
+GATE_HELP = ("What is held against the bounds: point (the measured drop and agreement) | "
+             "confident-pass (the 95% CI's pessimistic ends: pass only when the sample shows "
+             "the candidate is within) | confident-fail (the optimistic ends: fail only when "
+             "it shows it is outside).")
+
 
 def _version(value: bool) -> None:
     if value:
@@ -162,6 +167,7 @@ def bench_command(
                                                  "percentage points.")] = 1.0,
     min_agreement: Annotated[float, typer.Option(help="With --validate: required top-1 "
                                                       "agreement (fraction).")] = 0.99,
+    gate: Annotated[str, typer.Option(help="With --validate: " + GATE_HELP)] = "point",
     profile: Annotated[bool, typer.Option("--profile", help="Per-op latency instead of the "
                                           "whole-model table: top ops, fp32 vs int8 per "
                                           "layer.")] = False,
@@ -179,6 +185,9 @@ def bench_command(
     if json_path:
         check_writable_file(json_path, "--json")
     check_all(max_drop=max_drop, min_agreement=min_agreement, top=top)
+    from edgecnn.runtime.validate import Bounds
+
+    bounds = Bounds(max_drop=max_drop, min_agreement=min_agreement, gate=gate)
     config = BenchConfig(threads=parse_threads(threads), batch=batch, warmup=warmup, runs=runs,
                          seconds=seconds, backend=backend)
     if validate is not None and not validate.startswith("npz:"):
@@ -189,7 +198,7 @@ def bench_command(
     digests = _digests(artifacts, manifest)
     if remote:
         _bench_remote(artifacts, config, remote, ssh_command, remote_dir, offline, validate,
-                      max_drop, min_agreement, profile, json_path, top)
+                      bounds, profile, json_path, top)
         return
     if profile:
         _bench_profile(artifacts, config, json_path, plot, top)
@@ -205,14 +214,23 @@ def bench_command(
     _print_digests(digests, manifest)
     _write_json(json_path, report)
     if validate is not None:
-        from edgecnn.runtime.validate import Bounds, run_validate
+        from edgecnn.runtime.validate import run_validate
 
-        result = run_validate(artifacts[0], artifacts[1:], validate,
-                              Bounds(max_drop=max_drop, min_agreement=min_agreement),
-                              backend=backend)
+        result = run_validate(artifacts[0], artifacts[1:], validate, bounds, backend=backend)
         _print_validate([result], validate)
         if not all(c["passed"] for c in result["candidates"]):
             raise typer.Exit(1)
+
+
+def gate_sentence(report: dict) -> str:
+    """"top-1 drop <= 1.00 pp and agreement >= 0.9900, held against the measured values
+    (--gate point); 95% CIs: Tango's paired score interval, Wilson"."""
+    from edgecnn.runtime.validate import gate_phrase
+
+    b = report["bounds"]
+    return (f"top-1 drop <= {b['max_drop']:.2f} pp and agreement >= "
+            f"{b['min_agreement']:.4f}, held against {gate_phrase(b.get('gate'))}; "
+            f"95% CIs: Tango's paired score interval (drop), Wilson (agreement)")
 
 
 def _write_json(path: Path | None, report: dict) -> None:
@@ -227,6 +245,7 @@ def _write_json(path: Path | None, report: dict) -> None:
 def _print_validate(reports: list[dict], data: str) -> None:
     from edgecnn.runtime.tables import (
         DEVICE_VALIDATE_HEADERS,
+        device_label,
         device_validate_rows,
         rich_table,
         table_console,
@@ -236,14 +255,15 @@ def _print_validate(reports: list[dict], data: str) -> None:
                                         device_validate_rows(reports), text_columns=4))
     for report in reports:
         for c in report["candidates"]:
+            for note in c.get("notes", []):
+                out.print(f"{device_label(report)}: {note}", highlight=False, soft_wrap=True)
             for failure in c["failures"]:
                 Console(stderr=True).print(f"[red]FAIL[/red] {failure}", highlight=False)
 
 
 def _bench_remote(artifacts: list[Path], config, targets: list[str], ssh_command: str,
-                  remote_dir: str, offline: bool, validate: str | None, max_drop: float,
-                  min_agreement: float, profile: bool, json_path: Path | None,
-                  top: int) -> None:
+                  remote_dir: str, offline: bool, validate: str | None, bounds,
+                  profile: bool, json_path: Path | None, top: int) -> None:
     """`bench --remote`: each device in turn, one table with a device column."""
     import shlex
 
@@ -279,7 +299,8 @@ def _bench_remote(artifacts: list[Path], config, targets: list[str], ssh_command
         if data is not None:
             result, code = rm.remote_validate(
                 device, artifacts[0], artifacts[1:], data,
-                ["--max-drop", str(max_drop), "--min-agreement", str(min_agreement)],
+                ["--max-drop", str(bounds.max_drop), "--min-agreement",
+                 str(bounds.min_agreement), "--gate", bounds.gate],
                 offline=offline)
             checks.append(result)
             codes.append(code)
@@ -384,6 +405,7 @@ def validate_command(
     max_drop: Annotated[float, typer.Option(help="Allowed top-1 drop, percentage points.")] = 1.0,
     min_agreement: Annotated[float, typer.Option(help="Required top-1 agreement with the "
                                                       "reference (fraction).")] = 0.99,
+    gate: Annotated[str, typer.Option(help=GATE_HELP)] = "point",
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results "
                                                    "as JSON.")] = None,
     markdown_path: Annotated[Path | None, typer.Option("--markdown", help="Write the "
@@ -402,15 +424,21 @@ def validate_command(
     check_all(max_drop=max_drop, min_agreement=min_agreement, threads=threads, seed=seed)
     from edgecnn.data import check_spec
     from edgecnn.runtime.tables import VALIDATE_HEADERS, rich_table, table_console, validate_rows
-    from edgecnn.runtime.validate import Bounds, append_step_summary, run_validate, to_markdown
+    from edgecnn.runtime.validate import (
+        Bounds,
+        append_step_summary,
+        run_validate,
+        to_markdown,
+        worst_line,
+    )
     from edgecnn.util import atomic_write, check_writable_file
 
+    bounds = Bounds(max_drop=max_drop, min_agreement=min_agreement, gate=gate)
     check_spec(data)
     for flag, target in (("--json", json_path), ("--markdown", markdown_path)):
         if target:
             check_writable_file(target, flag)
 
-    bounds = Bounds(max_drop=max_drop, min_agreement=min_agreement)
     digests = _digests([reference, *candidate], manifest)
     report = run_validate(reference, candidate, data, bounds, backend=backend, threads=threads,
                           seed=seed)
@@ -419,10 +447,13 @@ def validate_command(
     table_console(out).print(rich_table(f"edgecnn validate on {data} "
                                         f"({report['num_images']} images)",
                                         VALIDATE_HEADERS, validate_rows(report), text_columns=3))
+    out.print(f"gate: {gate_sentence(report)}", highlight=False, soft_wrap=True)
     for c in report["candidates"]:
         if c["worst_classes"]:
-            worst = ", ".join(f"{w['class']} (-{w['drop']:.1f} pp)" for w in c["worst_classes"])
-            out.print(f"{c['name']}: classes that lost most: {worst}", highlight=False)
+            out.print(f"{c['name']}: {worst_line(c['worst_classes'], report)}",
+                      highlight=False, soft_wrap=True)
+        for note in c.get("notes", []):
+            out.print(note, highlight=False, soft_wrap=True)
     _print_digests(digests, manifest)
     markdown = to_markdown(report)
     for target, text in ((json_path, json.dumps(report, indent=2) + "\n"),
