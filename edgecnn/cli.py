@@ -34,6 +34,30 @@ GATE_HELP = ("What is held against the bounds: point (the measured drop and agre
              "it shows it is outside).")
 
 
+MEAN_HELP = ("Per-channel mean on the 0..1 scale, comma-separated (e.g. 0.485,0.456,0.406); "
+             "with --std. Default: ImageNet's for 3-channel models of 96 px or more, else "
+             "the training set's own.")
+STD_HELP = "Per-channel std on the 0..1 scale, comma-separated; with --mean."
+RESIZE_HELP = ("shorter (shorter side to --resize-size, then the centre crop) | whole (the "
+               "whole image to the input size). Default: shorter for images larger than "
+               "a 96-px-or-more input, else whole.")
+RESIZE_SIZE_HELP = "With --resize shorter: the shorter side's length. Default: input / 0.875."
+
+
+def preprocess_options(mean: str | None, std: str | None, resize: str | None,
+                       resize_size: int | None, interpolation: str):
+    """The preprocessing flags as `PreprocessOptions`; None when all are at their defaults
+    (the stage keys of `export --int8` then stay those of earlier runs)."""
+    from edgecnn.data.preprocessing import PreprocessOptions, parse_floats
+    from edgecnn.flags import check
+
+    check("--resize-size", resize_size)
+    options = PreprocessOptions(mean=parse_floats(mean, "--mean"),
+                                std=parse_floats(std, "--std"), resize=resize,
+                                resize_size=resize_size, interpolation=interpolation)
+    return None if options == PreprocessOptions() else options
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"edgecnn {__version__}")
@@ -96,6 +120,13 @@ def train_command(
     model: Annotated[str, typer.Argument(help="Zoo name or package.module:factory.")],
     data: Annotated[str, typer.Option(help="digits | mnist:DIR | cifar10:DIR | "
                                            "imagefolder:DIR | npz:FILE")] = "digits",
+    mean: Annotated[str | None, typer.Option(help=MEAN_HELP)] = None,
+    std: Annotated[str | None, typer.Option(help=STD_HELP)] = None,
+    resize: Annotated[str | None, typer.Option(help=RESIZE_HELP)] = None,
+    resize_size: Annotated[int | None, typer.Option(help=RESIZE_SIZE_HELP)] = None,
+    interpolation: Annotated[str, typer.Option(help="Resampling filter (Pillow's, "
+                                               "antialiased): bilinear | bicubic.")
+                             ] = "bilinear",
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 15,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output directory "
                                                     "(default: checkpoints/MODEL).")] = None,
@@ -112,6 +143,7 @@ def train_command(
     """Train the fp32 reference model; writes checkpoint.pt, config.json, metrics.json."""
     check_all(epochs=epochs, seed=seed, batch_size=batch_size, lr=lr,
               label_smoothing=label_smoothing, input_size=input_size, width_mult=width_mult)
+    preprocess = preprocess_options(mean, std, resize, resize_size, interpolation)
     from edgecnn.data import check_spec
     from edgecnn.pipeline import train_reference
     from edgecnn.train import TrainConfig
@@ -124,7 +156,7 @@ def train_command(
     directory = out_dir or Path("checkpoints") / model.replace(":", "_")
     check_writable_dir(directory, "--out")  # before the training run, not after it
     metrics = train_reference(model, data, directory, config, input_size=input_size,
-                              width_mult=width_mult, preflight="warn")
+                              width_mult=width_mult, preflight="warn", preprocess=preprocess)
     out.print(f"{model} on {data}: val_accuracy [bold]{metrics['val_accuracy']:.4f}[/bold] "
               f"in {metrics['train_seconds']:.1f}s -> {directory}")
 
@@ -545,6 +577,13 @@ def export_command(
     formats: Annotated[str, typer.Option("--formats", "--format",
                                          help="Comma-separated: onnx, tflite.")] = "onnx,tflite",
     data: Annotated[str, typer.Option(help="Training / validation data spec.")] = "digits",
+    mean: Annotated[str | None, typer.Option(help=MEAN_HELP)] = None,
+    std: Annotated[str | None, typer.Option(help=STD_HELP)] = None,
+    resize: Annotated[str | None, typer.Option(help=RESIZE_HELP)] = None,
+    resize_size: Annotated[int | None, typer.Option(help=RESIZE_SIZE_HELP)] = None,
+    interpolation: Annotated[str, typer.Option(help="Resampling filter (Pillow's, "
+                                               "antialiased): bilinear | bicubic.")
+                             ] = "bilinear",
     ptq: Annotated[bool, typer.Option("--ptq", help="Post-training quantization "
                                       "instead of QAT.")] = False,
     qat_epochs: Annotated[int, typer.Option(help="QAT fine-tuning epochs.")] = 3,
@@ -567,6 +606,11 @@ def export_command(
     """Export artifacts; with --int8, the one command from model to validated int8 files."""
     check_all(qat_epochs=qat_epochs, epochs=epochs, max_drop=max_drop,
               min_agreement=min_agreement, input_size=input_size)
+    preprocess = preprocess_options(mean, std, resize, resize_size, interpolation)
+    if preprocess is not None and not int8:
+        raise EdgecnnError("--mean, --std, --resize, --resize-size and --interpolation set a new "
+                           "model's preprocessing (export --int8 or train); export without "
+                           "--int8 uses the checkpoint's record")
     from edgecnn import pipeline
 
     fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
@@ -575,7 +619,7 @@ def export_command(
             model, data=data, checkpoint=checkpoint, method="ptq" if ptq else "qat",
             qat_epochs=qat_epochs, train_epochs=epochs, formats=fmts, max_drop=max_drop,
             min_agreement=min_agreement, io=io, input_size=input_size, out=out_dir, force=force,
-            onnx_activations=onnx_activations)
+            onnx_activations=onnx_activations, preprocess=preprocess)
         _print_report(report)
         if not report.passed:
             for failure in report.failures():

@@ -32,15 +32,16 @@ def train_reference(model_name: str, data: str, directory: Path,
                     config: TrainConfig | None = None, *, input_size: int | None = None,
                     width_mult: float = 1.0, show_progress: bool = True,
                     preflight: str | None = None, formats: tuple[str, ...] = FORMATS,
-                    io: str = "int8") -> dict:
+                    io: str = "int8", preprocess=None) -> dict:
     """Train the fp32 reference and write checkpoint.pt, config.json and metrics.json.
 
     preflight: "error" or "warn" first checks, on the untrained model, that it exports
     to int8 `formats` (`edgecnn.preflight`), and raises or warns before any epoch.
+    preprocess: `data.preprocessing.PreprocessOptions` (--mean/--std/--resize/...).
     """
     config = config or TrainConfig()
     dataset = load(data, seed=config.seed)
-    preprocessing = preprocessing_for(dataset, input_size)
+    preprocessing = preprocessing_for(dataset, input_size, preprocess)
     options = model_options_for(preprocessing, width_mult)
     torch.manual_seed(config.seed)  # weight init is part of the seeded run
     model = create_model(model_name, **options)
@@ -225,7 +226,7 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
                 min_agreement: float = 0.99, io: str = "int8",
                 input_size: int | None = None, out: Path | None = None, force: bool = False,
                 onnx_activations: str | None = None, bench_runs: int = 100,
-                show_progress: bool = True) -> Report:
+                show_progress: bool = True, preprocess=None) -> Report:
     """Model -> fp32 reference -> QAT/PTQ -> fp32 and int8 ONNX/TFLite -> validate, bench.
 
     Every stage's outputs are reused when its inputs (model, options, data,
@@ -259,13 +260,15 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
     if checkpoint is None:
         train_config = (DEFAULT_TRAIN if train_epochs is None
                         else TrainConfig(epochs=train_epochs, lr=DEFAULT_TRAIN.lr))
-        key = _digest(model, data_digest(data), input_size, asdict(train_config))
+        key = _digest(model, data_digest(data), input_size, asdict(train_config),
+                      *([asdict(preprocess)] if preprocess is not None else []))
         stage = _Stage("train", out, key, [ckpt_dir / "checkpoint.pt", ckpt_dir / "config.json",
                                             ckpt_dir / "metrics.json"], force)
         run_stage(stage, lambda: train_reference(model, data, ckpt_dir, train_config,
                                                  input_size=input_size,
                                                  show_progress=show_progress,
-                                                 preflight="error", formats=formats, io=io))
+                                                 preflight="error", formats=formats, io=io,
+                                                 preprocess=preprocess))
     else:
         ckpt_dir = Path(checkpoint)
         load_checkpoint(ckpt_dir, model)  # fail early on a checkpoint that doesn't fit

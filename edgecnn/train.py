@@ -52,11 +52,13 @@ def default_input_size(dataset: Dataset) -> int:
     return 32 if max(dataset.image_size) <= 64 else 224
 
 
-def preprocessing_for(dataset: Dataset, input_size: int | None = None) -> Preprocessing:
-    size = input_size or default_input_size(dataset)
-    mean, std = dataset.channel_stats()
-    return Preprocessing(input_size=(size, size), channels=dataset.channels, mean=mean, std=std,
-                         class_names=dataset.class_names)
+def preprocessing_for(dataset: Dataset, input_size: int | None = None,
+                      options=None) -> Preprocessing:
+    """The record of a new model (`data.preprocessing.choose_preprocessing`; `options`:
+    its `PreprocessOptions`, the user's --mean/--std/--resize/--interpolation)."""
+    from edgecnn.data.preprocessing import choose_preprocessing
+
+    return choose_preprocessing(dataset, input_size or default_input_size(dataset), options)
 
 
 def model_options_for(preprocessing: Preprocessing, width_mult: float = 1.0) -> dict:

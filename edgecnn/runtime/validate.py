@@ -15,6 +15,7 @@ turns the verdict into exit code 0 or 1 (2 is for usage and input errors).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -67,6 +68,18 @@ class Bounds:
                                f"{self.min_agreement}")
         if self.gate not in GATES:
             raise EdgecnnError(f"--gate must be one of {', '.join(GATES)}, got {self.gate!r}")
+
+
+#: Classes of the highest logits a worker sends back per image (top-1 and top-5 need no
+#: more; full logits would grow with N x classes).
+TOP_K = 5
+
+
+def topk_accuracy_ranked(ranked: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Fraction of images whose label is among their first `k` ranked classes."""
+    if len(labels) == 0:
+        return 0.0
+    return float((ranked[:, :k] == labels[:, None]).any(axis=1).mean())
 
 
 def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
@@ -155,8 +168,9 @@ class _Artifact:
             self.metadata = parse_metadata(info["metadata"], str(self.path))
 
 
-def _logits(artifact: _Artifact, images: Path, num_classes: int, data: str,
+def _ranked(artifact: _Artifact, images: Path, num_classes: int, data: str,
             batch_size: int) -> np.ndarray:
+    """(N, min(5, K)) int32: each image's classes of the highest logits, best first."""
     record = require_record(artifact.path, artifact.metadata).preprocessing
     outputs = artifact.num_classes
     if outputs is not None and outputs != num_classes:
@@ -165,24 +179,26 @@ def _logits(artifact: _Artifact, images: Path, num_classes: int, data: str,
     if record.num_classes != num_classes:
         raise EdgecnnError(f"{data} has {num_classes} classes but the metadata of "
                            f"{artifact.path} names {record.num_classes}")
-    logits = artifact.worker.predict(images, batch_size)
-    if logits.ndim != 2 or logits.shape[1] != num_classes:
+    ranked = artifact.worker.predict(images, batch_size, top=TOP_K)
+    answer = artifact.worker.answer
+    if answer.get("outputs") != num_classes:
         raise EdgecnnError(f"{data} has {num_classes} classes but {artifact.path} outputs "
-                           f"logits shaped {logits.shape}")
-    if not np.isfinite(logits).all():
+                           f"{answer.get('outputs')} logits per image")
+    if not answer.get("finite", True):
         raise EdgecnnError(f"{artifact.path}: the model outputs NaN or infinite logits "
                            f"on {data}")
-    return logits
+    return ranked
 
 
-def _summary(artifact: _Artifact, logits: np.ndarray, labels: np.ndarray) -> dict:
+def _summary(artifact: _Artifact, ranked: np.ndarray, labels: np.ndarray,
+             num_classes: int) -> dict:
     metadata = artifact.metadata
     return {
         "artifact": str(artifact.path), "name": artifact.path.name,
         "backend": artifact.backend,
         "precision": metadata.precision if metadata else None,
-        "accuracy": topk_accuracy(logits, labels, 1),
-        "top5": topk_accuracy(logits, labels, 5) if logits.shape[1] > 5 else None,
+        "accuracy": topk_accuracy_ranked(ranked, labels, 1),
+        "top5": topk_accuracy_ranked(ranked, labels, 5) if num_classes > 5 else None,
     }
 
 
@@ -265,26 +281,40 @@ def run_validate(reference: Path, candidates: list[Path], data: str, bounds: Bou
             artifact.ready()
             require_record(artifact.path, artifact.metadata)
         with tempfile.TemporaryDirectory(prefix="edgecnn-validate-") as tmp:
-            images_npy = Path(tmp) / "images.npy"
-            np.save(images_npy, np.ascontiguousarray(images))
-            report = _compare(artifacts, images_npy, labels, dataset, data, bounds, batch_size)
+            report = _compare(artifacts, _hand_over(images, Path(tmp)), labels, dataset, data,
+                              bounds, batch_size)
     finally:
         for artifact in artifacts:
             artifact.worker.close()
     return report
 
 
+def _hand_over(images, directory: Path) -> Path:
+    """The images as the workers read them: a .json list of the files (decoded there, a
+    batch at a time) or an .npy they memory-map."""
+    from edgecnn.data.files import ImageFiles
+
+    if isinstance(images, ImageFiles):
+        path = directory / "images.json"
+        path.write_text(json.dumps({"paths": [str(p) for p in images.paths],
+                                    "mode": images.mode}), encoding="utf-8")
+        return path
+    path = directory / "images.npy"
+    np.save(path, np.ascontiguousarray(images))
+    return path
+
+
 def _compare(artifacts: list[_Artifact], images: Path, labels: np.ndarray, dataset,
              data: str, bounds: Bounds, batch_size: int) -> dict:
     k = dataset.num_classes
-    ref_logits = _logits(artifacts[0], images, k, data, batch_size)
-    ref_pred = ref_logits.argmax(1)
-    ref = _summary(artifacts[0], ref_logits, labels)
+    ref_ranked = _ranked(artifacts[0], images, k, data, batch_size)
+    ref_pred = ref_ranked[:, 0]
+    ref = _summary(artifacts[0], ref_ranked, labels, k)
     results = []
     for artifact in artifacts[1:]:
-        logits = _logits(artifact, images, k, data, batch_size)
-        pred = logits.argmax(1)
-        row = _summary(artifact, logits, labels)
+        ranked = _ranked(artifact, images, k, data, batch_size)
+        pred = ranked[:, 0]
+        row = _summary(artifact, ranked, labels, k)
         row.update(paired_comparison(ref_pred, pred, labels))
         row.update(
             top5_drop=None if row["top5"] is None else (ref["top5"] - row["top5"]) * 100.0,
