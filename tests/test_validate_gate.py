@@ -176,3 +176,16 @@ def test_unknown_gate_is_one_line_exit_2(borderline, digits_npz, edgecnn_cmd):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == ("error: --gate must be one of point, confident-pass, "
                                      "confident-fail, got 'lenient'")
+
+
+def test_bench_validate_takes_the_gate(borderline, digits_npz, edgecnn_cmd, tmp_path):
+    reference, candidate = borderline
+
+    def bench(gate: str) -> int:
+        return subprocess.run([*edgecnn_cmd, "bench", str(reference), str(candidate),
+                               "--runs", "2", "--warmup", "0", "--validate", f"npz:{digits_npz}",
+                               "--max-drop", "5", "--min-agreement", "0", "--gate", gate],
+                              capture_output=True, text=True, timeout=300,
+                              cwd=tmp_path).returncode
+
+    assert bench("point") == 1 and bench("confident-fail") == 0
