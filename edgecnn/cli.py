@@ -28,6 +28,35 @@ app = typer.Typer(
 )
 out = Console()
 
+GATE_HELP = ("What is held against the bounds: point (the measured drop and agreement) | "
+             "confident-pass (the 95% CI's pessimistic ends: pass only when the sample shows "
+             "the candidate is within) | confident-fail (the optimistic ends: fail only when "
+             "it shows it is outside).")
+
+
+MEAN_HELP = ("Per-channel mean on the 0..1 scale, comma-separated (e.g. 0.485,0.456,0.406); "
+             "with --std. Default: ImageNet's for 3-channel models of 96 px or more, else "
+             "the training set's own.")
+STD_HELP = "Per-channel std on the 0..1 scale, comma-separated; with --mean."
+RESIZE_HELP = ("shorter (shorter side to --resize-size, then the centre crop) | whole (the "
+               "whole image to the input size). Default: shorter for images larger than "
+               "a 96-px-or-more input, else whole.")
+RESIZE_SIZE_HELP = "With --resize shorter: the shorter side's length. Default: input / 0.875."
+
+
+def preprocess_options(mean: str | None, std: str | None, resize: str | None,
+                       resize_size: int | None, interpolation: str):
+    """The preprocessing flags as `PreprocessOptions`; None when all are at their defaults
+    (the stage keys of `export --int8` then stay those of earlier runs)."""
+    from edgecnn.data.preprocessing import PreprocessOptions, parse_floats
+    from edgecnn.flags import check
+
+    check("--resize-size", resize_size)
+    options = PreprocessOptions(mean=parse_floats(mean, "--mean"),
+                                std=parse_floats(std, "--std"), resize=resize,
+                                resize_size=resize_size, interpolation=interpolation)
+    return None if options == PreprocessOptions() else options
+
 
 def _version(value: bool) -> None:
     if value:
@@ -66,32 +95,9 @@ PRETRAINED_HELP = ("Start from these weights: .safetensors or a tensors-only tor
                    "(torchvision / timm / TF-ported names, else matched by layer order).")
 
 
-def _normalization(mean: str | None, std: str | None):
-    """--mean / --std: comma-separated fractions of 255 (one value: every channel)."""
-    if (mean is None) != (std is None):
-        raise EdgecnnError("--mean and --std go together")
-    if mean is None:
-        return None
-    values = []
-    for flag, text in (("--mean", mean), ("--std", std)):
-        try:
-            numbers = tuple(float(v) for v in text.split(","))
-        except ValueError:
-            raise EdgecnnError(f"{flag} expects comma-separated numbers, got {text!r}") from None
-        import math
-
-        if not numbers or not all(math.isfinite(v) and (v > 0 if flag == "--std" else
-                                                        0 <= v <= 1) for v in numbers):
-            raise EdgecnnError(f"{flag} values must be finite fractions of 255 (std > 0), "
-                               f"got {text!r}")
-        values.append(numbers)
-    return values[0], values[1]
-
-
 def _starting_point(pretrained: Path | None, drop_background: bool, padding: str,
-                    bn_eps: float | None, epochs: int | None, freeze_epochs: int,
-                    mean: str | None, std: str | None):
-    """(Pretrained | None, model options, normalization) from the flags, checked first."""
+                    bn_eps: float | None, epochs: int | None, freeze_epochs: int):
+    """(Pretrained | None, model options) from the flags, checked first."""
     from edgecnn.pipeline import Pretrained
 
     if padding not in PADDING_FLAGS:
@@ -113,7 +119,7 @@ def _starting_point(pretrained: Path | None, drop_background: bool, padding: str
     if bn_eps is not None or padding == "tf-same":  # TF-trained weights: epsilon 1e-3
         options["bn_eps"] = 1e-3 if bn_eps is None else bn_eps
     weights = None if pretrained is None else Pretrained(pretrained, drop_background)
-    return weights, options, _normalization(mean, std)
+    return weights, options
 
 
 @app.command("models")
@@ -147,6 +153,13 @@ def train_command(
     model: Annotated[str, typer.Argument(help="Zoo name or package.module:factory.")],
     data: Annotated[str, typer.Option(help="digits | mnist:DIR | cifar10:DIR | "
                                            "imagefolder:DIR | npz:FILE")] = "digits",
+    mean: Annotated[str | None, typer.Option(help=MEAN_HELP)] = None,
+    std: Annotated[str | None, typer.Option(help=STD_HELP)] = None,
+    resize: Annotated[str | None, typer.Option(help=RESIZE_HELP)] = None,
+    resize_size: Annotated[int | None, typer.Option(help=RESIZE_SIZE_HELP)] = None,
+    interpolation: Annotated[str, typer.Option(help="Resampling filter (Pillow's, "
+                                               "antialiased): bilinear | bicubic.")
+                             ] = "bilinear",
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 15,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output directory "
                                                     "(default: checkpoints/MODEL).")] = None,
@@ -170,11 +183,6 @@ def train_command(
                                                     "train the classifier only.")] = 0,
     backbone_lr_factor: Annotated[float, typer.Option(
         help="With --pretrained: the backbone's learning rate is --lr times this.")] = 0.1,
-    mean: Annotated[str | None, typer.Option(help="Input mean per channel, fractions of 255 "
-                                                  "(comma-separated; with --std).",
-                                             show_default="the data's")] = None,
-    std: Annotated[str | None, typer.Option(help="Input std per channel (with --mean).")
-                   ] = None,
 ) -> None:
     """Train the fp32 reference model; writes checkpoint.pt, config.json, metrics.json.
     With --pretrained, fine-tunes those weights (a new classifier when the class count
@@ -182,14 +190,15 @@ def train_command(
     check_all(epochs=epochs, seed=seed, batch_size=batch_size, lr=lr,
               label_smoothing=label_smoothing, input_size=input_size, width_mult=width_mult,
               backbone_lr_factor=backbone_lr_factor)
+    preprocess = preprocess_options(mean, std, resize, resize_size, interpolation)
     from edgecnn.data import check_spec
     from edgecnn.pipeline import train_reference
     from edgecnn.train import TrainConfig
     from edgecnn.util import check_writable_dir
 
     check_spec(data)
-    weights, options, normalization = _starting_point(pretrained, drop_background, padding,
-                                                      bn_eps, epochs, freeze_epochs, mean, std)
+    weights, options = _starting_point(pretrained, drop_background, padding, bn_eps, epochs,
+                                       freeze_epochs)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                          label_smoothing=label_smoothing, seed=seed,
                          freeze_epochs=freeze_epochs, backbone_lr_factor=backbone_lr_factor)
@@ -197,7 +206,7 @@ def train_command(
     check_writable_dir(directory, "--out")  # before the training run, not after it
     metrics = train_reference(model, data, directory, config, input_size=input_size,
                               width_mult=width_mult, preflight="warn", pretrained=weights,
-                              model_options=options, normalization=normalization)
+                              model_options=options, preprocess=preprocess)
     out.print(f"{model} on {data}: val_accuracy [bold]{metrics['val_accuracy']:.4f}[/bold] "
               f"in {metrics['train_seconds']:.1f}s -> {directory}")
 
@@ -240,6 +249,7 @@ def bench_command(
                                                  "percentage points.")] = 1.0,
     min_agreement: Annotated[float, typer.Option(help="With --validate: required top-1 "
                                                       "agreement (fraction).")] = 0.99,
+    gate: Annotated[str, typer.Option(help="With --validate: " + GATE_HELP)] = "point",
     profile: Annotated[bool, typer.Option("--profile", help="Per-op latency instead of the "
                                           "whole-model table: top ops, fp32 vs int8 per "
                                           "layer.")] = False,
@@ -259,6 +269,9 @@ def bench_command(
     check_all(max_drop=max_drop, min_agreement=min_agreement, top=top)
     if runs is not None and seconds is not None:
         raise EdgecnnError("pass either --runs or --seconds, not both")
+    from edgecnn.runtime.validate import Bounds
+
+    bounds = Bounds(max_drop=max_drop, min_agreement=min_agreement, gate=gate)
     config = BenchConfig(threads=parse_threads(threads), batch=batch, warmup=warmup, runs=runs,
                          seconds=seconds, backend=backend)
     if validate is not None and not validate.startswith("npz:"):
@@ -269,7 +282,7 @@ def bench_command(
     digests = _digests(artifacts, manifest)
     if remote:
         _bench_remote(artifacts, config, remote, ssh_command, remote_dir, offline, validate,
-                      max_drop, min_agreement, profile, json_path, top)
+                      bounds, profile, json_path, top)
         return
     if profile:
         _bench_profile(artifacts, config, json_path, plot, top)
@@ -285,14 +298,23 @@ def bench_command(
     _print_digests(digests, manifest)
     _write_json(json_path, report)
     if validate is not None:
-        from edgecnn.runtime.validate import Bounds, run_validate
+        from edgecnn.runtime.validate import run_validate
 
-        result = run_validate(artifacts[0], artifacts[1:], validate,
-                              Bounds(max_drop=max_drop, min_agreement=min_agreement),
-                              backend=backend)
+        result = run_validate(artifacts[0], artifacts[1:], validate, bounds, backend=backend)
         _print_validate([result], validate)
         if not all(c["passed"] for c in result["candidates"]):
             raise typer.Exit(1)
+
+
+def gate_sentence(report: dict) -> str:
+    """"top-1 drop <= 1.00 pp and agreement >= 0.9900, held against the measured values
+    (--gate point); 95% CIs: Tango's paired score interval, Wilson"."""
+    from edgecnn.runtime.validate import gate_phrase
+
+    b = report["bounds"]
+    return (f"top-1 drop <= {b['max_drop']:.2f} pp and agreement >= "
+            f"{b['min_agreement']:.4f}, held against {gate_phrase(b.get('gate'))}; "
+            f"95% CIs: Tango's paired score interval (drop), Wilson (agreement)")
 
 
 def _write_json(path: Path | None, report: dict) -> None:
@@ -307,6 +329,7 @@ def _write_json(path: Path | None, report: dict) -> None:
 def _print_validate(reports: list[dict], data: str) -> None:
     from edgecnn.runtime.tables import (
         DEVICE_VALIDATE_HEADERS,
+        device_label,
         device_validate_rows,
         rich_table,
         table_console,
@@ -316,14 +339,15 @@ def _print_validate(reports: list[dict], data: str) -> None:
                                         device_validate_rows(reports), text_columns=4))
     for report in reports:
         for c in report["candidates"]:
+            for note in c.get("notes", []):
+                out.print(f"{device_label(report)}: {note}", highlight=False, soft_wrap=True)
             for failure in c["failures"]:
                 Console(stderr=True).print(f"[red]FAIL[/red] {failure}", highlight=False)
 
 
 def _bench_remote(artifacts: list[Path], config, targets: list[str], ssh_command: str,
-                  remote_dir: str, offline: bool, validate: str | None, max_drop: float,
-                  min_agreement: float, profile: bool, json_path: Path | None,
-                  top: int) -> None:
+                  remote_dir: str, offline: bool, validate: str | None, bounds,
+                  profile: bool, json_path: Path | None, top: int) -> None:
     """`bench --remote`: each device in turn, one table with a device column."""
     import shlex
 
@@ -359,7 +383,8 @@ def _bench_remote(artifacts: list[Path], config, targets: list[str], ssh_command
         if data is not None:
             result, code = rm.remote_validate(
                 device, artifacts[0], artifacts[1:], data,
-                ["--max-drop", str(max_drop), "--min-agreement", str(min_agreement)],
+                ["--max-drop", str(bounds.max_drop), "--min-agreement",
+                 str(bounds.min_agreement), "--gate", bounds.gate],
                 offline=offline)
             checks.append(result)
             codes.append(code)
@@ -464,6 +489,7 @@ def validate_command(
     max_drop: Annotated[float, typer.Option(help="Allowed top-1 drop, percentage points.")] = 1.0,
     min_agreement: Annotated[float, typer.Option(help="Required top-1 agreement with the "
                                                       "reference (fraction).")] = 0.99,
+    gate: Annotated[str, typer.Option(help=GATE_HELP)] = "point",
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results "
                                                    "as JSON.")] = None,
     markdown_path: Annotated[Path | None, typer.Option("--markdown", help="Write the "
@@ -482,15 +508,21 @@ def validate_command(
     check_all(max_drop=max_drop, min_agreement=min_agreement, threads=threads, seed=seed)
     from edgecnn.data import check_spec
     from edgecnn.runtime.tables import VALIDATE_HEADERS, rich_table, table_console, validate_rows
-    from edgecnn.runtime.validate import Bounds, append_step_summary, run_validate, to_markdown
+    from edgecnn.runtime.validate import (
+        Bounds,
+        append_step_summary,
+        run_validate,
+        to_markdown,
+        worst_line,
+    )
     from edgecnn.util import atomic_write, check_writable_file
 
+    bounds = Bounds(max_drop=max_drop, min_agreement=min_agreement, gate=gate)
     check_spec(data)
     for flag, target in (("--json", json_path), ("--markdown", markdown_path)):
         if target:
             check_writable_file(target, flag)
 
-    bounds = Bounds(max_drop=max_drop, min_agreement=min_agreement)
     digests = _digests([reference, *candidate], manifest)
     report = run_validate(reference, candidate, data, bounds, backend=backend, threads=threads,
                           seed=seed)
@@ -499,10 +531,13 @@ def validate_command(
     table_console(out).print(rich_table(f"edgecnn validate on {data} "
                                         f"({report['num_images']} images)",
                                         VALIDATE_HEADERS, validate_rows(report), text_columns=3))
+    out.print(f"gate: {gate_sentence(report)}", highlight=False, soft_wrap=True)
     for c in report["candidates"]:
         if c["worst_classes"]:
-            worst = ", ".join(f"{w['class']} (-{w['drop']:.1f} pp)" for w in c["worst_classes"])
-            out.print(f"{c['name']}: classes that lost most: {worst}", highlight=False)
+            out.print(f"{c['name']}: {worst_line(c['worst_classes'], report)}",
+                      highlight=False, soft_wrap=True)
+        for note in c.get("notes", []):
+            out.print(note, highlight=False, soft_wrap=True)
     _print_digests(digests, manifest)
     markdown = to_markdown(report)
     for target, text in ((json_path, json.dumps(report, indent=2) + "\n"),
@@ -599,6 +634,13 @@ def export_command(
     formats: Annotated[str, typer.Option("--formats", "--format",
                                          help="Comma-separated: onnx, tflite.")] = "onnx,tflite",
     data: Annotated[str, typer.Option(help="Training / validation data spec.")] = "digits",
+    mean: Annotated[str | None, typer.Option(help=MEAN_HELP)] = None,
+    std: Annotated[str | None, typer.Option(help=STD_HELP)] = None,
+    resize: Annotated[str | None, typer.Option(help=RESIZE_HELP)] = None,
+    resize_size: Annotated[int | None, typer.Option(help=RESIZE_SIZE_HELP)] = None,
+    interpolation: Annotated[str, typer.Option(help="Resampling filter (Pillow's, "
+                                               "antialiased): bilinear | bicubic.")
+                             ] = "bilinear",
     ptq: Annotated[bool, typer.Option("--ptq", help="Post-training quantization "
                                       "instead of QAT.")] = False,
     qat_epochs: Annotated[int, typer.Option(help="QAT fine-tuning epochs.")] = 3,
@@ -637,27 +679,28 @@ def export_command(
     backbone_lr_factor: Annotated[float, typer.Option(
         help="With --pretrained: the backbone's learning rate is the fp32 rate times "
              "this.")] = 0.1,
-    mean: Annotated[str | None, typer.Option(help="Input mean per channel, fractions of 255 "
-                                                  "(comma-separated; with --std).",
-                                             show_default="the data's")] = None,
-    std: Annotated[str | None, typer.Option(help="Input std per channel (with --mean).")
-                   ] = None,
 ) -> None:
     """Export artifacts; with --int8, the one command from model to validated int8 files."""
     check_all(qat_epochs=qat_epochs, epochs=epochs, max_drop=max_drop,
               min_agreement=min_agreement, input_size=input_size,
               backbone_lr_factor=backbone_lr_factor)
+    preprocess = preprocess_options(mean, std, resize, resize_size, interpolation)
+    if preprocess is not None and not int8:
+        raise EdgecnnError("--mean, --std, --resize, --resize-size and --interpolation set a new "
+                           "model's preprocessing (export --int8 or train); export without "
+                           "--int8 uses the checkpoint's record")
     from edgecnn import pipeline
 
     fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
     if int8:
         from dataclasses import replace
 
-        weights, options, normalization = _starting_point(
-            pretrained, drop_background, padding, bn_eps, epochs, freeze_epochs, mean, std)
-        if checkpoint is not None and (weights is not None or options or normalization):
+        weights, options = _starting_point(pretrained, drop_background, padding, bn_eps,
+                                           epochs, freeze_epochs)
+        if checkpoint is not None and (weights is not None or options or preprocess):
             raise EdgecnnError("--checkpoint fixes the model (its config.json): --pretrained, "
-                               "--padding, --bn-eps, --mean and --std apply without it")
+                               "--padding, --bn-eps and the preprocessing flags apply without "
+                               "it")
         train_config = replace(pipeline.DEFAULT_TRAIN, freeze_epochs=freeze_epochs,
                                backbone_lr_factor=backbone_lr_factor)
         report = pipeline.export_int8(
@@ -666,7 +709,7 @@ def export_command(
             min_agreement=min_agreement, io=io, input_size=input_size, out=out_dir, force=force,
             onnx_activations=onnx_activations, keep_float=tuple(keep_float or ()),
             fallback=fallback, pretrained=weights, model_options=options,
-            train_config=train_config, normalization=normalization)
+            train_config=train_config, preprocess=preprocess)
         _print_report(report)
         if not report.passed:
             for failure in report.failures():
@@ -678,9 +721,9 @@ def export_command(
         raise EdgecnnError("--keep-float needs --int8 (or pass it to `edgecnn quantize`)")
     if fallback != "none":
         raise EdgecnnError("--fallback needs --int8")
-    if pretrained is not None or padding != "symmetric" or freeze_epochs or mean or std:
-        raise EdgecnnError("--pretrained, --padding, --freeze-epochs, --mean and --std go with "
-                           "--int8 (or `edgecnn train`); without it, --checkpoint fixes the model")
+    if pretrained is not None or padding != "symmetric" or freeze_epochs:
+        raise EdgecnnError("--pretrained, --padding and --freeze-epochs go with --int8 (or "
+                           "`edgecnn train`); without it, --checkpoint fixes the model")
     if checkpoint is None:
         raise EdgecnnError("export needs --checkpoint DIR (or --int8 to train one)")
     from edgecnn.export.tflite import IO_MODES

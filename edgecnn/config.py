@@ -17,6 +17,14 @@ from typing import Any
 from edgecnn.errors import EdgecnnError
 
 LAYOUTS = ("NCHW", "NHWC")
+#: How an image reaches `input_size`: "whole" resizes the whole image to it (aspect ratio
+#: not kept); "shorter" resizes the shorter side to `resize_size` (aspect ratio kept) and
+#: cuts the centre `input_size` crop, as ImageNet evaluation does (torchvision's
+#: `Resize(resize_size)` + `CenterCrop(input_size)`).
+RESIZE_MODES = ("whole", "shorter")
+#: Pillow's resampling filters, antialiased when downscaling (their support grows with
+#: the scale factor).
+INTERPOLATIONS = ("bilinear", "bicubic")
 PRECISIONS = ("fp32", "int8")
 #: Bounds checked before anything is allocated from a record (pixels per side, classes,
 #: characters of one record).
@@ -91,8 +99,12 @@ def _mapping(value: Any, name: str) -> dict:
 class Preprocessing:
     """How raw uint8 images become the model's input tensor.
 
-    pixels (uint8, HWC) -> resize to `input_size` (bilinear) -> x / 255
-    -> (x - mean) / std per channel -> `layout`.
+    pixels (uint8, HWC, any size) -> Pillow resize with `interpolation`: the whole image
+    to `input_size` (`resize="whole"`), or the shorter side to `resize_size` then the
+    centre `input_size` crop (`resize="shorter"`) -> uint8 crop -> x / 255 -> channels
+    converted (grey repeated, or RGB to luma) -> (x - mean) / std per channel -> `layout`.
+    A record without `resize`, `resize_size` or `interpolation` (written before they
+    existed) means what it meant then: the whole image, bilinear.
     """
 
     input_size: tuple[int, int]
@@ -101,6 +113,9 @@ class Preprocessing:
     std: tuple[float, ...]
     class_names: tuple[str, ...]
     layout: str = "NCHW"
+    resize: str = "whole"
+    resize_size: int | None = None
+    interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
         size = _sequence(self.input_size, "input_size", 2)
@@ -130,6 +145,23 @@ class Preprocessing:
             raise EdgecnnError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         if len(self.class_names) < 2:
             raise EdgecnnError("a classifier needs at least two class names")
+        if self.resize not in RESIZE_MODES:
+            raise EdgecnnError(f"resize must be one of {', '.join(RESIZE_MODES)}, got "
+                               f"{self.resize!r}"[:200])
+        if self.interpolation not in INTERPOLATIONS:
+            raise EdgecnnError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got "
+                               f"{self.interpolation!r}"[:200])
+        if self.resize == "shorter":
+            if self.resize_size is None:
+                raise EdgecnnError("resize 'shorter' needs resize_size (the shorter side's "
+                                   "length before the centre crop)")
+            size = _integer(self.resize_size, "resize_size", 1, MAX_INPUT_SIZE)
+            if size < max(self.input_size):
+                raise EdgecnnError(f"resize_size {size} is smaller than the crop "
+                                   f"{self.input_size[0]}x{self.input_size[1]}")
+            object.__setattr__(self, "resize_size", size)
+        elif self.resize_size is not None:
+            raise EdgecnnError("resize_size applies only to resize 'shorter'")
 
     @property
     def num_classes(self) -> int:

@@ -25,6 +25,7 @@ RANGES: dict[str, tuple[float, float, bool, bool, bool]] = {
     "--lr": (0.0, 10.0, False, True, False),
     "--label-smoothing": (0.0, 1.0, True, False, False),
     "--input-size": (8, 8192, True, True, True),
+    "--resize-size": (8, 8192, True, True, True),
     "--width-mult": (0.0, 8.0, False, True, False),
     "--seed": (0, 2**32 - 1, True, True, True),
     "--threads": (1, 1024, True, True, True),

@@ -45,9 +45,7 @@ def train_reference(model_name: str, data: str, directory: Path,
                     width_mult: float = 1.0, show_progress: bool = True,
                     preflight: str | None = None, formats: tuple[str, ...] = FORMATS,
                     io: str = "int8", quant_config=None, pretrained: Pretrained | None = None,
-                    model_options: dict | None = None,
-                    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
-                    ) -> dict:
+                    model_options: dict | None = None, preprocess=None) -> dict:
     """Train the fp32 reference and write checkpoint.pt, config.json and metrics.json.
 
     preflight: "error" or "warn" first checks, on the untrained model, that it exports
@@ -58,9 +56,9 @@ def train_reference(model_name: str, data: str, directory: Path,
     classifier is the head of `TrainConfig`'s phases), and `config.epochs == 0` keeps
     them as they are (refused when the classifier had to be replaced).
     model_options: `padding` and `bn_eps` (recorded in config.json, as every option).
-    normalization: (mean, std) of the weights, fractions of 255; default: the data's.
     Raises EdgecnnError before any training for a bad file, a tensor with no home, or
     options out of range.
+    preprocess: `data.preprocessing.PreprocessOptions` (--mean/--std/--resize/...).
     """
     from edgecnn.checkpoint import check_options
     from edgecnn.models.pretrained import _classifier, load_pretrained_file, read_weights
@@ -73,8 +71,7 @@ def train_reference(model_name: str, data: str, directory: Path,
     if pretrained is not None:
         read_weights(pretrained.weights)  # a bad file fails before the data loads
     dataset = load(data, seed=config.seed)
-    mean, std = normalization or (None, None)
-    preprocessing = preprocessing_for(dataset, input_size, mean, std)
+    preprocessing = preprocessing_for(dataset, input_size, preprocess)
     options = {**model_options_for(preprocessing, width_mult), **extra}
     torch.manual_seed(config.seed)  # weight init is part of the seeded run
     model = create_model(model_name, **options)
@@ -292,8 +289,7 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
                 keep_float: tuple[str, ...] = (), fallback: str = "none",
                 show_progress: bool = True, pretrained: Pretrained | None = None,
                 model_options: dict | None = None, train_config: TrainConfig | None = None,
-                normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
-                ) -> Report:
+                preprocess=None) -> Report:
     """Model -> fp32 reference -> QAT/PTQ -> fp32 and int8 ONNX/TFLite -> validate, bench.
 
     Every stage's outputs are reused when its inputs (model, options, data,
@@ -302,7 +298,7 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
     keep_float: regular expressions over layer names kept float (`edgecnn.quant.precision`).
     fallback: "float" moves the layers adding most int8 error to float until every int8
     artifact's drop is within `max_drop` (`edgecnn.fallback`); "none" only measures.
-    pretrained, model_options, normalization: as `train_reference`; train_config
+    pretrained, model_options, preprocess: as `train_reference`; train_config
     replaces the default fp32 schedule (`train_epochs` then sets only its epochs;
     0 with `pretrained`: no fp32 training, straight to quantization).
     """
@@ -347,7 +343,8 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
         weights = (None if pretrained is None else
                    [_files_digest(Path(pretrained.weights)), pretrained.drop_background])
         key = stage_key(model, data_digest(data), input_size, asdict(train_config),
-                        weights, model_options or {}, normalization)
+                        weights, model_options or {},
+                        *([asdict(preprocess)] if preprocess is not None else []))
         stage = _Stage("train", out, key, [ckpt_dir / "checkpoint.pt", ckpt_dir / "config.json",
                                             ckpt_dir / "metrics.json"], force)
         run_stage(stage, lambda: train_reference(model, data, ckpt_dir, train_config,
@@ -357,7 +354,7 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
                                                  quant_config=quant_config,
                                                  pretrained=pretrained,
                                                  model_options=model_options,
-                                                 normalization=normalization))
+                                                 preprocess=preprocess))
     else:
         ckpt_dir = Path(checkpoint)
         loaded, loaded_config = load_checkpoint(ckpt_dir, model)  # fail early on a misfit

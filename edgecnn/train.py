@@ -68,21 +68,12 @@ def default_input_size(dataset: Dataset) -> int:
 
 
 def preprocessing_for(dataset: Dataset, input_size: int | None = None,
-                      mean: tuple[float, ...] | None = None,
-                      std: tuple[float, ...] | None = None) -> Preprocessing:
-    """The record a model trained on `dataset` is fed by: the data's own channel mean and
-    std unless given (pretrained weights come with theirs, as fractions of 255; one
-    value stands for every channel)."""
-    size = input_size or default_input_size(dataset)
-    data_mean, data_std = dataset.channel_stats()
-    mean, std = tuple(mean or data_mean), tuple(std or data_std)
-    mean = mean * dataset.channels if len(mean) == 1 else mean
-    std = std * dataset.channels if len(std) == 1 else std
-    if len(mean) != dataset.channels or len(std) != dataset.channels:
-        raise EdgecnnError(f"mean and std need {dataset.channels} values (one per channel), "
-                           f"got {len(mean)} and {len(std)}")
-    return Preprocessing(input_size=(size, size), channels=dataset.channels, mean=mean, std=std,
-                         class_names=dataset.class_names)
+                      options=None) -> Preprocessing:
+    """The record of a new model (`data.preprocessing.choose_preprocessing`; `options`:
+    its `PreprocessOptions`, the user's --mean/--std/--resize/--interpolation)."""
+    from edgecnn.data.preprocessing import choose_preprocessing
+
+    return choose_preprocessing(dataset, input_size or default_input_size(dataset), options)
 
 
 def model_options_for(preprocessing: Preprocessing, width_mult: float = 1.0) -> dict:

@@ -43,7 +43,7 @@ def test_action_metadata_follows_the_schema(tmp_path):
     action = _load(ACTION)
     assert action["runs"]["using"] == "composite"
     assert set(action["inputs"]) == {"reference", "candidates", "data", "max-drop",
-                                     "min-agreement", "python-version"}
+                                     "min-agreement", "gate", "python-version"}
     for step in action["runs"]["steps"]:
         assert "uses" in step or step.get("shell") == "bash"  # composite run steps need shell
         # inputs reach scripts only through env: never ${{ }} inside a script (injection)
@@ -136,3 +136,6 @@ def test_action_gates_dsc_net_artifacts(action_venv, dsc_reference, digits_npz,
     if min(agreements) == 1.0:
         pytest.skip("both int8 files agree with fp32 on every image: nothing to fail")
     assert code == 1 and outputs["passed"] == "false" and "FAIL" in summary
+    # the gate input reaches validate: its report names it
+    code, outputs, _ = run_action({**inputs, "gate": "confident-fail"}, action_venv, work)
+    assert json.loads(Path(outputs["json"]).read_text())["bounds"]["gate"] == "confident-fail"

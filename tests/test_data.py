@@ -8,7 +8,7 @@ import pytest
 from edgecnn.config import Preprocessing
 from edgecnn.data import load, save_npz
 from edgecnn.errors import EdgecnnError
-from edgecnn.runtime.preprocess import prepare, resize_bilinear
+from edgecnn.runtime.preprocess import prepare
 
 
 def write_idx(path, array: np.ndarray, compress: bool = False) -> None:
@@ -98,7 +98,7 @@ def test_imagefolder_reader(tmp_path):
     ds = load(f"imagefolder:{tmp_path}")
     assert ds.class_names == ("cat", "dog") and ds.channels == 1
     assert len(ds.train_images) + len(ds.val_images) == 10
-    assert ds.train_images.shape[1:3] == (9, 7)
+    assert ds.image_size == (9, 7) and ds.train_images[0].shape == (9, 7, 1)
     (tmp_path / "dog" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(EdgecnnError, match="broken.png: not a readable image"):
         load(f"imagefolder:{tmp_path}")
@@ -124,15 +124,6 @@ def test_missing_paths_and_unknown_sources():
         load("npz:/no/such.npz")
     with pytest.raises(EdgecnnError, match="unknown data source 'imagenet'; known: cifar10"):
         load("imagenet:/x")
-
-
-def test_resize_matches_half_pixel_bilinear():
-    x = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
-    up = resize_bilinear(x, (8, 8))
-    assert up.shape == (1, 8, 8, 1)
-    # half-pixel centres: output pixel 1 samples input coordinate 0.25
-    assert up[0, 0, 1, 0] == pytest.approx(0.25)
-    assert resize_bilinear(up, (4, 4))[0, 1, 1, 0] == pytest.approx(x[0, 1, 1, 0], abs=0.6)
 
 
 def test_prepare_normalises_repeats_gray_and_sets_layout():

@@ -343,6 +343,7 @@ def test_head_only_epochs_keep_the_backbone_then_fine_tuning_learns(
     assert metrics["val_images"] >= 12 and metrics["val_accuracy"] >= 0.5, metrics
 
     # then all layers, in-process (the flags were the CLI's part above)
+    from edgecnn.data.preprocessing import PreprocessOptions
     from edgecnn.pipeline import Pretrained, train_reference
     from edgecnn.train import TrainConfig
 
@@ -350,7 +351,7 @@ def test_head_only_epochs_keep_the_backbone_then_fine_tuning_learns(
         "dsc_net", f"imagefolder:{photo_folder}", tmp_path / "tuned",
         TrainConfig(epochs=3, freeze_epochs=2, batch_size=8, lr=3e-2), input_size=72,
         show_progress=False, pretrained=Pretrained(backbone_file),
-        normalization=((0.498,), (0.502,)))
+        preprocess=PreprocessOptions(mean=(0.498,), std=(0.502,)))
     assert [h["head_only"] for h in metrics["history"]] == [True, True, False]
     trained = torch.load(tmp_path / "tuned" / "checkpoint.pt", weights_only=True)
     assert not torch.equal(trained["stem.conv.weight"], source["stem.conv.weight"])

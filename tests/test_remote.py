@@ -101,7 +101,7 @@ def test_bench_remote_matches_local_run(server, dsc_files, cli, tmp_path_factory
 
     # again, with the accuracy gate: the venv and the files are reused, only the npz is sent
     second = cli("bench", *dsc_files, *flags, "--runs", "5", "--validate",
-                 f"npz:{digits_npz}", "--json", out / "again.json")
+                 f"npz:{digits_npz}", "--gate", "confident-fail", "--json", out / "again.json")
     assert second.returncode == 0, second.stderr
     again = json.loads((out / "again.json").read_text())
     setup = again["devices"][0]["device"]
@@ -112,10 +112,13 @@ def test_bench_remote_matches_local_run(server, dsc_files, cli, tmp_path_factory
                                          "bytes": digits_npz.stat().st_size}
     from edgecnn.runtime.validate import Bounds, run_validate
 
-    here = run_validate(dsc_files[0], dsc_files[1:], f"npz:{digits_npz}", Bounds())
+    here = run_validate(dsc_files[0], dsc_files[1:], f"npz:{digits_npz}",
+                        Bounds(gate="confident-fail"))
+    assert check["bounds"]["gate"] == "confident-fail"  # --gate reached the device
     assert check["reference"]["accuracy"] == here["reference"]["accuracy"]
     for c, h in zip(check["candidates"], here["candidates"], strict=True):
         assert (c["name"], c["accuracy"], c["passed"]) == (h["name"], h["accuracy"], h["passed"])
+        assert c["drop_ci"] == h["drop_ci"]
     assert "agreement" in second.stdout and server.target in second.stdout
 
 

@@ -30,8 +30,14 @@ def test_worst_classes_lists_only_classes_that_dropped():
     labels = np.array([0, 0, 1, 1, 2, 2])
     ref = np.array([0, 0, 1, 1, 2, 0])
     cand = np.array([0, 1, 0, 0, 2, 2])
-    worst = worst_classes(ref, cand, labels, ("a", "b", "c"))
-    assert [(w["class"], w["drop"]) for w in worst] == [("b", 100.0), ("a", 50.0)]
+    worst = worst_classes(ref, cand, labels, ("a", "b", "c"), min_images=2)
+    assert [(w["class"], w["drop"], w["images"]) for w in worst] == [("b", 100.0, 2),
+                                                                     ("a", 50.0, 2)]
+    # the default rule: a class needs MIN_CLASS_IMAGES (20) images for a line of its own
+    assert worst_classes(ref, cand, labels, ("a", "b", "c")) == []
+    many = np.repeat(labels, 10)  # 20 images per class: listed
+    worst = worst_classes(np.repeat(ref, 10), np.repeat(cand, 10), many, ("a", "b", "c"))
+    assert [(w["class"], w["images"]) for w in worst] == [("b", 20), ("a", 20)]
 
 
 def test_int8_tflite_candidate_passes_against_the_onnx_reference(tiny_artifacts, digits_npz):

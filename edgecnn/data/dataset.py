@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgecnn.data.files import ImageFiles, file_size
 from edgecnn.errors import EdgecnnError
 from edgecnn.registry import Registry
 
@@ -13,14 +14,20 @@ from edgecnn.registry import Registry
 sources: Registry = Registry("data source")
 
 
+#: Images `Dataset.channel_stats` decodes at most from a dataset of image files.
+STATS_SAMPLE = 512
+
+
 @dataclass(frozen=True)
 class Dataset:
-    """Train and validation splits as uint8 NHWC images with int64 labels."""
+    """Train and validation splits with int64 labels. The images are uint8 NHWC arrays
+    (digits, mnist, cifar10, npz: one size), or `ImageFiles` (imagefolder: decoded when
+    read, each at its own size, so the split never sits in memory whole)."""
 
     name: str
-    train_images: np.ndarray
+    train_images: np.ndarray | ImageFiles
     train_labels: np.ndarray
-    val_images: np.ndarray
+    val_images: np.ndarray | ImageFiles
     val_labels: np.ndarray
     class_names: tuple[str, ...]
 
@@ -30,15 +37,29 @@ class Dataset:
 
     @property
     def image_size(self) -> tuple[int, int]:
-        return tuple(self.train_images.shape[1:3])
+        """(height, width) of the images; of the first image for image files."""
+        images = self.train_images if len(self.train_images) else self.val_images
+        if isinstance(images, ImageFiles):
+            return file_size(images.paths[0])
+        return tuple(images.shape[1:3])
 
     @property
     def channels(self) -> int:
-        return int(self.train_images.shape[3])
+        images = self.train_images if len(self.train_images) else self.val_images
+        if isinstance(images, ImageFiles):
+            return images.channels
+        return int(images.shape[3])
 
     def channel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """Per-channel mean and std of the training images, on the 0..1 scale."""
-        x = self.train_images.reshape(-1, self.channels).astype(np.float64) / 255.0
+        """Per-channel mean and std of the training images, on the 0..1 scale (of at most
+        `STATS_SAMPLE` evenly spaced images when they are files)."""
+        images = self.train_images
+        if isinstance(images, ImageFiles):
+            step = max(1, len(images) // STATS_SAMPLE)
+            pixels = [images[i].reshape(-1, self.channels) for i in range(0, len(images), step)]
+            x = np.concatenate(pixels).astype(np.float64) / 255.0
+        else:
+            x = images.reshape(-1, self.channels).astype(np.float64) / 255.0
         mean, std = x.mean(0), np.maximum(x.std(0), 1e-3)
         return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
 
@@ -132,17 +153,21 @@ def make_dataset(
     val_fraction: float,
     val: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Dataset:
-    """Validate arrays, split them when no validation set is given, build a Dataset."""
-    tr_x = to_images(images, name, "x")
+    """Validate arrays, split them when no validation set is given, build a Dataset.
+
+    `images` (and `val[0]`) may be `ImageFiles`: they are taken as they are (each file
+    is checked when it is read)."""
+    tr_x = images if isinstance(images, ImageFiles) else to_images(images, name, "x")
     tr_y = to_labels(labels, len(tr_x), name, "y")
     if val is None:
         if len(tr_x) == 0:
             raise EdgecnnError(f"{name}: no images")
         tr_x, tr_y, va_x, va_y = split(tr_x, tr_y, seed, val_fraction)
     else:
-        va_x = to_images(val[0], name, "x_val")
+        va_x = val[0] if isinstance(val[0], ImageFiles) else to_images(val[0], name, "x_val")
         va_y = to_labels(val[1], len(va_x), name, "y_val")
-        if len(tr_x) and va_x.shape[1:] != tr_x.shape[1:]:
+        if isinstance(tr_x, np.ndarray) and isinstance(va_x, np.ndarray) and len(tr_x) \
+                and va_x.shape[1:] != tr_x.shape[1:]:
             raise EdgecnnError(f"{name}: validation images are {va_x.shape[1:]} but training "
                                f"images {tr_x.shape[1:]} (H, W, C)")
     all_labels = np.concatenate([tr_y, va_y])

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn.data.dataset import MAX_CLASSES, Dataset, make_dataset, sources
+from edgecnn.data.files import file_size
 from edgecnn.errors import EdgecnnError
 
 
@@ -149,52 +150,43 @@ def read_cifar10(arg: str, *, seed: int, val_fraction: float) -> Dataset:
 
 # --- image folders ----------------------------------------------------------------------
 
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
-
-
 def _read_class_folders(root: Path, class_names: tuple[str, ...] | None = None):
-    try:
-        from PIL import Image
-    except ImportError:
-        raise EdgecnnError("imagefolder needs Pillow: pip install pillow") from None
+    """(ImageFiles, labels, class names) of DIR/<class>/*; every file's header is read
+    now (a file that is no image fails here, before any work), its pixels later."""
+    from edgecnn.data.files import IMAGE_SUFFIXES, ImageFiles, file_mode
+
     names = class_names or tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
     if len(names) < 2:
         raise EdgecnnError(
             f"imagefolder: {root} needs one subfolder per class (found {len(names)})")
-    images, labels, size, mode = [], [], None, None
+    paths, labels = [], []
     for label, name in enumerate(names):
         folder = root / name
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES) \
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
             if folder.is_dir() else []
-        for path in files:
-            try:
-                with Image.open(path) as img:
-                    mode = mode or ("L" if img.mode in ("L", "1", "I;16") else "RGB")
-                    img = img.convert(mode)
-                    size = size or img.size
-                    images.append(np.asarray(img.resize(size, Image.BILINEAR), np.uint8))
-            except OSError as exc:
-                raise EdgecnnError(f"{path}: not a readable image ({exc})") from None
-            labels.append(label)
-    if not images:
+        paths += files
+        labels += [label] * len(files)
+    if not paths:
         raise EdgecnnError(f"imagefolder: no PNG/JPEG images under {root}")
-    return np.stack(images), np.asarray(labels), names
+    modes = [file_mode(path) for path in paths]
+    return ImageFiles(paths, modes[0]), np.asarray(labels), names
 
 
 @sources.register("imagefolder")
 def read_imagefolder(arg: str, *, seed: int, val_fraction: float) -> Dataset:
     """DIR/<class>/*.png|jpg, or DIR/train/<class>/ and DIR/val/<class>/ when both exist.
 
-    Images are resized to the size of the first image read.
+    Images are read lazily (`ImageFiles`), each at its own size until preprocessing
+    resizes and crops it; all in the first file's mode (greyscale or RGB).
     """
     root = _existing_dir(arg, "imagefolder")
     if (root / "train").is_dir() and (root / "val").is_dir():
         tr_x, tr_y, names = _read_class_folders(root / "train")
         va_x, va_y, _ = _read_class_folders(root / "val", names)
-        if va_x.shape[1:] != tr_x.shape[1:]:
-            from edgecnn.runtime.preprocess import resize_bilinear
-            va_x = np.round(resize_bilinear(va_x.astype(np.float32).reshape(
-                (len(va_x), *va_x.shape[1:3], -1)), tr_x.shape[1:3])).astype(np.uint8)
+        if va_x.mode != tr_x.mode:
+            from edgecnn.data.files import ImageFiles
+
+            va_x = ImageFiles(va_x.paths, tr_x.mode)
         return make_dataset("imagefolder", tr_x, tr_y, names, seed=seed,
                             val_fraction=val_fraction, val=(va_x, va_y))
     x, y, names = _read_class_folders(root)
@@ -248,12 +240,26 @@ def read_npz(arg: str, *, seed: int, val_fraction: float) -> Dataset:
                         val_fraction=val_fraction, val=val)
 
 
+def _array(images, what: str) -> np.ndarray:
+    from edgecnn.data.files import ImageFiles
+
+    if not isinstance(images, ImageFiles):
+        return images
+    if len({file_size(p) for p in images.paths}) > 1:
+        raise EdgecnnError(f"the {what} images differ in size; an .npz holds images of one "
+                           "size (copy the image folder instead)")
+    return np.stack([images[i] for i in range(len(images))]) if len(images) else \
+        np.zeros((0, 1, 1, images.channels), np.uint8)
+
+
 def save_npz(dataset: Dataset, path: Path, *, validation_only: bool = False) -> None:
-    """Write a dataset as an .npz that `npz:FILE` reads back (e.g. to copy to a device)."""
-    arrays = {"x_val": dataset.val_images, "y_val": dataset.val_labels,
+    """Write a dataset as an .npz that `npz:FILE` reads back (e.g. to copy to a device).
+
+    Raises `EdgecnnError` for image files of different sizes."""
+    arrays = {"x_val": _array(dataset.val_images, "validation"), "y_val": dataset.val_labels,
               "class_names": np.asarray(dataset.class_names)}
     if validation_only:
-        arrays.update(x=dataset.val_images[:0], y=dataset.val_labels[:0])
+        arrays.update(x=arrays["x_val"][:0], y=dataset.val_labels[:0])
     else:
-        arrays.update(x=dataset.train_images, y=dataset.train_labels)
+        arrays.update(x=_array(dataset.train_images, "training"), y=dataset.train_labels)
     np.savez_compressed(path, **arrays)

@@ -9,10 +9,14 @@ the signal.
 Protocol (JSON lines, like `bench_worker`): the worker is started with
 {"path", "backend", "threads"} as one argument, opens the artifact and
 answers {"ok": true, "backend", "metadata" (JSON text or null),
-"num_classes"}; then answers {"cmd": "predict", "images": NPY, "out": NPY,
-"batch_size": n} with {"ok": true} after writing the float32 logits to
-`out`, and stops at {"cmd": "quit"} or end of input. Errors:
-{"ok": false, "error": "one line"}.
+"num_classes"}; then answers {"cmd": "predict", "images": NPY or JSON, "out": NPY,
+"batch_size": n[, "top": k]} with {"ok": true, "outputs": K, "finite": bool} after
+writing to `out` the float32 logits (N, K), or with "top" the int32 (N, min(k, K))
+classes of the k highest logits, best first (ties: lower class first, as argmax).
+`images` is an .npy of uint8 NHWC images (memory-mapped) or a .json
+{"paths": [...], "mode": "L" | "RGB"} of image files, decoded a batch at a time
+(`data.files`): with "top", memory does not grow with the number of images. It
+stops at {"cmd": "quit"} or end of input. Errors: {"ok": false, "error": "one line"}.
 """
 
 from __future__ import annotations
@@ -55,12 +59,36 @@ def serve(settings: dict, requests: IO[str], channel: IO[str]) -> None:
         if request.get("cmd") != "predict":
             return
         try:
-            images = np.load(request["images"], mmap_mode="r", allow_pickle=False)
-            logits = session.predict(np.asarray(images), batch_size=request["batch_size"])
-            np.save(request["out"], np.ascontiguousarray(logits, np.float32))
-            _answer(channel, {"ok": True})
+            images = _images(Path(request["images"]))
+            _answer(channel, _predict(session, images, request))
         except EdgecnnError as exc:
             _answer(channel, {"ok": False, "error": str(exc)})
+
+
+def _images(path: Path):
+    """The images of a request: a memory-mapped .npy, or the files a .json lists."""
+    if path.suffix == ".json":
+        from edgecnn.data.files import ImageFiles
+
+        listing = json.loads(path.read_text(encoding="utf-8"))
+        return ImageFiles(listing["paths"], listing["mode"])
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def _predict(session, images, request: dict) -> dict:
+    """Run every batch; write the logits, or with "top" only the ranked classes."""
+    top, finite, outputs, parts = request.get("top"), True, 0, []
+    for logits in session.predict_batches(images, batch_size=request["batch_size"]):
+        finite = finite and bool(np.isfinite(logits).all())
+        outputs = logits.shape[1]
+        if top is not None:
+            logits = np.argsort(-logits, axis=1, kind="stable")[:, :top].astype(np.int32)
+        parts.append(logits)
+    width = min(top, outputs) if top is not None else outputs
+    result = np.concatenate(parts) if parts else np.zeros(
+        (0, width), np.int32 if top is not None else np.float32)
+    np.save(request["out"], np.ascontiguousarray(result))
+    return {"ok": True, "outputs": outputs, "finite": finite}
 
 
 def signal_name(number: int) -> str:
@@ -83,23 +111,27 @@ class PredictWorker:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
             text=True, encoding="utf-8", bufsize=1)
         self.info: dict = {}
+        self.answer: dict = {}
 
     def ready(self) -> dict:
         self.info = self._receive("opening it")
         return self.info
 
-    def predict(self, images_npy: Path, batch_size: int) -> np.ndarray:
+    def predict(self, images: Path, batch_size: int, top: int | None = None) -> np.ndarray:
+        """Logits (N, K) of the images in `images` (.npy, or a .json list of files), or
+        with `top` the (N, min(top, K)) best classes; `self.answer` holds "outputs" (K)
+        and "finite" (no NaN or infinite logit)."""
         fd, out = tempfile.mkstemp(prefix=".edgecnn-logits.", suffix=".npy")
         os.close(fd)
         try:
-            request = {"cmd": "predict", "images": str(images_npy), "out": out,
-                       "batch_size": batch_size}
+            request = {"cmd": "predict", "images": str(images), "out": out,
+                       "batch_size": batch_size, **({"top": top} if top else {})}
             try:
                 self._proc.stdin.write(json.dumps(request) + "\n")
                 self._proc.stdin.flush()
             except (BrokenPipeError, OSError):
                 pass  # _receive reports how the worker ended
-            self._receive("running it")
+            self.answer = self._receive("running it")
             return np.load(out, allow_pickle=False)
         finally:
             Path(out).unlink(missing_ok=True)

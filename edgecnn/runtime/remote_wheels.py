@@ -117,6 +117,10 @@ def download_for(info: dict, requirements: list[str], target: str) -> list[Path]
     tags = platform_tags(info["machine"], info["libc"])
     out = cache_dir() / "downloads" / f"cp{py}-{tags[0]}"
     out.mkdir(parents=True, exist_ok=True)
+    # every build of the checkout is named edgecnn-<version>-py3-none-any.whl, and pip
+    # download reuses a file of that name already in `out` (with its old dependencies)
+    for stale in out.glob("edgecnn-*.whl"):
+        stale.unlink()
     cmd = [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
            "--only-binary=:all:", "--python-version", py, "--implementation", "cp",
            "--abi", f"cp{py}", "--abi", "abi3", "--abi", "none", "-d", str(out)]

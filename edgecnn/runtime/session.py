@@ -173,23 +173,32 @@ class Session(ABC):
             y = dequantize(y, self.output.quant)
         return y.reshape(len(x), -1).astype(np.float32, copy=False)
 
-    def predict(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """uint8 (0..255) or float (0..1) NHWC images of any size -> float32 logits."""
-        record = self.record
-        images = np.asarray(images)
-        if images.ndim >= 3 and len(images) == 0:
+    def predict(self, images, batch_size: int = 64) -> np.ndarray:
+        """uint8 (0..255) or float (0..1) NHWC images of any size, or a sequence of HWC
+        images of different sizes (e.g. `ImageFiles`) -> float32 logits (N, classes)."""
+        if isinstance(images, np.ndarray) or not hasattr(images, "__getitem__"):
+            images = np.asarray(images)
+        if len(images) == 0:
             return np.zeros((0, self.num_classes or 0), np.float32)
-        logits = []
-        for start in range(0, len(images), batch_size):
-            x = prepare(images[start:start + batch_size], record)
+        return np.concatenate(list(self.predict_batches(images, batch_size)))
+
+    def predict_batches(self, images, batch_size: int = 64):
+        """`predict`, one (batch, classes) float32 array at a time: each batch is
+        preprocessed when needed, the next ones decoded and cropped ahead in a thread
+        (`data.files.batches`), so memory does not grow with the number of images."""
+        from edgecnn.data.files import batches
+
+        record = self.record
+        if isinstance(images, np.ndarray) or not hasattr(images, "__getitem__"):
+            images = np.asarray(images)
+        for x in batches(images, batch_size, lambda batch: prepare(batch, record)):
             if not self.fits(x.shape):
                 raise EdgecnnError(
                     f"{self.path}: input shape mismatch: the model expects "
                     f"{self.expected_shape()}, but its preprocessing record gives "
                     f"{tuple(x.shape)} (input_size {record.input_size[0]}x"
                     f"{record.input_size[1]}, {record.channels} channel(s), {record.layout})")
-            logits.append(self.run(x))
-        return np.concatenate(logits)
+            yield self.run(x)
 
     def random_input(self, batch: int, seed: int = 0) -> np.ndarray:
         """A raw input of the artifact's shape and dtype (bench needs no metadata)."""

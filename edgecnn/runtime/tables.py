@@ -53,18 +53,35 @@ def device_label(report: dict) -> str:
 
 
 VALIDATE_HEADERS = ("model", "backend", "precision", "top-1", "top-5", "drop (pp)",
-                    "agreement", "result")
+                    "drop 95% CI", "agreement", "agreement 95% CI", "sample decides",
+                    "result")
+
+
+def _interval(ci: list[float] | None, fmt: str, scale: float = 1.0) -> str:
+    return "–" if not ci else f"[{ci[0] * scale:{fmt}}, {ci[1] * scale:{fmt}}]"
+
+
+def _decides(decided: dict | None) -> str:
+    """"yes" when the sample decides both bounds, else the bounds it cannot decide."""
+    if not decided:
+        return "–"
+    open_bounds = [flag for key, flag in (("max_drop", "drop"), ("min_agreement", "agreement"))
+                   if decided.get(key) == "undecided"]
+    return "yes" if not open_bounds else "no: " + ", ".join(open_bounds)
 
 
 def validate_rows(report: dict) -> list[list[str]]:
-    """The reference first, then one row per candidate."""
+    """The reference first, then one row per candidate (intervals: 95%, see
+    `runtime.stats`)."""
     ref = report["reference"]
     rows = [[f"{ref['name']} (reference)", ref["backend"], ref["precision"] or "–",
-             _pct(ref["accuracy"]), _pct(ref["top5"]), "", "", ""]]
+             _pct(ref["accuracy"]), _pct(ref["top5"]), "", "", "", "", "", ""]]
     for c in report["candidates"]:
         rows.append([c["name"], c["backend"], c["precision"] or "–", _pct(c["accuracy"]),
-                     _pct(c["top5"]), _num(c["drop"], "+.2f"), _pct(c["agreement"]),
-                     "pass" if c["passed"] else "FAIL"])
+                     _pct(c["top5"]), _num(c["drop"], "+.2f"),
+                     _interval(c.get("drop_ci"), "+.2f"), _pct(c["agreement"]),
+                     _interval(c.get("agreement_ci"), ".2f", 100.0),
+                     _decides(c.get("decided")), "pass" if c["passed"] else "FAIL"])
     return rows
 
 

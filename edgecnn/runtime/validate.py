@@ -1,14 +1,21 @@
 """The accuracy gate: candidates against a reference on a validation split.
 
 For CI: top-1 (and top-5 with more than 5 classes) of the reference and of
-each candidate, the drop in percentage points, top-1 agreement with the
-reference, and the classes that lost most. A candidate passes when its drop
-is at most `max_drop` and its agreement at least `min_agreement`; the CLI
-turns that into exit code 0 or 1 (2 is for usage and input errors).
+each candidate, the drop in percentage points with its paired 95% confidence
+interval (Tango's score interval on the images only one of the two got right,
+`stats.paired_difference_interval`), top-1 agreement with the reference with
+its Wilson interval, whether the sample is large enough to decide each bound,
+and the classes that lost most (only classes with at least `MIN_CLASS_IMAGES`
+images). `Bounds.gate` says which number is held against the bounds: the
+point estimate, the interval's pessimistic end ("confident-pass": pass only
+when the sample shows the candidate is within) or its optimistic end
+("confident-fail": fail only when the sample shows it is outside). The CLI
+turns the verdict into exit code 0 or 1 (2 is for usage and input errors).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -21,15 +28,34 @@ from edgecnn.config import ArtifactMetadata
 from edgecnn.errors import EdgecnnError
 from edgecnn.runtime.metadata import parse_metadata, require_record
 from edgecnn.runtime.predict_worker import PredictWorker
+from edgecnn.runtime.stats import (
+    CONFIDENCE,
+    images_to_decide,
+    paired_difference_interval,
+    wilson_interval,
+)
 from edgecnn.runtime.tables import VALIDATE_HEADERS, markdown_table, validate_rows
+
+#: What `--gate` holds against the bounds: the point estimate, or one end of the 95% CI.
+GATES = ("point", "confident-pass", "confident-fail")
+#: A class gets a "lost most" line only with at least this many validation images: one
+#: image is then at most 5 percentage points of the class's accuracy.
+MIN_CLASS_IMAGES = 20
 
 
 @dataclass(frozen=True)
 class Bounds:
-    """How much worse than the reference a candidate may be."""
+    """How much worse than the reference a candidate may be, and how that is judged.
+
+    `gate`: "point" holds the measured drop and agreement against the bounds;
+    "confident-pass" the drop's CI upper end and the agreement's CI lower end (pass
+    only on evidence); "confident-fail" the drop's CI lower end and the agreement's CI
+    upper end (fail only on evidence).
+    """
 
     max_drop: float = 1.0  # percentage points of top-1
     min_agreement: float = 0.99  # fraction of images with the reference's top-1 class
+    gate: str = "point"
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.max_drop) or not math.isfinite(self.min_agreement):
@@ -40,6 +66,20 @@ class Bounds:
         if not 0.0 <= self.min_agreement <= 1.0:
             raise EdgecnnError(f"--min-agreement is a fraction in [0, 1], got "
                                f"{self.min_agreement}")
+        if self.gate not in GATES:
+            raise EdgecnnError(f"--gate must be one of {', '.join(GATES)}, got {self.gate!r}")
+
+
+#: Classes of the highest logits a worker sends back per image (top-1 and top-5 need no
+#: more; full logits would grow with N x classes).
+TOP_K = 5
+
+
+def topk_accuracy_ranked(ranked: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Fraction of images whose label is among their first `k` ranked classes."""
+    if len(labels) == 0:
+        return 0.0
+    return float((ranked[:, :k] == labels[:, None]).any(axis=1).mean())
 
 
 def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
@@ -59,14 +99,56 @@ def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -
 
 
 def worst_classes(ref_pred: np.ndarray, cand_pred: np.ndarray, labels: np.ndarray,
-                  class_names: tuple[str, ...], top: int = 3) -> list[dict]:
-    """The classes whose accuracy dropped most (only those that dropped)."""
+                  class_names: tuple[str, ...], top: int = 3,
+                  min_images: int = MIN_CLASS_IMAGES) -> list[dict]:
+    """The classes whose accuracy dropped most (only those that dropped), among the
+    classes with at least `min_images` images in the split; each with its image count."""
     k = len(class_names)
     ref, cand = per_class_accuracy(ref_pred, labels, k), per_class_accuracy(cand_pred, labels, k)
+    counts = np.bincount(labels, minlength=k)
     drop = np.nan_to_num((ref - cand) * 100.0, nan=0.0)
+    drop[counts < min_images] = 0.0
     order = [int(i) for i in np.argsort(-drop, kind="stable")[:top] if drop[i] > 0]
     return [{"class": class_names[i], "reference": float(ref[i]), "candidate": float(cand[i]),
-             "drop": float(drop[i])} for i in order]
+             "drop": float(drop[i]), "images": int(counts[i])} for i in order]
+
+
+def paired_comparison(ref_pred: np.ndarray, cand_pred: np.ndarray,
+                      labels: np.ndarray) -> dict:
+    """Drop and agreement of a candidate on the same images, with their 95% intervals.
+
+    `drop` and `drop_ci` in percentage points (reference top-1 minus candidate top-1;
+    Tango's paired score interval), `agreement` and `agreement_ci` as fractions (Wilson),
+    and the discordant pairs they rest on.
+    """
+    n = len(labels)
+    ref_ok, cand_ok = ref_pred == labels, cand_pred == labels
+    only_ref, only_cand = int((ref_ok & ~cand_ok).sum()), int((cand_ok & ~ref_ok).sum())
+    agree = int((ref_pred == cand_pred).sum())
+    lo, hi = paired_difference_interval(only_ref, only_cand, n)
+    return {"drop": (only_ref - only_cand) / n * 100.0, "drop_ci": [lo * 100.0, hi * 100.0],
+            "agreement": agree / n, "agreement_ci": list(wilson_interval(agree, n)),
+            "discordant": {"reference_only_correct": only_ref,
+                           "candidate_only_correct": only_cand}}
+
+
+def decide(candidate: dict, bounds: Bounds, num_images: int) -> dict:
+    """Whether the sample decides each bound: "within", "outside" or "undecided" (the
+    95% interval straddles the bound), with about how many images would decide it."""
+    lo, hi = candidate["drop_ci"]
+    a_lo, a_hi = candidate["agreement_ci"]
+    drop = ("within" if hi <= bounds.max_drop else "outside" if lo > bounds.max_drop
+            else "undecided")
+    agreement = ("within" if a_lo >= bounds.min_agreement else
+                 "outside" if a_hi < bounds.min_agreement else "undecided")
+    return {
+        "max_drop": drop, "min_agreement": agreement,
+        "images_to_decide": {
+            "max_drop": images_to_decide(num_images, candidate["drop"], (lo, hi),
+                                         bounds.max_drop),
+            "min_agreement": images_to_decide(num_images, candidate["agreement"],
+                                              (a_lo, a_hi), bounds.min_agreement)},
+    }
 
 
 class _Artifact:
@@ -86,8 +168,9 @@ class _Artifact:
             self.metadata = parse_metadata(info["metadata"], str(self.path))
 
 
-def _logits(artifact: _Artifact, images: Path, num_classes: int, data: str,
+def _ranked(artifact: _Artifact, images: Path, num_classes: int, data: str,
             batch_size: int) -> np.ndarray:
+    """(N, min(5, K)) int32: each image's classes of the highest logits, best first."""
     record = require_record(artifact.path, artifact.metadata).preprocessing
     outputs = artifact.num_classes
     if outputs is not None and outputs != num_classes:
@@ -96,39 +179,86 @@ def _logits(artifact: _Artifact, images: Path, num_classes: int, data: str,
     if record.num_classes != num_classes:
         raise EdgecnnError(f"{data} has {num_classes} classes but the metadata of "
                            f"{artifact.path} names {record.num_classes}")
-    logits = artifact.worker.predict(images, batch_size)
-    if logits.ndim != 2 or logits.shape[1] != num_classes:
+    ranked = artifact.worker.predict(images, batch_size, top=TOP_K)
+    answer = artifact.worker.answer
+    if answer.get("outputs") != num_classes:
         raise EdgecnnError(f"{data} has {num_classes} classes but {artifact.path} outputs "
-                           f"logits shaped {logits.shape}")
-    if not np.isfinite(logits).all():
+                           f"{answer.get('outputs')} logits per image")
+    if not answer.get("finite", True):
         raise EdgecnnError(f"{artifact.path}: the model outputs NaN or infinite logits "
                            f"on {data}")
-    return logits
+    return ranked
 
 
-def _summary(artifact: _Artifact, logits: np.ndarray, labels: np.ndarray) -> dict:
+def _summary(artifact: _Artifact, ranked: np.ndarray, labels: np.ndarray,
+             num_classes: int) -> dict:
     metadata = artifact.metadata
     return {
         "artifact": str(artifact.path), "name": artifact.path.name,
         "backend": artifact.backend,
         "precision": metadata.precision if metadata else None,
-        "accuracy": topk_accuracy(logits, labels, 1),
-        "top5": topk_accuracy(logits, labels, 5) if logits.shape[1] > 5 else None,
+        "accuracy": topk_accuracy_ranked(ranked, labels, 1),
+        "top5": topk_accuracy_ranked(ranked, labels, 5) if num_classes > 5 else None,
     }
 
 
+#: For each gate: (which drop figure, which agreement figure) is held against the bounds.
+_GATE_FIGURES = {"point": ("drop", "agreement"),
+                 "confident-pass": ("drop_ci_high", "agreement_ci_low"),
+                 "confident-fail": ("drop_ci_low", "agreement_ci_high")}
+_FIGURE_NAMES = {"drop_ci_high": "upper", "drop_ci_low": "lower",
+                 "agreement_ci_low": "lower", "agreement_ci_high": "upper"}
+
+
+def _figure(candidate: dict, name: str) -> float:
+    if name in ("drop", "agreement"):
+        return candidate[name]
+    kind, _, end = name.rpartition("_ci_")
+    return candidate[f"{kind}_ci"][0 if end == "low" else 1]
+
+
 def judge(candidate: dict, bounds: Bounds) -> list[str]:
-    """One message per bound the candidate misses, naming it and by how much."""
+    """One message per bound the candidate misses under `bounds.gate`, naming the bound,
+    the figure held against it and by how much it misses."""
+    drop_name, agreement_name = _GATE_FIGURES[bounds.gate]
+    drop, agreement = _figure(candidate, drop_name), _figure(candidate, agreement_name)
+    pct = int(round(CONFIDENCE * 100))
     failures = []
-    if candidate["drop"] > bounds.max_drop:
-        failures.append(f"{candidate['name']}: top-1 drop {candidate['drop']:.2f} pp exceeds "
-                        f"--max-drop {bounds.max_drop:.2f} pp by "
-                        f"{candidate['drop'] - bounds.max_drop:.2f} pp")
-    if candidate["agreement"] < bounds.min_agreement:
-        failures.append(f"{candidate['name']}: top-1 agreement {candidate['agreement']:.4f} "
-                        f"is below --min-agreement {bounds.min_agreement:.4f} by "
-                        f"{bounds.min_agreement - candidate['agreement']:.4f}")
+    if drop > bounds.max_drop:
+        held = "" if drop_name == "drop" else (
+            f" (its {pct}% CI {_FIGURE_NAMES[drop_name]} end {drop:.2f} pp, --gate "
+            f"{bounds.gate})")
+        failures.append(f"{candidate['name']}: top-1 drop {candidate['drop']:.2f} pp{held} "
+                        f"exceeds --max-drop {bounds.max_drop:.2f} pp by "
+                        f"{drop - bounds.max_drop:.2f} pp")
+    if agreement < bounds.min_agreement:
+        held = "" if agreement_name == "agreement" else (
+            f" (its {pct}% CI {_FIGURE_NAMES[agreement_name]} end {agreement:.4f}, --gate "
+            f"{bounds.gate})")
+        failures.append(f"{candidate['name']}: top-1 agreement {candidate['agreement']:.4f}"
+                        f"{held} is below --min-agreement {bounds.min_agreement:.4f} by "
+                        f"{bounds.min_agreement - agreement:.4f}")
     return failures
+
+
+def undecided_notes(candidate: dict, bounds: Bounds, num_images: int) -> list[str]:
+    """One line per bound whose 95% interval straddles it: the sample cannot decide it."""
+    notes = []
+    decided = candidate["decided"]
+    for bound, flag, figure, interval, fmt in (
+            ("max_drop", "--max-drop", candidate["drop"], candidate["drop_ci"], "+.2f"),
+            ("min_agreement", "--min-agreement", candidate["agreement"],
+             candidate["agreement_ci"], ".4f")):
+        if decided[bound] != "undecided":
+            continue
+        need = decided["images_to_decide"][bound]
+        more = (f"; about {need:,} images would" if need is not None else "")
+        unit = " pp" if bound == "max_drop" else ""
+        notes.append(f"{candidate['name']}: {num_images:,} images cannot decide {flag} "
+                     f"{getattr(bounds, bound):g}: {figure:{fmt}}{unit}, "
+                     f"{int(round(CONFIDENCE * 100))}% CI [{interval[0]:{fmt}}, "
+                     f"{interval[1]:{fmt}}]{unit}{more}")
+    return notes
 
 
 def run_validate(reference: Path, candidates: list[Path], data: str, bounds: Bounds, *,
@@ -151,32 +281,47 @@ def run_validate(reference: Path, candidates: list[Path], data: str, bounds: Bou
             artifact.ready()
             require_record(artifact.path, artifact.metadata)
         with tempfile.TemporaryDirectory(prefix="edgecnn-validate-") as tmp:
-            images_npy = Path(tmp) / "images.npy"
-            np.save(images_npy, np.ascontiguousarray(images))
-            report = _compare(artifacts, images_npy, labels, dataset, data, bounds, batch_size)
+            report = _compare(artifacts, _hand_over(images, Path(tmp)), labels, dataset, data,
+                              bounds, batch_size)
     finally:
         for artifact in artifacts:
             artifact.worker.close()
     return report
 
 
+def _hand_over(images, directory: Path) -> Path:
+    """The images as the workers read them: a .json list of the files (decoded there, a
+    batch at a time) or an .npy they memory-map."""
+    from edgecnn.data.files import ImageFiles
+
+    if isinstance(images, ImageFiles):
+        path = directory / "images.json"
+        path.write_text(json.dumps({"paths": [str(p) for p in images.paths],
+                                    "mode": images.mode}), encoding="utf-8")
+        return path
+    path = directory / "images.npy"
+    np.save(path, np.ascontiguousarray(images))
+    return path
+
+
 def _compare(artifacts: list[_Artifact], images: Path, labels: np.ndarray, dataset,
              data: str, bounds: Bounds, batch_size: int) -> dict:
     k = dataset.num_classes
-    ref_logits = _logits(artifacts[0], images, k, data, batch_size)
-    ref_pred = ref_logits.argmax(1)
-    ref = _summary(artifacts[0], ref_logits, labels)
+    ref_ranked = _ranked(artifacts[0], images, k, data, batch_size)
+    ref_pred = ref_ranked[:, 0]
+    ref = _summary(artifacts[0], ref_ranked, labels, k)
     results = []
     for artifact in artifacts[1:]:
-        logits = _logits(artifact, images, k, data, batch_size)
-        pred = logits.argmax(1)
-        row = _summary(artifact, logits, labels)
+        ranked = _ranked(artifact, images, k, data, batch_size)
+        pred = ranked[:, 0]
+        row = _summary(artifact, ranked, labels, k)
+        row.update(paired_comparison(ref_pred, pred, labels))
         row.update(
-            drop=(ref["accuracy"] - row["accuracy"]) * 100.0,
             top5_drop=None if row["top5"] is None else (ref["top5"] - row["top5"]) * 100.0,
-            agreement=float((pred == ref_pred).mean()),
             worst_classes=worst_classes(ref_pred, pred, labels, dataset.class_names),
         )
+        row["decided"] = decide(row, bounds, len(labels))
+        row["notes"] = undecided_notes(row, bounds, len(labels))
         row["failures"] = judge(row, bounds)
         row["passed"] = not row["failures"]
         results.append(row)
@@ -184,7 +329,9 @@ def _compare(artifacts: list[_Artifact], images: Path, labels: np.ndarray, datas
     return {
         "data": data, "num_images": int(len(labels)), "num_classes": k,
         "chance": float(counts.max() / len(labels)),
-        "bounds": {"max_drop": bounds.max_drop, "min_agreement": bounds.min_agreement},
+        "bounds": {"max_drop": bounds.max_drop, "min_agreement": bounds.min_agreement,
+                   "gate": bounds.gate},
+        "confidence": CONFIDENCE, "min_class_images": MIN_CLASS_IMAGES,
         "reference": ref, "reference_accuracy": ref["accuracy"], "reference_top5": ref["top5"],
         "candidates": results, "passed": all(c["passed"] for c in results),
     }
@@ -197,14 +344,32 @@ def to_markdown(report: dict) -> str:
              f"{report['num_classes']} classes)", "",
              markdown_table(VALIDATE_HEADERS, validate_rows(report)),
              f"Bounds: top-1 drop ≤ {b['max_drop']:.2f} pp, agreement ≥ "
-             f"{b['min_agreement'] * 100:.2f}%.", ""]
+             f"{b['min_agreement'] * 100:.2f}%, held against {gate_phrase(b.get('gate'))}.",
+             ""]
     for c in report["candidates"]:
         if c["worst_classes"]:
-            worst = ", ".join(f"{w['class']} (−{w['drop']:.1f} pp)" for w in c["worst_classes"])
-            lines.append(f"- {c['name']}: classes that lost most: {worst}")
+            lines.append(f"- {c['name']}: {worst_line(c['worst_classes'], report)}")
+        for note in c.get("notes", []):
+            lines.append(f"- {note}")
         for failure in c["failures"]:
             lines.append(f"- **FAIL** {failure}")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def gate_phrase(gate: str | None) -> str:
+    """How a gate reads in a sentence: what it holds against the bounds."""
+    pct = f"{int(round(CONFIDENCE * 100))}% CI"
+    return {"confident-pass": f"the {pct}'s pessimistic end (--gate confident-pass)",
+            "confident-fail": f"the {pct}'s optimistic end (--gate confident-fail)"}.get(
+        gate or "point", "the measured values (--gate point)")
+
+
+def worst_line(worst: list[dict], report: dict) -> str:
+    """"classes that lost most (of those with >= 20 images): 3 (-11.1 pp of 36), ..."."""
+    items = ", ".join(f"{w['class']} (-{w['drop']:.1f} pp of {w.get('images', '?')})"
+                      for w in worst)
+    return (f"classes that lost most (of those with >= "
+            f"{report.get('min_class_images', MIN_CLASS_IMAGES)} images): {items}")
 
 
 def append_step_summary(markdown: str) -> Path | None:
