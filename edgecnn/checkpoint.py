@@ -135,10 +135,15 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _first_line(exc: BaseException) -> str:
-    """The first line of an exception, without terminal escape codes (torch colors some)."""
+    """The first line of an exception, without terminal escape codes (torch colors some);
+    for torch's weights-only refusal, the object it refused ("holds a non-tensor object
+    __main__.Net", "... posix.system"), not its advice to load the file unsafely."""
     import re
 
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    refused = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.<>]+)", text)
+    if refused:
+        return f"holds a non-tensor object {refused.group(1)}; only tensors are read"
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 

@@ -167,3 +167,17 @@ def test_unexportable_model_stops_before_training(tmp_path):
     assert "CumSum" in lines[0]
     assert "epoch" not in result.stdout + result.stderr
     assert not (out / "checkpoint").exists()
+
+
+def test_a_factory_that_raises_is_one_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    for command in (["export", "--int8"], ["train"]):
+        result = subprocess.run([sys.executable, "-m", "edgecnn", *command,
+                                 "user_models:raising_net", "--data", "digits", "--out",
+                                 str(tmp_path / "out")], capture_output=True, text=True,
+                                env=env, timeout=600)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert lines == ["error: factory 'user_models:raising_net' raised RuntimeError: boom "
+                         "from the factory"], result.stderr

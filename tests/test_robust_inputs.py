@@ -163,6 +163,7 @@ def test_nested_config_json_is_one_line(robust_base, tmp_path, edgecnn_cmd):
     (["export", "", "--int8"], "model name is empty"),
     (["export", "os:system", "--int8"], "not a Python function"),
     (["export", "--int8", "dsc_net", "--io", "bogus"], "--io must be one of int8, uint8, float"),
+    (["train", "dsc_net", "--mean", "0.5", "--std", "1e-30"], "--std values must be >= 0.001"),
     # click's own usage errors: one line too, never typer's boxed usage text
     (["inspect", "a.onnx", "b.onnx", "--images", "nan"],
      "edgecnn inspect: Invalid value for '--images'"),

@@ -21,3 +21,8 @@ class CumulativeNet(nn.Module):
 
 def cumulative_net(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     return CumulativeNet(num_classes, in_channels)
+
+
+def raising_net(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    """A factory whose own code fails (a typo, a wrong keyword): one line naming it."""
+    raise RuntimeError("boom from the factory")

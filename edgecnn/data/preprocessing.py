@@ -23,6 +23,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: The crop a 224-px evaluation takes of the resized image (224 / 256).
 CROP_FRACTION = 0.875
+#: Smallest --std (0..1 scale): below it inputs blow up to ~1e3 and beyond, nothing trains.
+MIN_STD = 1e-3
 #: Inputs below this many pixels per side are "small-input" models (as `model_options_for`).
 SMALL_INPUT = 96
 
@@ -58,8 +60,9 @@ class PreprocessOptions:
             raise EdgecnnError("--mean and --std go together: give both or neither")
         if self.mean is not None and len(self.mean) != len(self.std):
             raise EdgecnnError(f"--mean has {len(self.mean)} values but --std {len(self.std)}")
-        if self.std is not None and any(s <= 0 for s in self.std):
-            raise EdgecnnError(f"--std values must be > 0, got {self.std}")
+        if self.std is not None and not all(s >= MIN_STD for s in self.std):
+            raise EdgecnnError(f"--std values must be >= {MIN_STD} (0..1 scale), got "
+                               f"{self.std}"[:200])
         if self.resize is not None and self.resize not in RESIZE_MODES:
             raise EdgecnnError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got "
                                f"{self.resize!r}"[:200])

@@ -116,9 +116,10 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     except EdgecnnError:
         raise
     except Exception as exc:  # noqa: BLE001 - safetensors, zip and unpickler errors alike
-        text = str(exc).strip().splitlines()
-        raise EdgecnnError(f"{path}: cannot read the {kind} file "
-                           f"({text[0][:160] if text else type(exc).__name__})") from None
+        from edgecnn.checkpoint import _first_line
+
+        raise EdgecnnError(f"{path}: cannot read the {kind} file ({_first_line(exc)})") \
+            from None
     return _unwrap(state, path)
 
 

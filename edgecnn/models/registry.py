@@ -61,7 +61,15 @@ def create_model(name: str, **options) -> nn.Module:
         raise EdgecnnError(f"factory {name!r} needs argument(s) {', '.join(required)}; a model "
                            "factory is called with num_classes, in_channels, width_mult, "
                            "small_input only")
-    model = factory(**options)
+    try:
+        model = factory(**options)
+    except EdgecnnError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's code: one line naming it, not a trace
+        from edgecnn.checkpoint import _first_line
+
+        raise EdgecnnError(f"factory {name!r} raised {type(exc).__name__}: "
+                           f"{_first_line(exc)}") from None
     if not isinstance(model, nn.Module):
         raise EdgecnnError(f"factory {name!r} returned {type(model).__name__}, not an nn.Module")
     if "padding" in after:
