@@ -180,3 +180,18 @@ def test_preprocessing_flags_are_checked_before_any_work(edgecnn_cmd, tmp_path):
                                 cwd=tmp_path, timeout=120)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_nchw_input_has_canonical_strides_for_one_channel():
+    """A transposed size-1 channel axis keeps its NHWC stride in numpy; torch reads that as
+    channels-last and torch.export then traces as_strided views, which no int8 converter
+    lowers (dsc_net on grey digits stopped at a Gather). The NCHW input is a C-order copy."""
+    import torch
+
+    from edgecnn.config import Preprocessing
+    from edgecnn.runtime.preprocess import normalize
+
+    record = Preprocessing(input_size=(8, 8), channels=1, mean=(0.5,), std=(0.5,),
+                           class_names=("a", "b"), layout="NCHW")
+    x = torch.from_numpy(normalize(np.zeros((4, 8, 8, 1), np.uint8), record))
+    assert x.shape == (4, 1, 8, 8) and x.stride() == (64, 64, 8, 1)

@@ -36,7 +36,8 @@ def to_program(converted: GraphModule, example_input: torch.Tensor) -> torch.exp
     whole storage: a copy is captured, never a view into the caller's data (a slice
     `x[:2]` of the training set would carry every training image into the file).
     """
-    return torch.export.export(converted, (example_input.detach().clone(),),
+    sample = example_input.detach().clone(memory_format=torch.contiguous_format)
+    return torch.export.export(converted, (sample,),
                                dynamic_shapes=(batch_dim(),))
 
 

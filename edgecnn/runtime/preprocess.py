@@ -135,7 +135,10 @@ def normalize(images: np.ndarray, record: Preprocessing) -> np.ndarray:
             x = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)[:, None]
     x = (x - np.asarray(record.mean, np.float32)) / np.asarray(record.std, np.float32)
     if record.layout == "NCHW":
-        x = x.transpose(0, 3, 1, 2)
+        # a copy with C-order strides: numpy keeps a transposed size-1 channel axis's
+        # stride, torch would read that as channels-last, and torch.export then traces
+        # strided views (as_strided) instead of plain reshapes
+        return np.array(x.transpose(0, 3, 1, 2), dtype=np.float32, order="C", copy=True)
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
