@@ -124,11 +124,12 @@ def test_python_api_mirrors_the_command(reference_checkpoint, tmp_path):
     assert not (tmp_path / "model_int8.onnx").exists()
     agreement = report.artifact("model_int8.tflite")["agreement"]
     assert agreement >= 0.97
-    # the bound is the caller's: the same files against a stricter one
+    # the bound is the caller's: the same files against the strictest one
     strict = edgecnn.export_int8("dsc_net", checkpoint=reference_checkpoint("dsc_net"),
                                  method="ptq", formats=("tflite",), out=tmp_path,
-                                 show_progress=False, min_agreement=agreement + 1e-9)
-    assert not strict.passed and strict.data["stages"]["export"]["reused"]
+                                 show_progress=False, min_agreement=1.0)
+    assert strict.passed == (agreement == 1.0) and strict.data["min_agreement"] == 1.0
+    assert strict.data["stages"]["export"]["reused"]
     assert np.isfinite(report.data["reference_accuracy"])
 
 
