@@ -197,9 +197,10 @@ def test_platform_tags_and_target_parsing():
                                                 "pi@raspberrypi.local:2222")
     assert remote.Target.parse("mypi") == remote.Target("mypi")
     assert remote.Target.parse("root@[::1]:22") == remote.Target("::1", "root", 22)
-    for bad in ("pi@", "pi@host:99999", "a b"):
-        with pytest.raises(EdgecnnError, match="--remote"):
+    for bad in ("pi@", "pi@host:99999", "a b"):  # the library names the parameter, the CLI
+        with pytest.raises(EdgecnnError, match="^remote ") as caught:  # the flag
             remote.Target.parse(bad)
+        assert caught.value.for_cli().startswith("--remote ")
     d = remote.Device(remote.Target.parse("pi@h:2"), ("ssh", "-F", "cfg"))
     argv = d.argv("true")
     assert argv[:3] == ["ssh", "-F", "cfg"] and "BatchMode=yes" in argv

@@ -8,10 +8,9 @@ conversion notes name them, so a user who wants a full-int8 file can quantize th
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
+from edgecnn.errors import EdgecnnError
 from edgecnn.export.tflite.builtins import record
 from edgecnn.export.tflite.graph import Graph, Op
 
@@ -27,9 +26,11 @@ def declares_float_layers(graph: Graph) -> bool:
     """True when the model's edgecnn record says its float weights are float layers by
     design (`extra.float_weights == "float"`, written by `export.onnx.export_int8`). Other
     QDQ files keep the default: float weights of an int8 op are quantized, with a note."""
-    try:
-        extra = json.loads(graph.metadata.get("edgecnn", "{}")).get("extra", {})
-    except (ValueError, AttributeError):
+    from edgecnn.config import METADATA_KEY, loads
+
+    try:  # the record's own reader: size and nesting bounded (a damaged file is not a crash)
+        extra = loads(graph.metadata.get(METADATA_KEY, "{}"), "the record").get("extra", {})
+    except (EdgecnnError, ValueError, AttributeError):
         return False
     return isinstance(extra, dict) and extra.get(FLOAT_WEIGHTS_KEY) == "float"
 
