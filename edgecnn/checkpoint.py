@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from edgecnn.config import MAX_CLASSES, Preprocessing, loads
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, first_line
 from edgecnn.models import create_model
 from edgecnn.models.padding import PADDINGS
 from edgecnn.util import atomic_write
@@ -120,7 +120,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle, zip and torch errors alike
-        raise EdgecnnError(f"{path}: not a tensors-only checkpoint ({_first_line(exc)})") \
+        raise EdgecnnError(f"{path}: not a tensors-only checkpoint ({first_line(exc)})") \
             from None
     if not isinstance(state, dict):
         raise EdgecnnError(f"{path}: expected a state_dict, got {type(state).__name__}")
@@ -132,19 +132,6 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
             raise EdgecnnError(f"{path}: {key!r} holds NaN or infinite values; the checkpoint "
                                "is broken (did training diverge?)")
     return state
-
-
-def _first_line(exc: BaseException) -> str:
-    """The first line of an exception, without terminal escape codes (torch colors some);
-    for torch's weights-only refusal, the object it refused ("holds a non-tensor object
-    __main__.Net", "... posix.system"), not its advice to load the file unsafely."""
-    import re
-
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
-    refused = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.<>]+)", text)
-    if refused:
-        return f"holds a non-tensor object {refused.group(1)}; only tensors are read"
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def load_weights(model: nn.Module, path: Path) -> nn.Module:

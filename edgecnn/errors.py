@@ -1,5 +1,7 @@
 """The exception types the CLI turns into a single line and exit code 2."""
 
+import re
+
 
 class EdgecnnError(Exception):
     """A user-facing error: bad input, a missing file, an unknown name.
@@ -25,3 +27,15 @@ class ParameterError(EdgecnnError):
 
     def for_cli(self) -> str:
         return f"{self.flag} {self.message}"
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception from another library as one line for an EdgecnnError: its first line,
+    without terminal escape codes (torch colours some), at most 200 characters; for
+    torch's weights-only refusal, the object it refused ("holds a non-tensor object
+    posix.system"), not its advice to load the file unsafely."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    refused = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.<>]+)", text)
+    if refused:
+        return f"holds a non-tensor object {refused.group(1)}; only tensors are read"
+    return text.splitlines()[0][:200] if text else type(exc).__name__

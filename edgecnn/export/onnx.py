@@ -27,7 +27,7 @@ import torch
 from onnx import TensorProto
 
 from edgecnn.config import METADATA_KEY, ArtifactMetadata, Preprocessing
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, first_line
 from edgecnn.export.onnx_passes import (
     INPUT_CHANNEL_MULTIPLE,
     float_layers_per_axis_input,
@@ -74,12 +74,7 @@ def describe_export_error(exc: BaseException) -> str:
             return (f"node {match.group(1)!r} (op {match.group(2)}) has no ONNX translation "
                     f"at opset {OPSET}")
         seen = seen.__cause__ or seen.__context__
-    return _first_line(exc)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    return first_line(exc)
 
 
 def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -115,7 +110,7 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
         raise EdgecnnError(f"{path}: the exported model fails onnx.checker: "
-                           f"{_first_line(exc)}") from None
+                           f"{first_line(exc)}") from None
     with atomic_write(Path(path)) as tmp:
         onnx.save(model, tmp)
     return Path(path)

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, first_line
 from edgecnn.models.padding import set_batchnorm_eps
 
 __all__ = ["LAYOUTS", "PretrainedLoad", "load_pretrained", "map_state_dict", "read_weights",
@@ -116,9 +116,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     except EdgecnnError:
         raise
     except Exception as exc:  # noqa: BLE001 - safetensors, zip and unpickler errors alike
-        from edgecnn.checkpoint import _first_line
-
-        raise EdgecnnError(f"{path}: cannot read the {kind} file ({_first_line(exc)})") \
+        raise EdgecnnError(f"{path}: cannot read the {kind} file ({first_line(exc)})") \
             from None
     return _unwrap(state, path)
 

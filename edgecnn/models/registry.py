@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, first_line
 from edgecnn.registry import Registry
 
 models: Registry[Callable[..., nn.Module]] = Registry("model")
@@ -66,10 +66,8 @@ def create_model(name: str, **options) -> nn.Module:
     except EdgecnnError:
         raise
     except Exception as exc:  # noqa: BLE001 - the user's code: one line naming it, not a trace
-        from edgecnn.checkpoint import _first_line
-
         raise EdgecnnError(f"factory {name!r} raised {type(exc).__name__}: "
-                           f"{_first_line(exc)}") from None
+                           f"{first_line(exc)}") from None
     if not isinstance(model, nn.Module):
         raise EdgecnnError(f"factory {name!r} returned {type(model).__name__}, not an nn.Module")
     if "padding" in after:

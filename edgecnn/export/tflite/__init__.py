@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from edgecnn.config import METADATA_KEY, ArtifactMetadata, QuantParams, sidecar_path
-from edgecnn.errors import EdgecnnError, ParameterError
+from edgecnn.errors import EdgecnnError, ParameterError, first_line
 from edgecnn.export.onnx_passes import unpad_input_channels
 from edgecnn.export.tflite.graph import Graph, import_onnx
 from edgecnn.export.tflite.ops import LOWERINGS, lower_graph
@@ -36,11 +36,6 @@ class ConversionWarning(UserWarning):
 __all__ = ["IO_MODES", "LOWERINGS", "ConversionWarning", "convert", "to_flatbuffer"]
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
 def _load(model: onnx.ModelProto | str | Path) -> tuple[onnx.ModelProto, str]:
     """Read and check the model: `onnx.checker` (full: with strict shape inference), then
     `edgecnn.runtime.check.check_onnx` (empty graph, dangling outputs, scales, strides)."""
@@ -55,7 +50,7 @@ def _load(model: onnx.ModelProto | str | Path) -> tuple[onnx.ModelProto, str]:
         try:
             proto, where = onnx.load(str(path)), str(path)
         except Exception as exc:  # noqa: BLE001 - protobuf decode errors have several types
-            raise EdgecnnError(f"{path} is not a readable ONNX model: {_first_line(exc)}") \
+            raise EdgecnnError(f"{path} is not a readable ONNX model: {first_line(exc)}") \
                 from None
     check_onnx(proto, where)
     try:
@@ -67,7 +62,7 @@ def _load(model: onnx.ModelProto | str | Path) -> tuple[onnx.ModelProto, str]:
         node = re.search(r"Name: (\S*) OpType: (\S+)", str(exc))
         at = f" (node {node.group(1)!r}, {node.group(2)})" if node else ""
         raise EdgecnnError(f"{where}: onnx.checker rejects the model{at}: "
-                           f"{_first_line(exc)}") from None
+                           f"{first_line(exc)}") from None
     return proto, where
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn.config import METADATA_KEY, QuantParams
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, first_line
 from edgecnn.runtime.check import check_tflite
 from edgecnn.runtime.metadata import resolve_metadata
 from edgecnn.runtime.session import Session, TensorInfo, pick_quant
@@ -28,11 +28,6 @@ from edgecnn.runtime.tflite_meta import read_tflite_metadata
 #: backend name -> the module that holds `Interpreter`.
 _INTERPRETER_MODULES = {"ai_edge_litert": "ai_edge_litert.interpreter",
                         "tflite_runtime": "tflite_runtime.interpreter"}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -96,7 +91,7 @@ class TfliteSession(Session):
                 self._interpreter = interpreter_cls(model_path=str(path), num_threads=threads)
                 self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            detail = "; ".join([_first_line(exc), *captured[-1:]])
+            detail = "; ".join([first_line(exc), *captured[-1:]])
             raise EdgecnnError(f"{path}: {backend} cannot load this TFLite model "
                                f"({detail})") from None
         inputs = self._interpreter.get_input_details()
@@ -120,7 +115,7 @@ class TfliteSession(Session):
             self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise EdgecnnError(f"{self.path}: cannot resize the input to a batch of {batch} "
-                               f"({_first_line(exc)})") from None
+                               f"({first_line(exc)})") from None
         self._batch = batch
 
     def _chunk_size(self, n: int) -> int:
@@ -134,7 +129,7 @@ class TfliteSession(Session):
             self._interpreter.invoke()
         except (ValueError, RuntimeError) as exc:
             raise EdgecnnError(f"{self.path}: {self.backend} failed on input "
-                               f"{tuple(x.shape)} {x.dtype} ({_first_line(exc)}); "
+                               f"{tuple(x.shape)} {x.dtype} ({first_line(exc)}); "
                                f"the model expects {self.expected_shape()}") from None
         return self._interpreter.get_tensor(self._out_index).copy()
 
