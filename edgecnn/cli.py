@@ -94,6 +94,18 @@ PADDING_FLAGS = {"symmetric": "symmetric", "tf-same": "tf_same"}
 PRETRAINED_HELP = ("Start from these weights: .safetensors or a tensors-only torch file "
                    "(torchvision / timm / TF-ported names, else matched by layer order).")
 
+# the model's starting point, as `train` and `export --int8` both take it
+DropBackground = Annotated[bool, typer.Option(
+    "--drop-background", help="Drop row 0 of a 1001-logit TF classifier.")]
+Padding = Annotated[str, typer.Option(help="symmetric | tf-same (TensorFlow 'SAME', for "
+                                           "TF-trained weights).")]
+BnEps = Annotated[float | None, typer.Option(
+    help="BatchNorm epsilon.", show_default="1e-3 with --padding tf-same, else 1e-5")]
+FreezeEpochs = Annotated[int, typer.Option(help="With --pretrained: the first N fp32 epochs "
+                                                "train the classifier only.")]
+BackboneLrFactor = Annotated[float, typer.Option(
+    help="With --pretrained: the backbone's learning rate is the fp32 --lr times this.")]
+
 
 def _starting_point(pretrained: Path | None, drop_background: bool, padding: str,
                     bn_eps: float | None, epochs: int | None, freeze_epochs: int):
@@ -173,16 +185,11 @@ def train_command(
                                                       "else 224).")] = None,
     width_mult: Annotated[float, typer.Option(help="Channel width multiplier.")] = 1.0,
     pretrained: Annotated[Path | None, typer.Option(help=PRETRAINED_HELP)] = None,
-    drop_background: Annotated[bool, typer.Option(
-        "--drop-background", help="Drop row 0 of a 1001-logit TF classifier.")] = False,
-    padding: Annotated[str, typer.Option(help="symmetric | tf-same (TensorFlow 'SAME', for "
-                                              "TF-trained weights).")] = "symmetric",
-    bn_eps: Annotated[float | None, typer.Option(
-        help="BatchNorm epsilon.", show_default="1e-3 with --padding tf-same, else 1e-5")] = None,
-    freeze_epochs: Annotated[int, typer.Option(help="With --pretrained: the first N epochs "
-                                                    "train the classifier only.")] = 0,
-    backbone_lr_factor: Annotated[float, typer.Option(
-        help="With --pretrained: the backbone's learning rate is --lr times this.")] = 0.1,
+    drop_background: DropBackground = False,
+    padding: Padding = "symmetric",
+    bn_eps: BnEps = None,
+    freeze_epochs: FreezeEpochs = 0,
+    backbone_lr_factor: BackboneLrFactor = 0.1,
 ) -> None:
     """Train the fp32 reference model; writes checkpoint.pt, config.json, metrics.json.
     With --pretrained, fine-tunes those weights (a new classifier when the class count
@@ -668,17 +675,11 @@ def export_command(
     pretrained: Annotated[Path | None, typer.Option(help="With --int8: " + PRETRAINED_HELP
                                                     + " --epochs 0 uses them as they are.")
                           ] = None,
-    drop_background: Annotated[bool, typer.Option(
-        "--drop-background", help="Drop row 0 of a 1001-logit TF classifier.")] = False,
-    padding: Annotated[str, typer.Option(help="symmetric | tf-same (TensorFlow 'SAME', for "
-                                              "TF-trained weights).")] = "symmetric",
-    bn_eps: Annotated[float | None, typer.Option(
-        help="BatchNorm epsilon.", show_default="1e-3 with --padding tf-same, else 1e-5")] = None,
-    freeze_epochs: Annotated[int, typer.Option(help="With --pretrained: the first N fp32 "
-                                                    "epochs train the classifier only.")] = 0,
-    backbone_lr_factor: Annotated[float, typer.Option(
-        help="With --pretrained: the backbone's learning rate is the fp32 rate times "
-             "this.")] = 0.1,
+    drop_background: DropBackground = False,
+    padding: Padding = "symmetric",
+    bn_eps: BnEps = None,
+    freeze_epochs: FreezeEpochs = 0,
+    backbone_lr_factor: BackboneLrFactor = 0.1,
 ) -> None:
     """Export artifacts; with --int8, the one command from model to validated int8 files."""
     check_all(qat_epochs=qat_epochs, epochs=epochs, max_drop=max_drop,
