@@ -94,6 +94,14 @@ PADDING_FLAGS = {"symmetric": "symmetric", "tf-same": "tf_same"}
 PRETRAINED_HELP = ("Start from these weights: .safetensors or a tensors-only torch file "
                    "(torchvision / timm / TF-ported names, else matched by layer order).")
 
+# a new model's preprocessing record, as `train` and `export --int8` both take it
+Mean = Annotated[str | None, typer.Option(help=MEAN_HELP)]
+Std = Annotated[str | None, typer.Option(help=STD_HELP)]
+Resize = Annotated[str | None, typer.Option(help=RESIZE_HELP)]
+ResizeSize = Annotated[int | None, typer.Option(help=RESIZE_SIZE_HELP)]
+Interpolation = Annotated[str, typer.Option(help="Resampling filter (Pillow's, antialiased): "
+                                                 "bilinear | bicubic.")]
+
 # the model's starting point, as `train` and `export --int8` both take it
 DropBackground = Annotated[bool, typer.Option(
     "--drop-background", help="Drop row 0 of a 1001-logit TF classifier.")]
@@ -165,13 +173,11 @@ def train_command(
     model: Annotated[str, typer.Argument(help="Zoo name or package.module:factory.")],
     data: Annotated[str, typer.Option(help="digits | mnist:DIR | cifar10:DIR | "
                                            "imagefolder:DIR | npz:FILE")] = "digits",
-    mean: Annotated[str | None, typer.Option(help=MEAN_HELP)] = None,
-    std: Annotated[str | None, typer.Option(help=STD_HELP)] = None,
-    resize: Annotated[str | None, typer.Option(help=RESIZE_HELP)] = None,
-    resize_size: Annotated[int | None, typer.Option(help=RESIZE_SIZE_HELP)] = None,
-    interpolation: Annotated[str, typer.Option(help="Resampling filter (Pillow's, "
-                                               "antialiased): bilinear | bicubic.")
-                             ] = "bilinear",
+    mean: Mean = None,
+    std: Std = None,
+    resize: Resize = None,
+    resize_size: ResizeSize = None,
+    interpolation: Interpolation = "bilinear",
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 15,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output directory "
                                                     "(default: checkpoints/MODEL).")] = None,
@@ -641,13 +647,11 @@ def export_command(
     formats: Annotated[str, typer.Option("--formats", "--format",
                                          help="Comma-separated: onnx, tflite.")] = "onnx,tflite",
     data: Annotated[str, typer.Option(help="Training / validation data spec.")] = "digits",
-    mean: Annotated[str | None, typer.Option(help=MEAN_HELP)] = None,
-    std: Annotated[str | None, typer.Option(help=STD_HELP)] = None,
-    resize: Annotated[str | None, typer.Option(help=RESIZE_HELP)] = None,
-    resize_size: Annotated[int | None, typer.Option(help=RESIZE_SIZE_HELP)] = None,
-    interpolation: Annotated[str, typer.Option(help="Resampling filter (Pillow's, "
-                                               "antialiased): bilinear | bicubic.")
-                             ] = "bilinear",
+    mean: Mean = None,
+    std: Std = None,
+    resize: Resize = None,
+    resize_size: ResizeSize = None,
+    interpolation: Interpolation = "bilinear",
     ptq: Annotated[bool, typer.Option("--ptq", help="Post-training quantization "
                                       "instead of QAT.")] = False,
     qat_epochs: Annotated[int, typer.Option(help="QAT fine-tuning epochs.")] = 3,
