@@ -37,7 +37,9 @@ def capture(model: nn.Module, example_input: torch.Tensor, *, train: bool) -> Gr
         raise EdgecnnError("the example input needs a batch of at least 2: torch.export "
                            "specializes a batch of 1 and BN in train mode needs 2")
     model = copy.deepcopy(model).to(memory_format=torch.contiguous_format).train(train)
-    example = example_input.contiguous()
+    # canonical strides: .contiguous() keeps a size-1 axis's stride, which torch.export
+    # then reads as channels-last and traces as as_strided views
+    example = example_input.clone(memory_format=torch.contiguous_format)
     try:
         program = torch.export.export(model, (example,), dynamic_shapes=(batch_dim(),))
     except Exception as exc:  # noqa: BLE001 - export raises many types; name the model
