@@ -13,11 +13,13 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgecnn import __version__
 from edgecnn.errors import EdgecnnError
 from edgecnn.flags import check_all
+from edgecnn.util import require_file
 
 app = typer.Typer(
     name="edgecnn",
@@ -129,8 +131,11 @@ def _starting_point(pretrained: Path | None, drop_background: bool, padding: str
                            ("--freeze-epochs", freeze_epochs), ("--epochs 0", epochs == 0)):
             if used:
                 raise EdgecnnError(f"{flag} needs --pretrained FILE")
-    elif not pretrained.is_file():
-        raise EdgecnnError(f"--pretrained {pretrained}: file not found")
+    else:
+        try:
+            require_file(pretrained)
+        except EdgecnnError as exc:
+            raise EdgecnnError(f"--pretrained {exc}") from None
     if epochs is not None and freeze_epochs > epochs:
         raise EdgecnnError(f"--freeze-epochs {freeze_epochs} is more than --epochs {epochs}")
     options: dict = {}
@@ -355,7 +360,7 @@ def _print_validate(reports: list[dict], data: str) -> None:
             for note in c.get("notes", []):
                 out.print(f"{device_label(report)}: {note}", highlight=False, soft_wrap=True)
             for failure in c["failures"]:
-                Console(stderr=True).print(f"[red]FAIL[/red] {failure}", highlight=False)
+                Console(stderr=True).print(f"[red]FAIL[/red] {escape(failure)}", highlight=False)
 
 
 def _bench_remote(artifacts: list[Path], config, targets: list[str], ssh_command: str,
@@ -373,8 +378,7 @@ def _bench_remote(artifacts: list[Path], config, targets: list[str], ssh_command
     )
 
     for path in artifacts:
-        if not path.is_file():
-            raise EdgecnnError(f"{path}: file not found")
+        require_file(path)
     data = Path(validate.removeprefix("npz:")) if validate else None
     if data is not None and not data.is_file():
         raise EdgecnnError(f"--validate {validate}: file not found")
@@ -481,8 +485,7 @@ def _digests(paths: list[Path], manifest: Path | None) -> dict[Path, str]:
     if manifest is not None:
         return verify(paths, manifest)
     for path in paths:
-        if not Path(path).is_file():
-            raise EdgecnnError(f"{path}: file not found")
+        require_file(path)
     return {Path(p): sha256_file(Path(p)) for p in paths}
 
 
@@ -561,7 +564,7 @@ def validate_command(
     append_step_summary(markdown)
     failures = [f for c in report["candidates"] for f in c["failures"]]
     for failure in failures:
-        Console(stderr=True).print(f"[red]FAIL[/red] {failure}", highlight=False,
+        Console(stderr=True).print(f"[red]FAIL[/red] {escape(failure)}", highlight=False,
                                    soft_wrap=True)
     if failures:
         raise typer.Exit(1)
@@ -718,7 +721,7 @@ def export_command(
         _print_report(report)
         if not report.passed:
             for failure in report.failures():
-                Console(stderr=True).print(f"[red]FAIL[/red] {failure}", highlight=False,
+                Console(stderr=True).print(f"[red]FAIL[/red] {escape(failure)}", highlight=False,
                                            soft_wrap=True)
             raise typer.Exit(1)
         return
@@ -849,8 +852,8 @@ def quantize_command(
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings as one line each on stderr, `warning: ...`, without the source location."""
-    Console(stderr=True).print(f"[yellow]warning:[/yellow] {message}", highlight=False,
-                               soft_wrap=True)
+    Console(stderr=True).print(f"[yellow]warning:[/yellow] {escape(str(message))}",
+                               highlight=False, soft_wrap=True)
 
 
 class Terminated(BaseException):
@@ -905,17 +908,18 @@ def main() -> None:
         sys.exit(2)
     except click.UsageError as exc:  # a flag value of the wrong type, an unknown flag
         command = exc.ctx.command_path if exc.ctx else "edgecnn"
-        Console(stderr=True).print(f"[red]error:[/red] {command}: {exc.format_message()} "
-                                   f"(see {command} --help)", highlight=False, soft_wrap=True)
+        message = escape(f"{command}: {exc.format_message()} (see {command} --help)")
+        Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False,
+                                   soft_wrap=True)
         sys.exit(2)
     except click.ClickException as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc.format_message()}",
+        Console(stderr=True).print(f"[red]error:[/red] {escape(exc.format_message())}",
                                    highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except typer.Abort:  # EOF at a prompt
         sys.exit(1)
     except EdgecnnError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc.for_cli()}", highlight=False,
+        Console(stderr=True).print(f"[red]error:[/red] {escape(exc.for_cli())}", highlight=False,
                                    soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:

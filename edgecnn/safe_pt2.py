@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecnn.errors import EdgecnnError
+from edgecnn.util import require_file
 
 #: Refuse archives whose entries expand beyond this (a zip bomb), and JSON entries beyond
 #: MAX_JSON_BYTES (the graph of a large zoo model is a few MB).
@@ -202,9 +203,7 @@ def load_pt2(path: Path | str, extra_keys: tuple[str, ...] = ()) -> tuple[Any, d
     """
     import torch
 
-    path = Path(path)
-    if not path.is_file():
-        raise EdgecnnError(f"{path}: file not found")
+    path = require_file(path)
     check_archive(path)
     extra = {key: "" for key in extra_keys}
     try:

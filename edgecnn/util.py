@@ -96,14 +96,33 @@ def atomic_write(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def require_file(path: str | Path, what: str = "") -> Path:
+    """`path` as a Path when it is a readable regular file; else EdgecnnError naming it:
+    "PATH: file not found" or "PATH: is a directory, not a file" (`what` is appended,
+    e.g. "(--reference)")."""
+    path = Path(path)
+    if not path.is_file():
+        problem = "is a directory, not a file" if path.is_dir() else "file not found"
+        raise EdgecnnError(f"{path}: {problem}{' ' + what if what else ''}")
+    return path
+
+
 def check_writable_dir(directory: Path, flag: str) -> None:
-    """Fail fast, before long work, when `directory` cannot be created or written."""
+    """Fail fast, before long work, when `directory` cannot be created or written. Creates
+    nothing: a run that stops on a later check leaves no empty folder behind; the probe is
+    written in the directory or, when it does not exist yet, in its nearest existing
+    parent (where it would be created)."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise EdgecnnError(f"{flag} {directory}: exists and is not a directory")
+    existing = directory.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise EdgecnnError(f"{flag} {directory}: cannot write there ({existing} is not a "
+                           "directory)")
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / f".edgecnn-probe.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        probe = existing / f".edgecnn-probe.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:

@@ -204,7 +204,8 @@ def test_export_report_gets_the_worst_layers_and_the_plot(planted, tmp_path):
     broken = tmp_path / "model_int8_broken.tflite"
     broken.write_bytes(b"not a flatbuffer")
     summary = inspect_for_report(planted["fp32.onnx"], [broken], "digits", tmp_path)
-    assert "not a readable TFLite model" in summary["error"]
+    assert summary["error"] == (f"{broken}: not a TFLite model (no 'TFL3' identifier; 16 "
+                                "bytes); is the file truncated or of another format?")
 
 
 def test_error_stats_by_hand():

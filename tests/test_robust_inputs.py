@@ -192,6 +192,17 @@ def test_outputs_are_checked_before_work(edgecnn_cmd, tmp_path, robust_base):
                "--json", "is a directory")
 
 
+def test_an_early_error_leaves_no_output_folder(edgecnn_cmd, tmp_path):
+    """The --out check writes a probe where the folder would go and creates nothing: a run
+    refused by a later check (here the weights file) leaves no empty folder behind."""
+    weights = tmp_path / "empty.pt"  # passes the flag checks, refused when read
+    weights.write_bytes(b"")
+    out = tmp_path / "new" / "deep"
+    _one_error(_cli(edgecnn_cmd, "train", "dsc_net", "--pretrained", str(weights), "--out",
+                    str(out)), "empty.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["empty.pt"]  # no folder, nor a probe
+
+
 def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
     from edgecnn.util import atomic_write
 

@@ -32,6 +32,7 @@ from torch import nn
 
 from edgecnn.errors import EdgecnnError, first_line
 from edgecnn.models.padding import set_batchnorm_eps
+from edgecnn.util import require_file
 
 __all__ = ["LAYOUTS", "PretrainedLoad", "load_pretrained", "map_state_dict", "read_weights",
            "set_batchnorm_eps"]
@@ -101,9 +102,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     network registers them (what order-and-shape mapping needs). Raises EdgecnnError
     naming the file: missing, another kind of file, not tensors, NaN / inf values.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise EdgecnnError(f"{path}: pretrained weights file not found")
+    path = require_file(path, "(pretrained weights)")
     kind = _file_kind(path)
     try:
         if kind == "safetensors":

@@ -24,6 +24,7 @@ import numpy as np
 from edgecnn.errors import EdgecnnError, ParameterError
 from edgecnn.progress import progress_bar
 from edgecnn.runtime.machine import cpu_temperature_c, describe_machine
+from edgecnn.util import require_file
 
 
 @dataclass(frozen=True)
@@ -200,8 +201,7 @@ def run_bench(paths: list[Path], config: BenchConfig, *, progress: bool = True) 
     if not paths:
         raise EdgecnnError("bench needs at least one artifact")
     for path in paths:
-        if not path.is_file():
-            raise EdgecnnError(f"{path}: file not found")
+        require_file(path)
     chunks = config.chunks()
     results = []
     temperature_before = cpu_temperature_c()

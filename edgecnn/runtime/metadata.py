@@ -17,6 +17,7 @@ from pathlib import Path
 
 from edgecnn.config import METADATA_KEY, ArtifactMetadata, sidecar_path
 from edgecnn.errors import EdgecnnError
+from edgecnn.util import require_file
 
 
 def parse_metadata(text: str | bytes, source: str) -> ArtifactMetadata:
@@ -48,9 +49,7 @@ def read_metadata(path: Path | str) -> ArtifactMetadata | None:
     """An artifact's record, read cheaply: the ONNX metadata_props field, the TFLite
     Metadata entry, the .pt2's extra file, with no session, no graph and no torch or
     runtime imported (`onnx_meta`, `tflite_meta`, `safe_pt2.read_extra_file`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise EdgecnnError(f"{path}: file not found")
+    path = require_file(path)
     suffix = path.suffix.lower()
     embedded: str | bytes | None = None
     if suffix == ".tflite":

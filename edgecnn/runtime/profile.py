@@ -37,6 +37,7 @@ import numpy as np
 
 from edgecnn.errors import EdgecnnError
 from edgecnn.runtime.bench_worker import time_runs
+from edgecnn.util import require_file
 
 _CONV = {"Conv", "QLinearConv", "FusedConv", "ConvInteger", "NhwcFusedConv", "CONV_2D",
          "DEPTHWISE_CONV_2D"}
@@ -267,9 +268,7 @@ def profile_tflite(path: Path, runs: int = 50, warmup: int = 10,
 
 def profile_file(path: Path, runs: int = 50, warmup: int = 10, threads: int | None = 1) -> dict:
     """The per-op profile of one artifact, JSON-able: every op, and the totals."""
-    path = Path(path)
-    if not path.is_file():
-        raise EdgecnnError(f"{path}: file not found")
+    path = require_file(path)
     if path.suffix == ".onnx":
         (ops, whole), method = profile_onnx(path, runs, warmup, threads), "onnxruntime profiler"
     elif path.suffix == ".tflite":

@@ -24,6 +24,7 @@ from edgecnn.config import ArtifactMetadata, Preprocessing, QuantParams
 from edgecnn.errors import EdgecnnError
 from edgecnn.runtime.metadata import require_record
 from edgecnn.runtime.preprocess import prepare
+from edgecnn.util import require_file
 
 
 @dataclass(frozen=True)
@@ -293,8 +294,7 @@ def open_session(path: Path | str, backend: str = "auto", threads: int | None = 
     if threads is not None and threads < 1:
         raise EdgecnnError(f"threads must be at least 1, got {threads}")
     chosen = choose_backend(path, backend)
-    if not path.is_file():
-        raise EdgecnnError(f"{path}: file not found")
+    require_file(path)
     from edgecnn.runtime.check import check_file
 
     check_file(path)  # refuse what would crash or mislead the runtime, before it sees the file

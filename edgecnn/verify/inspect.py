@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn.errors import EdgecnnError, ParameterError
+from edgecnn.util import require_file
 from edgecnn.verify.metrics import ErrorStats
 from edgecnn.verify.taps import Tap
 
@@ -40,13 +41,14 @@ LEGEND = ("SQNR: int8 vs fp32 on the whole model; own: the layer alone on the fp
 
 
 def _open(path: Path, role: str, threads: int | None):
-    path = Path(path)
-    if not path.is_file():
-        raise EdgecnnError(f"{path}: file not found (--{role})")
+    path = require_file(path, f"(--{role})")
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise EdgecnnError(f"{path}: --{role} must be .onnx or .tflite, not "
                            f"{suffix or '(no suffix)'}")
+    from edgecnn.runtime.check import check_file
+
+    check_file(path)  # the sessions' structural check: a damaged file is one line here too
     if suffix == ".onnx":
         from edgecnn.verify import onnx_graph as module
     else:
