@@ -6,7 +6,8 @@ hardswish, max pool, global pool, flatten and a linear classifier. It is
 trained for a few seconds on the `digits` data so logits and the top-1 mean
 something. Checks: float .tflite vs torch (1e-4 relative) and vs onnxruntime;
 int8 (quantize_static QDQ) .tflite vs onnxruntime on that QDQ model: >= 99% of
-logits within one output quantization step and >= 99% top-1 agreement;
+logits within one output quantization step with XNNPACK (two with LiteRT's builtin
+kernels) and >= 99% top-1 agreement;
 structure: zero TRANSPOSE, no QUANTIZE / DEQUANTIZE with int8 I/O, the whole
 graph delegated to XNNPACK; the artifact record carried into the file.
 """
@@ -182,10 +183,12 @@ def test_float_matches_torch_and_onnxruntime(artifacts) -> None:
     assert coverage.outside == 0 and coverage.partitions == 1
 
 
-# Share of logits within one output step of onnxruntime. LiteRT's builtin int8
-# kernels round differently from XNNPACK's; on this model the two LiteRT kernel
-# sets agree with each other on 97.8% of logits, so that is the bar they get.
-WITHIN_ONE_STEP = {True: 0.99, False: 0.97}  # keyed by delegate (XNNPACK on / off)
+# Share of logits within `steps` output steps of the reference. LiteRT's builtin
+# int8 kernels requantize with gemmlowp's fixed-point multiplier and XNNPACK with
+# its own rounding: run on the very same file, the two kernel sets differ by up to
+# 3 steps and agree within one step on only ~98% of this model's logits (measured
+# 2026-11-30, digits 16 px). So XNNPACK is held to one step, the builtin kernels to two.
+WITHIN = {True: (1, 0.99), False: (2, 0.99)}  # keyed by delegate (XNNPACK on / off)
 
 
 def _check_int8(artifacts, qdq, out, outside_delegate: int = 0,
@@ -196,10 +199,11 @@ def _check_int8(artifacts, qdq, out, outside_delegate: int = 0,
         assert q.dtype == np.int8
         for name, ref in references.items():
             expected = np.clip(np.round(ref / scale) + zero, -128, 127)
-            within = (np.abs(q.astype(np.int32) - expected) <= 1).mean()
+            steps, bar = WITHIN[delegate]
+            within = (np.abs(q.astype(np.int32) - expected) <= steps).mean()
             agreement = (q.argmax(1) == ref.argmax(1)).mean()
-            assert within >= WITHIN_ONE_STEP[delegate], \
-                f"vs {name}, delegate={delegate}: {within:.4f} of logits within one step"
+            assert within >= bar, \
+                f"vs {name}, delegate={delegate}: {within:.4f} of logits within {steps} step(s)"
             assert agreement >= 0.99, \
                 f"vs {name}, delegate={delegate}: top-1 agreement {agreement:.4f}"
     assert delegate_coverage(out).outside == outside_delegate
@@ -285,6 +289,7 @@ def test_tflite_runtime_2_14_agrees(artifacts) -> None:
     expected = np.clip(np.round(ref / scale) + zero, -128, 127)
     for runner, q in ints.items():
         # tflite-runtime 2.14's default delegate leaves int8 graphs to the builtin kernels
-        within = (np.abs(q.astype(np.int32) - expected) <= 1).mean()
-        assert within >= WITHIN_ONE_STEP[False], f"{runner}: {within:.4f}"
+        steps, bar = WITHIN[False]
+        within = (np.abs(q.astype(np.int32) - expected) <= steps).mean()
+        assert within >= bar, f"{runner}: {within:.4f} within {steps} step(s)"
         assert (q.argmax(1) == ref.argmax(1)).mean() >= 0.99
