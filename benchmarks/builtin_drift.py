@@ -25,9 +25,10 @@ import onnxruntime as ort
 
 from edgecnn import quant
 from edgecnn.data import load
-from edgecnn.export.tflite.builtin_int8 import check_builtin
-from edgecnn.export.tflite.litert import interpreter, quantize_input
+from edgecnn.runtime.backends.tflite import interpreter
 from edgecnn.train import to_tensors
+from edgecnn.verify.builtin_int8 import check_builtin
+from edgecnn.verify.litert import quantize_input
 
 
 def onnx_int8_tensors(path: Path, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:

@@ -33,7 +33,6 @@ from edgecnn.config import Preprocessing
 from edgecnn.data.photos import normalize, random_crops, sample_photos
 from edgecnn.export.onnx import export_int8
 from edgecnn.export.tflite import convert
-from edgecnn.export.tflite.builtin_int8 import check_builtin
 from edgecnn.fidelity.agreement import agreement, differences, first_difference
 from edgecnn.fidelity.integer_reference import (
     TIE_BAND,
@@ -45,6 +44,7 @@ from edgecnn.fidelity.tensors import onnx_tensors, quantized_keys, tflite_tensor
 from edgecnn.models import create_model
 from edgecnn.models.pretrained import load_pretrained, set_batchnorm_eps
 from edgecnn.quant import quantize
+from edgecnn.verify.builtin_int8 import check_builtin
 
 #: TF EfficientNet-Lite preprocessing (efficientnet/lite/efficientnet_lite_builder.py:
 #: MEAN_RGB 127, STDDEV_RGB 128 on 0..255 pixels), as fractions of 255

@@ -43,12 +43,12 @@ from edgecnn.config import Preprocessing
 from edgecnn.data import load
 from edgecnn.export import onnx as onnx_export
 from edgecnn.export.tflite import convert
-from edgecnn.export.tflite.litert import delegate_coverage, op_counts, run_images
 from edgecnn.export.tflite.ops.base import LOWERINGS, Lowering
 from edgecnn.models import create_model
 from edgecnn.runtime.bench import BenchConfig, run_bench
 from edgecnn.runtime.machine import describe_machine
 from edgecnn.train import to_tensors
+from edgecnn.verify.litert import delegate_coverage, op_counts, run_images
 
 MODEL = "mobilenet_v3_small"
 

@@ -37,12 +37,12 @@ from edgecnn.config import Preprocessing
 from edgecnn.data.photos import normalize, random_crops, sample_photos
 from edgecnn.export.onnx import export_fp32, export_int8
 from edgecnn.export.tflite import convert
-from edgecnn.export.tflite.litert import op_counts
 from edgecnn.models import create_model
 from edgecnn.models.pretrained import load_pretrained_file
 from edgecnn.quant import quantize
 from edgecnn.runtime import open_session
 from edgecnn.runtime.bench import BenchConfig, run_bench
+from edgecnn.verify.litert import op_counts
 
 MEAN, STD = (127 / 255,) * 3, (128 / 255,) * 3
 FLAGS = ["--padding", "tf-same", "--mean", "0.498", "--std", "0.502"]

@@ -42,14 +42,14 @@ from edgecnn.config import ArtifactMetadata, Preprocessing
 from edgecnn.data import load
 from edgecnn.export import onnx as onnx_export
 from edgecnn.export.tflite import convert
-from edgecnn.export.tflite.builtin_int8 import check_builtin
-from edgecnn.export.tflite.litert import op_counts, run_images
 from edgecnn.models import create_model, models
 from edgecnn.models.stats import model_stats
 from edgecnn.runtime.bench import BenchConfig, run_bench
 from edgecnn.runtime.machine import describe_machine
 from edgecnn.runtime.validate import Bounds, run_validate
 from edgecnn.train import TrainConfig, to_tensors
+from edgecnn.verify.builtin_int8 import check_builtin
+from edgecnn.verify.litert import op_counts, run_images
 
 SCHEDULES = {"dsc_net": TrainConfig(epochs=10, lr=5e-3)}
 DEFAULT_SCHEDULE = TrainConfig(epochs=6, lr=2e-3)

@@ -791,7 +791,7 @@ def convert_command(
     for warning in caught:
         Console(stderr=True).print(f"[yellow]warning:[/yellow] {warning.message}",
                                    highlight=False, soft_wrap=True)
-    from edgecnn.export.tflite.litert import op_counts  # needs ai-edge-litert, as convert did
+    from edgecnn.verify.litert import op_counts  # needs ai-edge-litert, as convert did
 
     counts = op_counts(path)
     out.print(f"{model} -> {path} ({path.stat().st_size / 1e6:.2f} MB, "

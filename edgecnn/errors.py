@@ -15,18 +15,32 @@ class EdgecnnError(Exception):
         return str(self)
 
 
+def flag(parameter: str) -> str:
+    """The command-line spelling of a library parameter: max_drop -> --max-drop."""
+    return f"--{parameter.replace('_', '-')}"
+
+
 class ParameterError(EdgecnnError):
     """A bad argument value. The library names the parameter (`max_drop must be >= 0`);
     the CLI names its flag (`--max-drop must be >= 0`), so neither speaks the other's
-    language. `message` continues the name: "must be at least 1, got 0"."""
+    language. `message` continues the name: "must be at least 1, got 0". Other
+    parameters it mentions are listed in `also` and written "{std}" in the message:
+    shown as `std` by the library, `--std` by the CLI."""
 
-    def __init__(self, parameter: str, message: str, *, flag: str | None = None) -> None:
-        self.parameter, self.message = parameter, message
-        self.flag = flag or f"--{parameter.replace('_', '-')}"  # when it is not the spelling
-        super().__init__(f"{parameter} {message}")
+    def __init__(self, parameter: str, message: str, *, flag: str | None = None,
+                 also: tuple[str, ...] = ()) -> None:
+        self.parameter, self.message, self.also = parameter, message, also
+        self.flag = flag or globals()["flag"](parameter)  # when it is not the spelling
+        super().__init__(f"{parameter} {self._fill(cli=False)}")
+
+    def _fill(self, cli: bool) -> str:
+        text = self.message
+        for name in self.also:
+            text = text.replace(f"{{{name}}}", flag(name) if cli else name)
+        return text
 
     def for_cli(self) -> str:
-        return f"{self.flag} {self.message}"
+        return f"{self.flag} {self._fill(cli=True)}"
 
 
 def first_line(exc: BaseException) -> str:

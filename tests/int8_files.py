@@ -19,7 +19,7 @@ from edgecnn import quant
 from edgecnn.config import Preprocessing
 from edgecnn.export import onnx as onnx_export
 from edgecnn.export.tflite import convert
-from edgecnn.export.tflite.litert import run_images
+from edgecnn.verify.litert import run_images
 
 
 def images(n: int, size: int = 8, channels: int = 1, high: float = 2.55, seed: int = 0):

@@ -27,7 +27,8 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from edgecnn.export.tflite.litert import interpreter, quantize_input
+from edgecnn.runtime.backends.tflite import interpreter
+from edgecnn.verify.litert import quantize_input
 
 RNG = np.random.default_rng(0)
 FLOAT_RTOL = 1e-5

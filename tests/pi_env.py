@@ -180,27 +180,25 @@ def run_pi_edgecnn(args: Sequence[str], cwd: Path | None = None,
 
 
 # jobs: [{"model", "inputs": [npy of samples x NHWC input], "output"}]; writes the
-# stacked outputs per resolver and the output's (scale, zero point).
+# stacked outputs per resolver and the output's (scale, zero point). It opens and feeds
+# the files with the installed edgecnn's interpreter and quantize, as a device does.
 RUNNER = r'''
 import json, sys
 import numpy as np
-from tflite_runtime.interpreter import Interpreter, OpResolverType
+from edgecnn.qmath import quantize
+from edgecnn.runtime.backends.tflite import interpreter
 
 jobs = json.load(open(sys.argv[1]))
 for job in jobs:
     samples = [np.load(path) for path in job["inputs"]]
-    for name, resolver in (("delegate", OpResolverType.AUTO),
-                           ("builtin", OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)):
-        it = Interpreter(model_path=job["model"], num_threads=1,
-                         experimental_op_resolver_type=resolver)
-        it.allocate_tensors()
+    for name, delegate in (("delegate", True), ("builtin", False)):
+        it = interpreter(job["model"], backend="tflite_runtime", delegate=delegate)
         out, outputs = it.get_output_details()[0], []
         for i in range(len(samples[0])):
             for detail, x in zip(it.get_input_details(), samples):
                 x = x[i]
-                if detail["dtype"] == np.int8:
-                    scale, zero = detail["quantization"]
-                    x = np.clip(np.round(x / scale) + zero, -128, 127)
+                if np.issubdtype(detail["dtype"], np.integer):
+                    x = quantize(x, *detail["quantization"], detail["dtype"])
                 it.set_tensor(detail["index"], x.astype(detail["dtype"]))
             it.invoke()
             outputs.append(it.get_tensor(out["index"]))

@@ -14,9 +14,9 @@ pytest.importorskip("ai_edge_litert")
 
 from int8_files import Int8Files, images  # noqa: E402
 
-from edgecnn.export.tflite.litert import delegate_coverage, op_counts  # noqa: E402
 from edgecnn.models import create_model  # noqa: E402
 from edgecnn.quant.quantizer import UnquantizedOpWarning  # noqa: E402
+from edgecnn.verify.litert import delegate_coverage, op_counts  # noqa: E402
 
 
 def conv_bn(c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1) -> nn.Sequential:

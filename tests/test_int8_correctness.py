@@ -22,10 +22,10 @@ from int8_files import Int8Files, images, preprocessing  # noqa: E402
 
 from edgecnn import quant  # noqa: E402
 from edgecnn.config import ArtifactMetadata  # noqa: E402
-from edgecnn.export.tflite.litert import op_counts  # noqa: E402
 from edgecnn.models import create_model, models  # noqa: E402
 from edgecnn.quant.graph import BiasRangeWarning  # noqa: E402
 from edgecnn.quant.quantizer import UnquantizedOpWarning  # noqa: E402
+from edgecnn.verify.litert import op_counts  # noqa: E402
 
 # --- 1. int32 bias overflow -------------------------------------------------------------------
 

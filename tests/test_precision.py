@@ -73,7 +73,7 @@ def test_keep_float_on_the_crushed_tensor_brings_the_drop_back(planted, kept):
 
 
 def test_float_layers_in_the_artifacts(kept):
-    from edgecnn.export.tflite.litert import op_counts
+    from edgecnn.verify.litert import op_counts
 
     _, paths = kept(BOTH)
     model = onnx.load(str(paths["onnx"]))
@@ -214,7 +214,7 @@ def test_declared_float_layer_runs_in_float_on_both_runtimes():
     X = np.random.default_rng(1).standard_normal((1, 4, 8, 8)).astype(np.float32)
 
     from edgecnn.export.tflite import ConversionWarning, to_flatbuffer
-    from edgecnn.export.tflite.litert import op_counts
+    from edgecnn.verify.litert import op_counts
 
     model = _float_conv_model(declared=True)
     x = X[:, :3]

@@ -162,10 +162,11 @@ def test_preprocessing_defaults_and_user_choices(digits):
     assert (chosen.mean, chosen.std, chosen.interpolation) == ((0.1,), (0.3,), "bicubic")
     shorter = choose_preprocessing(digits, 32, PreprocessOptions(resize_size=40))
     assert (shorter.resize, shorter.resize_size) == ("shorter", 40)
-    with pytest.raises(EdgecnnError, match=r"--mean/--std have 3 values but the data has 1"):
+    with pytest.raises(EdgecnnError, match=r"^mean and std have 3 values but the data has 1"):
         choose_preprocessing(digits, 32, PreprocessOptions(mean=(0.5,) * 3, std=(0.2,) * 3))
-    with pytest.raises(EdgecnnError, match="--mean and --std go together"):
+    with pytest.raises(EdgecnnError, match="^mean and std go together") as error:
         PreprocessOptions(mean=(0.5,))
+    assert error.value.for_cli().startswith("--mean and --std go together")  # the CLI's words
 
 
 def test_preprocessing_flags_are_checked_before_any_work(edgecnn_cmd, tmp_path):

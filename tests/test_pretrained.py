@@ -407,10 +407,10 @@ def test_lite0_tf_same_reproduces_the_source_logits_and_exports_without_pad(
     from edgecnn.config import Preprocessing
     from edgecnn.export.onnx import export_int8
     from edgecnn.export.tflite import convert
-    from edgecnn.export.tflite.litert import op_counts
     from edgecnn.models.pretrained import load_pretrained_file
     from edgecnn.quant import quantize
     from edgecnn.runtime import open_session
+    from edgecnn.verify.litert import op_counts
 
     model = create_model("efficientnet_lite0", padding="tf_same", bn_eps=1e-3)
     record = load_pretrained_file(model, lite0_file, model_name="efficientnet_lite0")
@@ -449,10 +449,10 @@ def test_tf_same_model_quantizes_and_converts_without_pad(method, tmp_path) -> N
     from edgecnn.config import Preprocessing
     from edgecnn.export.onnx import export_int8
     from edgecnn.export.tflite import convert
-    from edgecnn.export.tflite.litert import op_counts
     from edgecnn.quant import quantize
     from edgecnn.quant.qat import QATConfig
     from edgecnn.runtime import open_session
+    from edgecnn.verify.litert import op_counts
 
     torch.manual_seed(0)
     model = create_model("dsc_net", num_classes=4, padding="tf_same", bn_eps=1e-3).eval()

@@ -19,7 +19,7 @@ pytest.importorskip("ai_edge_litert")
 from op_cases import CASES, quantize  # noqa: E402
 
 from edgecnn.export.tflite import convert, to_flatbuffer  # noqa: E402
-from edgecnn.export.tflite.builtin_int8 import (  # noqa: E402
+from edgecnn.verify.builtin_int8 import (  # noqa: E402
     EMULATED,
     check_builtin,
     fixed_point_multiply,

@@ -23,7 +23,9 @@ from edgecnn.config import (  # noqa: E402
 )
 from edgecnn.errors import EdgecnnError  # noqa: E402
 from edgecnn.export.tflite import convert, to_flatbuffer  # noqa: E402
-from edgecnn.export.tflite.litert import interpreter, op_counts, read_metadata  # noqa: E402
+from edgecnn.runtime.backends.tflite import interpreter  # noqa: E402
+from edgecnn.runtime.tflite_meta import read_tflite_metadata  # noqa: E402
+from edgecnn.verify.litert import op_counts  # noqa: E402
 
 
 def _model(nodes, inits=None, x_shape=(1, 4, 8, 8), props=None) -> onnx.ModelProto:
@@ -155,7 +157,7 @@ def test_int8_versions_follow_op_version_table() -> None:
 def test_record_from_argument_overrides_and_float_model_has_no_quant(tmp_path) -> None:
     model = _conv_model()
     out = convert(model, tmp_path / "m.tflite", metadata=_record())
-    text = read_metadata(out, "edgecnn").decode()
+    text = read_tflite_metadata(out.read_bytes())["edgecnn"].decode()
     assert sidecar_path(out) == tmp_path / "m.tflite.json"
     assert sidecar_path(out).read_text() == text
     record = ArtifactMetadata.from_json(text)
@@ -165,7 +167,8 @@ def test_record_from_argument_overrides_and_float_model_has_no_quant(tmp_path) -
 
 def test_no_record_no_sidecar(tmp_path) -> None:
     out = convert(_conv_model(), tmp_path / "plain.tflite")
-    assert read_metadata(out, "edgecnn") is None and not sidecar_path(out).exists()
+    assert "edgecnn" not in read_tflite_metadata(out.read_bytes())
+    assert not sidecar_path(out).exists()
 
 
 def test_invalid_record_is_reported() -> None:

@@ -35,14 +35,15 @@ from edgecnn.config import (  # noqa: E402
 )
 from edgecnn.data import load  # noqa: E402
 from edgecnn.export.tflite import convert  # noqa: E402
-from edgecnn.export.tflite.litert import (  # noqa: E402
+from edgecnn.qmath import quantize  # noqa: E402
+from edgecnn.runtime.backends.tflite import interpreter  # noqa: E402
+from edgecnn.runtime.preprocess import prepare  # noqa: E402
+from edgecnn.runtime.tflite_meta import read_tflite_metadata  # noqa: E402
+from edgecnn.verify.litert import (  # noqa: E402
     delegate_coverage,
-    interpreter,
     op_counts,
-    read_metadata,
     run_images,
 )
-from edgecnn.runtime.preprocess import prepare  # noqa: E402
 
 SIZE = 16
 # quantize_static's defaults leave HardSwish and ReduceMean (and what follows them) float.
@@ -198,7 +199,7 @@ def _check_int8(artifacts, qdq, out, outside_delegate: int = 0,
         q, (scale, zero) = run_images(out, artifacts["val_x"], delegate=delegate)
         assert q.dtype == np.int8
         for name, ref in references.items():
-            expected = np.clip(np.round(ref / scale) + zero, -128, 127)
+            expected = quantize(ref, scale, zero)
             steps, bar = WITHIN[delegate]
             within = (np.abs(q.astype(np.int32) - expected) <= steps).mean()
             agreement = (q.argmax(1) == ref.argmax(1)).mean()
@@ -246,7 +247,7 @@ def test_artifact_record_travels(artifacts) -> None:
     """The ONNX record goes into the "edgecnn" metadata buffer and the sidecar, NHWC,
     with the int8 input / output parameters the file really has."""
     out = convert(artifacts["qdq"], artifacts["dir"] / "meta_int8.tflite")
-    embedded = read_metadata(out, "edgecnn").decode()
+    embedded = read_tflite_metadata(out.read_bytes())["edgecnn"].decode()
     assert sidecar_path(out).read_text() == embedded
     record = ArtifactMetadata.from_json(embedded)
     assert record.preprocessing.layout == "NHWC" and record.model == "tinynet"
@@ -259,7 +260,7 @@ def test_artifact_record_travels(artifacts) -> None:
                                                            "outputs": ["logits"]}}
 
     float_io = convert(artifacts["qdq"], artifacts["dir"] / "meta_float.tflite", io="float")
-    record = json.loads(read_metadata(float_io, "edgecnn"))
+    record = json.loads(read_tflite_metadata(float_io.read_bytes())["edgecnn"])
     assert record["input_quant"] is None and record["output_quant"] is None
     assert op_counts(float_io)["QUANTIZE"] == op_counts(float_io)["DEQUANTIZE"] == 1
 
@@ -286,7 +287,7 @@ def test_tflite_runtime_2_14_agrees(artifacts) -> None:
             <= 1e-4
     ints, (scale, zero) = results[str(directory / "pi_int8")]
     ref = _ort(artifacts["qdq"], artifacts["val_x"])
-    expected = np.clip(np.round(ref / scale) + zero, -128, 127)
+    expected = quantize(ref, scale, zero)
     for runner, q in ints.items():
         # tflite-runtime 2.14's default delegate leaves int8 graphs to the builtin kernels
         steps, bar = WITHIN[False]

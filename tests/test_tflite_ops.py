@@ -18,7 +18,7 @@ pytest.importorskip("ai_edge_litert")
 from op_cases import CASES, FLOAT_RTOL, IDS, Case, ort_run, quantize, run_litert  # noqa: E402
 
 from edgecnn.export.tflite import to_flatbuffer  # noqa: E402
-from edgecnn.export.tflite.litert import op_counts  # noqa: E402
+from edgecnn.verify.litert import op_counts  # noqa: E402
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)

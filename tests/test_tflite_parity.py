@@ -17,9 +17,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("ai_edge_litert")
 
 from edgecnn.export.tflite import convert  # noqa: E402
-from edgecnn.export.tflite.litert import (  # noqa: E402
+from edgecnn.runtime.backends.tflite import interpreter  # noqa: E402
+from edgecnn.verify.litert import (  # noqa: E402
     delegate_coverage,
-    interpreter,
     op_counts,
     run_images,
 )

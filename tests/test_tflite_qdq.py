@@ -15,7 +15,8 @@ from qdq_graphs import QDQGraph, steps_off  # noqa: E402
 
 from edgecnn.errors import EdgecnnError  # noqa: E402
 from edgecnn.export.tflite import ConversionWarning, to_flatbuffer  # noqa: E402
-from edgecnn.export.tflite.litert import interpreter, op_counts  # noqa: E402
+from edgecnn.runtime.backends.tflite import interpreter  # noqa: E402
+from edgecnn.verify.litert import op_counts  # noqa: E402
 
 RNG = np.random.default_rng(7)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgecnn.data.files import ImageFiles, file_size
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, ParameterError
 from edgecnn.registry import Registry
 
 #: spec prefix -> reader(arg, seed, val_fraction) -> Dataset
@@ -193,19 +193,19 @@ def check_spec(spec: str) -> None:
     """Fail fast on a malformed data spec (unknown source, missing or extra argument,
     a path that does not exist) without reading any data."""
     if not isinstance(spec, str) or not spec.strip():
-        raise EdgecnnError(f"--data is empty; known sources: {', '.join(sorted(sources))}")
+        raise ParameterError("data", f"is empty; known sources: {', '.join(sorted(sources))}")
     kind, sep, arg = spec.partition(":")
     sources.get(kind)  # raises listing the known sources
     if kind in PATH_SOURCES:
         from pathlib import Path
 
         if not arg:
-            raise EdgecnnError(f"--data {spec}: {kind} needs a path ({kind}:PATH)")
+            raise ParameterError("data", f"{spec}: {kind} needs a path ({kind}:PATH)")
         what = "file" if kind == "npz" else "directory"
         if not Path(arg).expanduser().exists():
-            raise EdgecnnError(f"--data {spec}: {what} not found: {arg}")
+            raise ParameterError("data", f"{spec}: {what} not found: {arg}")
     elif sep:
-        raise EdgecnnError(f"--data {spec}: {kind!r} takes no argument")
+        raise ParameterError("data", f"{spec}: {kind!r} takes no argument")
 
 
 def load(spec: str, *, seed: int = 0, val_fraction: float = 0.2) -> Dataset:

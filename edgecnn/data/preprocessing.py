@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 from edgecnn.config import INTERPOLATIONS, RESIZE_MODES, Preprocessing
 from edgecnn.data.dataset import Dataset
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, ParameterError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -57,20 +57,23 @@ class PreprocessOptions:
 
     def __post_init__(self) -> None:
         if (self.mean is None) != (self.std is None):
-            raise EdgecnnError("--mean and --std go together: give both or neither")
+            raise ParameterError("mean", "and {std} go together: give both or neither",
+                                 also=("std",))
         if self.mean is not None and len(self.mean) != len(self.std):
-            raise EdgecnnError(f"--mean has {len(self.mean)} values but --std {len(self.std)}")
+            raise ParameterError("mean", f"has {len(self.mean)} values but {{std}} {len(self.std)}",
+                                 also=("std",))
         if self.std is not None and not all(s >= MIN_STD for s in self.std):
-            raise EdgecnnError(f"--std values must be >= {MIN_STD} (0..1 scale), got "
-                               f"{self.std}"[:200])
+            raise ParameterError("std", f"values must be >= {MIN_STD} (0..1 scale), got "
+                                 f"{self.std}"[:200])
         if self.resize is not None and self.resize not in RESIZE_MODES:
-            raise EdgecnnError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got "
-                               f"{self.resize!r}"[:200])
+            raise ParameterError("resize", f"must be one of {', '.join(RESIZE_MODES)}, got "
+                                 f"{self.resize!r}"[:200])
         if self.interpolation not in INTERPOLATIONS:
-            raise EdgecnnError(f"--interpolation must be one of {', '.join(INTERPOLATIONS)}, "
-                               f"got {self.interpolation!r}"[:200])
+            raise ParameterError("interpolation", f"must be one of {', '.join(INTERPOLATIONS)}"
+                                 f", got {self.interpolation!r}"[:200])
         if self.resize_size is not None and self.resize == "whole":
-            raise EdgecnnError("--resize-size applies to --resize shorter only")
+            raise ParameterError("resize_size", "applies to {resize} shorter only",
+                                 also=("resize",))
 
 
 def choose_preprocessing(dataset: Dataset, input_size: int,
@@ -85,8 +88,8 @@ def choose_preprocessing(dataset: Dataset, input_size: int,
         if len(options.mean) == 1 == len(options.std):  # one value stands for every channel
             options = replace(options, mean=options.mean * channels, std=options.std * channels)
         if len(options.mean) != channels:
-            raise EdgecnnError(f"--mean/--std have {len(options.mean)} values but the data has "
-                               f"{channels} channel(s)")
+            raise ParameterError("mean", f"and {{std}} have {len(options.mean)} values but the "
+                                 f"data has {channels} channel(s)", also=("std",))
         mean, std = options.mean, options.std
     elif channels == 3 and not small:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
@@ -99,8 +102,8 @@ def choose_preprocessing(dataset: Dataset, input_size: int,
     if resize == "shorter":
         resize_size = options.resize_size or int(round(input_size / CROP_FRACTION))
         if resize_size < input_size:
-            raise EdgecnnError(f"--resize-size {resize_size} is smaller than --input-size "
-                               f"{input_size}")
+            raise ParameterError("resize_size", f"{resize_size} is smaller than {{input_size}} "
+                                 f"{input_size}", also=("input_size",))
     return Preprocessing(input_size=(input_size, input_size), channels=channels, mean=mean,
                          std=std, class_names=dataset.class_names, resize=resize,
                          resize_size=resize_size, interpolation=options.interpolation)

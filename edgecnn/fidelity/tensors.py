@@ -108,7 +108,8 @@ def tflite_tensors(model_path: str | Path, images: np.ndarray, keys: list[str], 
                    delegate: bool = True) -> dict[str, np.ndarray]:
     """{key: int8 values} on LiteRT, XNNPACK (`delegate=True`) or the builtin kernels;
     the file's output tensor stands for the last key. Images one per invocation."""
-    from edgecnn.export.tflite.litert import interpreter, quantize_input
+    from edgecnn.runtime.backends.tflite import interpreter
+    from edgecnn.verify.litert import quantize_input
 
     data = Path(model_path).read_bytes()
     patched, found = _tflite_with_outputs(data, keys)

@@ -14,7 +14,7 @@ from pathlib import Path
 from edgecnn.checkpoint import load_checkpoint
 from edgecnn.config import ArtifactMetadata
 from edgecnn.data import load as load_data
-from edgecnn.errors import EdgecnnError, ParameterError
+from edgecnn.errors import ParameterError
 from edgecnn.quant import METHODS, quantize
 from edgecnn.quant.artifact import save
 from edgecnn.quant.graph import qdq_counts
@@ -43,11 +43,11 @@ def quantize_checkpoint(checkpoint: Path, out: Path, *, method: str = "qat",
                         show_progress: bool = True) -> dict:
     """Quantize the checkpoint in `checkpoint` to `out`; return the metrics written."""
     if method not in METHODS:
-        raise EdgecnnError(f"unknown --method {method!r}; known: {', '.join(METHODS)}")
+        raise ParameterError("method", f"{method!r} is unknown; known: {', '.join(METHODS)}")
     model, model_config = load_checkpoint(Path(checkpoint), model_name)
     spec = data or model_config.data
     if not spec:
-        raise EdgecnnError(f"checkpoint {checkpoint} records no data spec; pass --data")
+        raise ParameterError("data", f"is needed: checkpoint {checkpoint} records no data spec")
     split_seed = training_seed(checkpoint) if seed is None else seed
     dataset = load_data(spec, seed=split_seed)
     preprocessing = model_config.preprocessing

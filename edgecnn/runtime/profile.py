@@ -232,7 +232,7 @@ def profile_tflite(path: Path, runs: int = 50, warmup: int = 10,
                    threads: int | None = 1) -> tuple[list[OpTime], float | None]:
     """Median µs of each operator run alone on LiteRT (see the module docstring), and the
     median µs of the whole model's invoke, timed the same way."""
-    from ai_edge_litert.interpreter import Interpreter
+    from edgecnn.runtime.backends.tflite import interpreter as open_interpreter
 
     schema, flatbuffers = _schema()
     try:
@@ -245,9 +245,8 @@ def profile_tflite(path: Path, runs: int = 50, warmup: int = 10,
     for i, op in enumerate(graph.operators):
         code = model.operatorCodes[op.opcodeIndex]
         kind = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
-        interpreter = Interpreter(model_content=single_op_model(model, i, schema, flatbuffers),
-                                  num_threads=threads)
-        interpreter.allocate_tensors()
+        interpreter = open_interpreter(single_op_model(model, i, schema, flatbuffers),
+                                       threads=threads, name=f"{path} op {i} ({kind})")
         for detail in interpreter.get_input_details():
             interpreter.set_tensor(detail["index"], _random(detail, rng))
         timings = time_runs(interpreter.invoke, runs=runs, rewarm=warmup)
@@ -256,8 +255,7 @@ def profile_tflite(path: Path, runs: int = 50, warmup: int = 10,
             shape = [list(graph.tensors[t].shape) for t in op.inputs[:2]]
             y = list(graph.tensors[op.outputs[0]].shape)
             labels[i] = _conv_label(kind, shape[0], shape[1], y, nhwc=True)
-    interpreter = Interpreter(model_path=str(path), num_threads=threads)
-    interpreter.allocate_tensors()
+    interpreter = open_interpreter(path, threads=threads)
     for detail in interpreter.get_input_details():
         interpreter.set_tensor(detail["index"], _random(detail, rng))
     whole = float(np.median(time_runs(interpreter.invoke, runs=runs, rewarm=warmup))) / 1e3

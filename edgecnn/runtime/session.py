@@ -22,6 +22,7 @@ import numpy as np
 
 from edgecnn.config import ArtifactMetadata, Preprocessing, QuantParams
 from edgecnn.errors import EdgecnnError
+from edgecnn.qmath import dequantize, quantize
 from edgecnn.runtime.metadata import require_record
 from edgecnn.runtime.preprocess import prepare
 from edgecnn.util import require_file
@@ -52,22 +53,6 @@ def pick_quant(runtime: QuantParams | None, fallback: QuantParams | None,
     if not np.issubdtype(dtype, np.integer):
         return None
     return runtime if runtime is not None and runtime.scale > 0 else fallback
-
-
-def quantize(x: np.ndarray, quant: QuantParams, dtype: np.dtype) -> np.ndarray:
-    """real -> integer: round(x / scale) + zero_point, saturated to the dtype's range.
-
-    Rounds half away from zero, as TFLite's reference kernels do (`std::round`).
-    """
-    info = np.iinfo(dtype)
-    v = x / np.float32(quant.scale)
-    q = np.trunc(v + np.copysign(np.float32(0.5), v)) + quant.zero_point
-    return np.clip(q, info.min, info.max).astype(dtype)
-
-
-def dequantize(q: np.ndarray, quant: QuantParams) -> np.ndarray:
-    """integer -> real: scale * (q - zero_point)."""
-    return (np.float32(quant.scale) * (q.astype(np.float32) - np.float32(quant.zero_point)))
 
 
 class Session(ABC):
@@ -163,7 +148,8 @@ class Session(ABC):
             if self.input.quant is None:
                 raise EdgecnnError(f"{self.path}: the input is {self.input.dtype.name} but no "
                                    "quantization parameters were found (model or metadata)")
-            x = quantize(x, self.input.quant, self.input.dtype)
+            x = quantize(x, self.input.quant.scale, self.input.quant.zero_point,
+                             self.input.dtype)
         elif not self.input.is_integer:
             x = x.astype(self.input.dtype, copy=False)
         y = self.run_raw(x)
@@ -171,7 +157,7 @@ class Session(ABC):
             if self.output.quant is None:
                 raise EdgecnnError(f"{self.path}: the output is {self.output.dtype.name} but "
                                    "no quantization parameters were found (model or metadata)")
-            y = dequantize(y, self.output.quant)
+            y = dequantize(y, self.output.quant.scale, self.output.quant.zero_point)
         return y.reshape(len(x), -1).astype(np.float32, copy=False)
 
     def predict(self, images, batch_size: int = 64) -> np.ndarray:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn.config import ArtifactMetadata
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, ParameterError
 from edgecnn.runtime.metadata import parse_metadata, require_record
 from edgecnn.runtime.predict_worker import PredictWorker
 from edgecnn.runtime.stats import (
@@ -59,15 +59,16 @@ class Bounds:
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.max_drop) or not math.isfinite(self.min_agreement):
-            raise EdgecnnError(f"--max-drop and --min-agreement must be finite numbers, got "
-                               f"{self.max_drop} and {self.min_agreement}")
+            raise ParameterError("max_drop", f"and {{min_agreement}} must be finite numbers, "
+                                 f"got {self.max_drop} and {self.min_agreement}",
+                                 also=("min_agreement",))
         if self.max_drop < 0:
-            raise EdgecnnError(f"--max-drop must be >= 0 percentage points, got {self.max_drop}")
+            raise ParameterError("max_drop", f"must be >= 0 percentage points, got {self.max_drop}")
         if not 0.0 <= self.min_agreement <= 1.0:
-            raise EdgecnnError(f"--min-agreement is a fraction in [0, 1], got "
-                               f"{self.min_agreement}")
+            raise ParameterError("min_agreement", f"is a fraction in [0, 1], got "
+                                 f"{self.min_agreement}")
         if self.gate not in GATES:
-            raise EdgecnnError(f"--gate must be one of {', '.join(GATES)}, got {self.gate!r}")
+            raise ParameterError("gate", f"must be one of {', '.join(GATES)}, got {self.gate!r}")
 
 
 #: Classes of the highest logits a worker sends back per image (top-1 and top-5 need no
@@ -268,9 +269,10 @@ def run_validate(reference: Path, candidates: list[Path], data: str, bounds: Bou
     from edgecnn.data import load
 
     if not candidates:
-        raise EdgecnnError("validate needs at least one --candidate")
+        raise ParameterError("candidates", "is empty: validate needs at least one",
+                             flag="--candidate")
     if batch_size < 1:
-        raise EdgecnnError(f"batch_size must be at least 1, got {batch_size}")
+        raise ParameterError("batch_size", f"must be at least 1, got {batch_size}", flag="--batch")
     dataset = load(data, seed=seed)  # bad data fails before any runtime starts
     images, labels = dataset.val_images, dataset.val_labels
     if len(labels) == 0:

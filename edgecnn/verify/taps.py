@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgecnn.qmath import dequantize, quantize
+
 #: Activations a layer ends with (fused into the op before them in int8 kernels).
 ACTIVATIONS = frozenset({"Relu", "Clip", "Relu6", "RELU", "RELU6", "RELU_N1_TO_1"})
 #: Ops that pass a layer's name on (the weights sit on the op before them).
@@ -50,13 +52,11 @@ class Tap:
 
     def dequantize(self, raw: np.ndarray) -> np.ndarray:
         """scale * (q - zero_point), float32."""
-        return np.float32(self.scale) * (raw.astype(np.float32) - np.float32(self.zero_point))
+        return dequantize(raw, self.scale, self.zero_point)
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
-        """round(x / scale) + zero_point, ties to even (as QuantizeLinear), saturated."""
-        lo, hi = self.limits
-        q = np.round(np.asarray(x, np.float32) / np.float32(self.scale)) + self.zero_point
-        return np.clip(q, lo, hi).astype(self.dtype)
+        """`qmath.quantize` with this tap's parameters."""
+        return quantize(x, self.scale, self.zero_point, self.dtype)
 
 
 #: ONNX and TFLite op types -> one name per kind of layer, to align graphs of both formats.

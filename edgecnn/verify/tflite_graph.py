@@ -9,7 +9,7 @@ The own error of each layer comes from a rewritten file (flatbuffer object API;
 the arithmetic is untouched) holding a private copy of every layer's operators
 that reads new subgraph inputs: the real kernels run each layer on the
 reference's values, quantized. That is exact on either kernel set and for every
-op, where emulating the kernels (`export.tflite.builtin_int8`) covers five ops
+op, where emulating the kernels (`verify.builtin_int8`) covers five ops
 and only the builtin arithmetic.
 
 Needs ai-edge-litert (interpreter and schema) and flatbuffers; no torch.
@@ -17,16 +17,13 @@ Needs ai-edge-litert (interpreter and schema) and flatbuffers; no torch.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import os
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from edgecnn.errors import EdgecnnError
+from edgecnn.qmath import quantize
 from edgecnn.verify.taps import ACTIVATIONS, WEIGHTED, Tap, kind, last_kind, main_op
 
 KERNELS = {"xnnpack": "AUTO", "builtin": "BUILTIN_WITHOUT_DEFAULT_DELEGATES"}
@@ -83,43 +80,17 @@ def _pack(model) -> bytes:
     return bytes(builder.Output())
 
 
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """LiteRT prints its delegate banner on fd 2; keep it out of the command's output."""
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def _interpreter(data: bytes, kernels: str, threads: int | None, path: Path,
                  preserve_all_tensors: bool = False):
+    """The runtime backend's LiteRT interpreter on `kernels` ("xnnpack" or "builtin")."""
     try:
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+        from edgecnn.runtime.backends.tflite import interpreter
     except ImportError:
         raise EdgecnnError("inspect on .tflite files needs ai-edge-litert "
                            "(pip install ai-edge-litert)") from None
-    try:
-        with _quiet_stderr(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "preserve_all_tensors is for debugging"
-            it = Interpreter(model_content=data, num_threads=threads or 1,
-                             experimental_op_resolver_type=getattr(OpResolverType,
-                                                                   KERNELS[kernels]),
-                             experimental_preserve_all_tensors=preserve_all_tensors)
-            it.allocate_tensors()
-    except (ValueError, RuntimeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise EdgecnnError(f"{path}: LiteRT ({kernels}) cannot load the file with its "
-                           f"intermediate tensors exposed ({first})") from None
-    return it
+    return interpreter(data, threads=threads or 1, delegate=kernels == "xnnpack",
+                       preserve_all_tensors=preserve_all_tensors,
+                       name=f"{path} (LiteRT {kernels} kernels, intermediate tensors exposed)")
 
 
 class _Graph:
@@ -153,9 +124,7 @@ class _Graph:
         """Set the model input from float NHWC `x` (quantized when the input is integer)."""
         detail = interpreter.get_input_details()[0]
         if np.issubdtype(detail["dtype"], np.integer):
-            scale, zero = detail["quantization"]
-            info = np.iinfo(detail["dtype"])
-            x = np.clip(np.round(x / scale) + zero, info.min, info.max)
+            x = quantize(x, *detail["quantization"], detail["dtype"])
         interpreter.set_tensor(detail["index"], np.ascontiguousarray(x, detail["dtype"]))
 
 

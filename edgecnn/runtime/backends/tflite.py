@@ -13,6 +13,7 @@ import importlib
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,6 +59,42 @@ def _native_stderr(captured: list[str]) -> Iterator[None]:
                 sys.stderr.write("\n".join(captured) + "\n")
 
 
+def interpreter(model: bytes | str | Path, *, backend: str = "ai_edge_litert",
+                threads: int | None = 1, delegate: bool = True,
+                preserve_all_tensors: bool = False, name: str | Path | None = None):
+    """An `Interpreter` of `backend` (ai_edge_litert or tflite_runtime) with its tensors
+    allocated: the one place a .tflite is opened (sessions, inspect, the converter's
+    checks, tests and benchmarks).
+
+    model: the file's path or bytes. delegate=False runs the builtin kernels only
+    (`OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES`: no default XNNPACK delegate);
+    preserve_all_tensors keeps every intermediate tensor readable after `invoke`
+    (LiteRT's debugging option). What the C++ runtime prints is kept out of the output
+    unless it is more than an INFO banner.
+
+    Raises EdgecnnError naming the file (or `name`, for bytes) when the runtime refuses it.
+    """
+    module = importlib.import_module(_INTERPRETER_MODULES[backend])
+    resolver = module.OpResolverType.AUTO if delegate else \
+        module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    source = {"model_content": model} if isinstance(model, bytes) else \
+        {"model_path": str(model)}
+    captured: list[str] = []
+    try:
+        with _native_stderr(captured), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "preserve_all_tensors is for debugging"
+            it = module.Interpreter(**source, num_threads=threads,
+                                    experimental_op_resolver_type=resolver,
+                                    experimental_preserve_all_tensors=preserve_all_tensors)
+            it.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        name = name or ("<bytes>" if isinstance(model, bytes) else model)
+        detail = "; ".join([first_line(exc), *captured[-1:]])
+        raise EdgecnnError(f"{name}: {backend} cannot load this TFLite model ({detail})") \
+            from None
+    return it
+
+
 def _runtime_quant(detail: dict) -> QuantParams | None:
     params = detail.get("quantization_parameters") or {}
     scales = params.get("scales")
@@ -84,16 +121,7 @@ class TfliteSession(Session):
         check_tflite(data, path)
         metadata = resolve_metadata(path, read_tflite_metadata(data, path).get(METADATA_KEY))
         del data
-        interpreter_cls = importlib.import_module(_INTERPRETER_MODULES[backend]).Interpreter
-        captured: list[str] = []
-        try:
-            with _native_stderr(captured):
-                self._interpreter = interpreter_cls(model_path=str(path), num_threads=threads)
-                self._interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as exc:
-            detail = "; ".join([first_line(exc), *captured[-1:]])
-            raise EdgecnnError(f"{path}: {backend} cannot load this TFLite model "
-                               f"({detail})") from None
+        self._interpreter = interpreter(path, backend=backend, threads=threads)
         inputs = self._interpreter.get_input_details()
         outputs = self._interpreter.get_output_details()
         if len(inputs) != 1:

@@ -1,19 +1,21 @@
-"""Inspect and run a .tflite on LiteRT: op counts, XNNPACK coverage, one invocation.
+"""What the exporter wrote, checked on LiteRT: op counts, XNNPACK coverage, raw outputs.
 
-Used by tests, benchmarks and `edgecnn convert` to check what the exporter
-wrote. Needs ai-edge-litert only for running (op counts read the flatbuffer).
+Used by tests, benchmarks and `edgecnn convert`. The interpreter is the runtime
+backend's (`runtime.backends.tflite.interpreter`), inputs are quantized by
+`qmath.quantize`: the parity checks open and feed a file as a device does.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
+
+from edgecnn.qmath import quantize
+from edgecnn.runtime.backends.tflite import interpreter
 
 BUILTIN_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 
@@ -35,64 +37,12 @@ def op_counts(model: bytes | str | Path) -> Counter[str]:
     return counts
 
 
-def read_metadata(model: bytes | str | Path, name: str) -> bytes | None:
-    """The bytes of the named metadata buffer, or None."""
-    root = schema.Model.GetRootAs(_bytes(model), 0)
-    for i in range(root.MetadataLength()):
-        entry = root.Metadata(i)
-        if entry.Name().decode() == name:
-            return root.Buffers(entry.Buffer()).DataAsNumpy().tobytes()
-    return None
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """LiteRT prints its delegate banner on fd 2; keep it out of test and CLI output."""
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def interpreter(model: bytes | str | Path, *, threads: int = 1, delegate: bool = True,
-                preserve_all_tensors: bool = False):
-    """A LiteRT Interpreter with tensors allocated; `delegate=False` runs the builtin
-    kernels only (no default XNNPACK delegate); `preserve_all_tensors` keeps every
-    intermediate tensor readable after `invoke`."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    resolver = OpResolverType.AUTO if delegate else \
-        OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    with _quiet_stderr():
-        it = Interpreter(model_content=_bytes(model), num_threads=threads,
-                         experimental_op_resolver_type=resolver,
-                         experimental_preserve_all_tensors=preserve_all_tensors)
-        it.allocate_tensors()
-    return it
-
-
-def invoke(model: bytes | str | Path, inputs: list[np.ndarray], *, threads: int = 1,
-           delegate: bool = True) -> list[np.ndarray]:
-    """Run once on raw input arrays (already NHWC and of the input dtype)."""
-    it = interpreter(model, threads=threads, delegate=delegate)
-    for detail, value in zip(it.get_input_details(), inputs, strict=True):
-        it.set_tensor(detail["index"], np.ascontiguousarray(value, dtype=detail["dtype"]))
-    it.invoke()
-    return [it.get_tensor(detail["index"]) for detail in it.get_output_details()]
-
-
 def quantize_input(detail: dict, x: np.ndarray) -> np.ndarray:
-    """A float input as the interpreter input `detail` takes it: an int8 (uint8) input is
-    quantized as onnxruntime's QuantizeLinear and torch's fake-quant do it (round half
-    to even), so parity checks against them start from the same integers."""
+    """A float input as the interpreter input `detail` takes it: an integer input is
+    quantized with its (scale, zero point) by `qmath.quantize`, as a session does."""
     if np.issubdtype(detail["dtype"], np.integer):
         scale, zero = detail["quantization"]
-        info = np.iinfo(detail["dtype"])
-        x = np.clip(np.round(x / scale) + zero, info.min, info.max)
+        return np.ascontiguousarray(quantize(x, scale, zero, detail["dtype"]))
     return np.ascontiguousarray(x, dtype=detail["dtype"])
 
 

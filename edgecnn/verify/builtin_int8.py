@@ -28,7 +28,8 @@ from ai_edge_litert import schema_py_generated as schema
 from numpy.lib.stride_tricks import sliding_window_view
 
 from edgecnn.export.tflite.builtins import BUILTINS
-from edgecnn.export.tflite.litert import BUILTIN_NAMES, interpreter, quantize_input
+from edgecnn.runtime.backends.tflite import interpreter
+from edgecnn.verify.litert import BUILTIN_NAMES, quantize_input
 
 ADD_LEFT_SHIFT = 20  # TFLite's int8 ADD scales both inputs up by 2**20 first
 
