@@ -111,7 +111,7 @@ class PreflightWarning(UserWarning):
 
 def _check_patterns(model: torch.nn.Module, preprocessing, quant_config) -> None:
     """Every layer pattern of `quant_config` matches a layer of `model` (left unchanged)."""
-    from edgecnn.quant.precision import check_patterns
+    from edgecnn.quant.calibrate import check_patterns
 
     h, w = preprocessing.input_size
     check_patterns(model, torch.zeros(2, preprocessing.channels, h, w), quant_config)

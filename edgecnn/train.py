@@ -15,8 +15,8 @@ from torch import nn
 from edgecnn.config import Preprocessing
 from edgecnn.data import Dataset
 from edgecnn.errors import EdgecnnError
+from edgecnn.preprocess import prepare
 from edgecnn.progress import progress_bar
-from edgecnn.runtime.preprocess import prepare
 
 OPTIMIZERS = ("adamw", "sgd")
 

@@ -8,7 +8,7 @@ import pytest
 from edgecnn.config import Preprocessing
 from edgecnn.data import load, save_npz
 from edgecnn.errors import EdgecnnError
-from edgecnn.runtime.preprocess import prepare
+from edgecnn.preprocess import prepare
 
 
 def write_idx(path, array: np.ndarray, compress: bool = False) -> None:

@@ -19,7 +19,7 @@ from edgecnn.data.preprocessing import (
     choose_preprocessing,
 )
 from edgecnn.errors import EdgecnnError
-from edgecnn.runtime.preprocess import crops, prepare
+from edgecnn.preprocess import crops, prepare
 
 NAMES = tuple(str(i) for i in range(10))
 
@@ -190,7 +190,7 @@ def test_nchw_input_has_canonical_strides_for_one_channel():
     import torch
 
     from edgecnn.config import Preprocessing
-    from edgecnn.runtime.preprocess import normalize
+    from edgecnn.preprocess import normalize
 
     record = Preprocessing(input_size=(8, 8), channels=1, mean=(0.5,), std=(0.5,),
                            class_names=("a", "b"), layout="NCHW")

@@ -96,7 +96,7 @@ def test_training_loader_gives_the_runtimes_crops(tmp_path, workers):
     pytest.importorskip("torch")
     from edgecnn.data.loader import image_loader
     from edgecnn.data.preprocessing import choose_preprocessing
-    from edgecnn.runtime.preprocess import prepare
+    from edgecnn.preprocess import prepare
 
     root = write_folder(tmp_path, 24)
     ds = load(f"imagefolder:{root}", seed=0)

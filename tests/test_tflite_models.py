@@ -37,7 +37,7 @@ from edgecnn.data import load  # noqa: E402
 from edgecnn.export.tflite import convert  # noqa: E402
 from edgecnn.qmath import quantize  # noqa: E402
 from edgecnn.runtime.backends.tflite import interpreter  # noqa: E402
-from edgecnn.runtime.preprocess import prepare  # noqa: E402
+from edgecnn.preprocess import prepare  # noqa: E402
 from edgecnn.runtime.tflite_meta import read_tflite_metadata  # noqa: E402
 from edgecnn.verify.litert import (  # noqa: E402
     delegate_coverage,

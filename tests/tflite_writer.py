@@ -109,7 +109,7 @@ def write_tflite(model: LinearClassifier, path: Path, *, int8: bool = False,
 
 def int8_reference_logits(model: LinearClassifier, images: np.ndarray) -> np.ndarray:
     """What the int8 .tflite computes, in integer numpy: the parity target (1 output step)."""
-    from edgecnn.runtime.preprocess import prepare
+    from edgecnn.preprocess import prepare
 
     in_q, out_q = affine_quant(*model.feature_range), affine_quant(*model.logit_range)
     w_scale = float(np.abs(model.weights).max()) / 127.0

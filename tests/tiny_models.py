@@ -18,7 +18,7 @@ import numpy as np
 
 from edgecnn.config import ArtifactMetadata, Preprocessing, QuantParams
 from edgecnn.data import load
-from edgecnn.runtime.preprocess import prepare
+from edgecnn.preprocess import prepare
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,7 @@ def to_images(images: object, name: str, key: str) -> np.ndarray:
     0..255, or float in [0, 1] (scaled by 255 and rounded). Refuses bool, strings and
     objects, NaN, values out of range, and empty image dimensions.
     """
-    from edgecnn.runtime.preprocess import as_nhwc
+    from edgecnn.preprocess import as_nhwc
 
     x = np.asarray(images)
     if x.ndim not in (3, 4):

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from edgecnn.config import Preprocessing
-from edgecnn.runtime.preprocess import prepare
+from edgecnn.preprocess import prepare
 
 
 class ImageDataset(TorchDataset):

@@ -13,6 +13,7 @@ from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 from edgecnn.errors import EdgecnnError
 from edgecnn.progress import progress_bar
 from edgecnn.quant.graph import quantize_biases
+from edgecnn.quant.precision import select
 from edgecnn.quant.quantizer import (
     TFLiteInt8Quantizer,
     keep_shared_convs_unfolded,
@@ -92,3 +93,13 @@ def ptq(model: nn.Module, example_input: torch.Tensor, x: torch.Tensor, *,
     calibrate(prepared, x, batches=batches, batch_size=batch_size, seed=seed,
               show_progress=show_progress)
     return convert(prepared)
+
+
+def check_patterns(model, example_input, config) -> None:
+    """Capture `model` (eval mode, left unchanged) and check that every pattern of
+    `config` (a QuantConfig) selects a node: the seconds-long check `export --int8` runs
+    before training. Raises EdgecnnError naming the flag (see `select`)."""
+    if not config.keep_float:
+        return
+    gm = capture(model, example_input, train=False)
+    select(gm, config.keep_float, "--keep-float")

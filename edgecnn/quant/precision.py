@@ -21,7 +21,6 @@ DEQUANTIZE and a QUANTIZE (`export.tflite.passes.islands`).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
 from torch.fx import GraphModule, Node
@@ -37,21 +36,10 @@ from edgecnn.quant.annotators import (
     fuse_activation,
     sole_user,
 )
+from edgecnn.quant.spec import compile_patterns
 
 WEIGHTED = CONV_OPS + LINEAR_OPS
 SHOWN = 12  # layer names listed in the error for a pattern that matches nothing
-
-
-def compile_patterns(patterns: Iterable[str], flag: str) -> list[re.Pattern]:
-    """The patterns compiled; raises EdgecnnError naming `flag` and the bad pattern."""
-    compiled = []
-    for pattern in patterns:
-        try:
-            compiled.append(re.compile(pattern))
-        except re.error as exc:
-            raise EdgecnnError(f"{flag} {pattern!r} is not a regular expression: {exc}") \
-                from None
-    return compiled
 
 
 def node_names(node: Node) -> list[str]:
@@ -153,15 +141,3 @@ def float_layers(gm: GraphModule) -> list[str]:
 def int8_layers(gm: GraphModule) -> list[str]:
     """The conv / linear layers of a converted program with quantized weights."""
     return _weighted_layers(gm, quantized=True)
-
-
-def check_patterns(model, example_input, config) -> None:
-    """Capture `model` (eval mode, left unchanged) and check that every pattern of
-    `config` (a QuantConfig) selects a node: the seconds-long check `export --int8` runs
-    before training. Raises EdgecnnError naming the flag (see `select`)."""
-    if not config.keep_float:
-        return
-    from edgecnn.quant.calibrate import capture
-
-    gm = capture(model, example_input, train=False)
-    select(gm, config.keep_float, "--keep-float")

@@ -16,6 +16,8 @@ emitted as uint8 activations (the same grid shifted by 128) without retraining.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +50,18 @@ ACTIVATION_DTYPES = {
 
 
 
+def compile_patterns(patterns: Iterable[str], flag: str) -> list[re.Pattern]:
+    """The patterns compiled; raises EdgecnnError naming `flag` and the bad pattern."""
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as exc:
+            raise EdgecnnError(f"{flag} {pattern!r} is not a regular expression: {exc}") \
+                from None
+    return compiled
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     """What the quantizer emits; the defaults are the TFLite int8 spec.
@@ -70,8 +84,6 @@ class QuantConfig:
     keep_float: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        from edgecnn.quant.precision import compile_patterns
-
         object.__setattr__(self, "keep_float", tuple(self.keep_float))
         compile_patterns(self.keep_float, "--keep-float")
         if self.observer not in OBSERVERS:

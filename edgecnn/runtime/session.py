@@ -22,9 +22,9 @@ import numpy as np
 
 from edgecnn.config import ArtifactMetadata, Preprocessing, QuantParams
 from edgecnn.errors import EdgecnnError
+from edgecnn.preprocess import prepare
 from edgecnn.qmath import dequantize, quantize
 from edgecnn.runtime.metadata import require_record
-from edgecnn.runtime.preprocess import prepare
 from edgecnn.util import require_file
 
 

@@ -145,7 +145,7 @@ def run_inspect(reference: Path, candidate: Path, data: str, *, images: int = 32
     order). Raises EdgecnnError naming the file or flag at fault.
     """
     from edgecnn.data import load
-    from edgecnn.runtime.preprocess import prepare
+    from edgecnn.preprocess import prepare
 
     if images < 1:
         raise ParameterError("images", f"must be at least 1, got {images}")
