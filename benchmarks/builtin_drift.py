@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("builtin_drift.md"))
     args = parser.parse_args()
     directory = args.cache / args.model / args.method
-    _, metadata = quant.load(directory / "quantized")
+    _, metadata = quant.load_program(directory / "quantized")
     data = load("digits")
     x, _ = to_tensors(data.val_images[:args.images], data.val_labels[:args.images],
                       metadata.preprocessing)

@@ -31,7 +31,7 @@ import torch
 
 from edgecnn.config import Preprocessing
 from edgecnn.data.photos import normalize, random_crops, sample_photos
-from edgecnn.export.onnx import export_int8
+from edgecnn.export.onnx import export_qdq
 from edgecnn.export.tflite import convert
 from edgecnn.fidelity.agreement import agreement, differences, first_difference
 from edgecnn.fidelity.integer_reference import (
@@ -102,8 +102,8 @@ def measure(calib: int, images: int, workdir: Path) -> dict:
     program = quantize(model, calib_x[:2], "ptq", train_data=calib_x,
                        calib_batches=max(1, calib // 16), batch_size=16)
     pre = Preprocessing((224, 224), 3, MEAN, STD, tuple(str(i) for i in range(1000)))
-    shipped = export_int8(program, pre, workdir / "model_int8.onnx")
-    canonical = export_int8(program, pre, workdir / "model_int8_s8.onnx", activations="int8",
+    shipped = export_qdq(program, pre, workdir / "model_int8.onnx")
+    canonical = export_qdq(program, pre, workdir / "model_int8_s8.onnx", activations="int8",
                             pad_channels=1)
     tflite = convert(shipped, workdir / "model_int8.tflite")
     keys = quantized_keys(canonical)

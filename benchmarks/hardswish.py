@@ -96,7 +96,7 @@ def latency_rows(out: Path, runs: int) -> dict:
         converted = quant.quantize(model, calib[:2], "ptq", train_data=calib, calib_batches=2,
                                    batch_size=8)
         onnx_export.export_fp32(model, record, directory / "fp32.onnx")
-        onnx_export.export_int8(converted, record, directory / "int8.onnx")
+        onnx_export.export_qdq(converted, record, directory / "int8.onnx")
         files = [convert(directory / "fp32.onnx", directory / "fp32.tflite"),
                  convert_before(directory / "int8.onnx", directory / "int8_hard_swish.tflite"),
                  convert(directory / "int8.onnx", directory / "int8_chain.tflite")]

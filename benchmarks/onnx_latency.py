@@ -68,9 +68,9 @@ def main() -> None:
         tmp = Path(tmp)
         paths = {"fp32": onnx_export.export_fp32(model, record, tmp / "fp32.onnx")}
         for act in onnx_export.ACTIVATION_TYPES:
-            paths[f"edgecnn int8 ({act} activations)"] = onnx_export.export_int8(
+            paths[f"edgecnn int8 ({act} activations)"] = onnx_export.export_qdq(
                 converted, record, tmp / f"int8_{act}.onnx", activations=act)
-        paths["edgecnn int8 (uint8 activations, 3-channel stem)"] = onnx_export.export_int8(
+        paths["edgecnn int8 (uint8 activations, 3-channel stem)"] = onnx_export.export_qdq(
             converted, record, tmp / "int8_unpadded.onnx", pad_channels=1)
         paths.update(quantize_static_variants(paths["fp32"], calib.numpy(), tmp))
         results = medians(paths, args.runs)

@@ -35,7 +35,7 @@ import torch
 
 from edgecnn.config import Preprocessing
 from edgecnn.data.photos import normalize, random_crops, sample_photos
-from edgecnn.export.onnx import export_fp32, export_int8
+from edgecnn.export.onnx import export_fp32, export_qdq
 from edgecnn.export.tflite import convert
 from edgecnn.models import create_model
 from edgecnn.models.pretrained import load_pretrained_file
@@ -68,7 +68,7 @@ def imagenet_part(work: Path) -> dict:
     out = work / "imagenet"
     out.mkdir(parents=True, exist_ok=True)
     fp32_onnx = export_fp32(model, pre, out / "model_fp32.onnx", model_name="efficientnet_lite0")
-    int8_onnx = export_int8(program, pre, out / "model_int8.onnx")
+    int8_onnx = export_qdq(program, pre, out / "model_int8.onnx")
     files = [fp32_onnx, int8_onnx, convert(fp32_onnx, out / "model_fp32.tflite", io="float"),
              convert(int8_onnx, out / "model_int8.tflite")]
     logits = {}

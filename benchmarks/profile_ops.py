@@ -65,7 +65,7 @@ def make_files(name: str, directory: Path) -> dict[str, Path]:
     converted = quant.quantize(model, calib[:2], "ptq", train_data=calib, calib_batches=2,
                                batch_size=8)
     onnx_export.export_fp32(model, record, files["fp32.onnx"])
-    onnx_export.export_int8(converted, record, files["int8.onnx"])
+    onnx_export.export_qdq(converted, record, files["int8.onnx"])
     for precision in ("fp32", "int8"):
         convert(files[f"{precision}.onnx"], files[f"{precision}.tflite"])
     return files

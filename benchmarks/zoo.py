@@ -123,7 +123,7 @@ def parity_row(name: str, cache: Path) -> dict:
     data = load("digits")
     row = {}
     for method in ("ptq", "qat"):
-        program, metadata = quant.load(cache / name / method / "quantized")
+        program, metadata = quant.load_program(cache / name / method / "quantized")
         x, _ = to_tensors(data.val_images, data.val_labels, metadata.preprocessing)
         with torch.no_grad():
             fake_quant = program.module()(x).numpy()
@@ -180,7 +180,7 @@ def latency_row(name: str, cache: Path, runs: int) -> dict:
         converted = quant.quantize(model, calib[:2], "ptq", train_data=calib, calib_batches=2,
                                    batch_size=8)
         onnx_export.export_fp32(model, record, files["fp32.onnx"])
-        onnx_export.export_int8(converted, record, files["int8.onnx"])
+        onnx_export.export_qdq(converted, record, files["int8.onnx"])
         quantize_static_qdq(files["fp32.onnx"], calib.numpy(), files["static.onnx"], record)
     row = {}
     for precision in ("fp32", "int8"):  # converted on every run: the conversion time is a figure

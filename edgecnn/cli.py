@@ -657,7 +657,8 @@ def export_command(
     interpolation: Interpolation = "bilinear",
     ptq: Annotated[bool, typer.Option("--ptq", help="Post-training quantization "
                                       "instead of QAT.")] = False,
-    qat_epochs: Annotated[int, typer.Option(help="QAT fine-tuning epochs.")] = 3,
+    qat_epochs: Annotated[int | None, typer.Option(help="QAT fine-tuning epochs (not with "
+                                                   "--ptq).", show_default="3")] = None,
     epochs: Annotated[int | None, typer.Option(
         help="fp32 training epochs when no --checkpoint is given.", show_default="6")] = None,
     max_drop: Annotated[float, typer.Option(help="Allowed int8 top-1 drop, "
@@ -689,6 +690,8 @@ def export_command(
     backbone_lr_factor: BackboneLrFactor = 0.1,
 ) -> None:
     """Export artifacts; with --int8, the one command from model to validated int8 files."""
+    if ptq and qat_epochs is not None:
+        raise EdgecnnError("--qat-epochs applies to QAT; --ptq calibrates without training")
     check_all(qat_epochs=qat_epochs, epochs=epochs, max_drop=max_drop,
               min_agreement=min_agreement, input_size=input_size,
               backbone_lr_factor=backbone_lr_factor)
@@ -703,6 +706,8 @@ def export_command(
     if int8:
         from dataclasses import replace
 
+        from edgecnn.quant.qat import QATConfig
+
         weights, options = _starting_point(pretrained, drop_background, padding, bn_eps,
                                            epochs, freeze_epochs)
         if checkpoint is not None and (weights is not None or options or preprocess):
@@ -713,7 +718,8 @@ def export_command(
                                backbone_lr_factor=backbone_lr_factor)
         report = pipeline.export_int8(
             model, data=data, checkpoint=checkpoint, method="ptq" if ptq else "qat",
-            qat_epochs=qat_epochs, train_epochs=epochs, formats=fmts, max_drop=max_drop,
+            qat_epochs=QATConfig.epochs if qat_epochs is None else qat_epochs,
+            train_epochs=epochs, formats=fmts, max_drop=max_drop,
             min_agreement=min_agreement, io=io, input_size=input_size, out=out_dir, force=force,
             onnx_activations=onnx_activations, keep_float=tuple(keep_float or ()),
             fallback=fallback, pretrained=weights, model_options=options,
@@ -811,9 +817,12 @@ def quantize_command(
     data: Annotated[str | None, typer.Option(help="Data spec [default: the checkpoint's].")
                     ] = None,
     method: Annotated[str, typer.Option(help="qat (fine-tune) | ptq (calibrate only).")] = "qat",
-    epochs: Annotated[int, typer.Option(help="QAT fine-tuning epochs.")] = 3,
-    lr: Annotated[float, typer.Option(help="QAT peak learning rate (cosine schedule).")] = 3e-5,
-    calib_batches: Annotated[int, typer.Option(help="PTQ calibration batches.")] = 32,
+    epochs: Annotated[int | None, typer.Option(help="QAT fine-tuning epochs.",
+                                               show_default="3")] = None,
+    lr: Annotated[float | None, typer.Option(help="QAT peak learning rate (cosine schedule).",
+                                             show_default="3e-05")] = None,
+    calib_batches: Annotated[int | None, typer.Option(help="PTQ calibration batches.",
+                                                      show_default="32")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size (QAT and calibration).")] = 64,
     observer: Annotated[str, typer.Option(help="PTQ activation observer: minmax | "
                                                "moving_average | histogram.")] = "minmax",
@@ -823,6 +832,18 @@ def quantize_command(
         "--keep-float", help=KEEP_FLOAT_HELP)] = None,
 ) -> None:
     """int8-quantize an fp32 checkpoint (TFLite spec); writes the Q/DQ program and metrics."""
+    given = {"--epochs": epochs, "--lr": lr} if method == "ptq" else \
+        {"--calib-batches": calib_batches} if method == "qat" else {}
+    misplaced = [flag for flag, value in given.items() if value is not None]
+    if misplaced:
+        raise EdgecnnError(f"{' and '.join(misplaced)} {'does' if len(misplaced) == 1 else 'do'}"
+                           f" not apply to --method {method} "
+                           f"({'QAT' if method == 'ptq' else 'PTQ'} only)")
+    from edgecnn.quant.qat import QATConfig
+
+    epochs = QATConfig.epochs if epochs is None else epochs
+    lr = QATConfig.lr if lr is None else lr
+    calib_batches = 32 if calib_batches is None else calib_batches
     check_all(epochs=epochs, lr=lr, calib_batches=calib_batches, batch_size=batch_size)
     from edgecnn.util import check_writable_dir
 
@@ -831,7 +852,6 @@ def quantize_command(
 
         check_spec(data)
     check_writable_dir(out_dir, "--out")
-    from edgecnn.quant.qat import QATConfig
     from edgecnn.quant.run import quantize_checkpoint, training_seed
     from edgecnn.quant.spec import QuantConfig
 

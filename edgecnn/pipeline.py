@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from edgecnn import __version__
+from edgecnn import __version__, progress
 from edgecnn.checkpoint import ModelConfig, load_checkpoint, read_config, save_checkpoint
 from edgecnn.data import load
 from edgecnn.errors import EdgecnnError, ParameterError
@@ -132,42 +132,46 @@ def _preflight(model: torch.nn.Module, preprocessing, formats: tuple[str, ...], 
         model.load_state_dict(state)  # the seeded initial weights, untouched
 
 
-def export_onnx(checkpoint: Path, out_dir: Path, *, model_name: str | None = None,
-                quantized: Path | None = None, activations: str | None = None) -> Path:
-    """Write `model_fp32.onnx` from a checkpoint, or `model_int8.onnx` from a quantized dir."""
-    from edgecnn.export import onnx as onnx_export
-
-    model, config = load_checkpoint(Path(checkpoint), model_name)
-    out_dir = Path(out_dir)
-    if quantized is None:
-        return onnx_export.export_fp32(model, config.preprocessing, out_dir / "model_fp32.onnx",
-                                       model_name=config.model)
-    from edgecnn import quant
-
-    program, metadata = quant.load(Path(quantized))
-    return onnx_export.export_int8(program, metadata.preprocessing, out_dir / "model_int8.onnx",
-                                   model_name=config.model,
-                                   activations=activations or onnx_export.DEFAULT_ACTIVATIONS)
+def check_formats(formats: tuple[str, ...]) -> None:
+    """Raises ParameterError unless `formats` is a non-empty selection of FORMATS."""
+    if not formats or set(formats) - set(FORMATS):
+        raise ParameterError("formats", f"{','.join(formats)}: supported are "
+                             f"{', '.join(FORMATS)}")
 
 
 def export_artifacts(checkpoint: Path, out_dir: Path, *, model_name: str | None = None,
                      formats: tuple[str, ...] = ("onnx",), quantized: Path | None = None,
                      io: str = "int8", activations: str | None = None) -> list[Path]:
-    """fp32 (or, with `quantized`, int8) artifacts in `formats`; TFLite goes through ONNX."""
-    unknown = set(formats) - set(FORMATS)
-    if unknown or not formats:
-        raise ParameterError("formats", f"{','.join(formats)}: supported are "
-                             f"{', '.join(FORMATS)}")
-    onnx_path = export_onnx(checkpoint, out_dir, model_name=model_name, quantized=quantized,
-                            activations=activations)
-    written = [onnx_path] if "onnx" in formats else []
+    """fp32 artifacts from a checkpoint, or with `quantized` (a quantized directory) int8
+    ones, in `formats`: `model_{fp32,int8}.onnx` / `.tflite` in `out_dir`. The int8
+    .onnx is the onnxruntime variant of the canonical QDQ model, the .tflite is
+    converted from the canonical one (in memory: a TFLite-only export writes no ONNX)."""
+    from edgecnn.export import onnx as onnx_export
+
+    check_formats(formats)
+    model, config = load_checkpoint(Path(checkpoint), model_name)
+    out_dir = Path(out_dir)
+    if quantized is None:
+        precision, proto = "fp32", onnx_export.fp32_model(model, config.preprocessing,
+                                                          model_name=config.model)
+        shipped = proto
+    else:
+        from edgecnn import quant
+
+        program, metadata = quant.load_program(Path(quantized))
+        precision, proto = "int8", onnx_export.qdq_model(program, metadata.preprocessing,
+                                                         model_name=config.model)
+        shipped = onnx_export.onnxruntime_variant(
+            proto, activations=activations or onnx_export.DEFAULT_ACTIVATIONS)
+    stem = out_dir / f"model_{precision}"
+    written = []
+    if "onnx" in formats:
+        written.append(onnx_export.save(shipped, stem.with_suffix(".onnx")))
     if "tflite" in formats:
         from edgecnn.export.tflite import convert
 
-        written.append(convert(onnx_path, onnx_path.with_suffix(".tflite"),
+        written.append(convert(proto, stem.with_suffix(".tflite"),
                                io=io if quantized else "float"))
-    if "onnx" not in formats:
-        onnx_path.unlink()
     return written
 
 
@@ -260,10 +264,7 @@ def _check_arguments(model: str, data: str, checkpoint: Path | None, method: str
     from edgecnn.models.registry import resolve_factory
     from edgecnn.quant import METHODS
 
-    unknown = set(formats) - set(FORMATS)
-    if unknown or not formats:
-        raise ParameterError("formats", f"{','.join(formats)}: supported are "
-                             f"{', '.join(FORMATS)}")
+    check_formats(formats)
     if io not in IO_MODES:
         raise ParameterError("io", f"must be one of {', '.join(IO_MODES)}, got {io!r}")
     if onnx_activations is not None and onnx_activations not in ACTIVATION_TYPES:
@@ -322,17 +323,11 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
     stages: dict[str, dict] = {}
 
     def run_stage(stage: _Stage, fn) -> None:
-        start = time.perf_counter()
-        if not stage.fresh:
-            stage.start()
-            fn()
-            stage.done()
-        stages[stage.name] = {"seconds": round(time.perf_counter() - start, 2),
-                              "reused": stage.fresh}
-        if show_progress:
-            reused = " [dim](reused)[/dim]" if stage.fresh else ""
-            console.print(f"[green]✓[/green] {stage.name}{reused} "
-                          f"[dim]({stages[stage.name]['seconds']:.1f}s)[/dim]")
+        with progress.stage(stage.name, show_progress, stages, reused=stage.fresh):
+            if not stage.fresh:
+                stage.start()
+                fn()
+                stage.done()
 
     # 1. the fp32 reference
     ckpt_dir = out / "checkpoint"
@@ -389,38 +384,27 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
     from edgecnn.runtime.bench import BenchConfig, run_bench
     from edgecnn.runtime.validate import Bounds, run_validate
 
-    start = time.perf_counter()
     ordered = list(paths.values())
     reference = ordered[0]
     seed = training_seed(ckpt_dir)
     bounds = Bounds(max_drop=max_drop, min_agreement=min_agreement)
-    validation = run_validate(reference, ordered[1:], data, bounds, seed=seed)
-    stages["validate"] = {"seconds": round(time.perf_counter() - start, 2)}
-    if show_progress:
-        console.print(f"[green]✓[/green] validate [dim]({stages['validate']['seconds']:.1f}s)"
-                      "[/dim]")
+    with progress.stage("validate", show_progress, stages):
+        validation = run_validate(reference, ordered[1:], data, bounds, seed=seed)
     fallback_record = None
     if fallback != "none":
-        start = time.perf_counter()
-        quant_metrics, validation, fallback_record = _fall_back(
-            fallback, quant_config, quant_metrics, validation, quantize_and_export,
-            lambda: run_validate(reference, ordered[1:], data, bounds, seed=seed),
-            reference, ordered, data, seed, max_drop, bench_runs, io, show_progress)
-        stages["fallback"] = {"seconds": round(time.perf_counter() - start, 2)}
-    start = time.perf_counter()
+        with progress.stage("fallback", False, stages):  # its steps print their own lines
+            quant_metrics, validation, fallback_record = _fall_back(
+                fallback, quant_config, quant_metrics, validation, quantize_and_export,
+                lambda: run_validate(reference, ordered[1:], data, bounds, seed=seed),
+                reference, ordered, data, seed, max_drop, bench_runs, io, show_progress)
     threads = tuple(sorted({1, os.cpu_count() or 1}))
-    bench = run_bench(ordered, BenchConfig(threads=threads, runs=bench_runs), progress=False)
-    stages["bench"] = {"seconds": round(time.perf_counter() - start, 2)}
-    if show_progress:
-        console.print(f"[green]✓[/green] bench [dim]({stages['bench']['seconds']:.1f}s)[/dim]")
+    with progress.stage("bench", show_progress, stages):
+        bench = run_bench(ordered, BenchConfig(threads=threads, runs=bench_runs), progress=False)
 
     from edgecnn.verify.inspect import inspect_for_report  # where the int8 error comes from
 
-    start = time.perf_counter()
-    inspection = inspect_for_report(reference, ordered[1:], data, out, seed=seed)
-    stages["inspect"] = {"seconds": round(time.perf_counter() - start, 2)}
-    if show_progress:
-        console.print(f"[green]✓[/green] inspect [dim]({stages['inspect']['seconds']:.1f}s)[/dim]")
+    with progress.stage("inspect", show_progress, stages):
+        inspection = inspect_for_report(reference, ordered[1:], data, out, seed=seed)
     manifest_files = [*ordered, *sidecars, quant_dir / "model_int8.pt2",
                       ckpt_dir / "checkpoint.pt", out / "preprocessing.json"]
     report = Report({**_report_data(model, data, method, max_drop, config, quant_metrics,

@@ -41,7 +41,7 @@ def check_exportable(model: nn.Module, preprocessing: Preprocessing, *,
             warnings.simplefilter("ignore")
             converted = quant.quantize(model.eval(), x[:2], "ptq", train_data=x, config=config,
                                        calib_batches=1, batch_size=8)
-            path = onnx_export.export_int8(converted, preprocessing, Path(tmp) / "model.onnx")
+            path = onnx_export.export_qdq(converted, preprocessing, Path(tmp) / "model.onnx")
             if "tflite" in formats:
                 from edgecnn.export.tflite import to_flatbuffer
 

@@ -34,9 +34,15 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
 
 
 @contextlib.contextmanager
-def stage(name: str, enabled: bool = True) -> Iterator[None]:
-    """One status line per pipeline stage, with its time."""
+def stage(name: str, enabled: bool = True, times: dict | None = None,
+          reused: bool | None = None) -> Iterator[None]:
+    """Time a pipeline stage: one "✓ name (s)" status line when `enabled`, and
+    `times[name] = {"seconds": s}` (with "reused" when given) for the report."""
     start = time.perf_counter()
     yield
+    seconds = round(time.perf_counter() - start, 2)
+    if times is not None:
+        times[name] = {"seconds": seconds, **({} if reused is None else {"reused": reused})}
     if enabled:
-        console.print(f"[green]✓[/green] {name} [dim]({time.perf_counter() - start:.1f}s)[/dim]")
+        note = " [dim](reused)[/dim]" if reused else ""
+        console.print(f"[green]✓[/green] {name}{note} [dim]({seconds:.1f}s)[/dim]")

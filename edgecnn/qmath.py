@@ -70,11 +70,12 @@ def quantize_symmetric(data: np.ndarray, axis: int | None) -> tuple[np.ndarray, 
     return q, scale
 
 
-def quantize(x: np.ndarray, scale: float, zero_point: int, dtype=np.int8) -> np.ndarray:
-    """real -> integer, as TFLite's QUANTIZE reference kernel: round(x / scale) + zero_point,
-    the division in float32, ties away from zero (`TfLiteRound`, i.e. std::round), saturated
-    to `dtype`'s range. Every float tensor fed to an integer input goes through this one
-    function (sessions, the converter's parity helpers, inspect, the tests).
+def affine_quantize(x: np.ndarray, scale: float, zero_point: int, dtype=np.int8) -> np.ndarray:
+    """real -> integer, as TFLite's QUANTIZE reference kernel (`AffineQuantize`):
+    round(x / scale) + zero_point, the division in float32, ties away from zero
+    (`TfLiteRound`, i.e. std::round), saturated to `dtype`'s range. Every float tensor
+    fed to an integer input goes through this one function (sessions, the converter's
+    parity helpers, inspect, the tests).
 
     onnxruntime's QuantizeLinear and XNNPACK round ties to even; the two differ only
     where x / scale is exactly k + 0.5, and then by one step.
@@ -85,6 +86,6 @@ def quantize(x: np.ndarray, scale: float, zero_point: int, dtype=np.int8) -> np.
     return np.clip(q, info.min, info.max).astype(dtype)
 
 
-def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+def affine_dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     """integer -> real: scale x (q - zero_point), float32."""
     return np.float32(scale) * (np.asarray(q).astype(np.float32) - np.float32(zero_point))

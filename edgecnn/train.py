@@ -32,7 +32,7 @@ class TrainConfig:
     `epochs=0` trains nothing (pretrained weights used as they are).
     """
 
-    epochs: int = 10
+    epochs: int = 15
     batch_size: int = 64
     lr: float = 2e-3
     optimizer: str = "adamw"

@@ -149,7 +149,7 @@ def dsc_reference(reference_checkpoint, digits, tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx")
     paths = {"fp32": onnx_export.export_fp32(model, config.preprocessing, out / "fp32.onnx")}
     for act in onnx_export.ACTIVATION_TYPES:
-        paths[act] = onnx_export.export_int8(converted, config.preprocessing,
+        paths[act] = onnx_export.export_qdq(converted, config.preprocessing,
                                              out / f"int8_{act}.onnx", activations=act)
     return model, converted, config, vx, vy, paths
 

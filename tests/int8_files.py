@@ -47,7 +47,7 @@ class Int8Files:
                 self.fp32 = model(x).numpy()
                 self.fake_quant = self.converted(x).numpy()
             classes = self.fp32.shape[1]
-            self.onnx = onnx_export.export_int8(self.converted, preprocessing(x, classes),
+            self.onnx = onnx_export.export_qdq(self.converted, preprocessing(x, classes),
                                                 out / "model_int8.onnx")
             self.tflite = convert(self.onnx, out / "model_int8.tflite")
         session = ort.InferenceSession(str(self.onnx), providers=["CPUExecutionProvider"])

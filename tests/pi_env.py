@@ -185,7 +185,7 @@ def run_pi_edgecnn(args: Sequence[str], cwd: Path | None = None,
 RUNNER = r'''
 import json, sys
 import numpy as np
-from edgecnn.qmath import quantize
+from edgecnn.qmath import affine_quantize
 from edgecnn.runtime.backends.tflite import interpreter
 
 jobs = json.load(open(sys.argv[1]))
@@ -198,7 +198,7 @@ for job in jobs:
             for detail, x in zip(it.get_input_details(), samples):
                 x = x[i]
                 if np.issubdtype(detail["dtype"], np.integer):
-                    x = quantize(x, *detail["quantization"], detail["dtype"])
+                    x = affine_quantize(x, *detail["quantization"], detail["dtype"])
                 it.set_tensor(detail["index"], x.astype(detail["dtype"]))
             it.invoke()
             outputs.append(it.get_tensor(out["index"]))

@@ -112,7 +112,7 @@ def build_planted(directory: Path, *, epochs: int = 3, lr: float = 1e-2, factor:
     program = quant.quantize(model, x[:2], "ptq", train_data=x, calib_batches=calib_batches)
     paths = {"fp32.onnx": onnx_export.export_fp32(model, preprocessing,
                                                   directory / "model_fp32.onnx"),
-             "int8.onnx": onnx_export.export_int8(program, preprocessing,
+             "int8.onnx": onnx_export.export_qdq(program, preprocessing,
                                                   directory / "model_int8.onnx")}
     paths["fp32.tflite"] = convert(paths["fp32.onnx"], directory / "model_fp32.tflite",
                                    io="float")

@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from edgecnn.qmath import quantize
+from edgecnn.qmath import affine_quantize
 from edgecnn.runtime.backends.tflite import interpreter
 from edgecnn.verify.litert import quantize_input
 
@@ -81,6 +81,6 @@ def steps_off(model: onnx.ModelProto, data: bytes, x: np.ndarray, *,
         y = it.get_tensor(out["index"]).astype(np.int32)
         y = y.transpose(0, 3, 1, 2) if y.ndim == 4 else y
         scale, zero = out["quantization"]
-        expected = quantize(ref, scale, zero)
+        expected = affine_quantize(ref, scale, zero)
         worst = max(worst, int(np.abs(y - expected).max()))
     return worst

@@ -50,6 +50,13 @@ def test_train_is_deterministic_and_writes_its_files(tmp_path):
     (["train", "dsc_net", "--data", "mnist:/no/such/dir"], "directory not found: /no/such/dir"),
     (["train", "dsc_net", "--data", "npz:/no/such.npz"], "file not found: /no/such.npz"),
     (["train", "dsc_net", "--optimizer", "lion"], "unknown optimizer 'lion'"),
+    # a flag of the other method is an error, not silently dropped
+    (["export", "--int8", "dsc_net", "--ptq", "--qat-epochs", "2"],
+     "--qat-epochs applies to QAT; --ptq calibrates without training"),
+    (["quantize", "dsc_net", "--checkpoint", "ck", "--out", "q", "--method", "ptq", "--epochs",
+      "2", "--lr", "1e-4"], "--epochs and --lr do not apply to --method ptq (QAT only)"),
+    (["quantize", "dsc_net", "--checkpoint", "ck", "--out", "q", "--calib-batches", "8"],
+     "--calib-batches does not apply to --method qat (PTQ only)"),
 ])
 def test_errors_are_one_line_and_exit_2(args, message):
     result = edgecnn(*args)
@@ -59,19 +66,30 @@ def test_errors_are_one_line_and_exit_2(args, message):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_quantize_defaults_are_the_qat_config_defaults():
+def test_cli_defaults_are_the_config_defaults():
     """The CLI spells its defaults out (it must import without torch); they must not drift
-    from the Python API's."""
+    from the Python API's: `train` from TrainConfig, `quantize` from QATConfig (its
+    method-specific flags default to None and show the config's value)."""
     import inspect
 
     pytest.importorskip("torch")
-    from edgecnn.cli import quantize_command
-    from edgecnn.quant.qat import QATConfig
+    import typer
 
-    parameters = inspect.signature(quantize_command).parameters
-    defaults = {name: p.default for name, p in parameters.items()}
-    for name in ("epochs", "lr", "batch_size"):
-        assert defaults[name] == getattr(QATConfig(), name), name
+    from edgecnn.cli import app, quantize_command, train_command
+    from edgecnn.quant.qat import QATConfig
+    from edgecnn.train import TrainConfig
+
+    train = {name: p.default for name, p in inspect.signature(train_command).parameters.items()}
+    for name in ("epochs", "batch_size", "lr", "optimizer", "label_smoothing", "seed",
+                 "freeze_epochs", "backbone_lr_factor"):
+        assert train[name] == getattr(TrainConfig(), name), name
+    quantize = {name: p.default for name, p in
+                inspect.signature(quantize_command).parameters.items()}
+    assert quantize["batch_size"] == QATConfig().batch_size
+    shown = {p.name: p.show_default for p in
+             typer.main.get_command(app).commands["quantize"].params}
+    for name in ("epochs", "lr"):
+        assert quantize[name] is None and float(shown[name]) == getattr(QATConfig(), name)
 
 
 def test_the_export_summary_fits_an_80_column_terminal():

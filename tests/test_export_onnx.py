@@ -79,7 +79,7 @@ def test_padded_input_channels_are_exact_and_undone_for_tflite(dsc_reference, tm
     from edgecnn.export.onnx_passes import PAD_NODE, unpad_input_channels
 
     _, converted, config, vx, _, paths = dsc_reference
-    plain = onnx_export.export_int8(converted, config.preprocessing, tmp_path / "plain.onnx",
+    plain = onnx_export.export_qdq(converted, config.preprocessing, tmp_path / "plain.onnx",
                                     pad_channels=1)
     padded = onnx.load(str(paths["uint8"]))
     (pad,) = [n for n in padded.graph.node if n.op_type == "Pad"]
@@ -130,7 +130,7 @@ def test_every_conv_and_gemm_runs_as_an_integer_kernel(name, tmp_path):
     converted = quant.quantize(model, x[:2], "ptq", train_data=x, calib_batches=1,
                                batch_size=8)
     record = Preprocessing((32, 32), 3, (0.5,) * 3, (0.25,) * 3, tuple("abcdefghij"))
-    path = onnx_export.export_int8(converted, record, tmp_path / "m.onnx")
+    path = onnx_export.export_qdq(converted, record, tmp_path / "m.onnx")
     counts = onnx_export.runtime_op_counts(path, tmp_path / "m.opt.onnx")
     graph_convs = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
     integer = sum(counts[k] for k in INTEGER_KERNELS)

@@ -97,7 +97,7 @@ def runtimes(lite0, crops, tmp_path_factory):
     ONNX), LiteRT XNNPACK and LiteRT builtin, on the 8 evaluation crops."""
     pytest.importorskip("ai_edge_litert")
     from edgecnn.config import Preprocessing
-    from edgecnn.export.onnx import export_int8
+    from edgecnn.export.onnx import export_qdq
     from edgecnn.export.tflite import convert
     from edgecnn.fidelity.integer_reference import units
     from edgecnn.fidelity.tensors import (
@@ -115,7 +115,7 @@ def runtimes(lite0, crops, tmp_path_factory):
                        batch_size=16)
     out = tmp_path_factory.mktemp("lite0")
     pre = Preprocessing((224, 224), 3, MEAN, STD, tuple(str(i) for i in range(1000)))
-    onnx_path = export_int8(program, pre, out / "model_int8.onnx")
+    onnx_path = export_qdq(program, pre, out / "model_int8.onnx")
     tflite = convert(onnx_path, out / "model_int8.tflite")
     keys = quantized_keys(onnx_path)
     tensors = {"fq": torch_tensors(program, x, keys), "ort": onnx_tensors(onnx_path, x),

@@ -189,7 +189,7 @@ def test_saved_program_holds_no_more_than_one_sample_batch(name: str, tmp_path: 
     converted = quant.quantize(model, x[:2], "ptq", train_data=x, calib_batches=1,
                                batch_size=8)
     meta = ArtifactMetadata(preprocessing(x, 10), model=name, precision="int8")
-    path = quant.save(tmp_path, converted, meta, example_input=x[:2])
+    path = quant.save_program(tmp_path, converted, meta, example_input=x[:2])
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     sample = x[:2].numel() * x.element_size()
     with zipfile.ZipFile(path) as archive:

@@ -276,7 +276,7 @@ def test_keep_float_under_qat_folds_the_float_layers_bn(tmp_path):
                              config=QuantConfig(keep_float=(r"head\.0", r"block\.proj")))
     assert float_layers(program) == ["block.proj", "head.0"]
     record = Preprocessing((32, 32), 1, (0.0,), (1.0,), tuple("0123456789"))
-    path = onnx_export.export_int8(program, record, tmp_path / "m.onnx")
+    path = onnx_export.export_qdq(program, record, tmp_path / "m.onnx")
     assert not any(n.op_type.startswith("BatchNorm") for n in onnx.load(str(path)).graph.node)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -183,6 +183,13 @@ def test_background_row_of_a_1001_logit_head_is_dropped(torchvision_net) -> None
     assert record.head == "background dropped"
     assert torch.equal(mapped["classifier.fc.bias"], state["classifier.1.bias"][1:])
     assert torch.equal(mapped["classifier.fc.weight"], state["classifier.1.weight"][1:])
+    # asked for where there is no background row: said, not silently ignored
+    mapped, record = map_state_dict(create_model("mobilenet_v2", num_classes=10),
+                                    state, model_name="mobilenet_v2", drop_background=True)
+    assert record.head == "replaced"
+    assert record.head_note.endswith("drop_background had nothing to drop: the weights' "
+                                     "classifier does not have exactly one class more than "
+                                     "the model")
 
 
 def test_unknown_names_map_by_order_with_a_summary(torchvision_net) -> None:
@@ -405,7 +412,7 @@ def test_lite0_tf_same_reproduces_the_source_logits_and_exports_without_pad(
     lite = pytest.importorskip("efficientnet_lite_pytorch",
                                reason="efficientnet-lite-pytorch not installed")
     from edgecnn.config import Preprocessing
-    from edgecnn.export.onnx import export_int8
+    from edgecnn.export.onnx import export_qdq
     from edgecnn.export.tflite import convert
     from edgecnn.models.pretrained import load_pretrained_file
     from edgecnn.quant import quantize
@@ -428,7 +435,7 @@ def test_lite0_tf_same_reproduces_the_source_logits_and_exports_without_pad(
     program = quantize(model, calib[:2], "ptq", train_data=calib, calib_batches=1,
                        batch_size=8)
     pre = Preprocessing((224, 224), 3, MEAN, STD, tuple(str(i) for i in range(1000)))
-    onnx_path = export_int8(program, pre, tmp_path / "model_int8.onnx")
+    onnx_path = export_qdq(program, pre, tmp_path / "model_int8.onnx")
     tflite_path = convert(onnx_path, tmp_path / "model_int8.tflite")
     counts = op_counts(tflite_path)
     assert not {"PAD", "PADV2"} & set(counts), counts
@@ -447,7 +454,7 @@ def test_tf_same_model_quantizes_and_converts_without_pad(method, tmp_path) -> N
     bottom / right) through PTQ or QAT (train-mode capture: pad, conv, BN), int8 ONNX and
     TFLite: no PAD op, and the .tflite follows the quantized program."""
     from edgecnn.config import Preprocessing
-    from edgecnn.export.onnx import export_int8
+    from edgecnn.export.onnx import export_qdq
     from edgecnn.export.tflite import convert
     from edgecnn.quant import quantize
     from edgecnn.quant.qat import QATConfig
@@ -462,7 +469,7 @@ def test_tf_same_model_quantizes_and_converts_without_pad(method, tmp_path) -> N
     program = quantize(model, x[:2], method, train_data=(x, y), calib_batches=2, batch_size=12,
                        qat_config=QATConfig(epochs=1, batch_size=12))
     pre = Preprocessing((64, 64), 3, MEAN, STD, ("a", "b", "c", "d"))
-    onnx_path = export_int8(program, pre, tmp_path / "model_int8.onnx")
+    onnx_path = export_qdq(program, pre, tmp_path / "model_int8.onnx")
     counts = op_counts(convert(onnx_path, tmp_path / "model_int8.tflite"))
     assert not {"PAD", "PADV2"} & set(counts), counts
     assert counts["CONV_2D"] + counts["DEPTHWISE_CONV_2D"] == 13

@@ -17,7 +17,7 @@ import torch
 from typer.testing import CliRunner
 
 from edgecnn.checkpoint import load_checkpoint
-from edgecnn.quant import QATConfig, load, quantize
+from edgecnn.quant import QATConfig, load_program, quantize
 from edgecnn.quant.run import quantize_checkpoint
 from edgecnn.train import accuracy, to_tensors
 
@@ -89,7 +89,7 @@ def test_quantize_writes_program_metrics_and_config(quantized, reference_checkpo
     assert {"fp32_accuracy", "int8_accuracy", "accuracy_drop", "method"} <= set(written)
     assert (out / "config.json").read_text() == \
         (reference_checkpoint("dsc_net") / "config.json").read_text()
-    program, metadata = load(out)
+    program, metadata = load_program(out)
     assert metadata.precision == "int8" and metadata.model == "dsc_net"
     assert metadata.extra["quantization"]["method"] == "ptq"
     # the saved program is the fake-quant reference: it reproduces the int8 accuracy

@@ -21,10 +21,10 @@ from edgecnn.quant import (
     QATConfig,
     QuantConfig,
     UnquantizedOpWarning,
-    load,
+    load_program,
     qdq_counts,
     quantize,
-    save,
+    save_program,
     weighted_ops,
 )
 from edgecnn.quant.graph import calls
@@ -283,9 +283,9 @@ def metadata(precision: str = "int8") -> ArtifactMetadata:
 
 def test_save_and_load_round_trip_the_program_and_metadata(converted, tmp_path):
     x, _ = toy_data(3)
-    path = save(tmp_path, converted, metadata(), example_input=x[:2])
+    path = save_program(tmp_path, converted, metadata(), example_input=x[:2])
     assert path.name == "model_int8.pt2"
-    program, loaded = load(tmp_path)
+    program, loaded = load_program(tmp_path)
     assert loaded == metadata()
     with torch.no_grad():
         torch.testing.assert_close(program.module()(x), converted(x), rtol=0, atol=0)
@@ -296,12 +296,12 @@ def test_save_and_load_round_trip_the_program_and_metadata(converted, tmp_path):
 def test_save_refuses_non_int8_metadata(converted, tmp_path):
     x, _ = toy_data(2)
     with pytest.raises(EdgecnnError, match="precision 'int8'"):
-        save(tmp_path, converted, metadata("fp32"), example_input=x)
+        save_program(tmp_path, converted, metadata("fp32"), example_input=x)
 
 
 def test_load_names_the_missing_file(tmp_path):
     with pytest.raises(EdgecnnError, match="model_int8.pt2"):
-        load(tmp_path)
+        load_program(tmp_path)
 
 
 def test_qat_simulates_every_conv_bn_fold_and_folds_it_for_convert():

@@ -168,9 +168,9 @@ def test_torch_program_with_embedded_metadata(tmp_path, val):
 def test_quantize_rounds_half_away_from_zero_and_saturates():
     """One quantize for every integer input (sessions, parity helpers, inspect): TFLite's
     QUANTIZE reference rounding, where onnxruntime's QuantizeLinear would round ties to even."""
-    from edgecnn.qmath import dequantize, quantize
+    from edgecnn.qmath import affine_dequantize, affine_quantize
 
     x = np.array([0.25, -0.25, 0.75, 100.0, -100.0], np.float32)  # /0.5: 0.5, -0.5, 1.5, ...
-    assert quantize(x, 0.5, -3, np.int8).tolist() == [-2, -4, -1, 127, -128]
-    assert quantize(x, 0.5, 125, np.uint8).tolist() == [126, 124, 127, 255, 0]
-    assert dequantize(np.array([-3, 1], np.int8), 0.5, -3).tolist() == [0.0, 2.0]
+    assert affine_quantize(x, 0.5, -3, np.int8).tolist() == [-2, -4, -1, 127, -128]
+    assert affine_quantize(x, 0.5, 125, np.uint8).tolist() == [126, 124, 127, 255, 0]
+    assert affine_dequantize(np.array([-3, 1], np.int8), 0.5, -3).tolist() == [0.0, 2.0]

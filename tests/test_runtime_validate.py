@@ -95,10 +95,16 @@ def test_candidate_without_metadata_is_refused_naming_it(tiny_artifacts, digits_
 
 
 def test_bounds_are_validated():
-    with pytest.raises(EdgecnnError, match="--min-agreement is a fraction"):
+    """The library names its parameters; the CLI shows the flags (`for_cli`)."""
+    with pytest.raises(EdgecnnError, match="^min_agreement is a fraction") as error:
         Bounds(min_agreement=99.0)
-    with pytest.raises(EdgecnnError, match="--max-drop must be >= 0"):
+    assert error.value.for_cli().startswith("--min-agreement is a fraction")
+    with pytest.raises(EdgecnnError, match="^max_drop must be >= 0"):
         Bounds(max_drop=-1)
+    with pytest.raises(EdgecnnError, match="^max_drop and min_agreement must be finite") \
+            as error:
+        Bounds(max_drop=float("nan"))
+    assert error.value.for_cli().startswith("--max-drop and --min-agreement must be finite")
 
 
 def test_step_summary_is_appended(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("ai_edge_litert")
 
 from edgecnn.export.tflite import to_flatbuffer  # noqa: E402
-from edgecnn.qmath import quantize  # noqa: E402
+from edgecnn.qmath import affine_quantize  # noqa: E402
 from edgecnn.runtime.backends.tflite import interpreter  # noqa: E402
 from edgecnn.verify.litert import (  # noqa: E402
     delegate_coverage,
@@ -94,7 +94,7 @@ def test_int8_structure_and_parity(mobilenet) -> None:
 
     q, (scale, zero) = run_images(data, mobilenet["images"])
     ref = _ort(mobilenet["qdq"], mobilenet["name"], mobilenet["images"])
-    expected = quantize(ref, scale, zero)
+    expected = affine_quantize(ref, scale, zero)
     assert (np.abs(q.astype(np.int32) - expected) <= 1).mean() >= 0.99
     assert (q.argmax(1) == ref.argmax(1)).all()
 

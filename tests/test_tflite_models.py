@@ -35,9 +35,9 @@ from edgecnn.config import (  # noqa: E402
 )
 from edgecnn.data import load  # noqa: E402
 from edgecnn.export.tflite import convert  # noqa: E402
-from edgecnn.qmath import quantize  # noqa: E402
-from edgecnn.runtime.backends.tflite import interpreter  # noqa: E402
 from edgecnn.preprocess import prepare  # noqa: E402
+from edgecnn.qmath import affine_quantize  # noqa: E402
+from edgecnn.runtime.backends.tflite import interpreter  # noqa: E402
 from edgecnn.runtime.tflite_meta import read_tflite_metadata  # noqa: E402
 from edgecnn.verify.litert import (  # noqa: E402
     delegate_coverage,
@@ -156,7 +156,7 @@ def pt2e(artifacts) -> dict:
     program = quant.quantize(artifacts["model"], train[:2], "ptq", train_data=train)
     with torch.no_grad():
         fake_quant = program(torch.from_numpy(artifacts["val_x"])).numpy()
-    paths = {act: onnx_export.export_int8(program, artifacts["record"],
+    paths = {act: onnx_export.export_qdq(program, artifacts["record"],
                                           artifacts["dir"] / f"pt2e_{act}.onnx",
                                           model_name="tinynet", activations=act)
              for act in onnx_export.ACTIVATION_TYPES}
@@ -199,7 +199,7 @@ def _check_int8(artifacts, qdq, out, outside_delegate: int = 0,
         q, (scale, zero) = run_images(out, artifacts["val_x"], delegate=delegate)
         assert q.dtype == np.int8
         for name, ref in references.items():
-            expected = quantize(ref, scale, zero)
+            expected = affine_quantize(ref, scale, zero)
             steps, bar = WITHIN[delegate]
             within = (np.abs(q.astype(np.int32) - expected) <= steps).mean()
             agreement = (q.argmax(1) == ref.argmax(1)).mean()
@@ -287,7 +287,7 @@ def test_tflite_runtime_2_14_agrees(artifacts) -> None:
             <= 1e-4
     ints, (scale, zero) = results[str(directory / "pi_int8")]
     ref = _ort(artifacts["qdq"], artifacts["val_x"])
-    expected = quantize(ref, scale, zero)
+    expected = affine_quantize(ref, scale, zero)
     for runner, q in ints.items():
         # tflite-runtime 2.14's default delegate leaves int8 graphs to the builtin kernels
         steps, bar = WITHIN[False]

@@ -115,8 +115,8 @@ def test_each_gate_holds_its_figure_against_the_bounds():
     assert decided["images_to_decide"]["max_drop"] == 900
     assert decide(row, Bounds(max_drop=0.4, min_agreement=0.99), 400)["max_drop"] == "outside"
     assert images_to_decide(400, 2.0, (0.5, 3.5), 2.0) is None
-    with pytest.raises(EdgecnnError, match="--gate must be one of point, confident-pass, "
-                                           "confident-fail"):
+    with pytest.raises(EdgecnnError, match="^gate must be one of point, confident-pass, "
+                                          "confident-fail"):
         Bounds(gate="strict")
 
 

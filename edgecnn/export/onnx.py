@@ -16,6 +16,7 @@ convolution's sake (`onnx_passes`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import warnings
@@ -27,7 +28,7 @@ import torch
 from onnx import TensorProto
 
 from edgecnn.config import METADATA_KEY, ArtifactMetadata, Preprocessing
-from edgecnn.errors import EdgecnnError, first_line
+from edgecnn.errors import EdgecnnError, ParameterError, first_line
 from edgecnn.export.onnx_passes import (
     INPUT_CHANNEL_MULTIPLE,
     float_layers_per_axis_input,
@@ -116,34 +117,63 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
     return Path(path)
 
 
-def export_fp32(model: torch.nn.Module, preprocessing: Preprocessing, path: Path, *,
-                model_name: str = "") -> Path:
-    """Export an fp32 nn.Module (BN folded by the exporter) to `path`."""
-    example = _example_input(preprocessing)
-    proto = simplify(to_onnx(model.eval(), example))
+def fp32_model(model: torch.nn.Module, preprocessing: Preprocessing, *,
+               model_name: str = "") -> onnx.ModelProto:
+    """The fp32 ONNX of an nn.Module (BN folded by the exporter), the record attached."""
+    proto = simplify(to_onnx(model.eval(), _example_input(preprocessing)))
     attach_metadata(proto, ArtifactMetadata(preprocessing.with_layout("NCHW"), model=model_name,
                                             precision="fp32"))
-    return save(proto, path)
+    return proto
 
 
-def export_int8(program: torch.nn.Module, preprocessing: Preprocessing, path: Path, *,
-                model_name: str = "", activations: str = DEFAULT_ACTIVATIONS,
-                pad_channels: int = INPUT_CHANNEL_MULTIPLE) -> Path:
-    """Export a converted PT2E program (explicit Q/DQ) to QDQ ONNX at `path`.
+def export_fp32(model: torch.nn.Module, preprocessing: Preprocessing, path: Path, *,
+                model_name: str = "") -> Path:
+    """Write `fp32_model` to `path`."""
+    return save(fp32_model(model, preprocessing, model_name=model_name), path)
 
-    `pad_channels`: zero-pad the image channels to this multiple for onnxruntime's
-    int8 convolution (exact; 1 turns it off; see `onnx_passes.pad_input_channels`).
-    """
-    if activations not in ACTIVATION_TYPES:
-        raise EdgecnnError(f"unknown activation type {activations!r}; known: {ACTIVATION_TYPES}")
+
+def qdq_model(program: torch.nn.Module, preprocessing: Preprocessing, *,
+              model_name: str = "") -> onnx.ModelProto:
+    """The canonical int8 QDQ ONNX of a converted PT2E program (explicit Q/DQ): int8
+    activations, the image's own channels, global means as GlobalAveragePool (the
+    standard op for them, which both onnxruntime and the TFLite converter take); NCHW,
+    batch dynamic, the artifact record attached. The hub: the TFLite converter reads
+    this, and `onnxruntime_variant` tunes a copy of it for onnxruntime."""
     proto = global_average_pools(simplify(to_onnx(program, _example_input(preprocessing))))
-    if activations == "uint8":
-        proto = uint8_activations(proto)
-    proto = float_layers_per_axis_input(pad_input_channels(proto, pad_channels))
     attach_metadata(proto, ArtifactMetadata(
         preprocessing.with_layout("NCHW"), model=model_name, precision="int8",
-        extra={"activations": activations, FLOAT_WEIGHTS_KEY: "float"}))
-    return save(proto, path)
+        extra={"activations": "int8", FLOAT_WEIGHTS_KEY: "float"}))
+    return proto
+
+
+def onnxruntime_variant(canonical: onnx.ModelProto, *, activations: str = DEFAULT_ACTIVATIONS,
+                        pad_channels: int = INPUT_CHANNEL_MULTIPLE) -> onnx.ModelProto:
+    """The canonical QDQ model tuned for onnxruntime's CPU kernels (a new model; the
+    canonical one is not modified): `activations` "uint8" re-encodes every activation
+    on the same grid shifted by 128 (U8S8, the fast path without VNNI), the image's
+    channels are zero-padded to `pad_channels` for the stem convolution (exact; 1 turns
+    it off; see `onnx_passes.pad_input_channels`), and float layers read a per-axis
+    DequantizeLinear (`onnx_passes.float_layers_per_axis_input`). Raises ParameterError for an
+    unknown `activations`."""
+    if activations not in ACTIVATION_TYPES:
+        raise ParameterError("activations", f"{activations!r} is unknown; known: "
+                             f"{', '.join(ACTIVATION_TYPES)}")
+    proto = uint8_activations(canonical) if activations == "uint8" else canonical
+    proto = float_layers_per_axis_input(pad_input_channels(proto, pad_channels))
+    record = ArtifactMetadata.from_json(next(p.value for p in proto.metadata_props
+                                             if p.key == METADATA_KEY))
+    attach_metadata(proto, dataclasses.replace(
+        record, extra={**record.extra, "activations": activations}))
+    return proto
+
+
+def export_qdq(program: torch.nn.Module, preprocessing: Preprocessing, path: Path, *,
+               model_name: str = "", activations: str = DEFAULT_ACTIVATIONS,
+               pad_channels: int = INPUT_CHANNEL_MULTIPLE) -> Path:
+    """Write the int8 QDQ ONNX that ships (`onnxruntime_variant` of `qdq_model`) to `path`."""
+    canonical = qdq_model(program, preprocessing, model_name=model_name)
+    return save(onnxruntime_variant(canonical, activations=activations,
+                                    pad_channels=pad_channels), path)
 
 
 def _example_input(preprocessing: Preprocessing) -> torch.Tensor:

@@ -382,6 +382,10 @@ def map_state_dict(model: nn.Module, foreign: Mapping[str, torch.Tensor], *,
     elif record.head == "background dropped":
         record.head_note = (f"classifier {head.rstrip('.')}: the weights' background row "
                             "(TF's class 0) dropped")
+    if drop_background and record.head != "background dropped":
+        record.head_note = "; ".join(filter(None, [record.head_note, (
+            "drop_background had nothing to drop: the weights' classifier does not have "
+            "exactly one class more than the model")]))
     return mapped, record
 
 

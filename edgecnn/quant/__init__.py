@@ -13,7 +13,7 @@ from torch import nn
 from torch.fx import GraphModule
 
 from edgecnn.errors import EdgecnnError
-from edgecnn.quant.artifact import load, save, to_program
+from edgecnn.quant.artifact import load_program, save_program, to_program
 from edgecnn.quant.calibrate import calibrate, convert, prepare_ptq, ptq
 from edgecnn.quant.graph import qdq_counts, weighted_ops
 from edgecnn.quant.qat import QATConfig, prepare_qat, qat, qat_finetune
@@ -46,6 +46,6 @@ def quantize(model: nn.Module, example_input: torch.Tensor, method: str = "qat",
 
 
 __all__ = ["METHODS", "OBSERVERS", "QATConfig", "QuantConfig", "TFLiteInt8Quantizer",
-           "UnquantizedOpWarning", "calibrate", "convert", "load", "prepare_ptq", "prepare_qat",
-           "ptq", "qat", "qat_finetune", "qdq_counts", "quantize", "save", "to_program",
-           "weighted_ops"]
+           "UnquantizedOpWarning", "calibrate", "convert", "load_program", "prepare_ptq",
+           "prepare_qat", "ptq", "qat", "qat_finetune", "qdq_counts", "quantize", "save_program",
+           "to_program", "weighted_ops"]

@@ -158,7 +158,7 @@ def fuse_activation(node: Node) -> tuple[Node, list[Node]]:
 def weighted_op(node: Node, specs: Specs) -> dict[Node, QuantizationSpecBase]:
     """Input map of conv / linear: activation and per-channel weight.
 
-    The bias stays float through convert; `graph.quantize_biases` makes it int32.
+    The bias stays float through convert; `graph.add_int32_biases` makes it int32.
     """
     return {node.args[0]: specs.activation, node.args[1]: specs.weight}
 

@@ -41,7 +41,7 @@ def to_program(converted: GraphModule, example_input: torch.Tensor) -> torch.exp
                                dynamic_shapes=(batch_dim(),))
 
 
-def save(directory: Path, converted: GraphModule | torch.export.ExportedProgram,
+def save_program(directory: Path, converted: GraphModule | torch.export.ExportedProgram,
          metadata: ArtifactMetadata, *, example_input: torch.Tensor | None = None,
          metrics: dict[str, Any] | None = None, checkpoint: Path | None = None) -> Path:
     """Write model_int8.pt2 (and metrics.json, config.json when given); return its path."""
@@ -71,7 +71,7 @@ def save(directory: Path, converted: GraphModule | torch.export.ExportedProgram,
     return directory / PROGRAM
 
 
-def load(directory: Path) -> tuple[torch.export.ExportedProgram, ArtifactMetadata]:
+def load_program(directory: Path) -> tuple[torch.export.ExportedProgram, ArtifactMetadata]:
     """Read model_int8.pt2 and its metadata. `.module()` of the program runs it.
 
     The archive is checked first (`edgecnn.safe_pt2`): nothing in it is unpickled or

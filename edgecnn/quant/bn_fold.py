@@ -10,7 +10,7 @@ z + beta - running_mean * sf, so the unit is exactly conv(x, fake_quant(W * sf))
 plus a per-channel bias. `fold_batch_norms` rewrites it that way before
 convert: the fake-quantized weight is untouched (convert turns it into the
 int8 weight and its Q/DQ), the bias becomes a float constant that
-`graph.quantize_biases` makes int32. This replaces torchao's pattern-matching
+`graph.add_int32_biases` makes int32. This replaces torchao's pattern-matching
 fold in convert_pt2e, which re-exports dozens of patterns (about a minute per
 model on two cores); a unit that does not have the expected shape is left for
 torchao's fold.

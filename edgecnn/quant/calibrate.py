@@ -12,7 +12,7 @@ from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
 from edgecnn.errors import EdgecnnError
 from edgecnn.progress import progress_bar
-from edgecnn.quant.graph import quantize_biases
+from edgecnn.quant.graph import add_int32_biases
 from edgecnn.quant.precision import select
 from edgecnn.quant.quantizer import (
     TFLiteInt8Quantizer,
@@ -79,9 +79,9 @@ def calibrate(prepared: GraphModule, x: torch.Tensor, *, batches: int = 32,
 
 
 def convert(prepared: GraphModule) -> GraphModule:
-    """Observers -> explicit quantize / dequantize; every bias int32 (see quantize_biases)."""
+    """Observers -> explicit quantize / dequantize; every bias int32 (see add_int32_biases)."""
     converted = convert_pt2e(prepared.to(memory_format=torch.contiguous_format))
-    quantize_biases(converted)
+    add_int32_biases(converted)
     return converted
 
 

@@ -1,6 +1,6 @@
 """Reading and finishing converted (Q/DQ) graphs.
 
-`quantize_biases` is the one post-convert pass: every conv / linear bias
+`add_int32_biases` is the one post-convert pass: every conv / linear bias
 (PTQ's BN-folded ones, QAT's folded at convert time) leaves torchao's convert
 in float, and becomes int32 here with scale = input scale x weight scale, as
 the TFLite spec wants. It is done here, in float64, and not by torchao's
@@ -138,7 +138,7 @@ def fit_bias_range(gm: GraphModule, op: WeightedOp, bias: torch.Tensor) -> torch
     return scale
 
 
-def quantize_biases(gm: GraphModule) -> int:
+def add_int32_biases(gm: GraphModule) -> int:
     """Give every quantized conv / linear with a float bias an int32 dequantized bias.
 
     scale = input scale x weight scale per channel, zero point 0 (TFLite spec),

@@ -36,6 +36,7 @@ from edgecnn.quant.annotators import (
     fuse_activation,
     sole_user,
 )
+from edgecnn.quant.graph import layer_name
 from edgecnn.quant.spec import compile_patterns
 
 WEIGHTED = CONV_OPS + LINEAR_OPS
@@ -47,11 +48,6 @@ def node_names(node: Node) -> list[str]:
     stack = node.meta.get("nn_module_stack") or {}
     paths = [path for path, _ in stack.values() if path]
     return [*reversed(paths), node.name]
-
-
-def layer_name(node: Node) -> str:
-    """The innermost module path of a node (`block.conv`), else its node name."""
-    return node_names(node)[0]
 
 
 def activation_nodes(gm: GraphModule) -> list[Node]:

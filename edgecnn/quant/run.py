@@ -16,7 +16,7 @@ from edgecnn.config import ArtifactMetadata
 from edgecnn.data import load as load_data
 from edgecnn.errors import ParameterError
 from edgecnn.quant import METHODS, quantize
-from edgecnn.quant.artifact import save
+from edgecnn.quant.artifact import save_program
 from edgecnn.quant.graph import qdq_counts
 from edgecnn.quant.precision import float_layers, int8_layers
 from edgecnn.quant.qat import QATConfig
@@ -83,6 +83,6 @@ def quantize_checkpoint(checkpoint: Path, out: Path, *, method: str = "qat",
     metadata = ArtifactMetadata(preprocessing=preprocessing, model=model_config.model,
                                 precision="int8",
                                 extra={"quantization": {"method": method, **config.to_dict()}})
-    save(Path(out), converted, metadata, example_input=x[:2], metrics=metrics,
+    save_program(Path(out), converted, metadata, example_input=x[:2], metrics=metrics,
          checkpoint=Path(checkpoint))
     return metrics

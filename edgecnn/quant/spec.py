@@ -5,7 +5,7 @@ https://ai.google.dev/edge/litert/models/quantization_spec:
 - conv / depthwise conv / linear weights: int8, symmetric, per output channel,
   [-127, 127], zero point 0;
 - bias: int32, scale = input scale x weight scale (per channel), zero point 0
-  (made after convert by `graph.quantize_biases`, in float64);
+  (made after convert by `graph.add_int32_biases`, in float64);
 - LOGISTIC / SOFTMAX output: scale 1/256, zero point -128; LOG_SOFTMAX 16/256, 127;
   TANH 1/128, 0 (the builtin records, `edgecnn.export.tflite.builtins`).
 

@@ -23,7 +23,7 @@ import numpy as np
 from edgecnn.config import ArtifactMetadata, Preprocessing, QuantParams
 from edgecnn.errors import EdgecnnError
 from edgecnn.preprocess import prepare
-from edgecnn.qmath import dequantize, quantize
+from edgecnn.qmath import affine_dequantize, affine_quantize
 from edgecnn.runtime.metadata import require_record
 from edgecnn.util import require_file
 
@@ -148,7 +148,7 @@ class Session(ABC):
             if self.input.quant is None:
                 raise EdgecnnError(f"{self.path}: the input is {self.input.dtype.name} but no "
                                    "quantization parameters were found (model or metadata)")
-            x = quantize(x, self.input.quant.scale, self.input.quant.zero_point,
+            x = affine_quantize(x, self.input.quant.scale, self.input.quant.zero_point,
                              self.input.dtype)
         elif not self.input.is_integer:
             x = x.astype(self.input.dtype, copy=False)
@@ -157,7 +157,7 @@ class Session(ABC):
             if self.output.quant is None:
                 raise EdgecnnError(f"{self.path}: the output is {self.output.dtype.name} but "
                                    "no quantization parameters were found (model or metadata)")
-            y = dequantize(y, self.output.quant.scale, self.output.quant.zero_point)
+            y = affine_dequantize(y, self.output.quant.scale, self.output.quant.zero_point)
         return y.reshape(len(x), -1).astype(np.float32, copy=False)
 
     def predict(self, images, batch_size: int = 64) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 Used by tests, benchmarks and `edgecnn convert`. The interpreter is the runtime
 backend's (`runtime.backends.tflite.interpreter`), inputs are quantized by
-`qmath.quantize`: the parity checks open and feed a file as a device does.
+`qmath.affine_quantize`: the parity checks open and feed a file as a device does.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from edgecnn.qmath import quantize
+from edgecnn.qmath import affine_quantize
 from edgecnn.runtime.backends.tflite import interpreter
 
 BUILTIN_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
@@ -39,10 +39,10 @@ def op_counts(model: bytes | str | Path) -> Counter[str]:
 
 def quantize_input(detail: dict, x: np.ndarray) -> np.ndarray:
     """A float input as the interpreter input `detail` takes it: an integer input is
-    quantized with its (scale, zero point) by `qmath.quantize`, as a session does."""
+    quantized with its (scale, zero point) by `qmath.affine_quantize`, as a session does."""
     if np.issubdtype(detail["dtype"], np.integer):
         scale, zero = detail["quantization"]
-        return np.ascontiguousarray(quantize(x, scale, zero, detail["dtype"]))
+        return np.ascontiguousarray(affine_quantize(x, scale, zero, detail["dtype"]))
     return np.ascontiguousarray(x, dtype=detail["dtype"])
 
 

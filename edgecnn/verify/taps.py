@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgecnn.qmath import dequantize, quantize
+from edgecnn.qmath import affine_dequantize, affine_quantize
 
 #: Activations a layer ends with (fused into the op before them in int8 kernels).
 ACTIVATIONS = frozenset({"Relu", "Clip", "Relu6", "RELU", "RELU6", "RELU_N1_TO_1"})
@@ -52,11 +52,11 @@ class Tap:
 
     def dequantize(self, raw: np.ndarray) -> np.ndarray:
         """scale * (q - zero_point), float32."""
-        return dequantize(raw, self.scale, self.zero_point)
+        return affine_dequantize(raw, self.scale, self.zero_point)
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
-        """`qmath.quantize` with this tap's parameters."""
-        return quantize(x, self.scale, self.zero_point, self.dtype)
+        """`qmath.affine_quantize` with this tap's parameters."""
+        return affine_quantize(x, self.scale, self.zero_point, self.dtype)
 
 
 #: ONNX and TFLite op types -> one name per kind of layer, to align graphs of both formats.

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn.errors import EdgecnnError
-from edgecnn.qmath import quantize
+from edgecnn.qmath import affine_quantize
 from edgecnn.verify.taps import ACTIVATIONS, WEIGHTED, Tap, kind, last_kind, main_op
 
 KERNELS = {"xnnpack": "AUTO", "builtin": "BUILTIN_WITHOUT_DEFAULT_DELEGATES"}
@@ -124,7 +124,7 @@ class _Graph:
         """Set the model input from float NHWC `x` (quantized when the input is integer)."""
         detail = interpreter.get_input_details()[0]
         if np.issubdtype(detail["dtype"], np.integer):
-            x = quantize(x, *detail["quantization"], detail["dtype"])
+            x = affine_quantize(x, *detail["quantization"], detail["dtype"])
         interpreter.set_tensor(detail["index"], np.ascontiguousarray(x, detail["dtype"]))
 
 

@@ -111,10 +111,11 @@ def _report_notes(graph: Graph, where: str) -> None:
 
 
 def _build(model: onnx.ModelProto | str | Path, io: str, metadata: ArtifactMetadata | None,
-           ) -> tuple[bytes, ArtifactMetadata | None]:
+           name: str | None = None) -> tuple[bytes, ArtifactMetadata | None]:
     if io not in IO_MODES:
         raise ParameterError("io", f"must be one of {', '.join(IO_MODES)}, got {io!r}")
     proto, where = _load(model)
+    where = name or where
     graph = import_onnx(unpad_input_channels(proto), where)
     for rewrite in ONNX_PASSES:
         rewrite(graph)
@@ -159,6 +160,11 @@ def convert(onnx_model_or_path: onnx.ModelProto | str | Path, out_path: str | Pa
     way). The artifact record (`metadata`, else the ONNX `metadata_props`
     entry "edgecnn") goes into the file's "edgecnn" metadata buffer and into
     the sidecar `<out>.json`, with layout NHWC and the int8 I/O parameters.
+
+    The input is best the canonical QDQ model (`export.onnx.qdq_model`, as the
+    pipeline passes it); the onnxruntime variant edgecnn ships as model_int8.onnx is
+    read too (uint8 activations like any uint8 QDQ file; its zero-padded stem channels
+    are removed by `onnx_passes.unpad_input_channels`).
     """
     out_path = Path(out_path)
     if not isinstance(onnx_model_or_path, onnx.ModelProto) and out_path.exists() \
@@ -166,7 +172,8 @@ def convert(onnx_model_or_path: onnx.ModelProto | str | Path, out_path: str | Pa
             and out_path.resolve() == Path(onnx_model_or_path).resolve():
         raise ParameterError("out_path", f"{out_path} is the input model; choose another "
                              "path", flag="--out")
-    data, record = _build(onnx_model_or_path, io, metadata)
+    named = str(out_path) if isinstance(onnx_model_or_path, onnx.ModelProto) else None
+    data, record = _build(onnx_model_or_path, io, metadata, named)
     with atomic_write(out_path) as tmp:
         tmp.write_bytes(data)
     if record is not None:

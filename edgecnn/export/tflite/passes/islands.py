@@ -24,7 +24,7 @@ FLOAT_WEIGHTS_KEY = "float_weights"
 
 def declares_float_layers(graph: Graph) -> bool:
     """True when the model's edgecnn record says its float weights are float layers by
-    design (`extra.float_weights == "float"`, written by `export.onnx.export_int8`). Other
+    design (`extra.float_weights == "float"`, written by `export.onnx.export_qdq`). Other
     QDQ files keep the default: float weights of an int8 op are quantized, with a note."""
     from edgecnn.config import METADATA_KEY, loads
 
