@@ -107,7 +107,7 @@ def test_rerun_reuses_the_trained_checkpoint_and_force_redoes_it(tmp_path):
     assert (tmp_path / "checkpoint" / "checkpoint.pt").read_bytes() == weights
     assert "(reused)" in second.stderr
 
-    changed = export_int8(*args[:-2], "--ptq", "--out", str(tmp_path))
+    changed = export_int8("--epochs", "1", "--formats", "onnx", "--ptq", "--out", str(tmp_path))
     stages = json.loads((tmp_path / "report.json").read_text())["stages"]
     assert changed.returncode == 1 and stages["train"]["reused"]
     assert not stages["quantize"]["reused"]  # a different method is a different key
