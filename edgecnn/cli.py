@@ -754,14 +754,14 @@ def export_command(
 
 
 def _print_report(report) -> None:
-    from edgecnn.report import SUMMARY_HEADERS, precision_lines
+    from edgecnn.report import SUMMARY_HEADERS, interval_lines, precision_lines
     from edgecnn.runtime.tables import rich_table, table_console
 
     d = report.data
     title = (f"{d['model']} on {d['data']}, {d['method'].upper()}: "
              f"fp32 reference {100 * d['reference_accuracy']:.2f}%")
     table_console(out).print(rich_table(title, SUMMARY_HEADERS, report.summary_rows()))
-    for line in precision_lines(d):
+    for line in [*interval_lines(d), *precision_lines(d)]:
         out.print(line, highlight=False)
     record = d.get("fallback")
     if record and len(record["steps"]) > 1:

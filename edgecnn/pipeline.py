@@ -511,6 +511,8 @@ def _report_data(model: str, data: str, method: str, max_drop: float, config: Mo
             "latency_ms_p50": latency[path.name],
             "speedup_vs_fp32": fp32_p50[one] / latency[path.name][one],
             "passed": precision == "fp32" or entry["passed"],
+            **({"drop_ci": entry["drop_ci"], "agreement_ci": entry["agreement_ci"]}
+               if "drop_ci" in entry else {}),
         })
     failures = [f for c in validation["candidates"] for f in c["failures"]]
     floor = chance_floor(validation["chance"], validation["num_images"])

@@ -61,6 +61,9 @@ class Report:
                  f"{d['val_images']} validation images; bound: int8 drop <= {d['max_drop']} "
                  f"points -> **{'PASS' if self.passed else 'FAIL'}**.", "",
                  markdown_table(SUMMARY_HEADERS, self.summary_rows()).rstrip()]
+        intervals = interval_lines(d)
+        if intervals:
+            lines += ["", *[f"- {line}" for line in intervals[:-1]], "", intervals[-1]]
         m = d.get("machine", {})
         lines += ["", f"Latency: batch 1, medians, on {m.get('cpu', '?')} "
                       f"({m.get('usable_cores', '?')} cores). Speed-up: p50 at 1 thread against "
@@ -80,6 +83,18 @@ class Report:
             tmp.write_text(self.to_markdown())
         plot_latency_vs_accuracy(self, directory / "latency_vs_accuracy.png")
         self.directory = directory
+
+
+def interval_lines(data: dict) -> list[str]:
+    """The 95% confidence intervals behind the table's drop and agreement (paired, see
+    `runtime.validate`), one line per int8 artifact, and the sample size."""
+    lines = [f"{a['name']}: drop {a['drop']:+.2f} pp, 95% CI [{a['drop_ci'][0]:+.2f}, "
+             f"{a['drop_ci'][1]:+.2f}]; agreement {100 * a['agreement']:.1f}%, 95% CI "
+             f"[{100 * a['agreement_ci'][0]:.1f}, {100 * a['agreement_ci'][1]:.1f}]"
+             for a in data.get("artifacts", []) if "drop_ci" in a]
+    if lines:
+        lines.append(f"({data['val_images']} validation images: more images narrow the intervals)")
+    return lines
 
 
 def precision_lines(data: dict) -> list[str]:
