@@ -2,7 +2,9 @@
 
 After `fold_qdq` a QDQ model is a graph of ordinary ops whose activations are
 int8 tensors carrying (scale, zero point), and whose weights and biases are
-int8 / int32 constants carrying their (per-channel) parameters.
+int8 / int32 constants carrying their (per-channel) parameters. Int16 Q/DQ (16x8
+layers, symmetric, zero point 0) make int16 tensors; where one tensor is quantized
+both ways (an int8 tensor read by an int16 layer, or back), a QUANTIZE converts.
 """
 
 from __future__ import annotations
@@ -26,9 +28,14 @@ def _params(graph: Graph, op: Op, rank: int) -> tuple[Quant, np.dtype]:
         raise EdgecnnError(f"{op.describe()}: blocked quantization is not supported")
     qname = op.outputs[0] if op.type == "QuantizeLinear" else op.inputs[0]
     qtype = zero.dtype if zero is not None else graph.tensor(qname).dtype
-    if qtype not in (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int32)):
+    if qtype not in (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16),
+                     np.dtype(np.int32)):
         raise EdgecnnError(f"{op.describe()}: {qtype} quantization is not supported "
-                           f"(int8, uint8 and int32 bias are)")
+                           f"(int8, uint8, int16 activations of 16x8 layers and int32 bias "
+                           f"are)")
+    if qtype == np.int16 and zero is not None and zero.any():
+        raise EdgecnnError(f"{op.describe()}: int16 quantization needs zero point 0 (TFLite's "
+                           f"16x8 kernels are symmetric)")
     zero = np.zeros(1, np.int64) if zero is None else zero.astype(np.int64)
     if qtype == np.uint8:
         zero = zero - 128  # uint8 q is int8 q + 128 with the same scale
