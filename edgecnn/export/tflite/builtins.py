@@ -135,8 +135,8 @@ builtin("MEAN", "ReducerOptions", rounding="away")
 # -- data movement: one scale in and out ------------------------------------------------------
 builtin("AVERAGE_POOL_2D", "Pool2DOptions", int8="same", fuses_activation=True)
 builtin("MAX_POOL_2D", "Pool2DOptions", int8="same", fuses_activation=True)
-builtin("PAD", "PadOptions", int8="same")
-builtin("PADV2", "PadV2Options", int8="same")
+builtin("PAD", "PadOptions", {F32: 1, I8: 2, I16: 3}, int8="same")
+builtin("PADV2", "PadV2Options", {F32: 1, I8: 2, I16: 3}, int8="same")
 builtin("RESHAPE", "ReshapeOptions", {F32: 1, I8: 1}, int8="same")
 builtin("TRANSPOSE", "TransposeOptions", int8="same",
         version_rules=((_rank_above(4), 4), (_rank_above(5), 6)))
