@@ -5,12 +5,16 @@ drop exceeds X, `edgecnn inspect` ranks the layers by the error each adds by its
 (own SQNR, lowest first) on the last `HOLDOUT_IMAGES` images of the training split,
 never on the validation images that decide the gate. The worst layer moves to
 int16 (TFLite 16x8: int16 activations, int8 weights) or float together with the
-layers that write the tensors it reads: a layer's own
-error includes the quantization of its inputs, which only their writers can
-remove (`edgecnn.quant.precision`; the same holds for int16). The model is quantized and exported again, the
-drop re-measured, and the next group moves, until every int8 artifact is within
-X or no layer is left. Each step is recorded (`Step`): what moved, the drops, the
-latency at one thread; report.json and report.md say what was done.
+layers that write the tensors it reads: a layer's own error includes the
+quantization of its inputs, which only their writers can remove
+(`edgecnn.quant.precision`; the same holds for int16). The model is quantized and
+exported again, the drop re-measured, and the next group moves, until every int8
+artifact is within X or no layer is left. Each step is recorded (`Step`): what
+moved, the drops, the latency at one thread; report.json and report.md say what
+was done.
+
+int16 repairs what an activation range crushes; it cannot repair int8 weights (16x8
+keeps them int8): a layer whose error is in its weights needs float.
 
 The ranking is NNCF's accuracy-aware loop (rank by a per-layer metric, revert the
 worst, re-validate) with the metric of `edgecnn inspect`, measured on the

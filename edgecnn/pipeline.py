@@ -288,7 +288,8 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
                 input_size: int | None = None, out: Path | None = None, force: bool = False,
                 onnx_activations: str | None = None, bench_runs: int = 100,
                 keep_float: tuple[str, ...] = (), fallback: str = "none",
-                int16: tuple[str, ...] = (), show_progress: bool = True, pretrained: Pretrained | None = None,
+                int16: tuple[str, ...] = (), show_progress: bool = True,
+                pretrained: Pretrained | None = None,
                 model_options: dict | None = None, train_config: TrainConfig | None = None,
                 preprocess=None) -> Report:
     """Model -> fp32 reference -> QAT/PTQ -> fp32 and int8 ONNX/TFLite -> validate, bench.

@@ -97,8 +97,9 @@ def plant(model: PlantedNet, channel: int | None = None, factor: float = 100.0) 
 
 def build_planted(directory: Path, *, epochs: int = 3, lr: float = 1e-2, factor: float = 100.0,
                   calib_batches: int = 8, factory: str = "planted_net") -> dict[str, Path]:
-    """Train `factory` (`planted_net`, `planted_dw_net`) on digits (seed 0), plant it, PTQ it (calibrated on the
-    training split) and write model_fp32/int8 .onnx and .tflite into `directory`;
+    """Train `factory` (`planted_net`, `planted_dw_net`) on digits (seed 0), plant it,
+    PTQ it (calibrated on the training split) and write model_fp32/int8 .onnx and .tflite
+    into `directory`;
     also `checkpoint/` (the planted fp32 weights, for `--checkpoint` runs) and
     `qdq_ort.onnx` (onnxruntime's quantize_static of the fp32 file, per-channel
     weights, int8 activations, the same calibration images)."""

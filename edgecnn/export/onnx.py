@@ -188,8 +188,9 @@ def has_int16(program: torch.nn.Module) -> bool:
     """True when a converted program quantizes some activation to int16 (16x8 layers)."""
     module = getattr(program, "graph_module", program)
     graph = getattr(module, "graph", None)
-    return graph is not None and any(n.op == "call_function" and "quantize_per_tensor" in str(n.target)
-               and n.args[-1] == torch.int16 for n in graph.nodes)
+    return graph is not None and any(
+        n.op == "call_function" and "quantize_per_tensor" in str(n.target)
+        and n.args[-1] == torch.int16 for n in graph.nodes)
 
 
 def _example_input(preprocessing: Preprocessing) -> torch.Tensor:

@@ -169,4 +169,5 @@ def make_specs(config: QuantConfig, *, is_qat: bool) -> Specs:
         dtype=config.activation_torch_dtype, scale=scale, zero_point=zero_point + shift,
         quant_min=dtype_min, quant_max=dtype_max, qscheme=torch.per_tensor_affine)
         for builtin, (scale, zero_point) in fixed_outputs().items()}
-    return Specs(activation=activation, activation16=activation16, weight=weight, fixed=fixed, config=config)
+    return Specs(activation=activation, activation16=activation16, weight=weight, fixed=fixed,
+                 config=config)
