@@ -72,9 +72,9 @@ def rank_groups(report: dict, layers: list[str], *, float_input: bool = False,
     report's first runtime, lowest first) with the layers writing its input tensors.
     Only names in `layers` (the program's conv / linear layers) move; a ranked entry of
     another kind (an add, a pool) contributes the weighted layers that feed it. A layer
-    that reads the model input moves only when `float_input` (io float, or an int16
-    fallback): a float first layer leaves the model input unquantized, which int8 / uint8
-    io cannot have (an int16 one requantizes the int8 input)."""
+    that reads the model input moves only when `float_input` (io float): a float first
+    layer leaves the model input unquantized, and an int16 one makes it int16, which int8
+    / uint8 io cannot have."""
     known = set(layers)
     by_tensor = {e["tensor"]: e for e in report["layers"]}
     ranked = _ranked(report)

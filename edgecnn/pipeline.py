@@ -453,7 +453,7 @@ def _fall_back(mode: str, quant_config, quant_metrics: dict, validation: dict,
                                            "error": str(exc)}
     moved: list[str] = []
     for group in rank_groups(ranking, quant_metrics.get("int8_layers", []),
-                             float_input=io == "float" or mode == "int16"):
+                             float_input=io == "float"):
         new = [n for n in group if n not in moved and n not in steps[-1].float_layers
                and n not in steps[-1].int16_layers]
         if not new:

@@ -497,6 +497,42 @@ def test_16x8_kernels_match_onnxruntime(kind, builtin):
     assert _int16_parity(model, data, feeds, "x") <= 1
 
 
+@pytest.mark.pi_venv
+def test_16x8_kernels_on_tflite_runtime_2_14(tmp_path):
+    """The same 16x8 files on tflite-runtime 2.14, builtin kernels and with its XNNPACK
+    delegate (which takes no int16 op): the very integers LiteRT's builtin kernels write
+    (its QUANTIZE cannot write int16 from int8: the converter goes through float)."""
+    from pi_env import pi_python_or_skip, run_on_pi
+
+    from edgecnn.export.tflite import to_flatbuffer
+    from edgecnn.export.tflite.litert import interpreter, quantize_input
+
+    pi_python_or_skip()
+    jobs, expected = [], {}
+    for kind in ("conv", "depthwise", "fc"):
+        model, shape = _qdq_16x8(kind)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            data = to_flatbuffer(model)
+        (tmp_path / f"{kind}.tflite").write_bytes(data)
+        x = np.random.default_rng(5).uniform(-2.5, 2.5, (4, *shape)).astype(np.float32)
+        x = x.transpose(0, 1, 3, 4, 2) if len(shape) == 4 else x  # samples x NHWC
+        np.save(tmp_path / f"{kind}.npy", x)
+        it = interpreter(data, delegate=False)
+        inp, out = it.get_input_details()[0], it.get_output_details()[0]
+        rows = []
+        for sample in x:
+            it.set_tensor(inp["index"], quantize_input(inp, sample))
+            it.invoke()
+            rows.append(it.get_tensor(out["index"]))
+        expected[str(tmp_path / kind)] = np.concatenate(rows)
+        jobs.append({"model": str(tmp_path / f"{kind}.tflite"),
+                     "inputs": [str(tmp_path / f"{kind}.npy")], "output": str(tmp_path / kind)})
+    for stem, (outputs, _) in run_on_pi(tmp_path, jobs).items():
+        for runner in ("builtin", "delegate"):
+            assert np.array_equal(outputs[runner], expected[stem]), (stem, runner)
+
+
 def test_int16_errors_are_one_line(planted):
     """A bad pattern, a pattern on an op with no 16x8 kernel edgecnn writes (the pool), and
     the converter on a QDQ HardSwish in int16 (no int16 kernel edgecnn writes)."""

@@ -4,7 +4,8 @@ After `fold_qdq` a QDQ model is a graph of ordinary ops whose activations are
 int8 tensors carrying (scale, zero point), and whose weights and biases are
 int8 / int32 constants carrying their (per-channel) parameters. Int16 Q/DQ (16x8
 layers, symmetric, zero point 0) make int16 tensors; where one tensor is quantized
-both ways (an int8 tensor read by an int16 layer, or back), a QUANTIZE converts.
+both ways, a QUANTIZE converts int16 to int8, and a DEQUANTIZE + QUANTIZE int8 to
+int16 (tflite-runtime 2.14 has no int8 -> int16 QUANTIZE).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from edgecnn.export.tflite.graph import Graph, Op, Quant
 from edgecnn.export.tflite.ops.base import LOWERINGS
 
 INT8 = np.dtype(np.int8)
+INT16 = np.dtype(np.int16)
 
 
 def _params(graph: Graph, op: Op, rank: int) -> tuple[Quant, np.dtype]:
@@ -82,6 +84,13 @@ def _quantized(graph: Graph, name: str, quant: Quant, dtype: np.dtype, op: Op,
     if tensor.quant.same_as(quant):
         return name
     requant = graph.add_tensor(f"{name}_requant", tensor.shape, dtype, quant=quant)
+    if dtype == INT16 and tensor.dtype != INT16:
+        # int8 -> int16 through float: tflite-runtime 2.14's QUANTIZE refuses an int16
+        # output for an int8 input (quantize.cc: "output->type == kTfLiteUInt8 ||
+        # output->type == kTfLiteInt8"); LiteRT accepts both, int16 -> int8 runs on both
+        floating = graph.add_tensor(f"{name}_float", tensor.shape, np.float32)
+        out.append(Op("DEQUANTIZE", [name], [floating], name=op.name, domain="tflite"))
+        name = floating
     out.append(Op("QUANTIZE", [name], [requant], name=op.name, domain="tflite"))
     return requant
 
