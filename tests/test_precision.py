@@ -370,6 +370,26 @@ def test_int16_layers_in_the_artifacts(planted_dw, sixteen):
     assert sum(d["dtype"] == np.int64 for d in details) == 2  # the two 16x8 biases
 
 
+def test_inspect_reads_the_int16_layers(planted_dw, sixteen):
+    """`edgecnn inspect` on the files with int16 layers: one entry per layer (the int8 <->
+    int16 requantizations are no layers of their own), the planted depthwise layer's SQNR
+    from crushed (int8) to clean (int16), on the .tflite and the .onnx alike."""
+    from edgecnn.verify.inspect import run_inspect
+
+    _, paths = sixteen(DW_PAIR)
+    layers = ["stem.0", "block.conv", "block.dw", "block.proj", "head.0"]
+    for int8, int16 in ((planted_dw["int8.tflite"], paths["tflite"]),
+                        (planted_dw["int8.onnx"], paths["onnx"])):
+        sqnr = {}
+        for name, path in (("int8", int8), ("int16", int16)):
+            report = run_inspect(planted_dw["fp32.onnx"], path, "digits", images=16)
+            kernels = report["runtimes"][0]
+            entries = {e["layer"]: e["runtimes"][kernels]["sqnr_db"] for e in report["layers"]}
+            assert [n for n in entries if n in layers] == layers, (path, list(entries))
+            sqnr[name] = entries["block.dw"]
+        assert sqnr["int8"] < 15.0 and sqnr["int16"] > 30.0, (int16, sqnr)
+
+
 def _int16_outputs(model: onnx.ModelProto | Path) -> tuple[onnx.ModelProto, list[str],
                                                            list[str]]:
     """The QDQ model with each int16 QuantizeLinear output added as a graph output; the
