@@ -621,3 +621,39 @@ def test_fallback_int16_brings_the_drop_back_and_reports_it(planted_dw, tmp_path
     markdown = (tmp_path / "out" / "report.md").read_text()
     assert "## Fallback to int16" in markdown and "block.dw, block.conv" in markdown
     assert "int16 layers, 16x8 (2): block.conv, block.dw" in markdown
+
+
+def test_int16_under_qat(tmp_path):
+    """QAT fake-quantizes the int16 layers in int16 too (torchao's conv-BN rewrite runs on
+    them; the int64 bias comes from the folded one): onnxruntime and LiteRT compute what
+    the converted program computes, within one output step."""
+    import torch
+    from planted_model import planted_net
+
+    from edgecnn import quant
+    from edgecnn.config import Preprocessing
+    from edgecnn.export import onnx as onnx_export
+    from edgecnn.export.tflite import convert
+    from edgecnn.quant.precision import int16_layers
+    from edgecnn.quant.qat import QATConfig
+    from edgecnn.quant.spec import QuantConfig
+    from edgecnn.runtime.session import open_session
+
+    torch.manual_seed(0)
+    x, y = torch.rand(128, 1, 32, 32), torch.randint(0, 10, (128,))
+    program = quant.quantize(planted_net().eval(), x[:2], "qat", train_data=(x, y),
+                             qat_config=QATConfig(epochs=1),
+                             config=QuantConfig(int16=(r"block\.proj", r"head\.0")))
+    assert int16_layers(program) == ["block.proj", "head.0"]
+    record = Preprocessing((32, 32), 1, (0.0,), (1.0,), tuple("0123456789"))
+    path = onnx_export.export_int8(program, record, tmp_path / "m.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tflite = convert(path, tmp_path / "m.tflite")
+    expected = program(x[:16]).detach().numpy()
+    with open_session(path) as ort_session, open_session(tflite, "ai_edge_litert") as tfl:
+        got_ort = ort_session.run(x[:16].numpy())
+        got_tfl = tfl.run(x[:16].numpy().transpose(0, 2, 3, 1))
+        step = tfl.output.quant.scale
+    assert np.abs(got_ort - expected).max() <= step * 1.01
+    assert np.abs(got_tfl - got_ort).max() <= step * 1.01
