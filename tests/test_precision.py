@@ -350,7 +350,8 @@ def test_int16_layers_in_the_artifacts(planted_dw, sixteen):
     """ONNX: opset 21, int16 Q/DQ (zero point 0) on the pair's tensors, int8 elsewhere (an
     int8-only export stays at opset 18). TFLite: the 16x8 CONV_2D / DEPTHWISE_CONV_2D read
     and write INT16 with an INT64 bias; one QUANTIZE into int16 and one back to int8."""
-    from edgecnn.export.tflite.litert import interpreter, op_counts
+    from edgecnn.runtime.backends.tflite import interpreter
+    from edgecnn.verify.litert import op_counts
 
     _, paths = sixteen(DW_PAIR)
     model = onnx.load(str(paths["onnx"]))
@@ -421,7 +422,8 @@ def _int16_parity(onnx_model: onnx.ModelProto, tflite, feeds: list[np.ndarray],
     .tflite keeps; an `_requant` tensor is checked through the layer that reads it)."""
     import onnxruntime as ort
 
-    from edgecnn.export.tflite.litert import interpreter, quantize_input
+    from edgecnn.runtime.backends.tflite import interpreter
+    from edgecnn.verify.litert import quantize_input
 
     model, tflite_names, onnx_names = _int16_outputs(onnx_model)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -450,7 +452,7 @@ def test_int16_tflite_matches_onnxruntime(sixteen, digits):
     QuantizeLinear int16): the int16 tensor within one int16 step; the int8 logits within
     two output steps (the bar of LiteRT's builtin kernels, tests/test_tflite_models; the
     planted int8 block.conv amplifies a step), top-1 the same."""
-    from edgecnn.runtime.preprocess import prepare
+    from edgecnn.preprocess import prepare
     from edgecnn.runtime.session import open_session
 
     _, paths = sixteen(PARITY_LAYERS)
@@ -503,7 +505,8 @@ def test_16x8_kernels_match_onnxruntime(kind, builtin):
     """Each 16x8 kernel edgecnn writes, alone on a hand-built QDQ graph: LiteRT's builtin
     int16 kernel within one int16 step of onnxruntime, an int64 bias, the 16x8 version."""
     from edgecnn.export.tflite import to_flatbuffer
-    from edgecnn.export.tflite.litert import interpreter, op_counts
+    from edgecnn.runtime.backends.tflite import interpreter
+    from edgecnn.verify.litert import op_counts
 
     model, shape = _qdq_16x8(kind)
     with warnings.catch_warnings():
@@ -525,7 +528,8 @@ def test_16x8_kernels_on_tflite_runtime_2_14(tmp_path):
     from pi_env import pi_python_or_skip, run_on_pi
 
     from edgecnn.export.tflite import to_flatbuffer
-    from edgecnn.export.tflite.litert import interpreter, quantize_input
+    from edgecnn.runtime.backends.tflite import interpreter
+    from edgecnn.verify.litert import quantize_input
 
     pi_python_or_skip()
     jobs, expected = [], {}
