@@ -650,7 +650,7 @@ def test_int16_under_qat(tmp_path):
                              config=QuantConfig(int16=(r"block\.proj", r"head\.0")))
     assert int16_layers(program) == ["block.proj", "head.0"]
     record = Preprocessing((32, 32), 1, (0.0,), (1.0,), tuple("0123456789"))
-    path = onnx_export.export_int8(program, record, tmp_path / "m.onnx")
+    path = onnx_export.export_qdq(program, record, tmp_path / "m.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tflite = convert(path, tmp_path / "m.tflite")
