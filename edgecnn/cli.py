@@ -634,6 +634,10 @@ def inspect_command(
 KEEP_FLOAT_HELP = ("Keep the layers this regular expression matches in full (module path such "
                    "as block.conv or block, or node name) float: DEQUANTIZE / QUANTIZE around "
                    "them in TFLite, no Q/DQ on them in ONNX. Repeatable.")
+INT16_HELP = ("Give the conv / linear layers this regular expression matches (the --keep-float "
+              "rules) TFLite's 16x8 scheme: int16 activations (zero point 0), int8 weights, "
+              "int64 bias; int16 Q/DQ (opset 21) in ONNX. XNNPACK runs no int16 op: they run "
+              "on the builtin kernels. Repeatable.")
 
 
 @app.command("export")
@@ -676,10 +680,11 @@ def export_command(
         help="int8 ONNX activation type: uint8 | int8.", show_default="uint8")] = None,
     keep_float: Annotated[list[str] | None, typer.Option(
         "--keep-float", help=KEEP_FLOAT_HELP)] = None,
+    int16: Annotated[list[str] | None, typer.Option("--int16", help=INT16_HELP)] = None,
     fallback: Annotated[str, typer.Option(
-        help="none | float: when an int8 artifact's drop exceeds --max-drop, move the layers "
-             "adding most int8 error (inspect, on the training split's tail) to float, one "
-             "group at a time, until it is within.")] = "none",
+        help="none | int16 | float: when an int8 artifact's drop exceeds --max-drop, move the "
+             "layers adding most int8 error (inspect, on the training split's tail) to int16 "
+             "(16x8) or float, one group at a time, until it is within.")] = "none",
     pretrained: Annotated[Path | None, typer.Option(help="With --int8: " + PRETRAINED_HELP
                                                     + " --epochs 0 uses them as they are.")
                           ] = None,
@@ -722,7 +727,7 @@ def export_command(
             train_epochs=epochs, formats=fmts, max_drop=max_drop,
             min_agreement=min_agreement, io=io, input_size=input_size, out=out_dir, force=force,
             onnx_activations=onnx_activations, keep_float=tuple(keep_float or ()),
-            fallback=fallback, pretrained=weights, model_options=options,
+            int16=tuple(int16 or ()), fallback=fallback, pretrained=weights, model_options=options,
             train_config=train_config, preprocess=preprocess)
         _print_report(report)
         if not report.passed:
@@ -733,6 +738,8 @@ def export_command(
         return
     if keep_float:
         raise EdgecnnError("--keep-float needs --int8 (or pass it to `edgecnn quantize`)")
+    if int16:
+        raise EdgecnnError("--int16 needs --int8 (or pass it to `edgecnn quantize`)")
     if fallback != "none":
         raise EdgecnnError("--fallback needs --int8")
     if pretrained is not None or padding != "symmetric" or freeze_epochs:
@@ -830,6 +837,7 @@ def quantize_command(
                                               "instead of leaving it float.")] = False,
     keep_float: Annotated[list[str] | None, typer.Option(
         "--keep-float", help=KEEP_FLOAT_HELP)] = None,
+    int16: Annotated[list[str] | None, typer.Option("--int16", help=INT16_HELP)] = None,
 ) -> None:
     """int8-quantize an fp32 checkpoint (TFLite spec); writes the Q/DQ program and metrics."""
     given = {"--epochs": epochs, "--lr": lr} if method == "ptq" else \
@@ -860,7 +868,8 @@ def quantize_command(
     metrics = quantize_checkpoint(checkpoint, out_dir, method=method, data=data,
                                   model_name=model, config=QuantConfig(
                                       observer=observer, strict=strict,
-                                      keep_float=tuple(keep_float or ())),
+                                      keep_float=tuple(keep_float or ()),
+                                      int16=tuple(int16 or ())),
                                   qat_config=qat_config, calib_batches=calib_batches,
                                   batch_size=batch_size)
     out.print(f"{model} {method}: fp32 {metrics['fp32_accuracy']:.4f} -> int8 "
@@ -868,6 +877,8 @@ def quantize_command(
               f"points) in {metrics['quantize_seconds']:.1f}s -> {out_dir}", highlight=False)
     if metrics["float_layers"]:
         out.print(f"float layers: {', '.join(metrics['float_layers'])}", highlight=False)
+    if metrics["int16_layers"]:
+        out.print(f"int16 layers (16x8): {', '.join(metrics['int16_layers'])}", highlight=False)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

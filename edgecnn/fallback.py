@@ -1,15 +1,20 @@
 """Accuracy-aware quantization: layers leave int8 until the drop is within the bound.
 
-`export --int8 --max-drop X --fallback float`: when an int8 artifact's top-1 drop
-exceeds X, `edgecnn inspect` ranks the layers by the error each adds by itself
+`export --int8 --max-drop X --fallback int16|float`: when an int8 artifact's top-1
+drop exceeds X, `edgecnn inspect` ranks the layers by the error each adds by itself
 (own SQNR, lowest first) on the last `HOLDOUT_IMAGES` images of the training split,
 never on the validation images that decide the gate. The worst layer moves to
-float together with the layers that write the tensors it reads: a layer's own
-error includes the quantization of its inputs, which only their writers can
-remove (`edgecnn.quant.precision`). The model is quantized and exported again, the
-drop re-measured, and the next group moves, until every int8 artifact is within
-X or no layer is left. Each step is recorded (`Step`): what moved, the drops, the
-latency at one thread; report.json and report.md say what was done.
+int16 (TFLite 16x8: int16 activations, int8 weights) or float together with the
+layers that write the tensors it reads: a layer's own error includes the
+quantization of its inputs, which only their writers can remove
+(`edgecnn.quant.precision`; the same holds for int16). The model is quantized and
+exported again, the drop re-measured, and the next group moves, until every int8
+artifact is within X or no layer is left. Each step is recorded (`Step`): what
+moved, the drops, the latency at one thread; report.json and report.md say what
+was done.
+
+int16 repairs what an activation range crushes; it cannot repair int8 weights (16x8
+keeps them int8): a layer whose error is in its weights needs float.
 
 The ranking is NNCF's accuracy-aware loop (rank by a per-layer metric, revert the
 worst, re-validate) with the metric of `edgecnn inspect`, measured on the
@@ -25,7 +30,7 @@ from pathlib import Path
 
 from edgecnn.errors import ParameterError
 
-FALLBACKS = ("none", "float")
+FALLBACKS = ("none", "int16", "float")
 HOLDOUT_IMAGES = 64
 
 
@@ -37,6 +42,7 @@ class Step:
     float_layers: list[str]
     drops: dict[str, float]
     p50_ms: dict[str, float] = field(default_factory=dict)  # int8 artifacts, 1 thread
+    int16_layers: list[str] = field(default_factory=list)
 
     def within(self, max_drop: float) -> bool:
         return all(d <= max_drop for d in self.drops.values())
@@ -67,7 +73,8 @@ def rank_groups(report: dict, layers: list[str], *, float_input: bool = False,
     Only names in `layers` (the program's conv / linear layers) move; a ranked entry of
     another kind (an add, a pool) contributes the weighted layers that feed it. A layer
     that reads the model input moves only when `float_input` (io float): a float first
-    layer leaves the model input unquantized, which int8 / uint8 io cannot have."""
+    layer leaves the model input unquantized, and an int16 one makes it int16, which int8
+    / uint8 io cannot have."""
     known = set(layers)
     by_tensor = {e["tensor"]: e for e in report["layers"]}
     ranked = _ranked(report)
@@ -95,7 +102,7 @@ def rank_layers(reference: Path, candidates: list[Path], data: str, seed: int) -
 
 
 def patterns(names: list[str]) -> tuple[str, ...]:
-    """`--keep-float` patterns that match exactly these layer names."""
+    """`--keep-float` / `--int16` patterns that match exactly these layer names."""
     return tuple(re.escape(n) for n in names)
 
 
@@ -125,23 +132,24 @@ def markdown(fallback: dict | None) -> list[str]:
     from edgecnn.runtime.tables import markdown_table
 
     steps = fallback["steps"]
+    heading = f"## Fallback to {fallback['mode']}"
     if len(steps) == 1 and fallback["within_bound"]:
-        return ["", "## Fallback to float", "",
+        return ["", heading, "",
                 f"--fallback {fallback['mode']}: every int8 artifact is within "
                 f"{fallback['max_drop']} points; nothing moved."]
     names = list(steps[0]["drops"])
-    head = ["step", "moved to float", *[f"{n} drop" for n in names],
+    head = ["step", f"moved to {fallback['mode']}", *[f"{n} drop" for n in names],
             *[f"{n} p50 1t ms" for n in names]]
     rows = [[str(i), ", ".join(s["moved"]) or "(int8)",
              *[f"{s['drops'][n]:+.2f}" for n in names],
              *[f"{s['p50_ms'].get(n, float('nan')):.3f}" for n in names]]
             for i, s in enumerate(steps)]
     if fallback.get("error"):
-        return ["", "## Fallback to float", "",
+        return ["", heading, "",
                 f"--fallback {fallback['mode']} could not rank the layers: {fallback['error']}"]
     verdict = ("within" if fallback["within_bound"] else "still outside")
     ranking = fallback["ranking"]
-    lines = ["", "## Fallback to float", "",
+    lines = ["", heading, "",
              f"--fallback {fallback['mode']}: layers ranked by the error each adds by itself "
              f"(edgecnn inspect on {ranking['candidate']}, {ranking['runtime']}, "
              f"{ranking['split']}); moved one group at a time until the drop is within "

@@ -288,7 +288,8 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
                 input_size: int | None = None, out: Path | None = None, force: bool = False,
                 onnx_activations: str | None = None, bench_runs: int = 100,
                 keep_float: tuple[str, ...] = (), fallback: str = "none",
-                show_progress: bool = True, pretrained: Pretrained | None = None,
+                int16: tuple[str, ...] = (), show_progress: bool = True,
+                pretrained: Pretrained | None = None,
                 model_options: dict | None = None, train_config: TrainConfig | None = None,
                 preprocess=None) -> Report:
     """Model -> fp32 reference -> QAT/PTQ -> fp32 and int8 ONNX/TFLite -> validate, bench.
@@ -297,8 +298,10 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
     checkpoint) hash the same as last time; `force` redoes everything. The
     returned Report is also written as report.json, report.md and a plot.
     keep_float: regular expressions over layer names kept float (`edgecnn.quant.precision`).
-    fallback: "float" moves the layers adding most int8 error to float until every int8
-    artifact's drop is within `max_drop` (`edgecnn.fallback`); "none" only measures.
+    int16: regular expressions over layer names moved to 16x8 (int16 activations).
+    fallback: "int16" / "float" moves the layers adding most int8 error to int16 / float
+    until every int8 artifact's drop is within `max_drop` (`edgecnn.fallback`); "none"
+    only measures.
     pretrained, model_options, preprocess: as `train_reference`; train_config
     replaces the default fp32 schedule (`train_epochs` then sets only its epochs;
     0 with `pretrained`: no fp32 training, straight to quantization).
@@ -310,7 +313,7 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
     out = Path(out or Path("artifacts") / model.replace(":", "_"))
     _check_arguments(model, data, checkpoint, method, formats, max_drop, min_agreement, io,
                      onnx_activations, out)
-    quant_config = QuantConfig(keep_float=tuple(keep_float))
+    quant_config = QuantConfig(keep_float=tuple(keep_float), int16=tuple(int16))
     check_fallback(fallback)
     if checkpoint is not None and (pretrained is not None or model_options):
         raise EdgecnnError("checkpoint and pretrained / model_options exclude each other: a "
@@ -436,7 +439,8 @@ def _fall_back(mode: str, quant_config, quant_metrics: dict, validation: dict,
 
     from edgecnn.fallback import Step, patterns, rank_groups, rank_layers, summary
 
-    steps = [Step([], quant_metrics.get("float_layers", []), _int8_drops(validation))]
+    steps = [Step([], quant_metrics.get("float_layers", []), _int8_drops(validation),
+                  int16_layers=quant_metrics.get("int16_layers", []))]
     if steps[0].within(max_drop):
         return quant_metrics, validation, summary(mode, max_drop, None, steps)
     steps[0].p50_ms = _int8_latency(paths, bench_runs)
@@ -450,19 +454,22 @@ def _fall_back(mode: str, quant_config, quant_metrics: dict, validation: dict,
     moved: list[str] = []
     for group in rank_groups(ranking, quant_metrics.get("int8_layers", []),
                              float_input=io == "float"):
-        new = [n for n in group if n not in moved and n not in steps[-1].float_layers]
+        new = [n for n in group if n not in moved and n not in steps[-1].float_layers
+               and n not in steps[-1].int16_layers]
         if not new:
             continue
         moved += new
-        config = replace(quant_config, keep_float=quant_config.keep_float + patterns(moved))
+        field = "int16" if mode == "int16" else "keep_float"
+        config = replace(quant_config, **{field: getattr(quant_config, field) + patterns(moved)})
         quant_metrics = quantize_and_export(config)
         validation = validate()
         steps.append(Step(new, quant_metrics.get("float_layers", []), _int8_drops(validation),
-                          _int8_latency(paths, bench_runs)))
+                          _int8_latency(paths, bench_runs),
+                          quant_metrics.get("int16_layers", [])))
         if show_progress:
             drops = ", ".join(f"{n} {d:+.2f}" for n, d in steps[-1].drops.items())
             console.print(f"[green]✓[/green] fallback step {len(steps) - 1}: "
-                          f"{', '.join(new)} to float: drop {drops}", highlight=False)
+                          f"{', '.join(new)} to {mode}: drop {drops}", highlight=False)
         if steps[-1].within(max_drop):
             break
     return quant_metrics, validation, summary(mode, max_drop, ranking, steps)
@@ -527,6 +534,7 @@ def _report_data(model: str, data: str, method: str, max_drop: float, config: Mo
         "torch_fp32_accuracy": quant_metrics["fp32_accuracy"],
         "torch_int8_accuracy": quant_metrics["int8_accuracy"],
         "float_layers": quant_metrics.get("float_layers", []),
+        "int16_layers": quant_metrics.get("int16_layers", []),
         "preprocessing": config.preprocessing.to_dict(),
         "min_agreement": validation["bounds"]["min_agreement"],
         "reference_floor": floor, "failures": failures,

@@ -11,6 +11,12 @@ quantization steps. How much accuracy that costs depends on the factor: trained 
 epochs (76% on digits), PTQ keeps the accuracy at 100 (the other channels keep
 about 10 dB SQNR) and falls to 18% at 300 (measured with `build_planted`'s
 recipe; pass `factor` for a model whose drop a fallback must fix).
+
+`planted_dw_net` undoes the scale in a 1x1 depthwise conv (`block.dw`) between the two:
+its per-channel int8 weights hold the 1/factor exactly, so the damage is the activation
+range alone, which int16 (16x8) activations repair. In `planted_net` the 1/factor sits
+in one input column of `block.proj`'s per-output-channel int8 weights, which rounds it
+to nothing: only float repairs that.
 """
 
 from __future__ import annotations
@@ -33,23 +39,28 @@ class ConvBNReLU(nn.Sequential):
 class PlantedBlock(nn.Module):
     """conv 3x3 (+bias, ReLU), the planted layer; proj 1x1 (+BN, ReLU), the undoing one."""
 
-    def __init__(self, cin: int, mid: int, cout: int) -> None:
+    def __init__(self, cin: int, mid: int, cout: int, depthwise_undo: bool = False) -> None:
         super().__init__()
         self.conv = nn.Conv2d(cin, mid, 3, 1, 1, bias=True)
         self.act = nn.ReLU()
+        if depthwise_undo:
+            self.dw = nn.Conv2d(mid, mid, 1, groups=mid, bias=False)
         self.proj = nn.Conv2d(mid, cout, 1, bias=False)
         self.bn = nn.BatchNorm2d(cout)
         self.act2 = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act2(self.bn(self.proj(self.act(self.conv(x)))))
+        x = self.act(self.conv(x))
+        if hasattr(self, "dw"):
+            x = self.dw(x)
+        return self.act2(self.bn(self.proj(x)))
 
 
 class PlantedNet(nn.Module):
-    def __init__(self, num_classes: int, in_channels: int) -> None:
+    def __init__(self, num_classes: int, in_channels: int, depthwise_undo: bool = False) -> None:
         super().__init__()
         self.stem = ConvBNReLU(in_channels, 16, 3, 2)
-        self.block = PlantedBlock(16, 16, 32)
+        self.block = PlantedBlock(16, 16, 32, depthwise_undo)
         self.head = ConvBNReLU(32, 32, 3, 2)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(32, num_classes)
@@ -64,6 +75,11 @@ def planted_net(*, num_classes: int = 10, in_channels: int = 1, **_: object) -> 
     return PlantedNet(num_classes, in_channels)
 
 
+def planted_dw_net(*, num_classes: int = 10, in_channels: int = 1, **_: object) -> PlantedNet:
+    """The un-planted network whose plant a 1x1 depthwise conv undoes (`block.dw`)."""
+    return PlantedNet(num_classes, in_channels, depthwise_undo=True)
+
+
 @torch.no_grad()
 def plant(model: PlantedNet, channel: int | None = None, factor: float = 100.0) -> int:
     """Scale `block.conv`'s output `channel` by `factor` and undo it in `block.proj`;
@@ -72,14 +88,18 @@ def plant(model: PlantedNet, channel: int | None = None, factor: float = 100.0) 
     block = model.block
     block.conv.weight[channel] *= factor
     block.conv.bias[channel] *= factor
-    block.proj.weight[:, channel] /= factor
+    if hasattr(block, "dw"):
+        block.dw.weight[channel] /= factor
+    else:
+        block.proj.weight[:, channel] /= factor
     return channel
 
 
 def build_planted(directory: Path, *, epochs: int = 3, lr: float = 1e-2, factor: float = 100.0,
-                  calib_batches: int = 8) -> dict[str, Path]:
-    """Train `planted_net` on digits (seed 0), plant it, PTQ it (calibrated on the
-    training split) and write model_fp32/int8 .onnx and .tflite into `directory`;
+                  calib_batches: int = 8, factory: str = "planted_net") -> dict[str, Path]:
+    """Train `factory` (`planted_net`, `planted_dw_net`) on digits (seed 0), plant it,
+    PTQ it (calibrated on the training split) and write model_fp32/int8 .onnx and .tflite
+    into `directory`;
     also `checkpoint/` (the planted fp32 weights, for `--checkpoint` runs) and
     `qdq_ort.onnx` (onnxruntime's quantize_static of the fp32 file, per-channel
     weights, int8 activations, the same calibration images)."""
@@ -101,12 +121,12 @@ def build_planted(directory: Path, *, epochs: int = 3, lr: float = 1e-2, factor:
     data = load("digits")
     preprocessing = preprocessing_for(data)
     torch.manual_seed(0)
-    model = planted_net(num_classes=data.num_classes, in_channels=data.channels)
+    model = globals()[factory](num_classes=data.num_classes, in_channels=data.channels)
     train(model, data, preprocessing, TrainConfig(epochs=epochs, lr=lr), show_progress=False)
     model.eval()
     plant(model, factor=factor)
     save_checkpoint(directory / "checkpoint", model, ModelConfig(
-        "planted_model:planted_net", preprocessing, model_options_for(preprocessing),
+        f"planted_model:{factory}", preprocessing, model_options_for(preprocessing),
         "digits"))
     x, _ = to_tensors(data.train_images, data.train_labels, preprocessing)
     program = quant.quantize(model, x[:2], "ptq", train_data=x, calib_batches=calib_batches)

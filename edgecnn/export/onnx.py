@@ -1,7 +1,10 @@
 """PyTorch -> ONNX: fp32 and int8 QDQ models, simplified, checked, with metadata.
 
 Opset 18 (the dynamo exporter's native opset; per-channel QDQ needs >= 13 and
-ReduceMean takes axes as an input from 18 on). The batch dimension is dynamic.
+ReduceMean takes axes as an input from 18 on), and 21 for a program with int16
+layers (`--int16`: QuantizeLinear / DequantizeLinear take int16 in the standard
+domain from opset 21 on; onnxruntime runs them, and a Conv between int16 Q/DQ in
+float). The batch dimension is dynamic.
 
 Int8 models keep the QDQ structure: int8 weight initializers behind
 DequantizeLinear (per channel, axis 0), int32 bias, one Q/DQ pair per
@@ -40,13 +43,16 @@ from edgecnn.export.tflite.passes.islands import FLOAT_WEIGHTS_KEY
 from edgecnn.util import atomic_write
 
 OPSET = 18
+#: the first opset whose QuantizeLinear / DequantizeLinear take int16 (16x8 layers)
+INT16_OPSET = 21
 ACTIVATION_TYPES = ("uint8", "int8")
 #: Measured on AVX2 x86 without VNNI: onnxruntime's fast int8 path is U8S8 (see benchmarks/).
 DEFAULT_ACTIVATIONS = "uint8"
 
 
-def to_onnx(module: torch.nn.Module, example_input: torch.Tensor) -> onnx.ModelProto:
-    """torch.onnx.export (dynamo) with a dynamic batch dimension named `batch`."""
+def to_onnx(module: torch.nn.Module, example_input: torch.Tensor,
+            opset: int = OPSET) -> onnx.ModelProto:
+    """torch.onnx.export (dynamo) at `opset` with a dynamic batch dimension named `batch`."""
     if example_input.shape[0] < 2:
         example_input = example_input.expand(2, *example_input.shape[1:]).contiguous()
     if not isinstance(module, torch.export.ExportedProgram):
@@ -58,14 +64,14 @@ def to_onnx(module: torch.nn.Module, example_input: torch.Tensor) -> onnx.ModelP
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(module, (example_input,), dynamo=True,
-                                        opset_version=OPSET, verbose=False,
+                                        opset_version=opset, verbose=False,
                                         input_names=["input"], output_names=["logits"])
     except Exception as exc:  # noqa: BLE001 - any exporter failure, reported by node and op
-        raise EdgecnnError(f"ONNX export failed: {describe_export_error(exc)}") from exc
+        raise EdgecnnError(f"ONNX export failed: {describe_export_error(exc, opset)}") from exc
     return program.model_proto
 
 
-def describe_export_error(exc: BaseException) -> str:
+def describe_export_error(exc: BaseException, opset: int = OPSET) -> str:
     """Name the graph node and the aten op the exporter could not translate."""
     seen: BaseException | None = exc
     while seen is not None:
@@ -73,7 +79,7 @@ def describe_export_error(exc: BaseException) -> str:
                           str(seen))
         if match:
             return (f"node {match.group(1)!r} (op {match.group(2)}) has no ONNX translation "
-                    f"at opset {OPSET}")
+                    f"at opset {opset}")
         seen = seen.__cause__ or seen.__context__
     return first_line(exc)
 
@@ -139,7 +145,9 @@ def qdq_model(program: torch.nn.Module, preprocessing: Preprocessing, *,
     standard op for them, which both onnxruntime and the TFLite converter take); NCHW,
     batch dynamic, the artifact record attached. The hub: the TFLite converter reads
     this, and `onnxruntime_variant` tunes a copy of it for onnxruntime."""
-    proto = global_average_pools(simplify(to_onnx(program, _example_input(preprocessing))))
+    opset = INT16_OPSET if has_int16(program) else OPSET
+    proto = global_average_pools(simplify(to_onnx(program, _example_input(preprocessing),
+                                                  opset)))
     attach_metadata(proto, ArtifactMetadata(
         preprocessing.with_layout("NCHW"), model=model_name, precision="int8",
         extra={"activations": "int8", FLOAT_WEIGHTS_KEY: "float"}))
@@ -174,6 +182,15 @@ def export_qdq(program: torch.nn.Module, preprocessing: Preprocessing, path: Pat
     canonical = qdq_model(program, preprocessing, model_name=model_name)
     return save(onnxruntime_variant(canonical, activations=activations,
                                     pad_channels=pad_channels), path)
+
+
+def has_int16(program: torch.nn.Module) -> bool:
+    """True when a converted program quantizes some activation to int16 (16x8 layers)."""
+    module = getattr(program, "graph_module", program)
+    graph = getattr(module, "graph", None)
+    return graph is not None and any(
+        n.op == "call_function" and "quantize_per_tensor" in str(n.target)
+        and n.args[-1] == torch.int16 for n in graph.nodes)
 
 
 def _example_input(preprocessing: Preprocessing) -> torch.Tensor:

@@ -106,6 +106,9 @@ def annotator(name: str) -> Callable[[Annotator], Annotator]:
 #: meta flag of a node kept float (`edgecnn.quant.precision`): no annotator claims it, and it
 #: carries no annotation at all (torchao's QAT conv-BN rewrite needs a full one or none)
 FLOAT_KEY = "edgecnn_keep_float"
+#: meta flag of a node the user moved to 16x8 (`edgecnn.quant.precision.mark_int16`): the
+#: annotators claim it as any other, then `annotate_int16` makes its activations int16
+INT16_KEY = "edgecnn_int16"
 
 
 def is_annotated(node: Node) -> bool:
@@ -337,12 +340,70 @@ def annotate_concat(gm: GraphModule, specs: Specs) -> None:
                  shared)
 
 
+#: aten ops an int16 layer may hold: those whose TFLite builtin has a 16x8 (int16
+#: activation) kernel on LiteRT and tflite-runtime 2.14 (the int16 versions of
+#: `export.tflite.builtins`); conv / linear are the weighted layers, BN and the fused
+#: activations go with them
+INT16_OPS = (*CONV_OPS, *LINEAR_OPS, *BATCH_NORM_OPS, *RELU_OPS, *RELU6_OPS, *HARDTANH_OPS)
+
+
+def int16_builtins() -> list[str]:
+    """The TFLite builtins with an int16 version in the converter's records."""
+    return sorted(name for name in BUILTINS if "int16" in BUILTINS.get(name).versions)
+
+
+@annotator("int16")
+def annotate_int16(gm: GraphModule, specs: Specs) -> None:
+    """Nodes marked int16 (`precision.mark_int16`) take int16 activation specs on their
+    input edges and output (TFLite 16x8: symmetric, zero point 0); weights stay int8.
+
+    Raises EdgecnnError naming the node for an op outside `INT16_OPS` (its TFLite builtin
+    has no 16x8 kernel edgecnn writes), listing the ops that have one.
+    """
+    for node in gm.graph.nodes:
+        if not node.meta.get(INT16_KEY):
+            continue
+        if node.op != "call_function" or node.target not in INT16_OPS:
+            from edgecnn.errors import EdgecnnError
+
+            raise EdgecnnError(
+                f"--int16: node {node.name!r} ({node.target}) has no 16x8 (int16 activation) "
+                f"TFLite kernel edgecnn writes; int16 layers are conv / linear (CONV_2D, "
+                f"DEPTHWISE_CONV_2D, FULLY_CONNECTED with their BN and ReLU / ReLU6): "
+                f"choose those layers")
+        annotation = node.meta.get(KEY)
+        if annotation is None:
+            continue
+        for arg, spec in list(annotation.input_qspec_map.items()):
+            if spec is specs.activation:
+                annotation.input_qspec_map[arg] = specs.activation16
+        if annotation.output_qspec is specs.activation:
+            annotation.output_qspec = specs.activation16
+
+
+def output_dtype(node: Node) -> torch.dtype | None:
+    """The dtype of `node`'s annotated output, following shared specs to their source."""
+    seen = set()
+    spec = node.meta[KEY].output_qspec if node.meta.get(KEY) else None
+    while isinstance(spec, SharedQuantizationSpec) and id(spec) not in seen:
+        seen.add(id(spec))
+        source = spec.edge_or_node
+        if isinstance(source, Node):
+            spec = source.meta[KEY].output_qspec if source.meta.get(KEY) else None
+        else:
+            arg, user = source
+            spec = user.meta[KEY].input_qspec_map.get(arg) if user.meta.get(KEY) else None
+    return getattr(spec, "dtype", None)
+
+
 @annotator("share_with_producers")
 def share_with_producers(gm: GraphModule, specs: Specs) -> None:
     """Point activation input edges at their producer's output quantization.
 
     torchao shares implicitly only between equal specs; a fixed (sigmoid) or
     shared (max pool) producer would otherwise get a second, requantizing Q/DQ.
+    An edge between an int8 and an int16 tensor keeps its own spec: that is the
+    requantization (int8 -> int16 or back) the two precisions need.
     """
     for node in gm.graph.nodes:
         annotation = node.meta.get(KEY)
@@ -350,7 +411,9 @@ def share_with_producers(gm: GraphModule, specs: Specs) -> None:
             continue
         for arg, spec in list(annotation.input_qspec_map.items()):
             producer = arg.meta.get(KEY)
-            if spec is specs.activation and producer is not None and producer.output_qspec:
+            if ((spec is specs.activation or spec is specs.activation16)
+                    and producer is not None and producer.output_qspec
+                    and output_dtype(arg) in (None, spec.dtype)):
                 annotation.input_qspec_map[arg] = SharedQuantizationSpec(arg)
 
 

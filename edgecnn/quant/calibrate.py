@@ -99,7 +99,8 @@ def check_patterns(model, example_input, config) -> None:
     """Capture `model` (eval mode, left unchanged) and check that every pattern of
     `config` (a QuantConfig) selects a node: the seconds-long check `export --int8` runs
     before training. Raises EdgecnnError naming the flag (see `select`)."""
-    if not config.keep_float:
+    if not config.keep_float and not config.int16:
         return
     gm = capture(model, example_input, train=False)
     select(gm, config.keep_float, "--keep-float")
+    select(gm, config.int16, "--int16")

@@ -1,4 +1,5 @@
-"""Selective precision: layers the user keeps float (`--keep-float PATTERN`).
+"""Selective precision: layers the user keeps float (`--keep-float PATTERN`) or moves
+to TFLite's 16x8 scheme (`--int16 PATTERN`: int16 activations, int8 weights).
 
 A pattern is a regular expression matched in full (`re.fullmatch`) against a
 node's names: its module path and every enclosing one (`block.conv`, `block`)
@@ -17,12 +18,22 @@ In a converted program a float conv / linear is one whose weight is not
 dequantized (`float_layers`); the QDQ ONNX keeps its weights float and no
 Q/DQ on its own tensors, and the TFLite converter runs it between a
 DEQUANTIZE and a QUANTIZE (`export.tflite.passes.islands`).
+
+`--int16` selects with the same rules (`select`, `with_fused`); a matched node is marked
+(`annotators.INT16_KEY`) and the `int16` annotator moves its activation specs to int16
+(`spec.Specs.activation16`). As with float, a tensor is int16 only when its writer and
+all its readers are int16 layers: an int16 layer reading an int8 tensor requantizes it
+on its input edge (int8 -> int16, exact), and an int8 reader of an int16 tensor
+requantizes it to int8 (`block\\.(conv|proj)` takes the planted tensor out of int8). In a
+converted program an int16 layer is a conv / linear whose input is dequantized from
+int16 (`int16_layers`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+import torch
 from torch.fx import GraphModule, Node
 
 from edgecnn.errors import EdgecnnError
@@ -30,6 +41,7 @@ from edgecnn.quant.annotators import (
     BATCH_NORM_OPS,
     CONV_OPS,
     FLOAT_KEY,
+    INT16_KEY,
     LINEAR_OPS,
     PASSTHROUGH,
     calls,
@@ -101,30 +113,55 @@ def with_fused(node: Node) -> list[Node]:
     return chain + fused
 
 
+def _mark(gm: GraphModule, patterns: Iterable[str], flag: str, key: str) -> list[Node]:
+    """Set `node.meta[key]` on the nodes `patterns` select and their fused BN / activation
+    (a node already kept float is left alone). In place; returns the marked nodes."""
+    patterns = list(patterns)
+    if not patterns:
+        return []
+    marked = [m for node in select(gm, patterns, flag) for m in with_fused(node)]
+    marked = [n for n in dict.fromkeys(marked) if not n.meta.get(FLOAT_KEY)]
+    for node in marked:
+        node.meta[key] = True
+    return marked
+
+
 def keep_float(gm: GraphModule, patterns: Iterable[str]) -> list[Node]:
     """Claim the nodes `patterns` select (and their fused BN / activation) with no
     quantization, before the int8 annotators run. In place; returns the claimed nodes.
     Raises EdgecnnError for a pattern that matches nothing (see `select`)."""
-    patterns = list(patterns)
-    if not patterns:
-        return []
-    claimed = [m for node in select(gm, patterns, "--keep-float") for m in with_fused(node)]
-    claimed = list(dict.fromkeys(claimed))
-    for node in claimed:
-        node.meta[FLOAT_KEY] = True
-    return claimed
+    return _mark(gm, patterns, "--keep-float", FLOAT_KEY)
 
 
-def _weighted_layers(gm: GraphModule, quantized: bool) -> list[str]:
+def mark_int16(gm: GraphModule, patterns: Iterable[str]) -> list[Node]:
+    """Mark the nodes `patterns` select (and their fused BN / activation) for 16x8, before
+    the annotators run (the `int16` annotator reads the mark); nodes kept float stay
+    float. In place; returns the marked nodes. Raises EdgecnnError for a pattern that
+    matches nothing (see `select`)."""
+    return _mark(gm, patterns, "--int16", INT16_KEY)
+
+
+def _dequantized(node: object) -> bool:
+    return (isinstance(node, Node) and node.op == "call_function"
+            and "dequantize" in str(node.target))
+
+
+def _reads_int16(node: Node) -> bool:
+    """The layer's input is dequantized from int16 (its last argument is the dtype)."""
+    x = node.args[0]
+    return _dequantized(x) and x.args[-1] == torch.int16
+
+
+def _weighted_layers(gm: GraphModule, quantized: bool, int16: bool | None = None) -> list[str]:
     names = []
     for node in activation_nodes(gm):
         if not calls(node, WEIGHTED):
             continue
-        weight = node.args[1]
-        dequantized = (isinstance(weight, Node) and weight.op == "call_function"
-                       and "dequantize" in str(weight.target))
-        if dequantized == quantized:
-            names.append(layer_name(node))
+        if _dequantized(node.args[1]) != quantized:
+            continue
+        if int16 is not None and _reads_int16(node) != int16:
+            continue
+        names.append(layer_name(node))
     return list(dict.fromkeys(names))
 
 
@@ -135,5 +172,13 @@ def float_layers(gm: GraphModule) -> list[str]:
 
 
 def int8_layers(gm: GraphModule) -> list[str]:
-    """The conv / linear layers of a converted program with quantized weights."""
-    return _weighted_layers(gm, quantized=True)
+    """The conv / linear layers of a converted program with quantized weights and int8
+    inputs (module paths, graph order)."""
+    return _weighted_layers(gm, quantized=True, int16=False)
+
+
+def int16_layers(gm: GraphModule) -> list[str]:
+    """The 16x8 layers of a converted program: conv / linear with quantized weights whose
+    input is dequantized from int16 (module paths, graph order)."""
+    return _weighted_layers(gm, quantized=True, int16=True)
+

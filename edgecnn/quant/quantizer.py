@@ -11,7 +11,7 @@ from torchao.quantization.pt2e.quantizer import Quantizer
 
 from edgecnn.errors import EdgecnnError
 from edgecnn.quant.annotators import ANNOTATORS, known_ops, unannotated
-from edgecnn.quant.precision import keep_float
+from edgecnn.quant.precision import keep_float, mark_int16
 from edgecnn.quant.spec import QuantConfig, make_specs
 
 aten = torch.ops.aten
@@ -133,7 +133,8 @@ def keep_shared_convs_unfolded(gm: GraphModule) -> int:
 
 
 class TFLiteInt8Quantizer(Quantizer):
-    """Annotates an exported graph with the TFLite int8 spec (see `edgecnn.quant.spec`).
+    """Annotates an exported graph with the TFLite int8 spec (see `edgecnn.quant.spec`),
+    and the 16x8 scheme on the layers `config.int16` selects.
 
     `is_qat` selects fake-quantize modules instead of observers. An op no
     annotator claims stays float with an `UnquantizedOpWarning` naming the node,
@@ -152,6 +153,7 @@ class TFLiteInt8Quantizer(Quantizer):
 
     def annotate(self, model: GraphModule) -> GraphModule:
         keep_float(model, self.config.keep_float)  # claimed first: no annotator quantizes them
+        mark_int16(model, self.config.int16)  # annotated as any node, then made int16
         for _, annotate in ANNOTATORS:
             annotate(model, self.specs)
         return model

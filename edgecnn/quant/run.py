@@ -18,7 +18,7 @@ from edgecnn.errors import ParameterError
 from edgecnn.quant import METHODS, quantize
 from edgecnn.quant.artifact import save_program
 from edgecnn.quant.graph import qdq_counts
-from edgecnn.quant.precision import float_layers, int8_layers
+from edgecnn.quant.precision import float_layers, int8_layers, int16_layers
 from edgecnn.quant.qat import QATConfig
 from edgecnn.quant.spec import QuantConfig
 from edgecnn.train import accuracy, to_tensors
@@ -74,6 +74,7 @@ def quantize_checkpoint(checkpoint: Path, out: Path, *, method: str = "qat",
         "val_images": len(vx), "quantize_seconds": round(seconds, 2),
         "quant_config": config.to_dict(), "node_counts": qdq_counts(converted),
         "float_layers": float_layers(converted), "int8_layers": int8_layers(converted),
+        "int16_layers": int16_layers(converted),
     }
     if method == "qat":
         metrics["qat_config"] = {k: getattr(qat_config, k)

@@ -9,6 +9,14 @@ https://ai.google.dev/edge/litert/models/quantization_spec:
 - LOGISTIC / SOFTMAX output: scale 1/256, zero point -128; LOG_SOFTMAX 16/256, 127;
   TANH 1/128, 0 (the builtin records, `edgecnn.export.tflite.builtins`).
 
+Layers chosen with `QuantConfig.int16` follow TFLite's 16x8 scheme
+(https://ai.google.dev/edge/litert/models/post_training_integer_quant_16x8): int16
+activations, symmetric per tensor with zero point 0 (the int16 kernels check it),
+range [-32767, 32767] as TFLite's own quantizer makes them (scale = max |x| / 32767,
+tensorflow/lite/tools/optimize/quantization_utils.cc); weights int8 per channel as
+above; the bias int64 in the .tflite (CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED
+16x8 kernels), int32 in the program and the ONNX file (the converter widens it).
+
 `QuantConfig` keeps the choices the exporter may need to revisit per target
 (activation dtype, weight range) as fields, so an int8-trained model can be
 emitted as uint8 activations (the same grid shifted by 128) without retraining.
@@ -47,6 +55,8 @@ ACTIVATION_DTYPES = {
     "int8": (torch.int8, (-128, 127)),
     "uint8": (torch.uint8, (0, 255)),
 }
+#: TFLite 16x8 activations: symmetric, zero point 0 (see the module doc)
+INT16_RANGE = (-32767, 32767)
 
 
 
@@ -74,6 +84,8 @@ class QuantConfig:
     strict: raise on an op the quantizer does not know instead of warning.
     keep_float: regular expressions over layer / node names; the layers they match stay
         float (`edgecnn.quant.precision`; a pattern matching nothing raises at annotation).
+    int16: regular expressions, the same rules; the layers they match get int16
+        activations and int8 weights (TFLite 16x8). A layer both patterns match stays float.
     """
 
     observer: str = "minmax"
@@ -82,10 +94,13 @@ class QuantConfig:
     weight_range: tuple[int, int] = (-127, 127)
     strict: bool = False
     keep_float: tuple[str, ...] = ()
+    int16: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keep_float", tuple(self.keep_float))
         compile_patterns(self.keep_float, "--keep-float")
+        object.__setattr__(self, "int16", tuple(self.int16))
+        compile_patterns(self.int16, "--int16")
         if self.observer not in OBSERVERS:
             raise EdgecnnError(f"unknown observer {self.observer!r}; known: {sorted(OBSERVERS)}")
         if self.activation_dtype not in ACTIVATION_DTYPES:
@@ -111,7 +126,8 @@ class QuantConfig:
         return {"observer": self.observer, "activation_dtype": self.activation_dtype,
                 "activation_range": list(self.activation_range),
                 "weight_range": list(self.weight_range), "strict": self.strict,
-                "keep_float": list(self.keep_float)}
+                "keep_float": list(self.keep_float),
+                **({"int16": list(self.int16)} if self.int16 else {})}
 
 
 @dataclass(frozen=True)
@@ -124,6 +140,7 @@ class Specs:
     """
 
     activation: QuantizationSpec
+    activation16: QuantizationSpec  # the 16x8 layers' activations (`QuantConfig.int16`)
     weight: QuantizationSpec
     fixed: dict[str, FixedQParamsQuantizationSpec]
     config: QuantConfig
@@ -140,6 +157,9 @@ def make_specs(config: QuantConfig, *, is_qat: bool) -> Specs:
     activation = QuantizationSpec(
         dtype=config.activation_torch_dtype, quant_min=act_min, quant_max=act_max,
         qscheme=torch.per_tensor_affine, observer_or_fake_quant_ctr=act_ctr)
+    activation16 = QuantizationSpec(
+        dtype=torch.int16, quant_min=INT16_RANGE[0], quant_max=INT16_RANGE[1],
+        qscheme=torch.per_tensor_symmetric, observer_or_fake_quant_ctr=act_ctr)
     weight = QuantizationSpec(
         dtype=torch.int8, quant_min=config.weight_range[0], quant_max=config.weight_range[1],
         qscheme=torch.per_channel_symmetric, ch_axis=0, observer_or_fake_quant_ctr=weight_ctr)
@@ -149,4 +169,5 @@ def make_specs(config: QuantConfig, *, is_qat: bool) -> Specs:
         dtype=config.activation_torch_dtype, scale=scale, zero_point=zero_point + shift,
         quant_min=dtype_min, quant_max=dtype_max, qscheme=torch.per_tensor_affine)
         for builtin, (scale, zero_point) in fixed_outputs().items()}
-    return Specs(activation=activation, weight=weight, fixed=fixed, config=config)
+    return Specs(activation=activation, activation16=activation16, weight=weight, fixed=fixed,
+                 config=config)

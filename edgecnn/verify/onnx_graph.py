@@ -143,6 +143,9 @@ class OnnxCandidate:
         for node in graph.node:
             if node.op_type != "QuantizeLinear" or node.input[0] in self.constants:
                 continue
+            source = self.producer.get(node.input[0])
+            if source is not None and graph.node[source].op_type == "DequantizeLinear":
+                continue  # requantized values of another tap (int8 <-> int16, 16x8 edges)
             scale = self.constants.get(node.input[1])
             zero = self.constants.get(node.input[2]) if len(node.input) > 2 else None
             if scale is None or scale.size != 1:

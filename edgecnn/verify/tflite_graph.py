@@ -199,6 +199,8 @@ class TfliteCandidate(_Graph):
             q = tensor.quantization
             if tensor.type not in integer or q is None or q.scale is None or len(q.scale) != 1:
                 continue
+            if self._requantized(index):
+                continue
             name = self.name(index)
             self._index[name] = index
             self.taps.append(Tap(name, name, "", float(q.scale[0]), int(q.zeroPoint[0]),
@@ -208,6 +210,20 @@ class TfliteCandidate(_Graph):
         self._full = {k: _interpreter(path.read_bytes(), k, threads, path,
                                       preserve_all_tensors=True) for k in self.kernels}
         self._layerwise: dict[str, tuple] = {}
+
+    def _requantized(self, index: int) -> bool:
+        """The tensor is another tap's values at another precision: a QUANTIZE of an integer
+        tensor, or of a DEQUANTIZE's output (int8 <-> int16 at a 16x8 layer's edges). It is
+        no layer of its own: the layer that reads it reads the tap behind it."""
+        op = self.producer.get(index)
+        if op is None or self.op_name(op) != "QUANTIZE":
+            return False
+        source = int(self.subgraph.operators[op].inputs[0])
+        if self.tensors[source].quantization is not None and \
+                self.tensors[source].quantization.scale is not None:
+            return True
+        before = self.producer.get(source)
+        return before is not None and self.op_name(before) == "DEQUANTIZE"
 
     def set_boundaries(self, names: set[str]) -> None:
         """Recompute each tap's layer with the taps in `names` as its boundaries."""

@@ -16,7 +16,10 @@ bias, input `bias_input`, has scale input x weight scale); `fuses_activation` sa
 RELU / RELU6 / RELU_N1_TO_1 can become its fused_activation_function, and
 `fusable` that this builtin is such an activation. `data_input` is the input whose dtype
 picks the version and whose parameters a "same" output shares (SPLIT's comes after the
-axis). `rounding` is how the
+axis). An "int16" version is TFLite's 16x8 kernel (int16 activations, int8 weights, int64
+bias; op_version.cc), declared only for the builtins edgecnn writes with int16 tensors
+(`edgecnn.quant.precision`); any other builtin on int16 data is refused by `op_version`,
+naming the node. `rounding` is how the
 builtin int8 kernel breaks ties in its final rounding right shift (measured:
 `builtin_int8`). The passes, the writer and the quantizer read these records;
 a new builtin is one `builtin(...)` call.
@@ -31,7 +34,7 @@ from edgecnn.errors import EdgecnnError
 from edgecnn.export.tflite.graph import Graph, Op
 from edgecnn.registry import Registry
 
-F32, I8 = "float32", "int8"
+F32, I8, I16 = "float32", "int8", "int16"
 INT8_CONTRACTS = ("requantize", "same", "fixed", "convert")
 
 VersionRule = tuple[Callable[[Graph, Op], bool], int]
@@ -102,17 +105,22 @@ def _keeps_dims(graph: Graph, op: Op) -> bool:
     return bool(op.attrs.get("keep_num_dims"))
 
 
+def _int16_output(graph: Graph, op: Op) -> bool:
+    """QUANTIZE writing int16 (op_version.cc: 2)."""
+    return str(graph.tensor(op.outputs[0]).dtype) == I16
+
+
 def _mul_rescale_ge_1(graph: Graph, op: Op) -> bool:
     a, b, y = (graph.tensor(n).quant for n in (*op.inputs[:2], op.outputs[0]))
     return None not in (a, b, y) and a.scale[0] * b.scale[0] / y.scale[0] >= 1.0
 
 
 # -- weighted ops -----------------------------------------------------------------------------
-builtin("CONV_2D", "Conv2DOptions", {F32: 1, I8: 3}, version_rules=((_grouped, 6),),
+builtin("CONV_2D", "Conv2DOptions", {F32: 1, I8: 3, I16: 4}, version_rules=((_grouped, 6),),
         weights=(1, 0), fuses_activation=True, rounding="up")
-builtin("DEPTHWISE_CONV_2D", "DepthwiseConv2DOptions", {F32: 1, I8: 3},
+builtin("DEPTHWISE_CONV_2D", "DepthwiseConv2DOptions", {F32: 1, I8: 3, I16: 5},
         version_rules=((_dilated, 2),), weights=(1, 3), fuses_activation=True, rounding="up")
-builtin("FULLY_CONNECTED", "FullyConnectedOptions", {F32: 1, I8: 4},
+builtin("FULLY_CONNECTED", "FullyConnectedOptions", {F32: 1, I8: 4, I16: 7},
         version_rules=((_keeps_dims, 5),), weights=(1, 0), fuses_activation=True,
         rounding="up")
 builtin("TRANSPOSE_CONV", "TransposeConvOptions",
@@ -127,8 +135,8 @@ builtin("MEAN", "ReducerOptions", rounding="away")
 # -- data movement: one scale in and out ------------------------------------------------------
 builtin("AVERAGE_POOL_2D", "Pool2DOptions", int8="same", fuses_activation=True)
 builtin("MAX_POOL_2D", "Pool2DOptions", int8="same", fuses_activation=True)
-builtin("PAD", "PadOptions", int8="same")
-builtin("PADV2", "PadV2Options", int8="same")
+builtin("PAD", "PadOptions", {F32: 1, I8: 2, I16: 3}, int8="same")
+builtin("PADV2", "PadV2Options", {F32: 1, I8: 2, I16: 3}, int8="same")
 builtin("RESHAPE", "ReshapeOptions", {F32: 1, I8: 1}, int8="same")
 builtin("TRANSPOSE", "TransposeOptions", int8="same",
         version_rules=((_rank_above(4), 4), (_rank_above(5), 6)))
@@ -153,8 +161,9 @@ builtin("RELU", fusable=True)
 builtin("RELU6", fusable=True)
 builtin("RELU_N1_TO_1", versions={F32: 1, I8: 1}, fusable=True)
 # -- conversions ------------------------------------------------------------------------------
-builtin("QUANTIZE", "QuantizeOptions", {F32: 1, I8: 1, "uint8": 1}, int8="convert")
-builtin("DEQUANTIZE", "DequantizeOptions", {I8: 2}, int8="convert")
+builtin("QUANTIZE", "QuantizeOptions", {F32: 1, I8: 1, "uint8": 1, I16: 1}, int8="convert",
+        version_rules=((_int16_output, 2),))
+builtin("DEQUANTIZE", "DequantizeOptions", {I8: 2, I16: 3}, int8="convert")
 
 
 def record(op: Op) -> Builtin | None:
@@ -175,8 +184,11 @@ def op_version(graph: Graph, op: Op) -> int:
     dtype = str(graph.tensor(op.inputs[rec.data_input if rec else 0]).dtype)
     if rec is None or dtype not in rec.versions:
         known = ", ".join(sorted(rec.versions)) if rec else "none"
+        int16 = ", ".join(n for n in BUILTINS if I16 in BUILTINS.get(n).versions)
+        extra = (f"; builtins edgecnn writes with int16 (16x8) kernels: {int16}"
+                 if dtype == I16 else "")
         raise EdgecnnError(f"{op.describe()}: no TFLite {op.type} kernel for {dtype} inputs "
-                           f"(dtypes with a version: {known})")
+                           f"(dtypes with a version: {known}){extra}")
     version = rec.versions[dtype]
     for condition, rule_version in rec.version_rules:
         if condition(graph, op):

@@ -2,7 +2,10 @@
 
 After `fold_qdq` a QDQ model is a graph of ordinary ops whose activations are
 int8 tensors carrying (scale, zero point), and whose weights and biases are
-int8 / int32 constants carrying their (per-channel) parameters.
+int8 / int32 constants carrying their (per-channel) parameters. Int16 Q/DQ (16x8
+layers, symmetric, zero point 0) make int16 tensors; where one tensor is quantized
+both ways, a QUANTIZE converts int16 to int8, and a DEQUANTIZE + QUANTIZE int8 to
+int16 (tflite-runtime 2.14 has no int8 -> int16 QUANTIZE).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from edgecnn.export.tflite.graph import Graph, Op, Quant
 from edgecnn.export.tflite.ops.base import LOWERINGS
 
 INT8 = np.dtype(np.int8)
+INT16 = np.dtype(np.int16)
 
 
 def _params(graph: Graph, op: Op, rank: int) -> tuple[Quant, np.dtype]:
@@ -26,9 +30,14 @@ def _params(graph: Graph, op: Op, rank: int) -> tuple[Quant, np.dtype]:
         raise EdgecnnError(f"{op.describe()}: blocked quantization is not supported")
     qname = op.outputs[0] if op.type == "QuantizeLinear" else op.inputs[0]
     qtype = zero.dtype if zero is not None else graph.tensor(qname).dtype
-    if qtype not in (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int32)):
+    if qtype not in (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16),
+                     np.dtype(np.int32)):
         raise EdgecnnError(f"{op.describe()}: {qtype} quantization is not supported "
-                           f"(int8, uint8 and int32 bias are)")
+                           f"(int8, uint8, int16 activations of 16x8 layers and int32 bias "
+                           f"are)")
+    if qtype == np.int16 and zero is not None and zero.any():
+        raise EdgecnnError(f"{op.describe()}: int16 quantization needs zero point 0 (TFLite's "
+                           f"16x8 kernels are symmetric)")
     zero = np.zeros(1, np.int64) if zero is None else zero.astype(np.int64)
     if qtype == np.uint8:
         zero = zero - 128  # uint8 q is int8 q + 128 with the same scale
@@ -75,6 +84,13 @@ def _quantized(graph: Graph, name: str, quant: Quant, dtype: np.dtype, op: Op,
     if tensor.quant.same_as(quant):
         return name
     requant = graph.add_tensor(f"{name}_requant", tensor.shape, dtype, quant=quant)
+    if dtype == INT16 and tensor.dtype != INT16:
+        # int8 -> int16 through float: tflite-runtime 2.14's QUANTIZE refuses an int16
+        # output for an int8 input (quantize.cc: "output->type == kTfLiteUInt8 ||
+        # output->type == kTfLiteInt8"); LiteRT accepts both, int16 -> int8 runs on both
+        floating = graph.add_tensor(f"{name}_float", tensor.shape, np.float32)
+        out.append(Op("DEQUANTIZE", [name], [floating], name=op.name, domain="tflite"))
+        name = floating
     out.append(Op("QUANTIZE", [name], [requant], name=op.name, domain="tflite"))
     return requant
 

@@ -22,6 +22,7 @@ from edgecnn.export.tflite.passes.islands import is_int8_op
 from edgecnn.qmath import bias_safe_weight_scale, quantize_bias, quantize_symmetric
 
 INT8 = np.dtype(np.int8)
+INT16 = np.dtype(np.int16)
 
 
 def _weights_input(op: Op) -> tuple[int, int] | None:
@@ -238,7 +239,9 @@ def _fit_bias_range(graph: Graph, op: Op, x: Tensor, w: Tensor, bias: np.ndarray
 def quantize_biases(graph: Graph) -> None:
     """In place: every conv / fully-connected bias becomes int32 with
     scale = input scale x weight scale (per channel) and zero point 0, rounded and
-    clamped in float64; where a bias would not fit, the weight scale rises first."""
+    clamped in float64; where a bias would not fit, the weight scale rises first.
+    A 16x8 op (int16 input) gets an int64 bias at the same scale, as its TFLite kernel
+    wants (conv.cc / depthwise_conv.cc / fully_connected.cc, 16x8 path)."""
     if not graph.quantized:
         return
     for op in graph.ops:
@@ -247,6 +250,7 @@ def quantize_biases(graph: Graph) -> None:
         rec = record(op)
         x, w, b = (graph.tensor(op.inputs[i]) for i in (rec.data_input, rec.weights[0],
                                                          rec.bias_input))
+        wide = x.dtype == INT16
         scale = (x.quant.scale[0] * w.quant.scale).astype(np.float32)
         if (b.dtype == np.int32 and b.quant is not None and b.quant.scale.size == scale.size
                 and np.allclose(b.quant.scale, scale, rtol=1e-6) and not b.quant.zero_point.any()):
@@ -254,9 +258,13 @@ def quantize_biases(graph: Graph) -> None:
         else:
             values = b.data.astype(np.float64) if b.quant is None else \
                 (b.data.astype(np.float64) - b.quant.zero_point) * b.quant.scale.astype(np.float64)
-            w = _fit_bias_range(graph, op, x, w, values)
-            scale = (x.quant.scale[0] * w.quant.scale).astype(np.float32)
-            q = quantize_bias(values, scale)
+            if wide:  # int64: no range to fit
+                q = np.round(values / scale.astype(np.float64)).astype(np.int64)
+            else:
+                w = _fit_bias_range(graph, op, x, w, values)
+                scale = (x.quant.scale[0] * w.quant.scale).astype(np.float32)
+                q = quantize_bias(values, scale)
         quant = Quant(scale, np.zeros(scale.size, np.int64), 0 if scale.size > 1 else None)
-        op.inputs[rec.bias_input] = graph.add_const(f"{b.name}_int32", q.astype(np.int32),
+        dtype, suffix = (np.int64, "int64") if wide else (np.int32, "int32")
+        op.inputs[rec.bias_input] = graph.add_const(f"{b.name}_{suffix}", q.astype(dtype),
                                                     quant=quant)
