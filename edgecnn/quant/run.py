@@ -80,6 +80,7 @@ def quantize_checkpoint(checkpoint: Path, out: Path, *, method: str = "qat",
                                  for k in qat_config.__dataclass_fields__}
     else:
         metrics["calib_images"] = min(len(x), calib_batches * batch_size)
+        metrics["ptq_methods"] = converted.meta.get("ptq", {})
     metadata = ArtifactMetadata(preprocessing=preprocessing, model=model_config.model,
                                 precision="int8",
                                 extra={"quantization": {"method": method, **config.to_dict()}})

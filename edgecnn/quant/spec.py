@@ -60,6 +60,10 @@ class QuantConfig:
     strict: raise on an op the quantizer does not know instead of warning.
     keep_float: regular expressions over layer / node names; the layers they match stay
         float (`edgecnn.quant.precision`; a pattern matching nothing raises at annotation).
+    cle: PTQ only: cross-layer equalization of conv pairs before calibration
+        (`edgecnn.quant.equalize`).
+    bias_correction: PTQ only: empirical bias correction after calibration
+        (`edgecnn.quant.bias_correction`).
     """
 
     observer: str = "minmax"
@@ -68,6 +72,8 @@ class QuantConfig:
     weight_range: tuple[int, int] = (-127, 127)
     strict: bool = False
     keep_float: tuple[str, ...] = ()
+    cle: bool = False
+    bias_correction: bool = False
 
     def __post_init__(self) -> None:
         from edgecnn.quant.precision import compile_patterns
@@ -99,7 +105,13 @@ class QuantConfig:
         return {"observer": self.observer, "activation_dtype": self.activation_dtype,
                 "activation_range": list(self.activation_range),
                 "weight_range": list(self.weight_range), "strict": self.strict,
-                "keep_float": list(self.keep_float)}
+                "keep_float": list(self.keep_float), "cle": self.cle,
+                "bias_correction": self.bias_correction}
+
+    @property
+    def ptq_methods(self) -> tuple[str, ...]:
+        """The PTQ improvements this config asks for ("cle", "bias_correction")."""
+        return tuple(name for name in ("cle", "bias_correction") if getattr(self, name))
 
 
 @dataclass(frozen=True)
