@@ -16,7 +16,7 @@ from torch.fx import GraphModule
 from torchao.quantization.pt2e import disable_observer
 from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
-from edgecnn.errors import EdgecnnError, ParameterError
+from edgecnn.errors import EdgecnnError
 from edgecnn.quant.bn_fold import (
     enable_train_eval,
     fold_batch_norms,
@@ -25,7 +25,7 @@ from edgecnn.quant.bn_fold import (
 )
 from edgecnn.quant.calibrate import capture, convert
 from edgecnn.quant.quantizer import TFLiteInt8Quantizer
-from edgecnn.quant.spec import QuantConfig
+from edgecnn.quant.spec import QuantConfig, check_ptq_methods
 from edgecnn.train import TrainConfig, run_epochs
 
 
@@ -76,10 +76,7 @@ def prepare_qat(model: nn.Module, example_input: torch.Tensor,
     Raises ParameterError for a config asking for PTQ steps (`cle`, `bias_correction`):
     QAT learns the weights and BN folds during training, neither applies as written.
     """
-    if config is not None and config.ptq_methods:
-        name = config.ptq_methods[0]
-        raise ParameterError(name, "is a PTQ step (method 'ptq'); QAT does not apply it",
-                             flag=f"--{name.replace('_', '-')}")
+    check_ptq_methods(config, "qat")
     prepared = prepare_qat_pt2e(capture(model, example_input, train=True),
                                 TFLiteInt8Quantizer(config, is_qat=True))
     multiply_by_reciprocal(prepared)

@@ -20,7 +20,7 @@ from edgecnn.quant.artifact import save
 from edgecnn.quant.graph import qdq_counts
 from edgecnn.quant.precision import float_layers, int8_layers
 from edgecnn.quant.qat import QATConfig
-from edgecnn.quant.spec import QuantConfig
+from edgecnn.quant.spec import QuantConfig, check_ptq_methods
 from edgecnn.train import accuracy, to_tensors
 
 
@@ -44,6 +44,7 @@ def quantize_checkpoint(checkpoint: Path, out: Path, *, method: str = "qat",
     """Quantize the checkpoint in `checkpoint` to `out`; return the metrics written."""
     if method not in METHODS:
         raise EdgecnnError(f"unknown --method {method!r}; known: {', '.join(METHODS)}")
+    check_ptq_methods(config, method)
     model, model_config = load_checkpoint(Path(checkpoint), model_name)
     spec = data or model_config.data
     if not spec:

@@ -29,7 +29,7 @@ from torchao.quantization.pt2e import (
 )
 from torchao.quantization.pt2e.quantizer import FixedQParamsQuantizationSpec, QuantizationSpec
 
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, ParameterError
 from edgecnn.export.tflite.builtins import fixed_outputs
 
 #: activation observer name -> observer class (PTQ; QAT always fake-quantizes with a
@@ -112,6 +112,15 @@ class QuantConfig:
     def ptq_methods(self) -> tuple[str, ...]:
         """The PTQ improvements this config asks for ("cle", "bias_correction")."""
         return tuple(name for name in ("cle", "bias_correction") if getattr(self, name))
+
+
+def check_ptq_methods(config: QuantConfig | None, method: str) -> None:
+    """Raise ParameterError when `config` asks for a PTQ step (`cle`, `bias_correction`)
+    and `method` is not "ptq": QAT learns its weights (and folds BN as it trains), so
+    neither step applies as written."""
+    if config is not None and method != "ptq" and config.ptq_methods:
+        name = config.ptq_methods[0]
+        raise ParameterError(name, f"is a PTQ step: it needs method 'ptq', got {method!r}")
 
 
 @dataclass(frozen=True)
