@@ -14,9 +14,11 @@ latency is plain PTQ's. The 224-px columns are measured on the same architecture
 built at 224 px (10 classes), PTQ on random images, plain and with the fallback step's
 layers kept float: what that step costs at the size a phone runs.
 
-Why 32 px for accuracy: 224-px digits training on the shared 2-core machine did not
-finish 3 mobilenet_v2 epochs in 10 minutes, and 3 epochs at 96 px reached 17.5%
-validation accuracy (see benchmarks/ptq_methods.md).
+Why 32 px for accuracy: on the shared 2-core machine (load average 8-10 while this
+ran), 224-px digits training of mobilenet_v2 had not finished 3 epochs after 10
+minutes, 3 epochs at 96 px took 5 minutes and reached 17.5% validation accuracy, and
+the 32-px schedule (6 epochs, 97.5%) took 29 minutes; efficientnet_b0 did not fit in
+the session (run `--models efficientnet_b0`).
 
     nice python benchmarks/ptq_methods.py [--cache DIR] [--runs 50] [--out FILE.md]
 """
@@ -152,6 +154,38 @@ def markdown(results: dict, machine: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+BEGIN, END = "<!-- ptq_methods: begin -->", "<!-- ptq_methods: end -->"
+
+
+def results_section(results: dict) -> str:
+    """The RESULTS.md summary: drop / agreement per variant (TFLite, LiteRT) per model."""
+    lines = ["## PTQ steps: bias correction, cross-layer equalization, one fallback step", "",
+             "`python benchmarks/ptq_methods.py` (details, ONNX columns and latencies: "
+             "benchmarks/ptq_methods.md). Digits, small-input mode (32 px), 359 validation "
+             "images; int8 .tflite on LiteRT against the fp32 ONNX: drop in points / top-1 "
+             "agreement.", "",
+             "| model (fp32) | none | bias correction | CLE | CLE + BC | one fallback step |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name, result in results.items():
+        cells = []
+        for variant in (*VARIANTS, "one fallback step"):
+            t = result["rows"].get(variant, {}).get("model_int8.tflite")
+            cells.append(f"{t['drop']:+.2f} / {100 * t['agreement']:.1f}%" if t else "-")
+        lines.append(f"| {name} ({100 * result['fp32']:.2f}%) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def update_results(path: Path, section: str) -> None:
+    text = path.read_text()
+    block = f"{BEGIN}\n{section.rstrip()}\n{END}\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + block + rest.split(END, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    path.write_text(text)
+
+
 def describe(variant: str, entry: dict) -> str:
     record = entry.get("ptq_methods") or {}
     parts = []
@@ -175,8 +209,17 @@ def main() -> None:
     parser.add_argument("--no-224", action="store_true", help="skip the 224-px latency")
     parser.add_argument("--epochs", type=int, default=SCHEDULE.epochs,
                         help="fp32 training epochs (the zoo's 6 by default)")
+    parser.add_argument("--results", type=Path,
+                        default=Path(__file__).with_name("RESULTS.md"))
+    parser.add_argument("--from-json", type=Path, nargs="*",
+                        help="only rewrite the tables from these results.json files")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
+    if args.from_json:
+        results = {k: v for p in args.from_json for k, v in json.loads(p.read_text()).items()}
+        args.out.write_text(markdown(results, describe_machine()))
+        update_results(args.results, results_section(results))
+        return
     results = {}
     for name in args.models.split(","):
         schedule = replace(SCHEDULE, epochs=args.epochs)
@@ -187,7 +230,8 @@ def main() -> None:
                                                       args.runs)
         (args.cache / "results.json").write_text(json.dumps(results, indent=2, default=str))
         args.out.write_text(markdown(results, describe_machine()))
-        print(f"wrote {args.out}", flush=True)
+        update_results(args.results, results_section(results))
+        print(f"wrote {args.out}, {args.results}", flush=True)
 
 
 if __name__ == "__main__":
