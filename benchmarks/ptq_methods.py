@@ -133,7 +133,7 @@ def markdown(results: dict, machine: dict) -> str:
         epochs = result.get("epochs", SCHEDULE.epochs)
         lines += [f"## {name} (fp32 {100 * result['fp32']:.2f}%, {epochs} epochs)", "",
                   "| PTQ | ONNX drop | ONNX agree | TFLite drop | TFLite agree | ONNX p50 ms "
-                  "| TFLite p50 ms | what was done |", "| --- | " * 7 + "--- |"]
+                  "| TFLite p50 ms | what was done |", "|" + " --- |" * 8]
         for variant, entry in result["rows"].items():
             o, t = entry["model_int8.onnx"], entry["model_int8.tflite"]
             lines.append(f"| {variant} | {o['drop']:+.2f} | {100 * o['agreement']:.1f}% | "
