@@ -151,6 +151,8 @@ def markdown(results: dict, machine: dict) -> str:
                       f"| one fallback step ({', '.join(result['moved'])} float) | "
                       f"{lat['fallback_int8.onnx']:.2f} | {lat['fallback_int8.tflite']:.2f} |"]
         lines.append("")
+    lines += [line for line in results_section(results).splitlines()
+              if line.startswith("Not measured")]
     return "\n".join(lines) + "\n"
 
 
@@ -178,6 +180,11 @@ def results_section(results: dict) -> str:
             t = result["rows"].get(variant, {}).get("model_int8.tflite")
             cells.append(f"{t['drop']:+.2f} / {100 * t['agreement']:.1f}%" if t else "-")
         lines.append(f"| {name} ({100 * result['fp32']:.2f}%) | " + " | ".join(cells) + " |")
+    missing = [m for m in MODELS if m not in results]
+    if missing:
+        lines += ["", f"Not measured in this run: {', '.join(missing)} (its fp32 training did "
+                  "not fit the session on the shared machine; `--models "
+                  f"{','.join(missing)}` measures it)."]
     return "\n".join(lines) + "\n"
 
 
