@@ -631,6 +631,23 @@ def inspect_command(
                                        highlight=False)
 
 
+# PTQ steps (`edgecnn.quant.equalize`, `edgecnn.quant.bias_correction`): export and quantize
+Cle = Annotated[bool, typer.Option("--cle", help="PTQ: cross-layer equalization of conv pairs "
+                                   "joined by ReLU or nothing (Nagel et al. 2019), before "
+                                   "calibration; ReLU6 / SiLU pairs are left alone.")]
+BiasCorrection = Annotated[bool, typer.Option(
+    "--bias-correction", help="PTQ: subtract each int8 layer's mean output error (int8 vs "
+    "float weights, on the calibration images) from its bias.")]
+
+
+def _check_ptq_flags(cle: bool, bias_correction: bool, ptq: bool, needs: str) -> None:
+    """--cle / --bias-correction are PTQ steps: one line naming the flag otherwise."""
+    if (cle or bias_correction) and not ptq:
+        flag = "--cle" if cle else "--bias-correction"
+        raise EdgecnnError(f"{flag} is a PTQ step: it needs {needs} (QAT learns its weights; "
+                           "the step does not apply)")
+
+
 KEEP_FLOAT_HELP = ("Keep the layers this regular expression matches in full (module path such "
                    "as block.conv or block, or node name) float: DEQUANTIZE / QUANTIZE around "
                    "them in TFLite, no Q/DQ on them in ONNX. Repeatable.")
@@ -685,6 +702,8 @@ def export_command(
         help="none | int16 | float: when an int8 artifact's drop exceeds --max-drop, move the "
              "layers adding most int8 error (inspect, on the training split's tail) to int16 "
              "(16x8) or float, one group at a time, until it is within.")] = "none",
+    cle: Cle = False,
+    bias_correction: BiasCorrection = False,
     pretrained: Annotated[Path | None, typer.Option(help="With --int8: " + PRETRAINED_HELP
                                                     + " --epochs 0 uses them as they are.")
                           ] = None,
@@ -713,6 +732,7 @@ def export_command(
 
         from edgecnn.quant.qat import QATConfig
 
+        _check_ptq_flags(cle, bias_correction, ptq, "--ptq")
         weights, options = _starting_point(pretrained, drop_background, padding, bn_eps,
                                            epochs, freeze_epochs)
         if checkpoint is not None and (weights is not None or options or preprocess):
@@ -727,7 +747,8 @@ def export_command(
             train_epochs=epochs, formats=fmts, max_drop=max_drop,
             min_agreement=min_agreement, io=io, input_size=input_size, out=out_dir, force=force,
             onnx_activations=onnx_activations, keep_float=tuple(keep_float or ()),
-            int16=tuple(int16 or ()), fallback=fallback, pretrained=weights, model_options=options,
+            int16=tuple(int16 or ()), fallback=fallback, cle=cle,
+            bias_correction=bias_correction, pretrained=weights, model_options=options,
             train_config=train_config, preprocess=preprocess)
         _print_report(report)
         if not report.passed:
@@ -742,6 +763,8 @@ def export_command(
         raise EdgecnnError("--int16 needs --int8 (or pass it to `edgecnn quantize`)")
     if fallback != "none":
         raise EdgecnnError("--fallback needs --int8")
+    _check_ptq_flags(cle, bias_correction, False, "--int8 --ptq (or `edgecnn quantize "
+                     "--method ptq`)")
     if pretrained is not None or padding != "symmetric" or freeze_epochs:
         raise EdgecnnError("--pretrained, --padding and --freeze-epochs go with --int8 (or "
                            "`edgecnn train`); without it, --checkpoint fixes the model")
@@ -761,14 +784,14 @@ def export_command(
 
 
 def _print_report(report) -> None:
-    from edgecnn.report import SUMMARY_HEADERS, interval_lines, precision_lines
+    from edgecnn.report import SUMMARY_HEADERS, interval_lines, precision_lines, ptq_method_lines
     from edgecnn.runtime.tables import rich_table, table_console
 
     d = report.data
     title = (f"{d['model']} on {d['data']}, {d['method'].upper()}: "
              f"fp32 reference {100 * d['reference_accuracy']:.2f}%")
     table_console(out).print(rich_table(title, SUMMARY_HEADERS, report.summary_rows()))
-    for line in [*interval_lines(d), *precision_lines(d)]:
+    for line in [*interval_lines(d), *precision_lines(d), *ptq_method_lines(d)]:
         out.print(line, highlight=False)
     record = d.get("fallback")
     if record and len(record["steps"]) > 1:
@@ -838,6 +861,8 @@ def quantize_command(
     keep_float: Annotated[list[str] | None, typer.Option(
         "--keep-float", help=KEEP_FLOAT_HELP)] = None,
     int16: Annotated[list[str] | None, typer.Option("--int16", help=INT16_HELP)] = None,
+    cle: Cle = False,
+    bias_correction: BiasCorrection = False,
 ) -> None:
     """int8-quantize an fp32 checkpoint (TFLite spec); writes the Q/DQ program and metrics."""
     given = {"--epochs": epochs, "--lr": lr} if method == "ptq" else \
@@ -853,6 +878,7 @@ def quantize_command(
     lr = QATConfig.lr if lr is None else lr
     calib_batches = 32 if calib_batches is None else calib_batches
     check_all(epochs=epochs, lr=lr, calib_batches=calib_batches, batch_size=batch_size)
+    _check_ptq_flags(cle, bias_correction, method == "ptq", "--method ptq")
     from edgecnn.util import check_writable_dir
 
     if data is not None:
@@ -869,7 +895,8 @@ def quantize_command(
                                   model_name=model, config=QuantConfig(
                                       observer=observer, strict=strict,
                                       keep_float=tuple(keep_float or ()),
-                                      int16=tuple(int16 or ())),
+                                      int16=tuple(int16 or ()), cle=cle,
+                                      bias_correction=bias_correction),
                                   qat_config=qat_config, calib_batches=calib_batches,
                                   batch_size=batch_size)
     out.print(f"{model} {method}: fp32 {metrics['fp32_accuracy']:.4f} -> int8 "
@@ -879,6 +906,10 @@ def quantize_command(
         out.print(f"float layers: {', '.join(metrics['float_layers'])}", highlight=False)
     if metrics["int16_layers"]:
         out.print(f"int16 layers (16x8): {', '.join(metrics['int16_layers'])}", highlight=False)
+    from edgecnn.report import ptq_method_lines
+
+    for line in ptq_method_lines(metrics):
+        out.print(line, highlight=False)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -288,8 +288,8 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
                 input_size: int | None = None, out: Path | None = None, force: bool = False,
                 onnx_activations: str | None = None, bench_runs: int = 100,
                 keep_float: tuple[str, ...] = (), fallback: str = "none",
-                int16: tuple[str, ...] = (), show_progress: bool = True,
-                pretrained: Pretrained | None = None,
+                int16: tuple[str, ...] = (), cle: bool = False, bias_correction: bool = False,
+                show_progress: bool = True, pretrained: Pretrained | None = None,
                 model_options: dict | None = None, train_config: TrainConfig | None = None,
                 preprocess=None) -> Report:
     """Model -> fp32 reference -> QAT/PTQ -> fp32 and int8 ONNX/TFLite -> validate, bench.
@@ -302,18 +302,22 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
     fallback: "int16" / "float" moves the layers adding most int8 error to int16 / float
     until every int8 artifact's drop is within `max_drop` (`edgecnn.fallback`); "none"
     only measures.
+    cle, bias_correction: PTQ steps (`edgecnn.quant.equalize`, `.bias_correction`);
+    ParameterError with method "qat". report.json's "ptq_methods" records what they did.
     pretrained, model_options, preprocess: as `train_reference`; train_config
     replaces the default fp32 schedule (`train_epochs` then sets only its epochs;
     0 with `pretrained`: no fp32 training, straight to quantization).
     """
     from edgecnn.quant.qat import QATConfig
     from edgecnn.quant.run import quantize_checkpoint, training_seed
-    from edgecnn.quant.spec import QuantConfig
+    from edgecnn.quant.spec import QuantConfig, check_ptq_methods
 
     out = Path(out or Path("artifacts") / model.replace(":", "_"))
     _check_arguments(model, data, checkpoint, method, formats, max_drop, min_agreement, io,
                      onnx_activations, out)
-    quant_config = QuantConfig(keep_float=tuple(keep_float), int16=tuple(int16))
+    quant_config = QuantConfig(keep_float=tuple(keep_float), int16=tuple(int16), cle=cle,
+                               bias_correction=bias_correction)
+    check_ptq_methods(quant_config, method)
     check_fallback(fallback)
     if checkpoint is not None and (pretrained is not None or model_options):
         raise EdgecnnError("checkpoint and pretrained / model_options exclude each other: a "
@@ -535,6 +539,7 @@ def _report_data(model: str, data: str, method: str, max_drop: float, config: Mo
         "torch_int8_accuracy": quant_metrics["int8_accuracy"],
         "float_layers": quant_metrics.get("float_layers", []),
         "int16_layers": quant_metrics.get("int16_layers", []),
+        "ptq_methods": quant_metrics.get("ptq_methods", {}),
         "preprocessing": config.preprocessing.to_dict(),
         "min_agreement": validation["bounds"]["min_agreement"],
         "reference_floor": floor, "failures": failures,

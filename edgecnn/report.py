@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,7 @@ class Report:
         lines += [f"- {name}: {s['seconds']:.1f}s{' (reused)' if s.get('reused') else ''}"
                   for name, s in d.get("stages", {}).items()]
         lines += _precision_markdown(d)
+        lines += _ptq_methods_markdown(d)
         lines += fallback_markdown(d.get("fallback"))
         lines += _inspect_markdown(d.get("inspect"))
         return "\n".join(lines) + "\n"
@@ -108,6 +110,31 @@ def precision_lines(data: dict) -> list[str]:
         lines.append(f"int16 layers, 16x8 ({len(data['int16_layers'])}): "
                      f"{', '.join(data['int16_layers'])}")
     return lines
+
+
+def ptq_method_lines(data: dict) -> list[str]:
+    """One line per PTQ step applied (`--cle`, `--bias-correction`), with what it did;
+    none for plain PTQ or QAT."""
+    record = data.get("ptq_methods") or {}
+    lines = []
+    if "cle" in record:
+        cle = record["cle"]
+        skipped = Counter(op for _, op in cle["skipped_activation"])
+        why = ", ".join(f"{op} x{n}" for op, n in skipped.items())
+        lines.append(f"cross-layer equalization: {len(cle['pairs'])} conv pair(s) equalized "
+                     f"after folding {cle['batch_norms_folded']} BatchNorm(s)"
+                     + (f"; {sum(skipped.values())} pair(s) left alone, their activation "
+                        f"not positively homogeneous ({why})" if skipped else ""))
+    if "bias_correction" in record:
+        bc = record["bias_correction"]
+        lines.append(f"bias correction: {bc['layers']} layer(s) corrected on {bc['images']} "
+                     f"calibration images, mean |bias shift| {bc['mean_abs_shift']:.3g}")
+    return lines
+
+
+def _ptq_methods_markdown(data: dict) -> list[str]:
+    lines = ptq_method_lines(data)
+    return ["", "## PTQ steps", "", *[f"- {line}" for line in lines]] if lines else []
 
 
 def _precision_markdown(data: dict) -> list[str]:

@@ -12,6 +12,8 @@ from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
 from edgecnn.errors import EdgecnnError
 from edgecnn.progress import progress_bar
+from edgecnn.quant.bias_correction import correct_biases, float_weights
+from edgecnn.quant.equalize import equalize
 from edgecnn.quant.graph import add_int32_biases
 from edgecnn.quant.precision import select
 from edgecnn.quant.quantizer import (
@@ -53,9 +55,18 @@ def capture(model: nn.Module, example_input: torch.Tensor, *, train: bool) -> Gr
 
 def prepare_ptq(model: nn.Module, example_input: torch.Tensor,
                 config: QuantConfig | None = None) -> GraphModule:
-    """Capture in eval mode, fold BN, annotate, insert observers."""
-    return prepare_pt2e(capture(model, example_input, train=False),
-                        TFLiteInt8Quantizer(config, is_qat=False))
+    """Capture in eval mode, fold BN, annotate, insert observers.
+
+    With `config.cle`, BN is folded and conv pairs equalized on the captured fp32 graph
+    first (`equalize.equalize`); what it did is in the result's `meta["ptq"]["cle"]`.
+    """
+    gm = capture(model, example_input, train=False)
+    record = {}
+    if config is not None and config.cle:
+        record["cle"] = equalize(gm).to_dict()
+    prepared = prepare_pt2e(gm, TFLiteInt8Quantizer(config, is_qat=False))
+    prepared.meta["ptq"] = record
+    return prepared
 
 
 @torch.no_grad()
@@ -78,21 +89,38 @@ def calibrate(prepared: GraphModule, x: torch.Tensor, *, batches: int = 32,
     return len(order)
 
 
-def convert(prepared: GraphModule) -> GraphModule:
-    """Observers -> explicit quantize / dequantize; every bias int32 (see add_int32_biases)."""
+def convert(prepared: GraphModule, *, corrected_on: torch.Tensor | None = None,
+            batches: int = 32, batch_size: int = 64, seed: int = 0) -> GraphModule:
+    """Observers -> explicit quantize / dequantize; every bias int32 (see add_int32_biases).
+
+    corrected_on: images (N, C, H, W) for empirical bias correction between convert and
+    the int32 biases (`bias_correction.correct_biases`, the same seeded `batches` x
+    `batch_size` images as `calibrate`); None: no correction. The result's
+    `meta["ptq"]` records what was done (with `prepare_ptq`'s CLE record).
+    """
+    record = dict(prepared.meta.get("ptq") or {})
+    weights = float_weights(prepared) if corrected_on is not None else {}
     converted = convert_pt2e(prepared.to(memory_format=torch.contiguous_format))
+    if corrected_on is not None:
+        record["bias_correction"] = correct_biases(converted, weights, corrected_on,
+                                                   batches=batches, batch_size=batch_size,
+                                                   seed=seed)
     add_int32_biases(converted)
+    converted.meta["ptq"] = record
     return converted
 
 
 def ptq(model: nn.Module, example_input: torch.Tensor, x: torch.Tensor, *,
         config: QuantConfig | None = None, batches: int = 32, batch_size: int = 64,
         seed: int = 0, show_progress: bool = False) -> GraphModule:
-    """Post-training quantization: prepare, calibrate on `x`, convert."""
+    """Post-training quantization: prepare (CLE with `config.cle`), calibrate on `x`,
+    convert (bias correction on the calibration images with `config.bias_correction`)."""
     prepared = prepare_ptq(model, example_input, config)
     calibrate(prepared, x, batches=batches, batch_size=batch_size, seed=seed,
               show_progress=show_progress)
-    return convert(prepared)
+    correct = config is not None and config.bias_correction
+    return convert(prepared, corrected_on=x if correct else None, batches=batches,
+                   batch_size=batch_size, seed=seed)
 
 
 def check_patterns(model, example_input, config) -> None:

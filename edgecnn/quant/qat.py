@@ -25,7 +25,7 @@ from edgecnn.quant.bn_fold import (
 )
 from edgecnn.quant.calibrate import capture, convert
 from edgecnn.quant.quantizer import TFLiteInt8Quantizer
-from edgecnn.quant.spec import QuantConfig
+from edgecnn.quant.spec import QuantConfig, check_ptq_methods
 from edgecnn.train import TrainConfig, run_epochs
 
 
@@ -71,7 +71,12 @@ class QATConfig:
 
 def prepare_qat(model: nn.Module, example_input: torch.Tensor,
                 config: QuantConfig | None = None) -> GraphModule:
-    """Capture in train mode, annotate, insert fake-quantize; `.train()/.eval()` allowed."""
+    """Capture in train mode, annotate, insert fake-quantize; `.train()/.eval()` allowed.
+
+    Raises ParameterError for a config asking for PTQ steps (`cle`, `bias_correction`):
+    QAT learns the weights and BN folds during training, neither applies as written.
+    """
+    check_ptq_methods(config, "qat")
     prepared = prepare_qat_pt2e(capture(model, example_input, train=True),
                                 TFLiteInt8Quantizer(config, is_qat=True))
     multiply_by_reciprocal(prepared)

@@ -20,7 +20,7 @@ from edgecnn.quant.artifact import save_program
 from edgecnn.quant.graph import qdq_counts
 from edgecnn.quant.precision import float_layers, int8_layers, int16_layers
 from edgecnn.quant.qat import QATConfig
-from edgecnn.quant.spec import QuantConfig
+from edgecnn.quant.spec import QuantConfig, check_ptq_methods
 from edgecnn.train import accuracy, to_tensors
 
 
@@ -44,6 +44,7 @@ def quantize_checkpoint(checkpoint: Path, out: Path, *, method: str = "qat",
     """Quantize the checkpoint in `checkpoint` to `out`; return the metrics written."""
     if method not in METHODS:
         raise ParameterError("method", f"{method!r} is unknown; known: {', '.join(METHODS)}")
+    check_ptq_methods(config, method)
     model, model_config = load_checkpoint(Path(checkpoint), model_name)
     spec = data or model_config.data
     if not spec:
@@ -81,6 +82,7 @@ def quantize_checkpoint(checkpoint: Path, out: Path, *, method: str = "qat",
                                  for k in qat_config.__dataclass_fields__}
     else:
         metrics["calib_images"] = min(len(x), calib_batches * batch_size)
+        metrics["ptq_methods"] = converted.meta.get("ptq", {})
     metadata = ArtifactMetadata(preprocessing=preprocessing, model=model_config.model,
                                 precision="int8",
                                 extra={"quantization": {"method": method, **config.to_dict()}})
