@@ -58,12 +58,30 @@ def prepare_ptq(model: nn.Module, example_input: torch.Tensor,
                         TFLiteInt8Quantizer(config, is_qat=False))
 
 
+def _batches(x, order: torch.Tensor, batch_size: int):
+    """Inputs of `x` (a tensor, or a Dataset of (input, label) items read through a
+    DataLoader whose workers decode) at the positions `order`, `batch_size` at a time."""
+    if isinstance(x, torch.Tensor):
+        for i in range(0, len(order), batch_size):
+            yield x[order[i:i + batch_size]]
+        return
+    from torch.utils.data import DataLoader
+
+    from edgecnn.distributed import default_workers
+
+    loader = DataLoader(x, batch_size=batch_size, sampler=order.tolist(),
+                        num_workers=default_workers(getattr(x, "images", x)))
+    for xb, _ in loader:
+        yield xb
+
+
 @torch.no_grad()
-def calibrate(prepared: GraphModule, x: torch.Tensor, *, batches: int = 32,
+def calibrate(prepared: GraphModule, x, *, batches: int = 32,
               batch_size: int = 64, seed: int = 0, show_progress: bool = False) -> int:
     """Run up to `batches` batches of a seeded shuffle of `x` through the observers.
 
-    Returns the number of images seen.
+    x: (N, C, H, W) inputs, or a torch Dataset of (input, label) items (only the images
+    calibration uses are decoded). Returns the number of images seen.
     """
     if batches < 1 or batch_size < 1:
         raise EdgecnnError(f"calibration needs batches >= 1 and batch size >= 1, "
@@ -72,8 +90,8 @@ def calibrate(prepared: GraphModule, x: torch.Tensor, *, batches: int = 32,
     order = order[:batches * batch_size]
     steps = math.ceil(len(order) / batch_size)
     with progress_bar("calibrate", total=steps, enabled=show_progress) as bar:
-        for i in range(steps):
-            prepared(x[order[i * batch_size:(i + 1) * batch_size]])
+        for i, xb in enumerate(_batches(x, order, batch_size)):
+            prepared(xb)
             bar.advance(f"{min((i + 1) * batch_size, len(order))} images")
     return len(order)
 
@@ -85,10 +103,10 @@ def convert(prepared: GraphModule) -> GraphModule:
     return converted
 
 
-def ptq(model: nn.Module, example_input: torch.Tensor, x: torch.Tensor, *,
+def ptq(model: nn.Module, example_input: torch.Tensor, x, *,
         config: QuantConfig | None = None, batches: int = 32, batch_size: int = 64,
         seed: int = 0, show_progress: bool = False) -> GraphModule:
-    """Post-training quantization: prepare, calibrate on `x`, convert."""
+    """Post-training quantization: prepare, calibrate on `x` (see `calibrate`), convert."""
     prepared = prepare_ptq(model, example_input, config)
     calibrate(prepared, x, batches=batches, batch_size=batch_size, seed=seed,
               show_progress=show_progress)
