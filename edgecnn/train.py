@@ -15,7 +15,7 @@ from edgecnn import distributed
 from edgecnn.config import Preprocessing
 from edgecnn.data import Dataset
 from edgecnn.data.augment import augment, random_resized_crop_flip, random_shift  # noqa: F401
-from edgecnn.data.loader import ImageDataset, as_items, eval_loader, train_loader
+from edgecnn.data.loader import ImageDataset, as_items, batches, eval_loader, train_loader
 from edgecnn.distributed import Execution
 from edgecnn.errors import EdgecnnError
 from edgecnn.preprocess import prepare
@@ -196,7 +196,7 @@ def run_epochs(model: nn.Module, data, config: TrainConfig, *, description: str,
                 sampler.set_epoch(epoch)
                 seen = correct = 0
                 loss_sum = 0.0
-                for xb, yb in loader:
+                for xb, yb in batches(loader):
                     xb, yb = _to_device(xb, device), yb.to(device, non_blocking=True)
                     logits = trained(xb)
                     loss = loss_fn(logits, yb)
@@ -240,7 +240,7 @@ def evaluate(model: Callable[[torch.Tensor], torch.Tensor], data, *,
                          rank=distributed.rank(), world_size=distributed.world_size())
     model.to(target)
     correct = seen = 0
-    for xb, yb in loader:
+    for xb, yb in batches(loader):
         correct += int((model(xb.to(target)).argmax(1).cpu() == yb).sum())
         seen += len(yb)
     model.to("cpu")

@@ -167,3 +167,22 @@ def test_device_and_workers_errors_name_the_flag(edgecnn_cmd, tmp_path):
                                 timeout=120)
         assert result.returncode == 2 and result.stderr.startswith(
             "error: --device cuda: torch sees no CUDA device"), result.stderr
+
+
+def test_a_broken_image_read_by_a_worker_is_one_line(tmp_path, edgecnn_cmd):
+    """A JPEG cut short (its header intact: the folder loads) fails when a loader worker
+    decodes it: one line naming the file, exit 2, not the worker's traceback."""
+    root = _photo_folder(tmp_path / "photos", count=16)
+    broken = root / "train" / "c1" / "5.jpg"
+    broken.write_bytes(broken.read_bytes()[:len(broken.read_bytes()) // 2])
+    result = subprocess.run(
+        [*edgecnn_cmd, "train", "dsc_net", "--data", f"imagefolder:{root}", "--input-size",
+         "72", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25",  # no stats read up front
+         "--epochs", "1", "--batch-size", "4", "--workers", "2", "--out",
+         str(tmp_path / "out")], env=_environment(), capture_output=True, text=True,
+        timeout=300)
+    lines = result.stderr.strip().splitlines()  # the progress bar as far as it got, the error
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert lines[-1].startswith(f"error: {broken}: not a readable image"), lines
+    assert sum(line.startswith("error:") for line in lines) == 1, lines
+    assert not (tmp_path / "out" / "checkpoint.pt").exists()

@@ -16,6 +16,7 @@ workers and processes. Needs torch (the `train` extra).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import numpy as np
@@ -25,6 +26,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from edgecnn.config import Preprocessing
 from edgecnn.data.augment import augment_seeded
+from edgecnn.errors import EdgecnnError
 from edgecnn.preprocess import prepare
 
 
@@ -117,6 +119,19 @@ class EpochSampler(Sampler):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         return ((self.epoch, int(i)) for i in self.inner)
+
+
+def batches(loader: DataLoader) -> Iterator:
+    """The loader's batches; an `EdgecnnError` raised in a worker process (a file that
+    is no image) comes out as its own one line, not as the loader's re-raise, whose
+    message carries the worker's traceback."""
+    try:
+        yield from loader
+    except EdgecnnError as exc:
+        found = re.search(r"EdgecnnError: (.+)\s*$", str(exc))
+        if str(exc).startswith("Caught ") and found:
+            raise EdgecnnError(found.group(1).strip()) from None
+        raise
 
 
 def _loader(dataset: TorchDataset, batch_size: int, sampler, workers: int,

@@ -67,11 +67,12 @@ def _batches(x, order: torch.Tensor, batch_size: int):
         return
     from torch.utils.data import DataLoader
 
+    from edgecnn.data.loader import batches
     from edgecnn.distributed import default_workers
 
     loader = DataLoader(x, batch_size=batch_size, sampler=order.tolist(),
                         num_workers=default_workers(getattr(x, "images", x)))
-    for xb, _ in loader:
+    for xb, _ in batches(loader):
         yield xb
 
 
