@@ -106,10 +106,10 @@ def test_training_decodes_image_files_a_batch_at_a_time(tmp_path, monkeypatch):
     from edgecnn.models import create_model
     from edgecnn.train import TrainConfig, model_options_for, preprocessing_for, train
 
-    root = _photo_folder(tmp_path / "photos")
+    root = _photo_folder(tmp_path / "photos", count=24)
     dataset = load(f"imagefolder:{root}")
     assert isinstance(dataset.train_images, files.ImageFiles)
-    preprocessing = preprocessing_for(dataset, 72)  # reads a sample for mean / std
+    preprocessing = preprocessing_for(dataset, 32)  # reads a sample for mean / std
     decoded = []
     real_decode = files.decode
     monkeypatch.setattr(files, "decode", lambda path, mode: decoded.append(path)
