@@ -119,8 +119,9 @@ def predict_logits(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
 
 def accuracy(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
              y: torch.Tensor) -> float:
-    """Top-1 accuracy as a fraction in [0, 1]."""
-    return float((predict_logits(model, x).argmax(1) == y).float().mean())
+    """Top-1 accuracy as a fraction in [0, 1]: correct / images, exact in float64 (as
+    `evaluate` and `validate` give it)."""
+    return int((predict_logits(model, x).argmax(1) == y).sum()) / max(len(y), 1)
 
 
 def make_optimizer(params, config: TrainConfig, lr: float | None = None) -> torch.optim.Optimizer:
