@@ -186,3 +186,18 @@ def test_a_broken_image_read_by_a_worker_is_one_line(tmp_path, edgecnn_cmd):
     assert lines[-1].startswith(f"error: {broken}: not a readable image"), lines
     assert sum(line.startswith("error:") for line in lines) == 1, lines
     assert not (tmp_path / "out" / "checkpoint.pt").exists()
+
+
+def test_export_int8_under_torchrun_is_one_line(edgecnn_cmd, tmp_path):
+    """`export --int8` is a one-process pipeline: under torchrun (RANK / WORLD_SIZE set)
+    it stops at once, before any stage, saying what to run there instead."""
+    env = {**_environment(), "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}
+    result = subprocess.run([*edgecnn_cmd, "export", "--int8", "dsc_net", "--out",
+                             str(tmp_path / "out")], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: the int8 pipeline (export --int8) runs in one process, not under torchrun: "
+        "train and quantize under torchrun (`edgecnn train`, `edgecnn quantize`), then "
+        "export, validate and bench in one"], result.stderr
+    assert not (tmp_path / "out").exists()
