@@ -116,6 +116,25 @@ FreezeEpochs = Annotated[int, typer.Option(help="With --pretrained: the first N 
 BackboneLrFactor = Annotated[float, typer.Option(
     help="With --pretrained: the backbone's learning rate is the fp32 --lr times this.")]
 
+# how training executes (edgecnn.distributed), as `train` and `quantize` both take it
+Device = Annotated[str, typer.Option(help="auto | cpu | cuda: where training runs (auto: "
+                                          "CUDA when torch sees it). Under torchrun: "
+                                          "DistributedDataParallel, one GPU per process "
+                                          "(nccl) or gloo on the CPU.")]
+Workers = Annotated[int | None, typer.Option(
+    help="DataLoader worker processes that decode and augment, per training process (0: in "
+         "the process).", show_default="0 for in-memory data, else half the cores, at most 4")]
+
+
+def _execution(device: str, workers: int | None):
+    """The `Execution` of --device / --workers, checked before any work."""
+    check_all(workers=workers)
+    from edgecnn.distributed import Execution, resolve_device
+
+    execution = Execution(device=device, workers=workers)
+    resolve_device(device)  # --device cuda without CUDA fails here, not after loading data
+    return execution
+
 
 def _starting_point(pretrained: Path | None, drop_background: bool, padding: str,
                     bn_eps: float | None, epochs: int | None, freeze_epochs: int):
@@ -201,10 +220,13 @@ def train_command(
     bn_eps: BnEps = None,
     freeze_epochs: FreezeEpochs = 0,
     backbone_lr_factor: BackboneLrFactor = 0.1,
+    device: Device = "auto",
+    workers: Workers = None,
 ) -> None:
     """Train the fp32 reference model; writes checkpoint.pt, config.json, metrics.json.
     With --pretrained, fine-tunes those weights (a new classifier when the class count
-    differs; --epochs 0 keeps them as they are)."""
+    differs; --epochs 0 keeps them as they are). Under torchrun: every process trains
+    its share of each --batch-size batch (DistributedDataParallel), rank 0 writes."""
     check_all(epochs=epochs, seed=seed, batch_size=batch_size, lr=lr,
               label_smoothing=label_smoothing, input_size=input_size, width_mult=width_mult,
               backbone_lr_factor=backbone_lr_factor)
@@ -215,6 +237,7 @@ def train_command(
     from edgecnn.util import check_writable_dir
 
     check_spec(data)
+    execution = _execution(device, workers)
     weights, options = _starting_point(pretrained, drop_background, padding, bn_eps, epochs,
                                        freeze_epochs)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
@@ -224,7 +247,8 @@ def train_command(
     check_writable_dir(directory, "--out")  # before the training run, not after it
     metrics = train_reference(model, data, directory, config, input_size=input_size,
                               width_mult=width_mult, preflight="warn", pretrained=weights,
-                              model_options=options, preprocess=preprocess)
+                              model_options=options, preprocess=preprocess,
+                              execution=execution)
     out.print(f"{model} on {data}: val_accuracy [bold]{metrics['val_accuracy']:.4f}[/bold] "
               f"in {metrics['train_seconds']:.1f}s -> {directory}")
 
@@ -863,8 +887,11 @@ def quantize_command(
     int16: Annotated[list[str] | None, typer.Option("--int16", help=INT16_HELP)] = None,
     cle: Cle = False,
     bias_correction: BiasCorrection = False,
+    device: Device = "auto",
+    workers: Workers = None,
 ) -> None:
-    """int8-quantize an fp32 checkpoint (TFLite spec); writes the Q/DQ program and metrics."""
+    """int8-quantize an fp32 checkpoint (TFLite spec); writes the Q/DQ program and metrics.
+    Under torchrun, QAT trains as DistributedDataParallel and rank 0 writes."""
     given = {"--epochs": epochs, "--lr": lr} if method == "ptq" else \
         {"--calib-batches": calib_batches} if method == "qat" else {}
     misplaced = [flag for flag, value in given.items() if value is not None]
@@ -886,6 +913,7 @@ def quantize_command(
 
         check_spec(data)
     check_writable_dir(out_dir, "--out")
+    execution = _execution(device, workers)
     from edgecnn.quant.run import quantize_checkpoint, training_seed
     from edgecnn.quant.spec import QuantConfig
 
@@ -898,7 +926,7 @@ def quantize_command(
                                       int16=tuple(int16 or ()), cle=cle,
                                       bias_correction=bias_correction),
                                   qat_config=qat_config, calib_batches=calib_batches,
-                                  batch_size=batch_size)
+                                  batch_size=batch_size, execution=execution)
     out.print(f"{model} {method}: fp32 {metrics['fp32_accuracy']:.4f} -> int8 "
               f"[bold]{metrics['int8_accuracy']:.4f}[/bold] (drop {metrics['accuracy_drop']:.2f} "
               f"points) in {metrics['quantize_seconds']:.1f}s -> {out_dir}", highlight=False)
@@ -947,6 +975,29 @@ def _click_exceptions():
     return exceptions
 
 
+def _quiet_other_ranks() -> None:
+    """Under torchrun, ranks other than 0 print nothing but errors: no progress bars,
+    results or warnings twice (read from the environment: no torch import)."""
+    import os
+    import warnings
+
+    if os.environ.get("RANK", "0") != "0" and "WORLD_SIZE" in os.environ:
+        from edgecnn.progress import console
+
+        out.quiet = console.quiet = True
+        warnings.simplefilter("ignore")
+
+
+def _run_app():
+    """The command; then leave a torchrun process group if one was joined."""
+    try:
+        return app(standalone_mode=False)  # click's usage errors come here, not as a box
+    finally:
+        distributed = sys.modules.get("edgecnn.distributed")
+        if distributed is not None:
+            distributed.shutdown()
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2; warnings one
     line each.
@@ -962,9 +1013,10 @@ def main() -> None:
     warnings.showwarning = _show_warning
     signal.signal(signal.SIGTERM, _on_sigterm)
     _quiet(verbose="--verbose" in sys.argv[1:2])
+    _quiet_other_ranks()
     click = _click_exceptions()
     try:
-        code = app(standalone_mode=False)  # click's usage errors come here, not as a box
+        code = _run_app()  # click's usage errors come here, not as a box
     except click.NoArgsIsHelpError as exc:  # `edgecnn` or `edgecnn CMD` alone: the help
         exc.show()
         sys.exit(2)

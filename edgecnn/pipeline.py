@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 
-from edgecnn import __version__, progress
+from edgecnn import __version__, distributed, progress
 from edgecnn.checkpoint import ModelConfig, load_checkpoint, read_config, save_checkpoint
 from edgecnn.data import load
+from edgecnn.distributed import Execution
 from edgecnn.errors import EdgecnnError, ParameterError
 from edgecnn.fallback import check_fallback
 from edgecnn.models import create_model
@@ -45,7 +46,8 @@ def train_reference(model_name: str, data: str, directory: Path,
                     width_mult: float = 1.0, show_progress: bool = True,
                     preflight: str | None = None, formats: tuple[str, ...] = FORMATS,
                     io: str = "int8", quant_config=None, pretrained: Pretrained | None = None,
-                    model_options: dict | None = None, preprocess=None) -> dict:
+                    model_options: dict | None = None, preprocess=None,
+                    execution: Execution | None = None) -> dict:
     """Train the fp32 reference and write checkpoint.pt, config.json and metrics.json.
 
     preflight: "error" or "warn" first checks, on the untrained model, that it exports
@@ -59,6 +61,8 @@ def train_reference(model_name: str, data: str, directory: Path,
     Raises EdgecnnError before any training for a bad file, a tensor with no home, or
     options out of range.
     preprocess: `data.preprocessing.PreprocessOptions` (--mean/--std/--resize/...).
+    execution: device and loader workers (`edgecnn.distributed`); under torchrun every
+    rank trains (DistributedDataParallel) and rank 0 alone writes `directory`.
     """
     from edgecnn.checkpoint import check_options
     from edgecnn.models.pretrained import _classifier, load_pretrained_file, read_weights
@@ -81,7 +85,7 @@ def train_reference(model_name: str, data: str, directory: Path,
     if pretrained is not None:
         loaded = load_pretrained_file(model, pretrained.weights, model_name=model_name,
                                       drop_background=pretrained.drop_background)
-        if show_progress:
+        if show_progress and distributed.is_main():
             for line in loaded.summary():
                 console.print(line, highlight=False, soft_wrap=True)
         if config.epochs == 0 and loaded.head == "replaced":
@@ -90,9 +94,15 @@ def train_reference(model_name: str, data: str, directory: Path,
     if preflight is not None:
         _preflight(model, preprocessing, formats, io, preflight, quant_config)
     metrics = train(model, dataset, preprocessing, config, show_progress=show_progress,
-                    head=_classifier(model) if loaded is not None else None)
-    save_checkpoint(Path(directory), model, ModelConfig(model_name, preprocessing, options, data))
+                    head=_classifier(model) if loaded is not None else None,
+                    execution=execution)
     metrics = {"model": model_name, "data": data, **metrics}
+    if distributed.world_size() > 1:
+        metrics["processes"] = distributed.world_size()
+    if not distributed.is_main():
+        distributed.barrier()  # rank 0 writes; the others return once it has
+        return metrics
+    save_checkpoint(Path(directory), model, ModelConfig(model_name, preprocessing, options, data))
     if loaded is not None:
         metrics["pretrained"] = {"file": str(pretrained.weights), "sha256": loaded.sha256,
                                  "layout": loaded.layout, "classifier": loaded.head,
@@ -102,6 +112,7 @@ def train_reference(model_name: str, data: str, directory: Path,
                                       indent=2))
     with atomic_write(Path(directory) / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2))
+    distributed.barrier()
     return metrics
 
 
@@ -312,6 +323,10 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
     from edgecnn.quant.run import quantize_checkpoint, training_seed
     from edgecnn.quant.spec import QuantConfig, check_ptq_methods
 
+    if distributed.world_size() > 1:
+        raise EdgecnnError("the int8 pipeline (export --int8) runs in one process, not under "
+                           "torchrun: train and quantize under torchrun (`edgecnn train`, "
+                           "`edgecnn quantize`), then export, validate and bench in one")
     out = Path(out or Path("artifacts") / model.replace(":", "_"))
     _check_arguments(model, data, checkpoint, method, formats, max_drop, min_agreement, io,
                      onnx_activations, out)

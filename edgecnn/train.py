@@ -9,11 +9,14 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from edgecnn import distributed
 from edgecnn.config import Preprocessing
 from edgecnn.data import Dataset
+from edgecnn.data.augment import augment, random_resized_crop_flip, random_shift  # noqa: F401
+from edgecnn.data.loader import ImageDataset, as_items, batches, eval_loader, train_loader
+from edgecnn.distributed import Execution
 from edgecnn.errors import EdgecnnError
 from edgecnn.preprocess import prepare
 from edgecnn.progress import progress_bar
@@ -88,47 +91,6 @@ def to_tensors(images: np.ndarray, labels: np.ndarray,
     return torch.from_numpy(x), torch.from_numpy(np.asarray(labels, np.int64))
 
 
-def random_shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random translation by up to 1/8 of the image size (pad by replication, crop)."""
-    pad = max(1, x.shape[-1] // 8)
-    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
-    offsets = torch.randint(0, 2 * pad + 1, (len(x), 2), generator=generator)
-    h, w = x.shape[-2:]
-    return torch.stack([padded[i, :, dy:dy + h, dx:dx + w]
-                        for i, (dy, dx) in enumerate(offsets.tolist())])
-
-
-def random_resized_crop_flip(x: torch.Tensor, generator: torch.Generator,
-                             scale: tuple[float, float] = (0.25, 1.0),
-                             ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
-    """Per image: a random crop of `scale` x the area and aspect `ratio` (log-uniform),
-    resized back bilinearly to the input size, mirrored left-right with probability 1/2
-    (the Inception-style augmentation torchvision's RandomResizedCrop + RandomHorizontalFlip
-    apply to photos). NCHW in and out."""
-    n, _, h, w = x.shape
-    out = torch.empty_like(x)
-    draws = torch.rand((n, 5), generator=generator).tolist()
-    for i, (u_area, u_ratio, u_top, u_left, u_flip) in enumerate(draws):
-        area = h * w * (scale[0] + (scale[1] - scale[0]) * u_area)
-        aspect = math.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0]))
-                          * u_ratio)
-        ch = min(h, max(8, round(math.sqrt(area / aspect))))
-        cw = min(w, max(8, round(math.sqrt(area * aspect))))
-        top, left = int(u_top * (h - ch + 1)), int(u_left * (w - cw + 1))
-        crop = x[i:i + 1, :, top:top + ch, left:left + cw]
-        crop = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)
-        out[i] = crop[0].flip(-1) if u_flip < 0.5 else crop[0]
-    return out
-
-
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Photos (inputs over 64 px): random resized crop + flip; small images (digits,
-    32 px): a random shift (a flip would turn a 2 into a mirrored 2)."""
-    if max(x.shape[-2:]) > 64:
-        return random_resized_crop_flip(x, generator)
-    return random_shift(x, generator)
-
-
 def _phases(model: nn.Module, config: TrainConfig, lr: float,
             head: str | None) -> list[tuple[int, list[dict], bool]]:
     """[(epochs, optimizer param groups, backbone frozen)] of the schedule."""
@@ -157,8 +119,9 @@ def predict_logits(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
 
 def accuracy(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
              y: torch.Tensor) -> float:
-    """Top-1 accuracy as a fraction in [0, 1]."""
-    return float((predict_logits(model, x).argmax(1) == y).float().mean())
+    """Top-1 accuracy as a fraction in [0, 1]: correct / images, exact in float64 (as
+    `evaluate` and `validate` give it)."""
+    return int((predict_logits(model, x).argmax(1) == y).sum()) / max(len(y), 1)
 
 
 def make_optimizer(params, config: TrainConfig, lr: float | None = None) -> torch.optim.Optimizer:
@@ -170,22 +133,42 @@ def make_optimizer(params, config: TrainConfig, lr: float | None = None) -> torc
     return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
 
 
-def run_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig, *,
-               description: str, lr: float | None = None,
+def _to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    # channels_last runs mobile convs (depthwise above all) ~1.7x faster on CPU
+    return batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+
+
+def run_epochs(model: nn.Module, data, config: TrainConfig, *, description: str,
+               lr: float | None = None,
                on_epoch_start: Callable[[nn.Module, int], None] | None = None,
-               show_progress: bool = True, head: str | None = None) -> list[dict]:
+               show_progress: bool = True, head: str | None = None,
+               execution: Execution | None = None) -> list[dict]:
     """Train with a per-step cosine schedule; return per-epoch loss and train accuracy.
 
+    data: a torch Dataset of (float CHW tensor, int label) items (`data.loader.
+    ImageDataset`: decoded per batch in the loader's workers) or `(x, y)` tensors.
+    Batches come from `data.loader.train_loader` (augmented there when
+    `config.augment`). Under torchrun the model trains as DistributedDataParallel on
+    `execution.device`, each rank reading its share of every global batch of
+    `config.batch_size` images; the history's loss and accuracy are summed over the
+    ranks. The model is back on the CPU when this returns, with rank 0's buffers.
     `on_epoch_start(model, epoch)` lets QAT freeze BN statistics and observers.
     `head`: the state_dict prefix of a new classifier on a pretrained backbone; the
     schedule then has the phases `TrainConfig` describes (head only, then all).
+    Raises `ParameterError` ("batch_size") when the processes cannot split a batch.
     """
+    execution = execution or Execution()
+    device = distributed.setup(execution.device)
+    items = as_items(data)
+    workers = (distributed.default_workers(getattr(items, "images", items))
+               if execution.workers is None else execution.workers)
+    loader, sampler = train_loader(items, batch_size=distributed.per_rank_batch(config.batch_size),
+                                   seed=config.seed, augment=config.augment, workers=workers,
+                                   rank=distributed.rank(), world_size=distributed.world_size(),
+                                   pin_memory=device.type == "cuda")
     torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    # channels_last runs mobile convs (depthwise above all) ~1.7x faster on CPU
-    model.to(memory_format=torch.channels_last)
-    x = x.contiguous(memory_format=torch.channels_last)
-    steps_per_epoch = math.ceil(len(x) / config.batch_size)
+    model.to(device=device, memory_format=torch.channels_last)
+    steps_per_epoch = len(loader)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     history: list[dict] = []
     frozen_bns = [] if head is None else [
@@ -193,9 +176,13 @@ def run_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Train
         and isinstance(m, nn.modules.batchnorm._BatchNorm)]
     backbone = [] if head is None else [p for n, p in model.named_parameters()
                                         if not n.startswith(head) and p.requires_grad]
+    show_progress = show_progress and distributed.is_main()
     with progress_bar(description, total=config.epochs * steps_per_epoch,
                       enabled=show_progress) as bar:
         for phase_epochs, groups, frozen in _phases(model, config, lr or config.lr, head):
+            for p in backbone:
+                p.requires_grad_(not frozen)
+            trained = distributed.wrap(model, device)  # per phase: its trainable parameters
             optimizer = make_optimizer(groups, config, lr)
             total = phase_epochs * steps_per_epoch
             scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -207,54 +194,85 @@ def run_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Train
                 model.train()
                 for module in frozen_bns if frozen else []:
                     module.eval()  # the backbone as loaded: BN statistics too
-                for p in backbone:
-                    p.requires_grad_(not frozen)
-                order = torch.randperm(len(x), generator=generator)
+                sampler.set_epoch(epoch)
                 seen = correct = 0
                 loss_sum = 0.0
-                for start in range(0, len(x), config.batch_size):
-                    idx = order[start:start + config.batch_size]
-                    xb, yb = x[idx], y[idx]
-                    if config.augment:
-                        xb = augment(xb, generator).contiguous(memory_format=torch.channels_last)
-                    logits = model(xb)
+                for xb, yb in batches(loader):
+                    xb, yb = _to_device(xb, device), yb.to(device, non_blocking=True)
+                    logits = trained(xb)
                     loss = loss_fn(logits, yb)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
                     scheduler.step()
-                    seen += len(idx)
-                    loss_sum += float(loss.detach()) * len(idx)
+                    seen += len(yb)
+                    loss_sum += float(loss.detach()) * len(yb)
                     correct += int((logits.argmax(1) == yb).sum())
                     bar.advance(f"epoch {epoch + 1}/{config.epochs} loss {loss_sum / seen:.3f} "
                                 f"acc {correct / seen:.3f}" + (" (head only)" if frozen else ""))
+                loss_sum, correct, seen = distributed.all_reduce_sums(
+                    [loss_sum, correct, seen])
                 history.append({"epoch": epoch + 1, "loss": loss_sum / seen,
                                 "train_accuracy": correct / seen, "head_only": frozen})
     for p in backbone:
         p.requires_grad_(True)
+    distributed.sync_buffers(model)
+    model.to("cpu")
     return history
+
+
+@torch.no_grad()
+def evaluate(model: Callable[[torch.Tensor], torch.Tensor], data, *,
+             execution: Execution | None = None, batch_size: int = 256,
+             device: str | None = None) -> float:
+    """Top-1 accuracy (a fraction in [0, 1]) of `model` on `data` (as `run_epochs`
+    takes it), read through the loader a batch at a time; under torchrun each rank
+    predicts its share and the counts are summed. `device` overrides `execution.device`
+    for the computation (the int8 program is measured on the CPU). The model is left
+    on the CPU."""
+    execution = execution or Execution()
+    target = distributed.setup(execution.device)
+    if device is not None:
+        target = distributed.resolve_device(device)
+    items = as_items(data)
+    workers = (distributed.default_workers(getattr(items, "images", items))
+               if execution.workers is None else execution.workers)
+    loader = eval_loader(items, batch_size=batch_size, workers=workers,
+                         rank=distributed.rank(), world_size=distributed.world_size())
+    model.to(target)
+    correct = seen = 0
+    for xb, yb in batches(loader):
+        correct += int((model(xb.to(target)).argmax(1).cpu() == yb).sum())
+        seen += len(yb)
+    model.to("cpu")
+    correct, seen = distributed.all_reduce_sums([correct, seen])
+    return correct / max(seen, 1)
 
 
 def train(model: nn.Module, dataset: Dataset, preprocessing: Preprocessing,
           config: TrainConfig | None = None, *, show_progress: bool = True,
-          head: str | None = None) -> dict:
+          head: str | None = None, execution: Execution | None = None) -> dict:
     """Train `model` in place on `dataset`; return metrics (val_accuracy is a fraction).
 
-    `head`: fine-tune a pretrained backbone under this new classifier (state_dict
-    prefix; see `TrainConfig` for the phases).
+    The images are decoded and preprocessed a batch at a time (`data.loader`), never
+    all at once. `head`: fine-tune a pretrained backbone under this new classifier
+    (state_dict prefix; see `TrainConfig` for the phases). `execution`: device and
+    loader workers (`edgecnn.distributed`; under torchrun, DistributedDataParallel).
     """
     if preprocessing.num_classes != dataset.num_classes:
         raise EdgecnnError(f"the preprocessing record has {preprocessing.num_classes} classes, "
                            f"the dataset {dataset.num_classes}")
     config = config or TrainConfig()
     torch.manual_seed(config.seed)
-    x, y = to_tensors(dataset.train_images, dataset.train_labels, preprocessing)
-    vx, vy = to_tensors(dataset.val_images, dataset.val_labels, preprocessing)
+    train_items = ImageDataset(dataset.train_images, dataset.train_labels, preprocessing)
+    val_items = ImageDataset(dataset.val_images, dataset.val_labels, preprocessing)
     start = time.perf_counter()
-    history = run_epochs(model, x, y, config, description="train", show_progress=show_progress,
-                         head=head) if config.epochs else []
+    history = run_epochs(model, train_items, config, description="train",
+                         show_progress=show_progress, head=head,
+                         execution=execution) if config.epochs else []
     seconds = time.perf_counter() - start
     model.to(memory_format=torch.contiguous_format).eval()
-    return {"val_accuracy": accuracy(model, vx, vy), "train_seconds": round(seconds, 2),
-            "epochs": config.epochs, "history": history, "train_config": asdict(config),
-            "train_images": len(x), "val_images": len(vx)}
+    return {"val_accuracy": evaluate(model, val_items, execution=execution),
+            "train_seconds": round(seconds, 2), "epochs": config.epochs, "history": history,
+            "train_config": asdict(config), "train_images": len(train_items),
+            "val_images": len(val_items)}

@@ -308,7 +308,7 @@ def backbone_file(tmp_path_factory) -> Path:
     y = torch.arange(len(others)).repeat_interleave(8)
     torch.manual_seed(0)
     model = create_model("dsc_net", num_classes=len(others), small_input=True)
-    run_epochs(model, x, y, TrainConfig(epochs=1, lr=3e-3, batch_size=8), description="pre",
+    run_epochs(model, (x, y), TrainConfig(epochs=1, lr=3e-3, batch_size=8), description="pre",
                show_progress=False)
     for m in model.modules():  # BN statistics of the data, as a trained backbone has them
         if isinstance(m, nn.BatchNorm2d):

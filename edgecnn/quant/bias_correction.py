@@ -22,7 +22,7 @@ weights' error, not that of the layers before it.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Iterable
 
 import torch
 from torch.fx import GraphModule, Interpreter, Node
@@ -78,25 +78,25 @@ def _quantized_layers(converted: GraphModule, weights: dict[str, torch.Tensor]) 
 
 
 @torch.no_grad()
-def correct_biases(converted: GraphModule, weights: dict[str, torch.Tensor], x: torch.Tensor,
-                   *, batches: int = 32, batch_size: int = 64, seed: int = 0) -> dict:
+def correct_biases(converted: GraphModule, weights: dict[str, torch.Tensor],
+                   batches: Iterable[torch.Tensor]) -> dict:
     """Subtract each int8 layer's mean output error (module doc) from its float bias.
 
     converted: torchao's convert output, biases still float (before
-    `graph.quantize_biases`); weights: `float_weights` of the prepared program; x:
-    preprocessed images (N, C, H, W), of which the first `batches` x `batch_size` of
-    the same seeded shuffle as `calibrate` are used. A layer without a bias gets one.
+    `graph.add_int32_biases`); weights: `float_weights` of the prepared program;
+    batches: preprocessed image batches (N, C, H, W), as `calibrate` reads them (the
+    same seeded images). A layer without a bias gets one.
     Mutates `converted`; returns {"layers": corrected count, "images": images used,
     "mean_abs_shift": mean |correction| over all channels}.
     """
     layers = _quantized_layers(converted, weights)
     if not layers:
         return {"layers": 0, "images": 0, "mean_abs_shift": 0.0}
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    order = order[:batches * batch_size]
     interpreter = _ErrorMeans(converted, {n.name: weights[n.name] for n in layers})
-    for i in range(math.ceil(len(order) / batch_size)):
-        interpreter.run(x[order[i * batch_size:(i + 1) * batch_size]])
+    images = 0
+    for xb in batches:
+        interpreter.run(xb)
+        images += len(xb)
     shifts = []
     for node in layers:
         if node.name not in interpreter.counts:
@@ -120,5 +120,5 @@ def correct_biases(converted: GraphModule, weights: dict[str, torch.Tensor], x: 
         shifts.append(mean.abs())
     converted.graph.lint()
     converted.recompile()
-    return {"layers": len(shifts), "images": len(order),
+    return {"layers": len(shifts), "images": images,
             "mean_abs_shift": float(torch.cat(shifts).mean()) if shifts else 0.0}

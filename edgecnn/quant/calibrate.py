@@ -69,22 +69,46 @@ def prepare_ptq(model: nn.Module, example_input: torch.Tensor,
     return prepared
 
 
+def _batches(x, order: torch.Tensor, batch_size: int):
+    """Inputs of `x` (a tensor, or a Dataset of (input, label) items read through a
+    DataLoader whose workers decode) at the positions `order`, `batch_size` at a time."""
+    if isinstance(x, torch.Tensor):
+        for i in range(0, len(order), batch_size):
+            yield x[order[i:i + batch_size]]
+        return
+    from torch.utils.data import DataLoader
+
+    from edgecnn.data.loader import batches
+    from edgecnn.distributed import default_workers
+
+    loader = DataLoader(x, batch_size=batch_size, sampler=order.tolist(),
+                        num_workers=default_workers(getattr(x, "images", x)))
+    for xb, _ in batches(loader):
+        yield xb
+
+
 @torch.no_grad()
-def calibrate(prepared: GraphModule, x: torch.Tensor, *, batches: int = 32,
+def _order(n: int, batches: int, batch_size: int, seed: int) -> torch.Tensor:
+    """The calibration images: the first `batches` x `batch_size` of a seeded shuffle."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[:batches * batch_size]
+
+
+def calibrate(prepared: GraphModule, x, *, batches: int = 32,
               batch_size: int = 64, seed: int = 0, show_progress: bool = False) -> int:
     """Run up to `batches` batches of a seeded shuffle of `x` through the observers.
 
-    Returns the number of images seen.
+    x: (N, C, H, W) inputs, or a torch Dataset of (input, label) items (only the images
+    calibration uses are decoded). Returns the number of images seen.
     """
     if batches < 1 or batch_size < 1:
         raise EdgecnnError(f"calibration needs batches >= 1 and batch size >= 1, "
                            f"got {batches} and {batch_size}")
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    order = order[:batches * batch_size]
+    order = _order(len(x), batches, batch_size, seed)
     steps = math.ceil(len(order) / batch_size)
     with progress_bar("calibrate", total=steps, enabled=show_progress) as bar:
-        for i in range(steps):
-            prepared(x[order[i * batch_size:(i + 1) * batch_size]])
+        for i, xb in enumerate(_batches(x, order, batch_size)):
+            prepared(xb)
             bar.advance(f"{min((i + 1) * batch_size, len(order))} images")
     return len(order)
 
@@ -93,24 +117,24 @@ def convert(prepared: GraphModule, *, corrected_on: torch.Tensor | None = None,
             batches: int = 32, batch_size: int = 64, seed: int = 0) -> GraphModule:
     """Observers -> explicit quantize / dequantize; every bias int32 (see add_int32_biases).
 
-    corrected_on: images (N, C, H, W) for empirical bias correction between convert and
-    the int32 biases (`bias_correction.correct_biases`, the same seeded `batches` x
-    `batch_size` images as `calibrate`); None: no correction. The result's
+    corrected_on: images (N, C, H, W) or a Dataset, for empirical bias correction
+    between convert and the int32 biases (`bias_correction.correct_biases`, the same
+    seeded `batches` x `batch_size` images as `calibrate`); None: no correction. The result's
     `meta["ptq"]` records what was done (with `prepare_ptq`'s CLE record).
     """
     record = dict(prepared.meta.get("ptq") or {})
     weights = float_weights(prepared) if corrected_on is not None else {}
     converted = convert_pt2e(prepared.to(memory_format=torch.contiguous_format))
     if corrected_on is not None:
-        record["bias_correction"] = correct_biases(converted, weights, corrected_on,
-                                                   batches=batches, batch_size=batch_size,
-                                                   seed=seed)
+        order = _order(len(corrected_on), batches, batch_size, seed)
+        record["bias_correction"] = correct_biases(
+            converted, weights, _batches(corrected_on, order, batch_size))
     add_int32_biases(converted)
     converted.meta["ptq"] = record
     return converted
 
 
-def ptq(model: nn.Module, example_input: torch.Tensor, x: torch.Tensor, *,
+def ptq(model: nn.Module, example_input: torch.Tensor, x, *,
         config: QuantConfig | None = None, batches: int = 32, batch_size: int = 64,
         seed: int = 0, show_progress: bool = False) -> GraphModule:
     """Post-training quantization: prepare (CLE with `config.cle`), calibrate on `x`,

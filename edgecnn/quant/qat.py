@@ -16,6 +16,7 @@ from torch.fx import GraphModule
 from torchao.quantization.pt2e import disable_observer
 from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
+from edgecnn.distributed import Execution
 from edgecnn.errors import EdgecnnError
 from edgecnn.quant.bn_fold import (
     enable_train_eval,
@@ -83,9 +84,17 @@ def prepare_qat(model: nn.Module, example_input: torch.Tensor,
     return enable_train_eval(prepared)
 
 
-def qat_finetune(prepared: GraphModule, x: torch.Tensor, y: torch.Tensor,
-                 config: QATConfig = QATConfig(), *, show_progress: bool = False) -> list[dict]:
-    """Fine-tune a `prepare_qat` model in place; return run_epochs' per-epoch history."""
+def qat_finetune(prepared: GraphModule, data, config: QATConfig = QATConfig(), *,
+                 show_progress: bool = False, execution: Execution | None = None) -> list[dict]:
+    """Fine-tune a `prepare_qat` model in place; return run_epochs' per-epoch history.
+
+    data: as `edgecnn.train.run_epochs` takes it (a torch Dataset of (CHW tensor, label)
+    items, read a batch at a time, or `(x, y)` tensors). Under torchrun the prepared
+    graph trains as DistributedDataParallel: gradients are averaged, and the buffers
+    (BN statistics, the fake-quantize observers' ranges and their enable flags, uint8
+    buffers for this reason in torchao) are broadcast from rank 0 at every step, so every
+    rank fake-quantizes with the same parameters; the observers see rank 0's shard.
+    """
     bn_epoch = config.freeze_epoch(config.freeze_bn_fraction)
     observer_epoch = max(1, config.freeze_epoch(config.freeze_observer_fraction))
 
@@ -95,16 +104,18 @@ def qat_finetune(prepared: GraphModule, x: torch.Tensor, y: torch.Tensor,
         if epoch == observer_epoch:
             model.apply(disable_observer)
 
-    return run_epochs(prepared, x, y, config.train_config(), description="qat",
-                      on_epoch_start=on_epoch_start, show_progress=show_progress)
+    return run_epochs(prepared, data, config.train_config(), description="qat",
+                      on_epoch_start=on_epoch_start, show_progress=show_progress,
+                      execution=execution)
 
 
-def qat(model: nn.Module, example_input: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *,
+def qat(model: nn.Module, example_input: torch.Tensor, data, *,
         config: QuantConfig | None = None, qat_config: QATConfig = QATConfig(),
-        show_progress: bool = False) -> GraphModule:
-    """Quantization-aware training: prepare, fine-tune on (x, y), convert."""
+        show_progress: bool = False, execution: Execution | None = None) -> GraphModule:
+    """Quantization-aware training: prepare, fine-tune on `data` (see `qat_finetune`),
+    convert."""
     prepared = prepare_qat(model, example_input, config)
-    qat_finetune(prepared, x, y, qat_config, show_progress=show_progress)
+    qat_finetune(prepared, data, qat_config, show_progress=show_progress, execution=execution)
     prepared.eval()
     fold_batch_norms(prepared)
     return convert(prepared)
