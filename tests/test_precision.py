@@ -31,9 +31,9 @@ def planted(tmp_path_factory):
     return build_planted(tmp_path_factory.mktemp("planted300"), factor=FACTOR)
 
 
-@pytest.fixture(scope="module")
-def kept(planted, tmp_path_factory):
-    """`kept(*patterns)` -> (quantize metrics, {"onnx": path, "tflite": path})."""
+def quantized_artifacts(checkpoint, tmp_path_factory, field: str):
+    """`get(*patterns)` -> (quantize metrics, {"onnx": path, "tflite": path}) of PTQ with
+    QuantConfig(**{field: patterns}), computed once per pattern tuple."""
     from edgecnn import pipeline
     from edgecnn.quant.run import quantize_checkpoint
     from edgecnn.quant.spec import QuantConfig
@@ -42,18 +42,24 @@ def kept(planted, tmp_path_factory):
 
     def get(*patterns: str):
         if patterns not in cache:
-            out = tmp_path_factory.mktemp("kept")
-            metrics = quantize_checkpoint(planted["checkpoint"], out / "q", method="ptq",
-                                          config=QuantConfig(keep_float=patterns),
+            out = tmp_path_factory.mktemp(field)
+            metrics = quantize_checkpoint(checkpoint, out / "q", method="ptq",
+                                          config=QuantConfig(**{field: patterns}),
                                           calib_batches=8, show_progress=False)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 onnx_path, tflite_path = pipeline.export_artifacts(
-                    planted["checkpoint"], out, formats=("onnx", "tflite"), quantized=out / "q")
+                    checkpoint, out, formats=("onnx", "tflite"), quantized=out / "q")
             cache[patterns] = metrics, {"onnx": onnx_path, "tflite": tflite_path}
         return cache[patterns]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def kept(planted, tmp_path_factory):
+    """`kept(*patterns)`: the planted model with `--keep-float patterns`."""
+    return quantized_artifacts(planted["checkpoint"], tmp_path_factory, "keep_float")
 
 
 def drops(planted, candidates) -> dict[str, float]:
@@ -306,29 +312,8 @@ def planted_dw(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sixteen(planted_dw, tmp_path_factory):
-    """`sixteen(*patterns)` -> (quantize metrics, {"onnx": path, "tflite": path}) of the
-    depthwise-undone planted model with `--int16 patterns`."""
-    from edgecnn import pipeline
-    from edgecnn.quant.run import quantize_checkpoint
-    from edgecnn.quant.spec import QuantConfig
-
-    cache: dict[tuple[str, ...], tuple[dict, dict]] = {}
-
-    def get(*patterns: str):
-        if patterns not in cache:
-            out = tmp_path_factory.mktemp("int16")
-            metrics = quantize_checkpoint(planted_dw["checkpoint"], out / "q", method="ptq",
-                                          config=QuantConfig(int16=patterns),
-                                          calib_batches=8, show_progress=False)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                onnx_path, tflite_path = pipeline.export_artifacts(
-                    planted_dw["checkpoint"], out, formats=("onnx", "tflite"),
-                    quantized=out / "q")
-            cache[patterns] = metrics, {"onnx": onnx_path, "tflite": tflite_path}
-        return cache[patterns]
-
-    return get
+    """`sixteen(*patterns)`: the depthwise-undone planted model with `--int16 patterns`."""
+    return quantized_artifacts(planted_dw["checkpoint"], tmp_path_factory, "int16")
 
 
 #: the drop the rest of the 3-epoch planted_dw_net costs in int8 (keep-float on the pair

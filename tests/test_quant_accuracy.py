@@ -22,8 +22,10 @@ from edgecnn.quant.run import quantize_checkpoint
 from edgecnn.train import accuracy, to_tensors
 
 BUDGET = {"ptq": 1.0, "qat": 0.5}  # accuracy-drop budget, percentage points
-#: short test schedules: QAT one epoch, PTQ calibrated on 512 training images
-OPTIONS = {"qat": {"qat_config": QATConfig(epochs=1)}, "ptq": {"calib_batches": 8}}
+#: short test schedules: QAT two epochs (one is not enough since training streams through the
+#: loader: dsc_net 98.05% -> 97.49%, 0.56 pp; two: 98.33%, measured 2026-11-30), PTQ
+#: calibrated on 512 training images
+OPTIONS = {"qat": {"qat_config": QATConfig(epochs=2)}, "ptq": {"calib_batches": 8}}
 
 
 @pytest.fixture(scope="module")
