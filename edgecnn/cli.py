@@ -950,6 +950,9 @@ class Terminated(BaseException):
     """Raised in the main thread when SIGTERM arrives (CI cancellation, `timeout`)."""
 
 
+_WATCHDOG: list = []  # the one watchdog timer, once SIGTERM came
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
     """Raise Terminated in the main thread; should library code swallow it (a finalizer, a
     broad handler inside an exporter), a watchdog still ends the process 5 s later."""
@@ -960,10 +963,32 @@ def _on_sigterm(signum: int, frame: object) -> None:
         Console(stderr=True).print("terminated (SIGTERM)", highlight=False, soft_wrap=True)
         os._exit(143)
 
-    watchdog = threading.Timer(5.0, force_exit)
-    watchdog.daemon = True
-    watchdog.start()
+    if not _WATCHDOG:
+        _WATCHDOG.append(threading.Timer(5.0, force_exit))
+        _WATCHDOG[0].daemon = True
+        _WATCHDOG[0].start()
     raise Terminated()
+
+
+def _on_unraisable(hook_args) -> None:
+    """A signal that arrived while a finalizer or weakref callback ran raises inside it,
+    where Python can only print the exception ("Exception ignored in ...", with a
+    traceback) and go on. Such a Terminated / KeyboardInterrupt is delivered again to the
+    main thread a moment later, from a timer thread (`_thread.interrupt_main`: delivered
+    from here, it would land in this hook), so the command still stops, quietly;
+    anything else goes to Python's own hook."""
+    import _thread
+    import signal
+    import threading
+
+    if isinstance(hook_args.exc_value, (Terminated, KeyboardInterrupt)):
+        signum = signal.SIGTERM if isinstance(hook_args.exc_value, Terminated) \
+            else signal.SIGINT
+        timer = threading.Timer(0.01, _thread.interrupt_main, (signum,))
+        timer.daemon = True
+        timer.start()
+        return
+    sys.__unraisablehook__(hook_args)
 
 
 def _click_exceptions():
@@ -1012,6 +1037,7 @@ def main() -> None:
 
     warnings.showwarning = _show_warning
     signal.signal(signal.SIGTERM, _on_sigterm)
+    sys.unraisablehook = _on_unraisable
     _quiet(verbose="--verbose" in sys.argv[1:2])
     _quiet_other_ranks()
     click = _click_exceptions()

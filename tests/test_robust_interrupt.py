@@ -16,6 +16,7 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -133,3 +134,32 @@ def test_sigterm_is_handled_like_sigint(tmp_path, edgecnn_cmd):
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr
     assert "Traceback" not in stderr and "terminated (SIGTERM)" in stderr
+
+
+def test_sigterm_inside_a_finalizer_still_stops_the_command_quietly():
+    """A signal that lands while a finalizer runs raises inside it, where Python can only
+    print "Exception ignored in ..." with a traceback and go on (seen under load in the
+    kill test: a torch weakref callback). The CLI's hook hands it back to the main thread."""
+    script = """
+import gc, signal, sys
+from edgecnn import cli
+signal.signal(signal.SIGTERM, cli._on_sigterm)
+sys.unraisablehook = cli._on_unraisable
+
+class Finalized:
+    def __del__(self):
+        signal.raise_signal(signal.SIGTERM)
+
+try:
+    Finalized()
+    gc.collect()
+    for _ in range(10_000_000):
+        pass
+    print("not stopped")
+except cli.Terminated:
+    print("stopped in the main thread")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60)
+    assert result.stdout.strip() == "stopped in the main thread", result
+    assert "Exception ignored" not in result.stderr and "Traceback" not in result.stderr
