@@ -1023,6 +1023,17 @@ def _run_app():
             distributed.shutdown()
 
 
+def _exit(code: int) -> None:
+    """Exit with `code`, the command's own: a SIGTERM / SIGINT that comes after the work is
+    done (while the interpreter shuts down, when Python has put back the default action,
+    which would kill the process with -15) is ignored."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2; warnings one
     line each.
@@ -1045,29 +1056,29 @@ def main() -> None:
         code = _run_app()  # click's usage errors come here, not as a box
     except click.NoArgsIsHelpError as exc:  # `edgecnn` or `edgecnn CMD` alone: the help
         exc.show()
-        sys.exit(2)
+        _exit(2)
     except click.UsageError as exc:  # a flag value of the wrong type, an unknown flag
         command = exc.ctx.command_path if exc.ctx else "edgecnn"
         message = escape(f"{command}: {exc.format_message()} (see {command} --help)")
         Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False,
                                    soft_wrap=True)
-        sys.exit(2)
+        _exit(2)
     except click.ClickException as exc:
         Console(stderr=True).print(f"[red]error:[/red] {escape(exc.format_message())}",
                                    highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+        _exit(exc.exit_code)
     except typer.Abort:  # EOF at a prompt
-        sys.exit(1)
+        _exit(1)
     except EdgecnnError as exc:
         Console(stderr=True).print(f"[red]error:[/red] {escape(exc.for_cli())}", highlight=False,
                                    soft_wrap=True)
-        sys.exit(2)
+        _exit(2)
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted (SIGINT)", highlight=False, soft_wrap=True)
-        sys.exit(130)
+        _exit(130)
     except Terminated:
         Console(stderr=True).print("terminated (SIGTERM)", highlight=False, soft_wrap=True)
-        sys.exit(143)
+        _exit(143)
     if code == 130:  # typer turns a KeyboardInterrupt inside a command into exit code 130
         Console(stderr=True).print("interrupted (SIGINT)", highlight=False, soft_wrap=True)
-    sys.exit(code if isinstance(code, int) else 0)
+    _exit(code if isinstance(code, int) else 0)
