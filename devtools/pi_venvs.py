@@ -85,6 +85,9 @@ def _ensure(venv: Path, requirements: tuple[str, ...], wheel: Path, wheel_arg: s
     elif state.get("wheel") != wheel_digest(wheel):
         _, seconds = run_logged(wrap([*pip, "--no-deps", "--force-reinstall", wheel_arg]), log,
                                 f"reinstall edgecnn into {where}")
+        # and any dependency the wheel gained since the venv was built (pillow did)
+        _, more = run_logged(wrap([*pip, wheel_arg]), log, f"edgecnn's dependencies in {where}")
+        seconds += more
         action = "refreshed edgecnn"
     else:
         action, seconds = "reused", 0.0

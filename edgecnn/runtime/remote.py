@@ -271,8 +271,10 @@ def ensure_venv(device: Device, info: dict, wheel: remote_wheels.Wheel,
                      if wheel.local else f"{pip} {wheel.name} {' '.join(requirements)}")
         action = action if action == "created" else "installed runtimes"
     elif state.get("wheel") != wheel.digest:
-        steps.append(f'{pip} --no-deps --force-reinstall "$B/{wheel_path(wheel)}"'
-                     if wheel.local else f"{pip} --no-deps --force-reinstall {wheel.name}")
+        # the new wheel replaces the old in place; the second install adds any dependency
+        # it gained since the venv was built (pillow did), leaving the others as they are
+        target = f'"$B/{wheel_path(wheel)}"' if wheel.local else wheel.name
+        steps.append(f"{pip} --no-deps --force-reinstall {target} && {pip} {target}")
         action = "refreshed edgecnn"
     if steps:
         marker = json.dumps({"requirements": sorted(have | set(requirements)),
