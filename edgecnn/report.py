@@ -90,12 +90,13 @@ class Report:
 def interval_lines(data: dict) -> list[str]:
     """The 95% confidence intervals behind the table's drop and agreement (paired, see
     `runtime.validate`), one line per int8 artifact, and the sample size."""
-    lines = [f"{a['name']}: drop {a['drop']:+.2f} pp, 95% CI [{a['drop_ci'][0]:+.2f}, "
-             f"{a['drop_ci'][1]:+.2f}]; agreement {100 * a['agreement']:.1f}%, 95% CI "
+    lines = [f"{a['name']}: drop {a['drop']:+.2f} pp [{a['drop_ci'][0]:+.2f}, "
+             f"{a['drop_ci'][1]:+.2f}], agree {100 * a['agreement']:.1f}% "
              f"[{100 * a['agreement_ci'][0]:.1f}, {100 * a['agreement_ci'][1]:.1f}]"
-             for a in data.get("artifacts", []) if "drop_ci" in a]
+             for a in data.get("artifacts", []) if "drop_ci" in a and a["precision"] != "fp32"]
     if lines:
-        lines.append(f"({data['val_images']} validation images: more images narrow the intervals)")
+        lines.append(f"(95% confidence intervals, {data['val_images']} validation images: more "
+                     "images narrow them)")
     return lines
 
 

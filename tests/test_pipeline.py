@@ -131,10 +131,10 @@ def test_python_api_mirrors_the_command(reference_checkpoint, tmp_path):
     from edgecnn.report import interval_lines
 
     lines = interval_lines(report.data)
-    assert lines[0].startswith(f"model_int8.tflite: drop {int8['drop']:+.2f} pp, 95% CI [")
-    assert lines[1] == f"({report.data['val_images']} validation images: more images " \
-                       "narrow the intervals)"
-    assert "95% CI" in (tmp_path / "report.md").read_text()
+    assert lines[0].startswith(f"model_int8.tflite: drop {int8['drop']:+.2f} pp [")
+    assert lines[1] == f"(95% confidence intervals, {report.data['val_images']} validation " \
+                       "images: more images narrow them)"
+    assert lines[1] in (tmp_path / "report.md").read_text()
     # the bound is the caller's: the same files against the strictest one
     strict = edgecnn.export_int8("dsc_net", checkpoint=reference_checkpoint("dsc_net"),
                                  method="ptq", formats=("tflite",), out=tmp_path,
