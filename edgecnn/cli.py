@@ -664,12 +664,14 @@ BiasCorrection = Annotated[bool, typer.Option(
     "float weights, on the calibration images) from its bias.")]
 
 
-def _check_ptq_flags(cle: bool, bias_correction: bool, ptq: bool, needs: str) -> None:
-    """--cle / --bias-correction are PTQ steps: one line naming the flag otherwise."""
-    if (cle or bias_correction) and not ptq:
-        flag = "--cle" if cle else "--bias-correction"
-        raise EdgecnnError(f"{flag} is a PTQ step: it needs {needs} (QAT learns its weights; "
-                           "the step does not apply)")
+def _check_method_flags(method: str, given: dict[str, str | None]) -> None:
+    """A flag of the other quantization method is an error, not silently dropped: one line
+    naming it. `given`: {flag: the method it belongs to, or None when it was not set}."""
+    misplaced = [flag for flag, owner in given.items() if owner is not None and owner != method]
+    if misplaced:
+        owner = given[misplaced[0]]
+        raise EdgecnnError(f"{' and '.join(misplaced)} {'does' if len(misplaced) == 1 else 'do'}"
+                           f" not apply to {method.upper()} ({owner.upper()} only)")
 
 
 KEEP_FLOAT_HELP = ("Keep the layers this regular expression matches in full (module path such "
@@ -738,8 +740,6 @@ def export_command(
     backbone_lr_factor: BackboneLrFactor = 0.1,
 ) -> None:
     """Export artifacts; with --int8, the one command from model to validated int8 files."""
-    if ptq and qat_epochs is not None:
-        raise EdgecnnError("--qat-epochs applies to QAT; --ptq calibrates without training")
     check_all(qat_epochs=qat_epochs, epochs=epochs, max_drop=max_drop,
               min_agreement=min_agreement, input_size=input_size,
               backbone_lr_factor=backbone_lr_factor)
@@ -756,7 +756,10 @@ def export_command(
 
         from edgecnn.quant.qat import QATConfig
 
-        _check_ptq_flags(cle, bias_correction, ptq, "--ptq")
+        _check_method_flags("ptq" if ptq else "qat", {
+            "--qat-epochs": "qat" if qat_epochs is not None else None,
+            "--cle": "ptq" if cle else None,
+            "--bias-correction": "ptq" if bias_correction else None})
         weights, options = _starting_point(pretrained, drop_background, padding, bn_eps,
                                            epochs, freeze_epochs)
         if checkpoint is not None and (weights is not None or options or preprocess):
@@ -787,8 +790,9 @@ def export_command(
         raise EdgecnnError("--int16 needs --int8 (or pass it to `edgecnn quantize`)")
     if fallback != "none":
         raise EdgecnnError("--fallback needs --int8")
-    _check_ptq_flags(cle, bias_correction, False, "--int8 --ptq (or `edgecnn quantize "
-                     "--method ptq`)")
+    if cle or bias_correction:
+        raise EdgecnnError("--cle and --bias-correction are PTQ steps: they go with --int8 "
+                           "--ptq (or `edgecnn quantize --method ptq`)")
     if pretrained is not None or padding != "symmetric" or freeze_epochs:
         raise EdgecnnError("--pretrained, --padding and --freeze-epochs go with --int8 (or "
                            "`edgecnn train`); without it, --checkpoint fixes the model")
@@ -892,20 +896,19 @@ def quantize_command(
 ) -> None:
     """int8-quantize an fp32 checkpoint (TFLite spec); writes the Q/DQ program and metrics.
     Under torchrun, QAT trains as DistributedDataParallel and rank 0 writes."""
-    given = {"--epochs": epochs, "--lr": lr} if method == "ptq" else \
-        {"--calib-batches": calib_batches} if method == "qat" else {}
-    misplaced = [flag for flag, value in given.items() if value is not None]
-    if misplaced:
-        raise EdgecnnError(f"{' and '.join(misplaced)} {'does' if len(misplaced) == 1 else 'do'}"
-                           f" not apply to --method {method} "
-                           f"({'QAT' if method == 'ptq' else 'PTQ'} only)")
+    if method in ("qat", "ptq"):  # an unknown method is quantize_checkpoint's error
+        _check_method_flags(method, {
+            "--epochs": "qat" if epochs is not None else None,
+            "--lr": "qat" if lr is not None else None,
+            "--calib-batches": "ptq" if calib_batches is not None else None,
+            "--cle": "ptq" if cle else None,
+            "--bias-correction": "ptq" if bias_correction else None})
     from edgecnn.quant.qat import QATConfig
 
     epochs = QATConfig.epochs if epochs is None else epochs
     lr = QATConfig.lr if lr is None else lr
     calib_batches = 32 if calib_batches is None else calib_batches
     check_all(epochs=epochs, lr=lr, calib_batches=calib_batches, batch_size=batch_size)
-    _check_ptq_flags(cle, bias_correction, method == "ptq", "--method ptq")
     from edgecnn.util import check_writable_dir
 
     if data is not None:

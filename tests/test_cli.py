@@ -52,11 +52,11 @@ def test_train_is_deterministic_and_writes_its_files(tmp_path):
     (["train", "dsc_net", "--optimizer", "lion"], "unknown optimizer 'lion'"),
     # a flag of the other method is an error, not silently dropped
     (["export", "--int8", "dsc_net", "--ptq", "--qat-epochs", "2"],
-     "--qat-epochs applies to QAT; --ptq calibrates without training"),
+     "--qat-epochs does not apply to PTQ (QAT only)"),
     (["quantize", "dsc_net", "--checkpoint", "ck", "--out", "q", "--method", "ptq", "--epochs",
-      "2", "--lr", "1e-4"], "--epochs and --lr do not apply to --method ptq (QAT only)"),
+      "2", "--lr", "1e-4"], "--epochs and --lr do not apply to PTQ (QAT only)"),
     (["quantize", "dsc_net", "--checkpoint", "ck", "--out", "q", "--calib-batches", "8"],
-     "--calib-batches does not apply to --method qat (PTQ only)"),
+     "--calib-batches does not apply to QAT (PTQ only)"),
 ])
 def test_errors_are_one_line_and_exit_2(args, message):
     result = edgecnn(*args)

@@ -235,11 +235,11 @@ def test_ptq_steps_with_qat_are_refused(planted):
 
 @pytest.mark.parametrize("args, message", [
     (["export", "--int8", "planted_model:planted_net", "--cle"],
-     "--cle is a PTQ step: it needs --ptq"),
+     "--cle does not apply to QAT (PTQ only)"),
     (["export", "planted_model:planted_net", "--bias-correction"],
-     "--bias-correction is a PTQ step: it needs --int8 --ptq"),
+     "--cle and --bias-correction are PTQ steps: they go with --int8 --ptq"),
     (["quantize", "planted_model:planted_net", "--checkpoint", "nowhere", "--out", "q",
-      "--cle"], "--cle is a PTQ step: it needs --method ptq"),
+      "--cle"], "--cle does not apply to QAT (PTQ only)"),
 ])
 def test_ptq_flag_errors_are_one_line(edgecnn_cmd, tmp_path, args, message):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
