@@ -127,8 +127,7 @@ Workers = Annotated[int | None, typer.Option(
 
 
 def _execution(device: str, workers: int | None):
-    """The `Execution` of --device / --workers, checked before any work."""
-    check_all(workers=workers)
+    """The `Execution` of --device / --workers (it checks both), before any work."""
     from edgecnn.distributed import Execution, resolve_device
 
     execution = Execution(device=device, workers=workers)

@@ -48,8 +48,7 @@ class Execution:
         if self.workers is not None and (isinstance(self.workers, bool)
                                          or not isinstance(self.workers, int)
                                          or not 0 <= self.workers <= 64):
-            raise ParameterError("workers", f"must be an integer in 0..64, got "
-                                            f"{self.workers!r}")
+            raise ParameterError("workers", f"must be in [0, 64], got {self.workers!r}")
 
 
 def launched() -> bool:

@@ -38,7 +38,6 @@ RANGES: dict[str, tuple[float, float, bool, bool, bool]] = {
     "--num-classes": (2, 100_000, True, True, True),
     "--in-channels": (1, 3, True, True, True),
     "--top": (1, 100_000, True, True, True),
-    "--workers": (0, 64, True, True, True),
 }
 
 
