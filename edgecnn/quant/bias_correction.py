@@ -27,7 +27,14 @@ from collections.abc import Iterable
 import torch
 from torch.fx import GraphModule, Interpreter, Node
 
-from edgecnn.quant.graph import DEQUANTIZE_PER_CHANNEL, WEIGHTED_OPS, calls, constant
+from edgecnn.quant.graph import (
+    DEQUANTIZE_PER_CHANNEL,
+    WEIGHTED_OPS,
+    add_zero_bias,
+    calls,
+    constant,
+    set_constant,
+)
 
 aten = torch.ops.aten
 
@@ -104,19 +111,8 @@ def correct_biases(converted: GraphModule, weights: dict[str, torch.Tensor],
         mean = interpreter.sums[node.name] / interpreter.counts[node.name]
         bias_node = node.args[2] if len(node.args) > 2 else None
         if bias_node is None:
-            name = f"{node.name}_corrected_bias"
-            converted.register_buffer(name, torch.zeros(mean.shape[0]))
-            with converted.graph.inserting_before(node):
-                bias_node = converted.graph.get_attr(name)
-            node.args = (node.args[0], node.args[1], bias_node, *node.args[3:])
-        bias = constant(converted, bias_node)
-        corrected = (bias.double() - mean).to(bias.dtype)
-        *path, attr = str(bias_node.target).split(".")
-        owner = converted
-        for part in path:
-            owner = getattr(owner, part)
-        setattr(owner, attr, torch.nn.Parameter(corrected, requires_grad=False)
-                if isinstance(bias, torch.nn.Parameter) else corrected)
+            bias_node = add_zero_bias(converted, node, mean.shape[0], "corrected_bias")
+        set_constant(converted, bias_node, constant(converted, bias_node).double() - mean)
         shifts.append(mean.abs())
     converted.graph.lint()
     converted.recompile()

@@ -34,7 +34,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch.fx import GraphModule, Node
 
-from edgecnn.quant.graph import calls, constant
+from edgecnn.quant.annotators import sole_user
+from edgecnn.quant.graph import add_zero_bias, calls, constant, layer_name, set_constant
 
 aten = torch.ops.aten
 
@@ -68,45 +69,10 @@ class EqualizationReport:
         return asdict(self)
 
 
-def _layer(node: Node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    paths = [path for path, _ in stack.values() if path]
-    return paths[-1] if paths else node.name
-
-
-def _sole_user(node: Node) -> Node | None:
-    return next(iter(node.users)) if len(node.users) == 1 else None
-
-
 def _only_reader(node: Node, gm: GraphModule) -> bool:
     """A get_attr whose tensor no other node reads (safe to rewrite in place)."""
     return node.op == "get_attr" and len(node.users) == 1 and \
         sum(1 for n in gm.graph.nodes if n.op == "get_attr" and n.target == node.target) == 1
-
-
-def _set_constant(gm: GraphModule, node: Node, value: torch.Tensor) -> None:
-    *path, name = str(node.target).split(".")
-    owner = gm
-    for part in path:
-        owner = getattr(owner, part)
-    old = getattr(owner, name)
-    value = value.to(old.dtype)
-    if isinstance(old, torch.nn.Parameter):
-        setattr(owner, name, torch.nn.Parameter(value, requires_grad=old.requires_grad))
-    else:
-        setattr(owner, name, value)
-
-
-def _add_bias(gm: GraphModule, conv: Node, channels: int) -> Node:
-    """Give a bias-free conv a zero bias constant; returns its get_attr node."""
-    name = f"{conv.name}_cle_bias"
-    gm.register_buffer(name, torch.zeros(channels))
-    with gm.graph.inserting_before(conv):
-        bias = gm.graph.get_attr(name)
-    args = list(conv.args) + [None] * max(0, 3 - len(conv.args))
-    args[2] = bias
-    conv.args = tuple(args)
-    return bias
 
 
 def _weighted_conv(gm: GraphModule, node: object) -> bool:
@@ -140,11 +106,11 @@ def fold_batch_norms(gm: GraphModule) -> int:
         weight = constant(gm, weight_node)
         bias_node = conv.args[2] if len(conv.args) > 2 else None
         if bias_node is None:
-            bias_node = _add_bias(gm, conv, weight.shape[0])
+            bias_node = add_zero_bias(gm, conv, weight.shape[0], "cle_bias")
         bias = constant(gm, bias_node).double()
         shape = (-1,) + (1,) * (weight.dim() - 1)
-        _set_constant(gm, weight_node, weight.double() * factor.reshape(shape))
-        _set_constant(gm, bias_node, (bias - mean64) * factor + beta64)
+        set_constant(gm, weight_node, weight.double() * factor.reshape(shape))
+        set_constant(gm, bias_node, (bias - mean64) * factor + beta64)
         bn.replace_all_uses_with(conv)
         params = [n for n in bn.args[1:5] if isinstance(n, Node)]
         gm.graph.erase_node(bn)
@@ -166,14 +132,14 @@ def equalization_pairs(gm: GraphModule) -> tuple[list[tuple[Node, Node]], list[l
     for conv1 in gm.graph.nodes:
         if not _weighted_conv(gm, conv1):
             continue
-        between = _sole_user(conv1)
+        between = sole_user(conv1)
         act = between if calls(between, HOMOGENEOUS + NOT_HOMOGENEOUS) else None
-        conv2 = _sole_user(act) if act is not None else between
+        conv2 = sole_user(act) if act is not None else between
         if not _weighted_conv(gm, conv2) or conv2.args[0] is not (act or conv1) \
                 or constant(gm, conv2.args[1]).shape[0] == 0:
             continue
         if act is not None and not calls(act, HOMOGENEOUS):
-            skipped.append([_layer(conv1), str(act.target).split(".")[-2]])
+            skipped.append([layer_name(conv1), str(act.target).split(".")[-2]])
             continue
         if (act is not None and len(act.users) != 1):
             continue
@@ -215,11 +181,11 @@ def equalize_pair(gm: GraphModule, conv1: Node, conv2: Node) -> torch.Tensor:
     ok = (r1 > 0) & (r2 > 0)
     s = torch.where(ok, torch.sqrt(r1 * r2) / torch.where(ok, r2, 1.0), torch.ones_like(r1))
     shape = (-1,) + (1,) * (w1.dim() - 1)
-    _set_constant(gm, conv1.args[1], w1 / s.reshape(shape))
+    set_constant(gm, conv1.args[1], w1 / s.reshape(shape))
     bias1 = conv1.args[2] if len(conv1.args) > 2 else None
     if bias1 is not None:
-        _set_constant(gm, bias1, constant(gm, bias1).double() / s)
-    _set_constant(gm, conv2.args[1], _from_input_channel_view(view * s[:, None], w2, groups))
+        set_constant(gm, bias1, constant(gm, bias1).double() / s)
+    set_constant(gm, conv2.args[1], _from_input_channel_view(view * s[:, None], w2, groups))
     return s
 
 
@@ -229,7 +195,7 @@ def equalize(gm: GraphModule) -> EqualizationReport:
     `gm`; the fp32 function is unchanged up to float rounding."""
     report = EqualizationReport(batch_norms_folded=fold_batch_norms(gm))
     pairs, report.skipped_activation = equalization_pairs(gm)
-    report.pairs = [[_layer(a), _layer(b)] for a, b in pairs]
+    report.pairs = [[layer_name(a), layer_name(b)] for a, b in pairs]
     for sweep in range(1, SWEEPS + 1 if pairs else 1):
         report.sweeps = sweep
         largest = max(float((equalize_pair(gm, a, b) - 1).abs().max()) for a, b in pairs)

@@ -99,12 +99,31 @@ def layer_name(node: Node) -> str:
     return paths[-1] if paths else node.name
 
 
-def _set_constant(gm: GraphModule, node: Node, value: torch.Tensor) -> None:
+def set_constant(gm: GraphModule, node: Node, value: torch.Tensor) -> None:
+    """Replace the tensor behind get_attr `node` by `value`, cast to the old tensor's dtype
+    (a Parameter stays a Parameter, with its requires_grad)."""
     owner = gm
     *parents, name = str(node.target).split(".")
     for part in parents:
         owner = getattr(owner, part)
+    old = getattr(owner, name)
+    value = value.to(old.dtype)
+    if isinstance(old, torch.nn.Parameter):
+        value = torch.nn.Parameter(value, requires_grad=old.requires_grad)
     setattr(owner, name, value)
+
+
+def add_zero_bias(gm: GraphModule, op: Node, channels: int, suffix: str) -> Node:
+    """Give a bias-free conv / linear node a zero bias buffer (`<op name>_<suffix>`,
+    float32, `channels` long) as its third argument; returns the new get_attr node."""
+    name = f"{op.name}_{suffix}"
+    gm.register_buffer(name, torch.zeros(channels))
+    with gm.graph.inserting_before(op):
+        bias = gm.graph.get_attr(name)
+    args = list(op.args) + [None] * max(0, 3 - len(op.args))
+    args[2] = bias
+    op.args = tuple(args)
+    return bias
 
 
 def fit_bias_range(gm: GraphModule, op: WeightedOp, bias: torch.Tensor) -> torch.Tensor:
@@ -128,8 +147,8 @@ def fit_bias_range(gm: GraphModule, op: WeightedOp, bias: torch.Tensor) -> torch
     weight = torch.round(op.weight.to(torch.float64) * ratio.reshape(shape))
     weight = weight.clamp(*op.weight_range).to(op.weight.dtype)
     scale = torch.from_numpy(new).to(op.weight_scale.dtype)
-    _set_constant(gm, w_dq.args[0], weight)
-    _set_constant(gm, w_dq.args[1], scale)
+    set_constant(gm, w_dq.args[0], weight)
+    set_constant(gm, w_dq.args[1], scale)
     channels = ", ".join(str(c) for c in moved[:8]) + (" ..." if moved.size > 8 else "")
     warnings.warn(f"layer {layer_name(op.node)!r}: weight scale raised on {moved.size} output "
                   f"channel(s) ({channels}) so the int32 bias fits (|bias| up to "
