@@ -14,7 +14,6 @@ from torch import nn
 from edgecnn import distributed
 from edgecnn.config import Preprocessing
 from edgecnn.data import Dataset
-from edgecnn.data.augment import augment, random_resized_crop_flip, random_shift  # noqa: F401
 from edgecnn.data.loader import ImageDataset, as_items, batches, eval_loader, train_loader
 from edgecnn.distributed import Execution
 from edgecnn.errors import EdgecnnError

@@ -366,20 +366,18 @@ def test_head_only_epochs_keep_the_backbone_then_fine_tuning_learns(
 
 
 def test_augmentation_for_photos_is_a_resized_crop_with_flips() -> None:
-    from edgecnn.train import augment
+    from edgecnn.data.augment import augment_seeded, resized_crop_flip
 
     x = torch.arange(2 * 3 * 96 * 96, dtype=torch.float32).reshape(2, 3, 96, 96)
-    g = torch.Generator().manual_seed(0)
-    out = augment(x, g)
+    out = augment_seeded(x, [0, 1])
     assert out.shape == x.shape and not torch.equal(out, x)
+    assert torch.equal(augment_seeded(x[1:], [1])[0], out[1])  # per image, not per batch
     small = torch.randn(2, 1, 32, 32)
-    shifted = augment(small, torch.Generator().manual_seed(0))
+    shifted = augment_seeded(small, [0, 1])
     assert shifted.shape == small.shape
     # a crop of the whole image with flip is the mirror image: check the op itself
-    from edgecnn.train import random_resized_crop_flip
-
-    full = random_resized_crop_flip(x, torch.Generator().manual_seed(1), scale=(1.0, 1.0),
-                                    ratio=(1.0, 1.0))
+    draws = [tuple(np.random.default_rng(i).random(5).tolist()) for i in range(2)]
+    full = resized_crop_flip(x, draws, scale=(1.0, 1.0), ratio=(1.0, 1.0))
     for i in range(2):
         assert torch.equal(full[i], x[i]) or torch.equal(full[i], x[i].flip(-1))
 

@@ -27,17 +27,14 @@ def shift(x: torch.Tensor, offsets: list[tuple[int, int]]) -> torch.Tensor:
                         for i, (dy, dx) in enumerate(offsets)])
 
 
-def random_shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random translation by up to 1/8 of the image size (pad by replication, crop)."""
-    pad = max(1, x.shape[-1] // 8)
-    return shift(x, torch.randint(0, 2 * pad + 1, (len(x), 2), generator=generator).tolist())
-
-
 def resized_crop_flip(x: torch.Tensor, draws: list[tuple[float, ...]],
                       scale: tuple[float, float] = (0.25, 1.0),
                       ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
-    """Image i cropped and mirrored as draws[i] = five uniforms in [0, 1) say (area,
-    aspect, top, left, flip; see `random_resized_crop_flip`). NCHW in and out."""
+    """Image i cropped and mirrored as draws[i] = five uniforms in [0, 1) say: a crop of
+    `scale` x the area (area) and aspect `ratio` (log-uniform; aspect) at (top, left),
+    resized back bilinearly to the input size, mirrored left-right when flip < 1/2 (the
+    Inception-style augmentation of torchvision's RandomResizedCrop +
+    RandomHorizontalFlip). NCHW in and out."""
     n, _, h, w = x.shape
     out = torch.empty_like(x)
     for i, (u_area, u_ratio, u_top, u_left, u_flip) in enumerate(draws):
@@ -53,28 +50,11 @@ def resized_crop_flip(x: torch.Tensor, draws: list[tuple[float, ...]],
     return out
 
 
-def random_resized_crop_flip(x: torch.Tensor, generator: torch.Generator,
-                             scale: tuple[float, float] = (0.25, 1.0),
-                             ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
-    """Per image: a random crop of `scale` x the area and aspect `ratio` (log-uniform),
-    resized back bilinearly to the input size, mirrored left-right with probability 1/2
-    (the Inception-style augmentation torchvision's RandomResizedCrop + RandomHorizontalFlip
-    apply to photos). NCHW in and out."""
-    draws = torch.rand((len(x), 5), generator=generator).tolist()
-    return resized_crop_flip(x, draws, scale, ratio)
-
-
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Photos (inputs over 64 px): random resized crop + flip; small images (digits,
-    32 px): a random shift (a flip would turn a 2 into a mirrored 2)."""
-    if max(x.shape[-2:]) > 64:
-        return random_resized_crop_flip(x, generator)
-    return random_shift(x, generator)
-
-
 def augment_seeded(x: torch.Tensor, seeds: list[int]) -> torch.Tensor:
-    """`augment` with image i's draws from numpy's generator seeded by seeds[i]: an
-    image is augmented alike in whatever batch, worker or process it is read."""
+    """Photos (inputs over 64 px): `resized_crop_flip`; small images (digits, 32 px): a
+    random `shift` (a flip would turn a 2 into a mirrored 2). Image i's draws come from
+    numpy's generator seeded by seeds[i]: an image is augmented alike in whatever batch,
+    worker or process it is read."""
     rngs = [np.random.default_rng(seed) for seed in seeds]
     if max(x.shape[-2:]) > 64:
         return resized_crop_flip(x, [tuple(rng.random(5).tolist()) for rng in rngs])
