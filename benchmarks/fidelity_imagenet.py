@@ -43,7 +43,7 @@ from edgecnn.fidelity.integer_reference import (
 from edgecnn.fidelity.tensors import onnx_tensors, quantized_keys, tflite_tensors, torch_tensors
 from edgecnn.models import create_model
 from edgecnn.models.pretrained import load_pretrained, set_batchnorm_eps
-from edgecnn.quant import quantize
+from edgecnn.quant import PTQ, quantize
 from edgecnn.verify.builtin_int8 import check_builtin
 
 #: TF EfficientNet-Lite preprocessing (efficientnet/lite/efficientnet_lite_builder.py:
@@ -99,8 +99,8 @@ def measure(calib: int, images: int, workdir: Path) -> dict:
     photos = sample_photos()
     calib_x = torch.from_numpy(normalize(random_crops(photos, calib, seed=1), MEAN, STD))
     x = normalize(random_crops(photos, images, seed=2), MEAN, STD)
-    program = quantize(model, calib_x[:2], "ptq", train_data=calib_x,
-                       calib_batches=max(1, calib // 16), batch_size=16)
+    program = quantize(model, calib_x[:2], PTQ(calib_batches=max(1, calib // 16), batch_size=16),
+                       train_data=calib_x)
     pre = Preprocessing((224, 224), 3, MEAN, STD, tuple(str(i) for i in range(1000)))
     shipped = export_qdq(program, pre, workdir / "model_int8.onnx")
     canonical = export_qdq(program, pre, workdir / "model_int8_s8.onnx", activations="int8",

@@ -93,8 +93,8 @@ def latency_rows(out: Path, runs: int) -> dict:
         torch.manual_seed(0)
         model = _trained_like(create_model(MODEL, num_classes=classes, small_input=small))
         calib = torch.randn(16, 3, size, size)
-        converted = quant.quantize(model, calib[:2], "ptq", train_data=calib, calib_batches=2,
-                                   batch_size=8)
+        converted = quant.quantize(model, calib[:2], quant.PTQ(calib_batches=2, batch_size=8),
+                                   train_data=calib)
         onnx_export.export_fp32(model, record, directory / "fp32.onnx")
         onnx_export.export_qdq(converted, record, directory / "int8.onnx")
         files = [convert(directory / "fp32.onnx", directory / "fp32.tflite"),
@@ -109,7 +109,8 @@ def latency_rows(out: Path, runs: int) -> dict:
 
 
 def accuracy_row(checkpoint: Path, out: Path) -> dict:
-    report = pipeline.export_int8(MODEL, checkpoint=checkpoint, method="ptq", formats=("onnx",),
+    report = pipeline.export_int8(MODEL, checkpoint=checkpoint, recipe=quant.PTQ(),
+                                  formats=("onnx",),
                                   out=out / "ptq", show_progress=False, bench_runs=5)
     int8_onnx = out / "ptq" / "model_int8.onnx"
     files = {"hard_swish": convert_before(int8_onnx, out / "ptq" / "int8_hard_swish.tflite"),

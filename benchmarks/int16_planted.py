@@ -33,6 +33,7 @@ def main() -> None:
     from planted_model import build_planted
 
     from edgecnn import pipeline
+    from edgecnn.quant.recipe import PTQ
     from edgecnn.quant.run import quantize_checkpoint
     from edgecnn.quant.spec import QuantConfig
     from edgecnn.runtime.bench import BenchConfig, run_bench
@@ -47,8 +48,8 @@ def main() -> None:
         for choice, field in CHOICES.items():
             out = root / choice
             config = QuantConfig(**({field: (pair,)} if field else {}))
-            quantize_checkpoint(planted["checkpoint"], out / "q", method="ptq", config=config,
-                                calib_batches=8, show_progress=False)
+            quantize_checkpoint(planted["checkpoint"], out / "q", PTQ(calib_batches=8),
+                                config=config, show_progress=False)
             files[choice] = pipeline.export_artifacts(
                 planted["checkpoint"], out, formats=("onnx", "tflite"), quantized=out / "q")
             report = run_validate(planted["fp32.onnx"], list(files[choice]), "digits", Bounds())

@@ -62,8 +62,8 @@ def main() -> None:
                            tuple(str(i) for i in range(1000)))
     model = create_model("mobilenet_v2").eval()
     calib = torch.randn(args.calib, 3, 224, 224)
-    converted = quant.quantize(model, calib[:2], "ptq", train_data=calib,
-                               calib_batches=args.calib // 8, batch_size=8)
+    converted = quant.quantize(model, calib[:2], quant.PTQ(calib_batches=args.calib // 8,
+                                                           batch_size=8), train_data=calib)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         paths = {"fp32": onnx_export.export_fp32(model, record, tmp / "fp32.onnx")}

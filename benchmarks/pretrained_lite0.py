@@ -39,7 +39,7 @@ from edgecnn.export.onnx import export_fp32, export_qdq
 from edgecnn.export.tflite import convert
 from edgecnn.models import create_model
 from edgecnn.models.pretrained import load_pretrained_file
-from edgecnn.quant import quantize
+from edgecnn.quant import PTQ, quantize
 from edgecnn.runtime import open_session
 from edgecnn.runtime.bench import BenchConfig, run_bench
 from edgecnn.verify.litert import op_counts
@@ -63,8 +63,7 @@ def imagenet_part(work: Path) -> dict:
     calib = torch.from_numpy(normalize(random_crops(photos, 32, seed=1), MEAN, STD))
     images = random_crops(photos, 64, seed=2)
     pre = Preprocessing((224, 224), 3, MEAN, STD, tuple(str(i) for i in range(1000)))
-    program = quantize(model, calib[:2], "ptq", train_data=calib, calib_batches=2,
-                       batch_size=16)
+    program = quantize(model, calib[:2], PTQ(calib_batches=2, batch_size=16), train_data=calib)
     out = work / "imagenet"
     out.mkdir(parents=True, exist_ok=True)
     fp32_onnx = export_fp32(model, pre, out / "model_fp32.onnx", model_name="efficientnet_lite0")

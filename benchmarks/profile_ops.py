@@ -62,8 +62,8 @@ def make_files(name: str, directory: Path) -> dict[str, Path]:
     torch.manual_seed(0)
     model = create_model(name).eval()
     calib = torch.randn(16, 3, 224, 224)
-    converted = quant.quantize(model, calib[:2], "ptq", train_data=calib, calib_batches=2,
-                               batch_size=8)
+    converted = quant.quantize(model, calib[:2], quant.PTQ(calib_batches=2, batch_size=8),
+                               train_data=calib)
     onnx_export.export_fp32(model, record, files["fp32.onnx"])
     onnx_export.export_qdq(converted, record, files["int8.onnx"])
     for precision in ("fp32", "int8"):

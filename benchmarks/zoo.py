@@ -65,7 +65,8 @@ def accuracy_row(name: str, cache: Path) -> dict:
                                  show_progress=False)
     row = {}
     for method in ("ptq", "qat"):
-        report = pipeline.export_int8(name, checkpoint=checkpoint, method=method,
+        report = pipeline.export_int8(name, checkpoint=checkpoint,
+                                      recipe=quant.METHODS[method](),
                                       formats=("onnx",), out=cache / name / method,
                                       show_progress=False, bench_runs=20)
         row["fp32"] = report.data["reference_accuracy"]
@@ -177,8 +178,8 @@ def latency_row(name: str, cache: Path, runs: int) -> dict:
         torch.manual_seed(0)
         model = create_model(name).eval()
         calib = torch.randn(16, 3, 224, 224)
-        converted = quant.quantize(model, calib[:2], "ptq", train_data=calib, calib_batches=2,
-                                   batch_size=8)
+        converted = quant.quantize(model, calib[:2], quant.PTQ(calib_batches=2, batch_size=8),
+                                   train_data=calib)
         onnx_export.export_fp32(model, record, files["fp32.onnx"])
         onnx_export.export_qdq(converted, record, files["int8.onnx"])
         quantize_static_qdq(files["fp32.onnx"], calib.numpy(), files["static.onnx"], record)

@@ -753,7 +753,7 @@ def export_command(
     if int8:
         from dataclasses import replace
 
-        from edgecnn.quant.qat import QATConfig
+        from edgecnn.quant.recipe import PTQ, QAT
 
         _check_method_flags("ptq" if ptq else "qat", {
             "--qat-epochs": "qat" if qat_epochs is not None else None,
@@ -767,15 +767,15 @@ def export_command(
                                "it")
         train_config = replace(pipeline.DEFAULT_TRAIN, freeze_epochs=freeze_epochs,
                                backbone_lr_factor=backbone_lr_factor)
+        recipe = (PTQ(cle=cle, bias_correction=bias_correction) if ptq else QAT(train=replace(
+            QAT().train, epochs=QAT().train.epochs if qat_epochs is None else qat_epochs)))
         report = pipeline.export_int8(
-            model, data=data, checkpoint=checkpoint, method="ptq" if ptq else "qat",
-            qat_epochs=QATConfig.epochs if qat_epochs is None else qat_epochs,
-            train_epochs=epochs, formats=fmts, max_drop=max_drop,
-            min_agreement=min_agreement, io=io, input_size=input_size, out=out_dir, force=force,
-            onnx_activations=onnx_activations, keep_float=tuple(keep_float or ()),
-            int16=tuple(int16 or ()), fallback=fallback, cle=cle,
-            bias_correction=bias_correction, pretrained=weights, model_options=options,
-            train_config=train_config, preprocess=preprocess)
+            model, data=data, checkpoint=checkpoint, recipe=recipe, train_epochs=epochs,
+            formats=fmts, max_drop=max_drop, min_agreement=min_agreement, io=io,
+            input_size=input_size, out=out_dir, force=force, onnx_activations=onnx_activations,
+            keep_float=tuple(keep_float or ()), int16=tuple(int16 or ()), fallback=fallback,
+            pretrained=weights, model_options=options, train_config=train_config,
+            preprocess=preprocess)
         _print_report(report)
         if not report.passed:
             for failure in report.failures():
@@ -895,18 +895,19 @@ def quantize_command(
 ) -> None:
     """int8-quantize an fp32 checkpoint (TFLite spec); writes the Q/DQ program and metrics.
     Under torchrun, QAT trains as DistributedDataParallel and rank 0 writes."""
-    if method in ("qat", "ptq"):  # an unknown method is quantize_checkpoint's error
-        _check_method_flags(method, {
-            "--epochs": "qat" if epochs is not None else None,
-            "--lr": "qat" if lr is not None else None,
-            "--calib-batches": "ptq" if calib_batches is not None else None,
-            "--cle": "ptq" if cle else None,
-            "--bias-correction": "ptq" if bias_correction else None})
-    from edgecnn.quant.qat import QATConfig
+    if method not in ("qat", "ptq"):
+        raise EdgecnnError(f"--method {method!r} is unknown; known: qat, ptq")
+    _check_method_flags(method, {
+        "--epochs": "qat" if epochs is not None else None,
+        "--lr": "qat" if lr is not None else None,
+        "--calib-batches": "ptq" if calib_batches is not None else None,
+        "--cle": "ptq" if cle else None,
+        "--bias-correction": "ptq" if bias_correction else None})
+    from edgecnn.quant.recipe import PTQ, QAT
 
-    epochs = QATConfig.epochs if epochs is None else epochs
-    lr = QATConfig.lr if lr is None else lr
-    calib_batches = 32 if calib_batches is None else calib_batches
+    epochs = QAT().train.epochs if epochs is None else epochs
+    lr = QAT().train.lr if lr is None else lr
+    calib_batches = PTQ.calib_batches if calib_batches is None else calib_batches
     check_all(epochs=epochs, lr=lr, calib_batches=calib_batches, batch_size=batch_size)
     from edgecnn.util import check_writable_dir
 
@@ -916,19 +917,20 @@ def quantize_command(
         check_spec(data)
     check_writable_dir(out_dir, "--out")
     execution = _execution(device, workers)
+    from dataclasses import replace
+
     from edgecnn.quant.run import quantize_checkpoint, training_seed
     from edgecnn.quant.spec import QuantConfig
 
-    qat_config = QATConfig(epochs=epochs, lr=lr, batch_size=batch_size,
-                           seed=training_seed(checkpoint))
-    metrics = quantize_checkpoint(checkpoint, out_dir, method=method, data=data,
-                                  model_name=model, config=QuantConfig(
-                                      observer=observer, strict=strict,
-                                      keep_float=tuple(keep_float or ()),
-                                      int16=tuple(int16 or ()), cle=cle,
-                                      bias_correction=bias_correction),
-                                  qat_config=qat_config, calib_batches=calib_batches,
-                                  batch_size=batch_size, execution=execution)
+    recipe = (PTQ(calib_batches=calib_batches, batch_size=batch_size, cle=cle,
+                  bias_correction=bias_correction) if method == "ptq" else
+              QAT(train=replace(QAT().train, epochs=epochs, lr=lr, batch_size=batch_size,
+                                seed=training_seed(checkpoint))))
+    metrics = quantize_checkpoint(checkpoint, out_dir, recipe, data=data, model_name=model,
+                                  config=QuantConfig(observer=observer, strict=strict,
+                                                     keep_float=tuple(keep_float or ()),
+                                                     int16=tuple(int16 or ())),
+                                  execution=execution)
     out.print(f"{model} {method}: fp32 {metrics['fp32_accuracy']:.4f} -> int8 "
               f"[bold]{metrics['int8_accuracy']:.4f}[/bold] (drop {metrics['accuracy_drop']:.2f} "
               f"points) in {metrics['quantize_seconds']:.1f}s -> {out_dir}", highlight=False)

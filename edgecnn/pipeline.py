@@ -22,6 +22,7 @@ from edgecnn.errors import EdgecnnError, ParameterError
 from edgecnn.fallback import check_fallback
 from edgecnn.models import create_model
 from edgecnn.progress import console
+from edgecnn.quant.recipe import PTQ, QAT, Recipe
 from edgecnn.report import Report
 from edgecnn.runtime.manifest import sha256_file
 from edgecnn.train import TrainConfig, model_options_for, preprocessing_for, train
@@ -286,7 +287,7 @@ def chance_floor(chance: float, num_images: int) -> float:
     return chance + max(0.05, 3.0 * math.sqrt(chance * (1.0 - chance) / max(num_images, 1)))
 
 
-def _check_arguments(model: str, data: str, checkpoint: Path | None, method: str,
+def _check_arguments(model: str, data: str, checkpoint: Path | None, recipe: Recipe,
                      formats: tuple[str, ...], max_drop: float, min_agreement: float, io: str,
                      onnx_activations: str | None, out: Path) -> None:
     """Every argument of `export_int8`, checked before any work (training takes minutes)."""
@@ -295,7 +296,6 @@ def _check_arguments(model: str, data: str, checkpoint: Path | None, method: str
     from edgecnn.export.tflite import IO_MODES
     from edgecnn.flags import check
     from edgecnn.models.registry import resolve_factory
-    from edgecnn.quant import METHODS
 
     check_formats(formats)
     if io not in IO_MODES:
@@ -303,8 +303,8 @@ def _check_arguments(model: str, data: str, checkpoint: Path | None, method: str
     if onnx_activations is not None and onnx_activations not in ACTIVATION_TYPES:
         raise ParameterError("onnx_activations", f"must be one of "
                              f"{', '.join(ACTIVATION_TYPES)}, got {onnx_activations!r}")
-    if method not in METHODS:
-        raise EdgecnnError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    if not isinstance(recipe, (PTQ, QAT)):
+        raise ParameterError("recipe", f"must be PTQ(...) or QAT(...), got {recipe!r}"[:200])
     check("--max-drop", max_drop)
     check("--min-agreement", min_agreement)
     check_spec(data)
@@ -315,15 +315,15 @@ def _check_arguments(model: str, data: str, checkpoint: Path | None, method: str
 
 
 def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = None,
-                method: str = "qat", qat_epochs: int = 3, train_epochs: int | None = None,
+                recipe: Recipe = QAT(), train_epochs: int | None = None,
                 formats: tuple[str, ...] = FORMATS, max_drop: float = 1.0,
                 min_agreement: float = 0.99, io: str = "int8",
                 input_size: int | None = None, out: Path | None = None, force: bool = False,
                 onnx_activations: str | None = None, bench_runs: int = 100,
                 keep_float: tuple[str, ...] = (), fallback: str = "none",
-                int16: tuple[str, ...] = (), cle: bool = False, bias_correction: bool = False,
-                show_progress: bool = True, pretrained: Pretrained | None = None,
-                model_options: dict | None = None, train_config: TrainConfig | None = None,
+                int16: tuple[str, ...] = (), show_progress: bool = True,
+                pretrained: Pretrained | None = None, model_options: dict | None = None,
+                train_config: TrainConfig | None = None,
                 preprocess=None) -> Report:
     """Model -> fp32 reference -> QAT/PTQ -> fp32 and int8 ONNX/TFLite -> validate, bench.
 
@@ -335,26 +335,23 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
     fallback: "int16" / "float" moves the layers adding most int8 error to int16 / float
     until every int8 artifact's drop is within `max_drop` (`edgecnn.fallback`); "none"
     only measures.
-    cle, bias_correction: PTQ steps (`edgecnn.quant.equalize`, `.bias_correction`);
-    ParameterError with method "qat". report.json's "ptq_methods" records what they did.
+    recipe: `QAT(...)` (default) or `PTQ(...)` with its steps (`edgecnn.quant.recipe`);
+    report.json's "ptq_methods" records what CLE and bias correction did.
     pretrained, model_options, preprocess: as `train_reference`; train_config
     replaces the default fp32 schedule (`train_epochs` then sets only its epochs;
     0 with `pretrained`: no fp32 training, straight to quantization).
     """
-    from edgecnn.quant.qat import QATConfig
     from edgecnn.quant.run import quantize_checkpoint, training_seed
-    from edgecnn.quant.spec import QuantConfig, check_ptq_methods
+    from edgecnn.quant.spec import QuantConfig
 
     if distributed.world_size() > 1:
         raise EdgecnnError("the int8 pipeline (export --int8) runs in one process, not under "
                            "torchrun: train and quantize under torchrun (`edgecnn train`, "
                            "`edgecnn quantize`), then export, validate and bench in one")
     out = Path(out or Path("artifacts") / model.replace(":", "_"))
-    _check_arguments(model, data, checkpoint, method, formats, max_drop, min_agreement, io,
+    _check_arguments(model, data, checkpoint, recipe, formats, max_drop, min_agreement, io,
                      onnx_activations, out)
-    quant_config = QuantConfig(keep_float=tuple(keep_float), int16=tuple(int16), cle=cle,
-                               bias_correction=bias_correction)
-    check_ptq_methods(quant_config, method)
+    quant_config = QuantConfig(keep_float=tuple(keep_float), int16=tuple(int16))
     check_fallback(fallback)
     if checkpoint is not None and (pretrained is not None or model_options):
         raise EdgecnnError("checkpoint and pretrained / model_options exclude each other: a "
@@ -407,12 +404,13 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
     sidecars = [Path(f"{p}.json") for p in paths.values() if p.suffix == ".tflite"]
 
     def quantize_and_export(config) -> dict:
-        key = stage_key(ckpt_key, data_digest(data), method, qat_epochs, config.to_dict())
+        key = stage_key(ckpt_key, data_digest(data), recipe.method, recipe.to_dict(),
+                        config.to_dict())
         stage = _Stage("quantize", out, key, [quant_dir / "model_int8.pt2",
                                               quant_dir / "metrics.json"], force)
         run_stage(stage, lambda: quantize_checkpoint(
-            ckpt_dir, quant_dir, method=method, data=data, model_name=model, config=config,
-            qat_config=QATConfig(epochs=qat_epochs), show_progress=show_progress))
+            ckpt_dir, quant_dir, recipe, data=data, model_name=model, config=config,
+            show_progress=show_progress))
         key = stage_key(ckpt_key, _files_digest(quant_dir / "model_int8.pt2"), formats, io,
                         onnx_activations)
         stage = _Stage("export", out, key, list(paths.values()) + sidecars, force)
@@ -451,7 +449,7 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
         inspection = inspect_for_report(reference, ordered[1:], data, out, seed=seed)
     manifest_files = [*ordered, *sidecars, quant_dir / "model_int8.pt2",
                       ckpt_dir / "checkpoint.pt", out / "preprocessing.json"]
-    report = Report({**_report_data(model, data, method, max_drop, config, quant_metrics,
+    report = Report({**_report_data(model, data, recipe.method, max_drop, config, quant_metrics,
                                     validation, bench, stages, ordered, manifest_files),
                      "inspect": inspection, "fallback": fallback_record})
     report.write(out)

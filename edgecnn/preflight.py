@@ -39,8 +39,9 @@ def check_exportable(model: nn.Module, preprocessing: Preprocessing, *,
     try:
         with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
             warnings.simplefilter("ignore")
-            converted = quant.quantize(model.eval(), x[:2], "ptq", train_data=x, config=config,
-                                       calib_batches=1, batch_size=8)
+            converted = quant.quantize(model.eval(), x[:2], quant.PTQ(calib_batches=1,
+                                                                      batch_size=8),
+                                       train_data=x, config=config)
             path = onnx_export.export_qdq(converted, preprocessing, Path(tmp) / "model.onnx")
             if "tflite" in formats:
                 from edgecnn.export.tflite import to_flatbuffer

@@ -145,7 +145,7 @@ def dsc_reference(reference_checkpoint, digits, tmp_path_factory):
     model, config = load_checkpoint(reference_checkpoint("dsc_net"))
     x, _ = to_tensors(digits.train_images, digits.train_labels, config.preprocessing)
     vx, vy = to_tensors(digits.val_images, digits.val_labels, config.preprocessing)
-    converted = quant.quantize(model, x[:2], "ptq", train_data=x, calib_batches=8)
+    converted = quant.quantize(model, x[:2], quant.PTQ(calib_batches=8), train_data=x)
     out = tmp_path_factory.mktemp("onnx")
     paths = {"fp32": onnx_export.export_fp32(model, config.preprocessing, out / "fp32.onnx")}
     for act in onnx_export.ACTIVATION_TYPES:

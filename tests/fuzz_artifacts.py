@@ -643,9 +643,10 @@ def make_base(out: Path, *, epochs: int = 4) -> Path:
     """The good artifacts of a small dsc_net on digits (PTQ), as `generate` expects them."""
     from edgecnn.data import load, save_npz
     from edgecnn.pipeline import export_int8
+    from edgecnn.quant.recipe import PTQ
 
     work = out / "export"
-    export_int8("dsc_net", train_epochs=epochs, method="ptq", out=work, show_progress=False,
+    export_int8("dsc_net", train_epochs=epochs, recipe=PTQ(), out=work, show_progress=False,
                 bench_runs=2)
     base = out / "base"
     base.mkdir(parents=True, exist_ok=True)

@@ -41,8 +41,8 @@ class Int8Files:
         self.model = model.eval()
         with warnings.catch_warnings(record=True) as self.warnings:
             warnings.simplefilter("always")
-            self.converted = quant.quantize(model, x[:2], "ptq", train_data=x, calib_batches=2,
-                                            batch_size=32)
+            self.converted = quant.quantize(model, x[:2], quant.PTQ(calib_batches=2, batch_size=32),
+                                            train_data=x)
             with torch.no_grad():
                 self.fp32 = model(x).numpy()
                 self.fake_quant = self.converted(x).numpy()

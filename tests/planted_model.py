@@ -129,7 +129,7 @@ def build_planted(directory: Path, *, epochs: int = 3, lr: float = 1e-2, factor:
         f"planted_model:{factory}", preprocessing, model_options_for(preprocessing),
         "digits"))
     x, _ = to_tensors(data.train_images, data.train_labels, preprocessing)
-    program = quant.quantize(model, x[:2], "ptq", train_data=x, calib_batches=calib_batches)
+    program = quant.quantize(model, x[:2], quant.PTQ(calib_batches=calib_batches), train_data=x)
     paths = {"fp32.onnx": onnx_export.export_fp32(model, preprocessing,
                                                   directory / "model_fp32.onnx"),
              "int8.onnx": onnx_export.export_qdq(program, preprocessing,

@@ -68,15 +68,15 @@ def test_errors_are_one_line_and_exit_2(args, message):
 
 def test_cli_defaults_are_the_config_defaults():
     """The CLI spells its defaults out (it must import without torch); they must not drift
-    from the Python API's: `train` from TrainConfig, `quantize` from QATConfig (its
-    method-specific flags default to None and show the config's value)."""
+    from the Python API's: `train` from TrainConfig, `quantize` from the QAT and PTQ
+    recipes (its method-specific flags default to None and show the recipe's value)."""
     import inspect
 
     pytest.importorskip("torch")
     import typer
 
     from edgecnn.cli import app, quantize_command, train_command
-    from edgecnn.quant.qat import QATConfig
+    from edgecnn.quant.recipe import PTQ, QAT
     from edgecnn.train import TrainConfig
 
     train = {name: p.default for name, p in inspect.signature(train_command).parameters.items()}
@@ -85,11 +85,12 @@ def test_cli_defaults_are_the_config_defaults():
         assert train[name] == getattr(TrainConfig(), name), name
     quantize = {name: p.default for name, p in
                 inspect.signature(quantize_command).parameters.items()}
-    assert quantize["batch_size"] == QATConfig().batch_size
+    assert quantize["batch_size"] == QAT().train.batch_size == PTQ().batch_size
     shown = {p.name: p.show_default for p in
              typer.main.get_command(app).commands["quantize"].params}
     for name in ("epochs", "lr"):
-        assert quantize[name] is None and float(shown[name]) == getattr(QATConfig(), name)
+        assert quantize[name] is None and float(shown[name]) == getattr(QAT().train, name)
+    assert quantize["calib_batches"] is None and int(shown["calib_batches"]) == PTQ().calib_batches
 
 
 def test_the_export_summary_fits_an_80_column_terminal():

@@ -127,8 +127,7 @@ def test_every_conv_and_gemm_runs_as_an_integer_kernel(name, tmp_path):
     torch.manual_seed(0)
     model = create_model(name, num_classes=10, in_channels=3, small_input=True).eval()
     x = torch.randn(8, 3, 32, 32)
-    converted = quant.quantize(model, x[:2], "ptq", train_data=x, calib_batches=1,
-                               batch_size=8)
+    converted = quant.quantize(model, x[:2], quant.PTQ(calib_batches=1, batch_size=8), train_data=x)
     record = Preprocessing((32, 32), 3, (0.5,) * 3, (0.25,) * 3, tuple("abcdefghij"))
     path = onnx_export.export_qdq(converted, record, tmp_path / "m.onnx")
     counts = onnx_export.runtime_op_counts(path, tmp_path / "m.opt.onnx")

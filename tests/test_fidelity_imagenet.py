@@ -106,13 +106,12 @@ def runtimes(lite0, crops, tmp_path_factory):
         tflite_tensors,
         torch_tensors,
     )
-    from edgecnn.quant import quantize
+    from edgecnn.quant import PTQ, quantize
 
     model, _ = lite0
     calib, x = crops
     calib = torch.from_numpy(calib)
-    program = quantize(model, calib[:2], "ptq", train_data=calib, calib_batches=1,
-                       batch_size=16)
+    program = quantize(model, calib[:2], PTQ(calib_batches=1, batch_size=16), train_data=calib)
     out = tmp_path_factory.mktemp("lite0")
     pre = Preprocessing((224, 224), 3, MEAN, STD, tuple(str(i) for i in range(1000)))
     onnx_path = export_qdq(program, pre, out / "model_int8.onnx")

@@ -151,7 +151,7 @@ def test_conv1d_same_and_even_kernels_are_quantized() -> None:
     x = torch.rand(32, 2, 16)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnquantizedOpWarning)
-        converted = quant.quantize(model, x[:2], "ptq", train_data=x, calib_batches=1)
+        converted = quant.quantize(model, x[:2], quant.PTQ(calib_batches=1), train_data=x)
     assert len(quant.weighted_ops(converted)) == 3
     with torch.no_grad():
         ref, got = model(x), converted(x)
@@ -186,8 +186,7 @@ def test_saved_program_holds_no_more_than_one_sample_batch(name: str, tmp_path: 
     the sample entry holds two images, and no entry is larger than the parameters."""
     model = create_model(name, num_classes=10, in_channels=1, small_input=True).eval()
     x = torch.rand(512, 1, 32, 32)
-    converted = quant.quantize(model, x[:2], "ptq", train_data=x, calib_batches=1,
-                               batch_size=8)
+    converted = quant.quantize(model, x[:2], quant.PTQ(calib_batches=1, batch_size=8), train_data=x)
     meta = ArtifactMetadata(preprocessing(x, 10), model=name, precision="int8")
     path = quant.save_program(tmp_path, converted, meta, example_input=x[:2])
     params = sum(p.numel() * p.element_size() for p in model.parameters())

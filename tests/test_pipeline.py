@@ -115,9 +115,10 @@ def test_rerun_reuses_the_trained_checkpoint_and_force_redoes_it(tmp_path):
 
 def test_python_api_mirrors_the_command(reference_checkpoint, tmp_path):
     import edgecnn
+    from edgecnn.quant.recipe import PTQ
 
     report = edgecnn.export_int8("dsc_net", checkpoint=reference_checkpoint("dsc_net"),
-                                 method="ptq", formats=("tflite",), out=tmp_path,
+                                 recipe=PTQ(), formats=("tflite",), out=tmp_path,
                                  show_progress=False, min_agreement=0.97)
     assert report.passed and report.data["min_agreement"] == 0.97
     assert [a["name"] for a in report.artifacts] == ["model_fp32.tflite", "model_int8.tflite"]
@@ -137,7 +138,7 @@ def test_python_api_mirrors_the_command(reference_checkpoint, tmp_path):
     assert lines[1] in (tmp_path / "report.md").read_text()
     # the bound is the caller's: the same files against the strictest one
     strict = edgecnn.export_int8("dsc_net", checkpoint=reference_checkpoint("dsc_net"),
-                                 method="ptq", formats=("tflite",), out=tmp_path,
+                                 recipe=PTQ(), formats=("tflite",), out=tmp_path,
                                  show_progress=False, min_agreement=1.0)
     assert strict.passed == (agreement == 1.0) and strict.data["min_agreement"] == 1.0
     assert strict.data["stages"]["export"]["reused"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ def quantized_artifacts(checkpoint, tmp_path_factory, field: str):
     """`get(*patterns)` -> (quantize metrics, {"onnx": path, "tflite": path}) of PTQ with
     QuantConfig(**{field: patterns}), computed once per pattern tuple."""
     from edgecnn import pipeline
+    from edgecnn.quant.recipe import PTQ
     from edgecnn.quant.run import quantize_checkpoint
     from edgecnn.quant.spec import QuantConfig
 
@@ -43,9 +45,9 @@ def quantized_artifacts(checkpoint, tmp_path_factory, field: str):
     def get(*patterns: str):
         if patterns not in cache:
             out = tmp_path_factory.mktemp(field)
-            metrics = quantize_checkpoint(checkpoint, out / "q", method="ptq",
+            metrics = quantize_checkpoint(checkpoint, out / "q", PTQ(calib_batches=8),
                                           config=QuantConfig(**{field: patterns}),
-                                          calib_batches=8, show_progress=False)
+                                          show_progress=False)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 onnx_path, tflite_path = pipeline.export_artifacts(
@@ -129,7 +131,7 @@ def test_keep_float_pattern_errors(planted):
     x, _ = to_tensors(data.train_images[:8], data.train_labels[:8], config.preprocessing)
     with pytest.raises(EdgecnnError, match=r"--keep-float 'blok' matches no layer.*layers: "
                                            r"stem\.0, block\.conv, block\.proj, head\.0, fc"):
-        quant.quantize(model, x[:2], "ptq", train_data=x, calib_batches=1,
+        quant.quantize(model, x[:2], quant.PTQ(calib_batches=1), train_data=x,
                        config=QuantConfig(keep_float=("blok",)))
 
 
@@ -167,9 +169,10 @@ def test_ranking_on_the_training_tail_puts_the_planted_pair_first(planted):
 
 def test_fallback_float_brings_the_drop_back_and_reports_it(planted, tmp_path):
     from edgecnn.pipeline import export_int8
+    from edgecnn.quant.recipe import PTQ
 
     report = export_int8("planted_model:planted_net", checkpoint=planted["checkpoint"],
-                         method="ptq", fallback="float", max_drop=1.0, min_agreement=0.9,
+                         recipe=PTQ(), fallback="float", max_drop=1.0, min_agreement=0.9,
                          out=tmp_path / "out", bench_runs=20, show_progress=False)
     record = report.data["fallback"]
     first, last = record["steps"][0], record["steps"][-1]
@@ -271,14 +274,13 @@ def test_keep_float_under_qat_folds_the_float_layers_bn(tmp_path):
     from edgecnn.export import onnx as onnx_export
     from edgecnn.export.tflite import convert
     from edgecnn.quant.precision import float_layers
-    from edgecnn.quant.qat import QATConfig
     from edgecnn.quant.spec import QuantConfig
     from edgecnn.runtime.session import open_session
 
     torch.manual_seed(0)
     x, y = torch.rand(128, 1, 32, 32), torch.randint(0, 10, (128,))
-    program = quant.quantize(planted_net().eval(), x[:2], "qat", train_data=(x, y),
-                             qat_config=QATConfig(epochs=1),
+    one_epoch = quant.QAT(train=replace(quant.QAT_SCHEDULE, epochs=1))
+    program = quant.quantize(planted_net().eval(), x[:2], one_epoch, train_data=(x, y),
                              config=QuantConfig(keep_float=(r"head\.0", r"block\.proj")))
     assert float_layers(program) == ["block.proj", "head.0"]
     record = Preprocessing((32, 32), 1, (0.0,), (1.0,), tuple("0123456789"))
@@ -557,10 +559,10 @@ def test_int16_errors_are_one_line(planted):
     data = load("digits")
     x, _ = to_tensors(data.train_images[:8], data.train_labels[:8], config.preprocessing)
     with pytest.raises(EdgecnnError, match=r"--int16 'blok' matches no layer.*block\.conv"):
-        quant.quantize(model, x[:2], "ptq", train_data=x, calib_batches=1,
+        quant.quantize(model, x[:2], quant.PTQ(calib_batches=1), train_data=x,
                        config=QuantConfig(int16=("blok",)))
     with pytest.raises(EdgecnnError) as error:
-        quant.quantize(model, x[:2], "ptq", train_data=x, calib_batches=1,
+        quant.quantize(model, x[:2], quant.PTQ(calib_batches=1), train_data=x,
                        config=QuantConfig(int16=("pool",)))
     message = str(error.value)
     assert "\n" not in message and "'adaptive_avg_pool2d'" in message and "16x8" in message
@@ -595,9 +597,10 @@ def test_int16_cli_error_is_one_line_before_training(edgecnn_cmd, tmp_path):
 
 def test_fallback_int16_brings_the_drop_back_and_reports_it(planted_dw, tmp_path):
     from edgecnn.pipeline import export_int8
+    from edgecnn.quant.recipe import PTQ
 
     report = export_int8("planted_model:planted_dw_net", checkpoint=planted_dw["checkpoint"],
-                         method="ptq", fallback="int16", max_drop=DW_BOUND, min_agreement=0.9,
+                         recipe=PTQ(), fallback="int16", max_drop=DW_BOUND, min_agreement=0.9,
                          out=tmp_path / "out", bench_runs=20, show_progress=False)
     record = report.data["fallback"]
     first, last = record["steps"][0], record["steps"][-1]
@@ -624,14 +627,13 @@ def test_int16_under_qat(tmp_path):
     from edgecnn.export import onnx as onnx_export
     from edgecnn.export.tflite import convert
     from edgecnn.quant.precision import int16_layers
-    from edgecnn.quant.qat import QATConfig
     from edgecnn.quant.spec import QuantConfig
     from edgecnn.runtime.session import open_session
 
     torch.manual_seed(0)
     x, y = torch.rand(128, 1, 32, 32), torch.randint(0, 10, (128,))
-    program = quant.quantize(planted_net().eval(), x[:2], "qat", train_data=(x, y),
-                             qat_config=QATConfig(epochs=1),
+    one_epoch = quant.QAT(train=replace(quant.QAT_SCHEDULE, epochs=1))
+    program = quant.quantize(planted_net().eval(), x[:2], one_epoch, train_data=(x, y),
                              config=QuantConfig(int16=(r"block\.proj", r"head\.0")))
     assert int16_layers(program) == ["block.proj", "head.0"]
     record = Preprocessing((32, 32), 1, (0.0,), (1.0,), tuple("0123456789"))

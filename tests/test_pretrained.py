@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -506,7 +507,7 @@ def test_lite0_tf_same_reproduces_the_source_logits_and_exports_without_pad(
     from edgecnn.export.onnx import export_qdq
     from edgecnn.export.tflite import convert
     from edgecnn.models.pretrained import load_pretrained_file
-    from edgecnn.quant import quantize
+    from edgecnn.quant import PTQ, quantize
     from edgecnn.runtime import open_session
     from edgecnn.verify.litert import op_counts
 
@@ -523,8 +524,7 @@ def test_lite0_tf_same_reproduces_the_source_logits_and_exports_without_pad(
     assert (ours - theirs).abs().max() <= 1e-4
     assert theirs.abs().max() > 5  # real logits, not a degenerate input
 
-    program = quantize(model, calib[:2], "ptq", train_data=calib, calib_batches=1,
-                       batch_size=8)
+    program = quantize(model, calib[:2], PTQ(calib_batches=1, batch_size=8), train_data=calib)
     pre = Preprocessing((224, 224), 3, MEAN, STD, tuple(str(i) for i in range(1000)))
     onnx_path = export_qdq(program, pre, tmp_path / "model_int8.onnx")
     tflite_path = convert(onnx_path, tmp_path / "model_int8.tflite")
@@ -547,8 +547,8 @@ def test_tf_same_model_quantizes_and_converts_without_pad(method, tmp_path) -> N
     from edgecnn.config import Preprocessing
     from edgecnn.export.onnx import export_qdq
     from edgecnn.export.tflite import convert
-    from edgecnn.quant import quantize
-    from edgecnn.quant.qat import QATConfig
+    from edgecnn.quant import PTQ, quantize
+    from edgecnn.quant.recipe import QAT, QAT_SCHEDULE
     from edgecnn.runtime import open_session
     from edgecnn.verify.litert import op_counts
 
@@ -557,8 +557,9 @@ def test_tf_same_model_quantizes_and_converts_without_pad(method, tmp_path) -> N
     images = (torch.rand(24, 64, 64, 3) * 255).to(torch.uint8).numpy()
     x = torch.from_numpy(normalize_images(images))
     y = torch.arange(4).repeat(6)
-    program = quantize(model, x[:2], method, train_data=(x, y), calib_batches=2, batch_size=12,
-                       qat_config=QATConfig(epochs=1, batch_size=12))
+    recipe = {"ptq": PTQ(calib_batches=2, batch_size=12),
+              "qat": QAT(train=replace(QAT_SCHEDULE, epochs=1, batch_size=12))}[method]
+    program = quantize(model, x[:2], recipe, train_data=(x, y))
     pre = Preprocessing((64, 64), 3, MEAN, STD, ("a", "b", "c", "d"))
     onnx_path = export_qdq(program, pre, tmp_path / "model_int8.onnx")
     counts = op_counts(convert(onnx_path, tmp_path / "model_int8.tflite"))

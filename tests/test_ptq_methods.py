@@ -19,8 +19,6 @@ import pytest
 import torch
 from torch import nn
 
-from edgecnn.errors import EdgecnnError, ParameterError
-
 FACTOR = 300.0
 
 
@@ -130,13 +128,14 @@ def test_cle_brings_the_planted_drop_back_and_the_report_says_so(planted, tmp_pa
     """`export --int8 --ptq --cle --bias-correction` on the planted checkpoint: the drop on
     onnxruntime and LiteRT against plain PTQ's, and what report.json / .md record."""
     from edgecnn.pipeline import export_int8
+    from edgecnn.quant.recipe import PTQ
 
     plain = drops(planted, [planted["int8.onnx"], planted["int8.tflite"]])
     assert min(plain.values()) > 10.0, plain
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report = export_int8("planted_model:planted_net", checkpoint=planted["checkpoint"],
-                             method="ptq", cle=True, bias_correction=True, max_drop=2.0,
+                             recipe=PTQ(cle=True, bias_correction=True), max_drop=2.0,
                              min_agreement=0.9, out=tmp_path / "out", bench_runs=10,
                              show_progress=False)
     with_cle = {a["name"]: a["drop"] for a in report.data["artifacts"]
@@ -211,26 +210,6 @@ def test_bias_correction_reduces_the_mean_layer_error_on_held_out_images(planted
         assert op.bias is not None and op.bias.dtype == torch.int32
         fan_in = op.weight[0].numel()
         assert int(op.bias.abs().max()) <= accumulator_headroom(fan_in), op.node.name
-
-
-def test_ptq_steps_with_qat_are_refused(planted):
-    from edgecnn import quant
-    from edgecnn.checkpoint import load_checkpoint
-    from edgecnn.data import load
-    from edgecnn.quant.spec import QuantConfig
-    from edgecnn.train import to_tensors
-
-    model, config = load_checkpoint(planted["checkpoint"])
-    data = load("digits")
-    x, y = to_tensors(data.train_images[:8], data.train_labels[:8], config.preprocessing)
-    with pytest.raises(ParameterError, match=r"^cle is a PTQ step: it needs method 'ptq', "
-                                             r"got 'qat'$"):
-        quant.quantize(model, x[:2], "qat", train_data=(x, y), config=QuantConfig(cle=True))
-    with pytest.raises(EdgecnnError, match="bias_correction is a PTQ step"):
-        from edgecnn.pipeline import export_int8
-
-        export_int8("planted_model:planted_net", checkpoint=planted["checkpoint"],
-                    method="qat", bias_correction=True, show_progress=False)
 
 
 @pytest.mark.parametrize("args, message", [

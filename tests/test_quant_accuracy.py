@@ -11,13 +11,14 @@ the zoo (mobilenet_v2 included) is the `slow` sweep.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from edgecnn.checkpoint import load_checkpoint
-from edgecnn.quant import QATConfig, load_program, quantize
+from edgecnn.quant import PTQ, QAT, QAT_SCHEDULE, load_program, quantize
 from edgecnn.quant.run import quantize_checkpoint
 from edgecnn.train import accuracy, to_tensors
 
@@ -25,7 +26,7 @@ BUDGET = {"ptq": 1.0, "qat": 0.5}  # accuracy-drop budget, percentage points
 #: short test schedules: QAT two epochs (one is not enough since training streams through the
 #: loader: dsc_net 98.05% -> 97.49%, 0.56 pp; two: 98.33%, measured 2026-11-30), PTQ
 #: calibrated on 512 training images
-OPTIONS = {"qat": {"qat_config": QATConfig(epochs=2)}, "ptq": {"calib_batches": 8}}
+RECIPES = {"qat": QAT(train=replace(QAT_SCHEDULE, epochs=2)), "ptq": PTQ(calib_batches=8)}
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +37,8 @@ def quantized(reference_checkpoint, tmp_path_factory):
     def get(name: str, method: str):
         if (name, method) not in done:
             out = tmp_path_factory.mktemp(f"{name}_{method}")
-            metrics = quantize_checkpoint(reference_checkpoint(name), out, method=method,
-                                          show_progress=False, **OPTIONS[method])
+            metrics = quantize_checkpoint(reference_checkpoint(name), out, RECIPES[method],
+                                          show_progress=False)
             print(f"\n{name} {method}: fp32 {metrics['fp32_accuracy']:.4f} int8 "
                   f"{metrics['int8_accuracy']:.4f} drop {metrics['accuracy_drop']:.2f} points")
             done[name, method] = out, metrics
@@ -102,8 +103,8 @@ def test_quantize_writes_program_metrics_and_config(quantized, reference_checkpo
 def test_qat_is_deterministic_for_a_fixed_seed(reference_checkpoint, digits):
     model, config = load_checkpoint(reference_checkpoint("dsc_net"))
     x, y = to_tensors(digits.train_images[:256], digits.train_labels[:256], config.preprocessing)
-    runs = [quantize(model, x[:2], "qat", train_data=(x, y),
-                     qat_config=QATConfig(epochs=2, seed=3)) for _ in range(2)]
+    recipe = QAT(train=replace(QAT_SCHEDULE, epochs=2, seed=3))
+    runs = [quantize(model, x[:2], recipe, train_data=(x, y)) for _ in range(2)]
     first, second = (dict(r.named_buffers()) | dict(r.named_parameters()) for r in runs)
     assert first.keys() == second.keys()
     for key in first:

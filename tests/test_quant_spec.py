@@ -9,6 +9,7 @@ need training. Accuracy on real data is in test_quant_accuracy.py.
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
@@ -18,7 +19,9 @@ from edgecnn.config import ArtifactMetadata, Preprocessing
 from edgecnn.errors import EdgecnnError
 from edgecnn.models.blocks import ConvBnAct, InvertedResidual, MBConv
 from edgecnn.quant import (
-    QATConfig,
+    PTQ,
+    QAT,
+    QAT_SCHEDULE,
     QuantConfig,
     UnquantizedOpWarning,
     load_program,
@@ -28,6 +31,7 @@ from edgecnn.quant import (
     weighted_ops,
 )
 from edgecnn.quant.graph import calls
+from edgecnn.train import TrainConfig
 
 qd = torch.ops.quantized_decomposed
 aten = torch.ops.aten
@@ -70,8 +74,9 @@ def converted(request):
     x, y = toy_data()
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnquantizedOpWarning)  # every op of Toy is known
-        return quantize(toy_model(), x[:2], request.param, train_data=(x, y),
-                        qat_config=QATConfig(epochs=1, batch_size=32), calib_batches=2)
+        recipe = {"ptq": PTQ(calib_batches=2),
+                  "qat": QAT(train=replace(QAT_SCHEDULE, epochs=1, batch_size=32))}[request.param]
+        return quantize(toy_model(), x[:2], recipe, train_data=(x, y))
 
 
 def nodes(gm, target) -> list:
@@ -111,15 +116,19 @@ def test_config_rejects_bad_values_naming_the_field(options, message):
         QuantConfig(**options)
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"freeze_bn_fraction": -0.1}, "freeze_bn_fraction"),
-    ({"freeze_observer_fraction": 0.0}, "freeze_observer_fraction"),
-    ({"freeze_observer_fraction": 1.5}, "freeze_observer_fraction"),
-    ({"epochs": 0}, "epochs"),
+@pytest.mark.parametrize("make, message", [
+    (lambda: QAT(freeze_bn_fraction=-0.1), "freeze_bn_fraction"),
+    (lambda: QAT(freeze_observer_fraction=0.0), "freeze_observer_fraction"),
+    (lambda: QAT(freeze_observer_fraction=1.5), "freeze_observer_fraction"),
+    (lambda: QAT(train=TrainConfig(epochs=0)), "QAT epochs must be an integer of at least 1"),
+    (lambda: QAT(train=TrainConfig(epochs=2, freeze_epochs=1)), "freeze_epochs does not apply"),
+    (lambda: QAT(train={"epochs": 2}), "QAT's train must be a TrainConfig, got dict"),
+    (lambda: PTQ(calib_batches=0), "calib_batches must be an integer of at least 1, got 0"),
+    (lambda: PTQ(batch_size=True), "batch_size must be an integer of at least 1, got True"),
 ])
-def test_qat_config_rejects_bad_values(options, message):
+def test_recipes_reject_bad_values_naming_the_field(make, message):
     with pytest.raises(EdgecnnError, match=message):
-        QATConfig(**options)
+        make()
 
 
 # --- structure of the converted graph -------------------------------------------------------
@@ -218,7 +227,7 @@ def test_converted_model_tracks_the_float_model(converted):
 def test_uint8_activations_and_a_7_bit_weight_range():
     x, _ = toy_data()
     config = QuantConfig(activation_dtype="uint8", weight_range=(-63, 63))
-    gm = quantize(toy_model(), x[:2], "ptq", train_data=x, config=config, calib_batches=1)
+    gm = quantize(toy_model(), x[:2], PTQ(calib_batches=1), train_data=x, config=config)
     for q in nodes(gm, qd.quantize_per_tensor.default):
         assert q.args[3:] == (0, 255, torch.uint8)
     for node in nodes(gm, aten.sigmoid.default):
@@ -230,7 +239,7 @@ def test_uint8_activations_and_a_7_bit_weight_range():
 @pytest.mark.parametrize("observer", ["moving_average", "histogram"])  # minmax: `converted`
 def test_every_observer_calibrates(observer):
     x, _ = toy_data()
-    gm = quantize(toy_model(), x[:2], "ptq", train_data=x, calib_batches=2, batch_size=32,
+    gm = quantize(toy_model(), x[:2], PTQ(calib_batches=2, batch_size=32), train_data=x,
                   config=QuantConfig(observer=observer))
     with torch.no_grad():
         reference, int8 = toy_model()(x[:16]), gm(x[:16])
@@ -250,7 +259,7 @@ class WithExp(nn.Module):
 def test_unknown_op_stays_float_with_a_warning_naming_it():
     x = torch.randn(8, 1, 6, 6)
     with pytest.warns(UnquantizedOpWarning, match=r"exp \(aten\.exp\.default\).*stay float"):
-        gm = quantize(WithExp().eval(), x[:2], "ptq", train_data=x, calib_batches=1)
+        gm = quantize(WithExp().eval(), x[:2], PTQ(calib_batches=1), train_data=x)
     (exp,) = nodes(gm, aten.exp.default)
     assert calls(exp.args[0], qd.dequantize_per_tensor.default)  # float in, float out
     assert any(calls(u, qd.quantize_per_tensor.default) for u in exp.users)
@@ -259,18 +268,17 @@ def test_unknown_op_stays_float_with_a_warning_naming_it():
 def test_unknown_op_raises_when_strict():
     x = torch.randn(8, 1, 6, 6)
     with pytest.raises(EdgecnnError, match=r"exp \(aten\.exp\.default\).*supported ops: "):
-        quantize(WithExp().eval(), x[:2], "ptq", train_data=x,
-                 config=QuantConfig(strict=True))
+        quantize(WithExp().eval(), x[:2], PTQ(), train_data=x, config=QuantConfig(strict=True))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"method": "dynamic"}, "unknown quantization method 'dynamic'"),
-    ({"method": "qat"}, "QAT needs labelled training data"),
+@pytest.mark.parametrize("recipe, message", [
+    ("qat", "recipe must be PTQ\\(...\\) or QAT\\(...\\), got 'qat'"),
+    (QAT(), "QAT needs labelled training data"),
 ])
-def test_quantize_rejects_bad_requests(kwargs, message):
+def test_quantize_rejects_bad_requests(recipe, message):
     x, _ = toy_data(4)
     with pytest.raises(EdgecnnError, match=message):
-        quantize(toy_model(), x[:2], train_data=x, **kwargs)
+        quantize(toy_model(), x[:2], recipe, train_data=x)
 
 
 # --- on disk ----------------------------------------------------------------------------------

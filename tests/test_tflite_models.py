@@ -153,7 +153,7 @@ def pt2e(artifacts) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     train = torch.from_numpy(artifacts["train_x"][:512])
-    program = quant.quantize(artifacts["model"], train[:2], "ptq", train_data=train)
+    program = quant.quantize(artifacts["model"], train[:2], quant.PTQ(), train_data=train)
     with torch.no_grad():
         fake_quant = program(torch.from_numpy(artifacts["val_x"])).numpy()
     paths = {act: onnx_export.export_qdq(program, artifacts["record"],

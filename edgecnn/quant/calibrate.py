@@ -21,6 +21,7 @@ from edgecnn.quant.quantizer import (
     keep_shared_convs_unfolded,
     resolve_conv_padding,
 )
+from edgecnn.quant.recipe import PTQ
 from edgecnn.quant.spec import QuantConfig
 
 
@@ -54,15 +55,15 @@ def capture(model: nn.Module, example_input: torch.Tensor, *, train: bool) -> Gr
 
 
 def prepare_ptq(model: nn.Module, example_input: torch.Tensor,
-                config: QuantConfig | None = None) -> GraphModule:
+                config: QuantConfig | None = None, *, cle: bool = False) -> GraphModule:
     """Capture in eval mode, fold BN, annotate, insert observers.
 
-    With `config.cle`, BN is folded and conv pairs equalized on the captured fp32 graph
-    first (`equalize.equalize`); what it did is in the result's `meta["ptq"]["cle"]`.
+    With `cle`, BN is folded and conv pairs equalized on the captured fp32 graph first
+    (`equalize.equalize`); what it did is in the result's `meta["ptq"]["cle"]`.
     """
     gm = capture(model, example_input, train=False)
     record = {}
-    if config is not None and config.cle:
+    if cle:
         record["cle"] = equalize(gm).to_dict()
     prepared = prepare_pt2e(gm, TFLiteInt8Quantizer(config, is_qat=False))
     prepared.meta["ptq"] = record
@@ -135,16 +136,17 @@ def convert(prepared: GraphModule, *, corrected_on: torch.Tensor | None = None,
 
 
 def ptq(model: nn.Module, example_input: torch.Tensor, x, *,
-        config: QuantConfig | None = None, batches: int = 32, batch_size: int = 64,
-        seed: int = 0, show_progress: bool = False) -> GraphModule:
-    """Post-training quantization: prepare (CLE with `config.cle`), calibrate on `x`,
-    convert (bias correction on the calibration images with `config.bias_correction`)."""
-    prepared = prepare_ptq(model, example_input, config)
-    calibrate(prepared, x, batches=batches, batch_size=batch_size, seed=seed,
-              show_progress=show_progress)
-    correct = config is not None and config.bias_correction
-    return convert(prepared, corrected_on=x if correct else None, batches=batches,
-                   batch_size=batch_size, seed=seed)
+        config: QuantConfig | None = None, recipe: PTQ = PTQ(),
+        show_progress: bool = False) -> GraphModule:
+    """Post-training quantization as `recipe` says: prepare (with CLE), calibrate on `x`
+    (inputs, or a Dataset of (input, label) items), convert (bias correction on the
+    calibration images)."""
+    seed = 0 if recipe.seed is None else recipe.seed
+    prepared = prepare_ptq(model, example_input, config, cle=recipe.cle)
+    calibrate(prepared, x, batches=recipe.calib_batches, batch_size=recipe.batch_size,
+              seed=seed, show_progress=show_progress)
+    return convert(prepared, corrected_on=x if recipe.bias_correction else None,
+                   batches=recipe.calib_batches, batch_size=recipe.batch_size, seed=seed)
 
 
 def check_patterns(model, example_input, config) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -20,12 +21,12 @@ from edgecnn.data import load as load_data
 from edgecnn.data.loader import ImageDataset
 from edgecnn.distributed import Execution
 from edgecnn.errors import ParameterError
-from edgecnn.quant import METHODS, quantize
+from edgecnn.quant import quantize
 from edgecnn.quant.artifact import save_program
 from edgecnn.quant.graph import qdq_counts
 from edgecnn.quant.precision import float_layers, int8_layers, int16_layers
-from edgecnn.quant.qat import QATConfig
-from edgecnn.quant.spec import QuantConfig, check_ptq_methods
+from edgecnn.quant.recipe import PTQ, QAT, Recipe
+from edgecnn.quant.spec import QuantConfig
 from edgecnn.train import evaluate
 
 
@@ -40,23 +41,25 @@ def training_seed(checkpoint: Path) -> int:
         and 0 <= seed < 2**32 else 0
 
 
-def quantize_checkpoint(checkpoint: Path, out: Path, *, method: str = "qat",
+def quantize_checkpoint(checkpoint: Path, out: Path, recipe: Recipe | None = None, *,
                         data: str | None = None, model_name: str | None = None,
-                        config: QuantConfig | None = None,
-                        qat_config: QATConfig | None = None, calib_batches: int = 32,
-                        batch_size: int = 64, seed: int | None = None,
+                        config: QuantConfig | None = None, seed: int | None = None,
                         show_progress: bool = True,
                         execution: Execution | None = None) -> dict:
-    """Quantize the checkpoint in `checkpoint` to `out`; return the metrics written.
+    """Quantize the checkpoint in `checkpoint` to `out` as `recipe` says; return the
+    metrics written.
 
+    recipe: `PTQ(...)` or `QAT(...)` (`edgecnn.quant.recipe`); None is `QAT()` seeded
+    with the checkpoint's training seed, and a PTQ recipe without a seed calibrates in
+    an order drawn from it. seed: the data split's seed (default: the training seed).
     The images are decoded a batch at a time (`edgecnn.data.loader`). Under torchrun,
     QAT trains as DistributedDataParallel (`execution`: device, loader workers), the
     accuracies are measured on every rank's share and summed, and rank 0 alone writes
     `out` (the others wait for it); PTQ calibrates the same images on every rank.
+    Raises ParameterError naming `recipe` or `data`.
     """
-    if method not in METHODS:
-        raise ParameterError("method", f"{method!r} is unknown; known: {', '.join(METHODS)}")
-    check_ptq_methods(config, method)
+    if recipe is not None and not isinstance(recipe, (PTQ, QAT)):
+        raise ParameterError("recipe", f"must be PTQ(...) or QAT(...), got {recipe!r}"[:200])
     model, model_config = load_checkpoint(Path(checkpoint), model_name)
     spec = data or model_config.data
     if not spec:
@@ -71,20 +74,21 @@ def quantize_checkpoint(checkpoint: Path, out: Path, *, method: str = "qat",
     val_items = ImageDataset(dataset.val_images, dataset.val_labels, preprocessing)
     example = torch.stack([train_items[i][0] for i in range(min(2, len(train_items)))])
     config = config or QuantConfig()
-    qat_config = qat_config or QATConfig(seed=split_seed)
+    if recipe is None:
+        recipe = QAT(train=replace(QAT().train, seed=split_seed))
+    elif isinstance(recipe, PTQ) and recipe.seed is None:
+        recipe = replace(recipe, seed=split_seed)
 
     fp32_accuracy = evaluate(model, val_items, execution=execution)
     start = time.perf_counter()
-    converted = quantize(model, example, method, train_data=train_items, config=config,
-                         qat_config=qat_config, calib_batches=calib_batches,
-                         batch_size=batch_size, seed=split_seed,
+    converted = quantize(model, example, recipe, train_data=train_items, config=config,
                          show_progress=show_progress and distributed.is_main(),
                          execution=execution)
     seconds = time.perf_counter() - start
     int8_accuracy = evaluate(converted, val_items, execution=execution, device="cpu")
 
     metrics = {
-        "model": model_config.model, "data": spec, "method": method,
+        "model": model_config.model, "data": spec, "method": recipe.method,
         "fp32_accuracy": fp32_accuracy, "int8_accuracy": int8_accuracy,
         "accuracy_drop": round(100.0 * (fp32_accuracy - int8_accuracy), 4),
         "val_images": len(val_items), "quantize_seconds": round(seconds, 2),
@@ -92,16 +96,17 @@ def quantize_checkpoint(checkpoint: Path, out: Path, *, method: str = "qat",
         "float_layers": float_layers(converted), "int8_layers": int8_layers(converted),
         "int16_layers": int16_layers(converted),
     }
-    if method == "qat":
-        metrics["qat_config"] = {k: getattr(qat_config, k)
-                                 for k in qat_config.__dataclass_fields__}
+    if isinstance(recipe, QAT):
+        metrics["qat_config"] = recipe.to_dict()
     else:
-        metrics["calib_images"] = min(len(train_items), calib_batches * batch_size)
+        metrics["calib_images"] = min(len(train_items), recipe.calib_batches * recipe.batch_size)
         metrics["ptq_methods"] = converted.meta.get("ptq", {})
     metadata = ArtifactMetadata(preprocessing=preprocessing, model=model_config.model,
                                 precision="int8",
-                                extra={"quantization": {"method": method, **config.to_dict()}})
-    if distributed.world_size() > 1 and method == "qat":
+                                extra={"quantization": {
+                                    "method": recipe.method, **config.to_dict(),
+                                    **{step: True for step in recipe.steps}}})
+    if distributed.world_size() > 1 and isinstance(recipe, QAT):
         metrics["processes"] = distributed.world_size()
     if distributed.is_main():
         save_program(Path(out), converted, metadata, example_input=example, metrics=metrics,

@@ -39,7 +39,7 @@ from torchao.quantization.pt2e import (
 )
 from torchao.quantization.pt2e.quantizer import FixedQParamsQuantizationSpec, QuantizationSpec
 
-from edgecnn.errors import EdgecnnError, ParameterError
+from edgecnn.errors import EdgecnnError
 from edgecnn.export.tflite.builtins import fixed_outputs
 
 #: activation observer name -> observer class (PTQ; QAT always fake-quantizes with a
@@ -86,10 +86,8 @@ class QuantConfig:
         float (`edgecnn.quant.precision`; a pattern matching nothing raises at annotation).
     int16: regular expressions, the same rules; the layers they match get int16
         activations and int8 weights (TFLite 16x8). A layer both patterns match stays float.
-    cle: PTQ only: cross-layer equalization of conv pairs before calibration
-        (`edgecnn.quant.equalize`).
-    bias_correction: PTQ only: empirical bias correction after calibration
-        (`edgecnn.quant.bias_correction`).
+    How the ranges are found (PTQ with its steps, or QAT) is the recipe's
+    (`edgecnn.quant.recipe`).
     """
 
     observer: str = "minmax"
@@ -99,8 +97,6 @@ class QuantConfig:
     strict: bool = False
     keep_float: tuple[str, ...] = ()
     int16: tuple[str, ...] = ()
-    cle: bool = False
-    bias_correction: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keep_float", tuple(self.keep_float))
@@ -133,22 +129,7 @@ class QuantConfig:
                 "activation_range": list(self.activation_range),
                 "weight_range": list(self.weight_range), "strict": self.strict,
                 "keep_float": list(self.keep_float),
-                **({"int16": list(self.int16)} if self.int16 else {}),
-                **{name: True for name in self.ptq_methods}}  # absent when off: old keys hold
-
-    @property
-    def ptq_methods(self) -> tuple[str, ...]:
-        """The PTQ improvements this config asks for ("cle", "bias_correction")."""
-        return tuple(name for name in ("cle", "bias_correction") if getattr(self, name))
-
-
-def check_ptq_methods(config: QuantConfig | None, method: str) -> None:
-    """Raise ParameterError when `config` asks for a PTQ step (`cle`, `bias_correction`)
-    and `method` is not "ptq": QAT learns its weights (and folds BN as it trains), so
-    neither step applies as written."""
-    if config is not None and method != "ptq" and config.ptq_methods:
-        name = config.ptq_methods[0]
-        raise ParameterError(name, f"is a PTQ step: it needs method 'ptq', got {method!r}")
+                **({"int16": list(self.int16)} if self.int16 else {})}
 
 
 @dataclass(frozen=True)
