@@ -106,8 +106,8 @@ class BenchResult:
     """One (artifact, thread count) row of a benchmark.
 
     `precision` and `model` come from the artifact's embedded edgecnn record (None
-    without one), `backend` is the runtime that ran it, `input_shape` the model input
-    it was fed (batch first). Sizes in bytes, memory in MB, times in ms; ratios are
+    without one), `backend` is the runtime that ran it, `input` the model input
+    it was fed, described ("(1, 8, 8, 1) int8 NHWC"). Sizes in bytes, memory in MB, times in ms; ratios are
     against the first artifact at the same thread count. `sha256` is set by the CLI,
     `remote_artifact` (the file's path on the device) by `bench --remote`.
     """
@@ -115,7 +115,7 @@ class BenchResult:
     artifact: str
     name: str
     backend: str
-    input_shape: tuple[int, ...]
+    input: str
     precision: str | None
     model: str | None
     has_metadata: bool
@@ -143,7 +143,7 @@ class BenchResult:
     def to_dict(self) -> dict[str, Any]:
         """One row of `edgecnn bench --json`'s "results" (keys in this order)."""
         row = {"artifact": self.artifact, "name": self.name, "backend": self.backend,
-               "input": list(self.input_shape), "precision": self.precision,
+               "input": self.input, "precision": self.precision,
                "model": self.model, "has_metadata": self.has_metadata,
                "baseline_rss_mb": self.baseline_rss_mb, "threads": self.threads,
                "batch": self.batch, **asdict(self.latency),
@@ -161,7 +161,7 @@ class BenchResult:
         """The inverse of `to_dict` (a device's `bench --json` row)."""
         latency = LatencyStats(**{f.name: row[f.name] for f in fields(LatencyStats)})
         return cls(artifact=row["artifact"], name=row["name"], backend=row["backend"],
-                   input_shape=tuple(row["input"]), precision=row["precision"],
+                   input=row["input"], precision=row["precision"],
                    model=row["model"], has_metadata=row["has_metadata"],
                    baseline_rss_mb=row["baseline_rss_mb"], threads=row["threads"],
                    batch=row["batch"], latency=latency, throughput_ips=row["throughput_ips"],
@@ -289,7 +289,7 @@ def _bench_thread_count(paths: list[Path], threads: int | None, config: BenchCon
         info = worker.info
         results.append(BenchResult(
             artifact=str(path), name=path.name, backend=info["backend"],
-            input_shape=tuple(info["input"]), precision=info["precision"],
+            input=info["input"], precision=info["precision"],
             model=info["model"], has_metadata=info["has_metadata"],
             baseline_rss_mb=info["baseline_rss_mb"], threads=threads, batch=config.batch,
             latency=latency,
