@@ -106,10 +106,11 @@ class BenchResult:
     """One (artifact, thread count) row of a benchmark.
 
     `precision` and `model` come from the artifact's embedded edgecnn record (None
-    without one), `backend` is the runtime that ran it, `input` the model input
-    it was fed, described ("(1, 8, 8, 1) int8 NHWC"). Sizes in bytes, memory in MB, times in ms; ratios are
-    against the first artifact at the same thread count. `sha256` is set by the CLI,
-    `remote_artifact` (the file's path on the device) by `bench --remote`.
+    without one), `backend` is the runtime that ran it, `input` describes the model
+    input it was fed ("(1, 8, 8, 1) int8 NHWC"). Sizes in bytes, memory in MB, times in
+    ms (`latency`); ratios are against the first artifact at the same thread count.
+    `sha256` is set by the CLI, `remote_artifact` (the file's path on the device) by
+    `bench --remote`.
     """
 
     artifact: str
