@@ -23,7 +23,7 @@ from edgecnn.errors import EdgecnnError, ParameterError
 from edgecnn.fallback import check_fallback
 from edgecnn.models import create_model
 from edgecnn.progress import console
-from edgecnn.report import ArtifactReport, Report
+from edgecnn.report import Report, artifact_reports
 from edgecnn.runtime.manifest import sha256_file
 from edgecnn.runtime.tables import signed
 from edgecnn.train import TrainConfig, model_options_for, preprocessing_for, train
@@ -521,34 +521,6 @@ def _write_artifacts(ckpt_dir: Path, quant_dir: Path, out: Path, formats: tuple[
     export_artifacts(ckpt_dir, out, model_name=model, formats=formats)
     export_artifacts(ckpt_dir, out, model_name=model, formats=formats, quantized=quant_dir,
                      io=io, activations=onnx_activations)
-
-
-def artifact_reports(validation: ValidationReport, bench: BenchReport,
-                     ) -> list[ArtifactReport]:
-    """One `ArtifactReport` per artifact, the reference first, then the candidates in
-    order. Format and precision are each file's (its suffix and embedded record); the
-    speed-up is against the bench row of the same format whose precision is fp32."""
-    reference = validation.reference
-    p50: dict[str, dict[int, float]] = {}
-    for row in bench.results:
-        p50.setdefault(row.artifact, {})[row.threads] = row.p50_ms
-    fp32 = {row.format: row.artifact for row in bench.results if row.precision == "fp32"}
-    reports = []
-    for entry in (reference, *validation.candidates):
-        latency = p50[entry.artifact]
-        one = min(latency)
-        base = fp32.get(entry.format)
-        candidate = entry is not reference
-        reports.append(ArtifactReport(
-            name=entry.name, path=entry.artifact, format=entry.format,
-            precision=entry.precision, size_bytes=Path(entry.artifact).stat().st_size,
-            accuracy=entry.accuracy, drop=entry.drop if candidate else 0.0,
-            agreement=entry.agreement if candidate else 1.0, latency_ms_p50=latency,
-            speedup_vs_fp32=p50[base][one] / latency[one] if base is not None else None,
-            passed=entry.precision == "fp32" or not candidate or entry.passed,
-            drop_ci=entry.drop_ci if candidate else None,
-            agreement_ci=entry.agreement_ci if candidate else None))
-    return reports
 
 
 def _report_data(model: str, data: str, method: str, max_drop: float, config: ModelConfig,

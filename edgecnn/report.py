@@ -6,11 +6,15 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgecnn.fallback import markdown as fallback_markdown
 from edgecnn.runtime.tables import markdown_table, signed
 from edgecnn.util import atomic_write
+
+if TYPE_CHECKING:
+    from edgecnn.runtime.bench import BenchReport
+    from edgecnn.runtime.validate import ValidationReport
 
 #: short enough that the table fits an 80-column terminal
 SUMMARY_HEADERS = ("artifact", "size MB", "top-1", "drop pp", "agree", "p50 1t ms", "p50 all ms",
@@ -70,6 +74,40 @@ class ArtifactReport:
                    drop_ci=tuple(entry["drop_ci"]) if "drop_ci" in entry else None,
                    agreement_ci=(tuple(entry["agreement_ci"]) if "agreement_ci" in entry
                                  else None))
+
+
+def artifact_reports(validation: ValidationReport, bench: BenchReport,
+                     ) -> list[ArtifactReport]:
+    """One `ArtifactReport` per artifact, the reference first, then the candidates in
+    order (`validation`'s), with `bench`'s p50 per thread count (`bench` measured every
+    artifact of `validation`, with thread counts that are integers). Format and precision
+    are each file's own (its suffix and embedded record), never read from its name; the
+    speed-up is against the first bench row of the same format whose precision is fp32."""
+    reference = validation.reference
+    p50: dict[str, dict[int, float]] = {}
+    size: dict[str, int] = {}
+    fp32: dict[str, str] = {}  # format -> the first fp32 artifact of that format
+    for row in bench.results:
+        p50.setdefault(row.artifact, {})[row.threads] = row.p50_ms
+        size[row.artifact] = row.size_bytes
+        if row.precision == "fp32":
+            fp32.setdefault(row.format, row.artifact)
+    reports = []
+    for entry in (reference, *validation.candidates):
+        latency = p50[entry.artifact]
+        one = min(latency)
+        base = fp32.get(entry.format)
+        candidate = entry is not reference
+        reports.append(ArtifactReport(
+            name=entry.name, path=entry.artifact, format=entry.format,
+            precision=entry.precision, size_bytes=size[entry.artifact],
+            accuracy=entry.accuracy, drop=entry.drop if candidate else 0.0,
+            agreement=entry.agreement if candidate else 1.0, latency_ms_p50=latency,
+            speedup_vs_fp32=p50[base][one] / latency[one] if base is not None else None,
+            passed=entry.precision == "fp32" or not candidate or entry.passed,
+            drop_ci=entry.drop_ci if candidate else None,
+            agreement_ci=entry.agreement_ci if candidate else None))
+    return reports
 
 
 @dataclass
