@@ -354,7 +354,7 @@ def bench_command(
 def gate_sentence(report: ValidationReport) -> str:
     """"top-1 drop <= 1.00 pp and agreement >= 0.9900, held against the measured values
     (--gate point); 95% CIs: Tango's paired score interval, Wilson"."""
-    from edgecnn.runtime.validate import gate_phrase
+    from edgecnn.runtime.tables import gate_phrase
 
     b = report.bounds
     return (f"top-1 drop <= {b.max_drop:.2f} pp and agreement >= "
@@ -554,14 +554,15 @@ def validate_command(
     """Accuracy gate: exit 0 when every candidate is within bounds, 1 when one is not."""
     check_all(max_drop=max_drop, min_agreement=min_agreement, threads=threads, seed=seed)
     from edgecnn.data import check_spec
-    from edgecnn.runtime.tables import VALIDATE_HEADERS, rich_table, table_console, validate_rows
-    from edgecnn.runtime.validate import (
-        Bounds,
-        append_step_summary,
-        run_validate,
+    from edgecnn.runtime.tables import (
+        VALIDATE_HEADERS,
+        rich_table,
+        table_console,
         to_markdown,
+        validate_rows,
         worst_line,
     )
+    from edgecnn.runtime.validate import Bounds, append_step_summary, run_validate
     from edgecnn.util import atomic_write, check_writable_file
 
     bounds = Bounds(max_drop=max_drop, min_agreement=min_agreement, gate=gate)

@@ -5,12 +5,12 @@ import pytest
 from tiny_models import digits_classifier, write_onnx
 
 from edgecnn.errors import EdgecnnError
+from edgecnn.runtime.tables import to_markdown
 from edgecnn.runtime.validate import (
     Bounds,
     append_step_summary,
     per_class_accuracy,
     run_validate,
-    to_markdown,
     topk_accuracy,
     worst_classes,
 )

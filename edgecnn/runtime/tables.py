@@ -1,4 +1,5 @@
-"""Bench and validate results as rows, rendered as rich tables or markdown.
+"""Bench and validate results (`bench.BenchReport`, `validate.ValidationReport`) as rows,
+rendered as rich tables or markdown; one `signed` format for every signed number.
 
 One function builds the rows of each report, so the terminal table, the
 markdown file and the GitHub step summary always show the same numbers.
@@ -10,6 +11,8 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
+
+from edgecnn.runtime.stats import CONFIDENCE
 
 if TYPE_CHECKING:  # the result types import this module to render themselves
     from edgecnn.runtime.bench import BenchReport
@@ -90,6 +93,40 @@ def validate_rows(report: ValidationReport) -> list[list[str]]:
                      _pct(c.agreement), _interval(c.agreement_ci, ".2f", 100.0),
                      _decides(c.decided), "pass" if c.passed else "FAIL"])
     return rows
+
+
+def to_markdown(report: ValidationReport) -> str:
+    """The table, the bounds and the classes that lost most, as GitHub markdown."""
+    b = report.bounds
+    lines = [f"### edgecnn validate: {report.data} ({report.num_images} images, "
+             f"{report.num_classes} classes)", "",
+             markdown_table(VALIDATE_HEADERS, validate_rows(report)),
+             f"Bounds: top-1 drop ≤ {b.max_drop:.2f} pp, agreement ≥ "
+             f"{b.min_agreement * 100:.2f}%, held against {gate_phrase(b.gate)}.",
+             ""]
+    for c in report.candidates:
+        if c.worst_classes:
+            lines.append(f"- {c.name}: {worst_line(c.worst_classes, report.min_class_images)}")
+        for note in c.notes:
+            lines.append(f"- {note}")
+        for failure in c.failures:
+            lines.append(f"- **FAIL** {failure}")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def gate_phrase(gate: str | None) -> str:
+    """How a gate reads in a sentence: what it holds against the bounds."""
+    pct = f"{int(round(CONFIDENCE * 100))}% CI"
+    return {"confident-pass": f"the {pct}'s pessimistic end (--gate confident-pass)",
+            "confident-fail": f"the {pct}'s optimistic end (--gate confident-fail)"}.get(
+        gate or "point", "the measured values (--gate point)")
+
+
+def worst_line(worst: tuple[dict, ...] | list[dict], min_class_images: int) -> str:
+    """"classes that lost most (of those with >= 20 images): 3 (-11.1 pp of 36), ..."."""
+    items = ", ".join(f"{w['class']} ({signed(-w['drop'], '.1f')} pp of "
+                      f"{w.get('images', '?')})" for w in worst)
+    return f"classes that lost most (of those with >= {min_class_images} images): {items}"
 
 
 PROFILE_TOP_HEADERS = ("#", "layer", "op", "µs", "share", "cumulative")

@@ -35,7 +35,6 @@ from edgecnn.runtime.stats import (
     paired_difference_interval,
     wilson_interval,
 )
-from edgecnn.runtime.tables import VALIDATE_HEADERS, markdown_table, signed, validate_rows
 
 #: What `--gate` holds against the bounds: the point estimate, or one end of the 95% CI.
 GATES = ("point", "confident-pass", "confident-fail")
@@ -503,41 +502,6 @@ def _compare(artifacts: list[_Artifact], images: Path, labels: np.ndarray, datas
     return ValidationReport(data=data, num_images=int(len(labels)), num_classes=k,
                             chance=float(counts.max() / len(labels)), bounds=bounds,
                             reference=ref, candidates=tuple(results))
-
-
-def to_markdown(report: ValidationReport) -> str:
-    """The table, the bounds and the classes that lost most, as GitHub markdown."""
-    b = report.bounds
-    lines = [f"### edgecnn validate: {report.data} ({report.num_images} images, "
-             f"{report.num_classes} classes)", "",
-             markdown_table(VALIDATE_HEADERS, validate_rows(report)),
-             f"Bounds: top-1 drop ≤ {b.max_drop:.2f} pp, agreement ≥ "
-             f"{b.min_agreement * 100:.2f}%, held against {gate_phrase(b.gate)}.",
-             ""]
-    for c in report.candidates:
-        if c.worst_classes:
-            lines.append(f"- {c.name}: {worst_line(c.worst_classes, report.min_class_images)}")
-        for note in c.notes:
-            lines.append(f"- {note}")
-        for failure in c.failures:
-            lines.append(f"- **FAIL** {failure}")
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def gate_phrase(gate: str | None) -> str:
-    """How a gate reads in a sentence: what it holds against the bounds."""
-    pct = f"{int(round(CONFIDENCE * 100))}% CI"
-    return {"confident-pass": f"the {pct}'s pessimistic end (--gate confident-pass)",
-            "confident-fail": f"the {pct}'s optimistic end (--gate confident-fail)"}.get(
-        gate or "point", "the measured values (--gate point)")
-
-
-def worst_line(worst: tuple[dict, ...] | list[dict],
-               min_class_images: int = MIN_CLASS_IMAGES) -> str:
-    """"classes that lost most (of those with >= 20 images): 3 (-11.1 pp of 36), ..."."""
-    items = ", ".join(f"{w['class']} ({signed(-w['drop'], '.1f')} pp of "
-                      f"{w.get('images', '?')})" for w in worst)
-    return f"classes that lost most (of those with >= {min_class_images} images): {items}"
 
 
 def append_step_summary(markdown: str) -> Path | None:
