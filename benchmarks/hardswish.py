@@ -102,7 +102,7 @@ def latency_rows(out: Path, runs: int) -> dict:
                  convert(directory / "int8.onnx", directory / "int8_chain.tflite")]
         report = run_bench(files, BenchConfig(threads=(1, 2), runs=runs), progress=False)
         rows[size] = {
-            "p50_ms": {f"{r['name']}@{r['threads']}": r["p50_ms"] for r in report["results"]},
+            "p50_ms": {f"{r.name}@{r.threads}": r.p50_ms for r in report.results},
             "coverage": {f.name: dataclasses.asdict(delegate_coverage(f)) for f in files},
             "ops": {f.name: dict(op_counts(f)) for f in files}}
     return rows

@@ -37,7 +37,7 @@ def main() -> None:
     from edgecnn.quant.run import quantize_checkpoint
     from edgecnn.quant.spec import QuantConfig
     from edgecnn.runtime.bench import BenchConfig, run_bench
-    from edgecnn.runtime.tables import markdown_table
+    from edgecnn.runtime.tables import markdown_table, signed
     from edgecnn.runtime.validate import Bounds, run_validate
 
     drops, latency = [], []
@@ -54,12 +54,12 @@ def main() -> None:
                 planted["checkpoint"], out, formats=("onnx", "tflite"), quantized=out / "q")
             report = run_validate(planted["fp32.onnx"], list(files[choice]), "digits", Bounds())
             drops.append([factory, pair, choice,
-                          *[f"{c['drop']:+.2f}" for c in report["candidates"]]])
+                          *[signed(c.drop) for c in report.candidates]])
         for index, backend in ((1, "ai_edge_litert"), (0, "onnxruntime")):
             paths = [files[c][index] for c in CHOICES]
             bench = run_bench(paths, BenchConfig(threads=(1,), runs=args.runs,
                                                  backend=backend), progress=False)
-            latency.append([factory, backend, *[f"{r['p50_ms']:.3f}" for r in bench["results"]]])
+            latency.append([factory, backend, *[f"{r.p50_ms:.3f}" for r in bench.results]])
     lines = ["# int8 vs --keep-float vs --int16 on the planted models", "",
              "`python benchmarks/int16_planted.py` (digits, PTQ, factor 300; drops in points "
              "against the fp32 ONNX, validation split).", "",

@@ -45,8 +45,8 @@ def medians(paths: dict[str, Path], runs: int) -> dict[int, dict[str, float]]:
                        progress=False)
     label = {path.name: name for name, path in paths.items()}
     results: dict[int, dict[str, float]] = {1: {}, 2: {}}
-    for r in report["results"]:
-        results[r["threads"]][label[r["name"]]] = r["p50_ms"]
+    for r in report.results:
+        results[r.threads][label[r.name]] = r.p50_ms
     return results
 
 

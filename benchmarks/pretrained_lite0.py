@@ -42,6 +42,7 @@ from edgecnn.models.pretrained import load_pretrained_file
 from edgecnn.quant import PTQ, quantize
 from edgecnn.runtime import open_session
 from edgecnn.runtime.bench import BenchConfig, run_bench
+from edgecnn.runtime.tables import signed
 from edgecnn.verify.litert import op_counts
 
 MEAN, STD = (127 / 255,) * 3, (128 / 255,) * 3
@@ -75,9 +76,9 @@ def imagenet_part(work: Path) -> dict:
         with open_session(path) as session:
             logits[path.name] = session.predict(images)
     bench = run_bench(files, BenchConfig(threads=(1,), runs=50), progress=False)
-    latency = {Path(r["artifact"]).name: r["p50_ms"] for r in bench["results"]}
+    latency = {r.name: r.p50_ms for r in bench.results}
     top1 = {name: v.argmax(1) for name, v in logits.items()}
-    return {"images": len(images), "latency": latency, "machine": bench["machine"],
+    return {"images": len(images), "latency": latency, "machine": bench.machine,
             "agreement": {name: float((t == top1["model_fp32.onnx"]).mean())
                           for name, t in top1.items()},
             "pad_ops": sum(n for op, n in op_counts(files[3]).items() if op.startswith("PAD"))}
@@ -173,7 +174,7 @@ def render(imagenet: dict, transfer: dict, crops: int, work: Path | None = None)
         for art in report["artifacts"]:
             one = art["latency_ms_p50"]["1"]
             lines.append(f"| {recipe.upper()} | {art['name']} | {100 * art['accuracy']:.1f}% | "
-                         f"{art['drop']:+.2f} | {100 * art['agreement']:.1f}% | {one:.2f} | "
+                         f"{signed(art['drop'])} | {100 * art['agreement']:.1f}% | {one:.2f} | "
                          f"{art['speedup_vs_fp32']:.2f}x |")
     lines += ["", "Gate (exit code of `export --int8`, 1 = a drop or agreement outside the "
               f"default bounds): PTQ {transfer['exit']['ptq']}, QAT {transfer['exit']['qat']}; "

@@ -118,8 +118,8 @@ def row(report, out: Path) -> dict:
              "ptq_methods": report.data.get("ptq_methods", {})}
     for name in ARTIFACTS:
         a = report.artifact(name)
-        entry[name] = {"drop": a["drop"], "agreement": a["agreement"],
-                       "p50_1t": a["latency_ms_p50"][min(a["latency_ms_p50"], key=int)]}
+        entry[name] = {"drop": a.drop, "agreement": a.agreement,
+                       "p50_1t": a.p50_fewest_threads_ms}
     return entry
 
 
@@ -141,7 +141,7 @@ def latency_224(name: str, moved: list[str], cache: Path, runs: int) -> dict:
         onnx_export.export_qdq(converted, record, onnx_path)
         files += [onnx_path, convert(onnx_path, onnx_path.with_suffix(".tflite"))]
     report = run_bench(files, BenchConfig(threads=(1,), runs=runs), progress=False)
-    return {r["name"]: r["p50_ms"] for r in report["results"]}
+    return {r.name: r.p50_ms for r in report.results}
 
 
 def markdown(results: dict, machine: dict) -> str:

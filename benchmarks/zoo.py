@@ -70,7 +70,7 @@ def accuracy_row(name: str, cache: Path) -> dict:
                                       formats=("onnx",), out=cache / name / method,
                                       show_progress=False, bench_runs=20)
         row["fp32"] = report.data["reference_accuracy"]
-        row[method] = report.artifact("model_int8.onnx")["accuracy"]
+        row[method] = report.artifact("model_int8.onnx").accuracy
     fp32_onnx = cache / name / "ptq" / "model_fp32.onnx"
     config = read_config(checkpoint)
     data = load("digits")
@@ -79,7 +79,7 @@ def accuracy_row(name: str, cache: Path) -> dict:
     static = quantize_static_qdq(fp32_onnx, calib.numpy(), cache / name / "quantize_static.onnx",
                                   config.preprocessing)
     result = run_validate(fp32_onnx, [static], "digits", Bounds(min_agreement=0.0))
-    row["quantize_static"] = result["candidates"][0]["accuracy"]
+    row["quantize_static"] = result.candidates[0].accuracy
     return row
 
 
@@ -190,7 +190,7 @@ def latency_row(name: str, cache: Path, runs: int) -> dict:
         row[f"convert_s.{precision}"] = time.perf_counter() - start
     report = run_bench(list(files.values()), BenchConfig(threads=(1, 2), runs=runs),
                        progress=False)
-    return row | {f"{r['name']}@{r['threads']}": r["p50_ms"] for r in report["results"]}
+    return row | {f"{r.name}@{r.threads}": r.p50_ms for r in report.results}
 
 
 def litert_torch_row(directory: Path, cache: Path, runs: int) -> dict:
@@ -202,7 +202,7 @@ def litert_torch_row(directory: Path, cache: Path, runs: int) -> dict:
     record = json.loads((directory / "litert_torch.json").read_text())
     row = {"version": record["litert_torch"], "convert_s": record["conversion_seconds"],
            "ops": {f.name: dict(op_counts(f)) for f in files},
-           "latency": {f"{r['name']}@{r['threads']}": r["p50_ms"] for r in report["results"]}}
+           "latency": {f"{r.name}@{r.threads}": r.p50_ms for r in report.results}}
     digits = directory / "litert_torch_int8_digits.tflite"
     if digits.is_file():
         row["parity"] = litert_torch_parity(digits, cache)

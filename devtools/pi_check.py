@@ -31,6 +31,7 @@ from pathlib import Path
 from devtools import pi_root, pi_venvs
 from devtools.pi_compare import compare_logits
 from edgecnn.errors import EdgecnnError
+from edgecnn.runtime.validate import ValidationReport
 
 #: What `edgecnn export --int8` writes; the check runs those that are present.
 ARTIFACTS = ("model_fp32.onnx", "model_int8.onnx", "model_fp32.tflite", "model_int8.tflite")
@@ -235,14 +236,14 @@ class Check:
             self.failures += [f"{venv}: {name}: {f}" for f in c["failures"]]
         pi_val, x86_val = info.get("validate"), x86["validate"].get(venv)
         if pi_val and x86_val:
-            x86_by_name = {c["name"]: c for c in x86_val["candidates"]}
-            for c in pi_val["candidates"]:
-                other = x86_by_name.get(c["name"])
-                if other is not None and other["passed"] != c["passed"]:
+            x86_by_name = {c.name: c for c in ValidationReport.from_dict(x86_val).candidates}
+            for c in ValidationReport.from_dict(pi_val).candidates:
+                other = x86_by_name.get(c.name)
+                if other is not None and other.passed != c.passed:
                     self.failures.append(
-                        f"{venv}: validate verdict on {c['name']} is "
-                        f"{'pass' if c['passed'] else 'FAIL'} on aarch64 but "
-                        f"{'pass' if other['passed'] else 'FAIL'} on x86")
+                        f"{venv}: validate verdict on {c.name} is "
+                        f"{'pass' if c.passed else 'FAIL'} on aarch64 but "
+                        f"{'pass' if other.passed else 'FAIL'} on x86")
         return rows
 
     # --- whole run ------------------------------------------------------------------------

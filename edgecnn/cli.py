@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -20,6 +21,9 @@ from edgecnn import __version__
 from edgecnn.errors import EdgecnnError
 from edgecnn.flags import check_all
 from edgecnn.util import require_file
+
+if TYPE_CHECKING:
+    from edgecnn.runtime.validate import ValidationReport
 
 app = typer.Typer(
     name="edgecnn",
@@ -329,32 +333,32 @@ def bench_command(
         _bench_profile(artifacts, config, json_path, plot, top)
         return
     report = run_bench(artifacts, config, progress=err.is_terminal)
-    for row in report["results"]:
-        row["sha256"] = digests[Path(row["artifact"])]
-    m = report["machine"]
+    report = replace(report, results=tuple(replace(r, sha256=digests[Path(r.artifact)])
+                                           for r in report.results))
+    m = report.machine
     table_console(out).print(rich_table(f"edgecnn bench, batch {batch}", BENCH_HEADERS,
                                         bench_rows(report), text_columns=2))
     out.print(f"[dim]{m['cpu']}, {m['usable_cores']}/{m['cores']} cores, {m['os']}, "
               f"Python {m['python']}[/dim]", highlight=False)
     _print_digests(digests, manifest)
-    _write_json(json_path, report)
+    _write_json(json_path, report.to_dict())
     if validate is not None:
         from edgecnn.runtime.validate import run_validate
 
         result = run_validate(artifacts[0], artifacts[1:], validate, bounds, backend=backend)
         _print_validate([result], validate)
-        if not all(c["passed"] for c in result["candidates"]):
+        if not result.passed:
             raise typer.Exit(1)
 
 
-def gate_sentence(report: dict) -> str:
+def gate_sentence(report: ValidationReport) -> str:
     """"top-1 drop <= 1.00 pp and agreement >= 0.9900, held against the measured values
     (--gate point); 95% CIs: Tango's paired score interval, Wilson"."""
-    from edgecnn.runtime.validate import gate_phrase
+    from edgecnn.runtime.tables import gate_phrase
 
-    b = report["bounds"]
-    return (f"top-1 drop <= {b['max_drop']:.2f} pp and agreement >= "
-            f"{b['min_agreement']:.4f}, held against {gate_phrase(b.get('gate'))}; "
+    b = report.bounds
+    return (f"top-1 drop <= {b.max_drop:.2f} pp and agreement >= "
+            f"{b.min_agreement:.4f}, held against {gate_phrase(b.gate)}; "
             f"95% CIs: Tango's paired score interval (drop), Wilson (agreement)")
 
 
@@ -367,7 +371,7 @@ def _write_json(path: Path | None, report: dict) -> None:
         out.print(f"wrote {path}", highlight=False)
 
 
-def _print_validate(reports: list[dict], data: str) -> None:
+def _print_validate(reports: list[ValidationReport], data: str) -> None:
     from edgecnn.runtime.tables import (
         DEVICE_VALIDATE_HEADERS,
         device_label,
@@ -379,10 +383,10 @@ def _print_validate(reports: list[dict], data: str) -> None:
     table_console(out).print(rich_table(f"edgecnn validate on {data}", DEVICE_VALIDATE_HEADERS,
                                         device_validate_rows(reports), text_columns=4))
     for report in reports:
-        for c in report["candidates"]:
-            for note in c.get("notes", []):
+        for c in report.candidates:
+            for note in c.notes:
                 out.print(f"{device_label(report)}: {note}", highlight=False, soft_wrap=True)
-            for failure in c["failures"]:
+            for failure in c.failures:
                 Console(stderr=True).print(f"[red]FAIL[/red] {escape(failure)}", highlight=False)
 
 
@@ -393,6 +397,7 @@ def _bench_remote(artifacts: list[Path], config, targets: list[str], ssh_command
     import shlex
 
     from edgecnn.runtime import remote as rm
+    from edgecnn.runtime.bench import BenchReport
     from edgecnn.runtime.tables import (
         DEVICE_BENCH_HEADERS,
         device_bench_rows,
@@ -429,11 +434,13 @@ def _bench_remote(artifacts: list[Path], config, targets: list[str], ssh_command
             checks.append(result)
             codes.append(code)
     if not profile:
+        reports = [BenchReport.from_dict(r) for r in reports]
         table_console(out).print(rich_table(f"edgecnn bench on {len(devices)} device(s), batch "
                                             f"{config.batch}", DEVICE_BENCH_HEADERS,
                                             device_bench_rows(reports), text_columns=3))
     for report in reports:
-        m, d = report["machine"], report["device"]
+        m, d = (report["machine"], report["device"]) if profile else (report.machine,
+                                                                      report.device)
         temps = m.get("temperature_c") or {}
         temp = (f", {temps['before']:.1f} -> {temps['after']:.1f} °C"
                 if temps.get("before") is not None and temps.get("after") is not None else "")
@@ -445,7 +452,8 @@ def _bench_remote(artifacts: list[Path], config, targets: list[str], ssh_command
                   soft_wrap=True)
     if checks:
         _print_validate(checks, validate)
-    _write_json(json_path, {"devices": reports, **({"validate": checks} if checks else {})})
+    _write_json(json_path, {"devices": [r if profile else r.to_dict() for r in reports],
+                            **({"validate": [c.to_dict() for c in checks]} if checks else {})})
     if any(code == 1 for code in codes):
         raise typer.Exit(1)
 
@@ -546,14 +554,15 @@ def validate_command(
     """Accuracy gate: exit 0 when every candidate is within bounds, 1 when one is not."""
     check_all(max_drop=max_drop, min_agreement=min_agreement, threads=threads, seed=seed)
     from edgecnn.data import check_spec
-    from edgecnn.runtime.tables import VALIDATE_HEADERS, rich_table, table_console, validate_rows
-    from edgecnn.runtime.validate import (
-        Bounds,
-        append_step_summary,
-        run_validate,
+    from edgecnn.runtime.tables import (
+        VALIDATE_HEADERS,
+        rich_table,
+        table_console,
         to_markdown,
+        validate_rows,
         worst_line,
     )
+    from edgecnn.runtime.validate import Bounds, append_step_summary, run_validate
     from edgecnn.util import atomic_write, check_writable_file
 
     bounds = Bounds(max_drop=max_drop, min_agreement=min_agreement, gate=gate)
@@ -565,27 +574,29 @@ def validate_command(
     digests = _digests([reference, *candidate], manifest)
     report = run_validate(reference, candidate, data, bounds, backend=backend, threads=threads,
                           seed=seed)
-    for row in (report["reference"], *report["candidates"]):
-        row["sha256"] = digests[Path(row["artifact"])]
+    report = replace(report, reference=replace(report.reference,
+                                               sha256=digests[Path(report.reference.artifact)]),
+                     candidates=tuple(replace(c, sha256=digests[Path(c.artifact)])
+                                      for c in report.candidates))
     table_console(out).print(rich_table(f"edgecnn validate on {data} "
-                                        f"({report['num_images']} images)",
+                                        f"({report.num_images} images)",
                                         VALIDATE_HEADERS, validate_rows(report), text_columns=3))
     out.print(f"gate: {gate_sentence(report)}", highlight=False, soft_wrap=True)
-    for c in report["candidates"]:
-        if c["worst_classes"]:
-            out.print(f"{c['name']}: {worst_line(c['worst_classes'], report)}",
+    for c in report.candidates:
+        if c.worst_classes:
+            out.print(f"{c.name}: {worst_line(c.worst_classes, report.min_class_images)}",
                       highlight=False, soft_wrap=True)
-        for note in c.get("notes", []):
+        for note in c.notes:
             out.print(note, highlight=False, soft_wrap=True)
     _print_digests(digests, manifest)
     markdown = to_markdown(report)
-    for target, text in ((json_path, json.dumps(report, indent=2) + "\n"),
+    for target, text in ((json_path, json.dumps(report.to_dict(), indent=2) + "\n"),
                          (markdown_path, markdown)):
         if target:
             with atomic_write(target) as tmp:
                 tmp.write_text(text, encoding="utf-8")
     append_step_summary(markdown)
-    failures = [f for c in report["candidates"] for f in c["failures"]]
+    failures = [f for c in report.candidates for f in c.failures]
     for failure in failures:
         Console(stderr=True).print(f"[red]FAIL[/red] {escape(failure)}", highlight=False,
                                    soft_wrap=True)
@@ -818,7 +829,7 @@ def _print_report(report) -> None:
     title = (f"{d['model']} on {d['data']}, {d['method'].upper()}: "
              f"fp32 reference {100 * d['reference_accuracy']:.2f}%")
     table_console(out).print(rich_table(title, SUMMARY_HEADERS, report.summary_rows()))
-    for line in [*interval_lines(d), *precision_lines(d), *ptq_method_lines(d)]:
+    for line in [*interval_lines(report), *precision_lines(d), *ptq_method_lines(d)]:
         out.print(line, highlight=False)
     record = d.get("fallback")
     if record and len(record["steps"]) > 1:

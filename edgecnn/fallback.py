@@ -28,7 +28,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edgecnn.errors import ParameterError
+from edgecnn.errors import EdgecnnError, ParameterError
 
 FALLBACKS = ("none", "int16", "float")
 HOLDOUT_IMAGES = 64
@@ -92,10 +92,16 @@ def rank_groups(report: dict, layers: list[str], *, float_input: bool = False,
 
 
 def rank_layers(reference: Path, candidates: list[Path], data: str, seed: int) -> dict:
-    """`edgecnn inspect` of the int8 .tflite (else .onnx) on the training split's tail."""
+    """`edgecnn inspect` of the int8 .tflite (else .onnx) among `candidates` (int8 by their
+    embedded records, whatever the file names) on the training split's tail."""
+    from edgecnn.runtime.metadata import read_metadata
     from edgecnn.verify.inspect import run_inspect
 
-    int8 = [Path(p) for p in candidates if "int8" in Path(p).stem]
+    int8 = [Path(p) for p in candidates
+            if (record := read_metadata(p)) is not None and record.precision == "int8"]
+    if not int8:
+        raise EdgecnnError(f"no int8 artifact among {', '.join(map(str, candidates))} "
+                           "(by their embedded edgecnn records)")
     chosen = next((p for p in int8 if p.suffix == ".tflite"), int8[0])
     return run_inspect(reference, chosen, data, images=HOLDOUT_IMAGES, seed=seed,
                        split="train_tail")
@@ -129,7 +135,7 @@ def markdown(fallback: dict | None) -> list[str]:
     """report.md's section: one row per step."""
     if not fallback or not fallback.get("steps"):
         return []
-    from edgecnn.runtime.tables import markdown_table
+    from edgecnn.runtime.tables import markdown_table, signed
 
     steps = fallback["steps"]
     heading = f"## Fallback to {fallback['mode']}"
@@ -141,7 +147,7 @@ def markdown(fallback: dict | None) -> list[str]:
     head = ["step", f"moved to {fallback['mode']}", *[f"{n} drop" for n in names],
             *[f"{n} p50 1t ms" for n in names]]
     rows = [[str(i), ", ".join(s["moved"]) or "(int8)",
-             *[f"{s['drops'][n]:+.2f}" for n in names],
+             *[signed(s["drops"][n]) for n in names],
              *[f"{s['p50_ms'].get(n, float('nan')):.3f}" for n in names]]
             for i, s in enumerate(steps)]
     if fallback.get("error"):

@@ -11,6 +11,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -23,10 +24,15 @@ from edgecnn.fallback import check_fallback
 from edgecnn.models import create_model
 from edgecnn.progress import console
 from edgecnn.quant.recipe import PTQ, QAT, Recipe
-from edgecnn.report import Report
+from edgecnn.report import Report, artifact_reports
 from edgecnn.runtime.manifest import sha256_file
+from edgecnn.runtime.tables import signed
 from edgecnn.train import TrainConfig, model_options_for, preprocessing_for, train
 from edgecnn.util import atomic_write, check_writable_dir, clean_stale_temps
+
+if TYPE_CHECKING:
+    from edgecnn.runtime.bench import BenchReport
+    from edgecnn.runtime.validate import ValidationReport
 
 FORMATS = ("onnx", "tflite")
 
@@ -456,22 +462,24 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
     return report
 
 
-def _int8_drops(validation: dict) -> dict[str, float]:
-    return {c["name"]: c["drop"] for c in validation["candidates"] if "int8" in c["name"]}
+def _int8_drops(validation: ValidationReport) -> dict[str, float]:
+    """{file name: top-1 drop} of the int8 candidates (precision from their metadata)."""
+    return {c.name: c.drop for c in validation.candidates if c.precision == "int8"}
 
 
-def _int8_latency(paths: list[Path], runs: int) -> dict[str, float]:
+def _int8_latency(validation: ValidationReport, runs: int) -> dict[str, float]:
+    """{file name: p50 ms at 1 thread} of the int8 candidates."""
     from edgecnn.runtime.bench import BenchConfig, run_bench
 
-    int8 = [p for p in paths if "int8" in p.stem]
+    int8 = [Path(c.artifact) for c in validation.candidates if c.precision == "int8"]
     bench = run_bench(int8, BenchConfig(threads=(1,), runs=runs), progress=False)
-    return {row["name"]: row["p50_ms"] for row in bench["results"]}
+    return {row.name: row.p50_ms for row in bench.results}
 
 
-def _fall_back(mode: str, quant_config, quant_metrics: dict, validation: dict,
+def _fall_back(mode: str, quant_config, quant_metrics: dict, validation: ValidationReport,
                quantize_and_export, validate, reference: Path, paths: list[Path], data: str,
                seed: int, max_drop: float, bench_runs: int, io: str, show_progress: bool,
-               ) -> tuple[dict, dict, dict | None]:
+               ) -> tuple[dict, ValidationReport, dict | None]:
     """The accuracy-aware loop of `edgecnn.fallback`: returns the last step's quantize
     metrics and validation, and the "fallback" record (None when step 0 is within)."""
     from dataclasses import replace
@@ -482,7 +490,7 @@ def _fall_back(mode: str, quant_config, quant_metrics: dict, validation: dict,
                   int16_layers=quant_metrics.get("int16_layers", []))]
     if steps[0].within(max_drop):
         return quant_metrics, validation, summary(mode, max_drop, None, steps)
-    steps[0].p50_ms = _int8_latency(paths, bench_runs)
+    steps[0].p50_ms = _int8_latency(validation, bench_runs)
     try:
         ranking = rank_layers(reference, paths[1:], data, seed)
     except EdgecnnError as exc:  # nothing to rank by: say so, keep the int8 files
@@ -503,10 +511,10 @@ def _fall_back(mode: str, quant_config, quant_metrics: dict, validation: dict,
         quant_metrics = quantize_and_export(config)
         validation = validate()
         steps.append(Step(new, quant_metrics.get("float_layers", []), _int8_drops(validation),
-                          _int8_latency(paths, bench_runs),
+                          _int8_latency(validation, bench_runs),
                           quant_metrics.get("int16_layers", [])))
         if show_progress:
-            drops = ", ".join(f"{n} {d:+.2f}" for n, d in steps[-1].drops.items())
+            drops = ", ".join(f"{n} {signed(d)}" for n, d in steps[-1].drops.items())
             console.print(f"[green]✓[/green] fallback step {len(steps) - 1}: "
                           f"{', '.join(new)} to {mode}: drop {drops}", highlight=False)
         if steps[-1].within(max_drop):
@@ -536,50 +544,31 @@ def _write_artifacts(ckpt_dir: Path, quant_dir: Path, out: Path, formats: tuple[
 
 
 def _report_data(model: str, data: str, method: str, max_drop: float, config: ModelConfig,
-                 quant_metrics: dict, validation: dict, bench: dict, stages: dict,
-                 paths: list[Path], manifest_files: list[Path]) -> dict:
-    by_name = {c["name"]: c for c in validation["candidates"]}
-    reference = validation["reference"]
-    latency: dict[str, dict[str, float]] = {}
-    for row in bench["results"]:
-        latency.setdefault(row["name"], {})[str(row["threads"])] = row["p50_ms"]
-    artifacts = []
-    for path in paths:
-        fmt, precision = path.suffix[1:], path.stem.split("_")[-1]
-        entry = by_name.get(path.name, {**reference, "drop": 0.0, "agreement": 1.0,
-                                         "passed": True})
-        fp32_p50 = latency[f"model_fp32.{fmt}"]
-        one = min(latency[path.name], key=int)
-        artifacts.append({
-            "name": path.name, "path": str(path), "format": fmt, "precision": precision,
-            "size_bytes": path.stat().st_size, "accuracy": entry["accuracy"],
-            "drop": entry["drop"], "agreement": entry["agreement"],
-            "latency_ms_p50": latency[path.name],
-            "speedup_vs_fp32": fp32_p50[one] / latency[path.name][one],
-            "passed": precision == "fp32" or entry["passed"],
-            **({"drop_ci": entry["drop_ci"], "agreement_ci": entry["agreement_ci"]}
-               if "drop_ci" in entry else {}),
-        })
-    failures = [f for c in validation["candidates"] for f in c["failures"]]
-    floor = chance_floor(validation["chance"], validation["num_images"])
-    if reference["accuracy"] < floor:
-        failures.insert(0, f"the fp32 reference {paths[0].name} itself is broken: top-1 "
-                           f"{100 * reference['accuracy']:.2f}% does not beat chance "
-                           f"({100 * validation['chance']:.2f}%, the majority class) by the "
+                 quant_metrics: dict, validation: ValidationReport, bench: BenchReport,
+                 stages: dict, paths: list[Path], manifest_files: list[Path]) -> dict:
+    reference = validation.reference
+    artifacts = artifact_reports(validation, bench)
+    failures = [f for c in validation.candidates for f in c.failures]
+    floor = chance_floor(validation.chance, validation.num_images)
+    if reference.accuracy < floor:
+        failures.insert(0, f"the fp32 reference {reference.name} itself is broken: top-1 "
+                           f"{100 * reference.accuracy:.2f}% does not beat chance "
+                           f"({100 * validation.chance:.2f}%, the majority class) by the "
                            f"required margin (floor {100 * floor:.2f}%)")
     return {
         "model": model, "data": data, "method": method, "max_drop": max_drop,
-        "reference_accuracy": reference["accuracy"], "val_images": validation["num_images"],
+        "reference_accuracy": reference.accuracy, "val_images": validation.num_images,
         "torch_fp32_accuracy": quant_metrics["fp32_accuracy"],
         "torch_int8_accuracy": quant_metrics["int8_accuracy"],
         "float_layers": quant_metrics.get("float_layers", []),
         "int16_layers": quant_metrics.get("int16_layers", []),
         "ptq_methods": quant_metrics.get("ptq_methods", {}),
         "preprocessing": config.preprocessing.to_dict(),
-        "min_agreement": validation["bounds"]["min_agreement"],
+        "min_agreement": validation.bounds.min_agreement,
         "reference_floor": floor, "failures": failures,
-        "passed": not failures and all(a["passed"] for a in artifacts), "artifacts": artifacts,
+        "passed": not failures and all(a.passed for a in artifacts),
+        "artifacts": [a.to_dict() for a in artifacts],
         "manifest": manifest(manifest_files, root=paths[0].parent),
-        "stages": stages, "machine": bench["machine"], "edgecnn_version": __version__,
+        "stages": stages, "machine": bench.machine, "edgecnn_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

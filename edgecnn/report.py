@@ -6,15 +6,108 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgecnn.fallback import markdown as fallback_markdown
-from edgecnn.runtime.tables import markdown_table
+from edgecnn.runtime.tables import markdown_table, signed
 from edgecnn.util import atomic_write
+
+if TYPE_CHECKING:
+    from edgecnn.runtime.bench import BenchReport
+    from edgecnn.runtime.validate import ValidationReport
 
 #: short enough that the table fits an 80-column terminal
 SUMMARY_HEADERS = ("artifact", "size MB", "top-1", "drop pp", "agree", "p50 1t ms", "p50 all ms",
                    "vs fp32")
+
+
+@dataclass(frozen=True)
+class ArtifactReport:
+    """One artifact of an `export --int8` run (an entry of report.json's "artifacts").
+
+    `format` is the file's suffix, `precision` its embedded edgecnn record's; accuracy
+    and agreement are fractions, `drop` in percentage points against the fp32 reference
+    (0 for the reference itself), with their 95% intervals when the artifact was a
+    candidate; `latency_ms_p50` maps thread count to p50 ms (batch 1);
+    `speedup_vs_fp32` is p50 at the fewest threads against the fp32 artifact of the
+    same format (None without one).
+    """
+
+    name: str
+    path: str
+    format: str
+    precision: str | None
+    size_bytes: int
+    accuracy: float
+    drop: float
+    agreement: float
+    latency_ms_p50: dict[int, float]
+    speedup_vs_fp32: float | None
+    passed: bool
+    drop_ci: tuple[float, float] | None = None
+    agreement_ci: tuple[float, float] | None = None
+
+    @property
+    def p50_fewest_threads_ms(self) -> float:
+        return self.latency_ms_p50[min(self.latency_ms_p50)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report.json entry (keys in this order; the intervals only when measured)."""
+        entry = {"name": self.name, "path": self.path, "format": self.format,
+                 "precision": self.precision, "size_bytes": self.size_bytes,
+                 "accuracy": self.accuracy, "drop": self.drop, "agreement": self.agreement,
+                 "latency_ms_p50": {str(k): v for k, v in self.latency_ms_p50.items()},
+                 "speedup_vs_fp32": self.speedup_vs_fp32, "passed": self.passed}
+        if self.drop_ci is not None:
+            entry.update(drop_ci=list(self.drop_ci), agreement_ci=list(self.agreement_ci))
+        return entry
+
+    @classmethod
+    def from_dict(cls, entry: dict[str, Any]) -> ArtifactReport:
+        """The inverse of `to_dict` (a report.json entry)."""
+        return cls(name=entry["name"], path=entry["path"], format=entry["format"],
+                   precision=entry["precision"], size_bytes=entry["size_bytes"],
+                   accuracy=entry["accuracy"], drop=entry["drop"],
+                   agreement=entry["agreement"],
+                   latency_ms_p50={int(k): v for k, v in entry["latency_ms_p50"].items()},
+                   speedup_vs_fp32=entry["speedup_vs_fp32"], passed=entry["passed"],
+                   drop_ci=tuple(entry["drop_ci"]) if "drop_ci" in entry else None,
+                   agreement_ci=(tuple(entry["agreement_ci"]) if "agreement_ci" in entry
+                                 else None))
+
+
+def artifact_reports(validation: ValidationReport, bench: BenchReport,
+                     ) -> list[ArtifactReport]:
+    """One `ArtifactReport` per artifact, the reference first, then the candidates in
+    order (`validation`'s), with `bench`'s p50 per thread count (`bench` measured every
+    artifact of `validation`, with thread counts that are integers). Format and precision
+    are each file's own (its suffix and embedded record), never read from its name; the
+    speed-up is against the first bench row of the same format whose precision is fp32."""
+    reference = validation.reference
+    p50: dict[str, dict[int, float]] = {}
+    size: dict[str, int] = {}
+    fp32: dict[str, str] = {}  # format -> the first fp32 artifact of that format
+    for row in bench.results:
+        p50.setdefault(row.artifact, {})[row.threads] = row.p50_ms
+        size[row.artifact] = row.size_bytes
+        if row.precision == "fp32":
+            fp32.setdefault(row.format, row.artifact)
+    reports = []
+    for entry in (reference, *validation.candidates):
+        latency = p50[entry.artifact]
+        one = min(latency)
+        base = fp32.get(entry.format)
+        candidate = entry is not reference
+        reports.append(ArtifactReport(
+            name=entry.name, path=entry.artifact, format=entry.format,
+            precision=entry.precision, size_bytes=size[entry.artifact],
+            accuracy=entry.accuracy, drop=entry.drop if candidate else 0.0,
+            agreement=entry.agreement if candidate else 1.0, latency_ms_p50=latency,
+            speedup_vs_fp32=p50[base][one] / latency[one] if base is not None else None,
+            passed=entry.precision == "fp32" or not candidate or entry.passed,
+            drop_ci=entry.drop_ci if candidate else None,
+            agreement_ci=entry.agreement_ci if candidate else None))
+    return reports
 
 
 @dataclass
@@ -33,25 +126,25 @@ class Report:
         return list(self.data.get("failures", []))
 
     @property
-    def artifacts(self) -> list[dict[str, Any]]:
-        return self.data.get("artifacts", [])
+    def artifacts(self) -> list[ArtifactReport]:
+        return [ArtifactReport.from_dict(a) for a in self.data.get("artifacts", [])]
 
-    def artifact(self, name: str) -> dict[str, Any]:
+    def artifact(self, name: str) -> ArtifactReport:
+        """The artifact whose file is called `name`; KeyError when there is none."""
         for entry in self.artifacts:
-            if entry["name"] == name:
+            if entry.name == name:
                 return entry
         raise KeyError(name)
 
     def summary_rows(self) -> list[list[str]]:
         rows = []
         for a in self.artifacts:
-            p50 = a["latency_ms_p50"]
-            threads = sorted(p50, key=int)
+            p50 = a.latency_ms_p50
             rows.append([
-                a["name"], f"{a['size_bytes'] / 1e6:.2f}", f"{100 * a['accuracy']:.2f}%",
-                f"{a['drop']:+.2f}", f"{100 * a['agreement']:.1f}%",
-                f"{p50[threads[0]]:.2f}", f"{p50[threads[-1]]:.2f}",
-                f"{a['speedup_vs_fp32']:.2f}x" if a.get("speedup_vs_fp32") else "1.00x",
+                a.name, f"{a.size_bytes / 1e6:.2f}", f"{100 * a.accuracy:.2f}%",
+                signed(a.drop), f"{100 * a.agreement:.1f}%",
+                f"{p50[min(p50)]:.2f}", f"{p50[max(p50)]:.2f}",
+                f"{a.speedup_vs_fp32:.2f}x" if a.speedup_vs_fp32 else "1.00x",
             ])
         return rows
 
@@ -62,7 +155,7 @@ class Report:
                  f"{d['val_images']} validation images; bound: int8 drop <= {d['max_drop']} "
                  f"points -> **{'PASS' if self.passed else 'FAIL'}**.", "",
                  markdown_table(SUMMARY_HEADERS, self.summary_rows()).rstrip()]
-        intervals = interval_lines(d)
+        intervals = interval_lines(self)
         if intervals:
             lines += ["", *[f"- {line}" for line in intervals[:-1]], "", intervals[-1]]
         m = d.get("machine", {})
@@ -87,16 +180,16 @@ class Report:
         self.directory = directory
 
 
-def interval_lines(data: dict) -> list[str]:
+def interval_lines(report: Report) -> list[str]:
     """The 95% confidence intervals behind the table's drop and agreement (paired, see
-    `runtime.validate`), one line per int8 artifact, and the sample size."""
-    lines = [f"{a['name']}: drop {a['drop']:+.2f} pp [{a['drop_ci'][0]:+.2f}, "
-             f"{a['drop_ci'][1]:+.2f}], agree {100 * a['agreement']:.1f}% "
-             f"[{100 * a['agreement_ci'][0]:.1f}, {100 * a['agreement_ci'][1]:.1f}]"
-             for a in data.get("artifacts", []) if "drop_ci" in a and a["precision"] != "fp32"]
+    `runtime.validate`), one line per artifact that is not fp32, and the sample size."""
+    lines = [f"{a.name}: drop {signed(a.drop)} pp [{signed(a.drop_ci[0])}, "
+             f"{signed(a.drop_ci[1])}], agree {100 * a.agreement:.1f}% "
+             f"[{100 * a.agreement_ci[0]:.1f}, {100 * a.agreement_ci[1]:.1f}]"
+             for a in report.artifacts if a.drop_ci is not None and a.precision != "fp32"]
     if lines:
-        lines.append(f"(95% confidence intervals, {data['val_images']} validation images: more "
-                     "images narrow them)")
+        lines.append(f"(95% confidence intervals, {report.data['val_images']} validation "
+                     "images: more images narrow them)")
     return lines
 
 
@@ -177,10 +270,9 @@ def plot_latency_vs_accuracy(report: Report, path: Path) -> None:
     markers = {"onnx": "o", "tflite": "s"}
     colors = {"fp32": "tab:blue", "int8": "tab:orange"}
     for a in report.artifacts:
-        p50 = a["latency_ms_p50"]
-        latency = p50[min(p50, key=int)]
-        ax.scatter(latency, 100 * a["accuracy"], s=60, marker=markers.get(a["format"], "o"),
-                   color=colors.get(a["precision"], "tab:gray"), zorder=3, label=a["name"])
+        ax.scatter(a.p50_fewest_threads_ms, 100 * a.accuracy, s=60,
+                   marker=markers.get(a.format, "o"), color=colors.get(a.precision, "tab:gray"),
+                   zorder=3, label=a.name)
     d = report.data
     ax.axhline(100 * d["reference_accuracy"] - d["max_drop"], color="tab:red", lw=0.8, ls="--",
                label=f"fp32 - {d['max_drop']} pp")

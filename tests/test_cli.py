@@ -96,13 +96,16 @@ def test_cli_defaults_are_the_config_defaults():
 def test_the_export_summary_fits_an_80_column_terminal():
     from rich.console import Console
 
-    from edgecnn.report import SUMMARY_HEADERS, Report
+    from edgecnn.report import SUMMARY_HEADERS, ArtifactReport, Report
     from edgecnn.runtime.tables import rich_table
 
-    artifact = {"size_bytes": 8_904_000, "accuracy": 0.9833, "drop": 0.0, "agreement": 1.0,
-                "latency_ms_p50": {"1": 12.989, "2": 10.578}, "speedup_vs_fp32": 2.37}
-    report = Report({"artifacts": [{**artifact, "name": name} for name in
-                                   ("model_fp32.onnx", "model_int8.tflite")]})
+    artifacts = [ArtifactReport(name=name, path=f"out/{name}", format=name.split(".")[1],
+                                precision=precision, size_bytes=8_904_000, accuracy=0.9833,
+                                drop=0.0, agreement=1.0, latency_ms_p50={1: 12.989, 2: 10.578},
+                                speedup_vs_fp32=2.37, passed=True)
+                 for name, precision in (("model_fp32.onnx", "fp32"),
+                                         ("model_int8.tflite", "int8"))]
+    report = Report({"artifacts": [a.to_dict() for a in artifacts]})
     console = Console(width=80, record=True)
     console.print(rich_table("t", SUMMARY_HEADERS, report.summary_rows()))
     text = console.export_text()

@@ -121,18 +121,18 @@ def test_python_api_mirrors_the_command(reference_checkpoint, tmp_path):
                                  recipe=PTQ(), formats=("tflite",), out=tmp_path,
                                  show_progress=False, min_agreement=0.97)
     assert report.passed and report.data["min_agreement"] == 0.97
-    assert [a["name"] for a in report.artifacts] == ["model_fp32.tflite", "model_int8.tflite"]
+    assert [a.name for a in report.artifacts] == ["model_fp32.tflite", "model_int8.tflite"]
     assert not (tmp_path / "model_int8.onnx").exists()
     int8 = report.artifact("model_int8.tflite")
-    agreement = int8["agreement"]
-    assert agreement >= 0.97
+    agreement = int8.agreement
+    assert agreement >= 0.97 and (int8.format, int8.precision) == ("tflite", "int8")
     # the summary's drop and agreement come with their paired 95% intervals (issue 15)
-    assert int8["drop_ci"][0] <= int8["drop"] <= int8["drop_ci"][1]
-    assert int8["agreement_ci"][0] <= agreement <= int8["agreement_ci"][1] <= 1.0
+    assert int8.drop_ci[0] <= int8.drop <= int8.drop_ci[1]
+    assert int8.agreement_ci[0] <= agreement <= int8.agreement_ci[1] <= 1.0
     from edgecnn.report import interval_lines
 
-    lines = interval_lines(report.data)
-    assert lines[0].startswith(f"model_int8.tflite: drop {int8['drop']:+.2f} pp [")
+    lines = interval_lines(report)
+    assert lines[0].startswith(f"model_int8.tflite: drop {int8.drop:+.2f} pp [")
     assert lines[1] == f"(95% confidence intervals, {report.data['val_images']} validation " \
                        "images: more images narrow them)"
     assert lines[1] in (tmp_path / "report.md").read_text()

@@ -68,7 +68,7 @@ def drops(planted, candidates) -> dict[str, float]:
     from edgecnn.runtime.validate import Bounds, run_validate
 
     report = run_validate(planted["fp32.onnx"], list(candidates), "digits", Bounds())
-    return {c["name"]: c["drop"] for c in report["candidates"]}
+    return {c.name: c.drop for c in report.candidates}
 
 
 def test_keep_float_on_the_crushed_tensor_brings_the_drop_back(planted, kept):

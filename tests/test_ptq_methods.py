@@ -121,7 +121,7 @@ def drops(planted, candidates) -> dict[str, float]:
     from edgecnn.runtime.validate import Bounds, run_validate
 
     report = run_validate(planted["fp32.onnx"], list(candidates), "digits", Bounds())
-    return {c["name"]: c["drop"] for c in report["candidates"]}
+    return {c.name: c.drop for c in report.candidates}
 
 
 def test_cle_brings_the_planted_drop_back_and_the_report_says_so(planted, tmp_path):

@@ -20,7 +20,7 @@ import ssh_server
 
 from edgecnn.errors import EdgecnnError
 from edgecnn.runtime import remote, remote_wheels
-from edgecnn.runtime.bench import BenchConfig, run_bench
+from edgecnn.runtime.bench import BenchConfig, BenchReport, run_bench
 
 #: Remote and local p50 of the same file on the same machine agree within this factor.
 NOISE_FACTOR = 3.0
@@ -86,15 +86,17 @@ def test_bench_remote_matches_local_run(server, dsc_files, cli, tmp_path_factory
     assert {"edgecnn", "onnxruntime", "ai-edge-litert"} <= set(machine["packages"])
     assert "torch" not in machine["packages"]  # the device venv has the torch-free package
 
-    assert len(report["results"]) == len(local["results"]) == 3
-    for r, loc, path in zip(report["results"], local["results"], dsc_files, strict=True):
-        assert r["artifact"] == str(path) and r["name"] == loc["name"] == path.name
-        assert r["sha256"] == remote.sha256(path)
-        assert r["remote_artifact"].endswith(f"/{path.name}")
-        for key in ("size_bytes", "backend", "precision", "input", "runs", "threads", "model"):
-            assert r[key] == loc[key], key
-        ratio = r["p50_ms"] / loc["p50_ms"]
-        assert 1 / NOISE_FACTOR < ratio < NOISE_FACTOR, (path.name, r["p50_ms"], loc["p50_ms"])
+    rows = BenchReport.from_dict(report).results  # the device's JSON, read back typed
+    assert len(rows) == len(local.results) == 3
+    for r, loc, path in zip(rows, local.results, dsc_files, strict=True):
+        assert r.artifact == str(path) and r.name == loc.name == path.name
+        assert r.sha256 == remote.sha256(path)
+        assert r.remote_artifact.endswith(f"/{path.name}")
+        for key in ("size_bytes", "backend", "precision", "input", "threads", "model"):
+            assert getattr(r, key) == getattr(loc, key), key
+        assert r.latency.runs == loc.latency.runs
+        ratio = r.p50_ms / loc.p50_ms
+        assert 1 / NOISE_FACTOR < ratio < NOISE_FACTOR, (path.name, r.p50_ms, loc.p50_ms)
     assert [r["backend"] for r in report["results"]] == ["onnxruntime", "onnxruntime",
                                                          "ai_edge_litert"]
     assert [r["precision"] for r in report["results"]] == ["fp32", "int8", "int8"]
@@ -115,10 +117,10 @@ def test_bench_remote_matches_local_run(server, dsc_files, cli, tmp_path_factory
     here = run_validate(dsc_files[0], dsc_files[1:], f"npz:{digits_npz}",
                         Bounds(gate="confident-fail"))
     assert check["bounds"]["gate"] == "confident-fail"  # --gate reached the device
-    assert check["reference"]["accuracy"] == here["reference"]["accuracy"]
-    for c, h in zip(check["candidates"], here["candidates"], strict=True):
-        assert (c["name"], c["accuracy"], c["passed"]) == (h["name"], h["accuracy"], h["passed"])
-        assert c["drop_ci"] == h["drop_ci"]
+    assert check["reference"]["accuracy"] == here.reference.accuracy
+    for c, h in zip(check["candidates"], here.candidates, strict=True):
+        assert (c["name"], c["accuracy"], c["passed"]) == (h.name, h.accuracy, h.passed)
+        assert c["drop_ci"] == list(h.drop_ci)
     assert "agreement" in second.stdout and server.target in second.stdout
 
 

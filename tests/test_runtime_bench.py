@@ -46,27 +46,30 @@ def test_bench_two_artifacts_two_thread_counts(tiny_artifacts):
     paths = [tiny_artifacts["fp32.onnx"], tiny_artifacts["int8.tflite"]]
     report = run_bench(paths, BenchConfig(threads=(1, 2), runs=30, warmup=3, rounds=3),
                        progress=False)
-    results = report["results"]
-    assert [(r["name"], r["threads"]) for r in results] == [
+    results = report.results
+    assert [(r.name, r.threads) for r in results] == [
         ("fp32.onnx", 1), ("int8.tflite", 1), ("fp32.onnx", 2), ("int8.tflite", 2)]
     for r, path in zip(results, paths * 2, strict=True):
-        assert r["runs"] == 30 and r["batch"] == 1 and r["size_bytes"] == path.stat().st_size
-        assert 0 < r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
-        assert r["throughput_ips"] == pytest.approx(1000.0 / r["mean_ms"])
-        assert 20 < r["baseline_rss_mb"] <= r["peak_rss_mb"] < 2000
-        assert r["has_metadata"] and r["model"] == "ncm_digits"
+        lat = r.latency
+        assert lat.runs == 30 and r.batch == 1 and r.size_bytes == path.stat().st_size
+        assert 0 < lat.min_ms <= lat.p50_ms <= lat.p90_ms <= lat.p99_ms <= lat.max_ms
+        assert r.throughput_ips == pytest.approx(1000.0 / lat.mean_ms)
+        assert 20 < r.baseline_rss_mb <= r.peak_rss_mb < 2000
+        assert r.has_metadata and r.model == "ncm_digits"
     onnx, tflite = results[0], results[1]
-    assert onnx["backend"] == "onnxruntime" and tflite["backend"] == "ai_edge_litert"
-    assert onnx["precision"] == "fp32" and tflite["precision"] == "int8"
-    assert onnx["speedup_vs_first"] == 1.0 and onnx["size_vs_first"] == 1.0
-    assert tflite["speedup_vs_first"] == pytest.approx(onnx["p50_ms"] / tflite["p50_ms"])
-    assert tflite["input"] == "(1, 8, 8, 1) int8 NHWC"
+    assert report.find(paths[1], 1) is tflite and report.find(paths[0], 2) is results[2]
+    assert onnx.backend == "onnxruntime" and tflite.backend == "ai_edge_litert"
+    assert onnx.precision == "fp32" and tflite.precision == "int8"
+    assert (onnx.format, tflite.format) == ("onnx", "tflite")
+    assert onnx.speedup_vs_first == 1.0 and onnx.size_vs_first == 1.0
+    assert tflite.speedup_vs_first == pytest.approx(onnx.p50_ms / tflite.p50_ms)
+    assert tflite.input == "(1, 8, 8, 1) int8 NHWC"
     # separate processes: each artifact's peak RSS is its own runtime's, not a shared one
-    assert onnx["peak_rss_mb"] != tflite["peak_rss_mb"]
-    machine = report["machine"]
+    assert onnx.peak_rss_mb != tflite.peak_rss_mb
+    machine = report.machine
     assert machine["cores"] >= 1 and machine["python"].count(".") == 2
     assert "onnxruntime" in machine["packages"] and machine["cpu"]
-    assert report["settings"]["threads"] == [1, 2]
+    assert report.settings["threads"] == [1, 2]
 
 
 def test_bench_time_budget_batches_and_no_metadata(tiny_artifacts, tmp_path):
@@ -76,12 +79,12 @@ def test_bench_time_budget_batches_and_no_metadata(tiny_artifacts, tmp_path):
     paths = [bare, tiny_artifacts["fp32.tflite"]]  # the .tflite has a fixed batch of 1
     report = run_bench(paths, BenchConfig(batch=4, seconds=0.2, warmup=1, rounds=2),
                        progress=False)
-    bare_row, fixed_row = report["results"]
-    assert bare_row["has_metadata"] is False and bare_row["precision"] is None
-    assert bare_row["input"] == "(N, 1, 8, 8) float32"
-    for row in report["results"]:
-        assert row["batch"] == 4 and row["runs"] >= 2
-        assert row["throughput_ips"] == pytest.approx(4000.0 / row["mean_ms"])
+    bare_row, fixed_row = report.results
+    assert bare_row.has_metadata is False and bare_row.precision is None
+    assert bare_row.input == "(N, 1, 8, 8) float32"
+    for row in report.results:
+        assert row.batch == 4 and row.latency.runs >= 2
+        assert row.throughput_ips == pytest.approx(4000.0 / row.latency.mean_ms)
 
 
 def test_bench_errors_name_the_file(tmp_path, tiny_artifacts):

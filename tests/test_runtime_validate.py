@@ -5,12 +5,12 @@ import pytest
 from tiny_models import digits_classifier, write_onnx
 
 from edgecnn.errors import EdgecnnError
+from edgecnn.runtime.tables import to_markdown
 from edgecnn.runtime.validate import (
     Bounds,
     append_step_summary,
     per_class_accuracy,
     run_validate,
-    to_markdown,
     topk_accuracy,
     worst_classes,
 )
@@ -49,29 +49,29 @@ def test_int8_tflite_candidate_passes_against_the_onnx_reference(tiny_artifacts,
 
     data = load(f"npz:{digits_npz}")
     expected = (model.logits(data.val_images).argmax(1) == data.val_labels).mean()
-    assert report["reference_accuracy"] == pytest.approx(expected)
-    assert report["num_images"] == 359 and report["num_classes"] == 10
-    assert 0.95 < report["reference_top5"] <= 1.0
-    int8, fp32 = report["candidates"]
-    assert fp32["accuracy"] == report["reference_accuracy"] and fp32["drop"] == 0.0
-    assert fp32["agreement"] == 1.0 and fp32["passed"] and fp32["worst_classes"] == []
-    assert abs(int8["drop"]) <= 1.0 and int8["agreement"] >= 0.97 and int8["passed"]
-    assert int8["precision"] == "int8" and int8["backend"] == "ai_edge_litert"
-    assert report["passed"] is True
+    assert report.reference.accuracy == pytest.approx(expected)
+    assert report.num_images == 359 and report.num_classes == 10
+    assert 0.95 < report.reference.top5 <= 1.0
+    int8, fp32 = report.candidates
+    assert fp32.accuracy == report.reference.accuracy and fp32.drop == 0.0
+    assert fp32.agreement == 1.0 and fp32.passed and fp32.worst_classes == ()
+    assert abs(int8.drop) <= 1.0 and int8.agreement >= 0.97 and int8.passed
+    assert int8.precision == "int8" and int8.backend == "ai_edge_litert"
+    assert report.passed is True
 
 
 def test_worse_candidate_fails_naming_bound_and_margin(tiny_artifacts, digits_npz):
     report = run_validate(tiny_artifacts["fp32.onnx"], [tiny_artifacts["worse.onnx"]],
                           f"npz:{digits_npz}", Bounds(max_drop=1.0, min_agreement=0.99))
-    worse = report["candidates"][0]
-    assert worse["drop"] > 1.0 and worse["agreement"] < 0.99 and not worse["passed"]
-    assert report["passed"] is False
-    drop_msg, agreement_msg = worse["failures"]
-    assert drop_msg == (f"worse.onnx: top-1 drop {worse['drop']:.2f} pp exceeds --max-drop "
-                        f"1.00 pp by {worse['drop'] - 1.0:.2f} pp")
-    assert agreement_msg.startswith(f"worse.onnx: top-1 agreement {worse['agreement']:.4f} is "
+    worse = report.candidates[0]
+    assert worse.drop > 1.0 and worse.agreement < 0.99 and not worse.passed
+    assert report.passed is False
+    drop_msg, agreement_msg = worse.failures
+    assert drop_msg == (f"worse.onnx: top-1 drop {worse.drop:.2f} pp exceeds --max-drop "
+                        f"1.00 pp by {worse.drop - 1.0:.2f} pp")
+    assert agreement_msg.startswith(f"worse.onnx: top-1 agreement {worse.agreement:.4f} is "
                                     "below --min-agreement 0.9900 by ")
-    assert worse["worst_classes"] and worse["worst_classes"][0]["drop"] > 0
+    assert worse.worst_classes and worse.worst_classes[0]["drop"] > 0
     markdown = to_markdown(report)
     assert "| worse.onnx | onnxruntime | fp32 |" in markdown and "| FAIL |" in markdown
     assert "**FAIL** worse.onnx: top-1 drop" in markdown

@@ -17,7 +17,13 @@ from edgecnn.runtime.stats import (
     wilson_interval,
     z_value,
 )
-from edgecnn.runtime.validate import Bounds, decide, judge, paired_comparison
+from edgecnn.runtime.validate import (
+    Bounds,
+    PairedComparison,
+    decide,
+    judge,
+    paired_comparison,
+)
 
 
 @pytest.mark.parametrize("k,n", [(0, 10), (3, 10), (10, 10), (96, 100), (390, 400),
@@ -87,28 +93,33 @@ def test_paired_comparison_of_constructed_predictions():
     cand[20:32] = (labels[20:32] + 2) % 10  # candidate also wrong on 12 more (b = 12)
     cand[:3] = labels[:3]  # and right on 3 the reference got wrong (c = 3)
     row = paired_comparison(ref, cand, labels)
-    assert row["discordant"] == {"reference_only_correct": 12, "candidate_only_correct": 3}
-    assert row["drop"] == pytest.approx(9 / 200 * 100)
-    assert row["drop_ci"] == pytest.approx([v * 100 for v in
-                                            paired_difference_interval(12, 3, 200)])
-    assert row["agreement"] == 185 / 200
+    assert row.discordant == {"reference_only_correct": 12, "candidate_only_correct": 3}
+    assert row.drop == pytest.approx(9 / 200 * 100)
+    assert row.drop_ci == pytest.approx([v * 100 for v in
+                                         paired_difference_interval(12, 3, 200)])
+    assert row.agreement == 185 / 200
     expected = sps.binomtest(185, 200).proportion_ci(0.95, method="wilson")
-    assert row["agreement_ci"] == pytest.approx([expected.low, expected.high])
+    assert row.agreement_ci == pytest.approx([expected.low, expected.high])
 
 
 def test_each_gate_holds_its_figure_against_the_bounds():
-    row = {"name": "c.onnx", "drop": 2.0, "drop_ci": [0.5, 3.5], "agreement": 0.97,
-           "agreement_ci": [0.95, 0.985]}
-    assert judge(row, Bounds(max_drop=1.0, min_agreement=0.9, gate="point"))
-    assert not judge(row, Bounds(max_drop=1.0, min_agreement=0.9, gate="confident-fail"))
-    assert judge(row, Bounds(max_drop=3.0, min_agreement=0.9, gate="confident-pass"))[0] == (
+    row = PairedComparison(drop=2.0, drop_ci=(0.5, 3.5), agreement=0.97,
+                           agreement_ci=(0.95, 0.985), reference_only_correct=10,
+                           candidate_only_correct=2)
+
+    def judge_c(bounds: Bounds) -> list[str]:
+        return judge("c.onnx", row, bounds)
+
+    assert judge_c(Bounds(max_drop=1.0, min_agreement=0.9, gate="point"))
+    assert not judge_c(Bounds(max_drop=1.0, min_agreement=0.9, gate="confident-fail"))
+    assert judge_c(Bounds(max_drop=3.0, min_agreement=0.9, gate="confident-pass"))[0] == (
         "c.onnx: top-1 drop 2.00 pp (its 95% CI upper end 3.50 pp, --gate confident-pass) "
         "exceeds --max-drop 3.00 pp by 0.50 pp")
-    assert not judge(row, Bounds(max_drop=3.0, min_agreement=0.9, gate="point"))
-    assert judge(row, Bounds(max_drop=5.0, min_agreement=0.96, gate="confident-pass"))
-    assert not judge(row, Bounds(max_drop=5.0, min_agreement=0.96, gate="point"))
-    assert not judge(row, Bounds(max_drop=5.0, min_agreement=0.98, gate="confident-fail"))
-    assert judge(row, Bounds(max_drop=5.0, min_agreement=0.99, gate="confident-fail"))
+    assert not judge_c(Bounds(max_drop=3.0, min_agreement=0.9, gate="point"))
+    assert judge_c(Bounds(max_drop=5.0, min_agreement=0.96, gate="confident-pass"))
+    assert not judge_c(Bounds(max_drop=5.0, min_agreement=0.96, gate="point"))
+    assert not judge_c(Bounds(max_drop=5.0, min_agreement=0.98, gate="confident-fail"))
+    assert judge_c(Bounds(max_drop=5.0, min_agreement=0.99, gate="confident-fail"))
     decided = decide(row, Bounds(max_drop=1.0, min_agreement=0.9), 400)
     assert decided["max_drop"] == "undecided" and decided["min_agreement"] == "within"
     # 0.5 pp below the point on that side -> (1.5 / 1.0)^2 times the images

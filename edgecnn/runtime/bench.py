@@ -15,9 +15,9 @@ import json
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -101,6 +101,111 @@ class LatencyStats:
                    float(ms.min()), float(ms.max()), float(ms.std()))
 
 
+@dataclass(frozen=True)
+class BenchResult:
+    """One (artifact, thread count) row of a benchmark.
+
+    `precision` and `model` come from the artifact's embedded edgecnn record (None
+    without one), `backend` is the runtime that ran it, `input` describes the model
+    input it was fed ("(1, 8, 8, 1) int8 NHWC"). Sizes in bytes, memory in MB, times in
+    ms (`latency`); ratios are against the first artifact at the same thread count.
+    `sha256` is set by the CLI, `remote_artifact` (the file's path on the device) by
+    `bench --remote`.
+    """
+
+    artifact: str
+    name: str
+    backend: str
+    input: str
+    precision: str | None
+    model: str | None
+    has_metadata: bool
+    baseline_rss_mb: float | None
+    threads: int | None
+    batch: int
+    latency: LatencyStats
+    throughput_ips: float | None
+    size_bytes: int
+    peak_rss_mb: float | None
+    speedup_vs_first: float | None
+    size_vs_first: float | None
+    sha256: str | None = None
+    remote_artifact: str | None = None
+
+    @property
+    def format(self) -> str:
+        """"onnx", "tflite", ... : the artifact's suffix."""
+        return Path(self.artifact).suffix.lstrip(".")
+
+    @property
+    def p50_ms(self) -> float:
+        return self.latency.p50_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        """One row of `edgecnn bench --json`'s "results" (keys in this order)."""
+        row = {"artifact": self.artifact, "name": self.name, "backend": self.backend,
+               "input": self.input, "precision": self.precision,
+               "model": self.model, "has_metadata": self.has_metadata,
+               "baseline_rss_mb": self.baseline_rss_mb, "threads": self.threads,
+               "batch": self.batch, **asdict(self.latency),
+               "throughput_ips": self.throughput_ips, "size_bytes": self.size_bytes,
+               "peak_rss_mb": self.peak_rss_mb, "speedup_vs_first": self.speedup_vs_first,
+               "size_vs_first": self.size_vs_first}
+        if self.sha256 is not None:
+            row["sha256"] = self.sha256
+        if self.remote_artifact is not None:
+            row["remote_artifact"] = self.remote_artifact
+        return row
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> BenchResult:
+        """The inverse of `to_dict` (a device's `bench --json` row)."""
+        latency = LatencyStats(**{f.name: row[f.name] for f in fields(LatencyStats)})
+        return cls(artifact=row["artifact"], name=row["name"], backend=row["backend"],
+                   input=row["input"], precision=row["precision"],
+                   model=row["model"], has_metadata=row["has_metadata"],
+                   baseline_rss_mb=row["baseline_rss_mb"], threads=row["threads"],
+                   batch=row["batch"], latency=latency, throughput_ips=row["throughput_ips"],
+                   size_bytes=row["size_bytes"], peak_rss_mb=row["peak_rss_mb"],
+                   speedup_vs_first=row["speedup_vs_first"],
+                   size_vs_first=row["size_vs_first"], sha256=row.get("sha256"),
+                   remote_artifact=row.get("remote_artifact"))
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    """What `run_bench` measured: the rows, the machine (`machine.describe_machine`, plus
+    the CPU temperature before and after) and the settings; `device` is the `--remote`
+    setup (None on this machine)."""
+
+    machine: dict[str, Any]
+    settings: dict[str, Any]
+    results: tuple[BenchResult, ...]
+    device: dict[str, Any] | None = None
+
+    def find(self, artifact: str | Path, threads: int | None) -> BenchResult:
+        """The row of `artifact` (its path) at `threads`; KeyError when not measured."""
+        for row in self.results:
+            if row.artifact == str(artifact) and row.threads == threads:
+                return row
+        raise KeyError(f"{artifact} at threads={threads}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """`edgecnn bench --json`."""
+        report = {"machine": self.machine, "settings": self.settings,
+                  "results": [row.to_dict() for row in self.results]}
+        if self.device is not None:
+            report["device"] = self.device
+        return report
+
+    @classmethod
+    def from_dict(cls, report: dict[str, Any]) -> BenchReport:
+        """The inverse of `to_dict` (a device's `bench --json`)."""
+        return cls(machine=report["machine"], settings=report["settings"],
+                   results=tuple(BenchResult.from_dict(r) for r in report["results"]),
+                   device=report.get("device"))
+
+
 class _Worker:
     """Parent-side handle of one worker process."""
 
@@ -158,7 +263,7 @@ class _Worker:
 
 
 def _bench_thread_count(paths: list[Path], threads: int | None, config: BenchConfig,
-                        bar) -> list[dict]:
+                        bar) -> list[BenchResult]:
     workers = [_Worker(path, threads, config) for path in paths]
     try:
         for worker in workers:
@@ -177,26 +282,28 @@ def _bench_thread_count(paths: list[Path], threads: int | None, config: BenchCon
     finally:
         for worker in workers:
             worker.close()
+    stats = [LatencyStats.from_ns(ns) for ns in timings]
+    sizes = [path.stat().st_size for path in paths]
     results = []
-    for path, worker, ns, peak in zip(paths, workers, timings, peaks, strict=True):
-        stats = LatencyStats.from_ns(ns)
-        info = {k: v for k, v in worker.info.items() if k != "ok"}
-        results.append({
-            "artifact": str(path), "name": path.name, **info, "threads": threads,
-            "batch": config.batch, **asdict(stats),
-            "throughput_ips": config.batch * 1000.0 / stats.mean_ms if stats.mean_ms else None,
-            "size_bytes": path.stat().st_size, "peak_rss_mb": peak,
-        })
-    first = results[0]
-    for row in results:
-        row["speedup_vs_first"] = first["p50_ms"] / row["p50_ms"] if row["p50_ms"] else None
-        row["size_vs_first"] = (row["size_bytes"] / first["size_bytes"]
-                                if first["size_bytes"] else None)
+    for path, worker, latency, size, peak in zip(paths, workers, stats, sizes, peaks,
+                                                 strict=True):
+        info = worker.info
+        results.append(BenchResult(
+            artifact=str(path), name=path.name, backend=info["backend"],
+            input=info["input"], precision=info["precision"],
+            model=info["model"], has_metadata=info["has_metadata"],
+            baseline_rss_mb=info["baseline_rss_mb"], threads=threads, batch=config.batch,
+            latency=latency,
+            throughput_ips=config.batch * 1000.0 / latency.mean_ms if latency.mean_ms else None,
+            size_bytes=size, peak_rss_mb=peak,
+            speedup_vs_first=stats[0].p50_ms / latency.p50_ms if latency.p50_ms else None,
+            size_vs_first=size / sizes[0] if sizes[0] else None))
     return results
 
 
-def run_bench(paths: list[Path], config: BenchConfig, *, progress: bool = True) -> dict:
-    """Benchmark `paths` at every thread count; returns the JSON-able report."""
+def run_bench(paths: list[Path], config: BenchConfig, *, progress: bool = True) -> BenchReport:
+    """Benchmark `paths` at every thread count: one `BenchResult` per (thread count,
+    artifact), in that order; `BenchReport.to_dict()` is `edgecnn bench --json`."""
     paths = [Path(p) for p in paths]
     if not paths:
         raise EdgecnnError("bench needs at least one artifact")
@@ -215,4 +322,4 @@ def run_bench(paths: list[Path], config: BenchConfig, *, progress: bool = True) 
                     f"{len(chunks)} interleaved rounds")
     machine = describe_machine()
     machine["temperature_c"] = {"before": temperature_before, "after": cpu_temperature_c()}
-    return {"machine": machine, "settings": settings, "results": results}
+    return BenchReport(machine=machine, settings=settings, results=tuple(results))

@@ -41,6 +41,7 @@ from pathlib import Path
 from edgecnn import __version__
 from edgecnn.errors import EdgecnnError, ParameterError
 from edgecnn.runtime import remote_wheels
+from edgecnn.runtime.validate import ValidationReport
 
 DEFAULT_BASE = "~/.cache/edgecnn-remote"
 MARKER = "edgecnn-remote.json"
@@ -342,7 +343,9 @@ def _localize(report: dict, where: dict[Path, str]) -> None:
 
 def remote_bench(device: Device, paths: list[Path], bench_args: list[str],
                  offline: bool = False) -> dict:
-    """The bench report of `paths` run on `device` (flags `bench_args`), with "device"."""
+    """The bench report of `paths` run on `device` (flags `bench_args`), with "device":
+    `BenchReport.to_dict()`'s form (`BenchReport.from_dict` reads it), or the profile
+    report with --profile."""
     setup, where = prepare(device, paths, offline)
     report, _ = run_edgecnn(device, ["bench", *(where[p] for p in paths), *bench_args],
                             what="edgecnn bench")
@@ -352,7 +355,8 @@ def remote_bench(device: Device, paths: list[Path], bench_args: list[str],
 
 
 def remote_validate(device: Device, reference: Path, candidates: list[Path], data: Path,
-                    validate_args: list[str], offline: bool = False) -> tuple[dict, int]:
+                    validate_args: list[str], offline: bool = False,
+                    ) -> tuple[ValidationReport, int]:
     """`edgecnn validate` of the files on `device` on the npz `data`; (report, exit code)."""
     setup, where = prepare(device, [reference, *candidates], offline, extra=[data])
     args = ["validate", "--reference", where[reference], "--data", f"npz:{where[data]}"]
@@ -361,4 +365,4 @@ def remote_validate(device: Device, reference: Path, candidates: list[Path], dat
     report, code = run_edgecnn(device, [*args, *validate_args], what="edgecnn validate",
                                ok_codes=(0, 1))
     report["device"] = setup
-    return report, code
+    return ValidationReport.from_dict(report), code

@@ -19,8 +19,9 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +35,6 @@ from edgecnn.runtime.stats import (
     paired_difference_interval,
     wilson_interval,
 )
-from edgecnn.runtime.tables import VALIDATE_HEADERS, markdown_table, validate_rows
 
 #: What `--gate` holds against the bounds: the point estimate, or one end of the 95% CI.
 GATES = ("point", "confident-pass", "confident-fail")
@@ -114,30 +114,48 @@ def worst_classes(ref_pred: np.ndarray, cand_pred: np.ndarray, labels: np.ndarra
              "drop": float(drop[i]), "images": int(counts[i])} for i in order]
 
 
-def paired_comparison(ref_pred: np.ndarray, cand_pred: np.ndarray,
-                      labels: np.ndarray) -> dict:
-    """Drop and agreement of a candidate on the same images, with their 95% intervals.
+@dataclass(frozen=True)
+class PairedComparison:
+    """A candidate against the reference on the same images.
 
     `drop` and `drop_ci` in percentage points (reference top-1 minus candidate top-1;
     Tango's paired score interval), `agreement` and `agreement_ci` as fractions (Wilson),
     and the discordant pairs they rest on.
     """
+
+    drop: float
+    drop_ci: tuple[float, float]
+    agreement: float
+    agreement_ci: tuple[float, float]
+    reference_only_correct: int
+    candidate_only_correct: int
+
+    @property
+    def discordant(self) -> dict[str, int]:
+        return {"reference_only_correct": self.reference_only_correct,
+                "candidate_only_correct": self.candidate_only_correct}
+
+
+def paired_comparison(ref_pred: np.ndarray, cand_pred: np.ndarray,
+                      labels: np.ndarray) -> PairedComparison:
+    """Drop and agreement of a candidate on the same images (N,) of predicted classes,
+    with their 95% intervals (`stats.paired_difference_interval`, `stats.wilson_interval`)."""
     n = len(labels)
     ref_ok, cand_ok = ref_pred == labels, cand_pred == labels
     only_ref, only_cand = int((ref_ok & ~cand_ok).sum()), int((cand_ok & ~ref_ok).sum())
     agree = int((ref_pred == cand_pred).sum())
     lo, hi = paired_difference_interval(only_ref, only_cand, n)
-    return {"drop": (only_ref - only_cand) / n * 100.0, "drop_ci": [lo * 100.0, hi * 100.0],
-            "agreement": agree / n, "agreement_ci": list(wilson_interval(agree, n)),
-            "discordant": {"reference_only_correct": only_ref,
-                           "candidate_only_correct": only_cand}}
+    return PairedComparison(drop=(only_ref - only_cand) / n * 100.0,
+                            drop_ci=(lo * 100.0, hi * 100.0), agreement=agree / n,
+                            agreement_ci=tuple(wilson_interval(agree, n)),
+                            reference_only_correct=only_ref, candidate_only_correct=only_cand)
 
 
-def decide(candidate: dict, bounds: Bounds, num_images: int) -> dict:
+def decide(comparison: PairedComparison, bounds: Bounds, num_images: int) -> dict:
     """Whether the sample decides each bound: "within", "outside" or "undecided" (the
     95% interval straddles the bound), with about how many images would decide it."""
-    lo, hi = candidate["drop_ci"]
-    a_lo, a_hi = candidate["agreement_ci"]
+    lo, hi = comparison.drop_ci
+    a_lo, a_hi = comparison.agreement_ci
     drop = ("within" if hi <= bounds.max_drop else "outside" if lo > bounds.max_drop
             else "undecided")
     agreement = ("within" if a_lo >= bounds.min_agreement else
@@ -145,11 +163,163 @@ def decide(candidate: dict, bounds: Bounds, num_images: int) -> dict:
     return {
         "max_drop": drop, "min_agreement": agreement,
         "images_to_decide": {
-            "max_drop": images_to_decide(num_images, candidate["drop"], (lo, hi),
+            "max_drop": images_to_decide(num_images, comparison.drop, (lo, hi),
                                          bounds.max_drop),
-            "min_agreement": images_to_decide(num_images, candidate["agreement"],
+            "min_agreement": images_to_decide(num_images, comparison.agreement,
                                               (a_lo, a_hi), bounds.min_agreement)},
     }
+
+
+@dataclass(frozen=True)
+class AccuracyResult:
+    """Top-1 (and top-5 with more than 5 classes, else None) of one artifact, as
+    fractions; `precision` from its embedded edgecnn record (None without one);
+    `sha256` set by the CLI."""
+
+    artifact: str
+    name: str
+    backend: str
+    precision: str | None
+    accuracy: float
+    top5: float | None
+    sha256: str | None = None
+
+    @property
+    def format(self) -> str:
+        """"onnx", "tflite", ... : the artifact's suffix."""
+        return Path(self.artifact).suffix.lstrip(".")
+
+    def to_dict(self) -> dict[str, Any]:
+        """`edgecnn validate --json`'s "reference"."""
+        row = {"artifact": self.artifact, "name": self.name, "backend": self.backend,
+               "precision": self.precision, "accuracy": self.accuracy, "top5": self.top5}
+        return row | ({"sha256": self.sha256} if self.sha256 is not None else {})
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> AccuracyResult:
+        return cls(**{f.name: row.get(f.name) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class CandidateResult:
+    """One validated candidate: its accuracy (as `AccuracyResult`), the comparison with
+    the reference, the top-5 drop (percentage points, None without top-5), the classes
+    that lost most (`worst_classes`), whether the sample decides each bound (`decide`),
+    notes on undecided bounds and one line per bound it misses (`judge`)."""
+
+    artifact: str
+    name: str
+    backend: str
+    precision: str | None
+    accuracy: float
+    top5: float | None
+    comparison: PairedComparison
+    top5_drop: float | None
+    worst_classes: tuple[dict, ...]
+    decided: dict
+    notes: tuple[str, ...]
+    failures: tuple[str, ...]
+    sha256: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    @property
+    def format(self) -> str:
+        """"onnx", "tflite", ... : the artifact's suffix."""
+        return Path(self.artifact).suffix.lstrip(".")
+
+    @property
+    def drop(self) -> float:
+        return self.comparison.drop
+
+    @property
+    def drop_ci(self) -> tuple[float, float]:
+        return self.comparison.drop_ci
+
+    @property
+    def agreement(self) -> float:
+        return self.comparison.agreement
+
+    @property
+    def agreement_ci(self) -> tuple[float, float]:
+        return self.comparison.agreement_ci
+
+    def to_dict(self) -> dict[str, Any]:
+        """One entry of `edgecnn validate --json`'s "candidates" (keys in this order)."""
+        c = self.comparison
+        row = {"artifact": self.artifact, "name": self.name, "backend": self.backend,
+               "precision": self.precision, "accuracy": self.accuracy, "top5": self.top5,
+               "drop": c.drop, "drop_ci": list(c.drop_ci), "agreement": c.agreement,
+               "agreement_ci": list(c.agreement_ci), "discordant": c.discordant,
+               "top5_drop": self.top5_drop, "worst_classes": list(self.worst_classes),
+               "decided": self.decided, "notes": list(self.notes),
+               "failures": list(self.failures), "passed": self.passed}
+        return row | ({"sha256": self.sha256} if self.sha256 is not None else {})
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> CandidateResult:
+        """The inverse of `to_dict` (a device's `validate --json` entry)."""
+        comparison = PairedComparison(
+            drop=row["drop"], drop_ci=tuple(row["drop_ci"]), agreement=row["agreement"],
+            agreement_ci=tuple(row["agreement_ci"]), **row["discordant"])
+        return cls(artifact=row["artifact"], name=row["name"], backend=row["backend"],
+                   precision=row["precision"], accuracy=row["accuracy"], top5=row["top5"],
+                   comparison=comparison, top5_drop=row["top5_drop"],
+                   worst_classes=tuple(row["worst_classes"]), decided=row["decided"],
+                   notes=tuple(row["notes"]), failures=tuple(row["failures"]),
+                   sha256=row.get("sha256"))
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """What `run_validate` measured on `data`'s validation split: the reference, the
+    candidates, the bounds and the chance level (the majority class's share); `device`
+    is the `--remote` setup (None on this machine)."""
+
+    data: str
+    num_images: int
+    num_classes: int
+    chance: float
+    bounds: Bounds
+    reference: AccuracyResult
+    candidates: tuple[CandidateResult, ...]
+    confidence: float = CONFIDENCE
+    min_class_images: int = MIN_CLASS_IMAGES
+    device: dict[str, Any] | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.candidates)
+
+    def to_dict(self) -> dict[str, Any]:
+        """`edgecnn validate --json`."""
+        b = self.bounds
+        report = {
+            "data": self.data, "num_images": self.num_images, "num_classes": self.num_classes,
+            "chance": self.chance,
+            "bounds": {"max_drop": b.max_drop, "min_agreement": b.min_agreement,
+                       "gate": b.gate},
+            "confidence": self.confidence, "min_class_images": self.min_class_images,
+            "reference": self.reference.to_dict(),
+            "reference_accuracy": self.reference.accuracy,
+            "reference_top5": self.reference.top5,
+            "candidates": [c.to_dict() for c in self.candidates], "passed": self.passed,
+        }
+        return report | ({"device": self.device} if self.device is not None else {})
+
+    @classmethod
+    def from_dict(cls, report: dict[str, Any]) -> ValidationReport:
+        """The inverse of `to_dict` (a device's `validate --json`)."""
+        return cls(data=report["data"], num_images=report["num_images"],
+                   num_classes=report["num_classes"], chance=report["chance"],
+                   bounds=Bounds(**report["bounds"]),
+                   reference=AccuracyResult.from_dict(report["reference"]),
+                   candidates=tuple(CandidateResult.from_dict(c)
+                                    for c in report["candidates"]),
+                   confidence=report["confidence"],
+                   min_class_images=report["min_class_images"], device=report.get("device"))
 
 
 class _Artifact:
@@ -192,15 +362,13 @@ def _ranked(artifact: _Artifact, images: Path, num_classes: int, data: str,
 
 
 def _summary(artifact: _Artifact, ranked: np.ndarray, labels: np.ndarray,
-             num_classes: int) -> dict:
+             num_classes: int) -> AccuracyResult:
     metadata = artifact.metadata
-    return {
-        "artifact": str(artifact.path), "name": artifact.path.name,
-        "backend": artifact.backend,
-        "precision": metadata.precision if metadata else None,
-        "accuracy": topk_accuracy_ranked(ranked, labels, 1),
-        "top5": topk_accuracy_ranked(ranked, labels, 5) if num_classes > 5 else None,
-    }
+    return AccuracyResult(
+        artifact=str(artifact.path), name=artifact.path.name, backend=artifact.backend,
+        precision=metadata.precision if metadata else None,
+        accuracy=topk_accuracy_ranked(ranked, labels, 1),
+        top5=topk_accuracy_ranked(ranked, labels, 5) if num_classes > 5 else None)
 
 
 #: For each gate: (which drop figure, which agreement figure) is held against the bounds.
@@ -211,51 +379,52 @@ _FIGURE_NAMES = {"drop_ci_high": "upper", "drop_ci_low": "lower",
                  "agreement_ci_low": "lower", "agreement_ci_high": "upper"}
 
 
-def _figure(candidate: dict, name: str) -> float:
+def _figure(comparison: PairedComparison, name: str) -> float:
     if name in ("drop", "agreement"):
-        return candidate[name]
+        return getattr(comparison, name)
     kind, _, end = name.rpartition("_ci_")
-    return candidate[f"{kind}_ci"][0 if end == "low" else 1]
+    return getattr(comparison, f"{kind}_ci")[0 if end == "low" else 1]
 
 
-def judge(candidate: dict, bounds: Bounds) -> list[str]:
-    """One message per bound the candidate misses under `bounds.gate`, naming the bound,
-    the figure held against it and by how much it misses."""
+def judge(name: str, comparison: PairedComparison, bounds: Bounds) -> list[str]:
+    """One message per bound the candidate `name` misses under `bounds.gate`, naming the
+    bound, the figure held against it and by how much it misses."""
     drop_name, agreement_name = _GATE_FIGURES[bounds.gate]
-    drop, agreement = _figure(candidate, drop_name), _figure(candidate, agreement_name)
+    drop, agreement = _figure(comparison, drop_name), _figure(comparison, agreement_name)
     pct = int(round(CONFIDENCE * 100))
     failures = []
     if drop > bounds.max_drop:
         held = "" if drop_name == "drop" else (
             f" (its {pct}% CI {_FIGURE_NAMES[drop_name]} end {drop:.2f} pp, --gate "
             f"{bounds.gate})")
-        failures.append(f"{candidate['name']}: top-1 drop {candidate['drop']:.2f} pp{held} "
+        failures.append(f"{name}: top-1 drop {comparison.drop:.2f} pp{held} "
                         f"exceeds --max-drop {bounds.max_drop:.2f} pp by "
                         f"{drop - bounds.max_drop:.2f} pp")
     if agreement < bounds.min_agreement:
         held = "" if agreement_name == "agreement" else (
             f" (its {pct}% CI {_FIGURE_NAMES[agreement_name]} end {agreement:.4f}, --gate "
             f"{bounds.gate})")
-        failures.append(f"{candidate['name']}: top-1 agreement {candidate['agreement']:.4f}"
+        failures.append(f"{name}: top-1 agreement {comparison.agreement:.4f}"
                         f"{held} is below --min-agreement {bounds.min_agreement:.4f} by "
                         f"{bounds.min_agreement - agreement:.4f}")
     return failures
 
 
-def undecided_notes(candidate: dict, bounds: Bounds, num_images: int) -> list[str]:
-    """One line per bound whose 95% interval straddles it: the sample cannot decide it."""
+def undecided_notes(name: str, comparison: PairedComparison, decided: dict, bounds: Bounds,
+                    num_images: int) -> list[str]:
+    """One line per bound whose 95% interval straddles it (`decide`): the sample cannot
+    decide it."""
     notes = []
-    decided = candidate["decided"]
     for bound, flag, figure, interval, fmt in (
-            ("max_drop", "--max-drop", candidate["drop"], candidate["drop_ci"], "+.2f"),
-            ("min_agreement", "--min-agreement", candidate["agreement"],
-             candidate["agreement_ci"], ".4f")):
+            ("max_drop", "--max-drop", comparison.drop, comparison.drop_ci, "+.2f"),
+            ("min_agreement", "--min-agreement", comparison.agreement,
+             comparison.agreement_ci, ".4f")):
         if decided[bound] != "undecided":
             continue
         need = decided["images_to_decide"][bound]
         more = (f"; about {need:,} images would" if need is not None else "")
         unit = " pp" if bound == "max_drop" else ""
-        notes.append(f"{candidate['name']}: {num_images:,} images cannot decide {flag} "
+        notes.append(f"{name}: {num_images:,} images cannot decide {flag} "
                      f"{getattr(bounds, bound):g}: {figure:{fmt}}{unit}, "
                      f"{int(round(CONFIDENCE * 100))}% CI [{interval[0]:{fmt}}, "
                      f"{interval[1]:{fmt}}]{unit}{more}")
@@ -264,8 +433,9 @@ def undecided_notes(candidate: dict, bounds: Bounds, num_images: int) -> list[st
 
 def run_validate(reference: Path, candidates: list[Path], data: str, bounds: Bounds, *,
                  backend: str = "auto", threads: int | None = None, seed: int = 0,
-                 batch_size: int = 64) -> dict:
-    """Evaluate the reference and every candidate on `data`'s validation split."""
+                 batch_size: int = 64) -> ValidationReport:
+    """Evaluate the reference and every candidate on `data`'s validation split;
+    `ValidationReport.to_dict()` is `edgecnn validate --json`."""
     from edgecnn.data import load
 
     if not candidates:
@@ -307,7 +477,7 @@ def _hand_over(images, directory: Path) -> Path:
 
 
 def _compare(artifacts: list[_Artifact], images: Path, labels: np.ndarray, dataset,
-             data: str, bounds: Bounds, batch_size: int) -> dict:
+             data: str, bounds: Bounds, batch_size: int) -> ValidationReport:
     k = dataset.num_classes
     ref_ranked = _ranked(artifacts[0], images, k, data, batch_size)
     ref_pred = ref_ranked[:, 0]
@@ -317,61 +487,21 @@ def _compare(artifacts: list[_Artifact], images: Path, labels: np.ndarray, datas
         ranked = _ranked(artifact, images, k, data, batch_size)
         pred = ranked[:, 0]
         row = _summary(artifact, ranked, labels, k)
-        row.update(paired_comparison(ref_pred, pred, labels))
-        row.update(
-            top5_drop=None if row["top5"] is None else (ref["top5"] - row["top5"]) * 100.0,
-            worst_classes=worst_classes(ref_pred, pred, labels, dataset.class_names),
-        )
-        row["decided"] = decide(row, bounds, len(labels))
-        row["notes"] = undecided_notes(row, bounds, len(labels))
-        row["failures"] = judge(row, bounds)
-        row["passed"] = not row["failures"]
-        results.append(row)
+        comparison = paired_comparison(ref_pred, pred, labels)
+        decided = decide(comparison, bounds, len(labels))
+        results.append(CandidateResult(
+            artifact=row.artifact, name=row.name, backend=row.backend,
+            precision=row.precision, accuracy=row.accuracy, top5=row.top5,
+            comparison=comparison,
+            top5_drop=None if row.top5 is None else (ref.top5 - row.top5) * 100.0,
+            worst_classes=tuple(worst_classes(ref_pred, pred, labels, dataset.class_names)),
+            decided=decided,
+            notes=tuple(undecided_notes(row.name, comparison, decided, bounds, len(labels))),
+            failures=tuple(judge(row.name, comparison, bounds))))
     counts = np.bincount(labels, minlength=k)
-    return {
-        "data": data, "num_images": int(len(labels)), "num_classes": k,
-        "chance": float(counts.max() / len(labels)),
-        "bounds": {"max_drop": bounds.max_drop, "min_agreement": bounds.min_agreement,
-                   "gate": bounds.gate},
-        "confidence": CONFIDENCE, "min_class_images": MIN_CLASS_IMAGES,
-        "reference": ref, "reference_accuracy": ref["accuracy"], "reference_top5": ref["top5"],
-        "candidates": results, "passed": all(c["passed"] for c in results),
-    }
-
-
-def to_markdown(report: dict) -> str:
-    """The table, the bounds and the classes that lost most, as GitHub markdown."""
-    b = report["bounds"]
-    lines = [f"### edgecnn validate: {report['data']} ({report['num_images']} images, "
-             f"{report['num_classes']} classes)", "",
-             markdown_table(VALIDATE_HEADERS, validate_rows(report)),
-             f"Bounds: top-1 drop ≤ {b['max_drop']:.2f} pp, agreement ≥ "
-             f"{b['min_agreement'] * 100:.2f}%, held against {gate_phrase(b.get('gate'))}.",
-             ""]
-    for c in report["candidates"]:
-        if c["worst_classes"]:
-            lines.append(f"- {c['name']}: {worst_line(c['worst_classes'], report)}")
-        for note in c.get("notes", []):
-            lines.append(f"- {note}")
-        for failure in c["failures"]:
-            lines.append(f"- **FAIL** {failure}")
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def gate_phrase(gate: str | None) -> str:
-    """How a gate reads in a sentence: what it holds against the bounds."""
-    pct = f"{int(round(CONFIDENCE * 100))}% CI"
-    return {"confident-pass": f"the {pct}'s pessimistic end (--gate confident-pass)",
-            "confident-fail": f"the {pct}'s optimistic end (--gate confident-fail)"}.get(
-        gate or "point", "the measured values (--gate point)")
-
-
-def worst_line(worst: list[dict], report: dict) -> str:
-    """"classes that lost most (of those with >= 20 images): 3 (-11.1 pp of 36), ..."."""
-    items = ", ".join(f"{w['class']} (-{w['drop']:.1f} pp of {w.get('images', '?')})"
-                      for w in worst)
-    return (f"classes that lost most (of those with >= "
-            f"{report.get('min_class_images', MIN_CLASS_IMAGES)} images): {items}")
+    return ValidationReport(data=data, num_images=int(len(labels)), num_classes=k,
+                            chance=float(counts.max() / len(labels)), bounds=bounds,
+                            reference=ref, candidates=tuple(results))
 
 
 def append_step_summary(markdown: str) -> Path | None:
