@@ -9,9 +9,12 @@ layers that write the tensors it reads: a layer's own error includes the
 quantization of its inputs, which only their writers can remove
 (`edgecnn.quant.precision`; the same holds for int16). The model is quantized and
 exported again, the drop re-measured, and the next group moves, until every int8
-artifact is within X or no layer is left. Each step is recorded (`Step`): what
-moved, the drops, the latency at one thread; report.json and report.md say what
-was done.
+artifact is within X or no layer is left. A step that makes the largest drop
+worse than the last kept step's is reverted (its layers go back to int8) and the
+next group is tried, as NNCF's loop does; when the last step tried was reverted,
+the kept state is quantized and exported again, so the files on disk are the kept
+ones. Each step is recorded (`Step`): what moved, the drops, the latency at one
+thread, whether it was reverted; report.json and report.md say what was done.
 
 int16 repairs what an activation range crushes; it cannot repair int8 weights (16x8
 keeps them int8): a layer whose error is in its weights needs float.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,9 +47,51 @@ class Step:
     drops: dict[str, float]
     p50_ms: dict[str, float] = field(default_factory=dict)  # int8 artifacts, 1 thread
     int16_layers: list[str] = field(default_factory=list)
+    reverted: bool = False
 
     def within(self, max_drop: float) -> bool:
         return all(d <= max_drop for d in self.drops.values())
+
+    def worse_than(self, other: Step) -> bool:
+        """The largest drop over the int8 artifacts is larger than `other`'s."""
+        return max(self.drops.values(), default=0.0) > max(other.drops.values(), default=0.0)
+
+
+def run_steps(first: Step, groups: list[list[str]],
+              attempt: Callable[[list[str]], tuple[Step, object]], max_drop: float,
+              on_step: Callable[[int, Step], None] | None = None,
+              ) -> tuple[list[Step], object | None]:
+    """The loop: from `first` (plain int8, not within `max_drop`), try each group of
+    `groups` in order with everything kept so far; keep a step unless it makes the
+    drop worse (`Step.worse_than` the last kept step), stop when within the bound.
+
+    attempt(layers) quantizes with `layers` moved, exports and measures; it returns
+    the Step (its `moved` is set here) and an opaque state (the pipeline's metrics and
+    validation). on_step(index, step) is called after each step. Returns every step
+    and the kept state: None when no step was kept (the step-0 files are back on disk).
+    """
+    steps, kept, moved, state = [first], first, [], None
+    for group in groups:
+        new = [n for n in group if n not in moved and n not in kept.float_layers
+               and n not in kept.int16_layers]
+        if not new:
+            continue
+        step, result = attempt(moved + new)
+        step.moved = new
+        step.reverted = step.worse_than(kept)
+        steps.append(step)
+        if on_step is not None:
+            on_step(len(steps) - 1, step)
+        if step.reverted:
+            continue
+        moved, kept, state = moved + new, step, result
+        if step.within(max_drop):
+            break
+    if steps[-1].reverted:  # the files on disk are the reverted trial's: back to the kept state
+        _, state = attempt(moved)
+        if not moved:
+            state = None
+    return steps, state
 
 
 def check_fallback(fallback: str) -> None:
@@ -120,9 +166,9 @@ def summary(mode: str, max_drop: float, report: dict | None, steps: list[Step]) 
         ranked = [{"layer": e["layer"], "tensor": e["tensor"],
                    "own_sqnr_db": e["runtimes"][kernels]["own_sqnr_db"]}
                   for e in _ranked(report)[:10]]
-    final = steps[-1]
+    final = next(s for s in reversed(steps) if not s.reverted)  # the state on disk
     return {"mode": mode, "max_drop": max_drop, "within_bound": final.within(max_drop),
-            "moved": [n for s in steps for n in s.moved],
+            "moved": [n for s in steps if not s.reverted for n in s.moved],
             "ranking": {"images": report["images"] if report else 0,
                         "split": f"training split, last {HOLDOUT_IMAGES} images",
                         "candidate": Path(report["candidate"]).name if report else None,
@@ -146,7 +192,8 @@ def markdown(fallback: dict | None) -> list[str]:
     names = list(steps[0]["drops"])
     head = ["step", f"moved to {fallback['mode']}", *[f"{n} drop" for n in names],
             *[f"{n} p50 1t ms" for n in names]]
-    rows = [[str(i), ", ".join(s["moved"]) or "(int8)",
+    rows = [[str(i), (", ".join(s["moved"]) or "(int8)")
+             + (" (reverted: worse)" if s.get("reverted") else ""),
              *[signed(s["drops"][n]) for n in names],
              *[f"{s['p50_ms'].get(n, float('nan')):.3f}" for n in names]]
             for i, s in enumerate(steps)]
@@ -160,6 +207,7 @@ def markdown(fallback: dict | None) -> list[str]:
              f"(edgecnn inspect on {ranking['candidate']}, {ranking['runtime']}, "
              f"{ranking['split']}); moved one group at a time until the drop is within "
              f"{fallback['max_drop']} points: {verdict} after {len(steps) - 1} step(s). Moved: "
-             f"{', '.join(fallback['moved']) or 'nothing'}.", "",
+             f"{', '.join(fallback['moved']) or 'nothing'}. A step that made the drop worse "
+             "was reverted.", "",
              markdown_table(head, rows).rstrip()]
     return lines

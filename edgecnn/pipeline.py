@@ -484,7 +484,7 @@ def _fall_back(mode: str, quant_config, quant_metrics: dict, validation: Validat
     metrics and validation, and the "fallback" record (None when step 0 is within)."""
     from dataclasses import replace
 
-    from edgecnn.fallback import Step, patterns, rank_groups, rank_layers, summary
+    from edgecnn.fallback import Step, patterns, rank_groups, rank_layers, run_steps, summary
 
     steps = [Step([], quant_metrics.get("float_layers", []), _int8_drops(validation),
                   int16_layers=quant_metrics.get("int16_layers", []))]
@@ -498,27 +498,27 @@ def _fall_back(mode: str, quant_config, quant_metrics: dict, validation: Validat
                       stacklevel=2)
         return quant_metrics, validation, {**summary(mode, max_drop, None, steps),
                                            "error": str(exc)}
-    moved: list[str] = []
-    for group in rank_groups(ranking, quant_metrics.get("int8_layers", []),
-                             float_input=io == "float"):
-        new = [n for n in group if n not in moved and n not in steps[-1].float_layers
-               and n not in steps[-1].int16_layers]
-        if not new:
-            continue
-        moved += new
-        field = "int16" if mode == "int16" else "keep_float"
-        config = replace(quant_config, **{field: getattr(quant_config, field) + patterns(moved)})
-        quant_metrics = quantize_and_export(config)
-        validation = validate()
-        steps.append(Step(new, quant_metrics.get("float_layers", []), _int8_drops(validation),
-                          _int8_latency(validation, bench_runs),
-                          quant_metrics.get("int16_layers", [])))
+    field = "int16" if mode == "int16" else "keep_float"
+
+    def attempt(layers: list[str]):
+        config = replace(quant_config, **{field: getattr(quant_config, field) + patterns(layers)})
+        metrics = quantize_and_export(config)
+        checked = validate()
+        step = Step([], metrics.get("float_layers", []), _int8_drops(checked),
+                    _int8_latency(checked, bench_runs), metrics.get("int16_layers", []))
+        return step, (metrics, checked)
+
+    def on_step(index: int, step: Step) -> None:
         if show_progress:
-            drops = ", ".join(f"{n} {signed(d)}" for n, d in steps[-1].drops.items())
-            console.print(f"[green]✓[/green] fallback step {len(steps) - 1}: "
-                          f"{', '.join(new)} to {mode}: drop {drops}", highlight=False)
-        if steps[-1].within(max_drop):
-            break
+            drops = ", ".join(f"{n} {signed(d)}" for n, d in step.drops.items())
+            verdict = " (worse: reverted)" if step.reverted else ""
+            console.print(f"[green]✓[/green] fallback step {index}: {', '.join(step.moved)} to "
+                          f"{mode}: drop {drops}{verdict}", highlight=False)
+
+    groups = rank_groups(ranking, quant_metrics.get("int8_layers", []), float_input=io == "float")
+    steps, kept = run_steps(steps[0], groups, attempt, max_drop, on_step)
+    if kept is not None:
+        quant_metrics, validation = kept
     return quant_metrics, validation, summary(mode, max_drop, ranking, steps)
 
 

@@ -648,3 +648,40 @@ def test_int16_under_qat(tmp_path):
         step = tfl.output.quant.scale
     assert np.abs(got_ort - expected).max() <= step * 1.01
     assert np.abs(got_tfl - got_ort).max() <= step * 1.01
+
+
+def test_fallback_reverts_a_step_that_makes_the_drop_worse():
+    """The loop's decisions (`fallback.run_steps`) on scripted measurements: a step that
+    raises the largest drop is reverted and the next group tried with the kept layers
+    only; when the last step tried was reverted, the kept state is exported again."""
+    from edgecnn.fallback import Step, run_steps, summary
+
+    def scripted(drops: dict[tuple[str, ...], float]):
+        calls = []
+
+        def attempt(layers):
+            calls.append(list(layers))
+            return Step([], list(layers), {"model_int8.tflite": drops[tuple(layers)]}), \
+                tuple(layers)
+        return attempt, calls
+
+    first = Step([], [], {"model_int8.tflite": 5.0})
+    attempt, calls = scripted({("a",): 3.0, ("a", "b"): 4.0, ("a", "c"): 0.5})
+    steps, kept = run_steps(first, [["a"], ["b"], ["c"], ["d"]], attempt, 1.0)
+    assert calls == [["a"], ["a", "b"], ["a", "c"]] and kept == ("a", "c")
+    assert [(s.moved, s.reverted) for s in steps[1:]] == [(["a"], False), (["b"], True),
+                                                          (["c"], False)]
+    record = summary("float", 1.0, None, steps)
+    assert record["moved"] == ["a", "c"] and record["within_bound"]
+
+    # the last step tried is reverted: the kept state ("a") is quantized again
+    attempt, calls = scripted({("a",): 3.0, ("a", "b"): 4.0})
+    steps, kept = run_steps(first, [["a"], ["b"]], attempt, 1.0)
+    assert calls == [["a"], ["a", "b"], ["a"]] and kept == ("a",)
+    assert summary("float", 1.0, None, steps)["steps"][-1]["reverted"] is True
+    assert not summary("float", 1.0, None, steps)["within_bound"]
+
+    # every step worse than plain int8: back to step 0, no kept state
+    attempt, calls = scripted({("a",): 6.0, (): 5.0})
+    steps, kept = run_steps(first, [["a"]], attempt, 1.0)
+    assert calls == [["a"], []] and kept is None
