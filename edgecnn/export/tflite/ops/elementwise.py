@@ -168,11 +168,13 @@ def lower_prelu(ctx: Lowering) -> None:
 def lower_div(ctx: Lowering) -> None:
     """A / B with B a constant -> MUL by 1 / B (float to 1 ulp; int8 like any MUL).
 
-    Division by an activation has no int8 TFLite kernel and is not supported.
+    B an activation -> DIV, which has no int8 kernel: in a QDQ model it is a float island
+    (the quantizer leaves such a division float, `quant.annotators.FLOAT_OPS`).
     """
     divisor = ctx.input(1)
     if not divisor.is_const:
-        raise ctx.fail("division by a tensor that is not a constant is not supported")
+        _binary(ctx, "DIV")
+        return
     values = divisor.data if divisor.quant is None else divisor.quant.dequantize(divisor.data)
     if np.any(values == 0):
         raise ctx.fail("division by a constant that contains zero")

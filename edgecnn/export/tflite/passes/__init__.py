@@ -6,6 +6,7 @@ place and says what it changes in its docstring.
 """
 
 from edgecnn.export.tflite.passes.activations import fuse_activations
+from edgecnn.export.tflite.passes.channels_last import fold_channels_last
 from edgecnn.export.tflite.passes.constants import fold_constants, remove_identities
 from edgecnn.export.tflite.passes.fusions import fuse_gelu
 from edgecnn.export.tflite.passes.io import float_io, name_io, uint8_io
@@ -34,6 +35,7 @@ ONNX_PASSES = (
     lift_conv1d,         # Conv1d regions: [N, C, L] -> [N, C, 1, L]
     fold_pads,           # zero Pad -> Conv: the conv's own padding (TF 'SAME' ports)
     fuse_gelu,           # x * 0.5 * (1 + erf(x / sqrt 2)) -> Gelu
+    fold_channels_last,  # permute to [N, H, W, C] .. per-position ops .. back -> NCHW ops
     to_nhwc,             # NCHW -> NHWC, weights OHWI / 1HWC, axes remapped
 )
 
