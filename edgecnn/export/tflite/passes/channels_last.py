@@ -47,8 +47,9 @@ def _region(graph: Graph, start: Op, consumers: dict[str, list[Op]]
             if op in inner or op in exits:
                 continue
             if _is_transpose(op, FROM_LAST):
-                if op.outputs[0] in outputs:
-                    return None
+                if op.outputs[0] in outputs and (name == start.outputs[0]
+                                                 or len(consumers.get(name, [])) != 1):
+                    return None  # a model output is renamed, not read through: see below
                 exits.append(op)
                 continue
             if not _per_position(graph, op):
@@ -166,7 +167,12 @@ def fold_channels_last(graph: Graph) -> None:
             if name in graph.tensors and graph.tensor(name).rank == 4:
                 graph.tensor(name).shape = nchw(graph.tensor(name).shape)
         graph.replace_uses(start.outputs[0], start.inputs[0])
+        producers = {name: op for op in inner for name in op.outputs}
         for op in exits:
-            graph.replace_uses(op.outputs[0], op.inputs[0])
+            if op.outputs[0] in graph.outputs:  # the region's last op writes the output
+                producer = producers[op.inputs[0]]
+                producer.outputs[producer.outputs.index(op.inputs[0])] = op.outputs[0]
+            else:
+                graph.replace_uses(op.outputs[0], op.inputs[0])
         dropped.update(id(op) for op in (start, *exits))
     graph.ops = [op for op in graph.ops if id(op) not in dropped]

@@ -52,9 +52,11 @@ def mark_float_layers(graph: Graph) -> None:
 
 
 def is_int8_op(graph: Graph, op: Op) -> bool:
-    """True when every activation the op reads or writes is an int8 tensor, and the op is
-    not one of the model's float layers (`mark_float_layers`)."""
-    if id(op) in graph.float_ops:
+    """True when every activation the op reads or writes is an int8 tensor, the op is not
+    one of the model's float layers (`mark_float_layers`), and its builtin has an int8
+    kernel (a record whose int8 contract is "float" has none: SQRT, DIV)."""
+    rec = record(op)
+    if id(op) in graph.float_ops or (rec is not None and rec.int8 == "float"):
         return False
     names = [n for n in (*op.inputs, *op.outputs) if n and not graph.tensor(n).is_const]
     return all(graph.tensor(n).quant is not None for n in names)
