@@ -296,6 +296,13 @@ CASES = [
          NORM_OPS, qdq=NORM_ALONE),
     Case("instance_norm", plain("InstanceNormalization", ["x", "g", "b"],
                                 {"g": _w(8) + 1, "b": _w(8)}), X8, NORM_OPS, qdq=NORM_ALONE),
+    Case("group_norm_one_group", lambda: (  # GroupNorm(1, C) as torch.onnx writes it
+        [helper.make_node("Reshape", ["x", "flat"], ["f"]),
+         helper.make_node("InstanceNormalization", ["f", "g", "b"], ["n"]),
+         node("Reshape", ["n", "back"])],
+        {"flat": np.array([1, 1, -1], np.int64), "back": np.array([1, 8, 6, 6], np.int64),
+         "g": np.float32([1.5]), "b": np.float32([0.2])}), X8, NORM_OPS,
+         qdq_ops={**NORM_OPS, "DEQUANTIZE": 1, "QUANTIZE": 1}),
     Case("div_by_activation", lambda: (  # a divisor in [1, 3]: x / (d + 2)
         [helper.make_node("Add", ["d", "two"], ["s"]), node("Div", ["x", "s"])],
         {"two": np.float32(2)}), {"x": (1, 8, 6, 6), "d": (1, 8, 6, 6)}, {"ADD": 1, "DIV": 1},

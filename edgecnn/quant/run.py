@@ -23,7 +23,7 @@ from edgecnn.errors import ParameterError
 from edgecnn.quant import METHODS, quantize
 from edgecnn.quant.artifact import save_program
 from edgecnn.quant.graph import qdq_counts
-from edgecnn.quant.precision import float_layers, int8_layers, int16_layers
+from edgecnn.quant.precision import float_islands, float_layers, int8_layers, int16_layers
 from edgecnn.quant.qat import QATConfig
 from edgecnn.quant.spec import QuantConfig, check_ptq_methods
 from edgecnn.train import evaluate
@@ -90,7 +90,7 @@ def quantize_checkpoint(checkpoint: Path, out: Path, *, method: str = "qat",
         "val_images": len(val_items), "quantize_seconds": round(seconds, 2),
         "quant_config": config.to_dict(), "node_counts": qdq_counts(converted),
         "float_layers": float_layers(converted), "int8_layers": int8_layers(converted),
-        "int16_layers": int16_layers(converted),
+        "int16_layers": int16_layers(converted), "float_islands": float_islands(converted),
     }
     if method == "qat":
         metrics["qat_config"] = {k: getattr(qat_config, k)

@@ -12,6 +12,7 @@ from edgecnn.export.tflite.passes.fusions import fuse_gelu
 from edgecnn.export.tflite.passes.io import float_io, name_io, uint8_io
 from edgecnn.export.tflite.passes.islands import isolate_float_ops, mark_float_layers
 from edgecnn.export.tflite.passes.layout import to_nhwc
+from edgecnn.export.tflite.passes.norms import fuse_group_norm
 from edgecnn.export.tflite.passes.pads import fold_pads
 from edgecnn.export.tflite.passes.qdq import check_qdq_params, fold_qdq, propagate_quant
 from edgecnn.export.tflite.passes.quantization import (
@@ -36,6 +37,7 @@ ONNX_PASSES = (
     fold_pads,           # zero Pad -> Conv: the conv's own padding (TF 'SAME' ports)
     fuse_gelu,           # x * 0.5 * (1 + erf(x / sqrt 2)) -> Gelu
     fold_channels_last,  # permute to [N, H, W, C] .. per-position ops .. back -> NCHW ops
+    fuse_group_norm,     # GroupNorm(1, C): Reshape -> InstanceNormalization -> Reshape -> one
     to_nhwc,             # NCHW -> NHWC, weights OHWI / 1HWC, axes remapped
 )
 
