@@ -1,7 +1,9 @@
 """Blocks of the CNN literature beyond the zoo, through the user's path: PTQ with edgecnn's
 quantizer, the int8 ONNX as shipped, the full-int8 .tflite converted from it. Each block's
 .tflite (XNNPACK) must agree with onnxruntime and with the fake-quant program on top-1 and
-keep 99% of logits within one output step, with no op left float."""
+keep 99% of logits within one output step, with no op left float, except the ops with no
+int8 TFLite kernel (LayerNorm, GroupNorm): float islands, each between one DEQUANTIZE and
+one QUANTIZE, named by the quantizer."""
 
 from __future__ import annotations
 
@@ -12,11 +14,16 @@ from torch import nn
 
 pytest.importorskip("ai_edge_litert")
 
-from int8_files import Int8Files, images  # noqa: E402
+from int8_files import Int8Files, images, preprocessing  # noqa: E402
+from user_models import convnext_block, groupnorm_context_block  # noqa: E402
+
+from edgecnn.export import onnx as onnx_export  # noqa: E402
+from edgecnn.export.tflite import convert  # noqa: E402
 
 from edgecnn.models import create_model  # noqa: E402
+from edgecnn.quant.precision import float_islands  # noqa: E402
 from edgecnn.quant.quantizer import UnquantizedOpWarning  # noqa: E402
-from edgecnn.verify.litert import delegate_coverage, op_counts  # noqa: E402
+from edgecnn.verify.litert import delegate_coverage, op_counts, run_images  # noqa: E402
 
 
 def conv_bn(c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -466,3 +473,60 @@ def test_block_on_tflite_runtime_2_14(name: str, tmp_path) -> None:
         logits = (outputs[runner].astype(np.float32) - zero) * scale
         assert (logits.argmax(1) == files.ort.argmax(1)).mean() >= 0.99, runner
         assert files.within_one(logits, files.ort) >= bar, runner
+
+
+def _set_norm_affine(model: nn.Module) -> nn.Module:
+    """LayerNorm / GroupNorm scales and shifts away from 1 and 0, as a trained model has."""
+    g = torch.Generator().manual_seed(2)
+    for module in model.modules():
+        if isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+            module.weight.data.copy_(torch.rand(module.weight.shape, generator=g) + 0.5)
+            module.bias.data.copy_(torch.randn(module.bias.shape, generator=g) * 0.1)
+    return model.eval()
+
+
+#: blocks with ops that have no int8 TFLite kernel: name -> (factory, the float islands the
+#: quantizer lists, op counts of the int8 .tflite)
+ISLAND_BLOCKS = {
+    # the permute pair around LayerNorm / Linear / GELU / layer scale cancels (no TRANSPOSE):
+    # the Linears are 1x1 CONV_2Ds on the NHWC tensor; each LayerNorm is 9 float ops
+    "convnext": (convnext_block, ["norm (layer_norm)", "head_norm (layer_norm_1)"],
+                 {"TRANSPOSE": 0, "CONV_2D": 3, "DEPTHWISE_CONV_2D": 1, "GELU": 1,
+                  "SQRT": 2, "DIV": 2, "FULLY_CONNECTED": 1}),
+    # GroupNorm(1, C) is one normalization over the NHWC tensor (no reshape, no TRANSPOSE);
+    # the one TRANSPOSE is the model's [N, C, H, W] -> [N, C, HW] view before the MatMul
+    "groupnorm_context": (groupnorm_context_block,
+                          ["norm (group_norm)", "transform.1 (group_norm_1)"],
+                          {"TRANSPOSE": 1, "BATCH_MATMUL": 1, "SOFTMAX": 1, "SQRT": 2,
+                           "DIV": 2}),
+}
+
+
+@pytest.mark.parametrize("name", list(ISLAND_BLOCKS))
+def test_block_with_float_islands(name: str, tmp_path) -> None:
+    """No --keep-float: the normalizations stay float by themselves (no UnquantizedOpWarning),
+    the quantizer names them, the converter runs each between one DEQUANTIZE and one
+    QUANTIZE and says so; the rest is int8 and meets the blocks' bars. The fp32 .tflite
+    of the same model matches its ONNX."""
+    factory, islands, must_have = ISLAND_BLOCKS[name]
+    torch.manual_seed(0)
+    model = _set_norm_affine(factory(10, 3))
+    x = images(128, size=16, channels=3, high=1.0)
+    files = Int8Files(model, x, tmp_path)
+    assert files.caught(UnquantizedOpWarning) == []
+    assert float_islands(files.converted) == islands
+    notes = " ".join(w for w in files.caught(UserWarning) if "float islands" in w)
+    assert f"{len(islands)} op(s): run in float" in notes, notes
+    counts = op_counts(files.tflite)
+    assert counts["DEQUANTIZE"] == counts["QUANTIZE"] == len(islands), dict(counts)
+    for op, count in must_have.items():
+        assert counts[op] == count, dict(counts)
+    for reference in (files.ort, files.fake_quant):
+        assert (files.litert.argmax(1) == reference.argmax(1)).mean() >= 0.99
+        assert files.within_one(files.litert, reference) >= 0.99
+    assert np.abs(files.fake_quant - files.fp32).max() <= 0.05 * np.ptp(files.fp32)
+    fp32_onnx = onnx_export.export_fp32(model, preprocessing(x, 10), tmp_path / "fp32.onnx")
+    fp32_tflite = convert(fp32_onnx, tmp_path / "fp32.tflite")
+    assert op_counts(fp32_tflite)["TRANSPOSE"] == must_have["TRANSPOSE"]
+    out, _ = run_images(fp32_tflite, x.numpy())
+    assert np.abs(out - files.fp32).max() <= 1e-4 * np.abs(files.fp32).max()

@@ -4,8 +4,8 @@ ConvNeXt-style code writes `x.permute(0, 2, 3, 1)`, a LayerNorm over the channel
 layers on the channels-last tensor, GELU, a layer scale, then `permute(0, 3, 1, 2)`. The
 converter stores rank-4 tensors NHWC already, so the permuted tensor is the stored one:
 `fold_channels_last` drops both Transposes and rewrites the ops between them as what
-they are on an NCHW tensor (normalize over axis 1, a 1x1 Conv for MatMul (+ its bias
-Add), constants broadcast over axis 1), so the layout pass keeps them NHWC and no
+they are on an NCHW tensor (normalize over axis 1, a 1x1 Conv for a Linear: MatMul (+ its
+bias Add), or onnxsim's Reshape -> Gemm -> Reshape; constants broadcast over axis 1), so the layout pass keeps them NHWC and no
 TRANSPOSE is written.
 """
 
@@ -52,6 +52,14 @@ def _region(graph: Graph, start: Op, consumers: dict[str, list[Op]]
                     return None  # a model output is renamed, not read through: see below
                 exits.append(op)
                 continue
+            if op.type == "Reshape":  # a Linear as onnxsim writes it: Reshape, Gemm, Reshape
+                unit = _flat_gemm(graph, op, consumers)
+                if unit is None:
+                    return None
+                inner.extend(unit)
+                tensors.add(unit[-1].outputs[0])
+                frontier.append(unit[-1].outputs[0])
+                continue
             if not _per_position(graph, op):
                 return None
             inner.append(op)
@@ -59,7 +67,8 @@ def _region(graph: Graph, start: Op, consumers: dict[str, list[Op]]
                 tensors.add(out)
                 frontier.append(out)
     for op in inner:  # every activation an inner op reads is a region tensor
-        read = op.inputs[:1] if op.type == "MatMul" else op.inputs  # B: `_weights`
+        read = {"MatMul": op.inputs[:1], "Gemm": [], "Reshape": []}.get(
+            op.type, op.inputs)  # B: `_weights`; a `_flat_gemm` unit was checked whole
         if any(n and graph.const(n) is None and n not in tensors for n in read):
             return None
     return (inner, exits, tensors) if exits else None
@@ -99,6 +108,25 @@ def _weights(graph: Graph, op: Op) -> tuple[np.ndarray, Quant | None, Op | None]
     return np.ascontiguousarray(data.T), quant, None
 
 
+def _flat_gemm(graph: Graph, first: Op, consumers: dict[str, list[Op]]) -> list[Op] | None:
+    """Reshape [N, H, W, C] -> [N*H*W, C], Gemm with constant weights, Reshape back to
+    [N, H, W, Cout]: onnxsim's form of a Linear on a channels-last tensor; None otherwise."""
+    x, flat = graph.tensor(first.inputs[0]), graph.tensor(first.outputs[0])
+    readers = consumers.get(first.outputs[0], [])
+    gemm = readers[0] if len(readers) == 1 and readers[0].type == "Gemm" else None
+    if gemm is None or x.rank != 4 or flat.shape != (int(np.prod(x.shape[:3])), x.shape[3]) \
+            or gemm.attrs.get("transA", 0) or gemm.attrs.get("alpha", 1.0) != 1.0 \
+            or gemm.attrs.get("beta", 1.0) != 1.0 or graph.const(gemm.inputs[1]) is None:
+        return None
+    readers = consumers.get(gemm.outputs[0], [])
+    back = readers[0] if len(readers) == 1 and readers[0].type == "Reshape" else None
+    if back is None or graph.tensor(back.outputs[0]).shape != \
+            (*x.shape[:3], graph.tensor(gemm.outputs[0]).shape[1]) \
+            or back.outputs[0] in graph.outputs:
+        return None
+    return [first, gemm, back]
+
+
 def _to_axis1(graph: Graph, name: str) -> str:
     """A constant broadcast along the last axis of [N, H, W, C], made to broadcast along
     axis 1 of [N, C, H, W] (rank 4, [1, C, 1, 1])."""
@@ -111,6 +139,27 @@ def _to_axis1(graph: Graph, name: str) -> str:
         quant = Quant(quant.scale, quant.zero_point, 1)
     full = data.reshape((1,) * (4 - data.ndim) + data.shape).transpose(TO_NCHW)
     return graph.add_const(f"{name}_axis1", full, quant=quant)
+
+
+def _conv1x1(op: Op, inputs: list[str], outputs: list[str]) -> None:
+    op.type, op.inputs, op.outputs = "Conv", inputs, outputs
+    op.attrs = {"kernel_shape": [1, 1], "strides": [1, 1], "pads": [0, 0, 0, 0],
+                "dilations": [1, 1], "group": 1}
+
+
+def _gemm_to_conv(graph: Graph, unit: list[Op], dropped: set[int]) -> None:
+    """Reshape, Gemm (B [Cout, Cin] with transB, else [Cin, Cout]; bias C), Reshape ->
+    Conv 1x1 on the rank-4 tensor."""
+    first, gemm, back = unit
+    name = gemm.inputs[1]
+    weights, quant = graph.const(name), graph.tensor(name).quant
+    if not gemm.attrs.get("transB", 0):
+        weights = np.ascontiguousarray(weights.T)
+        if quant is not None and quant.axis is not None:
+            quant = Quant(quant.scale, quant.zero_point, 1 - quant.axis)
+    conv_weights = graph.add_const(f"{name}_conv1x1", weights[:, :, None, None], quant=quant)
+    _conv1x1(gemm, [first.inputs[0], conv_weights, *gemm.inputs[2:3]], list(back.outputs))
+    dropped.update((id(first), id(back)))
 
 
 def _matmul_to_conv(graph: Graph, op: Op, consumers: dict[str, list[Op]],
@@ -132,9 +181,7 @@ def _matmul_to_conv(graph: Graph, op: Op, consumers: dict[str, list[Op]],
             inputs.append(bias)
             op.outputs = list(add.outputs)
             dropped.add(id(add))
-    op.type, op.inputs = "Conv", inputs
-    op.attrs = {"kernel_shape": [1, 1], "strides": [1, 1], "pads": [0, 0, 0, 0],
-                "dilations": [1, 1], "group": 1}
+    _conv1x1(op, inputs, list(op.outputs))
 
 
 def fold_channels_last(graph: Graph) -> None:
@@ -160,6 +207,8 @@ def fold_channels_last(graph: Graph) -> None:
                 op.inputs[1:3] = [_to_axis1(graph, n) if n else n for n in op.inputs[1:3]]
             elif op.type == "MatMul":
                 _matmul_to_conv(graph, op, consumers, dropped)
+            elif op.type == "Reshape":  # the first of a `_flat_gemm` unit
+                _gemm_to_conv(graph, inner[inner.index(op):inner.index(op) + 3], dropped)
             elif op.type in BINARY:
                 op.inputs[:2] = [_to_axis1(graph, n) if n not in tensors else n
                                  for n in op.inputs[:2]]
