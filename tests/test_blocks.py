@@ -19,7 +19,6 @@ from user_models import convnext_block, groupnorm_context_block  # noqa: E402
 
 from edgecnn.export import onnx as onnx_export  # noqa: E402
 from edgecnn.export.tflite import convert  # noqa: E402
-
 from edgecnn.models import create_model  # noqa: E402
 from edgecnn.quant.precision import float_islands  # noqa: E402
 from edgecnn.quant.quantizer import UnquantizedOpWarning  # noqa: E402

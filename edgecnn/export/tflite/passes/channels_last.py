@@ -4,9 +4,9 @@ ConvNeXt-style code writes `x.permute(0, 2, 3, 1)`, a LayerNorm over the channel
 layers on the channels-last tensor, GELU, a layer scale, then `permute(0, 3, 1, 2)`. The
 converter stores rank-4 tensors NHWC already, so the permuted tensor is the stored one:
 `fold_channels_last` drops both Transposes and rewrites the ops between them as what
-they are on an NCHW tensor (normalize over axis 1, a 1x1 Conv for a Linear: MatMul (+ its
-bias Add), or onnxsim's Reshape -> Gemm -> Reshape; constants broadcast over axis 1), so the layout pass keeps them NHWC and no
-TRANSPOSE is written.
+they are on an NCHW tensor (normalize over axis 1; a 1x1 Conv for a Linear, MatMul (+ its
+bias Add) or onnxsim's Reshape -> Gemm -> Reshape; constants broadcast over axis 1), so
+the layout pass keeps them NHWC and no TRANSPOSE is written.
 """
 
 from __future__ import annotations
@@ -38,14 +38,16 @@ def _region(graph: Graph, start: Op, consumers: dict[str, list[Op]]
     back that end it, and its tensors; None when anything else reads a region tensor."""
     outputs = set(graph.outputs)
     tensors, inner, exits = {start.outputs[0]}, [], []
+    seen: set[int] = set()
     frontier = [start.outputs[0]]
     while frontier:
         name = frontier.pop()
         if name in outputs:
             return None
         for op in consumers.get(name, []):
-            if op in inner or op in exits:
+            if id(op) in seen:
                 continue
+            seen.add(id(op))
             if _is_transpose(op, FROM_LAST):
                 if op.outputs[0] in outputs and (name == start.outputs[0]
                                                  or len(consumers.get(name, [])) != 1):
@@ -57,6 +59,7 @@ def _region(graph: Graph, start: Op, consumers: dict[str, list[Op]]
                 if unit is None:
                     return None
                 inner.extend(unit)
+                seen.update(id(u) for u in unit)
                 tensors.add(unit[-1].outputs[0])
                 frontier.append(unit[-1].outputs[0])
                 continue
