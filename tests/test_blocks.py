@@ -7,7 +7,10 @@ one QUANTIZE, named by the quantizer."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
@@ -15,6 +18,7 @@ from torch import nn
 pytest.importorskip("ai_edge_litert")
 
 from int8_files import Int8Files, images, preprocessing  # noqa: E402
+from user_models import BLOCKS as BLOCK_MODELS  # noqa: E402
 from user_models import (  # noqa: E402
     TCN,
     ChannelsLastHead,
@@ -221,3 +225,43 @@ def test_block_with_float_islands(name: str, tmp_path) -> None:
     assert op_counts(fp32_tflite)["TRANSPOSE"] == must_have["TRANSPOSE"]
     out, _ = run_images(fp32_tflite, x.numpy())
     assert np.abs(out - files.fp32).max() <= 1e-4 * np.abs(files.fp32).max()
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3", "convnext"])
+def test_qat_block_goes_to_int8(name: str, digits, tmp_path) -> None:
+    """QAT of a block with every op int8 (MobileNetV3: conv-BN folds simulated in training,
+    hardswish, squeeze-excite) and of one with float islands and a permute pair
+    (ConvNeXt): one epoch on 512 digits (16 px, the grey channel repeated to 3), then the
+    int8 ONNX and .tflite, which agree as the PTQ files do."""
+    from edgecnn.quant import QATConfig, quantize
+
+    def inputs(images: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.asarray(images, np.float32) / 255.0)
+        x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)[:, :1]
+        x = nn.functional.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False)
+        return x.expand(-1, 3, -1, -1).contiguous()
+
+    x, y = inputs(digits.train_images[:512]), torch.from_numpy(digits.train_labels[:512])
+    vx = inputs(digits.val_images)
+    torch.manual_seed(0)
+    model = BLOCK_MODELS[name]().eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        converted = quantize(model, x[:2], "qat", train_data=(x, y),
+                             qat_config=QATConfig(epochs=1, lr=1e-3, batch_size=64))
+        onnx_path = onnx_export.export_qdq(converted, preprocessing(x, 10),
+                                           tmp_path / "model_int8.onnx")
+        tflite_path = convert(onnx_path, tmp_path / "model_int8.tflite")
+    assert not [w for w in caught if issubclass(w.category, UnquantizedOpWarning)]
+    islands = float_islands(converted)
+    assert islands == ([] if name == "mobilenet_v3"
+                       else ["norm (layer_norm)", "head_norm (layer_norm_1)"])
+    counts = op_counts(tflite_path)
+    assert counts["DEQUANTIZE"] == counts["QUANTIZE"] == len(islands), dict(counts)
+    assert counts["TRANSPOSE"] == 0, dict(counts)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    reference = session.run(None, {"input": vx.numpy()})[0]
+    raw, (scale, zero) = run_images(tflite_path, vx.numpy())
+    logits = (raw.astype(np.float32) - zero) * scale
+    assert (logits.argmax(1) == reference.argmax(1)).mean() >= 0.99
+    assert (np.round(np.abs(logits - reference) / scale) <= 1).mean() >= 0.99
