@@ -303,6 +303,10 @@ CASES = [
         {"flat": np.array([1, 1, -1], np.int64), "back": np.array([1, 8, 6, 6], np.int64),
          "g": np.float32([1.5]), "b": np.float32([0.2])}), X8, NORM_OPS,
          qdq_ops={**NORM_OPS, "DEQUANTIZE": 1, "QUANTIZE": 1}),
+    Case("sqrt_of_square", lambda: (
+        [helper.make_node("Mul", ["x", "x"], ["s"]), node("Sqrt", ["s"])], {}), X8,
+         {"MUL": 1, "SQRT": 1}, qdq="quantize_static quantizes no Sqrt: the QDQ model's "
+         "output is float; test_quant_spec and test_blocks cover torch's float islands"),
     Case("div_by_activation", lambda: (  # a divisor in [1, 3]: x / (d + 2)
         [helper.make_node("Add", ["d", "two"], ["s"]), node("Div", ["x", "s"])],
         {"two": np.float32(2)}), {"x": (1, 8, 6, 6), "d": (1, 8, 6, 6)}, {"ADD": 1, "DIV": 1},

@@ -184,6 +184,12 @@ def lower_div(ctx: Lowering) -> None:
              fused_activation_function="NONE")
 
 
+@register("Sqrt")
+def lower_sqrt(ctx: Lowering) -> None:
+    """sqrt(x) -> SQRT, float32 only in TFLite: a float island in an int8 model."""
+    _unary(ctx, "SQRT")
+
+
 @register("HardSigmoid")
 def lower_hardsigmoid(ctx: Lowering, *, alpha: float = 0.2, beta: float = 0.5) -> None:
     """clip(alpha * x + beta, 0, 1) (PyTorch: alpha 1/6, beta 1/2) -> [MUL by 6 alpha] ->
