@@ -19,6 +19,12 @@ Per block:
   machine does (see the header of the output).
 
     nice python benchmarks/blocks.py [--epochs 6] [--runs 100] [--blocks a,b] [--out FILE]
+
+On a loaded machine, split the blocks over processes and merge their tables:
+
+    python benchmarks/blocks.py --blocks a,b --json a.json --out a.md --no-results
+    python benchmarks/blocks.py --blocks c,d --json c.json --out c.md --no-results
+    python benchmarks/blocks.py --from-json a.json c.json --epochs 4 --runs 50
 """
 
 from __future__ import annotations
@@ -207,8 +213,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".md"))
     parser.add_argument("--results", type=Path, default=Path(__file__).with_name("RESULTS.md"))
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--from-json", type=Path, nargs="*",
+                        help="only write the tables from these --json files (runs split over "
+                             "processes), in BLOCKS order")
+    parser.add_argument("--no-results", action="store_true", help="leave RESULTS.md alone")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
+    if args.from_json:
+        found = {k: v for p in args.from_json for k, v in json.loads(p.read_text()).items()}
+        results = {name: found[name] for name in BLOCKS if name in found}
+        args.out.write_text(markdown(results, describe_machine(), args.epochs, args.runs))
+        update_results(args.results, results_section(results, args.epochs))
+        return
     data = digits()
     results = {}
     for name in args.blocks.split(","):
@@ -218,8 +234,9 @@ def main() -> None:
         args.out.write_text(markdown(results, describe_machine(), args.epochs, args.runs))
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
-    update_results(args.results, results_section(results, args.epochs))
-    print(f"wrote {args.out}, {args.results}", flush=True)
+    if not args.no_results:
+        update_results(args.results, results_section(results, args.epochs))
+    print(f"wrote {args.out}", flush=True)
 
 
 if __name__ == "__main__":
