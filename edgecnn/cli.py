@@ -947,6 +947,9 @@ def quantize_command(
               f"points) in {metrics['quantize_seconds']:.1f}s -> {out_dir}", highlight=False)
     if metrics["float_layers"]:
         out.print(f"float layers: {', '.join(metrics['float_layers'])}", highlight=False)
+    if metrics["float_islands"]:
+        out.print(f"float islands (no int8 kernel): {', '.join(metrics['float_islands'])}",
+                  highlight=False)
     if metrics["int16_layers"]:
         out.print(f"int16 layers (16x8): {', '.join(metrics['int16_layers'])}", highlight=False)
     from edgecnn.report import ptq_method_lines

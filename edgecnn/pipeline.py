@@ -562,6 +562,7 @@ def _report_data(model: str, data: str, method: str, max_drop: float, config: Mo
         "torch_int8_accuracy": quant_metrics["int8_accuracy"],
         "float_layers": quant_metrics.get("float_layers", []),
         "int16_layers": quant_metrics.get("int16_layers", []),
+        "float_islands": quant_metrics.get("float_islands", []),
         "ptq_methods": quant_metrics.get("ptq_methods", {}),
         "preprocessing": config.preprocessing.to_dict(),
         "min_agreement": validation.bounds.min_agreement,

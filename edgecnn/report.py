@@ -194,12 +194,16 @@ def interval_lines(report: Report) -> list[str]:
 
 
 def precision_lines(data: dict) -> list[str]:
-    """One line per precision other than int8 in the int8 artifacts (float layers, int16
-    (16x8) layers), or none when every layer is int8."""
+    """One line per precision other than int8 in the int8 artifacts (float layers, float
+    islands: ops with no int8 TFLite kernel, int16 (16x8) layers), or none when every
+    layer is int8."""
     lines = []
     if data.get("float_layers"):
         lines.append(f"float layers ({len(data['float_layers'])}): "
                      f"{', '.join(data['float_layers'])}")
+    if data.get("float_islands"):
+        lines.append(f"float islands, no int8 kernel ({len(data['float_islands'])}): "
+                     f"{', '.join(data['float_islands'])}")
     if data.get("int16_layers"):
         lines.append(f"int16 layers, 16x8 ({len(data['int16_layers'])}): "
                      f"{', '.join(data['int16_layers'])}")
@@ -232,8 +236,8 @@ def _ptq_methods_markdown(data: dict) -> list[str]:
 
 
 def _precision_markdown(data: dict) -> list[str]:
-    """The layers that are not int8 (`--keep-float`, `--int16`), so the report says what
-    was done."""
+    """The layers that are not int8 (`--keep-float`, float islands, `--int16`), so the
+    report says what was done."""
     lines = precision_lines(data)
     if not lines:
         return []

@@ -92,6 +92,11 @@ X = {"x": (1, 3, 8, 8)}
 X8 = {"x": (1, 8, 6, 6)}
 CONV = {"CONV_2D": 1}
 MEAN_KEEPDIMS = {"MEAN": 1, "RESHAPE": 1}
+#: a normalization's float chain (`ops.norm._normalize`): mean, centre, square, mean, + eps,
+#: sqrt, divide, x scale, + bias
+NORM_OPS = {"MEAN": 2, "SUB": 1, "MUL": 2, "ADD": 2, "SQRT": 1, "DIV": 1}
+NORM_ALONE = ("quantize_static quantizes no normalization: alone, the QDQ model is the float "
+              "one; layer_norm_channels_last (int8 transposes around it) covers the island")
 
 CASES = [
     Case("conv3x3_bias_same", conv(3, 8, 3, pads=[1, 1, 1, 1]), X, CONV),
@@ -278,6 +283,34 @@ CASES = [
              "quantizes torch's gelu as one op (test_blocks)"),
     Case("gelu_tanh", plain("Gelu", ["x"], approximate="tanh"), X8, {"GELU": 1},
          input_scale={"x": 2.0}, qdq="quantize_static has no QDQ rule for Gelu", opset=20),
+    # float islands: no int8 kernel (SQRT, DIV), so the QDQ model's DQ / Q become
+    # DEQUANTIZE / QUANTIZE around the float chain
+    Case("layer_norm_channels_last", lambda: (
+        [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),
+         helper.make_node("LayerNormalization", ["t", "g", "b"], ["n"], axis=-1, epsilon=1e-6),
+         node("Transpose", ["n"], perm=[0, 3, 1, 2])],
+        {"g": _w(8) + 1, "b": _w(8)}), X8, NORM_OPS,
+         qdq_ops={**NORM_OPS, "DEQUANTIZE": 1, "QUANTIZE": 1}),
+    Case("layer_norm_chw", plain("LayerNormalization", ["x", "g", "b"],
+                                 {"g": _w(8, 6, 6) + 1, "b": _w(8, 6, 6)}, axis=1), X8,
+         NORM_OPS, qdq=NORM_ALONE),
+    Case("instance_norm", plain("InstanceNormalization", ["x", "g", "b"],
+                                {"g": _w(8) + 1, "b": _w(8)}), X8, NORM_OPS, qdq=NORM_ALONE),
+    Case("group_norm_one_group", lambda: (  # GroupNorm(1, C) as torch.onnx writes it
+        [helper.make_node("Reshape", ["x", "flat"], ["f"]),
+         helper.make_node("InstanceNormalization", ["f", "g", "b"], ["n"]),
+         node("Reshape", ["n", "back"])],
+        {"flat": np.array([1, 1, -1], np.int64), "back": np.array([1, 8, 6, 6], np.int64),
+         "g": np.float32([1.5]), "b": np.float32([0.2])}), X8, NORM_OPS,
+         qdq_ops={**NORM_OPS, "DEQUANTIZE": 1, "QUANTIZE": 1}),
+    Case("sqrt_of_square", lambda: (
+        [helper.make_node("Mul", ["x", "x"], ["s"]), node("Sqrt", ["s"])], {}), X8,
+         {"MUL": 1, "SQRT": 1}, qdq="quantize_static quantizes no Sqrt: the QDQ model's "
+         "output is float; test_quant_spec and test_blocks cover torch's float islands"),
+    Case("div_by_activation", lambda: (  # a divisor in [1, 3]: x / (d + 2)
+        [helper.make_node("Add", ["d", "two"], ["s"]), node("Div", ["x", "s"])],
+        {"two": np.float32(2)}), {"x": (1, 8, 6, 6), "d": (1, 8, 6, 6)}, {"ADD": 1, "DIV": 1},
+         input_scale={"d": 0.3}, qdq_ops={"ADD": 1, "DEQUANTIZE": 2, "DIV": 1, "QUANTIZE": 1}),
     Case("relu", plain("Relu", ["x"]), X8, {"RELU": 1}, qdq=NO_STANDALONE_ACTIVATION),
     Case("clip_0_6", plain("Clip", ["x", "lo", "hi"], {"lo": np.float32(0), "hi": np.float32(6)}),
          X8, {"RELU6": 1}, input_scale={"x": 4.0}, qdq=NO_STANDALONE_ACTIVATION),

@@ -265,6 +265,49 @@ def test_unknown_op_stays_float_with_a_warning_naming_it():
     assert any(calls(u, qd.quantize_per_tensor.default) for u in exp.users)
 
 
+class WithNorms(nn.Module):
+    """LayerNorm over channels-last, GroupNorm, a division by a tensor, a division by a
+    number: the first three have no int8 TFLite kernel, the last is a MUL."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.ln = nn.LayerNorm(4)
+        self.gn = nn.GroupNorm(1, 4)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.ln(self.conv(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        x = self.gn(x) / (torch.sigmoid(x) + 1) / 6
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", ["ptq", "qat"])
+def test_ops_without_an_int8_kernel_are_float_islands(method):
+    """No warning, no --keep-float: each reads its int8 producer dequantized, and its int8
+    reader quantizes what it writes (a float reader takes it as it is); `float_islands`
+    names them; the division by 6 stays int8 (it is a MUL)."""
+    from edgecnn.quant.precision import float_islands
+
+    x, y = toy_data(16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnquantizedOpWarning)
+        recipe = {"ptq": PTQ(calib_batches=1),
+                  "qat": QAT(train=replace(QAT_SCHEDULE, epochs=1, batch_size=8))}[method]
+        gm = quantize(WithNorms().eval(), x[:2], recipe, train_data=(x, y))
+    assert float_islands(gm) == ["ln (layer_norm)", "gn (group_norm)", "div"]
+    (ln,), (gn,) = nodes(gm, aten.layer_norm.default), nodes(gm, aten.group_norm.default)
+    by_tensor, by_number = nodes(gm, aten.div.Tensor)
+    for node in (ln, gn):
+        assert calls(node.args[0], qd.dequantize_per_tensor.default)
+    assert all(calls(u, qd.quantize_per_tensor.default) for u in ln.users)
+    assert by_tensor.args[0] is gn  # float into float: no Q/DQ between two islands
+    assert calls(by_tensor.args[1], qd.dequantize_per_tensor.default)
+    assert calls(by_number.args[0], qd.dequantize_per_tensor.default)
+    assert not isinstance(by_number.args[1], torch.fx.Node)
+    assert any(calls(u, qd.quantize_per_tensor.default) for u in by_number.users)
+
+
 def test_unknown_op_raises_when_strict():
     x = torch.randn(8, 1, 6, 6)
     with pytest.raises(EdgecnnError, match=r"exp \(aten\.exp\.default\).*supported ops: "):

@@ -74,6 +74,11 @@ LOWERS_TO: dict[object, str | None] = {
     aten.hardsigmoid.default: "MUL",  # ADD (fused RELU6) then MUL by 1/6: see lower_hardsigmoid
     aten.batch_norm.default: "DEPTHWISE_CONV_2D",  # standalone: a 1x1 depthwise conv
     aten._native_batch_norm_legit_no_training.default: "DEPTHWISE_CONV_2D",
+    # no int8 kernel ("float"): normalizations become MEAN, SUB, MUL, MEAN, ADD, SQRT, DIV
+    # (+ MUL, ADD) in float (export.tflite.ops.norm); a division by a tensor is DIV
+    aten.layer_norm.default: "DIV", aten.group_norm.default: "DIV",
+    aten.div.Tensor: "DIV",  # by a Python number: MUL by its reciprocal (scalar_arithmetic)
+    aten.sqrt.default: "SQRT",
 }
 
 
@@ -89,6 +94,9 @@ SHARED_OPS = tuple(op for op in LOWERS_TO if int8_contract(op) == "same")
 FIXED_OUTPUT_OPS = {op: LOWERS_TO[op] for op in LOWERS_TO if int8_contract(op) == "fixed"}
 #: ops with their own output quantization (TFLite requantizes in the kernel)
 OWN_OUTPUT_OPS = tuple(op for op in LOWERS_TO if int8_contract(op) == "requantize")
+#: ops whose builtin has no int8 kernel: left float (a float island: the converter runs them
+#: between a DEQUANTIZE and a QUANTIZE), claimed by `annotate_float_islands`
+FLOAT_OPS = tuple(op for op in LOWERS_TO if int8_contract(op) == "float")
 CONCAT_OPS = (aten.cat.default, aten.concat.default)
 
 Annotator = Callable[[GraphModule, Specs], None]
@@ -106,6 +114,8 @@ def annotator(name: str) -> Callable[[Annotator], Annotator]:
 #: meta flag of a node kept float (`edgecnn.quant.precision`): no annotator claims it, and it
 #: carries no annotation at all (torchao's QAT conv-BN rewrite needs a full one or none)
 FLOAT_KEY = "edgecnn_keep_float"
+#: meta flag of a node left float because its op has no int8 TFLite kernel (`FLOAT_OPS`)
+FLOAT_ISLAND_KEY = "edgecnn_float_island"
 #: meta flag of a node the user moved to 16x8 (`edgecnn.quant.precision.mark_int16`): the
 #: annotators claim it as any other, then `annotate_int16` makes its activations int16
 INT16_KEY = "edgecnn_int16"
@@ -310,6 +320,16 @@ def annotate_own_output(gm: GraphModule, specs: Specs) -> None:
 SPLIT_OPS = (aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default)
 
 
+@annotator("float_islands")
+def annotate_float_islands(gm: GraphModule, specs: Specs) -> None:
+    """Ops whose TFLite builtin has no int8 kernel (`FLOAT_OPS`: layer / group norm, a
+    division by a tensor, sqrt) stay float, as `--keep-float` keeps a layer: no annotation,
+    their int8 producers' outputs dequantized, their output quantized on the edges of their
+    int8 readers. Runs after `scalar_arithmetic`, which claims a division by a number."""
+    for node in candidates(gm, FLOAT_OPS):
+        node.meta[FLOAT_KEY] = node.meta[FLOAT_ISLAND_KEY] = True
+
+
 @annotator("split")
 def annotate_split(gm: GraphModule, specs: Specs) -> None:
     """split / chunk (ShuffleNetV2's channel split): the input quantized, and each piece
@@ -439,6 +459,6 @@ def unannotated(gm: GraphModule) -> list[Node]:
 def known_ops() -> list[str]:
     tables = (CONV_OPS, CONV_TRANSPOSE_OPS, LINEAR_OPS, BATCH_NORM_OPS, ADD_OPS, MUL_OPS,
               MATMUL_OPS, SCALAR_OPS, MEAN_OPS,
-              tuple(FIXED_OUTPUT_OPS), OWN_OUTPUT_OPS, SHARED_OPS, CONCAT_OPS,
+              tuple(FIXED_OUTPUT_OPS), OWN_OUTPUT_OPS, SHARED_OPS, CONCAT_OPS, FLOAT_OPS,
               (aten.silu.default, aten.conv1d.padding, aten.conv2d.padding))
     return sorted({str(op) for table in tables for op in table})

@@ -14,6 +14,10 @@ float layer still reads the int8 tensors before it, so to take one tensor out
 of int8 (the planted model's `block.conv` output), keep its writer and its
 readers float (`block\\.(conv|proj)`).
 
+Ops with no int8 TFLite kernel (`annotators.FLOAT_OPS`: layer / group norm, a
+division by a tensor) are left float the same way without a pattern: the float
+islands (`float_islands` lists them in a converted program).
+
 In a converted program a float conv / linear is one whose weight is not
 dequantized (`float_layers`); the QDQ ONNX keeps its weights float and no
 Q/DQ on its own tensors, and the TFLite converter runs it between a
@@ -41,6 +45,7 @@ from edgecnn.quant.annotators import (
     BATCH_NORM_OPS,
     CONV_OPS,
     FLOAT_KEY,
+    FLOAT_OPS,
     INT16_KEY,
     LINEAR_OPS,
     PASSTHROUGH,
@@ -182,3 +187,19 @@ def int16_layers(gm: GraphModule) -> list[str]:
     input is dequantized from int16 (module paths, graph order)."""
     return _weighted_layers(gm, quantized=True, int16=True)
 
+
+
+def float_islands(gm: GraphModule) -> list[str]:
+    """The ops of a program left float because their TFLite builtin has no int8 kernel
+    (`annotators.FLOAT_OPS`; a division by a number is int8), as "module path (node
+    name)" in graph order: the node name is the one the ONNX node (`node_<name>`) and the
+    .tflite ops of the island carry."""
+    names = []
+    for node in activation_nodes(gm):
+        if not calls(node, FLOAT_OPS):
+            continue
+        if node.target == torch.ops.aten.div.Tensor and not isinstance(node.args[1], Node):
+            continue
+        layer = layer_name(node)
+        names.append(node.name if layer == node.name else f"{layer} ({node.name})")
+    return names

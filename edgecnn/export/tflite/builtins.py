@@ -9,7 +9,11 @@ https://ai.google.dev/edge/litert/models/quantization_spec):
 - "requantize": the kernel rescales, the output has parameters of its own;
 - "same": the kernel copies int8 values, input(s) and output share parameters;
 - "fixed": the output has one fixed (scale, zero point), `fixed_output`;
-- "convert": QUANTIZE / DEQUANTIZE themselves.
+- "convert": QUANTIZE / DEQUANTIZE themselves;
+- "float": no int8 kernel (SQRT: float32 only, elementwise.cc; DIV: float32, int32 and
+  uint8, div.cc): the op runs in float between a DEQUANTIZE and a QUANTIZE (a float
+  island, `passes.islands`), and the quantizer leaves the aten ops that become it
+  float (`quant.annotators.FLOAT_OPS`).
 
 `weights` names the constant weights input and its per-channel axis (the int32
 bias, input `bias_input`, has scale input x weight scale); `fuses_activation` says a
@@ -35,7 +39,7 @@ from edgecnn.export.tflite.graph import Graph, Op
 from edgecnn.registry import Registry
 
 F32, I8, I16 = "float32", "int8", "int16"
-INT8_CONTRACTS = ("requantize", "same", "fixed", "convert")
+INT8_CONTRACTS = ("requantize", "same", "fixed", "convert", "float")
 
 VersionRule = tuple[Callable[[Graph, Op], bool], int]
 
@@ -132,6 +136,9 @@ builtin("ADD", "AddOptions", fuses_activation=True, rounding="away")
 builtin("SUB", "SubOptions", fuses_activation=True)
 builtin("MUL", "MulOptions", version_rules=((_mul_rescale_ge_1, 3),), fuses_activation=True)
 builtin("MEAN", "ReducerOptions", rounding="away")
+# -- no int8 kernel: float islands (a normalization's decomposition, division by a tensor) ----
+builtin("SQRT", versions={F32: 1}, int8="float")
+builtin("DIV", "DivOptions", versions={F32: 1}, int8="float", fuses_activation=True)
 # -- data movement: one scale in and out ------------------------------------------------------
 builtin("AVERAGE_POOL_2D", "Pool2DOptions", int8="same", fuses_activation=True)
 builtin("MAX_POOL_2D", "Pool2DOptions", int8="same", fuses_activation=True)

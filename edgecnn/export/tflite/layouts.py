@@ -110,6 +110,40 @@ def reduce_layout(graph: Graph, op: Op) -> list[Op]:
     return [op]
 
 
+def norm_layout(graph: Graph, op: Op) -> list[Op]:
+    """LayerNormalization / InstanceNormalization of a rank-4 tensor: the normalized axes
+    (`axes`, else LayerNormalization's `axis` to the end, InstanceNormalization's 2 to the
+    end) become an NHWC `axes` attribute; scale and bias, broadcast over those axes, are
+    expanded to rank 4 (InstanceNormalization's per channel) and permuted."""
+    x = graph.tensor(op.inputs[0])
+    if x.rank != 4:
+        return [op]
+    axes = normalized_axes(op, x.rank)
+    op.attrs["axes"] = sorted(NHWC_AXIS[a] for a in axes)
+    op.attrs.pop("axis", None)
+    for i, name in enumerate(op.inputs[1:3], start=1):
+        data = graph.const(name) if name else None
+        if data is None:
+            continue
+        shape = [1] * 4
+        if op.type == "InstanceNormalization":
+            shape[1] = data.size
+        else:
+            shape[4 - data.ndim:] = data.shape
+        op.inputs[i] = _permuted_const(graph, name, data.reshape(shape), TO_NHWC)
+    return [op]
+
+
+def normalized_axes(op: Op, rank: int) -> list[int]:
+    """The axes a normalization op averages over: its `axes` (set by `norm_layout` or
+    `passes.channels_last`), else LayerNormalization's `axis` .. rank - 1, else (Instance-
+    Normalization) 2 .. rank - 1."""
+    if "axes" in op.attrs:
+        return [int(a) % rank for a in op.attrs["axes"]]
+    first = op.attrs.get("axis", -1) % rank if op.type == "LayerNormalization" else 2
+    return list(range(first, rank))
+
+
 def pad_layout(graph: Graph, op: Op) -> list[Op]:
     """Pad of a rank-4 tensor: `pads` (over all axes, or over `axes`) in NHWC order."""
     if graph.tensor(op.inputs[0]).rank != 4:

@@ -168,11 +168,13 @@ def lower_prelu(ctx: Lowering) -> None:
 def lower_div(ctx: Lowering) -> None:
     """A / B with B a constant -> MUL by 1 / B (float to 1 ulp; int8 like any MUL).
 
-    Division by an activation has no int8 TFLite kernel and is not supported.
+    B an activation -> DIV, which has no int8 kernel: in a QDQ model it is a float island
+    (the quantizer leaves such a division float, `quant.annotators.FLOAT_OPS`).
     """
     divisor = ctx.input(1)
     if not divisor.is_const:
-        raise ctx.fail("division by a tensor that is not a constant is not supported")
+        _binary(ctx, "DIV")
+        return
     values = divisor.data if divisor.quant is None else divisor.quant.dequantize(divisor.data)
     if np.any(values == 0):
         raise ctx.fail("division by a constant that contains zero")
@@ -180,6 +182,12 @@ def lower_div(ctx: Lowering) -> None:
                                      (1.0 / values.astype(np.float64)).astype(np.float32))
     ctx.emit("MUL", [ctx.input(0).name, reciprocal], [ctx.output().name],
              fused_activation_function="NONE")
+
+
+@register("Sqrt")
+def lower_sqrt(ctx: Lowering) -> None:
+    """sqrt(x) -> SQRT, float32 only in TFLite: a float island in an int8 model."""
+    _unary(ctx, "SQRT")
 
 
 @register("HardSigmoid")

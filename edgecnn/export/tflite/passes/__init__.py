@@ -6,11 +6,13 @@ place and says what it changes in its docstring.
 """
 
 from edgecnn.export.tflite.passes.activations import fuse_activations
+from edgecnn.export.tflite.passes.channels_last import fold_channels_last
 from edgecnn.export.tflite.passes.constants import fold_constants, remove_identities
 from edgecnn.export.tflite.passes.fusions import fuse_gelu
 from edgecnn.export.tflite.passes.io import float_io, name_io, uint8_io
 from edgecnn.export.tflite.passes.islands import isolate_float_ops, mark_float_layers
 from edgecnn.export.tflite.passes.layout import to_nhwc
+from edgecnn.export.tflite.passes.norms import fuse_group_norm
 from edgecnn.export.tflite.passes.pads import fold_pads
 from edgecnn.export.tflite.passes.qdq import check_qdq_params, fold_qdq, propagate_quant
 from edgecnn.export.tflite.passes.quantization import (
@@ -34,6 +36,8 @@ ONNX_PASSES = (
     lift_conv1d,         # Conv1d regions: [N, C, L] -> [N, C, 1, L]
     fold_pads,           # zero Pad -> Conv: the conv's own padding (TF 'SAME' ports)
     fuse_gelu,           # x * 0.5 * (1 + erf(x / sqrt 2)) -> Gelu
+    fold_channels_last,  # permute to [N, H, W, C] .. per-position ops .. back -> NCHW ops
+    fuse_group_norm,     # GroupNorm(1, C): Reshape -> InstanceNormalization -> Reshape -> one
     to_nhwc,             # NCHW -> NHWC, weights OHWI / 1HWC, axes remapped
 )
 

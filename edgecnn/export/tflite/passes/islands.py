@@ -15,7 +15,7 @@ from edgecnn.export.tflite.builtins import record
 from edgecnn.export.tflite.graph import Graph, Op
 
 FLOAT_OPS = ("run in float (DEQUANTIZE / QUANTIZE around them) because the QDQ model leaves "
-             "their tensors unquantized; quantize them too for a full-int8 model")
+             "their tensors unquantized or their builtin has no int8 kernel (float islands)")
 FLOAT_LAYERS = ("run in float (DEQUANTIZE / QUANTIZE around them): float layers of the QDQ "
                 "model (edgecnn --keep-float)")
 #: the key of the edgecnn record's `extra` that declares a QDQ model's float weights intended
@@ -52,9 +52,11 @@ def mark_float_layers(graph: Graph) -> None:
 
 
 def is_int8_op(graph: Graph, op: Op) -> bool:
-    """True when every activation the op reads or writes is an int8 tensor, and the op is
-    not one of the model's float layers (`mark_float_layers`)."""
-    if id(op) in graph.float_ops:
+    """True when every activation the op reads or writes is an int8 tensor, the op is not
+    one of the model's float layers (`mark_float_layers`), and its builtin has an int8
+    kernel (a record whose int8 contract is "float" has none: SQRT, DIV)."""
+    rec = record(op)
+    if id(op) in graph.float_ops or (rec is not None and rec.int8 == "float"):
         return False
     names = [n for n in (*op.inputs, *op.outputs) if n and not graph.tensor(n).is_const]
     return all(graph.tensor(n).quant is not None for n in names)
@@ -68,13 +70,14 @@ def isolate_float_ops(graph: Graph) -> None:
     quantized = graph.quantized
     ops: list[Op] = []
     dequantized: dict[str, str] = {}
+    islands: dict[tuple[str, str], list[str]] = {}  # (note, ONNX node) -> its float builtins
     for op in graph.ops:
         if is_int8_op(graph, op) or op.type in ("QUANTIZE", "DEQUANTIZE"):
             ops.append(op)
             continue
         if quantized:
-            graph.note(FLOAT_LAYERS if id(op) in graph.float_ops else FLOAT_OPS,
-                       f"{op.name} ({op.type})")
+            kind = FLOAT_LAYERS if id(op) in graph.float_ops else FLOAT_OPS
+            islands.setdefault((kind, op.name), []).append(op.type)
         for i, name in enumerate(op.inputs):
             tensor = graph.tensor(name) if name else None
             if tensor is None or tensor.quant is None:
@@ -98,3 +101,5 @@ def isolate_float_ops(graph: Graph) -> None:
         ops.append(op)
         ops.extend(requantize)
     graph.ops = ops
+    for (kind, name), types in islands.items():  # one note per ONNX node (a LayerNorm: 9 ops)
+        graph.note(kind, f"{name} ({', '.join(types)})")
