@@ -43,6 +43,8 @@ def _load(model: onnx.ModelProto | str | Path) -> tuple[onnx.ModelProto, str]:
         proto, where = model, "ONNX model"
     else:
         path = Path(model)
+        if path.is_dir():
+            raise EdgecnnError(f"ONNX model {path} is a directory, not a file")
         if not path.is_file():
             raise EdgecnnError(f"ONNX model {path} does not exist")
         if path.stat().st_size == 0:
