@@ -102,6 +102,10 @@ def test_imagefolder_reader(tmp_path):
     (tmp_path / "dog" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(EdgecnnError, match="broken.png: not a readable image"):
         load(f"imagefolder:{tmp_path}")
+    (tmp_path / "dog" / "broken.png").unlink()
+    (tmp_path / "emu").mkdir()
+    with pytest.raises(EdgecnnError, match="class folder .*emu holds no PNG/JPEG images"):
+        load(f"imagefolder:{tmp_path}")
 
 
 def test_npz_reader_round_trip_and_errors(tmp_path, digits):
