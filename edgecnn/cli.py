@@ -856,6 +856,8 @@ def convert_command(
     from edgecnn.config import sidecar_path
     from edgecnn.export.tflite import convert
 
+    if model.is_dir():  # before with_suffix, which fails on '/'
+        raise EdgecnnError(f"ONNX model {model} is a directory, not a file")
     target = out_path or model.with_suffix(".tflite")
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
@@ -920,6 +922,12 @@ def quantize_command(
     lr = QAT().train.lr if lr is None else lr
     calib_batches = PTQ.calib_batches if calib_batches is None else calib_batches
     check_all(epochs=epochs, lr=lr, calib_batches=calib_batches, batch_size=batch_size)
+    if method == "qat" and epochs < 1:
+        raise EdgecnnError(f"--epochs must be at least 1 with --method qat, got {epochs}")
+    from edgecnn.quant.spec import OBSERVERS
+
+    if observer not in OBSERVERS:
+        raise EdgecnnError(f"--observer must be one of {', '.join(OBSERVERS)}, got {observer!r}")
     from edgecnn.util import check_writable_dir
 
     if data is not None:

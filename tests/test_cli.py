@@ -57,6 +57,11 @@ def test_train_is_deterministic_and_writes_its_files(tmp_path):
       "2", "--lr", "1e-4"], "--epochs and --lr do not apply to PTQ (QAT only)"),
     (["quantize", "dsc_net", "--checkpoint", "ck", "--out", "q", "--calib-batches", "8"],
      "--calib-batches does not apply to QAT (PTQ only)"),
+    (["quantize", "dsc_net", "--checkpoint", "ck", "--out", "q", "--epochs", "0"],
+     "--epochs must be at least 1 with --method qat, got 0"),
+    (["quantize", "dsc_net", "--checkpoint", "ck", "--out", "q", "--method", "ptq",
+      "--observer", "kl"], "--observer must be one of minmax, moving_average, histogram"),
+    (["convert", "/"], "ONNX model / is a directory, not a file"),
 ])
 def test_errors_are_one_line_and_exit_2(args, message):
     result = edgecnn(*args)

@@ -102,6 +102,10 @@ def test_imagefolder_reader(tmp_path):
     (tmp_path / "dog" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(EdgecnnError, match="broken.png: not a readable image"):
         load(f"imagefolder:{tmp_path}")
+    (tmp_path / "dog" / "broken.png").unlink()
+    (tmp_path / "emu").mkdir()
+    with pytest.raises(EdgecnnError, match="class folder .*emu holds no PNG/JPEG images"):
+        load(f"imagefolder:{tmp_path}")
 
 
 def test_npz_reader_round_trip_and_errors(tmp_path, digits):
@@ -115,6 +119,9 @@ def test_npz_reader_round_trip_and_errors(tmp_path, digits):
     np.savez(tmp_path / "shape.npz", x=np.zeros((2, 4)), y=np.zeros(2))
     with pytest.raises(EdgecnnError, match=r"expected images shaped \(N,H,W\)"):
         load(f"npz:{tmp_path / 'shape.npz'}")
+    np.savez(tmp_path / "two.npz", x=np.zeros((2, 8, 8), np.uint8), y=np.array([0, 1]))
+    with pytest.raises(EdgecnnError, match="two.npz: 2 images leave none to train on"):
+        load(f"npz:{tmp_path / 'two.npz'}")
 
 
 def test_missing_paths_and_unknown_sources():

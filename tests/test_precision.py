@@ -711,3 +711,18 @@ def test_fallback_reverts_a_step_that_makes_the_drop_worse():
     attempt, calls = scripted({("a",): 6.0, (): 5.0})
     steps, kept = run_steps(first, [["a"]], attempt, 1.0)
     assert calls == [["a"], []] and kept is None
+
+
+def test_int16_on_a_fused_activation_alone_names_its_layer():
+    """`--int16 blocks.0.act1`, the ReLU6 fused into blocks.0.conv_dw, would move nothing."""
+    import torch
+
+    from edgecnn import quant
+    from edgecnn.models import create_model
+    from edgecnn.quant.spec import QuantConfig
+
+    model = create_model("dsc_net", num_classes=10, small_input=True).eval()
+    x = torch.randn(4, 3, 16, 16)
+    with pytest.raises(EdgecnnError, match=r"--int16: node .* fused into layer blocks\.0\.conv_dw"):
+        quant.quantize(model, x[:2], quant.PTQ(calib_batches=1), train_data=x,
+                       config=QuantConfig(int16=("blocks.0.act1",)))

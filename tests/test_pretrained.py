@@ -321,6 +321,9 @@ def test_weights_files_safetensors_torch_and_refusals(tmp_path, torchvision_net)
         read_weights(tmp_path / "notes.txt")
     with pytest.raises(EdgecnnError, match=r"file not found \(pretrained weights\)"):
         read_weights(tmp_path / "missing.pth")
+    save_file({}, tmp_path / "none.safetensors")
+    with pytest.raises(EdgecnnError, match="none.safetensors: holds no tensors"):
+        read_weights(tmp_path / "none.safetensors")
     torch.save({"w": torch.zeros(2), "step": 3}, tmp_path / "mixed.pth")
     with pytest.raises(EdgecnnError, match="'step' holds int"):
         read_weights(tmp_path / "mixed.pth")

@@ -17,6 +17,7 @@ from torch import nn
 
 from edgecnn.config import ArtifactMetadata, Preprocessing
 from edgecnn.errors import EdgecnnError
+from edgecnn.models import create_model
 from edgecnn.models.blocks import ConvBnAct, InvertedResidual, MBConv
 from edgecnn.quant import (
     PTQ,
@@ -129,6 +130,17 @@ def test_config_rejects_bad_values_naming_the_field(options, message):
 def test_recipes_reject_bad_values_naming_the_field(make, message):
     with pytest.raises(EdgecnnError, match=message):
         make()
+
+
+@pytest.mark.parametrize("train_data, message", [
+    ([torch.zeros(4, 3, 16, 16)] * 3, "train_data must be x, .* got a list of 3"),
+    (torch.zeros(4, 1, 16, 16),
+     r"train_data inputs are \(1, 16, 16\), example_input \(3, 16, 16\)"),
+])
+def test_quantize_rejects_train_data_of_another_form_or_shape(train_data, message):
+    model = create_model("dsc_net", num_classes=10, small_input=True).eval()
+    with pytest.raises(EdgecnnError, match=message):
+        quantize(model, torch.zeros(2, 3, 16, 16), PTQ(calib_batches=1), train_data=train_data)
 
 
 # --- structure of the converted graph -------------------------------------------------------

@@ -112,6 +112,9 @@ def test_bad_files_and_flags(tmp_path) -> None:
         convert(garbage, tmp_path / "out.tflite")
     with pytest.raises(EdgecnnError, match="^io must be one of int8, uint8, float"):
         convert(_conv_model(), tmp_path / "out.tflite", io="bogus")
+    with pytest.raises(EdgecnnError, match="^io 'uint8' is for a quantized model; .* is float"):
+        convert(_conv_model(), tmp_path / "out.tflite", io="uint8")
+    assert not (tmp_path / "out.tflite").exists()
     with pytest.raises(EdgecnnError):
         convert(_model([helper.make_node("Cos", ["x"], ["y"])]), tmp_path / "out.tflite")
     assert not list(tmp_path.glob("out.tflite*"))  # a failed conversion writes nothing

@@ -163,6 +163,9 @@ def make_dataset(
         if len(tr_x) == 0:
             raise EdgecnnError(f"{name}: no images")
         tr_x, tr_y, va_x, va_y = split(tr_x, tr_y, seed, val_fraction)
+        if len(tr_y) == 0:
+            raise EdgecnnError(f"{name}: {len(va_y)} images leave none to train on once each "
+                               f"class keeps one for validation")
     else:
         va_x = val[0] if isinstance(val[0], ImageFiles) else to_images(val[0], name, "x_val")
         va_y = to_labels(val[1], len(va_x), name, "y_val")

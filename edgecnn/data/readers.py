@@ -164,6 +164,8 @@ def _read_class_folders(root: Path, class_names: tuple[str, ...] | None = None):
         folder = root / name
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
             if folder.is_dir() else []
+        if not files and class_names is None:  # a class to learn with nothing to learn from
+            raise EdgecnnError(f"imagefolder: class folder {folder} holds no PNG/JPEG images")
         paths += files
         labels += [label] * len(files)
     if not paths:

@@ -69,7 +69,9 @@ def _unwrap(state: object, path: Path) -> dict[str, torch.Tensor]:
                                                         "weights") and isinstance(v, dict)]
         if len(nested) == 1:
             state = nested[0]
-    if not isinstance(state, dict) or not state:
+    if isinstance(state, dict) and not state:
+        raise EdgecnnError(f"{path}: holds no tensors")
+    if not isinstance(state, dict):
         raise EdgecnnError(f"{path}: expected a state_dict (name -> tensor), got "
                            f"{type(state).__name__}")
     out: dict[str, torch.Tensor] = {}

@@ -39,16 +39,26 @@ def quantize(model: nn.Module, example_input: torch.Tensor, recipe: Recipe = QAT
     needs only the inputs (x alone will do). config: what the quantizer emits (the int8
     spec, float and int16 layers). execution: QAT's device and loader workers
     (`edgecnn.distributed`; under torchrun, DistributedDataParallel).
-    Raises EdgecnnError for a recipe of another type, or QAT without labels.
+    Raises EdgecnnError for a recipe of another type, train_data of another form or of
+    another CHW shape than example_input, or QAT without labels.
     """
     if not isinstance(recipe, (PTQ, QAT)):
         raise EdgecnnError(f"recipe must be PTQ(...) or QAT(...), got {recipe!r}"[:200])
     if isinstance(train_data, torch.Tensor):
         x, y = train_data, None
     elif isinstance(train_data, (tuple, list)):
+        if len(train_data) != 2 or not isinstance(train_data[0], torch.Tensor):
+            raise EdgecnnError(f"train_data must be x, (x, y) tensors or a Dataset of (input, "
+                               f"label) items, got a {type(train_data).__name__} of "
+                               f"{len(train_data)}")
         x, y = train_data
     else:
         x = y = train_data  # a Dataset of (input, label) items
+    first = x if isinstance(x, torch.Tensor) else _first_input(x)
+    if isinstance(first, torch.Tensor) and first.dim() >= 3 and example_input.dim() == 4 \
+            and tuple(first.shape[-3:]) != tuple(example_input.shape[1:]):
+        raise EdgecnnError(f"train_data inputs are {tuple(first.shape[-3:])}, example_input "
+                           f"{tuple(example_input.shape[1:])} (CHW)")
     if isinstance(recipe, PTQ):
         return ptq(model, example_input, x, config=config, recipe=recipe,
                    show_progress=show_progress)
@@ -57,6 +67,14 @@ def quantize(model: nn.Module, example_input: torch.Tensor, recipe: Recipe = QAT
     data = train_data if y is x else (x, y)
     return qat(model, example_input, data, config=config, recipe=recipe,
                show_progress=show_progress, execution=execution)
+
+
+def _first_input(dataset) -> torch.Tensor | None:
+    """The first item's input of a map-style Dataset, None when it has no items or indexing."""
+    try:
+        return dataset[0][0] if len(dataset) else None
+    except (TypeError, IndexError, KeyError):
+        return None
 
 
 __all__ = ["METHODS", "OBSERVERS", "PTQ", "QAT", "QAT_SCHEDULE", "QuantConfig", "Recipe",

@@ -118,13 +118,40 @@ def with_fused(node: Node) -> list[Node]:
     return chain + fused
 
 
+def _fused_owner(node: Node) -> Node | None:
+    """The conv / linear whose fused BN or activation `node` is, else None."""
+    source = node
+    for _ in range(2):  # activation <- BN <- conv at most
+        inputs = [a for a in source.all_input_nodes if a.op == "call_function"]
+        if not inputs:
+            return None
+        source = inputs[0]
+        if calls(source, WEIGHTED):
+            return source if node in with_fused(source) else None
+    return None
+
+
+def _refuse_fused_alone(selected: list[Node], flag: str) -> None:
+    """A BN / activation fused into a layer the patterns did not select would move
+    nothing (the layer's annotation holds its specs): raise naming the layer."""
+    chosen = set(selected)
+    for node in selected:
+        owner = None if calls(node, WEIGHTED) else _fused_owner(node)
+        if owner is not None and owner not in chosen:
+            raise EdgecnnError(f"{flag}: node {node.name!r} is fused into layer "
+                               f"{layer_name(owner)} ({owner.name}); select that layer")
+
+
 def _mark(gm: GraphModule, patterns: Iterable[str], flag: str, key: str) -> list[Node]:
     """Set `node.meta[key]` on the nodes `patterns` select and their fused BN / activation
     (a node already kept float is left alone). In place; returns the marked nodes."""
     patterns = list(patterns)
     if not patterns:
         return []
-    marked = [m for node in select(gm, patterns, flag) for m in with_fused(node)]
+    selected = select(gm, patterns, flag)
+    if key == INT16_KEY:
+        _refuse_fused_alone(selected, flag)
+    marked = [m for node in selected for m in with_fused(node)]
     marked = [n for n in dict.fromkeys(marked) if not n.meta.get(FLOAT_KEY)]
     for node in marked:
         node.meta[key] = True

@@ -43,6 +43,8 @@ def _load(model: onnx.ModelProto | str | Path) -> tuple[onnx.ModelProto, str]:
         proto, where = model, "ONNX model"
     else:
         path = Path(model)
+        if path.is_dir():
+            raise EdgecnnError(f"ONNX model {path} is a directory, not a file")
         if not path.is_file():
             raise EdgecnnError(f"ONNX model {path} does not exist")
         if path.stat().st_size == 0:
@@ -122,6 +124,8 @@ def _build(model: onnx.ModelProto | str | Path, io: str, metadata: ArtifactMetad
     lower_graph(graph)
     for rewrite in TFLITE_PASSES:
         rewrite(graph)
+    if io == "uint8" and not graph.quantized:  # a float model's I/O stays float
+        raise ParameterError("io", f"'uint8' is for a quantized model; {where} is float")
     _check_int8_inputs(graph, io, where)
     _report_notes(graph, where)
     if io == "float":
