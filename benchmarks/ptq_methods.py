@@ -213,11 +213,13 @@ def results_section(results: dict) -> str:
             cells.append(f"{t['drop']:+.2f} / {100 * t['agreement']:.1f}%" if t else "-")
         lines.append(f"| {result.get('model', key)}, {result.get('size', 32)} px "
                      f"({100 * result['fp32']:.2f}%) | " + " | ".join(cells) + " |")
-    missing = [m for m in MODELS if m not in {r.get("model", k) for k, r in results.items()}]
+    have = {(r.get("model", k), r.get("size", 32)) for k, r in results.items()}
+    missing = [f"{m} at {size} px" for m in MODELS for size in (32, 224)
+               if (m, size) not in have]
     if missing:
-        lines += ["", f"Not measured in this run: {', '.join(missing)} (its fp32 training did "
-                  "not fit the session on the shared machine; `--models "
-                  f"{','.join(missing)}` measures it)."]
+        lines += ["", f"Not measured: {', '.join(missing)} (the fine-tuning and five 224-px exports "
+                  "did not fit the session on the shared 2-core machine; `--models M --sizes "
+                  "224` measures it)."]
     return "\n".join(lines) + "\n"
 
 
