@@ -218,7 +218,8 @@ def results_section(results: dict) -> str:
                if (m, size) not in have]
     if missing:
         lines += ["", f"Not measured: {', '.join(missing)} (the fine-tuning and five 224-px "
-                  "exports did not fit the session on the shared 2-core machine; `--models M --sizes "
+                  "exports did not fit the session on the shared 2-core machine; `--models M "
+                  "--sizes "
                   "224` measures it)."]
     return "\n".join(lines) + "\n"
 
