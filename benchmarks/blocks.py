@@ -60,7 +60,6 @@ from user_models import BLOCKS  # noqa: E402
 SCHEDULE = TrainConfig(epochs=6, lr=2e-3, batch_size=16)  # 540 steps on 1,438 images
 SIZE = 32
 TCN_ROWS = (10, 16, 22)
-BEGIN, END = "<!-- blocks: begin -->", "<!-- blocks: end -->"
 
 
 def digits(size: int = SIZE) -> tuple[torch.Tensor, ...]:
@@ -195,14 +194,9 @@ def results_section(results: dict, epochs: int) -> str:
 
 
 def update_results(path: Path, section: str) -> None:
-    text = path.read_text()
-    block = f"{BEGIN}\n{section.rstrip()}\n{END}\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    path.write_text(text)
+    from _sections import update_section  # a sibling module: benchmarks/ is sys.path[0]
+
+    update_section(path, "blocks", section)
 
 
 def main() -> None:

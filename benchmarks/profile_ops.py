@@ -22,27 +22,6 @@ from edgecnn.runtime import profile
 from edgecnn.runtime.machine import describe_machine
 
 FILES = ("fp32.onnx", "int8.onnx", "fp32.tflite", "int8.tflite")
-BEGIN, END = "<!-- profile_ops: begin -->", "<!-- profile_ops: end -->"
-
-
-def replace_section(text: str, section: str) -> str:
-    """`text` with the marked profile section replaced by `section` (appended when absent)."""
-    block = f"{BEGIN}\n{section.rstrip()}\n{END}\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        return head + block + rest.split(END, 1)[1].lstrip("\n")
-    return text.rstrip("\n") + "\n\n" + block
-
-
-def keep_section(path: Path, new_text: str) -> str:
-    """`new_text` with the profile section of the file at `path` carried over, if it has one."""
-    old = path.read_text() if path.exists() else ""
-    if BEGIN not in old or END not in old:
-        return new_text
-    section = old.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
-    return replace_section(new_text, section)
-
-
 def make_files(name: str, directory: Path) -> dict[str, Path]:
     """The four files, as benchmarks/zoo.py's latency_row makes them (seed 0, 16 images)."""
     files = {k: directory / k for k in FILES}
@@ -139,7 +118,9 @@ def main() -> None:
     text = render(profiles, describe_machine(), args.model, args.runs)
     print(text)
     if args.update:
-        args.update.write_text(replace_section(args.update.read_text(), text))
+        from _sections import update_section
+
+        update_section(args.update, "profile_ops", text)
 
 
 if __name__ == "__main__":

@@ -187,7 +187,6 @@ def markdown(results: dict, machine: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-BEGIN, END = "<!-- ptq_methods: begin -->", "<!-- ptq_methods: end -->"
 
 
 def results_section(results: dict) -> str:
@@ -225,14 +224,9 @@ def results_section(results: dict) -> str:
 
 
 def update_results(path: Path, section: str) -> None:
-    text = path.read_text()
-    block = f"{BEGIN}\n{section.rstrip()}\n{END}\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    path.write_text(text)
+    from _sections import update_section  # a sibling module: benchmarks/ is sys.path[0]
+
+    update_section(path, "ptq_methods", section)
 
 
 def describe(variant: str, entry: dict) -> str:

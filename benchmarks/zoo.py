@@ -400,9 +400,9 @@ def main() -> None:
         rows["litert_torch"] = litert_torch_row(args.litert_torch, args.cache, args.runs)
         results_json.write_text(json.dumps(rows, indent=2))
     text = render({n: rows[n] for n in models if n in rows}, args, rows.get("litert_torch"))
-    from profile_ops import keep_section  # benchmarks/profile_ops.py's section stays
+    from _sections import keep_sections  # the other scripts' sections of RESULTS.md stay
 
-    text = keep_section(args.out, text)
+    text = keep_sections(args.out, text)
     args.out.write_text(text)
     print(text)
 

@@ -11,7 +11,8 @@ from pathlib import Path
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 #: Scripts that run in another tool's environment (litert-torch pins its own torch).
 FOREIGN = {"litert_torch_artifacts.py": "litert_torch"}
-SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py"))
+#: the scripts (a leading underscore marks a helper module they import, not a script)
+SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py") if not p.name.startswith("_"))
 
 
 _RUN_ALL = """
