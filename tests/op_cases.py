@@ -50,6 +50,8 @@ class Case:
     qdq_ops: dict[str, int] | None = None  # when the int8 graph differs
     qdq: str = ""  # a reason when the QDQ variant is excluded
     opset: int = 18
+    #: the output's shape, for an op ONNX shape inference cannot follow (a function op)
+    output_shape: tuple[int, ...] | None = None
 
     def model(self) -> onnx.ModelProto:
         nodes, inits = self.nodes()
@@ -57,10 +59,10 @@ class Case:
             nodes, self.id,
             [helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
              for n, s in self.inputs.items()],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, self.output_shape)],
             initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
         return helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)],
-                                 ir_version=9)
+                                 ir_version=10 if self.opset >= 21 else 9)
 
     def feeds(self, seed: int = 1) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(seed)
@@ -95,6 +97,8 @@ MEAN_KEEPDIMS = {"MEAN": 1, "RESHAPE": 1}
 #: a normalization's float chain (`ops.norm._normalize`): mean, centre, square, mean, + eps,
 #: sqrt, divide, x scale, + bias
 NORM_OPS = {"MEAN": 2, "SUB": 1, "MUL": 2, "ADD": 2, "SQRT": 1, "DIV": 1}
+#: GroupNorm(G, C), 1 < G < C: the chain between a RESHAPE to the groups and one back
+GROUP_NORM_OPS = {**NORM_OPS, "RESHAPE": 2}
 NORM_ALONE = ("quantize_static quantizes no normalization: alone, the QDQ model is the float "
               "one; layer_norm_channels_last (int8 transposes around it) covers the island")
 
@@ -303,6 +307,20 @@ CASES = [
         {"flat": np.array([1, 1, -1], np.int64), "back": np.array([1, 8, 6, 6], np.int64),
          "g": np.float32([1.5]), "b": np.float32([0.2])}), X8, NORM_OPS,
          qdq_ops={**NORM_OPS, "DEQUANTIZE": 1, "QUANTIZE": 1}),
+    # GroupNorm(4, 8) as torch.onnx writes it, its affine after: one GroupNormalization,
+    # RESHAPE to [N, H*W, G, C/G] and back (NHWC, no TRANSPOSE), the chain over axes 1, 3
+    Case("group_norm_groups", lambda: (
+        [helper.make_node("Reshape", ["x", "flat"], ["f"]),
+         helper.make_node("InstanceNormalization", ["f", "g", "b"], ["n"]),
+         helper.make_node("Reshape", ["n", "back"], ["r"]),
+         helper.make_node("Mul", ["r", "w"], ["m"]), node("Add", ["m", "c"])],
+        {"flat": np.array([1, 4, -1], np.int64), "back": np.array([1, 8, 6, 6], np.int64),
+         "g": np.ones(4, np.float32), "b": np.zeros(4, np.float32), "w": _w(8, 1, 1) + 1,
+         "c": _w(8, 1, 1)}), X8, GROUP_NORM_OPS,
+         qdq_ops={**GROUP_NORM_OPS, "DEQUANTIZE": 1, "QUANTIZE": 1}),
+    Case("group_norm_onnx", plain("GroupNormalization", ["x", "g", "b"],
+                                  {"g": _w(8) + 1, "b": _w(8)}, num_groups=2),
+         X8, GROUP_NORM_OPS, qdq=NORM_ALONE, opset=21, output_shape=X8["x"]),
     Case("sqrt_of_square", lambda: (
         [helper.make_node("Mul", ["x", "x"], ["s"]), node("Sqrt", ["s"])], {}), X8,
          {"MUL": 1, "SQRT": 1}, qdq="quantize_static quantizes no Sqrt: the QDQ model's "
