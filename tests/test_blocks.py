@@ -35,6 +35,7 @@ from user_models import (  # noqa: E402
     UpsamplingDecoder,
     convnext_block,
     groupnorm_context_block,
+    groupnorm_resnet_block,
 )
 
 from edgecnn.export import onnx as onnx_export  # noqa: E402
@@ -198,6 +199,12 @@ ISLAND_BLOCKS = {
                           ["norm (group_norm)", "transform.1 (group_norm_1)"],
                           {"TRANSPOSE": 1, "BATCH_MATMUL": 1, "SOFTMAX": 1, "SQRT": 2,
                            "DIV": 2}),
+    # GroupNorm(8, 32): each a RESHAPE to [N, H*W, 8, 4] and back around its float chain,
+    # on the NHWC tensor (torch.onnx's [N, 8, -1] reshapes once cost a TRANSPOSE each way)
+    "groupnorm_resnet": (groupnorm_resnet_block,
+                         ["stem_norm (group_norm)", "norm1 (group_norm_1)",
+                          "norm2 (group_norm_2)"],
+                         {"TRANSPOSE": 0, "RESHAPE": 6, "CONV_2D": 3, "SQRT": 3, "DIV": 3}),
 }
 
 

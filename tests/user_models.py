@@ -90,6 +90,33 @@ def groupnorm_context_block(num_classes: int = 10, in_channels: int = 1) -> nn.M
     return GroupNormContextBlock(num_classes, in_channels)
 
 
+class GroupNormResNetBlock(nn.Module):
+    """A ResNet basic block with GroupNorm(8, C) in place of BatchNorm (Wu & He, "Group
+    Normalization", 2018, their ResNet setting: 32 channels, groups of 4): stem conv +
+    GN + ReLU, then conv + GN + ReLU, conv + GN, the residual added, ReLU."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, c: int = 32,
+                 groups: int = 8) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, c, 3, stride=2, padding=1, bias=False)
+        self.stem_norm = nn.GroupNorm(groups, c)
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.norm1 = nn.GroupNorm(groups, c)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.norm2 = nn.GroupNorm(groups, c)
+        self.head = nn.Linear(c, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem_norm(self.stem(x)))
+        y = torch.relu(self.norm1(self.conv1(x)))
+        y = self.norm2(self.conv2(y))
+        return self.head(torch.relu(x + y).mean((2, 3)))
+
+
+def groupnorm_resnet_block(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    return GroupNormResNetBlock(num_classes, in_channels)
+
+
 # -- blocks of the CNN literature (tests/test_blocks.py, benchmarks/blocks.py): 3-channel
 # input, 10 classes --------------------------------------------------------------------
 
@@ -428,5 +455,6 @@ BLOCKS = {
     "shufflenet_v2": ShuffleNetV2Block, "tcn": TCN,
     "convnext": lambda: ConvNeXtBlock(10, 3),
     "groupnorm_context": lambda: GroupNormContextBlock(10, 3),
+    "groupnorm_resnet": lambda: GroupNormResNetBlock(10, 3),
     "cumulative": lambda: CumulativeNet(10, 3),  # CumSum: no lowering, not exported
 }
