@@ -47,11 +47,16 @@ class Case:
     inputs: dict[str, tuple[int, ...]]
     ops: dict[str, int]
     input_scale: dict[str, float] = field(default_factory=dict)
+    input_mean: dict[str, float] = field(default_factory=dict)  # inputs are N(mean, scale)
     qdq_ops: dict[str, int] | None = None  # when the int8 graph differs
     qdq: str = ""  # a reason when the QDQ variant is excluded
     opset: int = 18
     #: the output's shape, for an op ONNX shape inference cannot follow (a function op)
     output_shape: tuple[int, ...] | None = None
+    #: tensors the QDQ model leaves float (their Q/DQ pair removed), as edgecnn's quantizer
+    #: leaves the inside of one aten op that ONNX writes as two (rsqrt: Sqrt -> Reciprocal)
+    float_tensors: tuple[str, ...] = ()
+    quantized_ops: tuple[str, ...] = ()  # op types quantized here beyond QDQ_OPS
 
     def model(self) -> onnx.ModelProto:
         nodes, inits = self.nodes()
@@ -66,7 +71,8 @@ class Case:
 
     def feeds(self, seed: int = 1) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(seed)
-        return {n: (rng.standard_normal(s) * self.input_scale.get(n, 1.0)).astype(np.float32)
+        return {n: (rng.standard_normal(s) * self.input_scale.get(n, 1.0)
+                    + self.input_mean.get(n, 0.0)).astype(np.float32)
                 for n, s in self.inputs.items()}
 
 
@@ -329,6 +335,25 @@ CASES = [
         [helper.make_node("Add", ["d", "two"], ["s"]), node("Div", ["x", "s"])],
         {"two": np.float32(2)}), {"x": (1, 8, 6, 6), "d": (1, 8, 6, 6)}, {"ADD": 1, "DIV": 1},
          input_scale={"d": 0.3}, qdq_ops={"ADD": 1, "DEQUANTIZE": 2, "DIV": 1, "QUANTIZE": 1}),
+    # int8 kernels (op_version.cc: version 2): EXP a lookup table, RSQRT fixed point
+    Case("exp", plain("Exp", ["x"]), X8, {"EXP": 1}),
+    # (x > 0 drawn as the input itself: an int8 tensor between would carry its own rounding
+    # into sqrt's steep start, many output steps)
+    Case("rsqrt", lambda: (  # torch's rsqrt: Sqrt -> Reciprocal
+        [helper.make_node("Sqrt", ["x"], ["r"]), node("Reciprocal", ["r"])], {}), X8,
+         {"RSQRT": 1}, input_scale={"x": 0.5}, input_mean={"x": 2.0}, quantized_ops=("Sqrt",),
+         float_tensors=("r",)),
+    Case("reciprocal", lambda: (  # 1 / (d + 2), d in about [-1, 1]
+        [helper.make_node("Add", ["d", "two"], ["s"]), node("Reciprocal", ["s"])],
+        {"two": np.float32(2)}), {"d": (1, 8, 6, 6)}, {"ADD": 1, "DIV": 1},
+         input_scale={"d": 0.3}, qdq_ops={"ADD": 1, "DEQUANTIZE": 1, "DIV": 1, "QUANTIZE": 1}),
+    # Pow: x^2 is MUL(x, x) (int8), x^0.5 SQRT, any other exponent POW (float island)
+    Case("pow_square", plain("Pow", ["x", "e"], {"e": np.float32(2)}), X8, {"MUL": 1}),
+    Case("pow_half", plain("Pow", ["x", "e"], {"e": np.float32(0.5)}), X8, {"SQRT": 1},
+         input_scale={"x": 0.5}, input_mean={"x": 2.0},
+         qdq_ops={"DEQUANTIZE": 1, "SQRT": 1, "QUANTIZE": 1}),
+    Case("pow_cube", plain("Pow", ["x", "e"], {"e": np.float32(3)}), X8, {"POW": 1},
+         qdq_ops={"DEQUANTIZE": 1, "POW": 1, "QUANTIZE": 1}),
     Case("relu", plain("Relu", ["x"]), X8, {"RELU": 1}, qdq=NO_STANDALONE_ACTIVATION),
     Case("clip_0_6", plain("Clip", ["x", "lo", "hi"], {"lo": np.float32(0), "hi": np.float32(6)}),
          X8, {"RELU6": 1}, input_scale={"x": 4.0}, qdq=NO_STANDALONE_ACTIVATION),
@@ -368,7 +393,7 @@ QDQ_OPS = ["Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Relu", "Clip", "Sigmo
            "HardSwish", "Softmax", "GlobalAveragePool", "ReduceMean", "AveragePool", "MaxPool",
            "Reshape", "Flatten", "Concat", "Pad", "Squeeze", "Unsqueeze", "LeakyRelu", "PRelu",
            "HardSigmoid", "Div", "Transpose", "Slice", "BatchNormalization", "Resize", "Split",
-           "ConvTranspose"]
+           "ConvTranspose", "Exp", "Reciprocal", "Pow"]
 
 
 _QUANTIZED: dict[str, bytes] = {}
@@ -382,10 +407,26 @@ def quantize(case: Case) -> onnx.ModelProto:
             out = Path(tmp) / f"{case.id}_qdq.onnx"
             quantize_static(case.model(), out, Reader(case), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QInt8,
-                            weight_type=QuantType.QInt8, op_types_to_quantize=QDQ_OPS,
+                            weight_type=QuantType.QInt8,
+                            op_types_to_quantize=QDQ_OPS + list(case.quantized_ops),
                             extra_options={"ForceQuantizeNoInputCheck": True})
-            _QUANTIZED[case.id] = out.read_bytes()
+            model = onnx.load(out)
+            for tensor in case.float_tensors:
+                _drop_qdq(model, tensor)
+            _QUANTIZED[case.id] = model.SerializeToString()
     return onnx.load_from_string(_QUANTIZED[case.id])
+
+
+def _drop_qdq(model: onnx.ModelProto, tensor: str) -> None:
+    """Remove the QuantizeLinear -> DequantizeLinear pair on `tensor`: its readers read it."""
+    nodes = model.graph.node
+    quantize = next(n for n in nodes if n.op_type == "QuantizeLinear" and n.input[0] == tensor)
+    dequantize = next(n for n in nodes if n.op_type == "DequantizeLinear"
+                      and n.input[0] == quantize.output[0])
+    for node in nodes:
+        node.input[:] = [tensor if i == dequantize.output[0] else i for i in node.input]
+    nodes.remove(quantize)
+    nodes.remove(dequantize)
 
 
 def ort_run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:

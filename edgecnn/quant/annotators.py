@@ -22,6 +22,7 @@ from torchao.quantization.pt2e.quantizer import (
 )
 
 from edgecnn.export.tflite.builtins import BUILTINS
+from edgecnn.export.tflite.ops.elementwise import pow_builtin
 from edgecnn.quant.graph import calls
 from edgecnn.quant.spec import Specs
 
@@ -79,6 +80,11 @@ LOWERS_TO: dict[object, str | None] = {
     aten.layer_norm.default: "DIV", aten.group_norm.default: "DIV",
     aten.div.Tensor: "DIV",  # by a Python number: MUL by its reciprocal (scalar_arithmetic)
     aten.sqrt.default: "SQRT",
+    aten.reciprocal.default: "DIV",  # 1 / x: DIV(1, x)
+    aten.pow.Tensor_Tensor: "POW", aten.pow.Scalar: "POW",  # x ** c: `annotate_pow`
+    # an int8 kernel with its own output scale (rsqrt: Sqrt -> Reciprocal in ONNX, one RSQRT
+    # in TFLite, `passes.fusions.fuse_rsqrt`)
+    aten.exp.default: "EXP", aten.rsqrt.default: "RSQRT",
 }
 
 
@@ -320,12 +326,32 @@ def annotate_own_output(gm: GraphModule, specs: Specs) -> None:
 SPLIT_OPS = (aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default)
 
 
+#: x ** c with a Python number c: its builtin depends on c (`annotate_pow`)
+POW_OPS = (aten.pow.Tensor_Scalar,)
+
+
+@annotator("pow")
+def annotate_pow(gm: GraphModule, specs: Specs) -> None:
+    """x ** c, c a Python number: the builtin the converter lowers it to
+    (`export.tflite.ops.elementwise.pow_builtin`: MUL(x, x) for 2, SQRT for 0.5, else
+    POW) decides: an int8 kernel (MUL) -> input and output quantized, own output; none ->
+    a float island, as `annotate_float_islands` leaves one."""
+    for node in candidates(gm, POW_OPS):
+        exponent = node.args[1]
+        builtin = pow_builtin(float(exponent) if isinstance(exponent, (int, float)) else None)
+        if BUILTINS.get(builtin).int8 == "float":
+            node.meta[FLOAT_KEY] = node.meta[FLOAT_ISLAND_KEY] = True
+        else:
+            annotate(node, {node.args[0]: specs.activation}, specs.activation)
+
+
 @annotator("float_islands")
 def annotate_float_islands(gm: GraphModule, specs: Specs) -> None:
     """Ops whose TFLite builtin has no int8 kernel (`FLOAT_OPS`: layer / group norm, a
-    division by a tensor, sqrt) stay float, as `--keep-float` keeps a layer: no annotation,
-    their int8 producers' outputs dequantized, their output quantized on the edges of their
-    int8 readers. Runs after `scalar_arithmetic`, which claims a division by a number."""
+    division by a tensor, sqrt, reciprocal, pow) stay float, as `--keep-float` keeps a
+    layer: no annotation, their int8 producers' outputs dequantized, their output quantized
+    on the edges of their int8 readers. Runs after `scalar_arithmetic`, which claims a
+    division by a number."""
     for node in candidates(gm, FLOAT_OPS):
         node.meta[FLOAT_KEY] = node.meta[FLOAT_ISLAND_KEY] = True
 
@@ -459,6 +485,6 @@ def unannotated(gm: GraphModule) -> list[Node]:
 def known_ops() -> list[str]:
     tables = (CONV_OPS, CONV_TRANSPOSE_OPS, LINEAR_OPS, BATCH_NORM_OPS, ADD_OPS, MUL_OPS,
               MATMUL_OPS, SCALAR_OPS, MEAN_OPS,
-              tuple(FIXED_OUTPUT_OPS), OWN_OUTPUT_OPS, SHARED_OPS, CONCAT_OPS, FLOAT_OPS,
+              tuple(FIXED_OUTPUT_OPS), OWN_OUTPUT_OPS, SHARED_OPS, CONCAT_OPS, FLOAT_OPS, POW_OPS,
               (aten.silu.default, aten.conv1d.padding, aten.conv2d.padding))
     return sorted({str(op) for table in tables for op in table})

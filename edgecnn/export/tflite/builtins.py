@@ -11,9 +11,9 @@ https://ai.google.dev/edge/litert/models/quantization_spec):
 - "fixed": the output has one fixed (scale, zero point), `fixed_output`;
 - "convert": QUANTIZE / DEQUANTIZE themselves;
 - "float": no int8 kernel (SQRT: float32 only, elementwise.cc; DIV: float32, int32 and
-  uint8, div.cc): the op runs in float between a DEQUANTIZE and a QUANTIZE (a float
-  island, `passes.islands`), and the quantizer leaves the aten ops that become it
-  float (`quant.annotators.FLOAT_OPS`).
+  uint8, div.cc; POW: float32 and int32, pow.cc): the op runs in float between a
+  DEQUANTIZE and a QUANTIZE (a float island, `passes.islands`), and the quantizer leaves
+  the aten ops that become it float (`quant.annotators.FLOAT_OPS`).
 
 `weights` names the constant weights input and its per-channel axis (the int32
 bias, input `bias_input`, has scale input x weight scale); `fuses_activation` says a
@@ -139,6 +139,12 @@ builtin("MEAN", "ReducerOptions", rounding="away")
 # -- no int8 kernel: float islands (a normalization's decomposition, division by a tensor) ----
 builtin("SQRT", versions={F32: 1}, int8="float")
 builtin("DIV", "DivOptions", versions={F32: 1}, int8="float", fuses_activation=True)
+builtin("POW", versions={F32: 1}, int8="float")  # pow.cc: float32 and int32
+# -- transcendental with an int8 kernel (op_version.cc: int8 version 2), own output scale:
+# EXP a lookup table (exp.cc), RSQRT a fixed-point inverse square root (elementwise.cc,
+# which refuses an input below its zero point: the quantizer's ranges include 0)
+builtin("EXP")
+builtin("RSQRT")
 # -- data movement: one scale in and out ------------------------------------------------------
 builtin("AVERAGE_POOL_2D", "Pool2DOptions", int8="same", fuses_activation=True)
 builtin("MAX_POOL_2D", "Pool2DOptions", int8="same", fuses_activation=True)

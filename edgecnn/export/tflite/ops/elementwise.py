@@ -190,6 +190,61 @@ def lower_sqrt(ctx: Lowering) -> None:
     _unary(ctx, "SQRT")
 
 
+@register("Reciprocal")
+def lower_reciprocal(ctx: Lowering) -> None:
+    """1 / x -> DIV(1, x), float32 only in TFLite: a float island in an int8 model. After
+    a Sqrt whose output is float (torch's rsqrt: one aten op, Q/DQ only around the pair),
+    `passes.fusions.fuse_rsqrt` makes the two one RSQRT, which has an int8 kernel."""
+    one = ctx.graph.add_const(f"{ctx.op.name}_one", np.float32(1.0))
+    ctx.emit("DIV", [one, ctx.input(0).name], [ctx.output().name],
+             fused_activation_function="NONE")
+
+
+@register("Exp")
+def lower_exp(ctx: Lowering) -> None:
+    """exp(x) -> EXP. int8: a lookup table over the 256 input values (TFLite exp.cc,
+    version 2); the output has its own scale."""
+    _unary(ctx, "EXP")
+
+
+#: constant exponents whose power is one cheaper builtin, exactly (IEEE x * x and sqrt are
+#: correctly rounded, as pow is for these exponents): x^2 is MUL(x, x), which has an int8
+#: kernel; x^0.5 is SQRT. Any other exponent is POW (float32 only in TFLite: pow.cc).
+POW_BUILTINS = {2.0: "MUL", 0.5: "SQRT"}
+
+
+def pow_builtin(exponent: float | None) -> str:
+    """The builtin x ** `exponent` becomes (`POW_BUILTINS`; None, an exponent tensor: POW).
+    The quantizer reads it too (`quant.annotators.annotate_pow`), so the two agree on
+    which powers run in int8."""
+    if exponent is None:
+        return "POW"
+    return next((b for e, b in POW_BUILTINS.items()
+                 if math.isclose(exponent, e, rel_tol=1e-6)), "POW")
+
+
+@register("Pow", layout=elementwise_layout)
+def lower_pow(ctx: Lowering) -> None:
+    """x ^ y -> MUL(x, x) for a constant y of 2, SQRT for 0.5 (`pow_builtin`), else POW
+    with numpy broadcasting. POW and SQRT have no int8 kernel: a float island in an int8
+    model; MUL(x, x) is int8 like any MUL (own output scale)."""
+    x, exponent, y = ctx.input(0), ctx.input(1), ctx.output()
+    value = None
+    if exponent.is_const and exponent.data.size == 1:
+        value = float(np.asarray(_values(exponent)).reshape(-1)[0])
+    builtin = pow_builtin(value)
+    if builtin == "MUL":
+        ctx.emit("MUL", [x.name, x.name], [y.name], fused_activation_function="NONE")
+    elif builtin == "SQRT":
+        _unary(ctx, "SQRT")
+    else:
+        ctx.emit("POW", [x.name, ctx.operand(1)], [y.name])
+
+
+def _values(tensor) -> np.ndarray:
+    return tensor.data if tensor.quant is None else tensor.quant.dequantize(tensor.data)
+
+
 @register("HardSigmoid")
 def lower_hardsigmoid(ctx: Lowering, *, alpha: float = 0.2, beta: float = 0.5) -> None:
     """clip(alpha * x + beta, 0, 1) (PyTorch: alpha 1/6, beta 1/2) -> [MUL by 6 alpha] ->

@@ -8,7 +8,7 @@ place and says what it changes in its docstring.
 from edgecnn.export.tflite.passes.activations import fuse_activations
 from edgecnn.export.tflite.passes.channels_last import fold_channels_last
 from edgecnn.export.tflite.passes.constants import fold_constants, remove_identities
-from edgecnn.export.tflite.passes.fusions import fuse_gelu
+from edgecnn.export.tflite.passes.fusions import fuse_gelu, fuse_rsqrt
 from edgecnn.export.tflite.passes.io import float_io, name_io, uint8_io
 from edgecnn.export.tflite.passes.islands import isolate_float_ops, mark_float_layers
 from edgecnn.export.tflite.passes.layout import to_nhwc
@@ -46,6 +46,7 @@ TFLITE_PASSES = (
     fold_channel_shuffles,  # NCHW group reshape -> transpose -> reshape, kept NHWC
     fold_reshapes,       # RESHAPE chains -> one; no-op reshapes dropped
     cancel_inverse_transposes,  # TRANSPOSE then its inverse -> nothing
+    fuse_rsqrt,          # SQRT -> DIV(1, .) over a float tensor -> RSQRT (int8 kernel)
     fuse_activations,    # RELU / RELU6 into the producer, when exact
     isolate_float_ops,   # ops a QDQ model leaves float: DEQUANTIZE / QUANTIZE around them
     quantize_constants,  # weights symmetric int8 per channel; other constants int8

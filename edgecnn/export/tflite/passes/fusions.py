@@ -73,3 +73,28 @@ def fuse_gelu(graph: Graph) -> None:
                                name=erf.name)
     if fused:
         graph.ops = [fused.get(id(op), op) for op in graph.ops if id(op) not in drop]
+
+
+def fuse_rsqrt(graph: Graph) -> None:
+    """SQRT -> DIV(1, .) (ONNX Sqrt -> Reciprocal: torch.onnx's rsqrt) -> one RSQRT, which
+    has an int8 kernel where SQRT and DIV have none. Only when the tensor between them is
+    float and read by the DIV alone: in a QDQ model, when the pair sits between one
+    DEQUANTIZE and one QUANTIZE (edgecnn's quantizer: aten.rsqrt is one op); a quantized
+    tensor between them is a rounding the fusion would drop. Float: TFLite's RSQRT is
+    1 / sqrt(x), the same two roundings. In place."""
+    consumers = graph.consumers()
+    outputs = set(graph.outputs)
+    drop: set[int] = set()
+    for sqrt in graph.ops:
+        if sqrt.type != "SQRT" or sqrt.outputs[0] in outputs \
+                or graph.tensor(sqrt.outputs[0]).quant is not None:
+            continue
+        div = _sole_reader(consumers, sqrt.outputs[0], "DIV")
+        if div is None or div.inputs[1] != sqrt.outputs[0] \
+                or _scalar(graph, div.inputs[0]) != 1.0 \
+                or div.attrs.get("fused_activation_function", "NONE") != "NONE":
+            continue
+        sqrt.type, sqrt.outputs = "RSQRT", list(div.outputs)
+        drop.add(id(div))
+    if drop:
+        graph.ops = [op for op in graph.ops if id(op) not in drop]
