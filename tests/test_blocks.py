@@ -29,6 +29,7 @@ from user_models import (  # noqa: E402
     MnasNetBlocks,
     MobileNetV3Block,
     MobileNetV4Blocks,
+    PixelNormBlock,
     PreActResNetBlock,
     ShuffleNetV2Block,
     TransposedConvDecoder,
@@ -85,6 +86,9 @@ BLOCKS = {
     "global_context": (GlobalContextBlock, {"BATCH_MATMUL": 1, "SOFTMAX": 1, "TRANSPOSE": 1}),
     # each shuffle is RESHAPE -> TRANSPOSE -> RESHAPE on the NHWC tensor: one TRANSPOSE
     "shufflenet_v2": (ShuffleNetV2Block, {"SPLIT": 1, "TRANSPOSE": 2, "CONCATENATION": 2}),
+    # x ** 2 is MUL(x, x); rsqrt (ONNX Sqrt -> Reciprocal) one RSQRT, exp EXP, both int8
+    # (outside LiteRT's XNNPACK, on the builtin kernels)
+    "pixel_norm": (PixelNormBlock, {"MUL": 3, "RSQRT": 1, "EXP": 1, "SQRT": 0, "DIV": 0}),
 }
 
 
@@ -152,10 +156,11 @@ def test_block_goes_to_full_int8(name: str, tmp_path) -> None:
 
 
 @pytest.mark.pi_venv
-@pytest.mark.parametrize("name", ["mobilenet_v3", "shufflenet_v2"])
+@pytest.mark.parametrize("name", ["mobilenet_v3", "shufflenet_v2", "pixel_norm"])
 def test_block_on_tflite_runtime_2_14(name: str, tmp_path) -> None:
-    """The int8 files of the MobileNetV3 (hardswish as MUL / ADD / MUL) and ShuffleNetV2
-    (SPLIT, rank-5 TRANSPOSE) blocks on tflite-runtime 2.14 / numpy 1.24, with and without
+    """The int8 files of the MobileNetV3 (hardswish as MUL / ADD / MUL), ShuffleNetV2
+    (SPLIT, rank-5 TRANSPOSE) and pixel-norm (int8 RSQRT and EXP) blocks on
+    tflite-runtime 2.14 / numpy 1.24, with and without
     its XNNPACK delegate: top-1 as onnxruntime's, logits within one step as LiteRT's
     builtin kernels keep them (test_tflite_models' bars)."""
     from pi_env import pi_python_or_skip, run_on_pi

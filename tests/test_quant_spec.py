@@ -258,23 +258,23 @@ def test_every_observer_calibrates(observer):
     assert (int8 - reference).norm() / reference.norm() < 0.2
 
 
-class WithExp(nn.Module):
+class WithSin(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(1, 4, 3)
         self.fc = nn.Linear(4, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.exp(self.conv(x)).mean((2, 3)))
+        return self.fc(torch.sin(self.conv(x)).mean((2, 3)))
 
 
 def test_unknown_op_stays_float_with_a_warning_naming_it():
     x = torch.randn(8, 1, 6, 6)
-    with pytest.warns(UnquantizedOpWarning, match=r"exp \(aten\.exp\.default\).*stay float"):
-        gm = quantize(WithExp().eval(), x[:2], PTQ(calib_batches=1), train_data=x)
-    (exp,) = nodes(gm, aten.exp.default)
-    assert calls(exp.args[0], qd.dequantize_per_tensor.default)  # float in, float out
-    assert any(calls(u, qd.quantize_per_tensor.default) for u in exp.users)
+    with pytest.warns(UnquantizedOpWarning, match=r"sin \(aten\.sin\.default\).*stay float"):
+        gm = quantize(WithSin().eval(), x[:2], PTQ(calib_batches=1), train_data=x)
+    (sin,) = nodes(gm, aten.sin.default)
+    assert calls(sin.args[0], qd.dequantize_per_tensor.default)  # float in, float out
+    assert any(calls(u, qd.quantize_per_tensor.default) for u in sin.users)
 
 
 class WithNorms(nn.Module):
@@ -320,10 +320,47 @@ def test_ops_without_an_int8_kernel_are_float_islands(method):
     assert any(calls(u, qd.quantize_per_tensor.default) for u in by_number.users)
 
 
+class WithPowers(nn.Module):
+    """exp, rsqrt and x ** 2 (TFLite EXP, RSQRT, MUL: int8 kernels); reciprocal, x ** 0.5
+    and x ** 3 (DIV, SQRT, POW: none)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        a = torch.exp(x) + torch.rsqrt(x ** 2 + 1)
+        b = torch.reciprocal(torch.sigmoid(x) + 1) + (torch.sigmoid(x) ** 0.5) * 2
+        return self.fc((a + b + x ** 3).mean((2, 3)))
+
+
+def test_exp_rsqrt_and_square_are_int8_other_powers_float_islands():
+    """The quantizer follows the converter's builtins (`LOWERS_TO`, `pow_builtin`): exp,
+    rsqrt and x ** 2 read an int8 input and write an int8 output; reciprocal, x ** 0.5 and
+    x ** 3 are float islands, named by `float_islands`, no warning."""
+    from edgecnn.quant.precision import float_islands
+
+    x, y = toy_data(16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnquantizedOpWarning)
+        gm = quantize(WithPowers().eval(), x[:2], PTQ(calib_batches=1), train_data=(x, y))
+    assert float_islands(gm) == ["reciprocal", "pow_2", "pow_3"]
+    int8 = [*nodes(gm, aten.exp.default), *nodes(gm, aten.rsqrt.default),
+            nodes(gm, aten.pow.Tensor_Scalar)[0]]
+    assert [n.args[1] for n in nodes(gm, aten.pow.Tensor_Scalar)] == [2, 0.5, 3]
+    for node in int8:
+        assert calls(node.args[0], qd.dequantize_per_tensor.default), node
+        assert all(calls(u, qd.quantize_per_tensor.default) for u in node.users), node
+    for node in (*nodes(gm, aten.reciprocal.default), *nodes(gm, aten.pow.Tensor_Scalar)[1:]):
+        assert not any(calls(u, qd.quantize_per_tensor.default) for u in node.args[:1]), node
+
+
 def test_unknown_op_raises_when_strict():
     x = torch.randn(8, 1, 6, 6)
-    with pytest.raises(EdgecnnError, match=r"exp \(aten\.exp\.default\).*supported ops: "):
-        quantize(WithExp().eval(), x[:2], PTQ(), train_data=x, config=QuantConfig(strict=True))
+    with pytest.raises(EdgecnnError, match=r"sin \(aten\.sin\.default\).*supported ops: "):
+        quantize(WithSin().eval(), x[:2], PTQ(), train_data=x, config=QuantConfig(strict=True))
 
 
 @pytest.mark.parametrize("recipe, message", [

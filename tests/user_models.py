@@ -444,6 +444,28 @@ class MnasNetBlocks(nn.Module):
         return self.head((x + self.project(y * self.se(y))).mean((2, 3)))
 
 
+class PixelNormBlock(nn.Module):
+    """Pixel-wise feature normalization (Karras et al., "Progressive Growing of GANs", 2018):
+    each position's channel vector divided by its RMS, x * rsqrt(mean_c(x ** 2) + eps)
+    (eps 1e-3: ProGAN's 1e-8 is below an int8 step of the mean and vanishes); then a conv
+    whose output is scaled by exp(s), s from a 1x1 conv (a log-scale head, as box-size
+    regressors predict it). x ** 2, the mean, rsqrt and exp all have int8 kernels."""
+
+    def __init__(self, c: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(conv_bn(3, c, 3), nn.ReLU())
+        self.conv = conv_bn(c, c, 3)
+        self.log_scale = nn.Conv2d(c, 1, 1)
+        self.head = nn.Linear(c, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = x * torch.rsqrt(x.pow(2).mean(1, keepdim=True) + 1e-3)
+        y = self.conv(x)
+        y = y * torch.exp(self.log_scale(y))
+        return self.head(y.mean((2, 3)))
+
+
 #: name -> factory of each block model: 3-channel images (TCN: a [N, 3, 1, L] sequence),
 #: 10 classes
 BLOCKS = {
@@ -452,7 +474,7 @@ BLOCKS = {
     "upsampling_decoder": UpsamplingDecoder, "transposed_conv_decoder": TransposedConvDecoder,
     "mobilenet_v4_uib": MobileNetV4Blocks, "ghostnet": GhostBottleneck, "lcnet": LCNetBlocks,
     "mnasnet": MnasNetBlocks, "global_context": GlobalContextBlock,
-    "shufflenet_v2": ShuffleNetV2Block, "tcn": TCN,
+    "shufflenet_v2": ShuffleNetV2Block, "tcn": TCN, "pixel_norm": PixelNormBlock,
     "convnext": lambda: ConvNeXtBlock(10, 3),
     "groupnorm_context": lambda: GroupNormContextBlock(10, 3),
     "groupnorm_resnet": lambda: GroupNormResNetBlock(10, 3),

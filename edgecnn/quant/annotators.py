@@ -330,16 +330,27 @@ SPLIT_OPS = (aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.defaul
 POW_OPS = (aten.pow.Tensor_Scalar,)
 
 
-@annotator("pow")
-def annotate_pow(gm: GraphModule, specs: Specs) -> None:
-    """x ** c, c a Python number: the builtin the converter lowers it to
-    (`export.tflite.ops.elementwise.pow_builtin`: MUL(x, x) for 2, SQRT for 0.5, else
-    POW) decides: an int8 kernel (MUL) -> input and output quantized, own output; none ->
-    a float island, as `annotate_float_islands` leaves one."""
-    for node in candidates(gm, POW_OPS):
+def is_float_island(node: Node) -> bool:
+    """True for a node whose TFLite builtin has no int8 kernel: a `FLOAT_OPS` op (but not a
+    division by a Python number: a MUL), or x ** c whose exponent's builtin
+    (`export.tflite.ops.elementwise.pow_builtin`: MUL(x, x) for 2, SQRT for 0.5, else POW)
+    has none."""
+    if calls(node, POW_OPS):
         exponent = node.args[1]
         builtin = pow_builtin(float(exponent) if isinstance(exponent, (int, float)) else None)
-        if BUILTINS.get(builtin).int8 == "float":
+        return BUILTINS.get(builtin).int8 == "float"
+    if node.target == aten.div.Tensor and not isinstance(node.args[1], Node):
+        return False
+    return calls(node, FLOAT_OPS)
+
+
+@annotator("pow")
+def annotate_pow(gm: GraphModule, specs: Specs) -> None:
+    """x ** c, c a Python number: a float island when its builtin has no int8 kernel
+    (`is_float_island`), as `annotate_float_islands` leaves one; else (x ** 2, MUL(x, x))
+    input and output quantized, own output."""
+    for node in candidates(gm, POW_OPS):
+        if is_float_island(node):
             node.meta[FLOAT_KEY] = node.meta[FLOAT_ISLAND_KEY] = True
         else:
             annotate(node, {node.args[0]: specs.activation}, specs.activation)

@@ -14,9 +14,9 @@ float layer still reads the int8 tensors before it, so to take one tensor out
 of int8 (the planted model's `block.conv` output), keep its writer and its
 readers float (`block\\.(conv|proj)`).
 
-Ops with no int8 TFLite kernel (`annotators.FLOAT_OPS`: layer / group norm, a
-division by a tensor) are left float the same way without a pattern: the float
-islands (`float_islands` lists them in a converted program).
+Ops with no int8 TFLite kernel (`annotators.is_float_island`: layer / group norm, a
+division by a tensor, sqrt, reciprocal, powers but x ** 2) are left float the same way
+without a pattern: the float islands (`float_islands` lists them in a converted program).
 
 In a converted program a float conv / linear is one whose weight is not
 dequantized (`float_layers`); the QDQ ONNX keeps its weights float and no
@@ -45,12 +45,12 @@ from edgecnn.quant.annotators import (
     BATCH_NORM_OPS,
     CONV_OPS,
     FLOAT_KEY,
-    FLOAT_OPS,
     INT16_KEY,
     LINEAR_OPS,
     PASSTHROUGH,
     calls,
     fuse_activation,
+    is_float_island,
     sole_user,
 )
 from edgecnn.quant.graph import layer_name
@@ -218,14 +218,13 @@ def int16_layers(gm: GraphModule) -> list[str]:
 
 def float_islands(gm: GraphModule) -> list[str]:
     """The ops of a program left float because their TFLite builtin has no int8 kernel
-    (`annotators.FLOAT_OPS`; a division by a number is int8), as "module path (node
+    (`annotators.is_float_island`: `FLOAT_OPS`, powers other than x ** 2; a division by a
+    number is int8), as "module path (node
     name)" in graph order: the node name is the one the ONNX node (`node_<name>`) and the
     .tflite ops of the island carry."""
     names = []
     for node in activation_nodes(gm):
-        if not calls(node, FLOAT_OPS):
-            continue
-        if node.target == torch.ops.aten.div.Tensor and not isinstance(node.args[1], Node):
+        if node.op != "call_function" or not is_float_island(node):
             continue
         layer = layer_name(node)
         names.append(node.name if layer == node.name else f"{layer} ({node.name})")
