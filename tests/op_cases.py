@@ -327,6 +327,12 @@ CASES = [
     Case("group_norm_onnx", plain("GroupNormalization", ["x", "g", "b"],
                                   {"g": _w(8) + 1, "b": _w(8)}, num_groups=2),
          X8, GROUP_NORM_OPS, qdq=NORM_ALONE, opset=21, output_shape=X8["x"]),
+    Case("group_norm_per_channel", plain("GroupNormalization", ["x", "g", "b"],  # G = C:
+                                         {"g": _w(8) + 1, "b": _w(8)}, num_groups=8),
+         X8, NORM_OPS, qdq=NORM_ALONE, opset=21, output_shape=X8["x"]),  # over H, W alone
+    Case("group_norm_sequence", plain("GroupNormalization", ["x", "g", "b"],  # [N, C, L]
+                                      {"g": _w(8) + 1, "b": _w(8)}, num_groups=4),
+         {"x": (1, 8, 12)}, GROUP_NORM_OPS, qdq=NORM_ALONE, opset=21, output_shape=(1, 8, 12)),
     Case("sqrt_of_square", lambda: (
         [helper.make_node("Mul", ["x", "x"], ["s"]), node("Sqrt", ["s"])], {}), X8,
          {"MUL": 1, "SQRT": 1}, qdq="quantize_static quantizes no Sqrt: the QDQ model's "

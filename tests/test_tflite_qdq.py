@@ -220,3 +220,19 @@ def test_a_silent_change_of_a_qdq_scale_is_caught(monkeypatch) -> None:
     model = g.model({"x": (1, 4, 8, 8)}, g.qdq(g.op("Relu", [p], "r"), 0.03, -128, tag="r_out"))
     with pytest.raises(EdgecnnError, match="converter defect: tensor 'p' was given"):
         to_flatbuffer(model)
+
+
+@pytest.mark.parametrize("zero, ops", [
+    (-128, {"RSQRT": 1}),
+    (0, {"DEQUANTIZE": 1, "SQRT": 1, "DIV": 1, "QUANTIZE": 1}),
+], ids=["non_negative_grid", "grid_with_negatives"])
+def test_rsqrt_is_int8_when_its_input_grid_is_non_negative(zero: int, ops: dict) -> None:
+    """DQ -> Sqrt -> Reciprocal -> Q (torch's rsqrt): one int8 RSQRT when the input's grid
+    starts at 0; when it holds negative values (zero point above -128) a float island,
+    since the int8 kernel fails at run time on an input below its zero point."""
+    g = QDQGraph()
+    r = g.op("Reciprocal", [g.op("Sqrt", [g.qdq("x", 0.02, zero)], "s")], "r")
+    model = g.model({"x": (1, 4, 8, 8)}, g.qdq(r, 1.5 / 255, -128))
+    data = to_flatbuffer(model)
+    assert dict(op_counts(data)) == ops
+    assert steps_off(model, data, np.abs(X) + 0.5) <= 1

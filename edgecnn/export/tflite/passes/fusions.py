@@ -80,14 +80,19 @@ def fuse_rsqrt(graph: Graph) -> None:
     has an int8 kernel where SQRT and DIV have none. Only when the tensor between them is
     float and read by the DIV alone: in a QDQ model, when the pair sits between one
     DEQUANTIZE and one QUANTIZE (edgecnn's quantizer: aten.rsqrt is one op); a quantized
-    tensor between them is a rounding the fusion would drop. Float: TFLite's RSQRT is
-    1 / sqrt(x), the same two roundings. In place."""
+    tensor between them is a rounding the fusion would drop. An int8 input whose grid
+    holds negative values stays SQRT and DIV (a float island): the int8 RSQRT kernel
+    refuses a value below its zero point at run time (elementwise.cc), where float gives
+    NaN as onnxruntime does. Float: TFLite's RSQRT is 1 / sqrt(x), the same two
+    roundings. In place."""
     consumers = graph.consumers()
     outputs = set(graph.outputs)
     drop: set[int] = set()
     for sqrt in graph.ops:
         if sqrt.type != "SQRT" or sqrt.outputs[0] in outputs \
                 or graph.tensor(sqrt.outputs[0]).quant is not None:
+            continue
+        if _holds_negatives(graph.tensor(sqrt.inputs[0])):
             continue
         div = _sole_reader(consumers, sqrt.outputs[0], "DIV")
         if div is None or div.inputs[1] != sqrt.outputs[0] \
@@ -98,3 +103,11 @@ def fuse_rsqrt(graph: Graph) -> None:
         drop.add(id(div))
     if drop:
         graph.ops = [op for op in graph.ops if id(op) not in drop]
+
+
+def _holds_negatives(tensor) -> bool:
+    """True for a quantized tensor whose lowest integer is below its zero point."""
+    quant = tensor.quant
+    if quant is None or not np.issubdtype(tensor.dtype, np.integer):
+        return False
+    return int(np.iinfo(tensor.dtype).min) < int(np.min(quant.zero_point))
