@@ -71,6 +71,7 @@ KINDS = {
     "Concat": "concat", "CONCATENATION": "concat", "Softmax": "softmax", "SOFTMAX": "softmax",
     "Tanh": "tanh", "TANH": "tanh", "Reshape": "reshape", "RESHAPE": "reshape",
     "Flatten": "reshape", "Pad": "pad", "PAD": "pad", "input": "input",
+    "RSQRT": "reciprocal",  # ONNX Sqrt -> Reciprocal (torch's rsqrt)
 }
 
 
