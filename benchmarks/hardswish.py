@@ -38,6 +38,7 @@ import onnxruntime as ort
 import torch
 
 from edgecnn import pipeline, quant
+from edgecnn.artifacts import ArtifactConfig
 from edgecnn.checkpoint import read_config
 from edgecnn.config import Preprocessing
 from edgecnn.data import load
@@ -109,8 +110,8 @@ def latency_rows(out: Path, runs: int) -> dict:
 
 
 def accuracy_row(checkpoint: Path, out: Path) -> dict:
-    report = pipeline.export_int8(MODEL, checkpoint=checkpoint, recipe=quant.PTQ(),
-                                  formats=("onnx",),
+    report = pipeline.export_int8(MODEL, reference=checkpoint, recipe=quant.PTQ(),
+                                  artifacts=ArtifactConfig(formats=("onnx",)),
                                   out=out / "ptq", show_progress=False, bench_runs=5)
     int8_onnx = out / "ptq" / "model_int8.onnx"
     files = {"hard_swish": convert_before(int8_onnx, out / "ptq" / "int8_hard_swish.tflite"),

@@ -32,7 +32,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     from planted_model import build_planted
 
-    from edgecnn import pipeline
+    from edgecnn.artifacts import export_artifacts
     from edgecnn.quant.recipe import PTQ
     from edgecnn.quant.run import quantize_checkpoint
     from edgecnn.quant.spec import QuantConfig
@@ -50,8 +50,7 @@ def main() -> None:
             config = QuantConfig(**({field: (pair,)} if field else {}))
             quantize_checkpoint(planted["checkpoint"], out / "q", PTQ(calib_batches=8),
                                 config=config, show_progress=False)
-            files[choice] = pipeline.export_artifacts(
-                planted["checkpoint"], out, formats=("onnx", "tflite"), quantized=out / "q")
+            files[choice] = export_artifacts(planted["checkpoint"], out, quantized=out / "q")
             report = run_validate(planted["fp32.onnx"], list(files[choice]), "digits", Bounds())
             drops.append([factory, pair, choice,
                           *[signed(c.drop) for c in report.candidates]])

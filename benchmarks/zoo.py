@@ -37,6 +37,7 @@ import onnxruntime as ort
 import torch
 
 from edgecnn import pipeline, quant
+from edgecnn.artifacts import ArtifactConfig
 from edgecnn.checkpoint import read_config
 from edgecnn.config import ArtifactMetadata, Preprocessing
 from edgecnn.data import load
@@ -44,6 +45,7 @@ from edgecnn.export import onnx as onnx_export
 from edgecnn.export.tflite import convert
 from edgecnn.models import create_model, models
 from edgecnn.models.stats import model_stats
+from edgecnn.reference import Training, train_reference
 from edgecnn.runtime.bench import BenchConfig, run_bench
 from edgecnn.runtime.machine import describe_machine
 from edgecnn.runtime.validate import Bounds, run_validate
@@ -61,13 +63,14 @@ def accuracy_row(name: str, cache: Path) -> dict:
     """fp32 / PTQ / QAT on digits through `edgecnn export --int8`, and quantize_static."""
     checkpoint = cache / name / "checkpoint"
     if not (checkpoint / "checkpoint.pt").is_file():
-        pipeline.train_reference(name, "digits", checkpoint, SCHEDULES.get(name, DEFAULT_SCHEDULE),
-                                 show_progress=False)
+        train_reference(name, "digits", checkpoint,
+                        Training(SCHEDULES.get(name, DEFAULT_SCHEDULE)), show_progress=False)
     row = {}
     for method in ("ptq", "qat"):
-        report = pipeline.export_int8(name, checkpoint=checkpoint,
+        report = pipeline.export_int8(name, reference=checkpoint,
                                       recipe=quant.METHODS[method](),
-                                      formats=("onnx",), out=cache / name / method,
+                                      artifacts=ArtifactConfig(formats=("onnx",)),
+                                      out=cache / name / method,
                                       show_progress=False, bench_runs=20)
         row["fp32"] = report.data["reference_accuracy"]
         row[method] = report.artifact("model_int8.onnx").accuracy

@@ -142,7 +142,7 @@ def _execution(device: str, workers: int | None):
 def _starting_point(pretrained: Path | None, drop_background: bool, padding: str,
                     bn_eps: float | None, epochs: int | None, freeze_epochs: int):
     """(Pretrained | None, model options) from the flags, checked first."""
-    from edgecnn.pipeline import Pretrained
+    from edgecnn.reference import Pretrained
 
     if padding not in PADDING_FLAGS:
         raise EdgecnnError(f"--padding must be one of {', '.join(PADDING_FLAGS)}, "
@@ -235,7 +235,7 @@ def train_command(
               backbone_lr_factor=backbone_lr_factor)
     preprocess = preprocess_options(mean, std, resize, resize_size, interpolation)
     from edgecnn.data import check_spec
-    from edgecnn.pipeline import train_reference
+    from edgecnn.reference import Training, train_reference
     from edgecnn.train import TrainConfig
     from edgecnn.util import check_writable_dir
 
@@ -247,13 +247,14 @@ def train_command(
                          label_smoothing=label_smoothing, seed=seed,
                          freeze_epochs=freeze_epochs, backbone_lr_factor=backbone_lr_factor)
     directory = out_dir or Path("checkpoints") / model.replace(":", "_")
-    check_writable_dir(directory, "--out")  # before the training run, not after it
-    metrics = train_reference(model, data, directory, config, input_size=input_size,
-                              width_mult=width_mult, preflight="warn", pretrained=weights,
-                              model_options=options, preprocess=preprocess,
-                              execution=execution)
-    out.print(f"{model} on {data}: val_accuracy [bold]{metrics['val_accuracy']:.4f}[/bold] "
-              f"in {metrics['train_seconds']:.1f}s -> {directory}")
+    check_writable_dir(directory, "out")  # before the training run, not after it
+    result = train_reference(model, data, directory,
+                             Training(config, input_size=input_size, width_mult=width_mult,
+                                      pretrained=weights, model_options=options,
+                                      preprocess=preprocess),
+                             preflight="warn", execution=execution)
+    out.print(f"{model} on {data}: val_accuracy [bold]{result.val_accuracy:.4f}[/bold] "
+              f"in {result.train_seconds:.1f}s -> {directory}")
 
 
 @app.command("bench")
@@ -310,7 +311,7 @@ def bench_command(
     from edgecnn.util import check_writable_file
 
     if json_path:
-        check_writable_file(json_path, "--json")
+        check_writable_file(json_path, "json")
     check_all(max_drop=max_drop, min_agreement=min_agreement, top=top)
     if runs is not None and seconds is not None:
         raise EdgecnnError("pass either --runs or --seconds, not both")
@@ -567,9 +568,9 @@ def validate_command(
 
     bounds = Bounds(max_drop=max_drop, min_agreement=min_agreement, gate=gate)
     check_spec(data)
-    for flag, target in (("--json", json_path), ("--markdown", markdown_path)):
+    for parameter, target in (("json", json_path), ("markdown", markdown_path)):
         if target:
-            check_writable_file(target, flag)
+            check_writable_file(target, parameter)
 
     digests = _digests([reference, *candidate], manifest)
     report = run_validate(reference, candidate, data, bounds, backend=backend, threads=threads,
@@ -759,12 +760,17 @@ def export_command(
                            "model's preprocessing (export --int8 or train); export without "
                            "--int8 uses the checkpoint's record")
     from edgecnn import pipeline
+    from edgecnn.artifacts import ArtifactConfig, export_artifacts
 
     fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
     if int8:
         from dataclasses import replace
 
+        from edgecnn.export.onnx import DEFAULT_ACTIVATIONS
         from edgecnn.quant.recipe import PTQ, QAT
+        from edgecnn.quant.spec import QuantConfig
+        from edgecnn.reference import Training
+        from edgecnn.runtime.validate import Bounds
 
         _check_method_flags("ptq" if ptq else "qat", {
             "--qat-epochs": "qat" if qat_epochs is not None else None,
@@ -772,21 +778,30 @@ def export_command(
             "--bias-correction": "ptq" if bias_correction else None})
         weights, options = _starting_point(pretrained, drop_background, padding, bn_eps,
                                            epochs, freeze_epochs)
-        if checkpoint is not None and (weights is not None or options or preprocess):
-            raise EdgecnnError("--checkpoint fixes the model (its config.json): --pretrained, "
-                               "--padding, --bn-eps and the preprocessing flags apply without "
-                               "it")
-        train_config = replace(pipeline.DEFAULT_TRAIN, freeze_epochs=freeze_epochs,
-                               backbone_lr_factor=backbone_lr_factor)
+        if checkpoint is not None:
+            given = [flag for flag, used in (
+                ("--pretrained", weights is not None), ("--padding / --bn-eps", options),
+                ("--mean / --std / --resize", preprocess), ("--epochs", epochs is not None),
+                ("--input-size", input_size is not None),
+                ("--backbone-lr-factor", backbone_lr_factor != 0.1)) if used]
+            if given:
+                raise EdgecnnError(f"--checkpoint gives a trained model (its config.json fixes "
+                                   f"it): {', '.join(given)} are for training a new one, "
+                                   "without --checkpoint")
+        schedule = replace(pipeline.DEFAULT_TRAIN, freeze_epochs=freeze_epochs,
+                           backbone_lr_factor=backbone_lr_factor,
+                           **({} if epochs is None else {"epochs": epochs}))
+        reference = checkpoint if checkpoint is not None else Training(
+            schedule, input_size=input_size, pretrained=weights, model_options=options,
+            preprocess=preprocess)
         recipe = (PTQ(cle=cle, bias_correction=bias_correction) if ptq else QAT(train=replace(
             QAT().train, epochs=QAT().train.epochs if qat_epochs is None else qat_epochs)))
         report = pipeline.export_int8(
-            model, data=data, checkpoint=checkpoint, recipe=recipe, train_epochs=epochs,
-            formats=fmts, max_drop=max_drop, min_agreement=min_agreement, io=io,
-            input_size=input_size, out=out_dir, force=force, onnx_activations=onnx_activations,
-            keep_float=tuple(keep_float or ()), int16=tuple(int16 or ()), fallback=fallback,
-            pretrained=weights, model_options=options, train_config=train_config,
-            preprocess=preprocess)
+            model, data=data, reference=reference, recipe=recipe,
+            quant=QuantConfig(keep_float=tuple(keep_float or ()), int16=tuple(int16 or ())),
+            artifacts=ArtifactConfig(fmts, io, onnx_activations or DEFAULT_ACTIVATIONS),
+            bounds=Bounds(max_drop=max_drop, min_agreement=min_agreement), fallback=fallback,
+            out=out_dir, force=force)
         _print_report(report)
         if not report.passed:
             for failure in report.failures():
@@ -808,15 +823,13 @@ def export_command(
                            "`edgecnn train`); without it, --checkpoint fixes the model")
     if checkpoint is None:
         raise EdgecnnError("export needs --checkpoint DIR (or --int8 to train one)")
-    from edgecnn.export.tflite import IO_MODES
+    from edgecnn.export.onnx import DEFAULT_ACTIVATIONS
     from edgecnn.util import check_writable_dir
 
-    if io not in IO_MODES:
-        raise EdgecnnError(f"--io must be one of {', '.join(IO_MODES)}, got {io!r}")
-    check_writable_dir(out_dir or Path("artifacts"), "--out")
-    written = pipeline.export_artifacts(checkpoint, out_dir or Path("artifacts"), model_name=model,
-                                        formats=fmts, quantized=quantized, io=io,
-                                        activations=onnx_activations)
+    artifacts = ArtifactConfig(fmts, io, onnx_activations or DEFAULT_ACTIVATIONS)
+    check_writable_dir(out_dir or Path("artifacts"), "out")
+    written = export_artifacts(checkpoint, out_dir or Path("artifacts"), artifacts,
+                               model_name=model, quantized=quantized)
     for path in written:
         out.print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)", highlight=False)
 
@@ -934,7 +947,7 @@ def quantize_command(
         from edgecnn.data import check_spec
 
         check_spec(data)
-    check_writable_dir(out_dir, "--out")
+    check_writable_dir(out_dir, "out")
     execution = _execution(device, workers)
     from dataclasses import replace
 
@@ -945,24 +958,24 @@ def quantize_command(
                   bias_correction=bias_correction) if method == "ptq" else
               QAT(train=replace(QAT().train, epochs=epochs, lr=lr, batch_size=batch_size,
                                 seed=training_seed(checkpoint))))
-    metrics = quantize_checkpoint(checkpoint, out_dir, recipe, data=data, model_name=model,
-                                  config=QuantConfig(observer=observer, strict=strict,
-                                                     keep_float=tuple(keep_float or ()),
-                                                     int16=tuple(int16 or ())),
-                                  execution=execution)
-    out.print(f"{model} {method}: fp32 {metrics['fp32_accuracy']:.4f} -> int8 "
-              f"[bold]{metrics['int8_accuracy']:.4f}[/bold] (drop {metrics['accuracy_drop']:.2f} "
-              f"points) in {metrics['quantize_seconds']:.1f}s -> {out_dir}", highlight=False)
-    if metrics["float_layers"]:
-        out.print(f"float layers: {', '.join(metrics['float_layers'])}", highlight=False)
-    if metrics["float_islands"]:
-        out.print(f"float islands (no int8 kernel): {', '.join(metrics['float_islands'])}",
+    result = quantize_checkpoint(checkpoint, out_dir, recipe, data=data, model_name=model,
+                                 config=QuantConfig(observer=observer, strict=strict,
+                                                    keep_float=tuple(keep_float or ()),
+                                                    int16=tuple(int16 or ())),
+                                 execution=execution)
+    out.print(f"{model} {method}: fp32 {result.fp32_accuracy:.4f} -> int8 "
+              f"[bold]{result.int8_accuracy:.4f}[/bold] (drop {result.accuracy_drop:.2f} "
+              f"points) in {result.quantize_seconds:.1f}s -> {out_dir}", highlight=False)
+    if result.float_layers:
+        out.print(f"float layers: {', '.join(result.float_layers)}", highlight=False)
+    if result.float_islands:
+        out.print(f"float islands (no int8 kernel): {', '.join(result.float_islands)}",
                   highlight=False)
-    if metrics["int16_layers"]:
-        out.print(f"int16 layers (16x8): {', '.join(metrics['int16_layers'])}", highlight=False)
+    if result.int16_layers:
+        out.print(f"int16 layers (16x8): {', '.join(result.int16_layers)}", highlight=False)
     from edgecnn.report import ptq_method_lines
 
-    for line in ptq_method_lines(metrics):
+    for line in ptq_method_lines(result.to_dict()):
         out.print(line, highlight=False)
 
 

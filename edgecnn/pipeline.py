@@ -1,221 +1,48 @@
-"""Stages that string the modules together; the CLI and the Python API call these."""
+"""`edgecnn export --int8`: the stages composed and cached.
+
+The stages are functions with a typed config and a typed result, each in its own
+module: `reference.train_reference` (`Training` -> `TrainResult`),
+`quant.run.quantize_checkpoint` (`PTQ` | `QAT` -> `QuantizeResult`),
+`artifacts.export_artifacts` (`ArtifactConfig` -> files),
+`runtime.validate.run_validate` (`Bounds` -> `ValidationReport`),
+`runtime.bench.run_bench` (`BenchConfig` -> `BenchReport`) and
+`verify.inspect.inspect_for_report`. This module only runs them in order, reuses a
+stage whose inputs hash the same as last time, and writes the report.
+"""
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from edgecnn import __version__, distributed, progress
-from edgecnn.checkpoint import ModelConfig, load_checkpoint, read_config, save_checkpoint
-from edgecnn.data import load
-from edgecnn.distributed import Execution
+from edgecnn.artifacts import ArtifactConfig, export_artifacts
+from edgecnn.checkpoint import ModelConfig, load_checkpoint, read_config
 from edgecnn.errors import EdgecnnError, ParameterError
 from edgecnn.fallback import check_fallback
-from edgecnn.models import create_model
 from edgecnn.progress import console
 from edgecnn.quant.recipe import PTQ, QAT, Recipe
+from edgecnn.quant.run import QuantizeResult
+from edgecnn.quant.spec import QuantConfig
+from edgecnn.reference import Training, check_patterns, train_reference
 from edgecnn.report import Report, artifact_reports
 from edgecnn.runtime.manifest import sha256_file
 from edgecnn.runtime.tables import signed
-from edgecnn.train import TrainConfig, model_options_for, preprocessing_for, train
+from edgecnn.runtime.validate import Bounds
+from edgecnn.train import TrainConfig
 from edgecnn.util import atomic_write, check_writable_dir, clean_stale_temps
 
 if TYPE_CHECKING:
     from edgecnn.runtime.bench import BenchReport
     from edgecnn.runtime.validate import ValidationReport
-
-FORMATS = ("onnx", "tflite")
-
-
-@dataclass(frozen=True)
-class Pretrained:
-    """Start from pretrained weights: a .safetensors or tensors-only torch file, mapped
-    onto the model by `edgecnn.models.pretrained` (name table, else layer order);
-    `drop_background` drops the first row of a classifier with one class too many
-    (TensorFlow's 1001-logit heads)."""
-
-    weights: Path
-    drop_background: bool = False
-
-
-def train_reference(model_name: str, data: str, directory: Path,
-                    config: TrainConfig | None = None, *, input_size: int | None = None,
-                    width_mult: float = 1.0, show_progress: bool = True,
-                    preflight: str | None = None, formats: tuple[str, ...] = FORMATS,
-                    io: str = "int8", quant_config=None, pretrained: Pretrained | None = None,
-                    model_options: dict | None = None, preprocess=None,
-                    execution: Execution | None = None) -> dict:
-    """Train the fp32 reference and write checkpoint.pt, config.json and metrics.json.
-
-    preflight: "error" or "warn" first checks, on the untrained model, that it exports
-    to int8 `formats` (`edgecnn.preflight`), and raises or warns before any epoch.
-    quant_config: the QuantConfig the model will be quantized with; its layer patterns
-    (`--keep-float`) must each match a layer, checked before any epoch (raises).
-    pretrained: load these weights first; training then fine-tunes them (the
-    classifier is the head of `TrainConfig`'s phases), and `config.epochs == 0` keeps
-    them as they are (refused when the classifier had to be replaced).
-    model_options: `padding` and `bn_eps` (recorded in config.json, as every option).
-    Raises EdgecnnError before any training for a bad file, a tensor with no home, or
-    options out of range.
-    preprocess: `data.preprocessing.PreprocessOptions` (--mean/--std/--resize/...).
-    execution: device and loader workers (`edgecnn.distributed`); under torchrun every
-    rank trains (DistributedDataParallel) and rank 0 alone writes `directory`.
-    """
-    from edgecnn.checkpoint import check_options
-    from edgecnn.models.pretrained import _classifier, load_pretrained_file, read_weights
-
-    config = config or TrainConfig()
-    extra = check_options(dict(model_options or {}))
-    if pretrained is None and (config.epochs == 0 or config.freeze_epochs):
-        raise EdgecnnError("epochs=0 and freeze_epochs need pretrained weights (a model "
-                           "trained from scratch must train)")
-    if pretrained is not None:
-        read_weights(pretrained.weights)  # a bad file fails before the data loads
-    dataset = load(data, seed=config.seed)
-    preprocessing = preprocessing_for(dataset, input_size, preprocess)
-    options = {**model_options_for(preprocessing, width_mult), **extra}
-    torch.manual_seed(config.seed)  # weight init is part of the seeded run
-    model = create_model(model_name, **options)
-    if quant_config is not None:
-        _check_patterns(model, preprocessing, quant_config)
-    loaded = None
-    if pretrained is not None:
-        loaded = load_pretrained_file(model, pretrained.weights, model_name=model_name,
-                                      drop_background=pretrained.drop_background)
-        _follow_weights(model, options, "bn_eps" in extra, loaded)
-        if show_progress and distributed.is_main():
-            for line in loaded.summary():
-                console.print(line, highlight=False, soft_wrap=True)
-        if config.epochs == 0 and loaded.head == "replaced":
-            raise EdgecnnError(f"epochs=0 uses the weights as they are, but {loaded.head_note}"
-                               ": train at least one epoch")
-    if preflight is not None:
-        _preflight(model, preprocessing, formats, io, preflight, quant_config)
-    metrics = train(model, dataset, preprocessing, config, show_progress=show_progress,
-                    head=_classifier(model) if loaded is not None else None,
-                    execution=execution)
-    metrics = {"model": model_name, "data": data, **metrics}
-    if distributed.world_size() > 1:
-        metrics["processes"] = distributed.world_size()
-    if not distributed.is_main():
-        distributed.barrier()  # rank 0 writes; the others return once it has
-        return metrics
-    save_checkpoint(Path(directory), model, ModelConfig(model_name, preprocessing, options, data))
-    if loaded is not None:
-        metrics["pretrained"] = {"file": str(pretrained.weights), "sha256": loaded.sha256,
-                                 "layout": loaded.layout, "classifier": loaded.head,
-                                 "classifier_note": loaded.head_note}
-        with atomic_write(Path(directory) / "pretrained.json") as tmp:
-            tmp.write_text(json.dumps({"file": str(pretrained.weights), **loaded.to_dict()},
-                                      indent=2))
-    with atomic_write(Path(directory) / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(metrics, indent=2))
-    distributed.barrier()
-    return metrics
-
-
-def _follow_weights(model: torch.nn.Module, options: dict, eps_given: bool, loaded) -> None:
-    """BatchNorm epsilon follows the pretrained layout's (set in place and in `options`,
-    which config.json records) unless one was given; notes on `loaded` say so, and say
-    when the model's padding is not the TF 'SAME' the weights were trained with."""
-    from edgecnn.models.padding import set_batchnorm_eps
-
-    source = f"the {loaded.layout} weights"
-    eps = options.get("bn_eps", 1e-5)  # the zoo's default
-    if loaded.bn_eps is not None and not eps_given and eps != loaded.bn_eps:
-        set_batchnorm_eps(model, loaded.bn_eps)
-        options["bn_eps"] = loaded.bn_eps
-        loaded.notes.append(f"BatchNorm eps {loaded.bn_eps:g}, as {source} were trained")
-    elif loaded.bn_eps is not None and eps != loaded.bn_eps:
-        loaded.notes.append(f"{source} were trained with BatchNorm eps {loaded.bn_eps:g}; "
-                            f"the model's {options['bn_eps']:g} kept, as given")
-    if loaded.tf_padding and options.get("padding", "symmetric") != "tf_same":
-        loaded.notes.append(f"{source} were trained with TensorFlow 'SAME' padding (bottom / "
-                            "right on strided convolutions); the model pads symmetrically "
-                            "(--padding tf-same reproduces them)")
-
-
-class PreflightWarning(UserWarning):
-    """The model trains, but its export to int8 would fail (named in the message)."""
-
-
-def _check_patterns(model: torch.nn.Module, preprocessing, quant_config) -> None:
-    """Every layer pattern of `quant_config` matches a layer of `model` (left unchanged)."""
-    from edgecnn.quant.calibrate import check_patterns
-
-    h, w = preprocessing.input_size
-    check_patterns(model, torch.zeros(2, preprocessing.channels, h, w), quant_config)
-
-
-def _preflight(model: torch.nn.Module, preprocessing, formats: tuple[str, ...], io: str,
-               mode: str, quant_config=None) -> None:
-    from edgecnn.preflight import check_exportable
-
-    state = copy.deepcopy(model.state_dict())
-    try:
-        check_exportable(model, preprocessing, formats=formats, io=io, config=quant_config)
-    except EdgecnnError as exc:
-        if mode == "error":
-            raise
-        warnings.warn(f"{exc}; training anyway", PreflightWarning, stacklevel=3)
-    finally:
-        model.load_state_dict(state)  # the seeded initial weights, untouched
-
-
-def check_formats(formats: tuple[str, ...]) -> None:
-    """Raises ParameterError unless `formats` is a non-empty selection of FORMATS."""
-    if not formats or set(formats) - set(FORMATS):
-        raise ParameterError("formats", f"{','.join(formats)}: supported are "
-                             f"{', '.join(FORMATS)}")
-
-
-def export_artifacts(checkpoint: Path, out_dir: Path, *, model_name: str | None = None,
-                     formats: tuple[str, ...] = ("onnx",), quantized: Path | None = None,
-                     io: str = "int8", activations: str | None = None) -> list[Path]:
-    """fp32 artifacts from a checkpoint, or with `quantized` (a quantized directory) int8
-    ones, in `formats`: `model_{fp32,int8}.onnx` / `.tflite` in `out_dir`. The int8
-    .onnx is the onnxruntime variant of the canonical QDQ model, the .tflite is
-    converted from the canonical one (in memory: a TFLite-only export writes no ONNX)."""
-    from edgecnn.export import onnx as onnx_export
-
-    check_formats(formats)
-    model, config = load_checkpoint(Path(checkpoint), model_name)
-    out_dir = Path(out_dir)
-    if quantized is None:
-        precision, proto = "fp32", onnx_export.fp32_model(model, config.preprocessing,
-                                                          model_name=config.model)
-        shipped = proto
-    else:
-        from edgecnn import quant
-
-        program, metadata = quant.load_program(Path(quantized))
-        precision, proto = "int8", onnx_export.qdq_model(program, metadata.preprocessing,
-                                                         model_name=config.model)
-        shipped = onnx_export.onnxruntime_variant(
-            proto, activations=activations or onnx_export.DEFAULT_ACTIVATIONS)
-    stem = out_dir / f"model_{precision}"
-    written = []
-    if "onnx" in formats:
-        written.append(onnx_export.save(shipped, stem.with_suffix(".onnx")))
-    if "tflite" in formats:
-        from edgecnn.export.tflite import convert
-
-        written.append(convert(proto, stem.with_suffix(".tflite"),
-                               io=io if quantized else "float"))
-    return written
-
-
-# --- `edgecnn export --int8`: model -> validated, benchmarked int8 artifacts ---------------
 
 #: fp32 schedule used when no checkpoint is given: short, small-input mode on small images.
 DEFAULT_TRAIN = TrainConfig(epochs=6, lr=3e-3)
@@ -293,79 +120,72 @@ def chance_floor(chance: float, num_images: int) -> float:
     return chance + max(0.05, 3.0 * math.sqrt(chance * (1.0 - chance) / max(num_images, 1)))
 
 
-def _check_arguments(model: str, data: str, checkpoint: Path | None, recipe: Recipe,
-                     formats: tuple[str, ...], max_drop: float, min_agreement: float, io: str,
-                     onnx_activations: str | None, out: Path) -> None:
-    """Every argument of `export_int8`, checked before any work (training takes minutes)."""
+def _check_arguments(model: str, data: str, reference: Training | Path, recipe: Recipe,
+                     quant: QuantConfig, artifacts: ArtifactConfig, bounds: Bounds,
+                     fallback: str, out: Path) -> None:
+    """What the typed configs do not check themselves, before any work (training takes
+    minutes). Raises ParameterError naming the argument."""
     from edgecnn.data import check_spec
-    from edgecnn.export.onnx import ACTIVATION_TYPES
-    from edgecnn.export.tflite import IO_MODES
-    from edgecnn.flags import check
     from edgecnn.models.registry import resolve_factory
 
-    check_formats(formats)
-    if io not in IO_MODES:
-        raise ParameterError("io", f"must be one of {', '.join(IO_MODES)}, got {io!r}")
-    if onnx_activations is not None and onnx_activations not in ACTIVATION_TYPES:
-        raise ParameterError("onnx_activations", f"must be one of "
-                             f"{', '.join(ACTIVATION_TYPES)}, got {onnx_activations!r}")
-    if not isinstance(recipe, (PTQ, QAT)):
-        raise ParameterError("recipe", f"must be PTQ(...) or QAT(...), got {recipe!r}"[:200])
-    check("--max-drop", max_drop)
-    check("--min-agreement", min_agreement)
+    for name, value, kind in (("recipe", recipe, (PTQ, QAT)), ("quant", quant, QuantConfig),
+                              ("artifacts", artifacts, ArtifactConfig),
+                              ("bounds", bounds, Bounds),
+                              ("reference", reference, (Training, Path, str))):
+        if not isinstance(value, kind):
+            expected = ("PTQ(...) or QAT(...)" if name == "recipe" else
+                        "Training(...) or a checkpoint directory" if name == "reference"
+                        else f"{kind.__name__}(...)")
+            raise ParameterError(name, f"must be {expected}, got {value!r}"[:200])
+    check_fallback(fallback)
     check_spec(data)
     resolve_factory(model)
-    if checkpoint is not None and not Path(checkpoint).is_dir():
-        raise ParameterError("checkpoint", f"directory not found: {checkpoint}")
-    check_writable_dir(out, "--out")
+    if isinstance(reference, Training):
+        if reference.pretrained is not None:
+            from edgecnn.models.pretrained import read_weights
+
+            read_weights(reference.pretrained.weights)
+    elif not Path(reference).is_dir():
+        raise ParameterError("reference", f"{reference}: checkpoint directory not found",
+                             flag="--checkpoint")
+    check_writable_dir(out, "out")
 
 
-def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = None,
-                recipe: Recipe = QAT(), train_epochs: int | None = None,
-                formats: tuple[str, ...] = FORMATS, max_drop: float = 1.0,
-                min_agreement: float = 0.99, io: str = "int8",
-                input_size: int | None = None, out: Path | None = None, force: bool = False,
-                onnx_activations: str | None = None, bench_runs: int = 100,
-                keep_float: tuple[str, ...] = (), fallback: str = "none",
-                int16: tuple[str, ...] = (), show_progress: bool = True,
-                pretrained: Pretrained | None = None, model_options: dict | None = None,
-                train_config: TrainConfig | None = None,
-                preprocess=None) -> Report:
-    """Model -> fp32 reference -> QAT/PTQ -> fp32 and int8 ONNX/TFLite -> validate, bench.
+def export_int8(model: str, *, data: str = "digits",
+                reference: Training | Path = Training(DEFAULT_TRAIN),
+                recipe: Recipe = QAT(), quant: QuantConfig = QuantConfig(),
+                artifacts: ArtifactConfig = ArtifactConfig(), bounds: Bounds = Bounds(),
+                fallback: str = "none", bench_runs: int = 100, out: Path | None = None,
+                force: bool = False, show_progress: bool = True) -> Report:
+    """Model -> fp32 reference -> QAT/PTQ -> fp32 and int8 ONNX/TFLite -> validate, bench,
+    inspect -> report.json, report.md and a plot in `out` (default artifacts/MODEL).
 
-    Every stage's outputs are reused when its inputs (model, options, data,
-    checkpoint) hash the same as last time; `force` redoes everything. The
-    returned Report is also written as report.json, report.md and a plot.
-    keep_float: regular expressions over layer names kept float (`edgecnn.quant.precision`).
-    int16: regular expressions over layer names moved to 16x8 (int16 activations).
-    fallback: "int16" / "float" moves the layers adding most int8 error to int16 / float
-    until every int8 artifact's drop is within `max_drop` (`edgecnn.fallback`); "none"
-    only measures.
+    reference: how to train the fp32 reference (`reference.Training`; the default is
+        `DEFAULT_TRAIN`, a short small-input schedule; a schedule of 0 epochs with
+        pretrained weights uses them as they are), or the directory of a trained
+        checkpoint (from `edgecnn train`).
     recipe: `QAT(...)` (default) or `PTQ(...)` with its steps (`edgecnn.quant.recipe`);
-    report.json's "ptq_methods" records what CLE and bias correction did.
-    pretrained, model_options, preprocess: as `train_reference`; train_config
-    replaces the default fp32 schedule (`train_epochs` then sets only its epochs;
-    0 with `pretrained`: no fp32 training, straight to quantization).
+        report.json's "ptq_methods" records what CLE and bias correction did.
+    quant: what the quantizer emits, with `keep_float` / `int16` layer patterns
+        (`edgecnn.quant.precision`).
+    artifacts: the formats and the int8 files' input / output types.
+    bounds: the gate, `max_drop` (points) and `min_agreement` (fraction).
+    fallback: "int16" / "float" moves the layers adding most int8 error to int16 / float
+        until every int8 artifact's drop is within `bounds.max_drop`
+        (`edgecnn.fallback`); "none" only measures.
+    bench_runs: timed runs per artifact and thread count (1 and all cores).
+    Every stage's outputs are reused when its inputs (model, configs, data, upstream
+    files) hash the same as last time; `force` redoes everything. Raises EdgecnnError
+    (ParameterError naming the argument) before any stage for a bad argument.
     """
     from edgecnn.quant.run import quantize_checkpoint, training_seed
-    from edgecnn.quant.spec import QuantConfig
 
     if distributed.world_size() > 1:
         raise EdgecnnError("the int8 pipeline (export --int8) runs in one process, not under "
                            "torchrun: train and quantize under torchrun (`edgecnn train`, "
                            "`edgecnn quantize`), then export, validate and bench in one")
     out = Path(out or Path("artifacts") / model.replace(":", "_"))
-    _check_arguments(model, data, checkpoint, recipe, formats, max_drop, min_agreement, io,
-                     onnx_activations, out)
-    quant_config = QuantConfig(keep_float=tuple(keep_float), int16=tuple(int16))
-    check_fallback(fallback)
-    if checkpoint is not None and (pretrained is not None or model_options):
-        raise EdgecnnError("checkpoint and pretrained / model_options exclude each other: a "
-                           "checkpoint's config.json fixes its model")
-    if pretrained is not None:
-        from edgecnn.models.pretrained import read_weights
-
-        read_weights(pretrained.weights)  # fail fast: before any stage
+    _check_arguments(model, data, reference, recipe, quant, artifacts, bounds, fallback, out)
     clean_stale_temps(out, recursive=True)  # left by a run killed mid-write
     stages: dict[str, dict] = {}
 
@@ -377,86 +197,85 @@ def export_int8(model: str, *, data: str = "digits", checkpoint: Path | None = N
                 stage.done()
 
     # 1. the fp32 reference
-    ckpt_dir = out / "checkpoint"
-    if checkpoint is None:
-        base = train_config or DEFAULT_TRAIN
-        train_config = base if train_epochs is None else TrainConfig(
-            **{**asdict(base), "epochs": train_epochs})
-        weights = (None if pretrained is None else
-                   [_files_digest(Path(pretrained.weights)), pretrained.drop_background])
-        key = stage_key(model, data_digest(data), input_size, asdict(train_config),
-                        weights, model_options or {},
-                        *([asdict(preprocess)] if preprocess is not None else []))
+    if isinstance(reference, Training):
+        ckpt_dir = out / "checkpoint"
+        key = stage_key(model, data_digest(data), reference.input_size,
+                        asdict(reference.schedule),
+                        None if reference.pretrained is None else
+                        [_files_digest(Path(reference.pretrained.weights)),
+                         reference.pretrained.drop_background],
+                        reference.model_options, reference.width_mult,
+                        *([asdict(reference.preprocess)] if reference.preprocess else []))
         stage = _Stage("train", out, key, [ckpt_dir / "checkpoint.pt", ckpt_dir / "config.json",
                                             ckpt_dir / "metrics.json"], force)
-        run_stage(stage, lambda: train_reference(model, data, ckpt_dir, train_config,
-                                                 input_size=input_size,
+        run_stage(stage, lambda: train_reference(model, data, ckpt_dir, reference,
                                                  show_progress=show_progress,
-                                                 preflight="error", formats=formats, io=io,
-                                                 quant_config=quant_config,
-                                                 pretrained=pretrained,
-                                                 model_options=model_options,
-                                                 preprocess=preprocess))
+                                                 preflight="error", artifacts=artifacts,
+                                                 quant_config=quant))
     else:
-        ckpt_dir = Path(checkpoint)
+        ckpt_dir = Path(reference)
         loaded, loaded_config = load_checkpoint(ckpt_dir, model)  # fail early on a misfit
-        _check_patterns(loaded, loaded_config.preprocessing, quant_config)
+        check_patterns(loaded, loaded_config.preprocessing, quant)
     ckpt_key = _files_digest(ckpt_dir / "checkpoint.pt") + _files_digest(ckpt_dir / "config.json")
     config = read_config(ckpt_dir)
 
     # 2. quantization (QAT by default), 3. artifacts: again per fallback step
     quant_dir = out / "quantized"
-    paths = {f"model_{p}.{f}": out / f"model_{p}.{f}" for f in formats for p in ("fp32", "int8")}
-    sidecars = [Path(f"{p}.json") for p in paths.values() if p.suffix == ".tflite"]
+    paths = artifacts.paths(out, "fp32") + artifacts.paths(out, "int8")
+    sidecars = [Path(f"{p}.json") for p in paths if p.suffix == ".tflite"]
 
-    def quantize_and_export(config) -> dict:
+    def quantize_and_export(quant: QuantConfig) -> QuantizeResult:
         key = stage_key(ckpt_key, data_digest(data), recipe.method, recipe.to_dict(),
-                        config.to_dict())
+                        quant.to_dict())
         stage = _Stage("quantize", out, key, [quant_dir / "model_int8.pt2",
                                               quant_dir / "metrics.json"], force)
         run_stage(stage, lambda: quantize_checkpoint(
-            ckpt_dir, quant_dir, recipe, data=data, model_name=model, config=config,
+            ckpt_dir, quant_dir, recipe, data=data, model_name=model, config=quant,
             show_progress=show_progress))
-        key = stage_key(ckpt_key, _files_digest(quant_dir / "model_int8.pt2"), formats, io,
-                        onnx_activations)
-        stage = _Stage("export", out, key, list(paths.values()) + sidecars, force)
-        run_stage(stage, lambda: _write_artifacts(ckpt_dir, quant_dir, out, formats, io,
-                                                  onnx_activations, model))
-        return json.loads((quant_dir / "metrics.json").read_text())
+        key = stage_key(ckpt_key, _files_digest(quant_dir / "model_int8.pt2"),
+                        artifacts.formats, artifacts.io, artifacts.onnx_activations)
+        stage = _Stage("export", out, key, paths + sidecars, force)
+        run_stage(stage, lambda: [
+            export_artifacts(ckpt_dir, out, artifacts, model_name=model),
+            export_artifacts(ckpt_dir, out, artifacts, model_name=model, quantized=quant_dir)])
+        return QuantizeResult.from_dict(json.loads((quant_dir / "metrics.json").read_text()))
 
-    quant_metrics = quantize_and_export(quant_config)
+    quantized = quantize_and_export(quant)
     with atomic_write(out / "preprocessing.json") as tmp:
         tmp.write_text(json.dumps(config.preprocessing.to_dict(), indent=2))
 
     # 4. validate against the fp32 reference (and fall back layer by layer), 5. bench
     from edgecnn.runtime.bench import BenchConfig, run_bench
-    from edgecnn.runtime.validate import Bounds, run_validate
+    from edgecnn.runtime.validate import run_validate
 
-    ordered = list(paths.values())
-    reference = ordered[0]
+    reference_file, candidates = paths[0], paths[1:]
     seed = training_seed(ckpt_dir)
-    bounds = Bounds(max_drop=max_drop, min_agreement=min_agreement)
+
+    def validate() -> ValidationReport:
+        return run_validate(reference_file, candidates, data, bounds, seed=seed)
+
     with progress.stage("validate", show_progress, stages):
-        validation = run_validate(reference, ordered[1:], data, bounds, seed=seed)
+        validation = validate()
     fallback_record = None
     if fallback != "none":
         with progress.stage("fallback", False, stages):  # its steps print their own lines
-            quant_metrics, validation, fallback_record = _fall_back(
-                fallback, quant_config, quant_metrics, validation, quantize_and_export,
-                lambda: run_validate(reference, ordered[1:], data, bounds, seed=seed),
-                reference, ordered, data, seed, max_drop, bench_runs, io, show_progress)
+            quantized, validation, fallback_record = _fall_back(
+                _Fallback(fallback, quant, quantize_and_export, validate, reference_file,
+                          candidates, data, seed, bounds.max_drop, bench_runs, artifacts.io,
+                          show_progress), quantized, validation)
     threads = tuple(sorted({1, os.cpu_count() or 1}))
     with progress.stage("bench", show_progress, stages):
-        bench = run_bench(ordered, BenchConfig(threads=threads, runs=bench_runs), progress=False)
+        bench = run_bench(paths, BenchConfig(threads=threads, runs=bench_runs), progress=False)
 
     from edgecnn.verify.inspect import inspect_for_report  # where the int8 error comes from
 
     with progress.stage("inspect", show_progress, stages):
-        inspection = inspect_for_report(reference, ordered[1:], data, out, seed=seed)
-    manifest_files = [*ordered, *sidecars, quant_dir / "model_int8.pt2",
+        inspection = inspect_for_report(reference_file, candidates, data, out, seed=seed)
+    manifest_files = [*paths, *sidecars, quant_dir / "model_int8.pt2",
                       ckpt_dir / "checkpoint.pt", out / "preprocessing.json"]
-    report = Report({**_report_data(model, data, recipe.method, max_drop, config, quant_metrics,
-                                    validation, bench, stages, ordered, manifest_files),
+    report = Report({**_report_data(model, data, recipe.method, bounds.max_drop, config,
+                                    quantized, validation, bench, stages, paths,
+                                    manifest_files),
                      "inspect": inspection, "fallback": fallback_record})
     report.write(out)
     return report
@@ -476,50 +295,65 @@ def _int8_latency(validation: ValidationReport, runs: int) -> dict[str, float]:
     return {row.name: row.p50_ms for row in bench.results}
 
 
-def _fall_back(mode: str, quant_config, quant_metrics: dict, validation: ValidationReport,
-               quantize_and_export, validate, reference: Path, paths: list[Path], data: str,
-               seed: int, max_drop: float, bench_runs: int, io: str, show_progress: bool,
-               ) -> tuple[dict, ValidationReport, dict | None]:
-    """The accuracy-aware loop of `edgecnn.fallback`: returns the last step's quantize
-    metrics and validation, and the "fallback" record (None when step 0 is within)."""
-    from dataclasses import replace
+@dataclass(frozen=True)
+class _Fallback:
+    """What the accuracy-aware loop needs from the pipeline: the mode, the starting
+    QuantConfig, the stages to re-run per step and the files to rank layers on."""
 
+    mode: str
+    quant: QuantConfig
+    quantize_and_export: Callable[[QuantConfig], QuantizeResult]
+    validate: Callable[[], ValidationReport]
+    reference: Path
+    candidates: list[Path]
+    data: str
+    seed: int
+    max_drop: float
+    bench_runs: int
+    io: str
+    show_progress: bool
+
+
+def _fall_back(run: _Fallback, quantized: QuantizeResult, validation: ValidationReport,
+               ) -> tuple[QuantizeResult, ValidationReport, dict | None]:
+    """The accuracy-aware loop of `edgecnn.fallback`: returns the kept step's quantize
+    result and validation, and the "fallback" record (None when step 0 is within)."""
     from edgecnn.fallback import Step, patterns, rank_groups, rank_layers, run_steps, summary
 
-    steps = [Step([], quant_metrics.get("float_layers", []), _int8_drops(validation),
-                  int16_layers=quant_metrics.get("int16_layers", []))]
-    if steps[0].within(max_drop):
-        return quant_metrics, validation, summary(mode, max_drop, None, steps)
-    steps[0].p50_ms = _int8_latency(validation, bench_runs)
+    steps = [Step([], quantized.float_layers, _int8_drops(validation),
+                  int16_layers=quantized.int16_layers)]
+    if steps[0].within(run.max_drop):
+        return quantized, validation, summary(run.mode, run.max_drop, None, steps)
+    steps[0].p50_ms = _int8_latency(validation, run.bench_runs)
     try:
-        ranking = rank_layers(reference, paths[1:], data, seed)
+        ranking = rank_layers(run.reference, run.candidates, run.data, run.seed)
     except EdgecnnError as exc:  # nothing to rank by: say so, keep the int8 files
-        warnings.warn(f"--fallback {mode}: cannot rank the layers ({exc}); nothing moved",
+        warnings.warn(f"fallback {run.mode}: cannot rank the layers ({exc}); nothing moved",
                       stacklevel=2)
-        return quant_metrics, validation, {**summary(mode, max_drop, None, steps),
-                                           "error": str(exc)}
-    field = "int16" if mode == "int16" else "keep_float"
+        return quantized, validation, {**summary(run.mode, run.max_drop, None, steps),
+                                       "error": str(exc)}
+    field = "int16" if run.mode == "int16" else "keep_float"
 
     def attempt(layers: list[str]):
-        config = replace(quant_config, **{field: getattr(quant_config, field) + patterns(layers)})
-        metrics = quantize_and_export(config)
-        checked = validate()
-        step = Step([], metrics.get("float_layers", []), _int8_drops(checked),
-                    _int8_latency(checked, bench_runs), metrics.get("int16_layers", []))
-        return step, (metrics, checked)
+        config = replace(run.quant, **{field: getattr(run.quant, field) + patterns(layers)})
+        result = run.quantize_and_export(config)
+        checked = run.validate()
+        step = Step([], result.float_layers, _int8_drops(checked),
+                    _int8_latency(checked, run.bench_runs), result.int16_layers)
+        return step, (result, checked)
 
     def on_step(index: int, step: Step) -> None:
-        if show_progress:
+        if run.show_progress:
             drops = ", ".join(f"{n} {signed(d)}" for n, d in step.drops.items())
             verdict = " (worse: reverted)" if step.reverted else ""
             console.print(f"[green]✓[/green] fallback step {index}: {', '.join(step.moved)} to "
-                          f"{mode}: drop {drops}{verdict}", highlight=False)
+                          f"{run.mode}: drop {drops}{verdict}", highlight=False)
 
-    groups = rank_groups(ranking, quant_metrics.get("int8_layers", []), float_input=io == "float")
-    steps, kept = run_steps(steps[0], groups, attempt, max_drop, on_step)
+    groups = rank_groups(ranking, quantized.int8_layers, float_input=run.io == "float")
+    steps, kept = run_steps(steps[0], groups, attempt, run.max_drop, on_step)
     if kept is not None:
-        quant_metrics, validation = kept
-    return quant_metrics, validation, summary(mode, max_drop, ranking, steps)
+        quantized, validation = kept
+    return quantized, validation, summary(run.mode, run.max_drop, ranking, steps)
 
 
 def manifest(files: list[Path], root: Path) -> dict[str, dict]:
@@ -536,15 +370,8 @@ def manifest(files: list[Path], root: Path) -> dict[str, dict]:
     return entries
 
 
-def _write_artifacts(ckpt_dir: Path, quant_dir: Path, out: Path, formats: tuple[str, ...],
-                     io: str, onnx_activations: str | None, model: str) -> None:
-    export_artifacts(ckpt_dir, out, model_name=model, formats=formats)
-    export_artifacts(ckpt_dir, out, model_name=model, formats=formats, quantized=quant_dir,
-                     io=io, activations=onnx_activations)
-
-
 def _report_data(model: str, data: str, method: str, max_drop: float, config: ModelConfig,
-                 quant_metrics: dict, validation: ValidationReport, bench: BenchReport,
+                 quantized: QuantizeResult, validation: ValidationReport, bench: BenchReport,
                  stages: dict, paths: list[Path], manifest_files: list[Path]) -> dict:
     reference = validation.reference
     artifacts = artifact_reports(validation, bench)
@@ -558,12 +385,12 @@ def _report_data(model: str, data: str, method: str, max_drop: float, config: Mo
     return {
         "model": model, "data": data, "method": method, "max_drop": max_drop,
         "reference_accuracy": reference.accuracy, "val_images": validation.num_images,
-        "torch_fp32_accuracy": quant_metrics["fp32_accuracy"],
-        "torch_int8_accuracy": quant_metrics["int8_accuracy"],
-        "float_layers": quant_metrics.get("float_layers", []),
-        "int16_layers": quant_metrics.get("int16_layers", []),
-        "float_islands": quant_metrics.get("float_islands", []),
-        "ptq_methods": quant_metrics.get("ptq_methods", {}),
+        "torch_fp32_accuracy": quantized.fp32_accuracy,
+        "torch_int8_accuracy": quantized.int8_accuracy,
+        "float_layers": quantized.float_layers,
+        "int16_layers": quantized.int16_layers,
+        "float_islands": quantized.float_islands,
+        "ptq_methods": quantized.ptq_methods or {},
         "preprocessing": config.preprocessing.to_dict(),
         "min_agreement": validation.bounds.min_agreement,
         "reference_floor": floor, "failures": failures,

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, ParameterError
 
 #: Our temporary files: `.NAME.PID.RANDOM.tmp` beside the target (the PID of the writer).
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
@@ -107,32 +107,33 @@ def require_file(path: str | Path, what: str = "") -> Path:
     return path
 
 
-def check_writable_dir(directory: Path, flag: str) -> None:
+def check_writable_dir(directory: Path, parameter: str) -> None:
     """Fail fast, before long work, when `directory` cannot be created or written. Creates
     nothing: a run that stops on a later check leaves no empty folder behind; the probe is
     written in the directory or, when it does not exist yet, in its nearest existing
-    parent (where it would be created)."""
+    parent (where it would be created). Raises ParameterError naming `parameter`."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
-        raise EdgecnnError(f"{flag} {directory}: exists and is not a directory")
+        raise ParameterError(parameter, f"{directory}: exists and is not a directory")
     existing = directory.absolute()
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise EdgecnnError(f"{flag} {directory}: cannot write there ({existing} is not a "
-                           "directory)")
+        raise ParameterError(parameter, f"{directory}: cannot write there ({existing} is not "
+                                        "a directory)")
     try:
         probe = existing / f".edgecnn-probe.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise EdgecnnError(f"{flag} {directory}: cannot write there "
-                           f"({exc.strerror or exc})") from None
+        raise ParameterError(parameter, f"{directory}: cannot write there "
+                                        f"({exc.strerror or exc})") from None
 
 
-def check_writable_file(path: Path, flag: str) -> None:
-    """Fail fast when the output file `path` is a directory or its folder is not writable."""
+def check_writable_file(path: Path, parameter: str) -> None:
+    """Fail fast when the output file `path` is a directory or its folder is not writable.
+    Raises ParameterError naming `parameter`."""
     path = Path(path)
     if path.is_dir():
-        raise EdgecnnError(f"{flag} {path}: is a directory; give a file path")
-    check_writable_dir(path.parent, flag)
+        raise ParameterError(parameter, f"{path}: is a directory; give a file path")
+    check_writable_dir(path.parent, parameter)

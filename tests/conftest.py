@@ -40,11 +40,12 @@ def reference_checkpoint(tmp_path_factory):
 
     def get(name: str) -> Path:
         if name not in trained:
-            from edgecnn.pipeline import train_reference
+            from edgecnn.reference import Training, train_reference
             from edgecnn.train import TrainConfig
 
             directory = tmp_path_factory.mktemp(f"reference_{name}")
-            train_reference(name, "digits", directory, TrainConfig(**REFERENCE_SCHEDULES[name]),
+            train_reference(name, "digits", directory,
+                            Training(TrainConfig(**REFERENCE_SCHEDULES[name])),
                             show_progress=False)
             trained[name] = directory
         return trained[name]

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import zipfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -642,12 +642,13 @@ def tally(results: list[tuple[Case, str, str]]) -> dict[str, Counter]:
 def make_base(out: Path, *, epochs: int = 4) -> Path:
     """The good artifacts of a small dsc_net on digits (PTQ), as `generate` expects them."""
     from edgecnn.data import load, save_npz
-    from edgecnn.pipeline import export_int8
+    from edgecnn.pipeline import DEFAULT_TRAIN, export_int8
     from edgecnn.quant.recipe import PTQ
+    from edgecnn.reference import Training
 
     work = out / "export"
-    export_int8("dsc_net", train_epochs=epochs, recipe=PTQ(), out=work, show_progress=False,
-                bench_runs=2)
+    export_int8("dsc_net", reference=Training(replace(DEFAULT_TRAIN, epochs=epochs)),
+                recipe=PTQ(), out=work, show_progress=False, bench_runs=2)
     base = out / "base"
     base.mkdir(parents=True, exist_ok=True)
     for name in BASE_FILES[:4]:

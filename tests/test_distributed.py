@@ -22,15 +22,16 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 from edgecnn.distributed import Execution
-from edgecnn.pipeline import train_reference
+from edgecnn.reference import Training, train_reference
 from edgecnn.quant.recipe import QAT, QAT_SCHEDULE
 from edgecnn.quant.run import quantize_checkpoint
 from edgecnn.train import TrainConfig
 
 out = Path(sys.argv[1])
 execution = Execution(device="cpu", workers=0)
-train_reference("dsc_net", "digits", out / "checkpoint", TrainConfig(epochs=3, lr=5e-3),
-                input_size=16, width_mult=0.5, show_progress=True, execution=execution)
+train_reference("dsc_net", "digits", out / "checkpoint",
+                Training(TrainConfig(epochs=3, lr=5e-3), input_size=16, width_mult=0.5),
+                show_progress=True, execution=execution)
 quantize_checkpoint(out / "checkpoint", out / "quantized",
                     QAT(train=replace(QAT_SCHEDULE, epochs=1)), show_progress=True,
                     execution=execution)

@@ -115,11 +115,14 @@ def test_rerun_reuses_the_trained_checkpoint_and_force_redoes_it(tmp_path):
 
 def test_python_api_mirrors_the_command(reference_checkpoint, tmp_path):
     import edgecnn
+    from edgecnn.artifacts import ArtifactConfig
     from edgecnn.quant.recipe import PTQ
+    from edgecnn.runtime.validate import Bounds
 
-    report = edgecnn.export_int8("dsc_net", checkpoint=reference_checkpoint("dsc_net"),
-                                 recipe=PTQ(), formats=("tflite",), out=tmp_path,
-                                 show_progress=False, min_agreement=0.97)
+    report = edgecnn.export_int8("dsc_net", reference=reference_checkpoint("dsc_net"),
+                                 recipe=PTQ(), artifacts=ArtifactConfig(formats=("tflite",)),
+                                 bounds=Bounds(min_agreement=0.97), out=tmp_path,
+                                 show_progress=False)
     assert report.passed and report.data["min_agreement"] == 0.97
     assert [a.name for a in report.artifacts] == ["model_fp32.tflite", "model_int8.tflite"]
     assert not (tmp_path / "model_int8.onnx").exists()
@@ -137,9 +140,10 @@ def test_python_api_mirrors_the_command(reference_checkpoint, tmp_path):
                        "images: more images narrow them)"
     assert lines[1] in (tmp_path / "report.md").read_text()
     # the bound is the caller's: the same files against the strictest one
-    strict = edgecnn.export_int8("dsc_net", checkpoint=reference_checkpoint("dsc_net"),
-                                 recipe=PTQ(), formats=("tflite",), out=tmp_path,
-                                 show_progress=False, min_agreement=1.0)
+    strict = edgecnn.export_int8("dsc_net", reference=reference_checkpoint("dsc_net"),
+                                 recipe=PTQ(), artifacts=ArtifactConfig(formats=("tflite",)),
+                                 bounds=Bounds(min_agreement=1.0), out=tmp_path,
+                                 show_progress=False)
     assert strict.passed == (agreement == 1.0) and strict.data["min_agreement"] == 1.0
     assert strict.data["stages"]["export"]["reused"]
     assert np.isfinite(report.data["reference_accuracy"])
@@ -152,6 +156,11 @@ def test_bad_formats_and_missing_checkpoint_are_one_line_errors(tmp_path):
     assert result.returncode == 2 and "checkpoint directory not found" in result.stderr
     result = export_int8("--min-agreement", "1.5", "--out", str(tmp_path))
     assert result.returncode == 2 and "--min-agreement" in result.stderr
+    # a training flag beside a trained checkpoint is refused, not ignored
+    result = export_int8("--checkpoint", str(tmp_path), "--epochs", "2", "--input-size", "40",
+                         "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and "--epochs, --input-size are for training a new one" \
+        in result.stderr, result.stderr
 
 
 def test_stage_keys_change_with_the_edgecnn_version(monkeypatch):

@@ -35,7 +35,7 @@ def planted(tmp_path_factory):
 def quantized_artifacts(checkpoint, tmp_path_factory, field: str):
     """`get(*patterns)` -> (quantize metrics, {"onnx": path, "tflite": path}) of PTQ with
     QuantConfig(**{field: patterns}), computed once per pattern tuple."""
-    from edgecnn import pipeline
+    from edgecnn.artifacts import export_artifacts
     from edgecnn.quant.recipe import PTQ
     from edgecnn.quant.run import quantize_checkpoint
     from edgecnn.quant.spec import QuantConfig
@@ -50,8 +50,7 @@ def quantized_artifacts(checkpoint, tmp_path_factory, field: str):
                                           show_progress=False)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                onnx_path, tflite_path = pipeline.export_artifacts(
-                    checkpoint, out, formats=("onnx", "tflite"), quantized=out / "q")
+                onnx_path, tflite_path = export_artifacts(checkpoint, out, quantized=out / "q")
             cache[patterns] = metrics, {"onnx": onnx_path, "tflite": tflite_path}
         return cache[patterns]
 
@@ -75,7 +74,7 @@ def test_keep_float_on_the_crushed_tensor_brings_the_drop_back(planted, kept):
     before = drops(planted, [planted["int8.onnx"], planted["int8.tflite"]])
     assert min(before.values()) > 10.0, before  # the plant costs PTQ many points
     metrics, paths = kept(BOTH)
-    assert metrics["float_layers"] == ["block.conv", "block.proj"]
+    assert metrics.float_layers == ["block.conv", "block.proj"]
     after = drops(planted, paths.values())
     assert max(after.values()) <= 1.0, (before, after)
 
@@ -196,9 +195,11 @@ def test_ranking_on_the_training_tail_puts_the_planted_pair_first(planted):
 def test_fallback_float_brings_the_drop_back_and_reports_it(planted, tmp_path):
     from edgecnn.pipeline import export_int8
     from edgecnn.quant.recipe import PTQ
+    from edgecnn.runtime.validate import Bounds
 
-    report = export_int8("planted_model:planted_net", checkpoint=planted["checkpoint"],
-                         recipe=PTQ(), fallback="float", max_drop=1.0, min_agreement=0.9,
+    report = export_int8("planted_model:planted_net", reference=planted["checkpoint"],
+                         recipe=PTQ(), fallback="float",
+                         bounds=Bounds(max_drop=1.0, min_agreement=0.9),
                          out=tmp_path / "out", bench_runs=20, show_progress=False)
     record = report.data["fallback"]
     first, last = record["steps"][0], record["steps"][-1]
@@ -353,8 +354,8 @@ def test_int16_on_the_crushed_tensor_brings_the_drop_back(planted_dw, sixteen):
     before = drops(planted_dw, [planted_dw["int8.onnx"], planted_dw["int8.tflite"]])
     assert min(before.values()) > 20.0, before
     metrics, paths = sixteen(DW_PAIR)
-    assert metrics["int16_layers"] == ["block.conv", "block.dw"]
-    assert metrics["float_layers"] == [] and "block.dw" not in metrics["int8_layers"]
+    assert metrics.int16_layers == ["block.conv", "block.dw"]
+    assert metrics.float_layers == [] and "block.dw" not in metrics.int8_layers
     after = drops(planted_dw, paths.values())
     assert max(after.values()) <= DW_BOUND, (before, after)
 
@@ -624,9 +625,11 @@ def test_int16_cli_error_is_one_line_before_training(edgecnn_cmd, tmp_path):
 def test_fallback_int16_brings_the_drop_back_and_reports_it(planted_dw, tmp_path):
     from edgecnn.pipeline import export_int8
     from edgecnn.quant.recipe import PTQ
+    from edgecnn.runtime.validate import Bounds
 
-    report = export_int8("planted_model:planted_dw_net", checkpoint=planted_dw["checkpoint"],
-                         recipe=PTQ(), fallback="int16", max_drop=DW_BOUND, min_agreement=0.9,
+    report = export_int8("planted_model:planted_dw_net", reference=planted_dw["checkpoint"],
+                         recipe=PTQ(), fallback="int16",
+                         bounds=Bounds(max_drop=DW_BOUND, min_agreement=0.9),
                          out=tmp_path / "out", bench_runs=20, show_progress=False)
     record = report.data["fallback"]
     first, last = record["steps"][0], record["steps"][-1]

@@ -448,18 +448,20 @@ def test_head_only_epochs_keep_the_backbone_then_fine_tuning_learns(
 
     # then all layers, in-process (the flags were the CLI's part above)
     from edgecnn.data.preprocessing import PreprocessOptions
-    from edgecnn.pipeline import Pretrained, train_reference
+    from edgecnn.reference import Pretrained, Training, train_reference
     from edgecnn.train import TrainConfig
 
-    metrics = train_reference(
+    result = train_reference(
         "dsc_net", f"imagefolder:{photo_folder}", tmp_path / "tuned",
-        TrainConfig(epochs=3, freeze_epochs=2, batch_size=8, lr=3e-2), input_size=72,
-        show_progress=False, pretrained=Pretrained(backbone_file),
-        preprocess=PreprocessOptions(mean=(0.498,), std=(0.502,)))
-    assert [h["head_only"] for h in metrics["history"]] == [True, True, False]
+        Training(TrainConfig(epochs=3, freeze_epochs=2, batch_size=8, lr=3e-2), input_size=72,
+                 pretrained=Pretrained(backbone_file),
+                 preprocess=PreprocessOptions(mean=(0.498,), std=(0.502,))),
+        show_progress=False)
+    assert [h["head_only"] for h in result.history] == [True, True, False]
     trained = torch.load(tmp_path / "tuned" / "checkpoint.pt", weights_only=True)
     assert not torch.equal(trained["stem.conv.weight"], source["stem.conv.weight"])
-    assert metrics["val_accuracy"] >= 0.5, metrics
+    assert result.val_accuracy >= 0.5, result
+    assert json.loads((tmp_path / "tuned" / "metrics.json").read_text()) == result.to_dict()
 
 
 def test_augmentation_for_photos_is_a_resized_crop_with_flips() -> None:

@@ -129,14 +129,16 @@ def test_cle_brings_the_planted_drop_back_and_the_report_says_so(planted, tmp_pa
     onnxruntime and LiteRT against plain PTQ's, and what report.json / .md record."""
     from edgecnn.pipeline import export_int8
     from edgecnn.quant.recipe import PTQ
+    from edgecnn.runtime.validate import Bounds
 
     plain = drops(planted, [planted["int8.onnx"], planted["int8.tflite"]])
     assert min(plain.values()) > 10.0, plain
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        report = export_int8("planted_model:planted_net", checkpoint=planted["checkpoint"],
-                             recipe=PTQ(cle=True, bias_correction=True), max_drop=2.0,
-                             min_agreement=0.9, out=tmp_path / "out", bench_runs=10,
+        report = export_int8("planted_model:planted_net", reference=planted["checkpoint"],
+                             recipe=PTQ(cle=True, bias_correction=True),
+                             bounds=Bounds(max_drop=2.0, min_agreement=0.9),
+                             out=tmp_path / "out", bench_runs=10,
                              show_progress=False)
     with_cle = {a["name"]: a["drop"] for a in report.data["artifacts"]
                 if a["precision"] == "int8"}

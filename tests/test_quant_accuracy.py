@@ -39,8 +39,8 @@ def quantized(reference_checkpoint, tmp_path_factory):
             out = tmp_path_factory.mktemp(f"{name}_{method}")
             metrics = quantize_checkpoint(reference_checkpoint(name), out, RECIPES[method],
                                           show_progress=False)
-            print(f"\n{name} {method}: fp32 {metrics['fp32_accuracy']:.4f} int8 "
-                  f"{metrics['int8_accuracy']:.4f} drop {metrics['accuracy_drop']:.2f} points")
+            print(f"\n{name} {method}: fp32 {metrics.fp32_accuracy:.4f} int8 "
+                  f"{metrics.int8_accuracy:.4f} drop {metrics.accuracy_drop:.2f} points")
             done[name, method] = out, metrics
         return done[name, method]
 
@@ -49,16 +49,16 @@ def quantized(reference_checkpoint, tmp_path_factory):
 
 def check_drop(quantized, name: str, method: str, record_property) -> dict:
     _, metrics = quantized(name, method)
-    record_property("accuracy_drop", metrics["accuracy_drop"])
-    expected = 100 * (metrics["fp32_accuracy"] - metrics["int8_accuracy"])
-    assert metrics["accuracy_drop"] == pytest.approx(expected, abs=1e-3)
-    assert metrics["method"] == method
+    record_property("accuracy_drop", metrics.accuracy_drop)
+    expected = 100 * (metrics.fp32_accuracy - metrics.int8_accuracy)
+    assert metrics.accuracy_drop == pytest.approx(expected, abs=1e-3)
+    assert metrics.method == method
     return metrics
 
 
-def check_budget(metrics: dict) -> None:
-    assert metrics["fp32_accuracy"] >= 0.95, metrics  # a drop from a weak reference says little
-    assert metrics["accuracy_drop"] <= BUDGET[metrics["method"]], metrics
+def check_budget(metrics) -> None:
+    assert metrics.fp32_accuracy >= 0.95, metrics  # a drop from a weak reference says little
+    assert metrics.accuracy_drop <= BUDGET[metrics.method], metrics
 
 
 @pytest.mark.parametrize("method", ["ptq", "qat"])
@@ -80,15 +80,15 @@ def test_accuracy_drop_within_budget_rest_of_zoo(quantized, name, method, record
 def test_efficientnet_b0_swish_and_squeeze_excite_quantize(quantized, method, record_property):
     """No budget in the issue (SiLU + SE is where naive int8 collapses): the drop is reported."""
     metrics = check_drop(quantized, "efficientnet_b0", method, record_property)
-    counts = metrics["node_counts"]
+    counts = metrics.node_counts
     assert "silu" not in counts and counts["sigmoid"] == 49 + 16  # SiLU units + SE gates
-    assert metrics["int8_accuracy"] > 0.5, metrics
+    assert metrics.int8_accuracy > 0.5, metrics
 
 
 def test_quantize_writes_program_metrics_and_config(quantized, reference_checkpoint, digits):
     out, metrics = quantized("dsc_net", "ptq")
     written = json.loads((out / "metrics.json").read_text())
-    assert written == metrics
+    assert written == metrics.to_dict() and type(metrics).from_dict(written) == metrics
     assert {"fp32_accuracy", "int8_accuracy", "accuracy_drop", "method"} <= set(written)
     assert (out / "config.json").read_text() == \
         (reference_checkpoint("dsc_net") / "config.json").read_text()

@@ -245,3 +245,23 @@ def test_a_broken_reference_fails_the_gate(robust_base, tmp_path, edgecnn_cmd):
     assert "FAIL the fp32 reference model_fp32.onnx itself is broken" in result.stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert not report["passed"] and report["manifest"]["model_int8.tflite"]["sha256"]
+
+
+def test_a_failure_inside_a_converter_step_names_the_node(tmp_path, edgecnn_cmd):
+    """A Transpose whose perm has 3 axes on a rank-4 tensor reaches the layout rule (the
+    ONNX checker lets it through): `convert` says which node and step, in one line."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["x"], ["y"], name="odd_perm", perm=[0, 2, 1])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    path = tmp_path / "odd.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    result = subprocess.run([*edgecnn_cmd, "convert", str(path), "--out",
+                             str(tmp_path / "odd.tflite")], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    assert "node 'odd_perm' (Transpose): the Transpose layout rule failed (IndexError" \
+        in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "odd.tflite").exists()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -41,13 +41,56 @@ def training_seed(checkpoint: Path) -> int:
         and 0 <= seed < 2**32 else 0
 
 
+@dataclass(frozen=True)
+class QuantizeResult:
+    """What `quantize_checkpoint` measured and chose; `to_dict()` is metrics.json.
+
+    fp32_accuracy / int8_accuracy: top-1 (fraction) of the checkpoint and of the int8
+    program on the seeded validation split, in torch; accuracy_drop: in points.
+    quant_config: `QuantConfig.to_dict()`; node_counts: quantize / dequantize nodes.
+    float_layers / int8_layers / int16_layers: layer names by precision
+    (`edgecnn.quant.precision`); float_islands: ops left float for want of an int8
+    kernel. QAT: qat_config (the recipe); PTQ: calib_images and ptq_methods (what CLE and
+    bias correction did). processes: the torchrun world size of a distributed QAT.
+    """
+
+    model: str
+    data: str
+    method: str
+    fp32_accuracy: float
+    int8_accuracy: float
+    accuracy_drop: float
+    val_images: int
+    quantize_seconds: float
+    quant_config: dict
+    node_counts: dict
+    float_layers: list[str]
+    int8_layers: list[str]
+    int16_layers: list[str]
+    float_islands: list[str]
+    qat_config: dict | None = None
+    calib_images: int | None = None
+    ptq_methods: dict | None = None
+    processes: int | None = None
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps({k: v for k, v in self.__dict__.items() if v is not None}))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> QuantizeResult:
+        """From metrics.json (fields it lacks: empty lists / None)."""
+        lists = ("float_layers", "int8_layers", "int16_layers", "float_islands")
+        return cls(**{k: data.get(k, [] if k in lists else None)
+                      for k in cls.__dataclass_fields__})
+
+
 def quantize_checkpoint(checkpoint: Path, out: Path, recipe: Recipe | None = None, *,
                         data: str | None = None, model_name: str | None = None,
                         config: QuantConfig | None = None, seed: int | None = None,
                         show_progress: bool = True,
-                        execution: Execution | None = None) -> dict:
-    """Quantize the checkpoint in `checkpoint` to `out` as `recipe` says; return the
-    metrics written.
+                        execution: Execution | None = None) -> QuantizeResult:
+    """Quantize the checkpoint in `checkpoint` to `out` as `recipe` says; return what
+    was measured (metrics.json).
 
     recipe: `PTQ(...)` or `QAT(...)` (`edgecnn.quant.recipe`); None is `QAT()` seeded
     with the checkpoint's training seed, and a PTQ recipe without a seed calibrates in
@@ -87,29 +130,28 @@ def quantize_checkpoint(checkpoint: Path, out: Path, recipe: Recipe | None = Non
     seconds = time.perf_counter() - start
     int8_accuracy = evaluate(converted, val_items, execution=execution, device="cpu")
 
-    metrics = {
-        "model": model_config.model, "data": spec, "method": recipe.method,
-        "fp32_accuracy": fp32_accuracy, "int8_accuracy": int8_accuracy,
-        "accuracy_drop": round(100.0 * (fp32_accuracy - int8_accuracy), 4),
-        "val_images": len(val_items), "quantize_seconds": round(seconds, 2),
-        "quant_config": config.to_dict(), "node_counts": qdq_counts(converted),
-        "float_layers": float_layers(converted), "int8_layers": int8_layers(converted),
-        "int16_layers": int16_layers(converted), "float_islands": float_islands(converted),
-    }
-    if isinstance(recipe, QAT):
-        metrics["qat_config"] = recipe.to_dict()
-    else:
-        metrics["calib_images"] = min(len(train_items), recipe.calib_batches * recipe.batch_size)
-        metrics["ptq_methods"] = converted.meta.get("ptq", {})
+    ptq = isinstance(recipe, PTQ)
+    result = QuantizeResult(
+        model=model_config.model, data=spec, method=recipe.method,
+        fp32_accuracy=fp32_accuracy, int8_accuracy=int8_accuracy,
+        accuracy_drop=round(100.0 * (fp32_accuracy - int8_accuracy), 4),
+        val_images=len(val_items), quantize_seconds=round(seconds, 2),
+        quant_config=config.to_dict(), node_counts=qdq_counts(converted),
+        float_layers=float_layers(converted), int8_layers=int8_layers(converted),
+        int16_layers=int16_layers(converted), float_islands=float_islands(converted),
+        qat_config=None if ptq else recipe.to_dict(),
+        calib_images=min(len(train_items), recipe.calib_batches * recipe.batch_size)
+        if ptq else None,
+        ptq_methods=converted.meta.get("ptq", {}) if ptq else None,
+        processes=distributed.world_size() if distributed.world_size() > 1 and not ptq
+        else None)
     metadata = ArtifactMetadata(preprocessing=preprocessing, model=model_config.model,
                                 precision="int8",
                                 extra={"quantization": {
                                     "method": recipe.method, **config.to_dict(),
                                     **{step: True for step in recipe.steps}}})
-    if distributed.world_size() > 1 and isinstance(recipe, QAT):
-        metrics["processes"] = distributed.world_size()
     if distributed.is_main():
-        save_program(Path(out), converted, metadata, example_input=example, metrics=metrics,
-                     checkpoint=Path(checkpoint))
+        save_program(Path(out), converted, metadata, example_input=example,
+                     metrics=result.to_dict(), checkpoint=Path(checkpoint))
     distributed.barrier()  # the other ranks return once the files are there
-    return metrics
+    return result

@@ -9,7 +9,9 @@ fresh graph per call, so nothing is shared between conversions.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, first_line
 
 
 @dataclass
@@ -90,6 +92,19 @@ class Op:
 
     def describe(self) -> str:
         return f"node {self.name!r} ({self.type})"
+
+    @contextlib.contextmanager
+    def blamed(self, step: str) -> Iterator[None]:
+        """Run one converter step on this op: an exception the step did not foresee
+        (IndexError on an odd attribute, ...) becomes one EdgecnnError naming the node,
+        the step and the exception's type and first line."""
+        try:
+            yield
+        except EdgecnnError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any defect or unforeseen input
+            raise EdgecnnError(f"{self.describe()}: the {self.type} {step} failed "
+                               f"({type(exc).__name__}: {first_line(exc)})") from exc
 
 
 class Graph:

@@ -108,7 +108,9 @@ def _check_attributes(fn: Callable[..., None], op: Op) -> None:
 
 
 def lower_graph(graph: Graph) -> None:
-    """Replace every ONNX op by the TFLite ops its lowering emits (in place)."""
+    """Replace every ONNX op by the TFLite ops its lowering emits (in place). Raises
+    EdgecnnError naming the node for an op or attribute with no lowering, and for any
+    exception a lowering raises (its type and first line kept)."""
     lowered: list[Op] = []
     for op in graph.ops:
         if op.domain == "tflite":
@@ -120,6 +122,7 @@ def lower_graph(graph: Graph) -> None:
         fn = LOWERINGS.get(op.type).lower
         _check_attributes(fn, op)
         ctx = Lowering(graph, op)
-        fn(ctx, **op.attrs)
+        with op.blamed("lowering"):
+            fn(ctx, **op.attrs)
         lowered.extend(ctx.emitted)
     graph.ops = lowered

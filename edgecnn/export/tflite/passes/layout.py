@@ -24,5 +24,9 @@ def to_nhwc(graph: Graph) -> None:
     for op in graph.ops:
         rule = LOWERINGS.get(op.type).layout if op.domain == "onnx" and op.type in LOWERINGS \
             else None
-        ops.extend(rule(graph, op) if rule else [op])
+        if rule is None:
+            ops.append(op)
+            continue
+        with op.blamed("layout rule"):
+            ops.extend(rule(graph, op))
     graph.ops = ops
