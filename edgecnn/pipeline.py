@@ -487,7 +487,7 @@ def _fall_back(mode: str, quant_config, quant_metrics: dict, validation: Validat
     from edgecnn.fallback import Step, patterns, rank_groups, rank_layers, run_steps, summary
 
     steps = [Step([], quant_metrics.get("float_layers", []), _int8_drops(validation),
-                  int16_layers=quant_metrics.get("int16_layers", []))]
+                  int16_layers=_int16_names(quant_metrics))]
     if steps[0].within(max_drop):
         return quant_metrics, validation, summary(mode, max_drop, None, steps)
     steps[0].p50_ms = _int8_latency(validation, bench_runs)
@@ -505,7 +505,7 @@ def _fall_back(mode: str, quant_config, quant_metrics: dict, validation: Validat
         metrics = quantize_and_export(config)
         checked = validate()
         step = Step([], metrics.get("float_layers", []), _int8_drops(checked),
-                    _int8_latency(checked, bench_runs), metrics.get("int16_layers", []))
+                    _int8_latency(checked, bench_runs), _int16_names(metrics))
         return step, (metrics, checked)
 
     def on_step(index: int, step: Step) -> None:
@@ -515,11 +515,20 @@ def _fall_back(mode: str, quant_config, quant_metrics: dict, validation: Validat
             console.print(f"[green]✓[/green] fallback step {index}: {', '.join(step.moved)} to "
                           f"{mode}: drop {drops}{verdict}", highlight=False)
 
-    groups = rank_groups(ranking, quant_metrics.get("int8_layers", []), float_input=io == "float")
+    movable = quant_metrics.get("int8_layers", [])
+    if mode == "int16":  # a pool / add / mean between int16 layers keeps their tensors int16
+        movable = movable + quant_metrics.get("int16_capable_ops", [])
+    groups = rank_groups(ranking, movable, float_input=io == "float")
     steps, kept = run_steps(steps[0], groups, attempt, max_drop, on_step)
     if kept is not None:
         quant_metrics, validation = kept
     return quant_metrics, validation, summary(mode, max_drop, ranking, steps)
+
+
+def _int16_names(metrics: dict) -> list[str]:
+    """The int16 layers (module paths) and ops (node names) of a quantize run: the names
+    `--fallback int16` moves."""
+    return [*metrics.get("int16_layers", []), *metrics.get("int16_ops", [])]
 
 
 def manifest(files: list[Path], root: Path) -> dict[str, dict]:
@@ -562,6 +571,7 @@ def _report_data(model: str, data: str, method: str, max_drop: float, config: Mo
         "torch_int8_accuracy": quant_metrics["int8_accuracy"],
         "float_layers": quant_metrics.get("float_layers", []),
         "int16_layers": quant_metrics.get("int16_layers", []),
+        "int16_ops": quant_metrics.get("int16_ops", []),
         "float_islands": quant_metrics.get("float_islands", []),
         "ptq_methods": quant_metrics.get("ptq_methods", {}),
         "preprocessing": config.preprocessing.to_dict(),

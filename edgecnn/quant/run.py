@@ -24,7 +24,14 @@ from edgecnn.errors import ParameterError
 from edgecnn.quant import quantize
 from edgecnn.quant.artifact import save_program
 from edgecnn.quant.graph import qdq_counts
-from edgecnn.quant.precision import float_islands, float_layers, int8_layers, int16_layers
+from edgecnn.quant.precision import (
+    float_islands,
+    float_layers,
+    int8_layers,
+    int16_capable_ops,
+    int16_layers,
+    int16_ops,
+)
 from edgecnn.quant.recipe import PTQ, QAT, Recipe
 from edgecnn.quant.spec import QuantConfig
 from edgecnn.train import evaluate
@@ -94,7 +101,9 @@ def quantize_checkpoint(checkpoint: Path, out: Path, recipe: Recipe | None = Non
         "val_images": len(val_items), "quantize_seconds": round(seconds, 2),
         "quant_config": config.to_dict(), "node_counts": qdq_counts(converted),
         "float_layers": float_layers(converted), "int8_layers": int8_layers(converted),
-        "int16_layers": int16_layers(converted), "float_islands": float_islands(converted),
+        "int16_layers": int16_layers(converted), "int16_ops": int16_ops(converted),
+        "int16_capable_ops": int16_capable_ops(converted),
+        "float_islands": float_islands(converted),
     }
     if isinstance(recipe, QAT):
         metrics["qat_config"] = recipe.to_dict()
