@@ -189,8 +189,9 @@ def residual_net(*, num_classes: int = 10, in_channels: int = 1, **_: object) ->
     return ResidualNet(num_classes, in_channels)
 
 
-def build_residual(directory: Path, *, epochs: int = 2) -> dict[str, Path]:
-    """Train `residual_net` on digits (seed 0); write `checkpoint/` and model_fp32.onnx."""
+def build_residual(directory: Path, *, epochs: int = 4) -> dict[str, Path]:
+    """Train `residual_net` on digits (seed 0; 66% after 4 epochs); write `checkpoint/` and
+    model_fp32.onnx."""
     from edgecnn.checkpoint import ModelConfig, save_checkpoint
     from edgecnn.data import load
     from edgecnn.export import onnx as onnx_export
@@ -201,7 +202,7 @@ def build_residual(directory: Path, *, epochs: int = 2) -> dict[str, Path]:
     preprocessing = preprocessing_for(data)
     torch.manual_seed(0)
     model = residual_net(num_classes=data.num_classes, in_channels=data.channels)
-    train(model, data, preprocessing, TrainConfig(epochs=epochs, lr=1e-2), show_progress=False)
+    train(model, data, preprocessing, TrainConfig(epochs=epochs, lr=2e-2), show_progress=False)
     model.eval()
     save_checkpoint(directory / "checkpoint", model, ModelConfig(
         "planted_model:residual_net", preprocessing, model_options_for(preprocessing),

@@ -286,6 +286,9 @@ def test_rank_groups_order_inputs_writers_and_the_first_layer():
               "ranking": {}, "steps": [{"moved": [], "float_layers": [], "drops": {"m": 0.2},
                                         "p50_ms": {}}]}
     assert "nothing moved" in "\n".join(markdown(record))
+    # --fallback int16: the add (named by the tensor it writes) is movable too, and moves
+    # with its writers, so the tensors between them stay int16
+    assert rank_groups(report, [*layers, "add_1"]) == [["add_1", "conv1"], ["conv1"]]
 
 
 def test_keep_float_under_qat_folds_the_float_layers_bn(tmp_path):
@@ -570,9 +573,193 @@ def test_16x8_kernels_on_tflite_runtime_2_14(tmp_path):
             assert np.array_equal(outputs[runner], expected[stem]), (stem, runner)
 
 
+#: TFLite builtin -> the ONNX op around which `_qdq_16x8_op` puts int16 Q/DQ: one row per
+#: builtin record with an int16 version (the weighted ones are `_qdq_16x8`'s). Each row was
+#: measured on LiteRT and tflite-runtime 2.14 before the record got its int16 version.
+INT16_OP_ROWS = {
+    "MAX_POOL_2D": "MaxPool", "AVERAGE_POOL_2D": "AveragePool", "MEAN": "ReduceMean",
+    "ADD": "Add", "SUB": "Sub", "MUL": "Mul", "CONCATENATION": "Concat", "RESHAPE": "Flatten",
+    "TRANSPOSE": "Transpose", "STRIDED_SLICE": "Slice", "PAD": "Pad", "PADV2": "PadV2",
+    "LOGISTIC": "Sigmoid", "RELU": "Relu", "RELU6": "Clip", "LEAKY_RELU": "LeakyRelu",
+    "RESIZE_NEAREST_NEIGHBOR": "ResizeNearest", "RESIZE_BILINEAR": "ResizeBilinear",
+    "SPLIT": "Split",
+}
+INT16_WEIGHTED = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
+X16 = 0.02 / 256  # the int16 input scale: the int8 input's grid, 256 steps finer
+
+
+def _qdq_16x8_op(kind: str) -> tuple[onnx.ModelProto, dict[str, tuple[int, ...]]]:
+    """int8 input(s) -> int16 -> one op -> int16 model output, opset 21: the int16 tensor is
+    the output, so any runtime's raw output is compared with onnxruntime's int16 Q."""
+    from qdq_graphs import QDQGraph
+
+    g = QDQGraph()
+    inputs = {"x": (1, 8, 6, 6)}
+    x = g.qdq(g.qdq("x", 0.02, 0, tag="x8"), X16, 0, tag="x16", dtype=np.int16)
+    out_scale = X16
+    if kind in ("Add", "Sub", "Mul", "Concat"):  # a second int16 input with its own scale
+        inputs["x2"] = inputs["x"]
+        second = X16 if kind == "Concat" else 0.03 / 256
+        x2 = g.qdq(g.qdq("x2", 0.03, 0, tag="y8"), second, 0, tag="y16", dtype=np.int16)
+        if kind == "Concat":
+            y = g.op("Concat", [x, x2], "c", axis=1)
+        else:
+            y = g.op(kind, [x, x2], "c")
+            out_scale = 6.25 / 32767 if kind == "Mul" else 0.055 / 256
+    elif kind == "MaxPool":
+        y = g.op("MaxPool", [x], "c", kernel_shape=[2, 2], strides=[2, 2])
+    elif kind == "AveragePool":
+        y = g.op("AveragePool", [x], "c", kernel_shape=[3, 3], strides=[1, 1])
+    elif kind == "ReduceMean":  # a requantizing kernel: its own output scale
+        y = g.op("ReduceMean", [x, g.const("axes", np.array([2, 3], np.int64))], "c",
+                 keepdims=1)
+        out_scale = X16 / 3
+    elif kind == "Flatten":
+        y = g.op("Flatten", [x], "c")
+    elif kind == "Transpose":
+        y = g.op("Transpose", [x], "c", perm=[0, 2, 3, 1])
+    elif kind == "Slice":
+        y = g.op("Slice", [x, *(g.const(n, np.array([v], np.int64))
+                                for n, v in (("start", 1), ("end", 5), ("axis", 1)))], "c")
+    elif kind in ("Pad", "PadV2"):
+        pads = g.const("pads", np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))
+        value = [g.const("value", np.float32(0.5))] if kind == "PadV2" else []
+        y = g.op("Pad", [x, pads, *value], "c")
+    elif kind == "Sigmoid":  # the 16x8 kernel's fixed output: 1/32768, zero point 0
+        y = g.op("Sigmoid", [x], "c")
+        out_scale = 1 / 32768
+    elif kind == "Clip":
+        y = g.op("Clip", [x, g.const("lo", np.float32(0)), g.const("hi", np.float32(6))], "c")
+    elif kind == "LeakyRelu":
+        y = g.op("LeakyRelu", [x], "c", alpha=0.1)
+    elif kind.startswith("Resize"):
+        scales = g.const("scales", np.array([1, 1, 2, 2], np.float32))
+        mode = {"ResizeNearest": dict(mode="nearest", nearest_mode="floor",
+                                      coordinate_transformation_mode="asymmetric"),
+                "ResizeBilinear": dict(mode="linear",
+                                       coordinate_transformation_mode="half_pixel")}[kind]
+        y = g.op("Resize", [x, "", scales], "c", **mode)
+    elif kind == "Split":
+        y = g.op("Split", [x, g.const("split", np.array([4, 4], np.int64))], "c", axis=1)
+        g.nodes[-1].output.append("c_rest")
+    else:
+        y = g.op(kind, [x], "c")
+    model = g.model(inputs, g.qdq(y, out_scale, 0, tag="c16", dtype=np.int16))
+    model.opset_import[0].version = 21
+    return model, inputs
+
+
+def _int16_rows() -> list:
+    from edgecnn.export.tflite.builtins import int16_builtins
+
+    return [pytest.param(b, INT16_OP_ROWS.get(b), id=b) for b in int16_builtins()
+            if b not in INT16_WEIGHTED]
+
+
+def _16x8_row(kind: str, samples: int = 4):
+    """(the .tflite bytes, NCHW float samples per input name, onnxruntime's int16 outputs)."""
+    import onnxruntime as ort
+
+    from edgecnn.export.tflite import to_flatbuffer
+
+    model, inputs = _qdq_16x8_op(kind)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = to_flatbuffer(model)
+    rng = np.random.default_rng(5)
+    feeds = {name: rng.uniform(-2.5, 2.5, (samples, *shape[1:])).astype(np.float32)
+             for name, shape in inputs.items()}
+    tapped = onnx.ModelProto()
+    tapped.CopyFrom(model)
+    tapped.graph.output.append(onnx.helper.make_tensor_value_info(
+        "c16_q", onnx.TensorProto.INT16, None))  # the int16 integers themselves
+    session = ort.InferenceSession(tapped.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    expected = np.concatenate([session.run(["c16_q"], {n: v[i:i + 1]
+                                                       for n, v in feeds.items()})[0]
+                               for i in range(samples)])
+    return data, feeds, expected
+
+
+def _int16_steps(got: np.ndarray, expected: np.ndarray, kind: str) -> int:
+    """Largest difference in int16 steps; a 4-D ONNX output is NCHW, the .tflite's NHWC
+    (a Transpose's output is already in its final order, and the converter keeps it)."""
+    if expected.ndim == 4:
+        expected = expected.transpose(0, 2, 3, 1)
+    assert got.dtype == np.int16 and got.shape == expected.shape, (got.shape, expected.shape)
+    return int(np.abs(got.astype(np.int32) - expected.astype(np.int32)).max())
+
+
+def test_every_int16_builtin_has_a_parity_row():
+    """A builtin record that gains an int16 version needs its row here (measured on both
+    runtimes), and the quantizer's int16 ops are exactly those of the records."""
+    from edgecnn.export.tflite.builtins import BUILTINS, int16_builtins
+    from edgecnn.quant.annotators import INT16_OPS, builtin_of
+
+    assert set(int16_builtins()) == set(INT16_OP_ROWS) | INT16_WEIGHTED
+    assert all(builtin_of(op) is None or "int16" in BUILTINS.get(builtin_of(op)).versions
+               for op in INT16_OPS)
+
+
+@pytest.mark.parametrize("builtin, kind", _int16_rows())
+def test_16x8_ops_match_onnxruntime(builtin, kind):
+    """One row per builtin with an int16 version: the op alone between int16 Q/DQ, on
+    LiteRT's builtin kernels (XNNPACK takes no int16 op), within one int16 step of
+    onnxruntime's QDQ; the builtin reads int16 at the record's int16 version."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    from edgecnn.export.tflite.builtins import BUILTINS
+    from edgecnn.runtime.backends.tflite import interpreter
+    from edgecnn.verify.litert import BUILTIN_NAMES, op_counts, quantize_input
+
+    data, feeds, expected = _16x8_row(kind)
+    assert op_counts(data)[builtin] == 1
+    root = schema.Model.GetRootAs(data, 0)
+    versions = {BUILTIN_NAMES[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())]:
+                code.Version() for code in map(root.OperatorCodes,
+                                               range(root.OperatorCodesLength()))}
+    assert versions[builtin] == BUILTINS.get(builtin).versions["int16"]
+    it = interpreter(data, delegate=False)
+    got = []
+    for i in range(len(expected)):
+        for detail, name in zip(it.get_input_details(), feeds, strict=True):
+            x = feeds[name][i:i + 1]
+            it.set_tensor(detail["index"], quantize_input(detail, x.transpose(0, 2, 3, 1)))
+        it.invoke()
+        got.append(it.get_tensor(it.get_output_details()[0]["index"]))
+    assert _int16_steps(np.concatenate(got), expected, kind) <= 1
+
+
+@pytest.mark.pi_venv
+def test_16x8_ops_on_tflite_runtime_2_14(tmp_path):
+    """Every row of `test_16x8_ops_match_onnxruntime` on tflite-runtime 2.14 (builtin
+    kernels, and with its XNNPACK delegate, which leaves int16 ops to them): within one
+    int16 step of onnxruntime's QDQ."""
+    from pi_env import pi_python_or_skip, run_on_pi
+
+    pi_python_or_skip()
+    jobs, expected = [], {}
+    for builtin, kind in INT16_OP_ROWS.items():
+        data, feeds, reference = _16x8_row(kind)
+        (tmp_path / f"{builtin}.tflite").write_bytes(data)
+        paths = []
+        for name, x in feeds.items():  # samples x NHWC, in the file's input order
+            np.save(tmp_path / f"{builtin}_{name}.npy", x[:, None].transpose(0, 1, 3, 4, 2))
+            paths.append(str(tmp_path / f"{builtin}_{name}.npy"))
+        stem = str(tmp_path / builtin)
+        jobs.append({"model": str(tmp_path / f"{builtin}.tflite"), "inputs": paths,
+                     "output": stem})
+        expected[stem] = kind, reference
+    for stem, (outputs, _) in run_on_pi(tmp_path, jobs).items():
+        kind, reference = expected[stem]
+        for runner in ("builtin", "delegate"):
+            assert _int16_steps(outputs[runner], reference, kind) <= 1, (stem, runner)
+
+
 def test_int16_errors_are_one_line(planted):
-    """A bad pattern, a pattern on an op with no 16x8 kernel edgecnn writes (the pool), and
-    the converter on a QDQ HardSwish in int16 (no int16 kernel edgecnn writes)."""
+    """A bad pattern, a pattern on an op with no 16x8 kernel edgecnn writes (tanh: both
+    runtimes have one, 2 steps from onnxruntime), and the converter on a QDQ HardSwish and
+    a QDQ Gelu in int16 (GELU: a kernel on LiteRT only, and the error says so)."""
     from edgecnn import quant
     from edgecnn.checkpoint import load_checkpoint
     from edgecnn.data import load
@@ -587,11 +774,15 @@ def test_int16_errors_are_one_line(planted):
     with pytest.raises(EdgecnnError, match=r"--int16 'blok' matches no layer.*block\.conv"):
         quant.quantize(model, x[:2], quant.PTQ(calib_batches=1), train_data=x,
                        config=QuantConfig(int16=("blok",)))
+    import torch
+
+    tanh_model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Tanh()).eval()
     with pytest.raises(EdgecnnError) as error:
-        quant.quantize(model, x[:2], quant.PTQ(calib_batches=1), train_data=x,
-                       config=QuantConfig(int16=("pool",)))
+        quant.quantize(tanh_model, x[:2], quant.PTQ(calib_batches=1), train_data=x,
+                       config=QuantConfig(int16=("1",)))
     message = str(error.value)
-    assert "\n" not in message and "'adaptive_avg_pool2d'" in message and "16x8" in message
+    assert "\n" not in message and "node 'tanh'" in message and "TFLite TANH" in message
+    assert "MAX_POOL_2D, MEAN" in message and "TANH (on both runtimes, 2 int16" in message
 
     from qdq_graphs import QDQGraph
 
@@ -607,6 +798,17 @@ def test_int16_errors_are_one_line(planted):
     message = str(error.value)
     assert "\n" not in message and "node 'HardSwish" in message  # lowered to ADD / MUL
     assert "kernel for int16 inputs" in message and "CONV_2D, DEPTHWISE_CONV_2D" in message
+
+    g = QDQGraph()
+    x16 = g.qdq(g.qdq("x", 0.02, 0), 0.0002, 0, tag="x16", dtype=np.int16)
+    y = g.qdq(g.op("Gelu", [x16], "g"), 0.0002, 0, tag="g16", dtype=np.int16)
+    qdq = g.model({"x": (1, 3, 8, 8)}, g.qdq(y, 0.02, 0, tag="out"))
+    qdq.opset_import[0].version = 21
+    with pytest.raises(EdgecnnError) as error:
+        to_flatbuffer(qdq)
+    message = str(error.value)
+    assert "\n" not in message and "node 'Gelu" in message
+    assert "GELU (on LiteRT only, not on tflite-runtime 2.14)" in message
 
 
 def test_int16_cli_error_is_one_line_before_training(edgecnn_cmd, tmp_path):

@@ -160,7 +160,8 @@ def with_fused_binary(node: Node) -> list[Node]:
 def output_name(node: Node) -> str:
     """The node whose output is the tensor `node`'s TFLite op writes: its fused activation
     for an add / mul / sub followed by one (the name `edgecnn inspect` gives the op)."""
-    return with_fused_binary(node)[-1].name
+    user = sole_user(node)
+    return user.name if calls(node, BINARY) and is_fusable_activation(user) else node.name
 
 
 def _refuse_fused_alone(selected: list[Node], flag: str) -> None:

@@ -114,8 +114,8 @@ def lower_hardswish(ctx: Lowering) -> None:
         _unary(ctx, "HARD_SWISH")
         return
     if np.dtype(x.dtype) == np.int16:  # the gate's int8 grid has zero point -128
-        raise ctx.fail(f"no 16x8 (int16) HardSwish: TFLite has no int16 HARD_SWISH kernel "
-                       f"and the int8 chain's gate needs a nonzero zero point; "
+        raise ctx.fail(f"no TFLite HARD_SWISH kernel for int16 inputs (16x8), "
+                       f"and the int8 ADD / MUL chain's gate needs a nonzero zero point; "
                        f"{int16_kernels_text()}")
     sixth = ctx.graph.add_tensor(f"{y.name}_sixth", x.shape, x.dtype,
                                  quant=Quant(x.quant.scale / 6, x.quant.zero_point))
