@@ -381,16 +381,16 @@ def builtin_of(target: object) -> str | None:
     return LOWERS_TO.get(target)
 
 
-#: aten ops an int16 (16x8) layer may hold: those whose TFLite builtin has an int16 version
-#: in its record (`export.tflite.builtins`: LiteRT and tflite-runtime 2.14 both run the
-#: kernel, measured), and the ops that become no builtin (dropout, clone); a conv / linear
-#: takes its BN and fused activation along. Derived from the records: an int16 version
-#: added there makes the op selectable here.
 def _has_int16_kernel(target: object) -> bool:
     name = builtin_of(target)
     return name is None or "int16" in BUILTINS.get(name).versions
 
 
+#: aten ops an int16 (16x8) layer may hold: those whose TFLite builtin has an int16 version
+#: in its record (`export.tflite.builtins`: LiteRT and tflite-runtime 2.14 both run the
+#: kernel, measured), and the ops that become no builtin (dropout, clone); a conv / linear
+#: takes its BN and fused activation along. Derived from the records: an int16 version
+#: added there makes the op selectable here.
 INT16_OPS = tuple(op for op in dict.fromkeys([*PATTERN_BUILTINS, *LOWERS_TO])
                   if _has_int16_kernel(op))
 
