@@ -32,9 +32,10 @@ SOFTMAX: 1/32768, 0; activations.cc); `int16_options` are the options its int16 
 sub.cc); `int16_unwritten` says why a 16x8 kernel that exists is not written (GELU: LiteRT
 has one, tflite-runtime 2.14 refuses int16, "Only float32, int8 and uint8 supported";
 TANH / SOFTMAX: both runtimes run one, 2 int16 steps from onnxruntime's QDQ, measured). Any
-other builtin on int16 data is refused by `op_version`, naming the node, with that list. `rounding` is how the
-builtin int8 kernel breaks ties in its final rounding right shift (measured:
-`builtin_int8`). The passes, the writer and the quantizer read these records;
+other builtin on int16 data is refused by `op_version`, naming the node, with that list.
+
+`rounding` is how the builtin int8 kernel breaks ties in its final rounding right shift
+(measured: `builtin_int8`). The passes, the writer and the quantizer read these records;
 a new builtin is one `builtin(...)` call.
 """
 
