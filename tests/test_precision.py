@@ -632,6 +632,12 @@ def test_int16_pool_add_mean_end_to_end(residual, tmp_path_factory, digits):
     assert len(values) == 6 and max(values[:3]) <= 1 and values[5] <= 1, steps
     assert max(values[3:5]) <= 3, steps
     assert max(drops(residual, paths.values()).values()) <= 2.0  # measured: 1.1 (int8 fc)
+    # the names of the int16 ops are those `edgecnn inspect` gives their tensors, which
+    # `--fallback int16` ranks and moves by
+    from edgecnn.verify.inspect import run_inspect
+
+    report = run_inspect(residual["fp32.onnx"], paths["tflite"], "digits", images=8)
+    assert set(metrics["int16_ops"]) <= {e["layer"] for e in report["layers"]}, report["layers"]
 
 
 #: TFLite builtin -> the ONNX op around which `_qdq_16x8_op` puts int16 Q/DQ: one row per
