@@ -640,6 +640,53 @@ def test_int16_pool_add_mean_end_to_end(residual, tmp_path_factory, digits):
     assert set(metrics["int16_ops"]) <= {e["layer"] for e in report["layers"]}, report["layers"]
 
 
+def test_int16_sigmoid_takes_the_fixed_int16_output(tmp_path, digits):
+    """A sigmoid in `--int16` takes the fixed output LOGISTIC's 16x8 kernel checks (1/32768,
+    zero point 0) in the QDQ ONNX and the .tflite; with the conv before it and the pool and
+    flatten after it int16 too, the file has no int8 tensor until one QUANTIZE before the
+    linear layer; the int16 tensors agree with onnxruntime (one step where their inputs
+    agree)."""
+    import torch
+
+    from edgecnn import quant
+    from edgecnn.export import onnx as onnx_export
+    from edgecnn.export.tflite import convert
+    from edgecnn.preprocess import prepare
+    from edgecnn.quant.spec import QuantConfig
+    from edgecnn.runtime.backends.tflite import interpreter
+    from edgecnn.train import preprocessing_for, to_tensors
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.Sigmoid(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(8, 10)).eval()
+    preprocessing = preprocessing_for(digits)
+    x, _ = to_tensors(digits.train_images[:64], digits.train_labels[:64], preprocessing)
+    program = quant.quantize(model, x[:2], quant.PTQ(calib_batches=2), train_data=x,
+                             config=QuantConfig(int16=("0", "1", "2", "3")))
+    path = onnx_export.export_qdq(program, preprocessing, tmp_path / "m.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tflite = convert(path, tmp_path / "m.tflite")
+    it = interpreter(tflite, delegate=False)
+    details = it.get_tensor_details()
+    ops = {op["op_name"]: op for op in it._get_ops_details()}
+    out = details[ops["LOGISTIC"]["outputs"][0]]
+    assert out["dtype"] == np.int16 and out["quantization"] == (1 / 32768, 0)
+    reads = [(op["op_name"], details[op["inputs"][0]]["dtype"]) for op in it._get_ops_details()]
+    names = [name for name, _ in reads]
+    assert names[:3] == ["CONV_2D", "LOGISTIC", "MEAN"] and names.count("QUANTIZE") == 1
+    assert all(dtype == np.int16 for _, dtype in reads[:names.index("QUANTIZE") + 1]), reads
+    assert reads[-1] == ("FULLY_CONNECTED", np.int8), reads
+    images = prepare(digits.val_images[:4], preprocessing.with_layout("NCHW"))
+    steps = _int16_parity_by_tensor(path, tflite, [images[i:i + 1] for i in range(4)], "input")
+    # the conv within one step; the sigmoid within one step of its own plus what a one-step
+    # difference of its input moves it: slope <= 1/4, times the input step / the output's
+    conv_scale = details[ops["LOGISTIC"]["inputs"][0]]["quantization"][0]
+    inherited = int(np.ceil(0.25 * conv_scale * 32768))
+    assert steps["conv2d"] <= 1 and steps["sigmoid"] <= 1 + inherited, (steps, inherited)
+
+
 #: TFLite builtin -> the ONNX op around which `_qdq_16x8_op` puts int16 Q/DQ: one row per
 #: builtin record with an int16 version (the weighted ones are `_qdq_16x8`'s). Each row was
 #: measured on LiteRT and tflite-runtime 2.14 before the record got its int16 version.
