@@ -15,7 +15,9 @@ activations, symmetric per tensor with zero point 0 (the int16 kernels check it)
 range [-32767, 32767] as TFLite's own quantizer makes them (scale = max |x| / 32767,
 tensorflow/lite/tools/optimize/quantization_utils.cc); weights int8 per channel as
 above; the bias int64 in the .tflite (CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED
-16x8 kernels), int32 in the program and the ONNX file (the converter widens it).
+16x8 kernels), int32 in the program and the ONNX file (the converter widens it); a sigmoid
+takes LOGISTIC's fixed 16x8 output, scale 1/32768 and zero point 0 (`Specs.fixed16`,
+activations.cc).
 
 `QuantConfig` keeps the choices the exporter may need to revisit per target
 (activation dtype, weight range) as fields, so an int8-trained model can be
