@@ -698,6 +698,9 @@ INT16_OP_ROWS = {
     "RESIZE_NEAREST_NEIGHBOR": "ResizeNearest", "RESIZE_BILINEAR": "ResizeBilinear",
     "SPLIT": "Split",
 }
+#: rows of lowerings onto those builtins with a constant operand, which a 16x8 op takes as
+#: symmetric int16: x * c, x + c, and hard-sigmoid (ADD with a fused RELU6, then MUL by 1/6)
+INT16_CONSTANT_ROWS = [("MUL", "MulConstant"), ("ADD", "AddConstant"), ("MUL", "HardSigmoid")]
 INT16_WEIGHTED = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
 X16 = 0.02 / 256  # the int16 input scale: the int8 input's grid, 256 steps finer
 
@@ -753,6 +756,13 @@ def _qdq_16x8_op(kind: str) -> tuple[onnx.ModelProto, dict[str, tuple[int, ...]]
                 "ResizeBilinear": dict(mode="linear",
                                        coordinate_transformation_mode="half_pixel")}[kind]
         y = g.op("Resize", [x, "", scales], "c", **mode)
+    elif kind in ("MulConstant", "AddConstant"):
+        k = g.const("k", np.float32(0.5 if kind == "MulConstant" else 0.75))
+        y = g.op(kind.removesuffix("Constant"), [x, k], "c")
+        out_scale = X16 * (2 if kind == "AddConstant" else 1)
+    elif kind == "HardSigmoid":  # output in [0, 1]
+        y = g.op("HardSigmoid", [x], "c", alpha=1 / 6, beta=0.5)
+        out_scale = 1 / 32767
     elif kind == "Split":
         y = g.op("Split", [x, g.const("split", np.array([4, 4], np.int64))], "c", axis=1)
         g.nodes[-1].output.append("c_rest")
@@ -766,8 +776,9 @@ def _qdq_16x8_op(kind: str) -> tuple[onnx.ModelProto, dict[str, tuple[int, ...]]
 def _int16_rows() -> list:
     from edgecnn.export.tflite.builtins import int16_builtins
 
-    return [pytest.param(b, INT16_OP_ROWS.get(b), id=b) for b in int16_builtins()
-            if b not in INT16_WEIGHTED]
+    return [*(pytest.param(b, INT16_OP_ROWS.get(b), id=b) for b in int16_builtins()
+              if b not in INT16_WEIGHTED),
+            *(pytest.param(b, kind, id=kind) for b, kind in INT16_CONSTANT_ROWS)]
 
 
 def _16x8_row(kind: str, samples: int = 4):
@@ -827,7 +838,7 @@ def test_16x8_ops_match_onnxruntime(builtin, kind):
     from edgecnn.verify.litert import BUILTIN_NAMES, op_counts, quantize_input
 
     data, feeds, expected = _16x8_row(kind)
-    assert op_counts(data)[builtin] == 1
+    assert op_counts(data)[builtin] == 1 and op_counts(data)["DEQUANTIZE"] == len(feeds)
     root = schema.Model.GetRootAs(data, 0)
     versions = {BUILTIN_NAMES[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())]:
                 code.Version() for code in map(root.OperatorCodes,
@@ -853,15 +864,15 @@ def test_16x8_ops_on_tflite_runtime_2_14(tmp_path):
 
     pi_python_or_skip()
     jobs, expected = [], {}
-    for builtin, kind in INT16_OP_ROWS.items():
+    for kind in [*INT16_OP_ROWS.values(), *(kind for _, kind in INT16_CONSTANT_ROWS)]:
         data, feeds, reference = _16x8_row(kind)
-        (tmp_path / f"{builtin}.tflite").write_bytes(data)
+        (tmp_path / f"{kind}.tflite").write_bytes(data)
         paths = []
         for name, x in feeds.items():  # samples x NHWC, in the file's input order
-            np.save(tmp_path / f"{builtin}_{name}.npy", x[:, None].transpose(0, 1, 3, 4, 2))
-            paths.append(str(tmp_path / f"{builtin}_{name}.npy"))
-        stem = str(tmp_path / builtin)
-        jobs.append({"model": str(tmp_path / f"{builtin}.tflite"), "inputs": paths,
+            np.save(tmp_path / f"{kind}_{name}.npy", x[:, None].transpose(0, 1, 3, 4, 2))
+            paths.append(str(tmp_path / f"{kind}_{name}.npy"))
+        stem = str(tmp_path / kind)
+        jobs.append({"model": str(tmp_path / f"{kind}.tflite"), "inputs": paths,
                      "output": stem})
         expected[stem] = kind, reference
     for stem, (outputs, _) in run_on_pi(tmp_path, jobs).items():
