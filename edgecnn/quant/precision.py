@@ -33,10 +33,11 @@ converted program an int16 layer is a conv / linear whose input is dequantized f
 int16 (`int16_layers`). `--int16` may also name the ops between layers whose TFLite builtin
 has a 16x8 kernel on both runtimes (`annotators.INT16_OPS`: pools, add / mul / sub, mean,
 concat, reshapes, relu / relu6 / leaky relu, sigmoid ...): a pool or an add between int16
-layers keeps their tensors int16 (`block|add` moves a residual block and its add, and no
-int16 -> int8 -> int16 requantization is left between them). Such an op of a converted
-program reads a tensor dequantized from int16 (`int16_ops`, by node name, which the ONNX
-tensor and `edgecnn inspect` keep).
+layers keeps their tensors int16 (`block` moves a residual block's convs and its add, and
+no int16 -> int8 -> int16 requantization is left between them). Such an op of a converted
+program reads a tensor dequantized from int16 (`int16_ops`, named by `output_name`: the
+tensor name the ONNX file and `edgecnn inspect` keep when the op is followed by a fused
+relu or is a pool / mean; a bare add's ONNX tensor is renumbered by the exporter).
 """
 
 from __future__ import annotations
