@@ -688,10 +688,13 @@ def _check_method_flags(method: str, given: dict[str, str | None]) -> None:
 KEEP_FLOAT_HELP = ("Keep the layers this regular expression matches in full (module path such "
                    "as block.conv or block, or node name) float: DEQUANTIZE / QUANTIZE around "
                    "them in TFLite, no Q/DQ on them in ONNX. Repeatable.")
-INT16_HELP = ("Give the conv / linear layers this regular expression matches (the --keep-float "
+INT16_HELP = ("Give the layers and ops this regular expression matches (the --keep-float "
               "rules) TFLite's 16x8 scheme: int16 activations (zero point 0), int8 weights, "
-              "int64 bias; int16 Q/DQ (opset 21) in ONNX. XNNPACK runs no int16 op: they run "
-              "on the builtin kernels. Repeatable.")
+              "int64 bias; int16 Q/DQ (opset 21) in ONNX. Conv / linear and the ops whose "
+              "builtin has a 16x8 kernel on LiteRT and tflite-runtime 2.14 (pools, add, mul, "
+              "sub, mean, concat, reshapes, pad, relu / relu6 / leaky relu, sigmoid, resize); "
+              "int16 tensors between them stay int16. XNNPACK runs no int16 op: they run on "
+              "the builtin kernels. Repeatable.")
 
 
 @app.command("export")
@@ -973,6 +976,8 @@ def quantize_command(
                   highlight=False)
     if result.int16_layers:
         out.print(f"int16 layers (16x8): {', '.join(result.int16_layers)}", highlight=False)
+    if result.int16_ops:
+        out.print(f"int16 ops (16x8): {', '.join(result.int16_ops)}", highlight=False)
     from edgecnn.report import ptq_method_lines
 
     for line in ptq_method_lines(result.to_dict()):

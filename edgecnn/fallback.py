@@ -17,7 +17,11 @@ ones. Each step is recorded (`Step`): what moved, the drops, the latency at one
 thread, whether it was reverted; report.json and report.md say what was done.
 
 int16 repairs what an activation range crushes; it cannot repair int8 weights (16x8
-keeps them int8): a layer whose error is in its weights needs float.
+keeps them int8): a layer whose error is in its weights needs float. With `int16` the
+groups may also hold the ops between layers that have 16x8 kernels (a pool, an add, a
+mean: `quant.precision.int16_capable_ops`): a tensor is int16 only when its writer and
+every reader are, so an add reading an int16 layer's output would requantize it to int8
+unless it moves too.
 
 The ranking is NNCF's accuracy-aware loop (rank by a per-layer metric, revert the
 worst, re-validate) with the metric of `edgecnn inspect`, measured on the
@@ -116,8 +120,9 @@ def rank_groups(report: dict, layers: list[str], *, float_input: bool = False,
                 ) -> list[list[str]]:
     """Groups of layer names to move, in order: each ranked layer (own SQNR on the
     report's first runtime, lowest first) with the layers writing its input tensors.
-    Only names in `layers` (the program's conv / linear layers) move; a ranked entry of
-    another kind (an add, a pool) contributes the weighted layers that feed it. A layer
+    Only names in `layers` move: the program's conv / linear layers, and for int16 the
+    ops with 16x8 kernels too (named by the tensor their op writes, as `inspect` names
+    them); a ranked entry of another kind contributes the movable layers that feed it. A layer
     that reads the model input moves only when `float_input` (io float): a float first
     layer leaves the model input unquantized, and an int16 one makes it int16, which int8
     / uint8 io cannot have."""

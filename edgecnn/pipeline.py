@@ -321,7 +321,7 @@ def _fall_back(run: _Fallback, quantized: QuantizeResult, validation: Validation
     from edgecnn.fallback import Step, patterns, rank_groups, rank_layers, run_steps, summary
 
     steps = [Step([], quantized.float_layers, _int8_drops(validation),
-                  int16_layers=quantized.int16_layers)]
+                  int16_layers=quantized.int16_names)]
     if steps[0].within(run.max_drop):
         return quantized, validation, summary(run.mode, run.max_drop, None, steps)
     steps[0].p50_ms = _int8_latency(validation, run.bench_runs)
@@ -339,7 +339,7 @@ def _fall_back(run: _Fallback, quantized: QuantizeResult, validation: Validation
         result = run.quantize_and_export(config)
         checked = run.validate()
         step = Step([], result.float_layers, _int8_drops(checked),
-                    _int8_latency(checked, run.bench_runs), result.int16_layers)
+                    _int8_latency(checked, run.bench_runs), result.int16_names)
         return step, (result, checked)
 
     def on_step(index: int, step: Step) -> None:
@@ -349,7 +349,10 @@ def _fall_back(run: _Fallback, quantized: QuantizeResult, validation: Validation
             console.print(f"[green]✓[/green] fallback step {index}: {', '.join(step.moved)} to "
                           f"{run.mode}: drop {drops}{verdict}", highlight=False)
 
-    groups = rank_groups(ranking, quantized.int8_layers, float_input=run.io == "float")
+    movable = quantized.int8_layers
+    if run.mode == "int16":  # a pool / add / mean between int16 layers keeps their tensors int16
+        movable = movable + quantized.int16_capable_ops
+    groups = rank_groups(ranking, movable, float_input=run.io == "float")
     steps, kept = run_steps(steps[0], groups, attempt, run.max_drop, on_step)
     if kept is not None:
         quantized, validation = kept
@@ -389,6 +392,7 @@ def _report_data(model: str, data: str, method: str, max_drop: float, config: Mo
         "torch_int8_accuracy": quantized.int8_accuracy,
         "float_layers": quantized.float_layers,
         "int16_layers": quantized.int16_layers,
+        "int16_ops": quantized.int16_ops,
         "float_islands": quantized.float_islands,
         "ptq_methods": quantized.ptq_methods or {},
         "preprocessing": config.preprocessing.to_dict(),

@@ -195,7 +195,7 @@ def interval_lines(report: Report) -> list[str]:
 
 def precision_lines(data: dict) -> list[str]:
     """One line per precision other than int8 in the int8 artifacts (float layers, float
-    islands: ops with no int8 TFLite kernel, int16 (16x8) layers), or none when every
+    islands: ops with no int8 TFLite kernel, int16 (16x8) layers and ops), or none when every
     layer is int8."""
     lines = []
     if data.get("float_layers"):
@@ -207,6 +207,9 @@ def precision_lines(data: dict) -> list[str]:
     if data.get("int16_layers"):
         lines.append(f"int16 layers, 16x8 ({len(data['int16_layers'])}): "
                      f"{', '.join(data['int16_layers'])}")
+    if data.get("int16_ops"):
+        lines.append(f"int16 ops, 16x8 ({len(data['int16_ops'])}): "
+                     f"{', '.join(data['int16_ops'])}")
     return lines
 
 

@@ -287,6 +287,9 @@ def test_rank_groups_order_inputs_writers_and_the_first_layer():
               "ranking": {}, "steps": [{"moved": [], "float_layers": [], "drops": {"m": 0.2},
                                         "p50_ms": {}}]}
     assert "nothing moved" in "\n".join(markdown(record))
+    # --fallback int16: the add (named by the tensor it writes) is movable too, and moves
+    # with its writers, so the tensors between them stay int16
+    assert rank_groups(report, [*layers, "add_1"]) == [["add_1", "conv1"], ["conv1"]]
 
 
 def test_keep_float_under_qat_folds_the_float_layers_bn(tmp_path):
@@ -434,6 +437,12 @@ def _int16_parity(onnx_model: onnx.ModelProto, tflite, feeds: list[np.ndarray],
     """Largest difference in int16 steps between onnxruntime and LiteRT's builtin kernels
     on every int16 tensor the QDQ model quantizes (matched by the float tensor name the
     .tflite keeps; an `_requant` tensor is checked through the layer that reads it)."""
+    return max(_int16_parity_by_tensor(onnx_model, tflite, feeds, input_name).values())
+
+
+def _int16_parity_by_tensor(onnx_model: onnx.ModelProto, tflite, feeds: list[np.ndarray],
+                            input_name: str) -> dict[str, int]:
+    """`_int16_parity` per int16 tensor (by its name in the .tflite), in graph order."""
     import onnxruntime as ort
 
     from edgecnn.runtime.backends.tflite import interpreter
@@ -446,7 +455,7 @@ def _int16_parity(onnx_model: onnx.ModelProto, tflite, feeds: list[np.ndarray],
     pairs = [(t, o) for t, o in zip(tflite_names, onnx_names, strict=True) if t in by_name]
     assert pairs, (tflite_names, sorted(by_name))
     inp = it.get_input_details()[0]
-    worst = 0
+    worst = dict.fromkeys((name for name, _ in pairs), 0)
     for x in feeds:
         reference = session.run([o for _, o in pairs], {input_name: x})
         it.set_tensor(inp["index"], quantize_input(inp, x.transpose(0, 2, 3, 1)
@@ -456,7 +465,7 @@ def _int16_parity(onnx_model: onnx.ModelProto, tflite, feeds: list[np.ndarray],
             got = it.get_tensor(by_name[name]).astype(np.int32)
             expected = expected.astype(np.int32)
             expected = expected.transpose(0, 2, 3, 1) if expected.ndim == 4 else expected
-            worst = max(worst, int(np.abs(got - expected).max()))
+            worst[name] = max(worst[name], int(np.abs(got - expected).max()))
     return worst
 
 
@@ -571,9 +580,313 @@ def test_16x8_kernels_on_tflite_runtime_2_14(tmp_path):
             assert np.array_equal(outputs[runner], expected[stem]), (stem, runner)
 
 
+@pytest.fixture(scope="module")
+def residual(tmp_path_factory):
+    """stem -> max pool -> residual block (add) -> mean -> linear, trained on digits."""
+    from planted_model import build_residual
+
+    return build_residual(tmp_path_factory.mktemp("residual"))
+
+
+#: the stem, the pool, the residual block (its two convs and its add, with the relu fused into
+#: it) and the mean: one int16 region from the model input to the mean's output (the stem
+#: reads the input both runtimes quantize alike, so parity is measured from the start)
+RESIDUAL_INT16 = ("stem", "pool", "block", "mean")
+
+
+def test_int16_pool_add_mean_end_to_end(residual, tmp_path_factory, digits):
+    """`--int16` on a max pool, a residual add and a mean besides the convs: in the .tflite
+    every op of the region reads int16 (the add both inputs; the model input is int16, as
+    the stem reads it), the only conversion is one int16 -> int8 QUANTIZE before the linear
+    layer (no int8 between int16 ops); the int16 tensors agree with onnxruntime
+    on the same QDQ ONNX (one step where their inputs agree); the summary names the int16
+    ops; the accuracy stays within two points of fp32's (the int8 linear layer costs one)."""
+    from edgecnn.preprocess import prepare
+    from edgecnn.report import precision_lines
+    from edgecnn.runtime.backends.tflite import interpreter
+    from edgecnn.runtime.session import open_session
+
+    metrics, paths = quantized_artifacts(residual["checkpoint"], tmp_path_factory,
+                                         "int16")(*RESIDUAL_INT16)
+    assert metrics.int16_layers == ["stem.0", "block.conv1.0", "block.conv2"]
+    assert len(metrics.int16_ops) == 3 and metrics.int16_ops[0] == "max_pool2d"
+    assert metrics.int16_ops[-1] == "mean" and metrics.int8_layers == ["fc"]
+    assert any(line.startswith("int16 ops, 16x8 (3)")
+               for line in precision_lines(metrics.to_dict()))
+    it = interpreter(paths["tflite"], delegate=False)
+    details = it.get_tensor_details()
+    reads = [(op["op_name"], [details[i]["dtype"] for i in op["inputs"][:2] if i >= 0])
+             for op in it._get_ops_details()]
+    assert [name for name, _ in reads] == [
+        "CONV_2D", "MAX_POOL_2D", "CONV_2D", "CONV_2D", "ADD", "MEAN", "QUANTIZE",
+        "FULLY_CONNECTED"], reads
+    region = reads[:7]  # stem .. the QUANTIZE back to int8
+    assert all(dtypes[0] == np.int16 for _, dtypes in region), region
+    assert reads[4][1] == [np.int16, np.int16]  # the add: both inputs int16
+    with open_session(paths["onnx"]) as session:
+        x = prepare(digits.val_images[:8], session.record)  # NCHW float, the ONNX layout
+    steps = _int16_parity_by_tensor(paths["onnx"], paths["tflite"],
+                                    [x[i:i + 1] for i in range(8)], "input")
+    # stem, pool, block.conv1, (block.conv2, the add), mean: a tensor whose inputs agree is
+    # within one step; block.conv2 sums 144 products of block.conv1's one-step differences
+    # (measured: 2 to 3 steps) and the add inherits them; the mean averages them out
+    values = list(steps.values())
+    assert len(values) == 6 and max(values[:3]) <= 1 and values[5] <= 1, steps
+    assert max(values[3:5]) <= 3, steps
+    assert max(drops(residual, paths.values()).values()) <= 2.0  # measured: 1.1 (int8 fc)
+    # the names of the int16 ops are those `edgecnn inspect` gives their tensors, which
+    # `--fallback int16` ranks and moves by
+    from edgecnn.verify.inspect import run_inspect
+
+    report = run_inspect(residual["fp32.onnx"], paths["tflite"], "digits", images=8)
+    assert set(metrics.int16_ops) <= {e["layer"] for e in report["layers"]}, report["layers"]
+
+
+def test_int16_sigmoid_takes_the_fixed_int16_output(tmp_path, digits):
+    """A sigmoid in `--int16` takes the fixed output LOGISTIC's 16x8 kernel checks (1/32768,
+    zero point 0) in the QDQ ONNX and the .tflite; with the conv before it and the pool and
+    flatten after it int16 too, the file has no int8 tensor until one QUANTIZE before the
+    linear layer; the int16 tensors agree with onnxruntime (one step where their inputs
+    agree)."""
+    import torch
+
+    from edgecnn import quant
+    from edgecnn.export import onnx as onnx_export
+    from edgecnn.export.tflite import convert
+    from edgecnn.preprocess import prepare
+    from edgecnn.quant.spec import QuantConfig
+    from edgecnn.runtime.backends.tflite import interpreter
+    from edgecnn.train import preprocessing_for, to_tensors
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.Sigmoid(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(8, 10)).eval()
+    preprocessing = preprocessing_for(digits)
+    x, _ = to_tensors(digits.train_images[:64], digits.train_labels[:64], preprocessing)
+    program = quant.quantize(model, x[:2], quant.PTQ(calib_batches=2), train_data=x,
+                             config=QuantConfig(int16=("0", "1", "2", "3")))
+    path = onnx_export.export_qdq(program, preprocessing, tmp_path / "m.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tflite = convert(path, tmp_path / "m.tflite")
+    it = interpreter(tflite, delegate=False)
+    details = it.get_tensor_details()
+    ops = {op["op_name"]: op for op in it._get_ops_details()}
+    out = details[ops["LOGISTIC"]["outputs"][0]]
+    assert out["dtype"] == np.int16 and out["quantization"] == (1 / 32768, 0)
+    reads = [(op["op_name"], details[op["inputs"][0]]["dtype"]) for op in it._get_ops_details()]
+    names = [name for name, _ in reads]
+    assert names[:3] == ["CONV_2D", "LOGISTIC", "MEAN"] and names.count("QUANTIZE") == 1
+    assert all(dtype == np.int16 for _, dtype in reads[:names.index("QUANTIZE") + 1]), reads
+    assert reads[-1] == ("FULLY_CONNECTED", np.int8), reads
+    images = prepare(digits.val_images[:4], preprocessing.with_layout("NCHW"))
+    steps = _int16_parity_by_tensor(path, tflite, [images[i:i + 1] for i in range(4)], "input")
+    # the conv within one step; the sigmoid within one step of its own plus what a one-step
+    # difference of its input moves it: slope <= 1/4, times the input step / the output's
+    conv_scale = details[ops["LOGISTIC"]["inputs"][0]]["quantization"][0]
+    inherited = int(np.ceil(0.25 * conv_scale * 32768))
+    assert steps["conv2d"] <= 1 and steps["sigmoid"] <= 1 + inherited, (steps, inherited)
+
+
+#: TFLite builtin -> the ONNX op around which `_qdq_16x8_op` puts int16 Q/DQ: one row per
+#: builtin record with an int16 version (the weighted ones are `_qdq_16x8`'s). Each row was
+#: measured on LiteRT and tflite-runtime 2.14 before the record got its int16 version.
+INT16_OP_ROWS = {
+    "MAX_POOL_2D": "MaxPool", "AVERAGE_POOL_2D": "AveragePool", "MEAN": "ReduceMean",
+    "ADD": "Add", "SUB": "Sub", "MUL": "Mul", "CONCATENATION": "Concat", "RESHAPE": "Flatten",
+    "TRANSPOSE": "Transpose", "STRIDED_SLICE": "Slice", "PAD": "Pad", "PADV2": "PadV2",
+    "LOGISTIC": "Sigmoid", "RELU": "Relu", "RELU6": "Clip", "LEAKY_RELU": "LeakyRelu",
+    "RESIZE_NEAREST_NEIGHBOR": "ResizeNearest", "RESIZE_BILINEAR": "ResizeBilinear",
+    "SPLIT": "Split",
+}
+#: rows of lowerings onto those builtins with a constant operand, which a 16x8 op takes as
+#: symmetric int16: x * c, x + c, and hard-sigmoid (ADD with a fused RELU6, then MUL by 1/6)
+INT16_CONSTANT_ROWS = [("MUL", "MulConstant"), ("ADD", "AddConstant"), ("MUL", "HardSigmoid")]
+INT16_WEIGHTED = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
+X16 = 0.02 / 256  # the int16 input scale: the int8 input's grid, 256 steps finer
+
+
+def _qdq_16x8_op(kind: str) -> tuple[onnx.ModelProto, dict[str, tuple[int, ...]]]:
+    """int8 input(s) -> int16 -> one op -> int16 model output, opset 21: the int16 tensor is
+    the output, so any runtime's raw output is compared with onnxruntime's int16 Q."""
+    from qdq_graphs import QDQGraph
+
+    g = QDQGraph()
+    inputs = {"x": (1, 8, 6, 6)}
+    x = g.qdq(g.qdq("x", 0.02, 0, tag="x8"), X16, 0, tag="x16", dtype=np.int16)
+    out_scale = X16
+    if kind in ("Add", "Sub", "Mul", "Concat"):  # a second int16 input with its own scale
+        inputs["x2"] = inputs["x"]
+        second = X16 if kind == "Concat" else 0.03 / 256
+        x2 = g.qdq(g.qdq("x2", 0.03, 0, tag="y8"), second, 0, tag="y16", dtype=np.int16)
+        if kind == "Concat":
+            y = g.op("Concat", [x, x2], "c", axis=1)
+        else:
+            y = g.op(kind, [x, x2], "c")
+            out_scale = 6.25 / 32767 if kind == "Mul" else 0.055 / 256
+    elif kind == "MaxPool":
+        y = g.op("MaxPool", [x], "c", kernel_shape=[2, 2], strides=[2, 2])
+    elif kind == "AveragePool":
+        y = g.op("AveragePool", [x], "c", kernel_shape=[3, 3], strides=[1, 1])
+    elif kind == "ReduceMean":  # a requantizing kernel: its own output scale
+        y = g.op("ReduceMean", [x, g.const("axes", np.array([2, 3], np.int64))], "c",
+                 keepdims=1)
+        out_scale = X16 / 3
+    elif kind == "Flatten":
+        y = g.op("Flatten", [x], "c")
+    elif kind == "Transpose":
+        y = g.op("Transpose", [x], "c", perm=[0, 2, 3, 1])
+    elif kind == "Slice":
+        y = g.op("Slice", [x, *(g.const(n, np.array([v], np.int64))
+                                for n, v in (("start", 1), ("end", 5), ("axis", 1)))], "c")
+    elif kind in ("Pad", "PadV2"):
+        pads = g.const("pads", np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))
+        value = [g.const("value", np.float32(0.5))] if kind == "PadV2" else []
+        y = g.op("Pad", [x, pads, *value], "c")
+    elif kind == "Sigmoid":  # the 16x8 kernel's fixed output: 1/32768, zero point 0
+        y = g.op("Sigmoid", [x], "c")
+        out_scale = 1 / 32768
+    elif kind == "Clip":
+        y = g.op("Clip", [x, g.const("lo", np.float32(0)), g.const("hi", np.float32(6))], "c")
+    elif kind == "LeakyRelu":
+        y = g.op("LeakyRelu", [x], "c", alpha=0.1)
+    elif kind.startswith("Resize"):
+        scales = g.const("scales", np.array([1, 1, 2, 2], np.float32))
+        mode = {"ResizeNearest": dict(mode="nearest", nearest_mode="floor",
+                                      coordinate_transformation_mode="asymmetric"),
+                "ResizeBilinear": dict(mode="linear",
+                                       coordinate_transformation_mode="half_pixel")}[kind]
+        y = g.op("Resize", [x, "", scales], "c", **mode)
+    elif kind in ("MulConstant", "AddConstant"):
+        k = g.const("k", np.float32(0.5 if kind == "MulConstant" else 0.75))
+        y = g.op(kind.removesuffix("Constant"), [x, k], "c")
+        out_scale = X16 * (2 if kind == "AddConstant" else 1)
+    elif kind == "HardSigmoid":  # output in [0, 1]
+        y = g.op("HardSigmoid", [x], "c", alpha=1 / 6, beta=0.5)
+        out_scale = 1 / 32767
+    elif kind == "Split":
+        y = g.op("Split", [x, g.const("split", np.array([4, 4], np.int64))], "c", axis=1)
+        g.nodes[-1].output.append("c_rest")
+    else:
+        y = g.op(kind, [x], "c")
+    model = g.model(inputs, g.qdq(y, out_scale, 0, tag="c16", dtype=np.int16))
+    model.opset_import[0].version = 21
+    return model, inputs
+
+
+def _int16_rows() -> list:
+    from edgecnn.export.tflite.builtins import int16_builtins
+
+    return [*(pytest.param(b, INT16_OP_ROWS.get(b), id=b) for b in int16_builtins()
+              if b not in INT16_WEIGHTED),
+            *(pytest.param(b, kind, id=kind) for b, kind in INT16_CONSTANT_ROWS)]
+
+
+def _16x8_row(kind: str, samples: int = 4):
+    """(the .tflite bytes, NCHW float samples per input name, onnxruntime's int16 outputs)."""
+    import onnxruntime as ort
+
+    from edgecnn.export.tflite import to_flatbuffer
+
+    model, inputs = _qdq_16x8_op(kind)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = to_flatbuffer(model)
+    rng = np.random.default_rng(5)
+    feeds = {name: rng.uniform(-2.5, 2.5, (samples, *shape[1:])).astype(np.float32)
+             for name, shape in inputs.items()}
+    tapped = onnx.ModelProto()
+    tapped.CopyFrom(model)
+    tapped.graph.output.append(onnx.helper.make_tensor_value_info(
+        "c16_q", onnx.TensorProto.INT16, None))  # the int16 integers themselves
+    session = ort.InferenceSession(tapped.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    expected = np.concatenate([session.run(["c16_q"], {n: v[i:i + 1]
+                                                       for n, v in feeds.items()})[0]
+                               for i in range(samples)])
+    return data, feeds, expected
+
+
+def _int16_steps(got: np.ndarray, expected: np.ndarray, kind: str) -> int:
+    """Largest difference in int16 steps; a 4-D ONNX output is NCHW, the .tflite's NHWC
+    (a Transpose's output is already in its final order, and the converter keeps it)."""
+    if expected.ndim == 4:
+        expected = expected.transpose(0, 2, 3, 1)
+    assert got.dtype == np.int16 and got.shape == expected.shape, (got.shape, expected.shape)
+    return int(np.abs(got.astype(np.int32) - expected.astype(np.int32)).max())
+
+
+def test_every_int16_builtin_has_a_parity_row():
+    """A builtin record that gains an int16 version needs its row here (measured on both
+    runtimes), and the quantizer's int16 ops are exactly those of the records."""
+    from edgecnn.export.tflite.builtins import BUILTINS, int16_builtins
+    from edgecnn.quant.annotators import INT16_OPS, builtin_of
+
+    assert set(int16_builtins()) == set(INT16_OP_ROWS) | INT16_WEIGHTED
+    assert all(builtin_of(op) is None or "int16" in BUILTINS.get(builtin_of(op)).versions
+               for op in INT16_OPS)
+
+
+@pytest.mark.parametrize("builtin, kind", _int16_rows())
+def test_16x8_ops_match_onnxruntime(builtin, kind):
+    """One row per builtin with an int16 version: the op alone between int16 Q/DQ, on
+    LiteRT's builtin kernels (XNNPACK takes no int16 op), within one int16 step of
+    onnxruntime's QDQ; the builtin reads int16 at the record's int16 version."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    from edgecnn.export.tflite.builtins import BUILTINS
+    from edgecnn.runtime.backends.tflite import interpreter
+    from edgecnn.verify.litert import BUILTIN_NAMES, op_counts, quantize_input
+
+    data, feeds, expected = _16x8_row(kind)
+    assert op_counts(data)[builtin] == 1 and op_counts(data)["DEQUANTIZE"] == len(feeds)
+    root = schema.Model.GetRootAs(data, 0)
+    versions = {BUILTIN_NAMES[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())]:
+                code.Version() for code in map(root.OperatorCodes,
+                                               range(root.OperatorCodesLength()))}
+    assert versions[builtin] == BUILTINS.get(builtin).versions["int16"]
+    it = interpreter(data, delegate=False)
+    got = []
+    for i in range(len(expected)):
+        for detail, name in zip(it.get_input_details(), feeds, strict=True):
+            x = feeds[name][i:i + 1]
+            it.set_tensor(detail["index"], quantize_input(detail, x.transpose(0, 2, 3, 1)))
+        it.invoke()
+        got.append(it.get_tensor(it.get_output_details()[0]["index"]))
+    assert _int16_steps(np.concatenate(got), expected, kind) <= 1
+
+
+@pytest.mark.pi_venv
+def test_16x8_ops_on_tflite_runtime_2_14(tmp_path):
+    """Every row of `test_16x8_ops_match_onnxruntime` on tflite-runtime 2.14 (builtin
+    kernels, and with its XNNPACK delegate, which leaves int16 ops to them): within one
+    int16 step of onnxruntime's QDQ."""
+    from pi_env import pi_python_or_skip, run_on_pi
+
+    pi_python_or_skip()
+    jobs, expected = [], {}
+    for kind in [*INT16_OP_ROWS.values(), *(kind for _, kind in INT16_CONSTANT_ROWS)]:
+        data, feeds, reference = _16x8_row(kind)
+        (tmp_path / f"{kind}.tflite").write_bytes(data)
+        paths = []
+        for name, x in feeds.items():  # samples x NHWC, in the file's input order
+            np.save(tmp_path / f"{kind}_{name}.npy", x[:, None].transpose(0, 1, 3, 4, 2))
+            paths.append(str(tmp_path / f"{kind}_{name}.npy"))
+        stem = str(tmp_path / kind)
+        jobs.append({"model": str(tmp_path / f"{kind}.tflite"), "inputs": paths,
+                     "output": stem})
+        expected[stem] = kind, reference
+    for stem, (outputs, _) in run_on_pi(tmp_path, jobs).items():
+        kind, reference = expected[stem]
+        for runner in ("builtin", "delegate"):
+            assert _int16_steps(outputs[runner], reference, kind) <= 1, (stem, runner)
+
+
 def test_int16_errors_are_one_line(planted):
-    """A bad pattern, a pattern on an op with no 16x8 kernel edgecnn writes (the pool), and
-    the converter on a QDQ HardSwish in int16 (no int16 kernel edgecnn writes)."""
+    """A bad pattern, a pattern on an op with no 16x8 kernel edgecnn writes (tanh: both
+    runtimes have one, 2 steps from onnxruntime), and the converter on a QDQ HardSwish and
+    a QDQ Gelu in int16 (GELU: a kernel on LiteRT only, and the error says so)."""
     from edgecnn import quant
     from edgecnn.checkpoint import load_checkpoint
     from edgecnn.data import load
@@ -588,11 +901,15 @@ def test_int16_errors_are_one_line(planted):
     with pytest.raises(EdgecnnError, match=r"--int16 'blok' matches no layer.*block\.conv"):
         quant.quantize(model, x[:2], quant.PTQ(calib_batches=1), train_data=x,
                        config=QuantConfig(int16=("blok",)))
+    import torch
+
+    tanh_model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Tanh()).eval()
     with pytest.raises(EdgecnnError) as error:
-        quant.quantize(model, x[:2], quant.PTQ(calib_batches=1), train_data=x,
-                       config=QuantConfig(int16=("pool",)))
+        quant.quantize(tanh_model, x[:2], quant.PTQ(calib_batches=1), train_data=x,
+                       config=QuantConfig(int16=("1",)))
     message = str(error.value)
-    assert "\n" not in message and "'adaptive_avg_pool2d'" in message and "16x8" in message
+    assert "\n" not in message and "node 'tanh'" in message and "TFLite TANH" in message
+    assert "MAX_POOL_2D, MEAN" in message and "TANH (on both runtimes, 2 int16" in message
 
     from qdq_graphs import QDQGraph
 
@@ -608,6 +925,17 @@ def test_int16_errors_are_one_line(planted):
     message = str(error.value)
     assert "\n" not in message and "node 'HardSwish" in message  # lowered to ADD / MUL
     assert "kernel for int16 inputs" in message and "CONV_2D, DEPTHWISE_CONV_2D" in message
+
+    g = QDQGraph()
+    x16 = g.qdq(g.qdq("x", 0.02, 0), 0.0002, 0, tag="x16", dtype=np.int16)
+    y = g.qdq(g.op("Gelu", [x16], "g"), 0.0002, 0, tag="g16", dtype=np.int16)
+    qdq = g.model({"x": (1, 3, 8, 8)}, g.qdq(y, 0.02, 0, tag="out"))
+    qdq.opset_import[0].version = 21
+    with pytest.raises(EdgecnnError) as error:
+        to_flatbuffer(qdq)
+    message = str(error.value)
+    assert "\n" not in message and "node 'Gelu" in message
+    assert "GELU (on LiteRT only, not on tflite-runtime 2.14)" in message
 
 
 def test_int16_cli_error_is_one_line_before_training(edgecnn_cmd, tmp_path):

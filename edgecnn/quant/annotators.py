@@ -397,37 +397,67 @@ def annotate_concat(gm: GraphModule, specs: Specs) -> None:
                  shared)
 
 
-#: aten ops an int16 layer may hold: those whose TFLite builtin has a 16x8 (int16
-#: activation) kernel on LiteRT and tflite-runtime 2.14 (the int16 versions of
-#: `export.tflite.builtins`); conv / linear are the weighted layers, BN and the fused
-#: activations go with them
-INT16_OPS = (*CONV_OPS, *LINEAR_OPS, *BATCH_NORM_OPS, *RELU_OPS, *RELU6_OPS, *HARDTANH_OPS)
+#: aten op -> the TFLite builtin it becomes, for the ops the pattern annotators claim (the
+#: single-input ones are `LOWERS_TO`); a global mean / adaptive pool becomes MEAN, a
+#: non-global adaptive pool AVERAGE_POOL_2D (both have 16x8 kernels), a division by a
+#: number MUL by its reciprocal
+PATTERN_BUILTINS: dict[object, str] = {
+    **{op: "CONV_2D" for op in CONV_OPS}, **{op: "FULLY_CONNECTED" for op in LINEAR_OPS},
+    **{op: "TRANSPOSE_CONV" for op in (aten.conv_transpose2d.input,)},
+    **{op: "ADD" for op in ADD_OPS}, **{op: "MUL" for op in MUL_OPS},
+    aten.sub.Tensor: "SUB", aten.div.Tensor: "MUL",
+    **{op: "MEAN" for op in MEAN_OPS}, **{op: "CONCATENATION" for op in CONCAT_OPS},
+    aten.matmul.default: "BATCH_MATMUL", aten.bmm.default: "BATCH_MATMUL",
+}
 
 
-def int16_builtins() -> list[str]:
-    """The TFLite builtins with an int16 version in the converter's records."""
-    return sorted(name for name in BUILTINS if "int16" in BUILTINS.get(name).versions)
+def builtin_of(target: object) -> str | None:
+    """The TFLite builtin an aten op becomes (None: nothing, or unknown)."""
+    if target in PATTERN_BUILTINS:
+        return PATTERN_BUILTINS[target]
+    return LOWERS_TO.get(target)
+
+
+def _has_int16_kernel(target: object) -> bool:
+    name = builtin_of(target)
+    return name is None or "int16" in BUILTINS.get(name).versions
+
+
+#: aten ops an int16 (16x8) layer may hold: those whose TFLite builtin has an int16 version
+#: in its record (`export.tflite.builtins`: LiteRT and tflite-runtime 2.14 both run the
+#: kernel, measured), and the ops that become no builtin (dropout, clone); a conv / linear
+#: takes its BN and fused activation along. Derived from the records: an int16 version
+#: added there makes the op selectable here.
+INT16_OPS = tuple(op for op in dict.fromkeys([*PATTERN_BUILTINS, *LOWERS_TO])
+                  if _has_int16_kernel(op))
 
 
 @annotator("int16")
 def annotate_int16(gm: GraphModule, specs: Specs) -> None:
     """Nodes marked int16 (`precision.mark_int16`) take int16 activation specs on their
-    input edges and output (TFLite 16x8: symmetric, zero point 0); weights stay int8.
+    input edges and output (TFLite 16x8: symmetric, zero point 0); weights stay int8; a
+    fixed int8 output (sigmoid) takes its builtin's fixed int16 one (`Specs.fixed16`).
+    Shared outputs (pools, reshapes, concat) follow their input edge, so they are int16 too.
 
     Raises EdgecnnError naming the node for an op outside `INT16_OPS` (its TFLite builtin
-    has no 16x8 kernel edgecnn writes), listing the ops that have one.
+    has no 16x8 kernel edgecnn writes) or left float (no int8 / int16 kernel), listing the
+    builtins that have one (and the 16x8 kernels edgecnn does not write, with why).
     """
+    from edgecnn.errors import EdgecnnError
+    from edgecnn.export.tflite.builtins import int16_kernels_text
+
+    fixed = {id(spec): name for name, spec in specs.fixed.items()}
     for node in gm.graph.nodes:
         if not node.meta.get(INT16_KEY):
             continue
-        if node.op != "call_function" or node.target not in INT16_OPS:
-            from edgecnn.errors import EdgecnnError
-
+        island = node.meta.get(FLOAT_ISLAND_KEY)
+        if node.op != "call_function" or node.target not in INT16_OPS or island:
+            builtin = builtin_of(node.target) if node.op == "call_function" else None
             raise EdgecnnError(
-                f"--int16: node {node.name!r} ({node.target}) has no 16x8 (int16 activation) "
-                f"TFLite kernel edgecnn writes; int16 layers are conv / linear (CONV_2D, "
-                f"DEPTHWISE_CONV_2D, FULLY_CONNECTED with their BN and ReLU / ReLU6): "
-                f"choose those layers")
+                f"--int16: node {node.name!r} ({node.target}, TFLite "
+                f"{builtin or 'no builtin'}) has no 16x8 (int16 activation) kernel edgecnn "
+                f"writes{' (left float: no int8 kernel either)' if island else ''}; "
+                f"{int16_kernels_text()}")
         annotation = node.meta.get(KEY)
         if annotation is None:
             continue
@@ -436,6 +466,8 @@ def annotate_int16(gm: GraphModule, specs: Specs) -> None:
                 annotation.input_qspec_map[arg] = specs.activation16
         if annotation.output_qspec is specs.activation:
             annotation.output_qspec = specs.activation16
+        elif id(annotation.output_qspec) in fixed:
+            annotation.output_qspec = specs.fixed16[fixed[id(annotation.output_qspec)]]
 
 
 def output_dtype(node: Node) -> torch.dtype | None:

@@ -30,7 +30,14 @@ all its readers are int16 layers: an int16 layer reading an int8 tensor requanti
 on its input edge (int8 -> int16, exact), and an int8 reader of an int16 tensor
 requantizes it to int8 (`block\\.(conv|proj)` takes the planted tensor out of int8). In a
 converted program an int16 layer is a conv / linear whose input is dequantized from
-int16 (`int16_layers`).
+int16 (`int16_layers`). `--int16` may also name the ops between layers whose TFLite builtin
+has a 16x8 kernel on both runtimes (`annotators.INT16_OPS`: pools, add / mul / sub, mean,
+concat, reshapes, relu / relu6 / leaky relu, sigmoid ...): a pool or an add between int16
+layers keeps their tensors int16 (`block` moves a residual block's convs and its add, and
+no int16 -> int8 -> int16 requantization is left between them). Such an op of a converted
+program reads a tensor dequantized from int16 (`int16_ops`, named by `output_name`: the
+tensor name the ONNX file and `edgecnn inspect` keep when the op is followed by a fused
+relu or is a pool / mean; a bare add's ONNX tensor is renumbered by the exporter).
 """
 
 from __future__ import annotations
@@ -42,21 +49,28 @@ from torch.fx import GraphModule, Node
 
 from edgecnn.errors import EdgecnnError
 from edgecnn.quant.annotators import (
+    ADD_OPS,
     BATCH_NORM_OPS,
     CONV_OPS,
     FLOAT_KEY,
     INT16_KEY,
+    INT16_OPS,
     LINEAR_OPS,
+    MUL_OPS,
     PASSTHROUGH,
+    SCALAR_OPS,
     calls,
     fuse_activation,
     is_float_island,
+    is_fusable_activation,
     sole_user,
 )
 from edgecnn.quant.graph import layer_name
 from edgecnn.quant.spec import compile_patterns
 
 WEIGHTED = CONV_OPS + LINEAR_OPS
+#: ops whose TFLite builtin fuses a following relu / relu6 (`annotators.annotate_binary`)
+BINARY = ADD_OPS + MUL_OPS + SCALAR_OPS
 SHOWN = 12  # layer names listed in the error for a pattern that matches nothing
 
 
@@ -131,6 +145,26 @@ def _fused_owner(node: Node) -> Node | None:
     return None
 
 
+def _binary_owner(node: Node) -> Node | None:
+    """The add / mul / sub whose fused activation `node` is (one TFLite op), else None."""
+    if not is_fusable_activation(node):
+        return None
+    source = next((a for a in node.all_input_nodes if a.op == "call_function"), None)
+    return source if calls(source, BINARY) and sole_user(source) is node else None
+
+
+def with_fused_binary(node: Node) -> list[Node]:
+    """An add / mul / sub with the activation its TFLite builtin fuses; other nodes alone."""
+    return [node, *fuse_activation(node)[1]] if calls(node, BINARY) else [node]
+
+
+def output_name(node: Node) -> str:
+    """The node whose output is the tensor `node`'s TFLite op writes: its fused activation
+    for an add / mul / sub followed by one (the name `edgecnn inspect` gives the op)."""
+    user = sole_user(node)
+    return user.name if calls(node, BINARY) and is_fusable_activation(user) else node.name
+
+
 def _refuse_fused_alone(selected: list[Node], flag: str) -> None:
     """A BN / activation fused into a layer the patterns did not select would move
     nothing (the layer's annotation holds its specs): raise naming the layer."""
@@ -149,7 +183,9 @@ def _mark(gm: GraphModule, patterns: Iterable[str], flag: str, key: str) -> list
     if not patterns:
         return []
     selected = select(gm, patterns, flag)
-    if key == INT16_KEY:
+    if key == INT16_KEY:  # an activation fused into an add moves the add: one TFLite op
+        selected += [owner for n in selected if (owner := _binary_owner(n)) is not None]
+        selected = [m for node in selected for m in with_fused_binary(node)]
         _refuse_fused_alone(selected, flag)
     marked = [m for node in selected for m in with_fused(node)]
     marked = [n for n in dict.fromkeys(marked) if not n.meta.get(FLOAT_KEY)]
@@ -182,6 +218,36 @@ def _reads_int16(node: Node) -> bool:
     """The layer's input is dequantized from int16 (its last argument is the dtype)."""
     x = node.args[0]
     return _dequantized(x) and x.args[-1] == torch.int16
+
+
+def _reads_dequantized(node: Node, dtype: torch.dtype) -> bool:
+    """The op's first activation input is dequantized from `dtype`."""
+    x = next((a for a in node.args if isinstance(a, Node)), None)
+    if x is None and node.args and isinstance(node.args[0], (list, tuple)):  # cat
+        x = next((a for a in node.args[0] if isinstance(a, Node)), None)
+    return _dequantized(x) and x.args[-1] == dtype
+
+
+def _ops(gm: GraphModule, dtype: torch.dtype) -> list[str]:
+    return [output_name(node) for node in activation_nodes(gm)
+            if calls(node, INT16_OPS) and not calls(node, WEIGHTED)
+            and not _dequantized(node) and _reads_dequantized(node, dtype)]
+
+
+def int16_ops(gm: GraphModule) -> list[str]:
+    """The ops of a converted program other than conv / linear that run 16x8: they read a
+    tensor dequantized from int16 (graph order; a BN or activation fused into an int16
+    layer reads the layer's output directly and is not listed). Each is named by the node
+    whose output its TFLite op writes (`output_name`: an add's fused relu), the tensor name
+    `edgecnn inspect` reports and a `--int16` pattern selects it by."""
+    return _ops(gm, torch.int16)
+
+
+def int16_capable_ops(gm: GraphModule) -> list[str]:
+    """The int8 ops of a converted program other than conv / linear that `--int16` can move
+    (`annotators.INT16_OPS`; node names, graph order): `--fallback int16` moves them with
+    the layers that write their inputs."""
+    return _ops(gm, torch.int8)
 
 
 def _weighted_layers(gm: GraphModule, quantized: bool, int16: bool | None = None) -> list[str]:

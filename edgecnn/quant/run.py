@@ -24,7 +24,14 @@ from edgecnn.errors import ParameterError
 from edgecnn.quant import quantize
 from edgecnn.quant.artifact import save_program
 from edgecnn.quant.graph import qdq_counts
-from edgecnn.quant.precision import float_islands, float_layers, int8_layers, int16_layers
+from edgecnn.quant.precision import (
+    float_islands,
+    float_layers,
+    int8_layers,
+    int16_capable_ops,
+    int16_layers,
+    int16_ops,
+)
 from edgecnn.quant.recipe import PTQ, QAT, Recipe
 from edgecnn.quant.spec import QuantConfig
 from edgecnn.train import evaluate
@@ -49,9 +56,10 @@ class QuantizeResult:
     program on the seeded validation split, in torch; accuracy_drop: in points.
     quant_config: `QuantConfig.to_dict()`; node_counts: quantize / dequantize nodes.
     float_layers / int8_layers / int16_layers: layer names by precision
-    (`edgecnn.quant.precision`); float_islands: ops left float for want of an int8
-    kernel. QAT: qat_config (the recipe); PTQ: calib_images and ptq_methods (what CLE and
-    bias correction did). processes: the torchrun world size of a distributed QAT.
+    (`edgecnn.quant.precision`); int16_ops: the other ops running 16x8 (node names:
+    pools, adds, means); int16_capable_ops: the int8 ones `--int16` could move;
+    float_islands: ops left float for want of an int8 kernel. QAT: qat_config (the
+    recipe); PTQ: calib_images and ptq_methods (what CLE and bias correction did). processes: the torchrun world size of a distributed QAT.
     """
 
     model: str
@@ -67,6 +75,8 @@ class QuantizeResult:
     float_layers: list[str]
     int8_layers: list[str]
     int16_layers: list[str]
+    int16_ops: list[str]
+    int16_capable_ops: list[str]
     float_islands: list[str]
     qat_config: dict | None = None
     calib_images: int | None = None
@@ -79,9 +89,16 @@ class QuantizeResult:
     @classmethod
     def from_dict(cls, data: dict) -> QuantizeResult:
         """From metrics.json (fields it lacks: empty lists / None)."""
-        lists = ("float_layers", "int8_layers", "int16_layers", "float_islands")
+        lists = ("float_layers", "int8_layers", "int16_layers", "int16_ops",
+                 "int16_capable_ops", "float_islands")
         return cls(**{k: data.get(k, [] if k in lists else None)
                       for k in cls.__dataclass_fields__})
+
+    @property
+    def int16_names(self) -> list[str]:
+        """The int16 layers (module paths) and ops (node names): what `--fallback int16`
+        moved."""
+        return [*self.int16_layers, *self.int16_ops]
 
 
 def quantize_checkpoint(checkpoint: Path, out: Path, recipe: Recipe | None = None, *,
@@ -138,7 +155,8 @@ def quantize_checkpoint(checkpoint: Path, out: Path, recipe: Recipe | None = Non
         val_images=len(val_items), quantize_seconds=round(seconds, 2),
         quant_config=config.to_dict(), node_counts=qdq_counts(converted),
         float_layers=float_layers(converted), int8_layers=int8_layers(converted),
-        int16_layers=int16_layers(converted), float_islands=float_islands(converted),
+        int16_layers=int16_layers(converted), int16_ops=int16_ops(converted),
+        int16_capable_ops=int16_capable_ops(converted), float_islands=float_islands(converted),
         qat_config=None if ptq else recipe.to_dict(),
         calib_images=min(len(train_items), recipe.calib_batches * recipe.batch_size)
         if ptq else None,

@@ -15,7 +15,9 @@ activations, symmetric per tensor with zero point 0 (the int16 kernels check it)
 range [-32767, 32767] as TFLite's own quantizer makes them (scale = max |x| / 32767,
 tensorflow/lite/tools/optimize/quantization_utils.cc); weights int8 per channel as
 above; the bias int64 in the .tflite (CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED
-16x8 kernels), int32 in the program and the ONNX file (the converter widens it).
+16x8 kernels), int32 in the program and the ONNX file (the converter widens it); a sigmoid
+takes LOGISTIC's fixed 16x8 output, scale 1/32768 and zero point 0 (`Specs.fixed16`,
+activations.cc).
 
 `QuantConfig` keeps the choices the exporter may need to revisit per target
 (activation dtype, weight range) as fields, so an int8-trained model can be
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torchao.quantization.pt2e import (
@@ -40,7 +42,7 @@ from torchao.quantization.pt2e import (
 from torchao.quantization.pt2e.quantizer import FixedQParamsQuantizationSpec, QuantizationSpec
 
 from edgecnn.errors import EdgecnnError
-from edgecnn.export.tflite.builtins import fixed_outputs
+from edgecnn.export.tflite.builtins import BUILTINS, fixed_outputs
 
 #: activation observer name -> observer class (PTQ; QAT always fake-quantizes with a
 #: moving-average min/max, the standard recipe)
@@ -146,6 +148,8 @@ class Specs:
     weight: QuantizationSpec
     fixed: dict[str, FixedQParamsQuantizationSpec]
     config: QuantConfig
+    #: the fixed int16 output of a builtin whose 16x8 kernel checks one (LOGISTIC 1/32768, 0)
+    fixed16: dict[str, FixedQParamsQuantizationSpec] = field(default_factory=dict)
 
 
 def make_specs(config: QuantConfig, *, is_qat: bool) -> Specs:
@@ -171,5 +175,10 @@ def make_specs(config: QuantConfig, *, is_qat: bool) -> Specs:
         dtype=config.activation_torch_dtype, scale=scale, zero_point=zero_point + shift,
         quant_min=dtype_min, quant_max=dtype_max, qscheme=torch.per_tensor_affine)
         for builtin, (scale, zero_point) in fixed_outputs().items()}
+    fixed16 = {name: FixedQParamsQuantizationSpec(
+        dtype=torch.int16, scale=BUILTINS.get(name).fixed_output16[0],
+        zero_point=BUILTINS.get(name).fixed_output16[1], quant_min=INT16_RANGE[0],
+        quant_max=INT16_RANGE[1], qscheme=torch.per_tensor_affine)
+        for name in BUILTINS if BUILTINS.get(name).fixed_output16 is not None}
     return Specs(activation=activation, activation16=activation16, weight=weight, fixed=fixed,
-                 config=config)
+                 config=config, fixed16=fixed16)

@@ -20,12 +20,22 @@ bias, input `bias_input`, has scale input x weight scale); `fuses_activation` sa
 RELU / RELU6 / RELU_N1_TO_1 can become its fused_activation_function, and
 `fusable` that this builtin is such an activation. `data_input` is the input whose dtype
 picks the version and whose parameters a "same" output shares (SPLIT's comes after the
-axis). An "int16" version is TFLite's 16x8 kernel (int16 activations, int8 weights, int64
-bias; op_version.cc), declared only for the builtins edgecnn writes with int16 tensors
-(`edgecnn.quant.precision`); any other builtin on int16 data is refused by `op_version`,
-naming the node. `rounding` is how the
-builtin int8 kernel breaks ties in its final rounding right shift (measured:
-`builtin_int8`). The passes, the writer and the quantizer read these records;
+axis).
+
+16x8 (`--int16`, `edgecnn.quant.precision`): an "int16" version is TFLite's int16-activation
+kernel (int16 activations with zero point 0, int8 weights, int64 bias; the version from
+op_version.cc), declared only where LiteRT and tflite-runtime 2.14 both run it and agree
+with onnxruntime's QDQ within one int16 step (measured, tests/test_precision.py: one row
+per builtin); `fixed_output16` is the fixed int16 output the kernel checks (LOGISTIC, TANH,
+SOFTMAX: 1/32768, 0; activations.cc); `int16_options` are the options its int16 file needs
+(ADD / SUB: pot_scale_int16 false, the general-scale kernel op_version.cc versions; add.cc,
+sub.cc); `int16_unwritten` says why a 16x8 kernel that exists is not written (GELU: LiteRT
+has one, tflite-runtime 2.14 refuses int16, "Only float32, int8 and uint8 supported";
+TANH / SOFTMAX: both runtimes run one, 2 int16 steps from onnxruntime's QDQ, measured). Any
+other builtin on int16 data is refused by `op_version`, naming the node, with that list.
+
+`rounding` is how the builtin int8 kernel breaks ties in its final rounding right shift
+(measured: `builtin_int8`). The passes, the writer and the quantizer read these records;
 a new builtin is one `builtin(...)` call.
 """
 
@@ -60,12 +70,17 @@ class Builtin:
     data_input: int = 0
     bias_input: int = 2
     rounding: str | None = None
+    fixed_output16: tuple[float, int] | None = None
+    int16_options: tuple[tuple[str, object], ...] = ()
+    int16_unwritten: str = ""
 
     def __post_init__(self) -> None:
         if self.int8 not in INT8_CONTRACTS:
             raise ValueError(f"{self.name}: int8 contract {self.int8!r} not in {INT8_CONTRACTS}")
         if (self.int8 == "fixed") != (self.fixed_output is not None):
             raise ValueError(f"{self.name}: a fixed int8 contract needs fixed_output, and only it")
+        if self.fixed_output16 is not None and I16 not in self.versions:
+            raise ValueError(f"{self.name}: a fixed int16 output needs an int16 version")
 
 
 BUILTINS: Registry[Builtin] = Registry("TFLite builtin")
@@ -132,10 +147,13 @@ builtin("TRANSPOSE_CONV", "TransposeConvOptions",
         weights=(1, 0), data_input=2, bias_input=3, fuses_activation=True)
 builtin("BATCH_MATMUL", "BatchMatMulOptions")
 # -- elementwise and reductions ---------------------------------------------------------------
-builtin("ADD", "AddOptions", fuses_activation=True, rounding="away")
-builtin("SUB", "SubOptions", fuses_activation=True)
-builtin("MUL", "MulOptions", version_rules=((_mul_rescale_ge_1, 3),), fuses_activation=True)
-builtin("MEAN", "ReducerOptions", rounding="away")
+builtin("ADD", "AddOptions", {F32: 1, I8: 2, I16: 3}, fuses_activation=True, rounding="away",
+        int16_options=(("pot_scale_int16", False),))
+builtin("SUB", "SubOptions", {F32: 1, I8: 2, I16: 5}, fuses_activation=True,
+        int16_options=(("pot_scale_int16", False),))
+builtin("MUL", "MulOptions", {F32: 1, I8: 2, I16: 4}, version_rules=((_mul_rescale_ge_1, 3),),
+        fuses_activation=True)
+builtin("MEAN", "ReducerOptions", {F32: 1, I8: 2, I16: 3}, rounding="away")
 # -- no int8 kernel: float islands (a normalization's decomposition, division by a tensor) ----
 builtin("SQRT", versions={F32: 1}, int8="float")
 builtin("DIV", "DivOptions", versions={F32: 1}, int8="float", fuses_activation=True)
@@ -146,32 +164,39 @@ builtin("POW", versions={F32: 1}, int8="float")  # pow.cc: float32 and int32
 builtin("EXP")
 builtin("RSQRT")
 # -- data movement: one scale in and out ------------------------------------------------------
-builtin("AVERAGE_POOL_2D", "Pool2DOptions", int8="same", fuses_activation=True)
-builtin("MAX_POOL_2D", "Pool2DOptions", int8="same", fuses_activation=True)
+builtin("AVERAGE_POOL_2D", "Pool2DOptions", {F32: 1, I8: 2, I16: 3}, int8="same",
+        fuses_activation=True)
+builtin("MAX_POOL_2D", "Pool2DOptions", {F32: 1, I8: 2, I16: 3}, int8="same",
+        fuses_activation=True)
 builtin("PAD", "PadOptions", {F32: 1, I8: 2, I16: 3}, int8="same")
 builtin("PADV2", "PadV2Options", {F32: 1, I8: 2, I16: 3}, int8="same")
-builtin("RESHAPE", "ReshapeOptions", {F32: 1, I8: 1}, int8="same")
-builtin("TRANSPOSE", "TransposeOptions", int8="same",
+builtin("RESHAPE", "ReshapeOptions", {F32: 1, I8: 1, I16: 1}, int8="same")
+builtin("TRANSPOSE", "TransposeOptions", {F32: 1, I8: 2, I16: 5}, int8="same",
         version_rules=((_rank_above(4), 4), (_rank_above(5), 6)))
-builtin("STRIDED_SLICE", "StridedSliceOptions", int8="same")
-builtin("RESIZE_NEAREST_NEIGHBOR", "ResizeNearestNeighborOptions", int8="same",
+builtin("STRIDED_SLICE", "StridedSliceOptions", {F32: 1, I8: 2, I16: 1}, int8="same")
+builtin("RESIZE_NEAREST_NEIGHBOR", "ResizeNearestNeighborOptions", {F32: 1, I8: 2, I16: 4},
+        int8="same",
         version_rules=((_half_pixel, 3),))
-builtin("RESIZE_BILINEAR", "ResizeBilinearOptions", int8="same",
+builtin("RESIZE_BILINEAR", "ResizeBilinearOptions", {F32: 1, I8: 2, I16: 4}, int8="same",
         version_rules=((_half_pixel, 3),))
-builtin("CONCATENATION", "ConcatenationOptions", int8="same")
-builtin("SPLIT", "SplitOptions", int8="same", data_input=1)
+builtin("CONCATENATION", "ConcatenationOptions", {F32: 1, I8: 2, I16: 3}, int8="same")
+builtin("SPLIT", "SplitOptions", {F32: 1, I8: 2, I16: 4}, int8="same", data_input=1)
 builtin("SPLIT_V", "SplitVOptions", int8="same")
 # -- activations ------------------------------------------------------------------------------
-builtin("LOGISTIC", int8="fixed", fixed_output=(1 / 256, -128))
-builtin("TANH", int8="fixed", fixed_output=(1 / 128, 0))
-builtin("SOFTMAX", "SoftmaxOptions", int8="fixed", fixed_output=(1 / 256, -128))
+builtin("LOGISTIC", versions={F32: 1, I8: 2, I16: 3}, int8="fixed", fixed_output=(1 / 256, -128),
+        fixed_output16=(1 / 32768, 0))
+builtin("TANH", int8="fixed", fixed_output=(1 / 128, 0),
+        int16_unwritten="on both runtimes, 2 int16 steps from onnxruntime's QDQ")
+builtin("SOFTMAX", "SoftmaxOptions", int8="fixed", fixed_output=(1 / 256, -128),
+        int16_unwritten="on both runtimes, 2 int16 steps from onnxruntime's QDQ")
 builtin("LOG_SOFTMAX", "LogSoftmaxOptions", int8="fixed", fixed_output=(16 / 256, 127))
 builtin("HARD_SWISH", "HardSwishOptions", {F32: 1, I8: 1})
-builtin("LEAKY_RELU", "LeakyReluOptions")
-builtin("GELU", "GeluOptions")
+builtin("LEAKY_RELU", "LeakyReluOptions", {F32: 1, I8: 2, I16: 2})
+builtin("GELU", "GeluOptions",
+        int16_unwritten="on LiteRT only, not on tflite-runtime 2.14")
 builtin("PRELU", versions={F32: 1, I8: 1})
-builtin("RELU", fusable=True)
-builtin("RELU6", fusable=True)
+builtin("RELU", versions={F32: 1, I8: 2, I16: 3}, fusable=True)
+builtin("RELU6", versions={F32: 1, I8: 2, I16: 3}, fusable=True)
 builtin("RELU_N1_TO_1", versions={F32: 1, I8: 1}, fusable=True)
 # -- conversions ------------------------------------------------------------------------------
 builtin("QUANTIZE", "QuantizeOptions", {F32: 1, I8: 1, "uint8": 1, I16: 1}, int8="convert",
@@ -190,6 +215,32 @@ def fixed_outputs() -> dict[str, tuple[float, int]]:
             if BUILTINS.get(name).fixed_output is not None}
 
 
+def int16_builtins() -> list[str]:
+    """The builtins with a 16x8 (int16 activation) version: LiteRT and tflite-runtime 2.14
+    both run them (see the module doc)."""
+    return sorted(name for name in BUILTINS if I16 in BUILTINS.get(name).versions
+                  and BUILTINS.get(name).int8 != "convert")
+
+
+def int16_kernels_text() -> str:
+    """One clause for error messages: the builtins edgecnn writes with 16x8 kernels (both
+    runtimes), and the 16x8 kernels it does not write, with why (`int16_unwritten`)."""
+    unwritten = [f"{name} ({BUILTINS.get(name).int16_unwritten})" for name in BUILTINS
+                 if BUILTINS.get(name).int16_unwritten]
+    return (f"builtins with 16x8 kernels on LiteRT and tflite-runtime 2.14: "
+            f"{', '.join(int16_builtins())}"
+            + (f"; 16x8 kernels not written: {', '.join(sorted(unwritten))}"
+               if unwritten else ""))
+
+
+def fixed_output(op: Op, dtype: str) -> tuple[float, int] | None:
+    """The fixed (scale, zero point) `op`'s kernel writes for `dtype` outputs, if any."""
+    rec = record(op)
+    if rec is None:
+        return None
+    return rec.fixed_output16 if dtype == I16 else rec.fixed_output
+
+
 def op_version(graph: Graph, op: Op) -> int:
     """The version of `op`'s operator code: the record's version for the dtype of its data input,
     raised by the record's rules that hold."""
@@ -197,9 +248,7 @@ def op_version(graph: Graph, op: Op) -> int:
     dtype = str(graph.tensor(op.inputs[rec.data_input if rec else 0]).dtype)
     if rec is None or dtype not in rec.versions:
         known = ", ".join(sorted(rec.versions)) if rec else "none"
-        int16 = ", ".join(n for n in BUILTINS if I16 in BUILTINS.get(n).versions)
-        extra = (f"; builtins edgecnn writes with int16 (16x8) kernels: {int16}"
-                 if dtype == I16 else "")
+        extra = f"; {int16_kernels_text()}" if dtype == I16 else ""
         raise EdgecnnError(f"{op.describe()}: no TFLite {op.type} kernel for {dtype} inputs "
                            f"(dtypes with a version: {known}){extra}")
     version = rec.versions[dtype]

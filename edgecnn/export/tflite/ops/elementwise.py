@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from edgecnn.export.tflite.builtins import int16_kernels_text
 from edgecnn.export.tflite.graph import Quant
 from edgecnn.export.tflite.layouts import axis_layout, elementwise_layout
 from edgecnn.export.tflite.ops.base import Lowering, register
@@ -112,6 +113,10 @@ def lower_hardswish(ctx: Lowering) -> None:
     if x.quant is None or y.quant is None:
         _unary(ctx, "HARD_SWISH")
         return
+    if np.dtype(x.dtype) == np.int16:  # the gate's int8 grid has zero point -128
+        raise ctx.fail(f"no TFLite HARD_SWISH kernel for int16 inputs (16x8), "
+                       f"and the int8 ADD / MUL chain's gate needs a nonzero zero point; "
+                       f"{int16_kernels_text()}")
     sixth = ctx.graph.add_tensor(f"{y.name}_sixth", x.shape, x.dtype,
                                  quant=Quant(x.quant.scale / 6, x.quant.zero_point))
     gate = ctx.graph.add_tensor(f"{y.name}_gate", x.shape, x.dtype, quant=_gate_quant(x.quant))

@@ -20,6 +20,7 @@ from edgecnn.export.tflite.passes.quantization import (
     fix_output_quant,
     quantize_biases,
     quantize_constants,
+    set_int16_options,
 )
 from edgecnn.export.tflite.passes.reshapes import (
     cancel_inverse_transposes,
@@ -53,6 +54,7 @@ TFLITE_PASSES = (
     fix_output_quant,    # LOGISTIC / SOFTMAX (1/256, -128), TANH (1/128, 0)
     align_same_scale,    # pools, reshapes, pads, concat: one scale in and out
     quantize_biases,     # int32, scale = input scale x weight scale
+    set_int16_options,   # 16x8 ADD / SUB: general scales (pot_scale_int16 false)
     check_qdq_params,    # every QDQ tensor kept its parameters, or a note says why not
 )
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgecnn.export.tflite.builtins import record
+from edgecnn.export.tflite.builtins import fixed_output, record
 from edgecnn.export.tflite.graph import Graph, Op, Quant, Tensor
 from edgecnn.export.tflite.passes.islands import is_int8_op
 from edgecnn.qmath import bias_safe_weight_scale, quantize_bias, quantize_symmetric
@@ -36,15 +36,18 @@ def _int8_contract(op: Op) -> str | None:
     return rec.int8 if rec else None
 
 
-def _fixed_output(op: Op) -> tuple[float, int] | None:
-    rec = record(op)
-    return rec.fixed_output if rec else None
-
-
 def _symmetric(data: np.ndarray, axis: int | None) -> tuple[np.ndarray, Quant]:
     """int8 in [-127, 127], zero point 0, one scale per slice along `axis` (or per tensor)."""
     q, scale = quantize_symmetric(data, axis)
     return q, Quant(scale, np.zeros(scale.size, np.int64), axis)
+
+
+def _symmetric16(data: np.ndarray) -> tuple[np.ndarray, Quant]:
+    """Per-tensor int16 in [-32767, 32767], zero point 0: a constant operand of a 16x8 op
+    (its kernel checks zero point 0 on every int16 input; mul.cc, add.cc)."""
+    scale = float(np.abs(data).max()) / 32767.0 or 1e-8
+    q = np.clip(np.round(data / scale), -32767, 32767).astype(np.int16)
+    return q, Quant(scale, 0)
 
 
 def _asymmetric(data: np.ndarray) -> tuple[np.ndarray, Quant]:
@@ -70,7 +73,8 @@ def _weights(graph: Graph, op: Op, tensor: Tensor, axis: int) -> str:
 
 def quantize_constants(graph: Graph) -> None:
     """In place: weights become symmetric int8 (per channel), other float constants
-    (operands of ADD, MUL, CONCATENATION ...) per-tensor int8."""
+    (operands of ADD, MUL, CONCATENATION ...) per-tensor int8, or per-tensor symmetric int16
+    for an op whose data input is int16 (a 16x8 op)."""
     if not graph.quantized:
         return
     for op in graph.ops:
@@ -90,7 +94,9 @@ def quantize_constants(graph: Graph) -> None:
             elif tensor.dtype == np.float32 or (tensor.quant and not tensor.quant.per_tensor):
                 values = tensor.data if tensor.quant is None \
                     else tensor.quant.dequantize(tensor.data)
-                q, quant = _asymmetric(values)
+                wide = graph.tensor(op.inputs[record(op).data_input]).dtype == INT16 \
+                    if record(op) else False
+                q, quant = _symmetric16(values) if wide else _asymmetric(values)
                 op.inputs[i] = graph.add_const(f"{name}_q", q, quant=quant)
 
 
@@ -98,7 +104,8 @@ def _requantize_after(graph: Graph, op: Op, quant: Quant, out: list[Op], why: st
     """`op` writes a new tensor with `quant`; a QUANTIZE converts it to the QDQ output's
     parameters, which stay as the QDQ model gives them (noted under `why`)."""
     target = graph.tensor(op.outputs[0])
-    staged = graph.add_tensor(f"{target.name}_{op.type.lower()}", target.shape, INT8, quant=quant)
+    staged = graph.add_tensor(f"{target.name}_{op.type.lower()}", target.shape, target.dtype,
+                              quant=quant)
     op.outputs[0] = staged
     out.append(op)
     out.append(Op("QUANTIZE", [staged], [target.name], name=op.name, domain="tflite"))
@@ -106,7 +113,8 @@ def _requantize_after(graph: Graph, op: Op, quant: Quant, out: list[Op], why: st
 
 
 def fix_output_quant(graph: Graph) -> None:
-    """LOGISTIC / SOFTMAX / LOG_SOFTMAX / TANH write their fixed int8 parameters (in place).
+    """LOGISTIC / SOFTMAX / LOG_SOFTMAX / TANH write their fixed int8 parameters, and the
+    fixed int16 ones (`Builtin.fixed_output16`) on int16 outputs (in place).
 
     When the QDQ model gives the output other parameters (onnxruntime's quantize_static
     calibrates them), a tensor inside the graph takes the fixed ones, noted (its readers
@@ -118,13 +126,13 @@ def fix_output_quant(graph: Graph) -> None:
         return
     outputs, ops = set(graph.outputs), []
     for op in graph.ops:
-        fixed = _fixed_output(op)
-        target = graph.tensor(op.outputs[0]) if fixed else None
+        target = graph.tensor(op.outputs[0]) if op.outputs else None
+        fixed = fixed_output(op, str(target.dtype)) if target is not None else None
         if fixed is None or target.quant is None or target.quant.same_as(Quant(*fixed)):
             ops.append(op)
         elif target.name not in outputs:
             target.quant = Quant(*fixed)
-            graph.note("output given the kernel's fixed int8 parameters instead of the QDQ "
+            graph.note("output given the kernel's fixed parameters instead of the QDQ "
                        "model's", f"{op.name} ({op.type})", changed=target.name)
             ops.append(op)
         else:
@@ -159,7 +167,8 @@ def align_same_scale(graph: Graph) -> None:
             continue
         source = graph.tensor(op.inputs[record(op).data_input])
         if op.type == "PADV2":  # the pad value shares the input's parameters
-            op.inputs[2] = _aligned_const(graph, graph.tensor(op.inputs[2]), source.quant)
+            op.inputs[2] = _aligned_const(graph, graph.tensor(op.inputs[2]), source.quant,
+                                          source.dtype)
         if len(op.outputs) > 1:
             _align_outputs(graph, op, source.quant, ops)
         elif source.quant.same_as(target.quant):
@@ -178,7 +187,8 @@ def _align_outputs(graph: Graph, op: Op, quant: Quant, out: list[Op]) -> None:
         target = graph.tensor(name)
         if target.quant.same_as(quant):
             continue
-        staged = graph.add_tensor(f"{name}_{op.type.lower()}", target.shape, INT8, quant=quant)
+        staged = graph.add_tensor(f"{name}_{op.type.lower()}", target.shape, target.dtype,
+                                  quant=quant)
         op.outputs[i] = staged
         requantize.append(Op("QUANTIZE", [staged], [name], name=op.name, domain="tflite"))
         graph.note("QUANTIZE added: the kernel needs equal input and output scales",
@@ -186,20 +196,22 @@ def _align_outputs(graph: Graph, op: Op, quant: Quant, out: list[Op]) -> None:
     out.extend([op, *requantize])
 
 
-def _aligned_const(graph: Graph, tensor: Tensor, quant: Quant) -> str:
+def _aligned_const(graph: Graph, tensor: Tensor, quant: Quant, dtype: np.dtype = INT8) -> str:
     if tensor.quant is not None and tensor.quant.same_as(quant):
         return tensor.name
     values = tensor.data if tensor.quant is None else tensor.quant.dequantize(tensor.data)
     zero, scale = int(quant.zero_point[0]), float(quant.scale[0])
-    q = np.clip(np.round(values / scale) + zero, -128, 127).astype(np.int8)
+    info = np.iinfo(dtype)
+    q = np.clip(np.round(values / scale) + zero, info.min, info.max).astype(dtype)
     return graph.add_const(f"{tensor.name}_aligned", q, quant=quant)
 
 
 def _aligned_input(graph: Graph, name: str, quant: Quant, op: Op, producers: dict[str, Op],
                    consumers: dict[str, list[Op]], outputs: set[str], ops: list[Op]) -> str:
     tensor = graph.tensor(name)
+    dtype = graph.tensor(op.outputs[0]).dtype
     if tensor.is_const:
-        return _aligned_const(graph, tensor, quant)
+        return _aligned_const(graph, tensor, quant, dtype)
     if tensor.quant.same_as(quant):
         return name
     producer = producers.get(name)
@@ -210,9 +222,21 @@ def _aligned_input(graph: Graph, name: str, quant: Quant, op: Op, producers: dic
         graph.note("concatenation input retargeted to the concat's scale (its producer "
                    "requantizes to it directly)", name, changed=name)
         return name
-    staged = graph.add_tensor(f"{name}_requant", tensor.shape, INT8, quant=quant)
+    staged = graph.add_tensor(f"{name}_requant", tensor.shape, dtype, quant=quant)
     ops.append(Op("QUANTIZE", [name], [staged], name=op.name, domain="tflite"))
     return staged
+
+
+def set_int16_options(graph: Graph) -> None:
+    """In place: an op reading int16 data takes its record's `int16_options` (ADD / SUB:
+    pot_scale_int16 false, the general-scale 16x8 kernel; the schema's default true asks
+    for power-of-two scales, op_version.cc)."""
+    for op in graph.ops:
+        rec = record(op)
+        if rec is None or not rec.int16_options or not op.inputs:
+            continue
+        if graph.tensor(op.inputs[rec.data_input]).dtype == INT16:
+            op.attrs.update(dict(rec.int16_options))
 
 
 def _fit_bias_range(graph: Graph, op: Op, x: Tensor, w: Tensor, bias: np.ndarray) -> Tensor:
