@@ -59,7 +59,8 @@ class QuantizeResult:
     (`edgecnn.quant.precision`); int16_ops: the other ops running 16x8 (node names:
     pools, adds, means); int16_capable_ops: the int8 ones `--int16` could move;
     float_islands: ops left float for want of an int8 kernel. QAT: qat_config (the
-    recipe); PTQ: calib_images and ptq_methods (what CLE and bias correction did). processes: the torchrun world size of a distributed QAT.
+    recipe); PTQ: calib_images and ptq_methods (what CLE and bias correction did).
+    processes: the torchrun world size of a distributed QAT.
     """
 
     model: str
