@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from edgecnn.config import Preprocessing
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, ParameterError
 
 
 def check_exportable(model: nn.Module, preprocessing: Preprocessing, *,
@@ -47,6 +47,8 @@ def check_exportable(model: nn.Module, preprocessing: Preprocessing, *,
                 from edgecnn.export.tflite import to_flatbuffer
 
                 to_flatbuffer(path, io=io)
+    except ParameterError:  # an argument at fault (an --int16 layer with no 16x8 kernel)
+        raise
     except EdgecnnError as exc:
         raise EdgecnnError(f"model cannot be exported to int8 "
                            f"{' and '.join(formats)} (checked before training): {exc}") from None

@@ -119,7 +119,7 @@ def test_keep_float_pattern_errors(planted):
     from edgecnn import quant
     from edgecnn.quant.spec import QuantConfig
 
-    with pytest.raises(EdgecnnError, match=r"--keep-float '\(' is not a regular expression"):
+    with pytest.raises(EdgecnnError, match=r"^keep_float '\(' is not a regular expression"):
         QuantConfig(keep_float=("(",))
     from edgecnn.checkpoint import load_checkpoint
     from edgecnn.data import load
@@ -128,7 +128,7 @@ def test_keep_float_pattern_errors(planted):
     model, config = load_checkpoint(planted["checkpoint"])
     data = load("digits")
     x, _ = to_tensors(data.train_images[:8], data.train_labels[:8], config.preprocessing)
-    with pytest.raises(EdgecnnError, match=r"--keep-float 'blok' matches no layer.*layers: "
+    with pytest.raises(EdgecnnError, match=r"^keep_float 'blok' matches no layer.*layers: "
                                            r"stem\.0, block\.conv, block\.proj, head\.0, fc"):
         quant.quantize(model, x[:2], quant.PTQ(calib_batches=1), train_data=x,
                        config=QuantConfig(keep_float=("blok",)))
@@ -893,12 +893,12 @@ def test_int16_errors_are_one_line(planted):
     from edgecnn.quant.spec import QuantConfig
     from edgecnn.train import to_tensors
 
-    with pytest.raises(EdgecnnError, match=r"--int16 '\(' is not a regular expression"):
+    with pytest.raises(EdgecnnError, match=r"^int16 '\(' is not a regular expression"):
         QuantConfig(int16=("(",))
     model, config = load_checkpoint(planted["checkpoint"])
     data = load("digits")
     x, _ = to_tensors(data.train_images[:8], data.train_labels[:8], config.preprocessing)
-    with pytest.raises(EdgecnnError, match=r"--int16 'blok' matches no layer.*block\.conv"):
+    with pytest.raises(EdgecnnError, match=r"^int16 'blok' matches no layer.*block\.conv"):
         quant.quantize(model, x[:2], quant.PTQ(calib_batches=1), train_data=x,
                        config=QuantConfig(int16=("blok",)))
     import torch
@@ -1054,6 +1054,7 @@ def test_int16_on_a_fused_activation_alone_names_its_layer():
 
     model = create_model("dsc_net", num_classes=10, small_input=True).eval()
     x = torch.randn(4, 3, 16, 16)
-    with pytest.raises(EdgecnnError, match=r"--int16: node .* fused into layer blocks\.0\.conv_dw"):
+    with pytest.raises(EdgecnnError, match=r"^int16 selects node .* fused into layer "
+                       r"blocks\.0\.conv_dw"):
         quant.quantize(model, x[:2], quant.PTQ(calib_batches=1), train_data=x,
                        config=QuantConfig(int16=("blocks.0.act1",)))

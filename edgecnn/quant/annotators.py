@@ -439,11 +439,11 @@ def annotate_int16(gm: GraphModule, specs: Specs) -> None:
     fixed int8 output (sigmoid) takes its builtin's fixed int16 one (`Specs.fixed16`).
     Shared outputs (pools, reshapes, concat) follow their input edge, so they are int16 too.
 
-    Raises EdgecnnError naming the node for an op outside `INT16_OPS` (its TFLite builtin
+    Raises ParameterError (int16) naming the node for an op outside `INT16_OPS` (its TFLite builtin
     has no 16x8 kernel edgecnn writes) or left float (no int8 / int16 kernel), listing the
     builtins that have one (and the 16x8 kernels edgecnn does not write, with why).
     """
-    from edgecnn.errors import EdgecnnError
+    from edgecnn.errors import ParameterError
     from edgecnn.export.tflite.builtins import int16_kernels_text
 
     fixed = {id(spec): name for name, spec in specs.fixed.items()}
@@ -453,10 +453,10 @@ def annotate_int16(gm: GraphModule, specs: Specs) -> None:
         island = node.meta.get(FLOAT_ISLAND_KEY)
         if node.op != "call_function" or node.target not in INT16_OPS or island:
             builtin = builtin_of(node.target) if node.op == "call_function" else None
-            raise EdgecnnError(
-                f"--int16: node {node.name!r} ({node.target}, TFLite "
-                f"{builtin or 'no builtin'}) has no 16x8 (int16 activation) kernel edgecnn "
-                f"writes{' (left float: no int8 kernel either)' if island else ''}; "
+            raise ParameterError(
+                "int16", f"selects node {node.name!r} ({node.target}, TFLite "
+                f"{builtin or 'no builtin'}), which has no 16x8 (int16 activation) kernel "
+                f"edgecnn writes{' (left float: no int8 kernel either)' if island else ''}; "
                 f"{int16_kernels_text()}")
         annotation = node.meta.get(KEY)
         if annotation is None:

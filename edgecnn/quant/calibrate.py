@@ -156,5 +156,5 @@ def check_patterns(model, example_input, config) -> None:
     if not config.keep_float and not config.int16:
         return
     gm = capture(model, example_input, train=False)
-    select(gm, config.keep_float, "--keep-float")
-    select(gm, config.int16, "--int16")
+    select(gm, config.keep_float, "keep_float")
+    select(gm, config.int16, "int16")

@@ -47,7 +47,7 @@ from collections.abc import Iterable
 import torch
 from torch.fx import GraphModule, Node
 
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import ParameterError
 from edgecnn.quant.annotators import (
     ADD_OPS,
     BATCH_NORM_OPS,
@@ -99,13 +99,14 @@ def known_layers(gm: GraphModule) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def select(gm: GraphModule, patterns: Iterable[str], flag: str) -> list[Node]:
+def select(gm: GraphModule, patterns: Iterable[str], parameter: str) -> list[Node]:
     """Nodes any pattern matches, in graph order.
 
-    Raises EdgecnnError when a pattern matches no node, naming the flag and listing
-    layer names, so a typo fails in seconds, before calibration or training.
+    Raises ParameterError when a pattern matches no node, naming `parameter` (keep_float /
+    int16) and listing layer names, so a typo fails in seconds, before calibration or
+    training.
     """
-    compiled = compile_patterns(patterns, flag)
+    compiled = compile_patterns(patterns, parameter)
     nodes = activation_nodes(gm)
     chosen: dict[Node, None] = {}
     for pattern in compiled:
@@ -113,9 +114,9 @@ def select(gm: GraphModule, patterns: Iterable[str], flag: str) -> list[Node]:
         if not hits:
             layers = known_layers(gm)
             shown = ", ".join(layers[:SHOWN]) + (" ..." if len(layers) > SHOWN else "")
-            raise EdgecnnError(f"{flag} {pattern.pattern!r} matches no layer or node (a regular "
-                               f"expression over module paths and node names, matched in "
-                               f"full); layers: {shown}")
+            raise ParameterError(parameter, f"{pattern.pattern!r} matches no layer or node (a "
+                                            f"regular expression over module paths and node "
+                                            f"names, matched in full); layers: {shown}")
         chosen.update(dict.fromkeys(hits))
     return [n for n in nodes if n in chosen]
 
@@ -165,28 +166,29 @@ def output_name(node: Node) -> str:
     return user.name if calls(node, BINARY) and is_fusable_activation(user) else node.name
 
 
-def _refuse_fused_alone(selected: list[Node], flag: str) -> None:
+def _refuse_fused_alone(selected: list[Node], parameter: str) -> None:
     """A BN / activation fused into a layer the patterns did not select would move
     nothing (the layer's annotation holds its specs): raise naming the layer."""
     chosen = set(selected)
     for node in selected:
         owner = None if calls(node, WEIGHTED) else _fused_owner(node)
         if owner is not None and owner not in chosen:
-            raise EdgecnnError(f"{flag}: node {node.name!r} is fused into layer "
-                               f"{layer_name(owner)} ({owner.name}); select that layer")
+            raise ParameterError(parameter, f"selects node {node.name!r}, which is fused into "
+                                            f"layer {layer_name(owner)} ({owner.name}); "
+                                            "select that layer")
 
 
-def _mark(gm: GraphModule, patterns: Iterable[str], flag: str, key: str) -> list[Node]:
+def _mark(gm: GraphModule, patterns: Iterable[str], parameter: str, key: str) -> list[Node]:
     """Set `node.meta[key]` on the nodes `patterns` select and their fused BN / activation
     (a node already kept float is left alone). In place; returns the marked nodes."""
     patterns = list(patterns)
     if not patterns:
         return []
-    selected = select(gm, patterns, flag)
+    selected = select(gm, patterns, parameter)
     if key == INT16_KEY:  # an activation fused into an add moves the add: one TFLite op
         selected += [owner for n in selected if (owner := _binary_owner(n)) is not None]
         selected = [m for node in selected for m in with_fused_binary(node)]
-        _refuse_fused_alone(selected, flag)
+        _refuse_fused_alone(selected, parameter)
     marked = [m for node in selected for m in with_fused(node)]
     marked = [n for n in dict.fromkeys(marked) if not n.meta.get(FLOAT_KEY)]
     for node in marked:
@@ -198,7 +200,7 @@ def keep_float(gm: GraphModule, patterns: Iterable[str]) -> list[Node]:
     """Claim the nodes `patterns` select (and their fused BN / activation) with no
     quantization, before the int8 annotators run. In place; returns the claimed nodes.
     Raises EdgecnnError for a pattern that matches nothing (see `select`)."""
-    return _mark(gm, patterns, "--keep-float", FLOAT_KEY)
+    return _mark(gm, patterns, "keep_float", FLOAT_KEY)
 
 
 def mark_int16(gm: GraphModule, patterns: Iterable[str]) -> list[Node]:
@@ -206,7 +208,7 @@ def mark_int16(gm: GraphModule, patterns: Iterable[str]) -> list[Node]:
     the annotators run (the `int16` annotator reads the mark); nodes kept float stay
     float. In place; returns the marked nodes. Raises EdgecnnError for a pattern that
     matches nothing (see `select`)."""
-    return _mark(gm, patterns, "--int16", INT16_KEY)
+    return _mark(gm, patterns, "int16", INT16_KEY)
 
 
 def _dequantized(node: object) -> bool:

@@ -41,7 +41,7 @@ from torchao.quantization.pt2e import (
 )
 from torchao.quantization.pt2e.quantizer import FixedQParamsQuantizationSpec, QuantizationSpec
 
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, ParameterError
 from edgecnn.export.tflite.builtins import BUILTINS, fixed_outputs
 
 #: activation observer name -> observer class (PTQ; QAT always fake-quantizes with a
@@ -62,15 +62,16 @@ INT16_RANGE = (-32767, 32767)
 
 
 
-def compile_patterns(patterns: Iterable[str], flag: str) -> list[re.Pattern]:
-    """The patterns compiled; raises EdgecnnError naming `flag` and the bad pattern."""
+def compile_patterns(patterns: Iterable[str], parameter: str) -> list[re.Pattern]:
+    """The patterns compiled; raises ParameterError naming `parameter` (keep_float /
+    int16) and the bad pattern."""
     compiled = []
     for pattern in patterns:
         try:
             compiled.append(re.compile(pattern))
         except re.error as exc:
-            raise EdgecnnError(f"{flag} {pattern!r} is not a regular expression: {exc}") \
-                from None
+            raise ParameterError(parameter, f"{pattern!r} is not a regular expression: "
+                                            f"{exc}") from None
     return compiled
 
 
@@ -102,9 +103,9 @@ class QuantConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keep_float", tuple(self.keep_float))
-        compile_patterns(self.keep_float, "--keep-float")
+        compile_patterns(self.keep_float, "keep_float")
         object.__setattr__(self, "int16", tuple(self.int16))
-        compile_patterns(self.int16, "--int16")
+        compile_patterns(self.int16, "int16")
         if self.observer not in OBSERVERS:
             raise EdgecnnError(f"unknown observer {self.observer!r}; known: {sorted(OBSERVERS)}")
         if self.activation_dtype not in ACTIVATION_DTYPES:
