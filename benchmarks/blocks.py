@@ -134,7 +134,7 @@ def latency_row(name: str, runs: int, out: Path) -> dict:
     files = [convert(fp32_onnx, out / "model_fp32.tflite"), int8_files(model, calib, out)[2]]
     report = run_bench(files, BenchConfig(threads=(1,), runs=runs, backend="ai_edge_litert"),
                        progress=False)
-    return {Path(r["name"]).stem.split("_")[-1]: r["p50_ms"] for r in report["results"]}
+    return {Path(r.name).stem.split("_")[-1]: r.p50_ms for r in report.results}
 
 
 def measure(name: str, data: tuple, epochs: int, runs: int) -> dict:
