@@ -71,18 +71,22 @@ def quantize_symmetric(data: np.ndarray, axis: int | None) -> tuple[np.ndarray, 
 
 
 def affine_quantize(x: np.ndarray, scale: float, zero_point: int, dtype=np.int8) -> np.ndarray:
-    """real -> integer, as TFLite's QUANTIZE reference kernel (`AffineQuantize`):
-    round(x / scale) + zero_point, the division in float32, ties away from zero
-    (`TfLiteRound`, i.e. std::round), saturated to `dtype`'s range. Every float tensor
-    fed to an integer input goes through this one function (sessions, the converter's
-    parity helpers, inspect, the tests).
+    """real -> integer, as the QDQ model's input QuantizeLinear: round(x / scale) +
+    zero_point, the division in float32, ties to even (ONNX QuantizeLinear, onnxruntime's
+    MLAS kernel, torch's fake quantization, XNNPACK's float -> int8 convert), saturated to
+    `dtype`'s range. Every float tensor fed to an integer input goes through this one
+    function (sessions, the converter's parity helpers, inspect, the tests).
 
-    onnxruntime's QuantizeLinear and XNNPACK round ties to even; the two differ only
-    where x / scale is exactly k + 0.5, and then by one step.
+    An int8 .tflite's integer input stands for the QuantizeLinear that the converter
+    folded away, so it is quantized as that node would quantize it. TFLite's QUANTIZE
+    reference kernel (`AffineQuantize`, `TfLiteRound`) rounds ties away from zero
+    instead: the two differ only where x / scale is exactly k + 0.5, and then by one
+    step, but resized or averaged images hit such ties often (digits at 32 px: 2% of
+    the input values), and one step there moved 1-2% of the block benchmark's top-1
+    decisions against onnxruntime (`benchmarks/blocks.md`).
     """
     info = np.iinfo(dtype)
-    v = np.asarray(x, np.float32) / np.float32(scale)
-    q = np.trunc(v + np.copysign(np.float32(0.5), v)) + zero_point
+    q = np.rint(np.asarray(x, np.float32) / np.float32(scale)) + zero_point
     return np.clip(q, info.min, info.max).astype(dtype)
 
 

@@ -165,12 +165,30 @@ def test_torch_program_with_embedded_metadata(tmp_path, val):
     np.testing.assert_allclose(session.predict(val[0]), model.logits(val[0]), atol=1e-4)
 
 
-def test_quantize_rounds_half_away_from_zero_and_saturates():
-    """One quantize for every integer input (sessions, parity helpers, inspect): TFLite's
-    QUANTIZE reference rounding, where onnxruntime's QuantizeLinear would round ties to even."""
+def test_quantize_rounds_half_to_even_and_saturates():
+    """One quantize for every integer input (sessions, parity helpers, inspect): the QDQ
+    model's QuantizeLinear as onnxruntime runs it (ties to even), not TFLite's QUANTIZE
+    reference rounding (ties away from zero)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
     from edgecnn.qmath import affine_dequantize, affine_quantize
 
-    x = np.array([0.25, -0.25, 0.75, 100.0, -100.0], np.float32)  # /0.5: 0.5, -0.5, 1.5, ...
-    assert affine_quantize(x, 0.5, -3, np.int8).tolist() == [-2, -4, -1, 127, -128]
-    assert affine_quantize(x, 0.5, 125, np.uint8).tolist() == [126, 124, 127, 255, 0]
+    x = np.array([0.25, -0.25, 0.75, -0.75, 100.0, -100.0], np.float32)  # /0.5: 0.5, -0.5, 1.5
+    assert affine_quantize(x, 0.5, -3, np.int8).tolist() == [-3, -3, -1, -5, 127, -128]
+    assert affine_quantize(x, 0.5, 125, np.uint8).tolist() == [125, 125, 127, 123, 255, 0]
+    for dtype, onnx_type, zero in ((np.int8, TensorProto.INT8, -3),
+                                   (np.uint8, TensorProto.UINT8, 125)):
+        graph = helper.make_graph(
+            [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"])], "q",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6])],
+            [helper.make_tensor_value_info("y", onnx_type, [6])],
+            [helper.make_tensor("s", TensorProto.FLOAT, [], [0.5]),
+             helper.make_tensor("z", onnx_type, [], [zero])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)],
+                                  ir_version=9)
+        session = ort.InferenceSession(model.SerializeToString(), providers=[
+            "CPUExecutionProvider"])
+        assert session.run(None, {"x": x})[0].tolist() == \
+            affine_quantize(x, 0.5, zero, dtype).tolist()
     assert affine_dequantize(np.array([-3, 1], np.int8), 0.5, -3).tolist() == [0.0, 2.0]
