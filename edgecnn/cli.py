@@ -789,8 +789,9 @@ def export_command(
                 ("--backbone-lr-factor", backbone_lr_factor != 0.1)) if used]
             if given:
                 raise EdgecnnError(f"--checkpoint gives a trained model (its config.json fixes "
-                                   f"it): {', '.join(given)} are for training a new one, "
-                                   "without --checkpoint")
+                                   f"it): {', '.join(given)} "
+                                   f"{'is' if len(given) == 1 else 'are'} for training a new "
+                                   "one, without --checkpoint")
         schedule = replace(pipeline.DEFAULT_TRAIN, freeze_epochs=freeze_epochs,
                            backbone_lr_factor=backbone_lr_factor,
                            **({} if epochs is None else {"epochs": epochs}))
