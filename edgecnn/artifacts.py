@@ -39,7 +39,9 @@ class ArtifactConfig:
     def __post_init__(self) -> None:
         formats = (self.formats,) if isinstance(self.formats, str) else tuple(self.formats)
         object.__setattr__(self, "formats", formats)
-        if not formats or set(formats) - set(FORMATS):
+        if not formats:
+            raise ParameterError("formats", f"is empty: choose from {', '.join(FORMATS)}")
+        if set(formats) - set(FORMATS):
             raise ParameterError("formats", f"{','.join(map(str, formats))}: supported are "
                                  f"{', '.join(FORMATS)}")
         if self.io not in IO_MODES:

@@ -122,7 +122,7 @@ def chance_floor(chance: float, num_images: int) -> float:
 
 def _check_arguments(model: str, data: str, reference: Training | Path, recipe: Recipe,
                      quant: QuantConfig, artifacts: ArtifactConfig, bounds: Bounds,
-                     fallback: str, out: Path) -> None:
+                     fallback: str, bench_runs: int, out: Path) -> None:
     """What the typed configs do not check themselves, before any work (training takes
     minutes). Raises ParameterError naming the argument."""
     from edgecnn.data import check_spec
@@ -146,8 +146,11 @@ def _check_arguments(model: str, data: str, reference: Training | Path, recipe: 
 
             read_weights(reference.pretrained.weights)
     elif not Path(reference).is_dir():
-        raise ParameterError("reference", f"{reference}: checkpoint directory not found",
-                             flag="--checkpoint")
+        problem = ("is a file, not a checkpoint directory" if Path(reference).exists()
+                   else "checkpoint directory not found")
+        raise ParameterError("reference", f"{reference}: {problem}", flag="--checkpoint")
+    if isinstance(bench_runs, bool) or not isinstance(bench_runs, int) or bench_runs < 1:
+        raise ParameterError("bench_runs", f"must be a positive integer, got {bench_runs!r}")
     check_writable_dir(out, "out")
 
 
@@ -185,7 +188,8 @@ def export_int8(model: str, *, data: str = "digits",
                            "torchrun: train and quantize under torchrun (`edgecnn train`, "
                            "`edgecnn quantize`), then export, validate and bench in one")
     out = Path(out or Path("artifacts") / model.replace(":", "_"))
-    _check_arguments(model, data, reference, recipe, quant, artifacts, bounds, fallback, out)
+    _check_arguments(model, data, reference, recipe, quant, artifacts, bounds, fallback,
+                     bench_runs, out)
     clean_stale_temps(out, recursive=True)  # left by a run killed mid-write
     stages: dict[str, dict] = {}
 

@@ -13,7 +13,11 @@ from onnx import numpy_helper
 from typer.testing import CliRunner
 
 from edgecnn import pipeline
+from edgecnn.artifacts import ArtifactConfig
 from edgecnn.cli import app
+from edgecnn.errors import EdgecnnError
+from edgecnn.quant.spec import QuantConfig
+from edgecnn.reference import Training
 from edgecnn.runtime import open_session
 
 ARTIFACTS = ("model_fp32.onnx", "model_int8.onnx", "model_fp32.tflite", "model_int8.tflite")
@@ -156,6 +160,10 @@ def test_bad_formats_and_missing_checkpoint_are_one_line_errors(tmp_path):
     assert result.returncode == 2 and "checkpoint directory not found" in result.stderr
     result = export_int8("--min-agreement", "1.5", "--out", str(tmp_path))
     assert result.returncode == 2 and "--min-agreement" in result.stderr
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    result = export_int8("--checkpoint", str(afile), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and "is a file, not a checkpoint directory" in result.stderr
     # a training flag beside a trained checkpoint is refused, not ignored
     result = export_int8("--checkpoint", str(tmp_path), "--epochs", "2", "--input-size", "40",
                          "--out", str(tmp_path / "out"))
@@ -203,3 +211,26 @@ def test_a_factory_that_raises_is_one_line(tmp_path):
         lines = result.stderr.strip().splitlines()
         assert lines == ["error: factory 'user_models:raising_net' raised RuntimeError: boom "
                          "from the factory"], result.stderr
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda: Training(width_mult=0), "width_mult must be in (0, 8], got 0"),
+    (lambda: Training(input_size="32"), "input_size must be an integer in [8, 8192]"),
+    (lambda: Training(input_size=4), "input_size must be an integer in [8, 8192]"),
+    (lambda: ArtifactConfig(formats=()), "formats is empty"),
+])
+def test_typed_configs_check_themselves(make, expected):
+    """A bad value fails when the config is built, before any stage (a width of 0 trained
+    an epoch, then blamed the checkpoint it had written)."""
+    with pytest.raises(EdgecnnError) as error:
+        make()
+    assert str(error.value).startswith(expected), error.value
+
+
+def test_export_int8_checks_its_arguments_before_any_stage(tmp_path):
+    import edgecnn
+
+    with pytest.raises(EdgecnnError, match="^bench_runs must be a positive integer, got -5"):
+        edgecnn.export_int8("dsc_net", bench_runs=-5, out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert QuantConfig(int16="conv").int16 == ("conv",)  # one pattern, not four letters

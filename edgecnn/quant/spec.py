@@ -102,9 +102,10 @@ class QuantConfig:
     int16: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "keep_float", tuple(self.keep_float))
+        for name in ("keep_float", "int16"):  # a bare string is one pattern
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
         compile_patterns(self.keep_float, "keep_float")
-        object.__setattr__(self, "int16", tuple(self.int16))
         compile_patterns(self.int16, "int16")
         if self.observer not in OBSERVERS:
             raise EdgecnnError(f"unknown observer {self.observer!r}; known: {sorted(OBSERVERS)}")
