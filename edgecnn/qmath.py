@@ -93,3 +93,32 @@ def affine_quantize(x: np.ndarray, scale: float, zero_point: int, dtype=np.int8)
 def affine_dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     """integer -> real: scale x (q - zero_point), float32."""
     return np.float32(scale) * (np.asarray(q).astype(np.float32) - np.float32(zero_point))
+
+
+#: hard-swish's gate h = clip(x / 6 + 1/2, 0, 1) spans 2n steps of x's scale / 6 when x's
+#: scale is 3 / n; an int8 tensor holds at most 255 steps, so n <= 127
+HARDSWISH_MAX_STEPS = 127
+
+
+def hardswish_input_scale(scale: float) -> float:
+    """The scale the quantizer gives hard-swish's input: `scale` raised to the nearest
+    3 / n above it (n = floor(3 / scale), at most 127), so that h = clip(x / 6 + 1/2, 0, 1)
+    is exact on the int8 grid (scale / 6, zero point 127 - 2n): x / 6 + 1/2 is
+    (q - zero point + n) steps of scale / 6, and [0, 1] is [127 - 2n, 127]. The int8
+    lowering then rounds once, in the product x * h, as onnxruntime's QDQ HardSwish does
+    (`export.tflite.ops.elementwise.lower_hardswish`). Keeping the zero point, the raised
+    grid still holds the observed range. A scale above 3 (a range over 765) is returned
+    as it is.
+    """
+    if scale > 3.0:
+        return scale
+    steps = int(np.floor(3.0 / scale * (1 + 1e-6)))  # a scale already 3 / n keeps n
+    return 3.0 / min(HARDSWISH_MAX_STEPS, steps)
+
+
+def hardswish_gate_steps(scale: float) -> int | None:
+    """n when `scale` is 3 / n (to float32 precision) with 1 <= n <= 127, else None: the
+    hard-swish input grids `hardswish_input_scale` makes."""
+    steps = 3.0 / float(scale)
+    n = round(steps)
+    return n if 1 <= n <= HARDSWISH_MAX_STEPS and abs(steps - n) <= 1e-4 * n else None

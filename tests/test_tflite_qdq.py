@@ -236,3 +236,47 @@ def test_rsqrt_is_int8_when_its_input_grid_is_non_negative(zero: int, ops: dict)
     data = to_flatbuffer(model)
     assert dict(op_counts(data)) == ops
     assert steps_off(model, data, np.abs(X) + 0.5) <= 1
+
+
+def _hardswish_steps(x_scale: float, x_zero: int, *, delegate: bool) -> np.ndarray:
+    """|LiteRT - onnxruntime| in output steps of a QDQ HardSwish on every int8 value of x."""
+    g = QDQGraph()
+    x = g.qdq("x", x_scale, x_zero)
+    high = x_scale * (127 - x_zero)
+    y_scale = (max(high, 0.0) + 0.375) / 255  # hard-swish's range, [-0.375, high]
+    y_zero = int(np.clip(round(-128 + 0.375 / y_scale), -128, 127))
+    model = g.model({"x": (1, 1, 16, 16)}, g.qdq(g.op("HardSwish", [x], "h"), y_scale, y_zero))
+    data = to_flatbuffer(model)
+    assert dict(op_counts(data)) == {"MUL": 2, "ADD": 1}
+    values = ((np.arange(-128, 128) - x_zero) * np.float32(x_scale)).astype(np.float32)
+    grid = values.reshape(1, 1, 16, 16)
+    ref = ort.InferenceSession(model.SerializeToString(),
+                               providers=["CPUExecutionProvider"]).run(None, {"x": grid})[0]
+    it = interpreter(data, delegate=delegate)
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    it.set_tensor(inp["index"], (np.arange(-128, 128, dtype=np.int8)
+                                 .reshape(1, 16, 16, 1)))
+    it.invoke()
+    scale, zero = out["quantization"]
+    y = it.get_tensor(out["index"]).reshape(-1).astype(np.int32)
+    return np.abs(y - np.rint(ref.reshape(-1) / np.float32(scale)) - zero)
+
+
+@pytest.mark.parametrize("steps,zero", [(127, -128), (70, 23), (44, 4), (12, 100), (1, -60)])
+def test_hardswish_on_a_three_over_n_grid_rounds_once(steps: int, zero: int) -> None:
+    """x's scale 3 / n, as edgecnn's quantizer sets a hard-swish's input
+    (`qmath.hardswish_input_scale`): the gate is exact and the chain rounds once, as
+    onnxruntime does, so on XNNPACK every one of the 256 int8 inputs gives onnxruntime's
+    integer; the builtin kernels (TFLite's reference MUL rounds ties away from zero) at
+    most one step off."""
+    assert _hardswish_steps(3 / steps, zero, delegate=True).max() == 0
+    assert _hardswish_steps(3 / steps, zero, delegate=False).max() <= 1
+
+
+def test_hardswish_on_another_grid_rounds_its_gate() -> None:
+    """Any other scale (a QDQ model from another quantizer; here the one a trained
+    MobileNetV3 block's first hard-swish read before its scale was raised to 3 / 70): the
+    gate on its own grid (`_gate_quant`) adds a fraction of a step, so a few inputs land
+    one step off."""
+    off = _hardswish_steps(0.042488635, 23, delegate=True)
+    assert off.max() == 1 and 0.9 <= (off == 0).mean() < 1

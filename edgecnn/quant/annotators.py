@@ -470,6 +470,30 @@ def annotate_int16(gm: GraphModule, specs: Specs) -> None:
             annotation.output_qspec = specs.fixed16[fixed[id(annotation.output_qspec)]]
 
 
+HARDSWISH_OPS = (aten.hardswish.default,)
+
+
+@annotator("hardswish_input")
+def annotate_hardswish_inputs(gm: GraphModule, specs: Specs) -> None:
+    """The int8 tensor a hard-swish reads takes `Specs.hardswish_input`: its scale raised to
+    3 / n (`qmath.hardswish_input_scale`), on which the TFLite lowering's gate is exact and
+    the lowered chain rounds once, as onnxruntime does. It is the producer's output spec
+    (so every reader shares it), or the edge's own when no annotated op produces it (the
+    model input). A producer with a shared or fixed output keeps it (the converter then
+    rounds the gate, `export.tflite.ops.elementwise.lower_hardswish`). After `int16`: a
+    16x8 producer keeps its int16 spec."""
+    for node in gm.graph.nodes:
+        annotation = node.meta.get(KEY)
+        if not calls(node, HARDSWISH_OPS) or annotation is None or not node.args:
+            continue
+        x = node.args[0]
+        producer = x.meta.get(KEY)
+        if producer is not None and producer.output_qspec is specs.activation:
+            producer.output_qspec = specs.hardswish_input
+        elif producer is None and annotation.input_qspec_map.get(x) is specs.activation:
+            annotation.input_qspec_map[x] = specs.hardswish_input
+
+
 def output_dtype(node: Node) -> torch.dtype | None:
     """The dtype of `node`'s annotated output, following shared specs to their source."""
     seen = set()

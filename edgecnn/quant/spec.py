@@ -26,6 +26,7 @@ emitted as uint8 activations (the same grid shifted by 128) without retraining.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from torchao.quantization.pt2e.quantizer import FixedQParamsQuantizationSpec, Qu
 
 from edgecnn.errors import EdgecnnError, ParameterError
 from edgecnn.export.tflite.builtins import BUILTINS, fixed_outputs
+from edgecnn.qmath import hardswish_input_scale
 
 #: activation observer name -> observer class (PTQ; QAT always fake-quantizes with a
 #: moving-average min/max, the standard recipe)
@@ -50,6 +52,39 @@ OBSERVERS = {
     "minmax": MinMaxObserver,
     "moving_average": MovingAverageMinMaxObserver,
     "histogram": HistogramObserver,
+}
+
+
+
+class _HardswishInputGrid:
+    """An observer whose scale is raised to 3 / n (`qmath.hardswish_input_scale`), zero
+    point kept: the grid of a hard-swish's input, on which the int8 lowering's gate is
+    exact (`export.tflite.ops.elementwise.lower_hardswish`)."""
+
+    def calculate_qparams(self):
+        scale, zero_point = super().calculate_qparams()
+        raised = [hardswish_input_scale(float(s)) for s in scale.reshape(-1)]
+        return torch.tensor(raised, dtype=scale.dtype).reshape(scale.shape), zero_point
+
+
+class HardswishInputMinMaxObserver(_HardswishInputGrid, MinMaxObserver):
+    pass
+
+
+class HardswishInputMovingAverageMinMaxObserver(_HardswishInputGrid,
+                                                MovingAverageMinMaxObserver):
+    pass
+
+
+class HardswishInputHistogramObserver(_HardswishInputGrid, HistogramObserver):
+    pass
+
+
+#: `OBSERVERS` for the tensors hard-swish reads (`annotators.annotate_hardswish_inputs`)
+HARDSWISH_INPUT_OBSERVERS = {
+    "minmax": HardswishInputMinMaxObserver,
+    "moving_average": HardswishInputMovingAverageMinMaxObserver,
+    "histogram": HardswishInputHistogramObserver,
 }
 
 #: activation dtype name -> (torch dtype, full range)
@@ -147,6 +182,8 @@ class Specs:
 
     activation: QuantizationSpec
     activation16: QuantizationSpec  # the 16x8 layers' activations (`QuantConfig.int16`)
+    #: `activation` with the scale raised to 3 / n: what a hard-swish reads (int8)
+    hardswish_input: QuantizationSpec
     weight: QuantizationSpec
     fixed: dict[str, FixedQParamsQuantizationSpec]
     config: QuantConfig
@@ -158,9 +195,12 @@ def make_specs(config: QuantConfig, *, is_qat: bool) -> Specs:
     act_min, act_max = config.activation_range
     if is_qat:
         act_ctr = FusedMovingAvgObsFakeQuantize.with_args(observer=MovingAverageMinMaxObserver)
+        hardswish_ctr = FakeQuantize.with_args(  # the fused op computes its own qparams
+            observer=HardswishInputMovingAverageMinMaxObserver)
         weight_ctr = FakeQuantize.with_args(observer=PerChannelMinMaxObserver)
     else:
         act_ctr = OBSERVERS[config.observer]
+        hardswish_ctr = HARDSWISH_INPUT_OBSERVERS[config.observer]
         weight_ctr = PerChannelMinMaxObserver
     activation = QuantizationSpec(
         dtype=config.activation_torch_dtype, quant_min=act_min, quant_max=act_max,
@@ -182,5 +222,7 @@ def make_specs(config: QuantConfig, *, is_qat: bool) -> Specs:
         zero_point=BUILTINS.get(name).fixed_output16[1], quant_min=INT16_RANGE[0],
         quant_max=INT16_RANGE[1], qscheme=torch.per_tensor_affine)
         for name in BUILTINS if BUILTINS.get(name).fixed_output16 is not None}
-    return Specs(activation=activation, activation16=activation16, weight=weight, fixed=fixed,
-                 config=config, fixed16=fixed16)
+    return Specs(activation=activation, activation16=activation16,
+                 hardswish_input=dataclasses.replace(activation,
+                                                     observer_or_fake_quant_ctr=hardswish_ctr),
+                 weight=weight, fixed=fixed, config=config, fixed16=fixed16)

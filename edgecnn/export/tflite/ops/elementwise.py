@@ -10,6 +10,7 @@ from edgecnn.export.tflite.builtins import int16_kernels_text
 from edgecnn.export.tflite.graph import Quant
 from edgecnn.export.tflite.layouts import axis_layout, elementwise_layout
 from edgecnn.export.tflite.ops.base import Lowering, register
+from edgecnn.qmath import hardswish_gate_steps
 
 
 def _binary(ctx: Lowering, builtin: str) -> None:
@@ -82,14 +83,15 @@ def lower_tanh(ctx: Lowering) -> None:
 
 
 #: the hard-sigmoid tensor inside an int8 hard-swish when x spans 6 or more: [0, 1] on the
-#: int8 grid, so that saturation is the clamp (scale 1/255, zero point -128)
+#: int8 grid, so that saturation is the clip (scale 1/255, zero point -128)
 UNIT_INTERVAL = Quant(1 / 255, -128)
 
 
 def _gate_quant(x: Quant) -> Quant:
-    """The int8 parameters of h = clip(x / 6 + 1/2, 0, 1) for x quantized with `x`: the
-    grid [0, min(1, hi)] (zero must be on it), hi = h at x's largest value, so that
-    saturation at its ends is the clip and its step is at most 1/255."""
+    """The int8 parameters of h = clip(x / 6 + 1/2, 0, 1) for x quantized with `x` when x's
+    scale is not 3 / n: the grid [0, min(1, hi)] (zero must be on it), hi = h at x's
+    largest value, so that saturation at its ends is the clip and its step is at most
+    1/255."""
     scale, zero = float(x.scale[0]), int(x.zero_point[0])
     high = min(1.0, scale * (127 - zero) / 6 + 0.5)
     return Quant(high / 255, -128) if 0.0 < high < 1.0 else UNIT_INTERVAL  # <= 0: h is 0
@@ -103,11 +105,18 @@ def lower_hardswish(ctx: Lowering) -> None:
     checks for float32 tensors), so an int8 HARD_SWISH runs outside the delegate and
     splits its partition: the int8 MobileNetV3 ran slower than the float one. The chain
     runs inside it: x / 6 takes x's zero point and scale / 6 (an exact integer identity),
-    the ADD writes h = clip(x / 6 + 1/2, 0, 1) on `_gate_quant`'s grid, where int8
-    saturation is the clip, and the last MUL writes x * h with the output's parameters.
-    Against one rounding (onnxruntime's QDQ HardSwish), h's grid adds at most
-    |x| x step / 2 <= 3 / 510 for |x| < 3 (h is exact elsewhere): a fraction of an
-    output step for the ranges hard-swish sees (`benchmarks/hardswish.md`).
+    the ADD writes the gate h = clip(x / 6 + 1/2, 0, 1), and the last MUL writes x * h
+    with the output's parameters.
+
+    When x's scale is 3 / n (n <= 127: edgecnn's quantizer makes it so,
+    `qmath.hardswish_input_scale`), h is exact: its grid is (scale / 6, 127 - 2n), the
+    1/2 is n of its steps, the ADD's fused RELU is the clip at 0 and int8 saturation the
+    clip at 1; the product then rounds once, as onnxruntime's QDQ HardSwish (float
+    between a DequantizeLinear and a QuantizeLinear) does. On another scale (a QDQ model
+    from another quantizer), h is rounded to `_gate_quant`'s grid: at most
+    |x| x step / 2 <= 3 / 510 more error for |x| < 3, which moved 9% of a trained
+    MobileNetV3 block's logits by more than one step against onnxruntime
+    (`benchmarks/hardswish.md`).
     """
     x, y = ctx.input(0), ctx.output()
     if x.quant is None or y.quant is None:
@@ -117,13 +126,21 @@ def lower_hardswish(ctx: Lowering) -> None:
         raise ctx.fail(f"no TFLite HARD_SWISH kernel for int16 inputs (16x8), "
                        f"and the int8 ADD / MUL chain's gate needs a nonzero zero point; "
                        f"{int16_kernels_text()}")
+    sixth_scale = x.quant.scale / 6
+    steps = hardswish_gate_steps(float(x.quant.scale[0]))
+    if steps is None:
+        gate_quant, clip = _gate_quant(x.quant), "NONE"
+        half = ctx.graph.add_const(f"{ctx.op.name}_half", np.float32(0.5))
+    else:
+        gate_quant, clip = Quant(sixth_scale, 127 - 2 * steps), "RELU"
+        half = ctx.graph.add_const(f"{ctx.op.name}_half", np.array(steps, np.int8),
+                                   quant=Quant(sixth_scale, 0))  # 1/2 = n steps, exactly
     sixth = ctx.graph.add_tensor(f"{y.name}_sixth", x.shape, x.dtype,
-                                 quant=Quant(x.quant.scale / 6, x.quant.zero_point))
-    gate = ctx.graph.add_tensor(f"{y.name}_gate", x.shape, x.dtype, quant=_gate_quant(x.quant))
+                                 quant=Quant(sixth_scale, x.quant.zero_point))
+    gate = ctx.graph.add_tensor(f"{y.name}_gate", x.shape, x.dtype, quant=gate_quant)
     ctx.emit("MUL", [x.name, ctx.graph.add_const(f"{ctx.op.name}_sixth", np.float32(1 / 6))],
              [sixth], fused_activation_function="NONE")
-    ctx.emit("ADD", [sixth, ctx.graph.add_const(f"{ctx.op.name}_half", np.float32(0.5))],
-             [gate], fused_activation_function="NONE")
+    ctx.emit("ADD", [sixth, half], [gate], fused_activation_function=clip)
     ctx.emit("MUL", [x.name, gate], [y.name], fused_activation_function="NONE")
 
 
