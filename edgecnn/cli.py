@@ -57,7 +57,7 @@ def preprocess_options(mean: str | None, std: str | None, resize: str | None,
     from edgecnn.data.preprocessing import PreprocessOptions, parse_floats
     from edgecnn.flags import check
 
-    check("--resize-size", resize_size)
+    check("resize_size", resize_size)
     options = PreprocessOptions(mean=parse_floats(mean, "--mean"),
                                 std=parse_floats(std, "--std"), resize=resize,
                                 resize_size=resize_size, interpolation=interpolation)

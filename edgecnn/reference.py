@@ -21,7 +21,8 @@ from edgecnn.artifacts import ArtifactConfig
 from edgecnn.checkpoint import ModelConfig, save_checkpoint
 from edgecnn.data import load
 from edgecnn.distributed import Execution
-from edgecnn.errors import EdgecnnError, ParameterError
+from edgecnn.errors import EdgecnnError
+from edgecnn.flags import check_all, check_fields
 from edgecnn.models import create_model
 from edgecnn.progress import console
 from edgecnn.train import TrainConfig, model_options_for, preprocessing_for, train
@@ -64,14 +65,8 @@ class Training:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_options", dict(self.model_options or {}))
-        size, width = self.input_size, self.width_mult
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int)
-                                 or not 8 <= size <= 8192):
-            raise ParameterError("input_size", f"must be an integer in [8, 8192] or None, "
-                                               f"got {size!r}")
-        if isinstance(width, bool) or not isinstance(width, (int, float)) \
-                or not 0 < width <= 8:
-            raise ParameterError("width_mult", f"must be in (0, 8], got {width!r}")
+        check_all(input_size=self.input_size)
+        check_fields(width_mult=self.width_mult)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from edgecnn.config import Preprocessing
 from edgecnn.data import Dataset
 from edgecnn.data.loader import ImageDataset, as_items, batches, eval_loader, train_loader
 from edgecnn.distributed import Execution
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, ParameterError
+from edgecnn.flags import check_fields
 from edgecnn.preprocess import prepare
 from edgecnn.progress import progress_bar
 
@@ -46,20 +47,14 @@ class TrainConfig:
     backbone_lr_factor: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.epochs < 0 or self.batch_size < 1:
-            raise EdgecnnError("epochs must be at least 0 and batch size at least 1")
-        if not 0 <= self.freeze_epochs <= self.epochs:
-            raise EdgecnnError(f"freeze_epochs must be in 0..epochs ({self.epochs}), got "
-                               f"{self.freeze_epochs}")
-        if not math.isfinite(self.backbone_lr_factor) or not 0 < self.backbone_lr_factor <= 1:
-            raise EdgecnnError(f"backbone_lr_factor must be in (0, 1], got "
-                               f"{self.backbone_lr_factor}")
-        if not math.isfinite(self.lr) or self.lr <= 0:
-            raise EdgecnnError(f"learning rate must be positive and finite, got {self.lr}")
-        if not 0.0 <= self.label_smoothing < 1.0:  # also false for NaN
-            raise EdgecnnError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
-            raise EdgecnnError(f"weight_decay must be >= 0 and finite, got {self.weight_decay}")
+        check_fields(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                  weight_decay=self.weight_decay, label_smoothing=self.label_smoothing,
+                  seed=self.seed, freeze_epochs=self.freeze_epochs,
+                  backbone_lr_factor=self.backbone_lr_factor)
+        if self.freeze_epochs > self.epochs:
+            raise ParameterError("freeze_epochs", f"must be at most {{epochs}} "
+                                                  f"({self.epochs}), got {self.freeze_epochs}",
+                                 also=("epochs",))
         if self.optimizer not in OPTIMIZERS:
             raise EdgecnnError(f"unknown optimizer {self.optimizer!r}; known: {OPTIMIZERS}")
 

@@ -19,6 +19,8 @@ from edgecnn.errors import EdgecnnError
 from edgecnn.quant.spec import QuantConfig
 from edgecnn.reference import Training
 from edgecnn.runtime import open_session
+from edgecnn.runtime.validate import Bounds
+from edgecnn.train import TrainConfig
 
 ARTIFACTS = ("model_fp32.onnx", "model_int8.onnx", "model_fp32.tflite", "model_int8.tflite")
 
@@ -214,10 +216,13 @@ def test_a_factory_that_raises_is_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("make, expected", [
-    (lambda: Training(width_mult=0), "width_mult must be in (0, 8], got 0"),
+    (lambda: Training(width_mult=0), "width_mult must be a finite number in (0, 8], got 0"),
     (lambda: Training(input_size="32"), "input_size must be an integer in [8, 8192]"),
     (lambda: Training(input_size=4), "input_size must be an integer in [8, 8192]"),
     (lambda: ArtifactConfig(formats=()), "formats is empty"),
+    (lambda: Bounds(max_drop="1"), "max_drop must be a finite number in [0, 100], got '1'"),
+    (lambda: TrainConfig(epochs="3"), "epochs must be an integer in [0, 100000], got '3'"),
+    (lambda: TrainConfig(epochs=2, freeze_epochs=3), "freeze_epochs must be at most epochs (2)"),
 ])
 def test_typed_configs_check_themselves(make, expected):
     """A bad value fails when the config is built, before any stage (a width of 0 trained

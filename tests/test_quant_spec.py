@@ -121,11 +121,13 @@ def test_config_rejects_bad_values_naming_the_field(options, message):
     (lambda: QAT(freeze_bn_fraction=-0.1), "freeze_bn_fraction"),
     (lambda: QAT(freeze_observer_fraction=0.0), "freeze_observer_fraction"),
     (lambda: QAT(freeze_observer_fraction=1.5), "freeze_observer_fraction"),
-    (lambda: QAT(train=TrainConfig(epochs=0)), "QAT epochs must be an integer of at least 1"),
+    (lambda: QAT(train=TrainConfig(epochs=0)), r"train.epochs must be at least 1 for QAT, got 0"),
+    (lambda: QAT(freeze_bn_fraction="0.5"),
+     r"freeze_bn_fraction must be a finite number in \[0, 1\], got '0.5'"),
     (lambda: QAT(train=TrainConfig(epochs=2, freeze_epochs=1)), "freeze_epochs does not apply"),
     (lambda: QAT(train={"epochs": 2}), "QAT's train must be a TrainConfig, got dict"),
-    (lambda: PTQ(calib_batches=0), "calib_batches must be an integer of at least 1, got 0"),
-    (lambda: PTQ(batch_size=True), "batch_size must be an integer of at least 1, got True"),
+    (lambda: PTQ(calib_batches=0), r"calib_batches must be an integer in \[1, 1000000\], got 0"),
+    (lambda: PTQ(batch_size=True), r"batch_size must be an integer in \[1, 65536\], got True"),
 ])
 def test_recipes_reject_bad_values_naming_the_field(make, message):
     with pytest.raises(EdgecnnError, match=message):

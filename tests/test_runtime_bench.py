@@ -24,9 +24,11 @@ def test_config_validation_and_interleaved_chunks():
     with pytest.raises(EdgecnnError, match="pass either runs or seconds, not both"):
         BenchConfig(runs=5, seconds=1.0)
     # the library names the parameter, the CLI the flag (ParameterError.for_cli)
-    for bad, message in [(dict(batch=0), "batch must be at least 1"),
-                         (dict(runs=0), "runs must be at least 1"),
-                         (dict(seconds=-1.0), "seconds must be in (0, 86400]")]:
+    for bad, message in [(dict(batch=0), "batch must be an integer in [1, 65536], got 0"),
+                         (dict(runs=0), "runs must be an integer in [1, 10000000], got 0"),
+                         (dict(runs="3"), "runs must be an integer in [1, 10000000], got '3'"),
+                         (dict(threads=(2, 0)), "threads must be an integer in [1, 1024], got 0"),
+                         (dict(seconds=-1.0), "seconds must be a finite number in (0, 86400]")]:
         with pytest.raises(ParameterError) as caught:
             BenchConfig(**bad)
         assert str(caught.value).startswith(message) and \

@@ -96,15 +96,18 @@ def test_candidate_without_metadata_is_refused_naming_it(tiny_artifacts, digits_
 
 def test_bounds_are_validated():
     """The library names its parameters; the CLI shows the flags (`for_cli`)."""
-    with pytest.raises(EdgecnnError, match="^min_agreement is a fraction") as error:
+    with pytest.raises(EdgecnnError, match=r"^min_agreement must be a finite number in "
+                                           r"\[0, 1\], got 99.0") as error:
         Bounds(min_agreement=99.0)
-    assert error.value.for_cli().startswith("--min-agreement is a fraction")
-    with pytest.raises(EdgecnnError, match="^max_drop must be >= 0"):
+    assert error.value.for_cli().startswith("--min-agreement must be a finite number")
+    with pytest.raises(EdgecnnError, match=r"^max_drop must be a finite number in \[0, 100\], "
+                                           r"got -1"):
         Bounds(max_drop=-1)
-    with pytest.raises(EdgecnnError, match="^max_drop and min_agreement must be finite") \
-            as error:
-        Bounds(max_drop=float("nan"))
-    assert error.value.for_cli().startswith("--max-drop and --min-agreement must be finite")
+    for bad in (float("nan"), "1", None):  # a string or None was a TypeError
+        with pytest.raises(EdgecnnError, match=f"^max_drop must be a finite number in "
+                                               f".*, got {bad!r}") as error:
+            Bounds(max_drop=bad)
+    assert error.value.for_cli().startswith("--max-drop must be a finite number")
 
 
 def test_step_summary_is_appended(tmp_path, monkeypatch):

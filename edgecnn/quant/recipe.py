@@ -11,13 +11,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, ParameterError
+from edgecnn.flags import check_fields
 from edgecnn.train import TrainConfig
-
-
-def _count(value: object, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise EdgecnnError(f"{name} must be an integer of at least 1, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -42,8 +38,7 @@ class PTQ:
     method: ClassVar[str] = "ptq"
 
     def __post_init__(self) -> None:
-        _count(self.calib_batches, "calib_batches")
-        _count(self.batch_size, "batch_size")
+        check_fields(calib_batches=self.calib_batches, batch_size=self.batch_size)
 
     @property
     def steps(self) -> tuple[str, ...]:
@@ -79,15 +74,13 @@ class QAT:
         if not isinstance(self.train, TrainConfig):
             raise EdgecnnError(f"QAT's train must be a TrainConfig, got "
                                f"{type(self.train).__name__}")
-        _count(self.train.epochs, "QAT epochs")
+        if self.train.epochs < 1:
+            raise ParameterError("train.epochs", f"must be at least 1 for QAT, got "
+                                                 f"{self.train.epochs}", flag="--qat-epochs")
         if self.train.freeze_epochs:
             raise EdgecnnError("freeze_epochs does not apply to QAT: it trains every layer")
-        if not 0.0 <= self.freeze_bn_fraction <= 1.0:
-            raise EdgecnnError(f"freeze_bn_fraction must be in [0, 1], got "
-                               f"{self.freeze_bn_fraction}")
-        if not 0.0 < self.freeze_observer_fraction <= 1.0:  # ranges need data first
-            raise EdgecnnError(f"freeze_observer_fraction must be in (0, 1], got "
-                               f"{self.freeze_observer_fraction}")
+        check_fields(freeze_bn_fraction=self.freeze_bn_fraction,
+                  freeze_observer_fraction=self.freeze_observer_fraction)
 
     def freeze_epoch(self, fraction: float) -> int:
         """First (0-based) epoch run frozen; `epochs` means never."""

@@ -22,6 +22,7 @@ from typing import IO, Any
 import numpy as np
 
 from edgecnn.errors import EdgecnnError, ParameterError
+from edgecnn.flags import check, check_all, check_fields
 from edgecnn.progress import progress_bar
 from edgecnn.runtime.machine import cpu_temperature_c, describe_machine
 from edgecnn.util import require_file
@@ -44,16 +45,13 @@ class BenchConfig:
             raise EdgecnnError("pass either runs or seconds, not both")
         if self.runs is None and self.seconds is None:
             object.__setattr__(self, "runs", 200)
-        if self.runs is not None and self.runs < 1:
-            raise ParameterError("runs", f"must be at least 1, got {self.runs}")
-        if self.seconds is not None and not 0 < self.seconds <= 86_400:  # also false for NaN
-            raise ParameterError("seconds", f"must be in (0, 86400], got {self.seconds}")
-        if self.batch < 1:
-            raise ParameterError("batch", f"must be at least 1, got {self.batch}")
-        if self.warmup < 0:
-            raise ParameterError("warmup", f"cannot be negative, got {self.warmup}")
-        if not self.threads or any(t is not None and not 1 <= t <= 1024 for t in self.threads):
-            raise ParameterError("threads", f"must be positive integers, got {self.threads}")
+        check_all(runs=self.runs, seconds=self.seconds)
+        check_fields(batch=self.batch, warmup=self.warmup)
+        if not self.threads:
+            raise ParameterError("threads", f"must name at least one thread count, got "
+                                            f"{self.threads!r}")
+        for threads in self.threads:
+            check("threads", threads)
         if self.rounds < 1:
             raise ParameterError("rounds", f"must be at least 1, got {self.rounds}")
 

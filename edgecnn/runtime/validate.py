@@ -16,7 +16,6 @@ turns the verdict into exit code 0 or 1 (2 is for usage and input errors).
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 from dataclasses import dataclass, fields
@@ -27,6 +26,7 @@ import numpy as np
 
 from edgecnn.config import ArtifactMetadata
 from edgecnn.errors import EdgecnnError, ParameterError
+from edgecnn.flags import check_fields
 from edgecnn.runtime.metadata import parse_metadata, require_record
 from edgecnn.runtime.predict_worker import PredictWorker
 from edgecnn.runtime.stats import (
@@ -58,15 +58,7 @@ class Bounds:
     gate: str = "point"
 
     def __post_init__(self) -> None:
-        if not math.isfinite(self.max_drop) or not math.isfinite(self.min_agreement):
-            raise ParameterError("max_drop", f"and {{min_agreement}} must be finite numbers, "
-                                 f"got {self.max_drop} and {self.min_agreement}",
-                                 also=("min_agreement",))
-        if self.max_drop < 0:
-            raise ParameterError("max_drop", f"must be >= 0 percentage points, got {self.max_drop}")
-        if not 0.0 <= self.min_agreement <= 1.0:
-            raise ParameterError("min_agreement", f"is a fraction in [0, 1], got "
-                                 f"{self.min_agreement}")
+        check_fields(max_drop=self.max_drop, min_agreement=self.min_agreement)
         if self.gate not in GATES:
             raise ParameterError("gate", f"must be one of {', '.join(GATES)}, got {self.gate!r}")
 
