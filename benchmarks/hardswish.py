@@ -143,7 +143,9 @@ def render(latency: dict, accuracy: dict, machine: dict, runs: int) -> str:
              f"## {MODEL}, p50 latency, ms, batch 1 (LiteRT, XNNPACK; {runs} runs, "
              "interleaved)", "",
              "before: int8 with the HARD_SWISH builtin (XNNPACK runs it in float only: it "
-             "falls back to the builtin kernel); after: int8 with MUL / ADD / MUL. "
+             "falls back to the builtin kernel); after: int8 with MUL / ADD / MUL (the input's "
+             "scale 3 / n, `qmath.hardswish_input_scale`: the gate is exact, the chain "
+             "rounds once, in the product, as onnxruntime does). "
              "delegated: operators XNNPACK took / all, in how many partitions. The VM's 2 "
              "cores were shared with other jobs: the files of a row are measured "
              "interleaved, so ratios within a row hold, absolute values vary between runs "
