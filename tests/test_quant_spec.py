@@ -279,6 +279,52 @@ def test_unknown_op_stays_float_with_a_warning_naming_it():
     assert any(calls(u, qd.quantize_per_tensor.default) for u in sin.users)
 
 
+class InPlace(nn.Module):
+    """In-place activations and arithmetic as user code writes them, one tensor read again
+    after it was written in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Hardswish(inplace=True))
+        self.gate = nn.Sequential(nn.Conv2d(8, 8, 1), nn.Hardsigmoid(inplace=True))
+        self.conv = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.LeakyReLU(0.1, inplace=True),
+                                  nn.Dropout(0.1, inplace=True))
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.conv(x) * self.gate(x)
+        z = self.conv(x)
+        z.mul_(0.5)
+        w = z + 1  # reads z after its in-place write
+        return self.fc(y.add_(x).add(w).mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", ["ptq", "qat"])
+def test_in_place_ops_are_quantized_as_their_functional_forms(method):
+    """hardswish_, hardsigmoid_, leaky_relu_, dropout_, mul_, add_: torch.export keeps them
+    in place; the capture rewrites them functional (`functionalize_inplace`), so each is
+    quantized as its functional form (a hard-swish input on its 3 / n grid) and nothing
+    stays float. The rewritten graph computes what the eager model does."""
+    from edgecnn.qmath import hardswish_gate_steps
+    from edgecnn.quant.calibrate import capture
+
+    torch.manual_seed(0)
+    model, x = InPlace().eval(), torch.rand(16, 3, 8, 8)
+    gm = capture(model, x[:2], train=False)
+    assert not [n.name for n in gm.graph.nodes if n.op == "call_function"
+                and str(n.target).split(".")[-2].endswith("_")]
+    with torch.no_grad():
+        assert torch.allclose(gm(x), model(x), atol=1e-6)
+    recipe = PTQ(calib_batches=1, batch_size=16) if method == "ptq" else \
+        QAT(train=replace(QAT_SCHEDULE, epochs=1, batch_size=8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnquantizedOpWarning)
+        converted = quantize(model, x[:2], recipe, train_data=(x, torch.arange(16) % 10))
+    (hardswish,) = nodes(converted, aten.hardswish.default)
+    assert hardswish_gate_steps(float(hardswish.args[0].args[1]))
+
+
 class WithNorms(nn.Module):
     """LayerNorm over channels-last, GroupNorm, a division by a tensor, a division by a
     number: the first three have no int8 TFLite kernel, the last is a MUL."""

@@ -34,9 +34,9 @@ CONV_OPS = (aten.conv1d.default, aten.conv2d.default)
 LINEAR_OPS = (aten.linear.default,)
 BATCH_NORM_OPS = (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default)
 #: TFLite fused activations: NONE, RELU, RELU6, RELU_N1_TO_1
-RELU_OPS = (aten.relu.default, aten.relu_.default)
+RELU_OPS = (aten.relu.default,)
 RELU6_OPS = (aten.relu6.default,)  # F.relu6; nn.ReLU6 is hardtanh(0, 6)
-HARDTANH_OPS = (aten.hardtanh.default, aten.hardtanh_.default)
+HARDTANH_OPS = (aten.hardtanh.default,)
 FUSED_HARDTANH_BOUNDS = ((0.0, 6.0), (-1.0, 1.0))
 ADD_OPS = (aten.add.Tensor,)
 MUL_OPS = (aten.mul.Tensor,)
@@ -68,11 +68,12 @@ LOWERS_TO: dict[object, str | None] = {
     aten.sigmoid.default: "LOGISTIC", aten.tanh.default: "TANH",
     aten.softmax.int: "SOFTMAX", aten._softmax.default: "SOFTMAX",
     aten.log_softmax.int: "LOG_SOFTMAX", aten._log_softmax.default: "LOG_SOFTMAX",
-    aten.hardswish.default: "HARD_SWISH", aten.relu.default: "RELU", aten.relu_.default: "RELU",
-    aten.hardtanh.default: "RELU6", aten.hardtanh_.default: "RELU6",  # or RELU_N1_TO_1
+    aten.hardswish.default: "HARD_SWISH", aten.relu.default: "RELU",
+    aten.hardtanh.default: "RELU6",  # or RELU_N1_TO_1
     aten.leaky_relu.default: "LEAKY_RELU", aten.prelu.default: "PRELU",
     aten.gelu.default: "GELU",
-    aten.hardsigmoid.default: "MUL",  # ADD (fused RELU6) then MUL by 1/6: see lower_hardsigmoid
+    # ADD (fused RELU6) then MUL by 1/6: see lower_hardsigmoid
+    aten.hardsigmoid.default: "MUL",
     aten.batch_norm.default: "DEPTHWISE_CONV_2D",  # standalone: a 1x1 depthwise conv
     aten._native_batch_norm_legit_no_training.default: "DEPTHWISE_CONV_2D",
     # no int8 kernel ("float"): normalizations become MEAN, SUB, MUL, MEAN, ADD, SQRT, DIV

@@ -18,6 +18,7 @@ from edgecnn.quant.graph import add_int32_biases
 from edgecnn.quant.precision import select
 from edgecnn.quant.quantizer import (
     TFLiteInt8Quantizer,
+    functionalize_inplace,
     keep_shared_convs_unfolded,
     resolve_conv_padding,
 )
@@ -34,8 +35,9 @@ def capture(model: nn.Module, example_input: torch.Tensor, *, train: bool) -> Gr
 
     PTQ captures in eval mode (BN uses running statistics and is folded by
     prepare); QAT in train mode (BN kept, then rewritten into the simulated fold).
-    String conv padding ('same') becomes explicit (`resolve_conv_padding`); a BN after a
-    conv with other readers stays unfolded (`keep_shared_convs_unfolded`).
+    In-place ops on activations become functional (`functionalize_inplace`); string conv
+    padding ('same') becomes explicit (`resolve_conv_padding`); a BN after a conv with
+    other readers stays unfolded (`keep_shared_convs_unfolded`).
     """
     if example_input.dim() < 1 or len(example_input) < 2:
         raise EdgecnnError("the example input needs a batch of at least 2: torch.export "
@@ -49,6 +51,7 @@ def capture(model: nn.Module, example_input: torch.Tensor, *, train: bool) -> Gr
     except Exception as exc:  # noqa: BLE001 - export raises many types; name the model
         raise EdgecnnError(f"torch.export failed for {type(model).__name__}: {exc}") from exc
     gm = program.module()
+    functionalize_inplace(gm)
     resolve_conv_padding(gm)
     keep_shared_convs_unfolded(gm)
     return gm

@@ -42,11 +42,11 @@ aten = torch.ops.aten
 CONV = (aten.conv2d.default,)
 BATCH_NORM = (aten.batch_norm.default,)  # what torch.export of an eval-mode model holds
 #: positively homogeneous activations CLE may scale through
-HOMOGENEOUS = (aten.relu.default, aten.relu_.default)
+HOMOGENEOUS = (aten.relu.default,)
 #: activations that clip or bend: a pair through one of them is skipped
-NOT_HOMOGENEOUS = (aten.hardtanh.default, aten.hardtanh_.default, aten.relu6.default,
-                   aten.silu.default, aten.silu_.default, aten.hardswish.default,
-                   aten.hardswish_.default, aten.sigmoid.default, aten.tanh.default,
+NOT_HOMOGENEOUS = (aten.hardtanh.default, aten.relu6.default,
+                   aten.silu.default, aten.hardswish.default,
+                   aten.sigmoid.default, aten.tanh.default,
                    aten.gelu.default, aten.leaky_relu.default, aten.clamp.default)
 #: conv2d(input, weight, bias, stride, padding, dilation, groups)
 CONV_GROUPS = 6

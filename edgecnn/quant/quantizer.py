@@ -21,6 +21,53 @@ class UnquantizedOpWarning(UserWarning):
     """An op the quantizer does not know stays float."""
 
 
+#: ops whose output is a view of their input: an in-place op on one also writes the base
+VIEW_OPS = (aten.view.default, aten.reshape.default, aten.slice.Tensor, aten.select.int,
+            aten.permute.default, aten.transpose.int, aten.squeeze.dim, aten.squeeze.dims,
+            aten.unsqueeze.default, aten.expand.default, aten.flatten.using_ints,
+            aten.narrow.default, aten.split.Tensor, aten.split_with_sizes.default,
+            aten.chunk.default, aten.unbind.int, aten.as_strided.default, aten.alias.default)
+
+
+def functional_form(target: object) -> object | None:
+    """The out-of-place overload of an in-place aten op (aten.relu_.default ->
+    aten.relu.default), None for any other op."""
+    packet = getattr(target, "overloadpacket", None)
+    name = getattr(packet, "__name__", "")
+    if not name.endswith("_") or name.startswith("_"):
+        return None
+    functional = getattr(aten, name[:-1], None)
+    return getattr(functional, target._overloadname, None) if functional is not None else None
+
+
+def functionalize_inplace(gm: GraphModule) -> int:
+    """Rewrite in-place ops on activations (nn.ReLU(inplace=True), nn.Hardswish(inplace=True),
+    x.add_(y), ...) to their functional form, so the annotators see one op per kind; return
+    the count. The nodes after one that read the tensor it wrote read the new node.
+
+    Left as they are: writes to buffers (BatchNorm's num_batches_tracked in QAT, a get_attr),
+    writes to a view or through a tensor read by a view op (they also change the base),
+    and ops without an out-of-place overload. Mutates `gm` in place.
+    """
+    order = {node: i for i, node in enumerate(gm.graph.nodes)}
+    count = 0
+    for node in list(gm.graph.nodes):
+        functional = functional_form(node.target) if node.op == "call_function" else None
+        x = node.args[0] if node.args else None
+        if functional is None or not isinstance(x, torch.fx.Node) or x.op == "get_attr" \
+                or x.target in VIEW_OPS or any(u.target in VIEW_OPS for u in x.users):
+            continue
+        later = [u for u in x.users if u is not node and order[u] > order[node]]
+        node.target = functional
+        for user in later:
+            user.replace_input_with(x, node)
+        count += 1
+    if count:
+        gm.graph.lint()
+        gm.recompile()
+    return count
+
+
 def decompose_silu(gm: GraphModule) -> int:
     """Rewrite silu(x) as x * sigmoid(x), as TFLite runs it (LOGISTIC + MUL); return the count.
 
@@ -28,7 +75,7 @@ def decompose_silu(gm: GraphModule) -> int:
     """
     count = 0
     for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target not in (aten.silu.default, aten.silu_.default):
+        if node.op != "call_function" or node.target != aten.silu.default:
             continue
         x = node.args[0]
         with gm.graph.inserting_before(node):
