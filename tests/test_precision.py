@@ -901,6 +901,27 @@ def test_int16_errors_are_one_line(planted):
     with pytest.raises(EdgecnnError, match=r"^int16 'blok' matches no layer.*block\.conv"):
         quant.quantize(model, x[:2], quant.PTQ(calib_batches=1), train_data=x,
                        config=QuantConfig(int16=("blok",)))
+    # a layer both --int16 and --keep-float select: an error naming both, before calibration
+    # (and in the check export --int8 runs before training), not silently float
+    from edgecnn.quant.calibrate import check_patterns
+
+    both = QuantConfig(keep_float=(r"block\.conv",), int16=("block",))
+    for run in (lambda: check_patterns(model, x[:2], both),
+                lambda: quant.quantize(model, x[:2], quant.PTQ(calib_batches=1), train_data=x,
+                                       config=both)):
+        with pytest.raises(EdgecnnError) as error:
+            run()
+        assert str(error.value).startswith("int16 and keep_float both select block.conv: ")
+        assert error.value.for_cli().startswith("--int16 and --keep-float both select "
+                                                "block.conv: ")
+    # so --fallback int16 never proposes an op the user keeps float (it reads int8 too)
+    from edgecnn.quant.precision import int16_capable_ops
+
+    program = quant.quantize(model, x[:2], quant.PTQ(calib_batches=1), train_data=x,
+                             config=QuantConfig(keep_float=("pool",)))
+    assert "adaptive_avg_pool2d" not in int16_capable_ops(program)
+    program = quant.quantize(model, x[:2], quant.PTQ(calib_batches=1), train_data=x)
+    assert "adaptive_avg_pool2d" in int16_capable_ops(program)
     import torch
 
     tanh_model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Tanh()).eval()
