@@ -781,19 +781,21 @@ def export_command(
             "--qat-epochs": "qat" if qat_epochs is not None else None,
             "--cle": "ptq" if cle else None,
             "--bias-correction": "ptq" if bias_correction else None})
-        weights, options = _starting_point(pretrained, drop_background, padding, bn_eps,
-                                           epochs, freeze_epochs)
-        if checkpoint is not None:
+        if checkpoint is not None:  # before _starting_point: its flags need --pretrained
             given = [flag for flag, used in (
-                ("--pretrained", weights is not None), ("--padding / --bn-eps", options),
+                ("--pretrained", pretrained is not None),
+                ("--drop-background", drop_background),
+                ("--padding / --bn-eps", padding != "symmetric" or bn_eps is not None),
                 ("--mean / --std / --resize", preprocess), ("--epochs", epochs is not None),
-                ("--input-size", input_size is not None),
+                ("--input-size", input_size is not None), ("--freeze-epochs", freeze_epochs),
                 ("--backbone-lr-factor", backbone_lr_factor != 0.1)) if used]
             if given:
                 raise EdgecnnError(f"--checkpoint gives a trained model (its config.json fixes "
                                    f"it): {', '.join(given)} "
                                    f"{'is' if len(given) == 1 else 'are'} for training a new "
                                    "one, without --checkpoint")
+        weights, options = _starting_point(pretrained, drop_background, padding, bn_eps,
+                                           epochs, freeze_epochs)
         schedule = replace(pipeline.DEFAULT_TRAIN, freeze_epochs=freeze_epochs,
                            backbone_lr_factor=backbone_lr_factor,
                            **({} if epochs is None else {"epochs": epochs}))
