@@ -128,8 +128,9 @@ def test_keep_float_pattern_errors(planted):
     model, config = load_checkpoint(planted["checkpoint"])
     data = load("digits")
     x, _ = to_tensors(data.train_images[:8], data.train_labels[:8], config.preprocessing)
-    with pytest.raises(EdgecnnError, match=r"^keep_float 'blok' matches no layer.*layers: "
-                                           r"stem\.0, block\.conv, block\.proj, head\.0, fc"):
+    with pytest.raises(EdgecnnError, match=r"^keep_float 'blok' matches no layer.*layers and "
+                                           r"nodes: stem\.0, block\.conv, block\.proj, head\.0, "
+                                           r"adaptive_avg_pool2d, flatten, fc$"):
         quant.quantize(model, x[:2], quant.PTQ(calib_batches=1), train_data=x,
                        config=QuantConfig(keep_float=("blok",)))
 
@@ -898,9 +899,20 @@ def test_int16_errors_are_one_line(planted):
     model, config = load_checkpoint(planted["checkpoint"])
     data = load("digits")
     x, _ = to_tensors(data.train_images[:8], data.train_labels[:8], config.preprocessing)
-    with pytest.raises(EdgecnnError, match=r"^int16 'blok' matches no layer.*block\.conv"):
+    with pytest.raises(EdgecnnError, match=r"^int16 'blok' matches no layer.*layers and nodes: "
+                                           r"stem\.0, block\.conv, block\.proj, head\.0, "
+                                           r"adaptive_avg_pool2d, flatten, fc$"):
         quant.quantize(model, x[:2], quant.PTQ(calib_batches=1), train_data=x,
                        config=QuantConfig(int16=("blok",)))
+    import torch
+
+    from edgecnn.quant.calibrate import capture
+    from edgecnn.quant.precision import select
+
+    deep = capture(torch.nn.Sequential(*[torch.nn.Conv2d(1, 1, 1) for _ in range(24)]).eval(),
+                   x[:2], train=False)
+    with pytest.raises(EdgecnnError, match=r"layers and nodes: 0, 1, 2, .*, 19 \.\.\. 4 more$"):
+        select(deep, ["blok"], "int16")  # the first 20 names, then how many more
     # a layer both --int16 and --keep-float select: an error naming both, before calibration
     # (and in the check export --int8 runs before training), not silently float
     from edgecnn.quant.calibrate import check_patterns
@@ -922,7 +934,6 @@ def test_int16_errors_are_one_line(planted):
     assert "adaptive_avg_pool2d" not in int16_capable_ops(program)
     program = quant.quantize(model, x[:2], quant.PTQ(calib_batches=1), train_data=x)
     assert "adaptive_avg_pool2d" in int16_capable_ops(program)
-    import torch
 
     tanh_model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Tanh()).eval()
     with pytest.raises(EdgecnnError) as error:

@@ -72,7 +72,7 @@ from edgecnn.quant.spec import compile_patterns
 WEIGHTED = CONV_OPS + LINEAR_OPS
 #: ops whose TFLite builtin fuses a following relu / relu6 (`annotators.annotate_binary`)
 BINARY = ADD_OPS + MUL_OPS + SCALAR_OPS
-SHOWN = 12  # layer names listed in the error for a pattern that matches nothing
+SHOWN = 20  # names an error lists (a pattern that matches nothing, ...)
 
 
 def _listed(names: list[str]) -> str:
@@ -100,9 +100,18 @@ def activation_nodes(gm: GraphModule) -> list[Node]:
     return found
 
 
-def known_layers(gm: GraphModule) -> list[str]:
-    """Layer names for error messages: each weighted op's module path, in graph order."""
-    names = [layer_name(n) for n in activation_nodes(gm) if calls(n, WEIGHTED)]
+def known_names(gm: GraphModule, parameter: str) -> list[str]:
+    """Names a pattern could select, for error messages, in graph order: each conv /
+    linear's module path, and the node name of every other op but the BN / activation
+    fused into a layer or an add, the float islands and, for int16, ops without a 16x8
+    kernel."""
+    nodes = activation_nodes(gm)
+    fused = {m for n in nodes if calls(n, WEIGHTED) for m in _bn_act_after(n)}
+    fused |= {sole_user(n) for n in nodes
+              if calls(n, BINARY) and is_fusable_activation(sole_user(n))}
+    names = [layer_name(n) if calls(n, WEIGHTED) else n.name for n in nodes
+             if calls(n, WEIGHTED) or not (n in fused or is_float_island(n) or (
+                 parameter == "int16" and not calls(n, INT16_OPS)))]
     return list(dict.fromkeys(names))
 
 
@@ -110,8 +119,8 @@ def select(gm: GraphModule, patterns: Iterable[str], parameter: str) -> list[Nod
     """Nodes any pattern matches, in graph order.
 
     Raises ParameterError when a pattern matches no node, naming `parameter` (keep_float /
-    int16) and listing layer names, so a typo fails in seconds, before calibration or
-    training.
+    int16) and listing the names it could match (`known_names`: the first SHOWN, then how
+    many more), so a typo fails in seconds, before calibration or training.
     """
     compiled = compile_patterns(patterns, parameter)
     nodes = activation_nodes(gm)
@@ -119,11 +128,10 @@ def select(gm: GraphModule, patterns: Iterable[str], parameter: str) -> list[Nod
     for pattern in compiled:
         hits = [n for n in nodes if any(pattern.fullmatch(name) for name in node_names(n))]
         if not hits:
-            layers = known_layers(gm)
-            shown = ", ".join(layers[:SHOWN]) + (" ..." if len(layers) > SHOWN else "")
             raise ParameterError(parameter, f"{pattern.pattern!r} matches no layer or node (a "
                                             f"regular expression over module paths and node "
-                                            f"names, matched in full); layers: {shown}")
+                                            f"names, matched in full); layers and nodes: "
+                                            f"{_listed(known_names(gm, parameter))}")
         chosen.update(dict.fromkeys(hits))
     return [n for n in nodes if n in chosen]
 
