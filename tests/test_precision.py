@@ -291,6 +291,10 @@ def test_rank_groups_order_inputs_writers_and_the_first_layer():
     # --fallback int16: the add (named by the tensor it writes) is movable too, and moves
     # with its writers, so the tensors between them stay int16
     assert rank_groups(report, [*layers, "add_1"]) == [["add_1", "conv1"], ["conv1"]]
+    # an op the fp32 reference names otherwise (its graph is not the program's) moves by
+    # its tensor, the candidate's name for it
+    report["layers"][3]["layer"] = "add_20"
+    assert rank_groups(report, [*layers, "c"]) == [["c", "conv1"], ["conv1"]]
 
 
 def test_keep_float_under_qat_folds_the_float_layers_bn(tmp_path):
@@ -641,6 +645,46 @@ def test_int16_pool_add_mean_end_to_end(residual, tmp_path_factory, digits):
 
     report = run_inspect(residual["fp32.onnx"], paths["tflite"], "digits", images=8)
     assert set(metrics.int16_ops) <= {e["layer"] for e in report["layers"]}, report["layers"]
+
+
+def test_fallback_int16_names_a_bare_add_and_mul(tmp_path, digits):
+    """A residual add with no activation after it and a gating mul: the ONNX files name
+    their tensors as the torch program names the ops (the exporter's decomposition had
+    renumbered them, `add` -> `add_55`), so `edgecnn inspect` ranks them under the names
+    `--int16` selects, and a `--fallback int16` group holding the add moves it."""
+    import torch
+    from planted_model import bare_ops_net
+
+    from edgecnn import quant
+    from edgecnn.export import onnx as onnx_export
+    from edgecnn.export.tflite import convert
+    from edgecnn.fallback import patterns, rank_groups
+    from edgecnn.quant.precision import int8_layers, int16_capable_ops, int16_ops
+    from edgecnn.quant.spec import QuantConfig
+    from edgecnn.train import preprocessing_for, to_tensors
+    from edgecnn.verify.inspect import run_inspect
+
+    torch.manual_seed(0)
+    model = bare_ops_net().eval()
+    preprocessing = preprocessing_for(digits)
+    x, _ = to_tensors(digits.train_images[:64], digits.train_labels[:64], preprocessing)
+    program = quant.quantize(model, x[:2], quant.PTQ(calib_batches=2), train_data=x)
+    movable = int8_layers(program) + int16_capable_ops(program)
+    assert {"add", "mul"} <= set(movable), movable
+    fp32 = onnx_export.export_fp32(model, preprocessing, tmp_path / "fp32.onnx")
+    qdq = onnx_export.export_qdq(program, preprocessing, tmp_path / "int8.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tflite = convert(qdq, tmp_path / "int8.tflite")
+    report = run_inspect(fp32, tflite, "digits", images=8)
+    named = {e["tensor"]: e["layer"] for e in report["layers"]}
+    assert named.get("add") == "add" and named.get("mul") == "mul", named
+    groups = rank_groups(report, movable)
+    group = next((g for g in groups if "add" in g), None)
+    assert group is not None, groups
+    moved = quant.quantize(model, x[:2], quant.PTQ(calib_batches=2), train_data=x,
+                           config=QuantConfig(int16=patterns(group)))
+    assert "add" in int16_ops(moved), (group, int16_ops(moved))
 
 
 def test_int16_sigmoid_takes_the_fixed_int16_output(tmp_path, digits):

@@ -37,8 +37,9 @@ concat, reshapes, relu / relu6 / leaky relu, sigmoid ...): a pool or an add betw
 layers keeps their tensors int16 (`block` moves a residual block's convs and its add, and
 no int16 -> int8 -> int16 requantization is left between them). Such an op of a converted
 program reads a tensor dequantized from int16 (`int16_ops`, named by `output_name`: the
-tensor name the ONNX file and `edgecnn inspect` keep when the op is followed by a fused
-relu or is a pool / mean; a bare add's ONNX tensor is renumbered by the exporter).
+name of the tensor its ONNX / TFLite op writes, which `edgecnn inspect` reports: the
+exporter names tensors after the program's nodes, `export.onnx.source_names`, a bare add
+or mul too).
 """
 
 from __future__ import annotations
