@@ -726,15 +726,17 @@ def export_command(
                                                  "percentage points.")] = 1.0,
     min_agreement: Annotated[float, typer.Option(help="Required int8 top-1 agreement with "
                                                       "the fp32 reference (fraction).")] = 0.99,
-    io: Annotated[str, typer.Option(
-        help="int8 TFLite input/output: int8 | uint8 | float.")] = "int8",
+    io: Annotated[str | None, typer.Option(
+        help="int8 TFLite input/output: int8 | uint8 | float (int8 artifacts: --int8 or "
+             "--quantized).", show_default="int8")] = None,
     input_size: Annotated[int | None, typer.Option(
         help="Square input size.", show_default="32 for images up to 64 px, else 224")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output directory.",
                                                  show_default="artifacts/MODEL")] = None,
     force: Annotated[bool, typer.Option("--force", help="Redo every stage.")] = False,
     onnx_activations: Annotated[str | None, typer.Option(
-        help="int8 ONNX activation type: uint8 | int8.", show_default="uint8")] = None,
+        help="int8 ONNX activation type: uint8 | int8 (int8 artifacts: --int8 or "
+             "--quantized).", show_default="uint8")] = None,
     keep_float: Annotated[list[str] | None, typer.Option(
         "--keep-float", help=KEEP_FLOAT_HELP)] = None,
     int16: Annotated[list[str] | None, typer.Option("--int16", help=INT16_HELP)] = None,
@@ -779,19 +781,21 @@ def export_command(
             "--qat-epochs": "qat" if qat_epochs is not None else None,
             "--cle": "ptq" if cle else None,
             "--bias-correction": "ptq" if bias_correction else None})
-        weights, options = _starting_point(pretrained, drop_background, padding, bn_eps,
-                                           epochs, freeze_epochs)
-        if checkpoint is not None:
+        if checkpoint is not None:  # before _starting_point: its flags need --pretrained
             given = [flag for flag, used in (
-                ("--pretrained", weights is not None), ("--padding / --bn-eps", options),
+                ("--pretrained", pretrained is not None),
+                ("--drop-background", drop_background),
+                ("--padding / --bn-eps", padding != "symmetric" or bn_eps is not None),
                 ("--mean / --std / --resize", preprocess), ("--epochs", epochs is not None),
-                ("--input-size", input_size is not None),
+                ("--input-size", input_size is not None), ("--freeze-epochs", freeze_epochs),
                 ("--backbone-lr-factor", backbone_lr_factor != 0.1)) if used]
             if given:
                 raise EdgecnnError(f"--checkpoint gives a trained model (its config.json fixes "
                                    f"it): {', '.join(given)} "
                                    f"{'is' if len(given) == 1 else 'are'} for training a new "
                                    "one, without --checkpoint")
+        weights, options = _starting_point(pretrained, drop_background, padding, bn_eps,
+                                           epochs, freeze_epochs)
         schedule = replace(pipeline.DEFAULT_TRAIN, freeze_epochs=freeze_epochs,
                            backbone_lr_factor=backbone_lr_factor,
                            **({} if epochs is None else {"epochs": epochs}))
@@ -803,7 +807,8 @@ def export_command(
         report = pipeline.export_int8(
             model, data=data, reference=reference, recipe=recipe,
             quant=QuantConfig(keep_float=tuple(keep_float or ()), int16=tuple(int16 or ())),
-            artifacts=ArtifactConfig(fmts, io, onnx_activations or DEFAULT_ACTIVATIONS),
+            artifacts=ArtifactConfig(fmts, ArtifactConfig.io if io is None else io,
+                                     onnx_activations or DEFAULT_ACTIVATIONS),
             bounds=Bounds(max_drop=max_drop, min_agreement=min_agreement), fallback=fallback,
             out=out_dir, force=force)
         _print_report(report)
@@ -825,12 +830,21 @@ def export_command(
     if pretrained is not None or padding != "symmetric" or freeze_epochs:
         raise EdgecnnError("--pretrained, --padding and --freeze-epochs go with --int8 (or "
                            "`edgecnn train`); without it, --checkpoint fixes the model")
+    int8_only = [flag for flag, used in (("--io", io is not None),
+                                         ("--onnx-activations", onnx_activations is not None))
+                 if used]
+    if quantized is None and int8_only:
+        raise EdgecnnError(f"{' and '.join(int8_only)} "
+                           f"{'sets' if len(int8_only) == 1 else 'set'} the int8 artifacts "
+                           "(--int8, or --quantized QDIR); without them export writes fp32 "
+                           "files, float in and out")
     if checkpoint is None:
         raise EdgecnnError("export needs --checkpoint DIR (or --int8 to train one)")
     from edgecnn.export.onnx import DEFAULT_ACTIVATIONS
     from edgecnn.util import check_writable_dir
 
-    artifacts = ArtifactConfig(fmts, io, onnx_activations or DEFAULT_ACTIVATIONS)
+    artifacts = ArtifactConfig(fmts, ArtifactConfig.io if io is None else io,
+                               onnx_activations or DEFAULT_ACTIVATIONS)
     check_writable_dir(out_dir or Path("artifacts"), "out")
     written = export_artifacts(checkpoint, out_dir or Path("artifacts"), artifacts,
                                model_name=model, quantized=quantized)

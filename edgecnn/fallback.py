@@ -122,20 +122,25 @@ def rank_groups(report: dict, layers: list[str], *, float_input: bool = False,
     report's first runtime, lowest first) with the layers writing its input tensors.
     Only names in `layers` move: the program's conv / linear layers, and for int16 the
     ops with 16x8 kernels too (named by the tensor their op writes, as `inspect` names
-    them); a ranked entry of another kind contributes the movable layers that feed it. A layer
+    them: the entry's layer, else its tensor, the candidate's name, which is the torch
+    program's when the fp32 reference's graph differs); a ranked entry of another kind
+    contributes the movable layers that feed it. A layer
     that reads the model input moves only when `float_input` (io float): a float first
     layer leaves the model input unquantized, and an int16 one makes it int16, which int8
     / uint8 io cannot have."""
     known = set(layers)
     by_tensor = {e["tensor"]: e for e in report["layers"]}
+
+    def name(entry: dict) -> str:
+        return entry["layer"] if entry["layer"] in known else entry["tensor"]
+
     ranked = _ranked(report)
-    reads_input = {e["layer"] for e in report["layers"]
+    reads_input = {name(e) for e in report["layers"]
                    if any(by_tensor.get(t, {}).get("op") == "input" for t in e["inputs"])}
     movable = known if float_input else known - reads_input
     groups: list[list[str]] = []
     for entry in ranked:
-        names = [entry["layer"], *(by_tensor[t]["layer"] for t in entry["inputs"]
-                                   if t in by_tensor)]
+        names = [name(entry), *(name(by_tensor[t]) for t in entry["inputs"] if t in by_tensor)]
         group = [n for n in dict.fromkeys(names) if n in movable]
         if group and set(group) not in [set(g) for g in groups]:
             groups.append(group)

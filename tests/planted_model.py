@@ -189,6 +189,28 @@ def residual_net(*, num_classes: int = 10, in_channels: int = 1, **_: object) ->
     return ResidualNet(num_classes, in_channels)
 
 
+class BareOpsNet(nn.Module):
+    """stem -> conv + a residual add with no activation after it -> a gating mul (sigmoid of
+    a 1x1 conv) -> mean -> linear: a bare add and mul, whose ONNX tensors the exporter's
+    decomposition renumbers (`add` -> `add_55`) unless edgecnn names them back."""
+
+    def __init__(self, num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        self.stem = ConvBNReLU(in_channels, 8, 3, 2)
+        self.conv = nn.Conv2d(8, 8, 3, 1, 1)
+        self.gate = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.conv(x) + x
+        return self.fc((y * torch.sigmoid(self.gate(y))).mean((2, 3)))
+
+
+def bare_ops_net(*, num_classes: int = 10, in_channels: int = 1, **_: object) -> BareOpsNet:
+    return BareOpsNet(num_classes, in_channels)
+
+
 def build_residual(directory: Path, *, epochs: int = 4) -> dict[str, Path]:
     """Train `residual_net` on digits (seed 0; 66% after 4 epochs); write `checkpoint/` and
     model_fp32.onnx."""

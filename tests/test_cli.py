@@ -62,6 +62,9 @@ def test_train_is_deterministic_and_writes_its_files(tmp_path):
     (["quantize", "dsc_net", "--checkpoint", "ck", "--out", "q", "--method", "ptq",
       "--observer", "kl"], "--observer must be one of minmax, moving_average, histogram"),
     (["convert", "/"], "ONNX model / is a directory, not a file"),
+    # int8-only flags on the fp32 export are an error, not silently ignored
+    (["export", "dsc_net", "--checkpoint", "ck", "--io", "uint8", "--onnx-activations",
+      "int8"], "--io and --onnx-activations set the int8 artifacts (--int8, or --quantized"),
 ])
 def test_errors_are_one_line_and_exit_2(args, message):
     result = edgecnn(*args)

@@ -171,6 +171,12 @@ def test_bad_formats_and_missing_checkpoint_are_one_line_errors(tmp_path):
                          "--out", str(tmp_path / "out"))
     assert result.returncode == 2 and "--epochs, --input-size are for training a new one" \
         in result.stderr, result.stderr
+    # --freeze-epochs is one of them (it said "needs --pretrained", which --checkpoint is not)
+    result = export_int8("--checkpoint", str(tmp_path), "--freeze-epochs", "2",
+                         "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and "--freeze-epochs is for training a new one, without " \
+        "--checkpoint" in result.stderr and "needs --pretrained" not in result.stderr, \
+        result.stderr
 
 
 def test_stage_keys_change_with_the_edgecnn_version(monkeypatch):

@@ -128,8 +128,9 @@ def test_keep_float_pattern_errors(planted):
     model, config = load_checkpoint(planted["checkpoint"])
     data = load("digits")
     x, _ = to_tensors(data.train_images[:8], data.train_labels[:8], config.preprocessing)
-    with pytest.raises(EdgecnnError, match=r"^keep_float 'blok' matches no layer.*layers: "
-                                           r"stem\.0, block\.conv, block\.proj, head\.0, fc"):
+    with pytest.raises(EdgecnnError, match=r"^keep_float 'blok' matches no layer.*layers and "
+                                           r"nodes: stem\.0, block\.conv, block\.proj, head\.0, "
+                                           r"adaptive_avg_pool2d, flatten, fc$"):
         quant.quantize(model, x[:2], quant.PTQ(calib_batches=1), train_data=x,
                        config=QuantConfig(keep_float=("blok",)))
 
@@ -290,6 +291,10 @@ def test_rank_groups_order_inputs_writers_and_the_first_layer():
     # --fallback int16: the add (named by the tensor it writes) is movable too, and moves
     # with its writers, so the tensors between them stay int16
     assert rank_groups(report, [*layers, "add_1"]) == [["add_1", "conv1"], ["conv1"]]
+    # an op the fp32 reference names otherwise (its graph is not the program's) moves by
+    # its tensor, the candidate's name for it
+    report["layers"][3]["layer"] = "add_20"
+    assert rank_groups(report, [*layers, "c"]) == [["c", "conv1"], ["conv1"]]
 
 
 def test_keep_float_under_qat_folds_the_float_layers_bn(tmp_path):
@@ -642,6 +647,46 @@ def test_int16_pool_add_mean_end_to_end(residual, tmp_path_factory, digits):
     assert set(metrics.int16_ops) <= {e["layer"] for e in report["layers"]}, report["layers"]
 
 
+def test_fallback_int16_names_a_bare_add_and_mul(tmp_path, digits):
+    """A residual add with no activation after it and a gating mul: the ONNX files name
+    their tensors as the torch program names the ops (the exporter's decomposition had
+    renumbered them, `add` -> `add_55`), so `edgecnn inspect` ranks them under the names
+    `--int16` selects, and a `--fallback int16` group holding the add moves it."""
+    import torch
+    from planted_model import bare_ops_net
+
+    from edgecnn import quant
+    from edgecnn.export import onnx as onnx_export
+    from edgecnn.export.tflite import convert
+    from edgecnn.fallback import patterns, rank_groups
+    from edgecnn.quant.precision import int8_layers, int16_capable_ops, int16_ops
+    from edgecnn.quant.spec import QuantConfig
+    from edgecnn.train import preprocessing_for, to_tensors
+    from edgecnn.verify.inspect import run_inspect
+
+    torch.manual_seed(0)
+    model = bare_ops_net().eval()
+    preprocessing = preprocessing_for(digits)
+    x, _ = to_tensors(digits.train_images[:64], digits.train_labels[:64], preprocessing)
+    program = quant.quantize(model, x[:2], quant.PTQ(calib_batches=2), train_data=x)
+    movable = int8_layers(program) + int16_capable_ops(program)
+    assert {"add", "mul"} <= set(movable), movable
+    fp32 = onnx_export.export_fp32(model, preprocessing, tmp_path / "fp32.onnx")
+    qdq = onnx_export.export_qdq(program, preprocessing, tmp_path / "int8.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tflite = convert(qdq, tmp_path / "int8.tflite")
+    report = run_inspect(fp32, tflite, "digits", images=8)
+    named = {e["tensor"]: e["layer"] for e in report["layers"]}
+    assert named.get("add") == "add" and named.get("mul") == "mul", named
+    groups = rank_groups(report, movable)
+    group = next((g for g in groups if "add" in g), None)
+    assert group is not None, groups
+    moved = quant.quantize(model, x[:2], quant.PTQ(calib_batches=2), train_data=x,
+                           config=QuantConfig(int16=patterns(group)))
+    assert "add" in int16_ops(moved), (group, int16_ops(moved))
+
+
 def test_int16_sigmoid_takes_the_fixed_int16_output(tmp_path, digits):
     """A sigmoid in `--int16` takes the fixed output LOGISTIC's 16x8 kernel checks (1/32768,
     zero point 0) in the QDQ ONNX and the .tflite; with the conv before it and the pool and
@@ -898,10 +943,41 @@ def test_int16_errors_are_one_line(planted):
     model, config = load_checkpoint(planted["checkpoint"])
     data = load("digits")
     x, _ = to_tensors(data.train_images[:8], data.train_labels[:8], config.preprocessing)
-    with pytest.raises(EdgecnnError, match=r"^int16 'blok' matches no layer.*block\.conv"):
+    with pytest.raises(EdgecnnError, match=r"^int16 'blok' matches no layer.*layers and nodes: "
+                                           r"stem\.0, block\.conv, block\.proj, head\.0, "
+                                           r"adaptive_avg_pool2d, flatten, fc$"):
         quant.quantize(model, x[:2], quant.PTQ(calib_batches=1), train_data=x,
                        config=QuantConfig(int16=("blok",)))
     import torch
+
+    from edgecnn.quant.calibrate import capture
+    from edgecnn.quant.precision import select
+
+    deep = capture(torch.nn.Sequential(*[torch.nn.Conv2d(1, 1, 1) for _ in range(24)]).eval(),
+                   x[:2], train=False)
+    with pytest.raises(EdgecnnError, match=r"layers and nodes: 0, 1, 2, .*, 19 \.\.\. 4 more$"):
+        select(deep, ["blok"], "int16")  # the first 20 names, then how many more
+    # a layer both --int16 and --keep-float select: an error naming both, before calibration
+    # (and in the check export --int8 runs before training), not silently float
+    from edgecnn.quant.calibrate import check_patterns
+
+    both = QuantConfig(keep_float=(r"block\.conv",), int16=("block",))
+    for run in (lambda: check_patterns(model, x[:2], both),
+                lambda: quant.quantize(model, x[:2], quant.PTQ(calib_batches=1), train_data=x,
+                                       config=both)):
+        with pytest.raises(EdgecnnError) as error:
+            run()
+        assert str(error.value).startswith("int16 and keep_float both select block.conv: ")
+        assert error.value.for_cli().startswith("--int16 and --keep-float both select "
+                                                "block.conv: ")
+    # so --fallback int16 never proposes an op the user keeps float (it reads int8 too)
+    from edgecnn.quant.precision import int16_capable_ops
+
+    program = quant.quantize(model, x[:2], quant.PTQ(calib_batches=1), train_data=x,
+                             config=QuantConfig(keep_float=("pool",)))
+    assert "adaptive_avg_pool2d" not in int16_capable_ops(program)
+    program = quant.quantize(model, x[:2], quant.PTQ(calib_batches=1), train_data=x)
+    assert "adaptive_avg_pool2d" in int16_capable_ops(program)
 
     tanh_model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Tanh()).eval()
     with pytest.raises(EdgecnnError) as error:

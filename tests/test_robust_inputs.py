@@ -248,14 +248,21 @@ def test_a_broken_reference_fails_the_gate(robust_base, tmp_path, edgecnn_cmd):
     assert not report["passed"] and report["manifest"]["model_int8.tflite"]["sha256"]
 
 
-def test_a_failure_inside_a_converter_step_names_the_node(tmp_path, edgecnn_cmd):
-    """A Transpose whose perm has 3 axes on a rank-4 tensor reaches the layout rule (the
-    ONNX checker lets it through): `convert` says which node and step, in one line."""
+@pytest.mark.parametrize("perm, message", [
+    # the ONNX checker lets a short perm through: the Transpose layout rule says why
+    ([0, 2, 1], "node 'odd_perm' (Transpose): perm [0, 2, 1] has 3 axes, its input has rank 4"),
+    ([0, 1, 1, 3], "node name: odd_perm): [TypeInferenceError] Attribute perm for Transpose "
+                   "has repeated value: 1"),  # the checker's
+])
+def test_a_transpose_perm_that_does_not_fit_names_the_node(tmp_path, edgecnn_cmd, perm,
+                                                           message):
+    """A Transpose whose perm does not fit its rank-4 input's axes: `convert` names the
+    node and the perm in one line (a short perm was an IndexError in the layout rule)."""
     import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Transpose", ["x"], ["y"], name="odd_perm", perm=[0, 2, 1])], "g",
+        [helper.make_node("Transpose", ["x"], ["y"], name="odd_perm", perm=perm)], "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     path = tmp_path / "odd.onnx"
@@ -263,6 +270,6 @@ def test_a_failure_inside_a_converter_step_names_the_node(tmp_path, edgecnn_cmd)
     result = subprocess.run([*edgecnn_cmd, "convert", str(path), "--out",
                              str(tmp_path / "odd.tflite")], capture_output=True, text=True)
     assert result.returncode == 2, result.stderr
-    assert "node 'odd_perm' (Transpose): the Transpose layout rule failed (IndexError" \
-        in result.stderr and "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
     assert not (tmp_path / "odd.tflite").exists()

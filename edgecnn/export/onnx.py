@@ -52,7 +52,9 @@ DEFAULT_ACTIVATIONS = "uint8"
 
 def to_onnx(module: torch.nn.Module, example_input: torch.Tensor,
             opset: int = OPSET) -> onnx.ModelProto:
-    """torch.onnx.export (dynamo) at `opset` with a dynamic batch dimension named `batch`."""
+    """torch.onnx.export (dynamo) at `opset` with a dynamic batch dimension named `batch`.
+    Tensors are named after the torch graph's nodes, as they were before the exporter's
+    decomposition renumbered some (`source_names`)."""
     if example_input.shape[0] < 2:
         example_input = example_input.expand(2, *example_input.shape[1:]).contiguous()
     if not isinstance(module, torch.export.ExportedProgram):
@@ -68,7 +70,50 @@ def to_onnx(module: torch.nn.Module, example_input: torch.Tensor,
                                         input_names=["input"], output_names=["logits"])
     except Exception as exc:  # noqa: BLE001 - any exporter failure, reported by node and op
         raise EdgecnnError(f"ONNX export failed: {describe_export_error(exc, opset)}") from exc
-    return program.model_proto
+    proto = program.model_proto
+    if getattr(program, "exported_program", None) is not None:
+        rename_values(proto, source_names(program.exported_program))
+    return proto
+
+
+def source_names(exported: torch.export.ExportedProgram) -> dict[str, str]:
+    """{node name after the exporter's decomposition: its name before} for the nodes it
+    renumbered: decomposing the graph renames every node, and an op that other ops'
+    decompositions also emit takes a later number (a residual add `add` -> `add_55`).
+    Only a node with its source's op, one per source. The name before is the torch
+    program's: what `--int16` / `--keep-float` select, `precision.int16_capable_ops` and
+    `float_islands` report, and, once the ONNX tensor carries it, `edgecnn inspect` and
+    `--fallback` (`fallback.rank_groups`) too."""
+    names = {node.name for node in exported.graph.nodes}
+    renamed = {}
+    for node in exported.graph.nodes:
+        source = (node.meta.get("from_node") or [None])[-1]
+        if (node.op == "call_function" and source is not None and source.name not in names
+                and source.target == str(node.target)):
+            renamed[node.name] = source.name
+    claims = Counter(renamed.values())
+    return {new: old for new, old in renamed.items() if claims[old] == 1}
+
+
+def rename_values(proto: onnx.ModelProto, names: dict[str, str]) -> None:
+    """Rename the graph's tensors (node outputs and initializers the exporter folded
+    them into; their nodes, `node_<tensor>`) by `names`, in place; a name some tensor
+    already has is left alone."""
+    graph = proto.graph
+    taken = {*(v for n in graph.node for v in [*n.input, *n.output]),
+             *(i.name for i in [*graph.input, *graph.initializer])}
+    names = {new: old for new, old in names.items() if old not in taken}
+    if not names:
+        return
+    for node in graph.node:
+        for values in (node.input, node.output):
+            renamed = [names.get(v, v) for v in values]
+            del values[:]
+            values.extend(renamed)
+        if node.name.startswith("node_") and node.name[5:] in names:
+            node.name = f"node_{names[node.name[5:]]}"
+    for value in [*graph.initializer, *graph.value_info, *graph.output]:
+        value.name = names.get(value.name, value.name)
 
 
 def describe_export_error(exc: BaseException, opset: int = OPSET) -> str:

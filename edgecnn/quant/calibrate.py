@@ -15,7 +15,7 @@ from edgecnn.progress import progress_bar
 from edgecnn.quant.bias_correction import correct_biases, float_weights
 from edgecnn.quant.equalize import equalize
 from edgecnn.quant.graph import add_int32_biases
-from edgecnn.quant.precision import select
+from edgecnn.quant.precision import keep_float, mark_int16
 from edgecnn.quant.quantizer import (
     TFLiteInt8Quantizer,
     functionalize_inplace,
@@ -154,10 +154,11 @@ def ptq(model: nn.Module, example_input: torch.Tensor, x, *,
 
 def check_patterns(model, example_input, config) -> None:
     """Capture `model` (eval mode, left unchanged) and check that every pattern of
-    `config` (a QuantConfig) selects a node: the seconds-long check `export --int8` runs
-    before training. Raises EdgecnnError naming the flag (see `select`)."""
+    `config` (a QuantConfig) selects a node, as the quantizer will select them (no node
+    both float and int16): the seconds-long check `export --int8` runs before training.
+    Raises ParameterError naming the flag (see `precision.select`, `mark_int16`)."""
     if not config.keep_float and not config.int16:
         return
     gm = capture(model, example_input, train=False)
-    select(gm, config.keep_float, "keep_float")
-    select(gm, config.int16, "int16")
+    keep_float(gm, config.keep_float)
+    mark_int16(gm, config.int16)

@@ -23,7 +23,8 @@ dequantized (`float_layers`); the QDQ ONNX keeps its weights float and no
 Q/DQ on its own tensors, and the TFLite converter runs it between a
 DEQUANTIZE and a QUANTIZE (`export.tflite.passes.islands`).
 
-`--int16` selects with the same rules (`select`, `with_fused`); a matched node is marked
+`--int16` selects with the same rules (`select`, `with_fused`); a node `--keep-float` selects
+too is an error naming both flags (a layer is int16 or float, not both). A matched node is marked
 (`annotators.INT16_KEY`) and the `int16` annotator moves its activation specs to int16
 (`spec.Specs.activation16`). As with float, a tensor is int16 only when its writer and
 all its readers are int16 layers: an int16 layer reading an int8 tensor requantizes it
@@ -36,8 +37,9 @@ concat, reshapes, relu / relu6 / leaky relu, sigmoid ...): a pool or an add betw
 layers keeps their tensors int16 (`block` moves a residual block's convs and its add, and
 no int16 -> int8 -> int16 requantization is left between them). Such an op of a converted
 program reads a tensor dequantized from int16 (`int16_ops`, named by `output_name`: the
-tensor name the ONNX file and `edgecnn inspect` keep when the op is followed by a fused
-relu or is a pool / mean; a bare add's ONNX tensor is renumbered by the exporter).
+name of the tensor its ONNX / TFLite op writes, which `edgecnn inspect` reports: the
+exporter names tensors after the program's nodes, `export.onnx.source_names`, a bare add
+or mul too).
 """
 
 from __future__ import annotations
@@ -71,7 +73,13 @@ from edgecnn.quant.spec import compile_patterns
 WEIGHTED = CONV_OPS + LINEAR_OPS
 #: ops whose TFLite builtin fuses a following relu / relu6 (`annotators.annotate_binary`)
 BINARY = ADD_OPS + MUL_OPS + SCALAR_OPS
-SHOWN = 12  # layer names listed in the error for a pattern that matches nothing
+SHOWN = 20  # names an error lists (a pattern that matches nothing, ...)
+
+
+def _listed(names: list[str]) -> str:
+    """Names for an error message: the first SHOWN, then how many more."""
+    more = len(names) - SHOWN
+    return ", ".join(names[:SHOWN]) + (f" ... {more} more" if more > 0 else "")
 
 
 def node_names(node: Node) -> list[str]:
@@ -93,9 +101,18 @@ def activation_nodes(gm: GraphModule) -> list[Node]:
     return found
 
 
-def known_layers(gm: GraphModule) -> list[str]:
-    """Layer names for error messages: each weighted op's module path, in graph order."""
-    names = [layer_name(n) for n in activation_nodes(gm) if calls(n, WEIGHTED)]
+def known_names(gm: GraphModule, parameter: str) -> list[str]:
+    """Names a pattern could select, for error messages, in graph order: each conv /
+    linear's module path, and the node name of every other op but the BN / activation
+    fused into a layer or an add, the float islands and, for int16, ops without a 16x8
+    kernel."""
+    nodes = activation_nodes(gm)
+    fused = {m for n in nodes if calls(n, WEIGHTED) for m in _bn_act_after(n)}
+    fused |= {sole_user(n) for n in nodes
+              if calls(n, BINARY) and is_fusable_activation(sole_user(n))}
+    names = [layer_name(n) if calls(n, WEIGHTED) else n.name for n in nodes
+             if calls(n, WEIGHTED) or not (n in fused or is_float_island(n) or (
+                 parameter == "int16" and not calls(n, INT16_OPS)))]
     return list(dict.fromkeys(names))
 
 
@@ -103,8 +120,8 @@ def select(gm: GraphModule, patterns: Iterable[str], parameter: str) -> list[Nod
     """Nodes any pattern matches, in graph order.
 
     Raises ParameterError when a pattern matches no node, naming `parameter` (keep_float /
-    int16) and listing layer names, so a typo fails in seconds, before calibration or
-    training.
+    int16) and listing the names it could match (`known_names`: the first SHOWN, then how
+    many more), so a typo fails in seconds, before calibration or training.
     """
     compiled = compile_patterns(patterns, parameter)
     nodes = activation_nodes(gm)
@@ -112,11 +129,10 @@ def select(gm: GraphModule, patterns: Iterable[str], parameter: str) -> list[Nod
     for pattern in compiled:
         hits = [n for n in nodes if any(pattern.fullmatch(name) for name in node_names(n))]
         if not hits:
-            layers = known_layers(gm)
-            shown = ", ".join(layers[:SHOWN]) + (" ..." if len(layers) > SHOWN else "")
             raise ParameterError(parameter, f"{pattern.pattern!r} matches no layer or node (a "
                                             f"regular expression over module paths and node "
-                                            f"names, matched in full); layers: {shown}")
+                                            f"names, matched in full); layers and nodes: "
+                                            f"{_listed(known_names(gm, parameter))}")
         chosen.update(dict.fromkeys(hits))
     return [n for n in nodes if n in chosen]
 
@@ -178,9 +194,30 @@ def _refuse_fused_alone(selected: list[Node], parameter: str) -> None:
                                             "select that layer")
 
 
+def _bn_act_after(layer: Node) -> list[Node]:
+    """The BN and activation TFLite fuses into conv / linear `layer`, claimed or not."""
+    after, user = [], sole_user(layer)
+    if calls(user, BATCH_NORM_OPS):
+        after, user = [user], sole_user(user)
+    return after + ([user] if is_fusable_activation(user) else [])
+
+
+def _refuse_float(marked: list[Node]) -> None:
+    """An int16 node the keep_float patterns already claimed: raise naming the layers (a
+    conv / linear with its fused BN and activation as one) or nodes both select."""
+    both = [n for n in marked if n.meta.get(FLOAT_KEY)]
+    fused = {m for n in both if calls(n, WEIGHTED) for m in _bn_act_after(n)}
+    if both:
+        names = list(dict.fromkeys(layer_name(n) if calls(n, WEIGHTED) else n.name
+                                   for n in both if n not in fused))
+        raise ParameterError("int16", f"and {{keep_float}} both select {_listed(names)}: a "
+                                      "layer is int16 or float, not both; narrow one pattern",
+                             also=("keep_float",))
+
+
 def _mark(gm: GraphModule, patterns: Iterable[str], parameter: str, key: str) -> list[Node]:
-    """Set `node.meta[key]` on the nodes `patterns` select and their fused BN / activation
-    (a node already kept float is left alone). In place; returns the marked nodes."""
+    """Set `node.meta[key]` on the nodes `patterns` select and their fused BN / activation.
+    In place; returns the marked nodes."""
     patterns = list(patterns)
     if not patterns:
         return []
@@ -189,8 +226,9 @@ def _mark(gm: GraphModule, patterns: Iterable[str], parameter: str, key: str) ->
         selected += [owner for n in selected if (owner := _binary_owner(n)) is not None]
         selected = [m for node in selected for m in with_fused_binary(node)]
         _refuse_fused_alone(selected, parameter)
-    marked = [m for node in selected for m in with_fused(node)]
-    marked = [n for n in dict.fromkeys(marked) if not n.meta.get(FLOAT_KEY)]
+    marked = list(dict.fromkeys(m for node in selected for m in with_fused(node)))
+    if key == INT16_KEY:
+        _refuse_float(marked)
     for node in marked:
         node.meta[key] = True
     return marked
@@ -199,15 +237,16 @@ def _mark(gm: GraphModule, patterns: Iterable[str], parameter: str, key: str) ->
 def keep_float(gm: GraphModule, patterns: Iterable[str]) -> list[Node]:
     """Claim the nodes `patterns` select (and their fused BN / activation) with no
     quantization, before the int8 annotators run. In place; returns the claimed nodes.
-    Raises EdgecnnError for a pattern that matches nothing (see `select`)."""
+    Raises ParameterError for a pattern that matches nothing (see `select`)."""
     return _mark(gm, patterns, "keep_float", FLOAT_KEY)
 
 
 def mark_int16(gm: GraphModule, patterns: Iterable[str]) -> list[Node]:
     """Mark the nodes `patterns` select (and their fused BN / activation) for 16x8, before
-    the annotators run (the `int16` annotator reads the mark); nodes kept float stay
-    float. In place; returns the marked nodes. Raises EdgecnnError for a pattern that
-    matches nothing (see `select`)."""
+    the annotators run (the `int16` annotator reads the mark), after `keep_float`. In
+    place; returns the marked nodes. Raises ParameterError for a pattern that matches
+    nothing (see `select`), and naming int16 and keep_float when a node `keep_float`
+    claimed is selected too: a layer is int16 or float, not both."""
     return _mark(gm, patterns, "int16", INT16_KEY)
 
 
@@ -233,7 +272,8 @@ def _reads_dequantized(node: Node, dtype: torch.dtype) -> bool:
 def _ops(gm: GraphModule, dtype: torch.dtype) -> list[str]:
     return [output_name(node) for node in activation_nodes(gm)
             if calls(node, INT16_OPS) and not calls(node, WEIGHTED)
-            and not _dequantized(node) and _reads_dequantized(node, dtype)]
+            and not node.meta.get(FLOAT_KEY) and not _dequantized(node)
+            and _reads_dequantized(node, dtype)]
 
 
 def int16_ops(gm: GraphModule) -> list[str]:
@@ -247,8 +287,9 @@ def int16_ops(gm: GraphModule) -> list[str]:
 
 def int16_capable_ops(gm: GraphModule) -> list[str]:
     """The int8 ops of a converted program other than conv / linear that `--int16` can move
-    (`annotators.INT16_OPS`; node names, graph order): `--fallback int16` moves them with
-    the layers that write their inputs."""
+    (`annotators.INT16_OPS`; node names, graph order; not those `--keep-float` claimed,
+    which read int8 too): `--fallback int16` moves them with the layers that write their
+    inputs."""
     return _ops(gm, torch.int8)
 
 

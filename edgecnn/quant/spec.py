@@ -123,7 +123,8 @@ class QuantConfig:
     keep_float: regular expressions over layer / node names; the layers they match stay
         float (`edgecnn.quant.precision`; a pattern matching nothing raises at annotation).
     int16: regular expressions, the same rules; the layers they match get int16
-        activations and int8 weights (TFLite 16x8). A layer both patterns match stays float.
+        activations and int8 weights (TFLite 16x8). A layer both patterns match raises
+        ParameterError naming int16 and keep_float, at annotation.
     How the ranges are found (PTQ with its steps, or QAT) is the recipe's
     (`edgecnn.quant.recipe`).
     """

@@ -198,10 +198,22 @@ def reshape_layout(graph: Graph, op: Op) -> list[Op]:
     return [*before, op, *after]
 
 
+def check_perm(op: Op, perm: list[int], rank: int) -> None:
+    """Raise EdgecnnError naming the node when `perm` has not one entry per axis of its
+    input: the ONNX checker lets that through (it rejects a repeated or out-of-range axis)."""
+    if len(perm) != rank:
+        raise EdgecnnError(f"{op.describe()}: perm {perm} has {len(perm)} axes, its input "
+                           f"has rank {rank}")
+
+
 def transpose_layout(graph: Graph, op: Op) -> list[Op]:
     """Transpose of rank-4 tensors, both stored NHWC: perm p over NCHW axes becomes
-    q[j] = NHWC_AXIS[p[TO_NHWC[j]]] over the stored axes."""
-    if graph.tensor(op.inputs[0]).rank == 4:
+    q[j] = NHWC_AXIS[p[TO_NHWC[j]]] over the stored axes. Raises EdgecnnError for a perm
+    whose length is not the input's rank (`check_perm`)."""
+    rank = graph.tensor(op.inputs[0]).rank
+    if op.attrs.get("perm") is not None:
+        check_perm(op, [int(a) for a in op.attrs["perm"]], rank)
+    if rank == 4:
         perm = list(op.attrs.get("perm") or [3, 2, 1, 0])
         op.attrs["perm"] = [NHWC_AXIS[perm[TO_NHWC[j]]] for j in range(4)]
     return [op]

@@ -6,6 +6,7 @@ import numpy as np
 
 from edgecnn.export.tflite.layouts import (
     axis_layout,
+    check_perm,
     reshape_layout,
     slice_layout,
     transpose_layout,
@@ -79,9 +80,11 @@ def lower_split(ctx: Lowering, *, axis: int = 0, num_outputs: int | None = None)
 @register("Transpose", layout=transpose_layout, propagates="both")
 def lower_transpose(ctx: Lowering, *, perm: list[int] | None = None) -> None:
     """Permute axes -> TRANSPOSE (stored axes; the layout pass remapped `perm`), or RESHAPE
-    when only size-1 axes move. int8: the output shares the input's parameters."""
+    when only size-1 axes move. int8: the output shares the input's parameters. `perm`
+    has one entry per input axis (`check_perm`)."""
     x = ctx.input(0)
     perm = list(perm) if perm is not None else list(range(x.rank))[::-1]
+    check_perm(ctx.op, perm, x.rank)
     moved = [axis for axis in perm if x.shape[axis] != 1]
     if moved == sorted(moved):  # only size-1 axes move: the element order stays
         _reshape(ctx)
