@@ -1,4 +1,5 @@
-"""Small helpers shared across modules: atomic writes, stale temp files, writable outputs."""
+"""Small helpers shared across modules: atomic writes, stale temp files, writable outputs,
+name lists in messages."""
 
 from __future__ import annotations
 
@@ -17,6 +18,17 @@ _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
 #: The older naming, `.NAME.XXXXXXXX.tmp` (tempfile.mkstemp), cleaned once it is an hour old.
 _OLD_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 _OLD_TEMP_AGE_S = 3600
+
+
+#: names a message lists before saying how many more there are
+SHOWN = 20
+
+
+def listing(names: list[str], shown: int = SHOWN) -> str:
+    """Names for a one-line message: the first `shown`, comma-separated, then how many more
+    (`a, b, c ... 4 more`)."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" ... {more} more" if more > 0 else "")
 
 
 def _umask() -> int:

@@ -14,6 +14,7 @@ from torch.fx import GraphModule
 
 from edgecnn.distributed import Execution
 from edgecnn.errors import EdgecnnError
+from edgecnn.quant.annotators import known_ops
 from edgecnn.quant.artifact import load_program, save_program, to_program
 from edgecnn.quant.calibrate import calibrate, convert, prepare_ptq, ptq
 from edgecnn.quant.graph import qdq_counts, weighted_ops
@@ -79,5 +80,5 @@ def _first_input(dataset) -> torch.Tensor | None:
 
 __all__ = ["METHODS", "OBSERVERS", "PTQ", "QAT", "QAT_SCHEDULE", "QuantConfig", "Recipe",
            "TFLiteInt8Quantizer", "UnquantizedOpWarning", "calibrate", "convert",
-           "load_program", "prepare_ptq", "prepare_qat", "ptq", "qat", "qat_finetune",
+           "known_ops", "load_program", "prepare_ptq", "prepare_qat", "ptq", "qat", "qat_finetune",
            "qdq_counts", "quantize", "save_program", "to_program", "weighted_ops"]

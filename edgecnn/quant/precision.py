@@ -69,17 +69,11 @@ from edgecnn.quant.annotators import (
 )
 from edgecnn.quant.graph import layer_name
 from edgecnn.quant.spec import compile_patterns
+from edgecnn.util import listing
 
 WEIGHTED = CONV_OPS + LINEAR_OPS
 #: ops whose TFLite builtin fuses a following relu / relu6 (`annotators.annotate_binary`)
 BINARY = ADD_OPS + MUL_OPS + SCALAR_OPS
-SHOWN = 20  # names an error lists (a pattern that matches nothing, ...)
-
-
-def _listed(names: list[str]) -> str:
-    """Names for an error message: the first SHOWN, then how many more."""
-    more = len(names) - SHOWN
-    return ", ".join(names[:SHOWN]) + (f" ... {more} more" if more > 0 else "")
 
 
 def node_names(node: Node) -> list[str]:
@@ -120,7 +114,7 @@ def select(gm: GraphModule, patterns: Iterable[str], parameter: str) -> list[Nod
     """Nodes any pattern matches, in graph order.
 
     Raises ParameterError when a pattern matches no node, naming `parameter` (keep_float /
-    int16) and listing the names it could match (`known_names`: the first SHOWN, then how
+    int16) and listing the names it could match (`known_names`: the first 20, then how
     many more), so a typo fails in seconds, before calibration or training.
     """
     compiled = compile_patterns(patterns, parameter)
@@ -132,7 +126,7 @@ def select(gm: GraphModule, patterns: Iterable[str], parameter: str) -> list[Nod
             raise ParameterError(parameter, f"{pattern.pattern!r} matches no layer or node (a "
                                             f"regular expression over module paths and node "
                                             f"names, matched in full); layers and nodes: "
-                                            f"{_listed(known_names(gm, parameter))}")
+                                            f"{listing(known_names(gm, parameter))}")
         chosen.update(dict.fromkeys(hits))
     return [n for n in nodes if n in chosen]
 
@@ -210,7 +204,7 @@ def _refuse_float(marked: list[Node]) -> None:
     if both:
         names = list(dict.fromkeys(layer_name(n) if calls(n, WEIGHTED) else n.name
                                    for n in both if n not in fused))
-        raise ParameterError("int16", f"and {{keep_float}} both select {_listed(names)}: a "
+        raise ParameterError("int16", f"and {{keep_float}} both select {listing(names)}: a "
                                       "layer is int16 or float, not both; narrow one pattern",
                              also=("keep_float",))
 

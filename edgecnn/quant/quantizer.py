@@ -13,6 +13,7 @@ from edgecnn.errors import EdgecnnError
 from edgecnn.quant.annotators import ANNOTATORS, known_ops, unannotated
 from edgecnn.quant.precision import keep_float, mark_int16
 from edgecnn.quant.spec import QuantConfig, make_specs
+from edgecnn.util import listing
 
 aten = torch.ops.aten
 
@@ -209,9 +210,10 @@ class TFLiteInt8Quantizer(Quantizer):
         missing = unannotated(model)
         if not missing:
             return
-        names = ", ".join(f"{n.name} ({n.target})" for n in missing)
-        message = (f"no quantization rule for {len(missing)} node(s): {names}; "
-                   f"supported ops: {', '.join(known_ops())}")
+        names = listing([f"{n.name} ({n.target})" for n in missing])
+        message = (f"no quantization rule for {len(missing)} node(s): {names} "
+                   f"(edgecnn.quant.known_ops() lists the {len(known_ops())} aten ops it "
+                   f"quantizes)")
         if self.config.strict:
             raise EdgecnnError(message)
         warnings.warn(f"{message}. These stay float.", UnquantizedOpWarning, stacklevel=2)

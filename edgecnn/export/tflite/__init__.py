@@ -25,7 +25,7 @@ from edgecnn.export.tflite.graph import Graph, import_onnx
 from edgecnn.export.tflite.ops import LOWERINGS, lower_graph
 from edgecnn.export.tflite.passes import ONNX_PASSES, TFLITE_PASSES, float_io, name_io, uint8_io
 from edgecnn.runtime.check import check_onnx, check_tflite
-from edgecnn.util import atomic_write
+from edgecnn.util import atomic_write, listing
 
 IO_MODES = ("int8", "uint8", "float")
 
@@ -107,8 +107,7 @@ def _check_int8_inputs(graph: Graph, io: str, where: str) -> None:
 def _report_notes(graph: Graph, where: str) -> None:
     """One ConversionWarning per kind of note the passes recorded, naming the nodes."""
     for kind, names in graph.notes.items():
-        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
-        warnings.warn(f"{where}: {len(names)} op(s): {kind}: {shown}", ConversionWarning,
+        warnings.warn(f"{where}: {len(names)} op(s): {kind}: {listing(names)}", ConversionWarning,
                       stacklevel=4)
 
 
