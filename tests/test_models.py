@@ -82,3 +82,19 @@ def test_unknown_model_lists_known_ones():
         create_model("resnet9000")
     with pytest.raises(EdgecnnError, match="cannot import module"):
         create_model("no_such_pkg.mod:factory")
+
+
+@pytest.mark.parametrize("source, error", [
+    ("def net(:\n    pass\n", r"SyntaxError: .*\(broken_\d+\.py, line 1\)"),
+    ("raise RuntimeError('no GPU here')\n", "RuntimeError: no GPU here"),
+    ("import no_such_package_xyz\n", "No module named 'no_such_package_xyz'"),
+])
+def test_a_user_module_that_fails_on_import_is_one_error(source, error, tmp_path, monkeypatch):
+    """The user's module runs when imported: whatever it raises (a syntax error was a
+    traceback) is one EdgecnnError naming the module and the model."""
+    name = f"broken_{abs(hash(source)) % 10**6}"
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(EdgecnnError, match=rf"^cannot import module '{name}' for model "
+                                           rf"'{name}:net': .*{error}"):
+        create_model(f"{name}:net")

@@ -191,10 +191,14 @@ def test_convert_refuses_malformed_graphs(robust_base, tmp_path, edgecnn_cmd, ed
 
 
 def test_convert_never_overwrites_its_input(robust_base, tmp_path, edgecnn_cmd):
-    model = shutil.copy(robust_base / "model_fp32.onnx", tmp_path / "m.onnx")
-    before = Path(model).read_bytes()
-    line = _one_error_line(subprocess.run([*edgecnn_cmd, "convert", str(model), "--out",
-                                           str(model)], capture_output=True, text=True,
-                                          timeout=300))
-    assert "is the input model" in line
-    assert Path(model).read_bytes() == before
+    """--out must be a *.tflite other than the input: an ONNX file given as its own output
+    is refused as named; an ONNX file misnamed *.tflite, as the input model."""
+    for name, expected in (("m.onnx", "m.onnx: a TFLite file is named *.tflite"),
+                           ("m.tflite", "is the input model")):
+        model = shutil.copy(robust_base / "model_fp32.onnx", tmp_path / name)
+        before = Path(model).read_bytes()
+        line = _one_error_line(subprocess.run([*edgecnn_cmd, "convert", str(model), "--out",
+                                               str(model)], capture_output=True, text=True,
+                                              timeout=300))
+        assert expected in line and line.startswith("error: --out"), line
+        assert Path(model).read_bytes() == before

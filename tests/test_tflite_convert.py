@@ -21,7 +21,7 @@ from edgecnn.config import (  # noqa: E402
     Preprocessing,
     sidecar_path,  # noqa: E402
 )
-from edgecnn.errors import EdgecnnError  # noqa: E402
+from edgecnn.errors import EdgecnnError, ParameterError  # noqa: E402
 from edgecnn.export.tflite import convert, to_flatbuffer  # noqa: E402
 from edgecnn.runtime.backends.tflite import interpreter  # noqa: E402
 from edgecnn.runtime.tflite_meta import read_tflite_metadata  # noqa: E402
@@ -97,6 +97,19 @@ def test_dynamic_spatial_dimension_is_refused() -> None:
                              x_shape=(1, 4, "height", 8)))
 
 
+def test_data_dependent_shape_names_its_node() -> None:
+    """NonZero's output length depends on the data: the error names the node that writes
+    the dynamic tensor (it named only the tensor)."""
+    node = helper.make_node("NonZero", ["x"], ["y"], name="my_nonzero")
+    model = helper.make_model(helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (1, 4))],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, None)]),
+        opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.raises(EdgecnnError, match=r"node 'my_nonzero' \(NonZero\): tensor 'y' has a "
+                                           r"dynamic dimension 1"):
+        to_flatbuffer(model)
+
+
 def test_dynamic_batch_becomes_one() -> None:
     data = to_flatbuffer(_model([helper.make_node("Relu", ["x"], ["y"])],
                                 x_shape=("batch", 4, 8, 8)))
@@ -118,6 +131,13 @@ def test_bad_files_and_flags(tmp_path) -> None:
     with pytest.raises(EdgecnnError):
         convert(_model([helper.make_node("Cos", ["x"], ["y"])]), tmp_path / "out.tflite")
     assert not list(tmp_path.glob("out.tflite*"))  # a failed conversion writes nothing
+    with pytest.raises(ParameterError, match=r"^out_path .*out\.onnx: a TFLite file is named "
+                                             r"\*\.tflite"):
+        convert(_conv_model(), tmp_path / "out.onnx")
+    tflite = tmp_path / "model.tflite"
+    tflite.write_bytes(to_flatbuffer(_conv_model()))
+    with pytest.raises(EdgecnnError, match="model.tflite is not a readable ONNX model"):
+        convert(tflite, tflite)  # what `edgecnn convert model.tflite` asks (said --out)
 
 
 # -- the flatbuffer -----------------------------------------------------------------------

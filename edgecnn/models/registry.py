@@ -19,7 +19,11 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 
 
 def resolve_factory(name: str) -> Callable[..., nn.Module]:
-    """A registered name, or `package.module:factory` for a model of the user's own."""
+    """A registered name, or `package.module:factory` for a model of the user's own.
+
+    Raises EdgecnnError for an unknown name, a module that cannot be imported (missing, or
+    raising on import: a SyntaxError names its file and line), or a factory that is not a
+    function or an nn.Module class."""
     if not isinstance(name, str) or not name.strip():
         raise EdgecnnError(f"model name is empty; known: {', '.join(models)} or "
                            "package.module:factory")
@@ -33,6 +37,9 @@ def resolve_factory(name: str) -> Callable[..., nn.Module]:
     except ImportError as exc:
         raise EdgecnnError(f"cannot import module {module_name!r} for model {name!r}: {exc}") \
             from None
+    except Exception as exc:  # noqa: BLE001 - the user's module runs on import: any error
+        raise EdgecnnError(f"cannot import module {module_name!r} for model {name!r}: "
+                           f"{type(exc).__name__}: {first_line(exc)}") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise EdgecnnError(f"{module_name!r} has no callable {attr!r} (model {name!r})")

@@ -168,11 +168,18 @@ def convert(onnx_model_or_path: onnx.ModelProto | str | Path, out_path: str | Pa
     pipeline passes it); the onnxruntime variant edgecnn ships as model_int8.onnx is
     read too (uint8 activations like any uint8 QDQ file; its zero-padded stem channels
     are removed by `onnx_passes.unpad_input_channels`).
+
+    Raises EdgecnnError naming the file, node or op that cannot be converted, and
+    ParameterError (out_path) for an output not named *.tflite or equal to the input.
     """
     out_path = Path(out_path)
+    if out_path.suffix.lower() != ".tflite":
+        raise ParameterError("out_path", f"{out_path}: a TFLite file is named *.tflite",
+                             flag="--out")
     if not isinstance(onnx_model_or_path, onnx.ModelProto) and out_path.exists() \
             and Path(onnx_model_or_path).exists() \
             and out_path.resolve() == Path(onnx_model_or_path).resolve():
+        _load(onnx_model_or_path)  # a .tflite given as the input: say it is not ONNX
         raise ParameterError("out_path", f"{out_path} is the input model; choose another "
                              "path", flag="--out")
     named = str(out_path) if isinstance(onnx_model_or_path, onnx.ModelProto) else None

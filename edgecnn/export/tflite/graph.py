@@ -219,6 +219,8 @@ def _attribute(attr: onnx.AttributeProto) -> Any:
 
 
 def _static_shape(value: onnx.ValueInfoProto, where: str) -> tuple[int, ...] | None:
+    """The shape of `value` with a symbolic batch as 1; raises EdgecnnError for another
+    dynamic dimension. `where`: the model, or the model and the node writing `value`."""
     ttype = value.type.tensor_type
     if not ttype.HasField("shape"):
         return None
@@ -259,10 +261,12 @@ def import_onnx(model: onnx.ModelProto, where: str = "model") -> Graph:
         graph.add_const(init.name, numpy_helper.to_array(init))
     initializers = {init.name for init in onnx_graph.initializer}
     values = list(onnx_graph.input) + list(onnx_graph.value_info) + list(onnx_graph.output)
+    writers = {out: f"{where}: node {node.name or node.op_type!r} ({node.op_type})"
+               for node in onnx_graph.node for out in node.output}
     for value in values:
         if value.name in graph.tensors or not value.type.HasField("tensor_type"):
             continue
-        shape = _static_shape(value, where)
+        shape = _static_shape(value, writers.get(value.name, where))  # NonZero: its node
         if shape is not None:
             graph.add_tensor(value.name, shape, _dtype(value.type.tensor_type.elem_type))
     for value in onnx_graph.input:
