@@ -37,7 +37,9 @@ def test_fp32_onnx_matches_torch_and_has_a_dynamic_batch(dsc_reference):
     assert run(paths["fp32"], vx[:1].numpy()).shape == (1, 10)
     proto = onnx.load(str(paths["fp32"]))
     assert proto.opset_import[0].version == onnx_export.OPSET
-    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    # the dynamic batch is named `batch` (torch's own symbol was s77), in and out
+    for value in (proto.graph.input[0], proto.graph.output[0]):
+        assert value.type.tensor_type.shape.dim[0].dim_param == "batch"
     onnx.checker.check_model(proto, full_check=True)
     meta = ArtifactMetadata.from_json({p.key: p.value for p in proto.metadata_props}["edgecnn"])
     assert meta.preprocessing == config.preprocessing and meta.precision == "fp32"

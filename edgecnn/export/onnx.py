@@ -73,7 +73,21 @@ def to_onnx(module: torch.nn.Module, example_input: torch.Tensor,
     proto = program.model_proto
     if getattr(program, "exported_program", None) is not None:
         rename_values(proto, source_names(program.exported_program))
+    name_batch_dimension(proto)
     return proto
+
+
+def name_batch_dimension(proto: onnx.ModelProto, name: str = "batch") -> None:
+    """Rename the input's symbolic batch dimension (torch's symbol, `s77`) to `name`
+    wherever a shape uses it, in place."""
+    dims = [d for v in proto.graph.input[:1] for d in v.type.tensor_type.shape.dim[:1]]
+    symbol = dims[0].dim_param if dims and dims[0].HasField("dim_param") else None
+    if not symbol:
+        return
+    for value in (*proto.graph.input, *proto.graph.output, *proto.graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param") and dim.dim_param == symbol:
+                dim.dim_param = name
 
 
 def source_names(exported: torch.export.ExportedProgram) -> dict[str, str]:
