@@ -24,6 +24,7 @@ from edgecnn.distributed import Execution
 from edgecnn.errors import EdgecnnError
 from edgecnn.flags import check_all, check_fields
 from edgecnn.models import create_model
+from edgecnn.preflight import check_interface
 from edgecnn.progress import console
 from edgecnn.train import TrainConfig, model_options_for, preprocessing_for, train
 from edgecnn.util import atomic_write
@@ -110,7 +111,8 @@ def train_reference(model_name: str, data: str, directory: Path,
     execution: device and loader workers (`edgecnn.distributed`); under torchrun every
     rank trains (DistributedDataParallel) and rank 0 alone writes `directory`.
     Raises EdgecnnError before any training for a bad weights file, a tensor with no
-    home, or options out of range.
+    home, options out of range, or a model that does not map the images to one
+    [N, classes] logits tensor (`preflight.check_interface`).
     """
     from edgecnn.checkpoint import check_options
     from edgecnn.models.pretrained import _classifier, load_pretrained_file, read_weights
@@ -140,6 +142,7 @@ def train_reference(model_name: str, data: str, directory: Path,
         if schedule.epochs == 0 and loaded.head == "replaced":
             raise EdgecnnError(f"epochs=0 uses the weights as they are, but {loaded.head_note}"
                                ": train at least one epoch")
+    check_interface(model, preprocessing, model_name, data)
     if preflight is not None:
         _preflight(model, preprocessing, artifacts, preflight, quant_config)
     measured = train(model, dataset, preprocessing, schedule, show_progress=show_progress,

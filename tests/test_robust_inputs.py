@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -266,3 +267,52 @@ def test_a_failure_inside_a_converter_step_names_the_node(tmp_path, edgecnn_cmd)
     assert "node 'odd_perm' (Transpose): the Transpose layout rule failed (IndexError" \
         in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert not (tmp_path / "odd.tflite").exists()
+
+
+# --- the model's interface: one [N, classes] logits tensor ------------------------------------
+
+TESTS = str(Path(__file__).parent)
+HINT = "(give the factory a num_classes parameter and size the head with it: edgecnn passes 10)"
+
+
+@pytest.mark.parametrize("command, model, expected", [
+    ("export", "TupleOut", "returns a tuple of 2 values; edgecnn needs one [N, 10] logits tensor"),
+    ("train", "SpatialOut", "returns [N, 10, 8, 8]; edgecnn needs [N, 10] logits (a classifier: "
+                            "pool and flatten before the head)"),
+    ("export", "seven_logits", f"returns 7 logits per image; digits has 10 classes {HINT}"),
+    ("train", "imagenet_head", f"returns 1000 logits per image; digits has 10 classes {HINT}"),
+], ids=["tuple", "spatial", "7-classes", "1000-classes"])
+def test_a_model_interface_misfit_stops_before_training(edgecnn_cmd, tmp_path, monkeypatch,
+                                                        command, model, expected):
+    """A model that returns a tuple, a spatial map or another class count: one line
+    naming it as typed, before any epoch (a traceback in the training
+    loop, or a failure at validate after all the work, before)."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [TESTS, os.environ.get(
+        "PYTHONPATH")])))
+    out = tmp_path / "out"
+    args = ["export", "--int8", "--ptq"] if command == "export" else ["train"]
+    result = _cli(edgecnn_cmd, *args, f"user_models:{model}", "--data", "digits", "--epochs",
+                  "1", "--out", str(out))
+    assert _one_error(result) == f"error: user_models:{model} {expected}".replace(" :", ":")
+    assert "epoch" not in result.stdout + result.stderr
+    assert not out.exists()
+
+
+def test_a_checkpoint_of_another_class_count_stops_before_quantizing(edgecnn_cmd, tmp_path,
+                                                                    monkeypatch, digits):
+    """--checkpoint: the loaded model against its own record's class count, before PTQ."""
+    from user_models import imagenet_head
+
+    from edgecnn.checkpoint import ModelConfig, save_checkpoint
+    from edgecnn.train import preprocessing_for
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [TESTS, os.environ.get(
+        "PYTHONPATH")])))
+    ckpt = tmp_path / "ckpt"
+    save_checkpoint(ckpt, imagenet_head(), ModelConfig(
+        "user_models:imagenet_head", preprocessing_for(digits), {"num_classes": 10}, "digits"))
+    result = _cli(edgecnn_cmd, "export", "--int8", "user_models:imagenet_head", "--checkpoint",
+                  str(ckpt), "--ptq", "--out", str(tmp_path / "out"))
+    assert _one_error(result) == (f"error: user_models:imagenet_head returns 1000 logits per "
+                                  f"image; {ckpt / 'config.json'} has 10 classes {HINT}")
+    assert not (tmp_path / "out" / "quantized").exists()
