@@ -269,7 +269,7 @@ def test_a_failure_inside_a_converter_step_names_the_node(tmp_path, edgecnn_cmd)
     assert not (tmp_path / "odd.tflite").exists()
 
 
-# --- the model's interface: one [N, classes] logits tensor ------------------------------------
+# --- the model's interface: one [N, classes] logits tensor, 1 or 3 input channels -------------
 
 TESTS = str(Path(__file__).parent)
 HINT = "(give the factory a num_classes parameter and size the head with it: edgecnn passes 10)"
@@ -281,11 +281,14 @@ HINT = "(give the factory a num_classes parameter and size the head with it: edg
                             "pool and flatten before the head)"),
     ("export", "seven_logits", f"returns 7 logits per image; digits has 10 classes {HINT}"),
     ("train", "imagenet_head", f"returns 1000 logits per image; digits has 10 classes {HINT}"),
-], ids=["tuple", "spatial", "7-classes", "1000-classes"])
+    ("export", "four_channel_net", ": its first convolution (conv.0) takes 4 input channels and "
+                                   "the images of digits have 1; edgecnn gives a model grey (1 "
+                                   "channel) or RGB (3) images"),
+], ids=["tuple", "spatial", "7-classes", "1000-classes", "4-channels"])
 def test_a_model_interface_misfit_stops_before_training(edgecnn_cmd, tmp_path, monkeypatch,
                                                         command, model, expected):
-    """A model that returns a tuple, a spatial map or another class count: one line
-    naming it as typed, before any epoch (a traceback in the training
+    """A model that returns a tuple, a spatial map or another class count, or wants 4
+    channels: one line naming it as typed, before any epoch (a traceback in the training
     loop, or a failure at validate after all the work, before)."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [TESTS, os.environ.get(
         "PYTHONPATH")])))
@@ -316,3 +319,33 @@ def test_a_checkpoint_of_another_class_count_stops_before_quantizing(edgecnn_cmd
     assert _one_error(result) == (f"error: user_models:imagenet_head returns 1000 logits per "
                                   f"image; {ckpt / 'config.json'} has 10 classes {HINT}")
     assert not (tmp_path / "out" / "quantized").exists()
+
+
+def test_a_grey_dataset_feeds_an_rgb_model(tmp_path):
+    """A factory without in_channels whose first conv takes RGB, on grey digits: the record
+    says 3 channels (grey repeated, the data's statistics per channel) and every artifact
+    takes 3 channels; training, calibration and validation read the same record."""
+    import onnx
+
+    import edgecnn
+    from edgecnn.quant.recipe import PTQ
+    from edgecnn.reference import Training
+    from edgecnn.runtime.backends.tflite import interpreter
+    from edgecnn.train import TrainConfig
+
+    report = edgecnn.export_int8("user_models:rgb_net", data="digits", recipe=PTQ(),
+                                 reference=Training(TrainConfig(epochs=2, lr=1e-2)),
+                                 bench_runs=2, out=tmp_path, show_progress=False)
+    record = json.loads((tmp_path / "preprocessing.json").read_text())
+    assert record["channels"] == 3 and len(set(record["mean"])) == 1 == len(set(record["std"]))
+    config = json.loads((tmp_path / "checkpoint" / "config.json").read_text())
+    assert config["options"]["in_channels"] == 3
+    for name in ("model_fp32.onnx", "model_int8.onnx"):
+        dims = onnx.load(str(tmp_path / name)).graph.input[0].type.tensor_type.shape.dim
+        assert [d.dim_value for d in dims[1:]] == [3, 32, 32], name
+    for name in ("model_fp32.tflite", "model_int8.tflite"):
+        shape = interpreter(tmp_path / name).get_input_details()[0]["shape"]
+        assert list(shape[1:]) == [32, 32, 3], name
+    # it learnt from the repeated grey, and onnxruntime, fed by the record, agrees with torch
+    accuracy = report.data["reference_accuracy"]
+    assert accuracy > 0.3 and abs(accuracy - report.data["torch_fp32_accuracy"]) <= 1 / 359

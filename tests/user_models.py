@@ -164,6 +164,16 @@ def imagenet_head(in_channels: int = 1) -> nn.Module:
     return TinyNet(1000, in_channels)
 
 
+def rgb_net(num_classes: int = 10) -> nn.Module:
+    """A factory without an in_channels parameter whose first convolution takes RGB."""
+    return TinyNet(num_classes, 3)
+
+
+def four_channel_net(num_classes: int = 10) -> nn.Module:
+    """RGBA or RGB-D input: a first convolution taking 4 channels."""
+    return TinyNet(num_classes, 4)
+
+
 # -- blocks of the CNN literature (tests/test_blocks.py, benchmarks/blocks.py): 3-channel
 # input, 10 classes --------------------------------------------------------------------
 
