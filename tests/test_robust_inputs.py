@@ -303,7 +303,8 @@ def test_a_model_interface_misfit_stops_before_training(edgecnn_cmd, tmp_path, m
 
 def test_a_checkpoint_of_another_class_count_stops_before_quantizing(edgecnn_cmd, tmp_path,
                                                                     monkeypatch, digits):
-    """--checkpoint: the loaded model against its own record's class count, before PTQ."""
+    """--checkpoint: the loaded model against its own record's class count, before PTQ
+    (export --int8) or the fp32 ONNX (export)."""
     from user_models import imagenet_head
 
     from edgecnn.checkpoint import ModelConfig, save_checkpoint
@@ -314,11 +315,43 @@ def test_a_checkpoint_of_another_class_count_stops_before_quantizing(edgecnn_cmd
     ckpt = tmp_path / "ckpt"
     save_checkpoint(ckpt, imagenet_head(), ModelConfig(
         "user_models:imagenet_head", preprocessing_for(digits), {"num_classes": 10}, "digits"))
-    result = _cli(edgecnn_cmd, "export", "--int8", "user_models:imagenet_head", "--checkpoint",
-                  str(ckpt), "--ptq", "--out", str(tmp_path / "out"))
-    assert _one_error(result) == (f"error: user_models:imagenet_head returns 1000 logits per "
-                                  f"image; {ckpt / 'config.json'} has 10 classes {HINT}")
-    assert not (tmp_path / "out" / "quantized").exists()
+    for args in (["--int8", "--ptq"], ["--formats", "onnx"]):  # the int8 pipeline, fp32 export
+        result = _cli(edgecnn_cmd, "export", *args, "user_models:imagenet_head", "--checkpoint",
+                      str(ckpt), "--out", str(tmp_path / "out"))
+        assert _one_error(result) == (f"error: user_models:imagenet_head returns 1000 logits "
+                                      f"per image; {ckpt / 'config.json'} has 10 classes {HINT}")
+        assert not (tmp_path / "out" / "quantized").exists()
+        assert not (tmp_path / "out" / "model_fp32.onnx").exists()
+
+
+def test_a_branch_on_the_batch_size_is_caught_at_export(edgecnn_cmd, tmp_path, monkeypatch,
+                                                        digits):
+    """torch.export traces batch 2 and drops a `x.shape[0] == 1` branch: the fp32 ONNX is
+    compared with the model at batch 1 and refused, nothing written; the same model
+    without the branch exports."""
+    from user_models import BatchOneBranch, TinyNet
+
+    from edgecnn.checkpoint import ModelConfig, save_checkpoint
+    from edgecnn.train import preprocessing_for
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [TESTS, os.environ.get(
+        "PYTHONPATH")])))
+    record = preprocessing_for(digits)
+    for model in (BatchOneBranch(), TinyNet()):
+        name = f"user_models:{type(model).__name__}"
+        save_checkpoint(tmp_path / name, model, ModelConfig(name, record, {}, "digits"))
+        result = _cli(edgecnn_cmd, "export", name, "--checkpoint", str(tmp_path / name),
+                      "--formats", "onnx", "--out", str(tmp_path / f"{name}_out"))
+        if isinstance(model, BatchOneBranch):
+            line = _one_error(result)
+            assert line.startswith(f"error: {name}: the exported ONNX differs from the model at "
+                                   "batch 1 (max |diff| "), line
+            assert line.endswith("): a Python branch on the input's shape? torch.export fixes "
+                                 "such a branch for the batch it traces (2)"), line
+            assert not (tmp_path / f"{name}_out" / "model_fp32.onnx").exists()
+        else:
+            assert result.returncode == 0, result.stderr
+            assert (tmp_path / f"{name}_out" / "model_fp32.onnx").is_file()
 
 
 def test_a_grey_dataset_feeds_an_rgb_model(tmp_path):

@@ -174,6 +174,15 @@ def four_channel_net(num_classes: int = 10) -> nn.Module:
     return TinyNet(num_classes, 4)
 
 
+class BatchOneBranch(TinyNet):
+    """A Python branch on the batch size: torch.export traces batch 2 and drops it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 1:
+            x = x * 2
+        return super().forward(x)
+
+
 # -- blocks of the CNN literature (tests/test_blocks.py, benchmarks/blocks.py): 3-channel
 # input, 10 classes --------------------------------------------------------------------
 
