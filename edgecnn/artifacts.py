@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgecnn.errors import ParameterError
+from edgecnn.errors import EdgecnnError, ParameterError
 from edgecnn.export.onnx import ACTIVATION_TYPES, DEFAULT_ACTIVATIONS
 from edgecnn.export.tflite import IO_MODES
+from edgecnn.preflight import check_interface, one_thread
 
 FORMATS = ("onnx", "tflite")
 
@@ -62,16 +63,22 @@ def export_artifacts(checkpoint: Path, out_dir: Path, artifacts: ArtifactConfig 
     directory from `edgecnn.quant.run.quantize_checkpoint`) int8 ones: the files of
     `artifacts.paths(out_dir, precision)`, written atomically; returns them.
 
-    Raises EdgecnnError for a checkpoint that does not load (or is not `model_name`'s)
-    and for a graph the converter cannot lower (naming the node).
+    Raises EdgecnnError for a checkpoint that does not load (or is not `model_name`'s),
+    a model that does not return one [N, classes] logits tensor
+    (`preflight.check_interface`), an fp32 ONNX that differs from the model at batch 1
+    (`check_batch_one`) and a graph the converter cannot lower (naming the node); nothing
+    is written then.
     """
     from edgecnn.checkpoint import load_checkpoint
     from edgecnn.export import onnx as onnx_export
 
     model, config = load_checkpoint(Path(checkpoint), model_name)
     if quantized is None:
+        check_interface(model, config.preprocessing, config.model,
+                        str(Path(checkpoint) / "config.json"))
         precision, proto = "fp32", onnx_export.fp32_model(model, config.preprocessing,
                                                           model_name=config.model)
+        check_batch_one(model, proto, config.preprocessing, config.model)
         shipped = proto
     else:
         from edgecnn import quant
@@ -89,3 +96,32 @@ def export_artifacts(checkpoint: Path, out_dir: Path, artifacts: ArtifactConfig 
 
             written.append(convert(proto, path, io=artifacts.io if quantized else "float"))
     return written
+
+
+def check_batch_one(model, proto, preprocessing, model_name: str, images: int = 2) -> None:
+    """The fp32 ONNX `proto` (onnxruntime) gives `model`'s logits at batch 1, as devices
+    run it, on `images` random inputs, within 1e-3 of the largest |logit| (float
+    rounding is ~1e-6 of it). torch.export traces a batch of 2 with the batch dimension
+    dynamic: a Python branch on the input's shape is fixed for that batch and the other
+    branch is gone from the file, silently. Raises EdgecnnError naming the model."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    h, w = preprocessing.input_size
+    x = torch.randn(images, 1, preprocessing.channels, h, w,
+                    generator=torch.Generator().manual_seed(1))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(proto.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    with torch.no_grad(), one_thread():
+        expected = np.stack([model.eval()(xi).numpy() for xi in x])
+    got = np.stack([session.run(None, {name: xi.numpy()})[0] for xi in x])
+    diff = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else np.inf
+    if not diff <= 1e-3 * float(np.max(np.abs(expected))) + 1e-6:
+        raise EdgecnnError(f"{model_name}: the exported ONNX differs from the model at batch 1 "
+                           f"(max |diff| {diff:.3g}): a Python branch on the input's shape? "
+                           "torch.export fixes such a branch for the batch it traces (2)")

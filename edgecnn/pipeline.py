@@ -28,6 +28,7 @@ from edgecnn.artifacts import ArtifactConfig, export_artifacts
 from edgecnn.checkpoint import ModelConfig, load_checkpoint, read_config
 from edgecnn.errors import EdgecnnError, ParameterError
 from edgecnn.fallback import check_fallback
+from edgecnn.preflight import check_interface
 from edgecnn.progress import console
 from edgecnn.quant.recipe import PTQ, QAT, Recipe
 from edgecnn.quant.run import QuantizeResult
@@ -219,6 +220,7 @@ def export_int8(model: str, *, data: str = "digits",
     else:
         ckpt_dir = Path(reference)
         loaded, loaded_config = load_checkpoint(ckpt_dir, model)  # fail early on a misfit
+        check_interface(loaded, loaded_config.preprocessing, model, str(ckpt_dir / "config.json"))
         check_patterns(loaded, loaded_config.preprocessing, quant)
     ckpt_key = _files_digest(ckpt_dir / "checkpoint.pt") + _files_digest(ckpt_dir / "config.json")
     config = read_config(ckpt_dir)

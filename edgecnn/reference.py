@@ -24,8 +24,16 @@ from edgecnn.distributed import Execution
 from edgecnn.errors import EdgecnnError
 from edgecnn.flags import check_all, check_fields
 from edgecnn.models import create_model
+from edgecnn.preflight import check_interface
 from edgecnn.progress import console
-from edgecnn.train import TrainConfig, model_options_for, preprocessing_for, train
+from edgecnn.train import (
+    TrainConfig,
+    default_input_size,
+    factory_options,
+    input_channels,
+    preprocessing_for,
+    train,
+)
 from edgecnn.util import atomic_write
 
 
@@ -109,8 +117,12 @@ def train_reference(model_name: str, data: str, directory: Path,
     (`--keep-float`) must each match a layer, checked before any epoch (raises).
     execution: device and loader workers (`edgecnn.distributed`); under torchrun every
     rank trains (DistributedDataParallel) and rank 0 alone writes `directory`.
+    The model's first convolution sets the input channels of the preprocessing record
+    (grey images repeated to RGB, or RGB reduced to luma, when it wants the other).
     Raises EdgecnnError before any training for a bad weights file, a tensor with no
-    home, or options out of range.
+    home, options out of range, a first convolution taking neither 1 nor 3 channels, or
+    a model that does not map the images to one [N, classes] logits tensor
+    (`preflight.check_interface`).
     """
     from edgecnn.checkpoint import check_options
     from edgecnn.models.pretrained import _classifier, load_pretrained_file, read_weights
@@ -123,10 +135,14 @@ def train_reference(model_name: str, data: str, directory: Path,
     if pretrained is not None:
         read_weights(pretrained.weights)  # a bad file fails before the data loads
     dataset = load(data, seed=schedule.seed)
-    preprocessing = preprocessing_for(dataset, training.input_size, training.preprocess)
-    options = {**model_options_for(preprocessing, training.width_mult), **extra}
+    size = training.input_size or default_input_size(dataset)
+    options = {**factory_options(dataset.num_classes, dataset.channels, size,
+                                 training.width_mult), **extra}
     torch.manual_seed(schedule.seed)  # weight init is part of the seeded run
     model = create_model(model_name, **options)
+    options["in_channels"] = _channels(model, model_name, data, dataset.channels, size)
+    preprocessing = preprocessing_for(dataset, size, training.preprocess,
+                                      channels=options["in_channels"])
     if quant_config is not None:
         check_patterns(model, preprocessing, quant_config)
     loaded = None
@@ -140,6 +156,7 @@ def train_reference(model_name: str, data: str, directory: Path,
         if schedule.epochs == 0 and loaded.head == "replaced":
             raise EdgecnnError(f"epochs=0 uses the weights as they are, but {loaded.head_note}"
                                ": train at least one epoch")
+    check_interface(model, preprocessing, model_name, data)
     if preflight is not None:
         _preflight(model, preprocessing, artifacts, preflight, quant_config)
     measured = train(model, dataset, preprocessing, schedule, show_progress=show_progress,
@@ -184,6 +201,19 @@ def _follow_weights(model: torch.nn.Module, options: dict, eps_given: bool, load
         loaded.notes.append(f"{source} were trained with TensorFlow 'SAME' padding (bottom / "
                             "right on strided convolutions); the model pads symmetrically "
                             "(--padding tf-same reproduces them)")
+
+
+def _channels(model: torch.nn.Module, model_name: str, data: str, channels: int,
+              size: int) -> int:
+    """The input channels of a new model: its first convolution's, when the data's
+    `channels` differ and the images convert (grey repeated to RGB, RGB to luma).
+    Raises EdgecnnError naming both counts when they do not."""
+    wanted, layer = input_channels(model, channels, size)
+    if wanted not in (1, 3):
+        raise EdgecnnError(f"{model_name}: its first convolution ({layer}) takes {wanted} "
+                           f"input channels and the images of {data} have {channels}; edgecnn "
+                           "gives a model grey (1 channel) or RGB (3) images")
+    return wanted
 
 
 class PreflightWarning(UserWarning):

@@ -65,17 +65,61 @@ def default_input_size(dataset: Dataset) -> int:
 
 
 def preprocessing_for(dataset: Dataset, input_size: int | None = None,
-                      options=None) -> Preprocessing:
+                      options=None, *, channels: int | None = None) -> Preprocessing:
     """The record of a new model (`data.preprocessing.choose_preprocessing`; `options`:
-    its `PreprocessOptions`, the user's --mean/--std/--resize/--interpolation)."""
+    its `PreprocessOptions`, the user's --mean/--std/--resize/--interpolation; `channels`:
+    the model's input channels, `input_channels`, when not the data's)."""
     from edgecnn.data.preprocessing import choose_preprocessing
 
-    return choose_preprocessing(dataset, input_size or default_input_size(dataset), options)
+    return choose_preprocessing(dataset, input_size or default_input_size(dataset), options,
+                                channels=channels)
+
+
+def factory_options(num_classes: int, channels: int, input_size: int,
+                    width_mult: float = 1.0) -> dict:
+    """The keyword options a model factory is offered (`create_model` passes those it takes)."""
+    return {"num_classes": num_classes, "in_channels": channels, "width_mult": width_mult,
+            "small_input": input_size < 96}
 
 
 def model_options_for(preprocessing: Preprocessing, width_mult: float = 1.0) -> dict:
-    return {"num_classes": preprocessing.num_classes, "in_channels": preprocessing.channels,
-            "width_mult": width_mult, "small_input": max(preprocessing.input_size) < 96}
+    """`factory_options` of a model with this preprocessing record."""
+    return factory_options(preprocessing.num_classes, preprocessing.channels,
+                           max(preprocessing.input_size), width_mult)
+
+
+class _FirstConv(Exception):
+    """Raised by the hook of `input_channels` at the first convolution the forward runs."""
+
+
+def input_channels(model: nn.Module, channels: int, input_size: int) -> tuple[int, str]:
+    """(channels, layer): the input channels of `model`'s first convolution (nn.Conv1d /
+    nn.Conv2d, the first the forward runs on a [1, `channels`, size, size] batch) and its
+    name, when the batch reaches it with its `channels` unchanged; else (`channels`, "").
+    A forward that fails before any convolution says nothing here
+    (`preflight.check_interface` reports it). `model`'s mode is restored."""
+    seen: list[tuple[int, str]] = []
+    training = model.training
+    names = {m: n for n, m in model.named_modules()}
+
+    def hook(module: nn.Module, args: tuple) -> None:
+        x = args[0] if args else None
+        if isinstance(x, torch.Tensor) and x.dim() > 1 and x.shape[1] == channels:
+            seen.append((module.in_channels, names[module]))
+        raise _FirstConv
+
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Conv1d, nn.Conv2d))]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, channels, input_size, input_size))
+    except Exception:  # noqa: BLE001 - _FirstConv, or the model's own failure (reported later)
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(training)
+    return seen[0] if seen else (channels, "")
 
 
 def to_tensors(images: np.ndarray, labels: np.ndarray,

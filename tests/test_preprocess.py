@@ -174,7 +174,7 @@ def test_preprocessing_flags_are_checked_before_any_work(edgecnn_cmd, tmp_path):
             (["train", "dsc_net", "--mean", "0.5"], "--mean and --std go together"),
             (["train", "dsc_net", "--mean", "a,b,c", "--std", "1,1,1"], "--mean takes one "),
             (["export", "--int8", "dsc_net", "--resize", "crop"], "--resize must be one of"),
-            (["export", "--int8", "dsc_net", "--resize-size", "4"], "--resize-size must be in"),
+            (["export", "--int8", "dsc_net", "--resize-size", "4"], "--resize-size must be an integer in"),
             (["export", "dsc_net", "--checkpoint", str(tmp_path), "--interpolation", "bicubic"],
              "export without --int8 uses the checkpoint's record")):
         result = subprocess.run([*edgecnn_cmd, *argv], capture_output=True, text=True,
@@ -196,3 +196,27 @@ def test_nchw_input_has_canonical_strides_for_one_channel():
                            class_names=("a", "b"), layout="NCHW")
     x = torch.from_numpy(normalize(np.zeros((4, 8, 8, 1), np.uint8), record))
     assert x.shape == (4, 1, 8, 8) and x.stride() == (64, 64, 8, 1)
+
+
+@pytest.mark.parametrize("channels, size", [(1, 32), (3, 32)])
+def test_a_model_of_other_channels_gets_the_converted_data_statistics(channels, size):
+    """A model whose input channels differ from the data's (grey repeated to RGB, RGB to
+    luma): the record's mean / std are those of the converted training images, so the
+    model's inputs have mean 0 and std 1 per channel as with the data's own channels."""
+    from edgecnn.data.dataset import make_dataset
+
+    rng = np.random.default_rng(0)
+    data_channels = 4 - channels
+    images = rng.integers(0, 256, (40, size, size, data_channels), dtype=np.uint8)
+    images[..., 0] //= 2  # channels of different statistics
+    ds = make_dataset("t", images, np.arange(40) % 2, None, seed=0, val_fraction=0.2)
+    rec = choose_preprocessing(ds, size, channels=channels)
+    assert rec.channels == channels and len(rec.mean) == channels == len(rec.std)
+    x = prepare(ds.train_images, rec)
+    assert x.shape[1] == channels
+    np.testing.assert_allclose(x.mean((0, 2, 3)), 0, atol=2e-3)
+    np.testing.assert_allclose(x.std((0, 2, 3)), 1, atol=2e-3)
+    with pytest.raises(EdgecnnError, match=rf"^mean and std have 2 values but the model's "
+                                           rf"input has {channels} channel"):
+        choose_preprocessing(ds, size, PreprocessOptions(mean=(0.5,) * 2, std=(0.2,) * 2),
+                             channels=channels)

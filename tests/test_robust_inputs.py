@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -273,3 +274,118 @@ def test_a_transpose_perm_that_does_not_fit_names_the_node(tmp_path, edgecnn_cmd
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert not (tmp_path / "odd.tflite").exists()
+
+
+# --- the model's interface: one [N, classes] logits tensor, 1 or 3 input channels -------------
+
+TESTS = str(Path(__file__).parent)
+HINT = "(give the factory a num_classes parameter and size the head with it: edgecnn passes 10)"
+
+
+@pytest.mark.parametrize("command, model, expected", [
+    ("export", "TupleOut", "returns a tuple of 2 values; edgecnn needs one [N, 10] logits tensor"),
+    ("train", "SpatialOut", "returns [N, 10, 8, 8]; edgecnn needs [N, 10] logits (a classifier: "
+                            "pool and flatten before the head)"),
+    ("export", "seven_logits", f"returns 7 logits per image; digits has 10 classes {HINT}"),
+    ("train", "imagenet_head", f"returns 1000 logits per image; digits has 10 classes {HINT}"),
+    ("export", "four_channel_net", ": its first convolution (conv.0) takes 4 input channels and "
+                                   "the images of digits have 1; edgecnn gives a model grey (1 "
+                                   "channel) or RGB (3) images"),
+], ids=["tuple", "spatial", "7-classes", "1000-classes", "4-channels"])
+def test_a_model_interface_misfit_stops_before_training(edgecnn_cmd, tmp_path, monkeypatch,
+                                                        command, model, expected):
+    """A model that returns a tuple, a spatial map or another class count, or wants 4
+    channels: one line naming it as typed, before any epoch (a traceback in the training
+    loop, or a failure at validate after all the work, before)."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [TESTS, os.environ.get(
+        "PYTHONPATH")])))
+    out = tmp_path / "out"
+    args = ["export", "--int8", "--ptq"] if command == "export" else ["train"]
+    result = _cli(edgecnn_cmd, *args, f"user_models:{model}", "--data", "digits", "--epochs",
+                  "1", "--out", str(out))
+    assert _one_error(result) == f"error: user_models:{model} {expected}".replace(" :", ":")
+    assert "epoch" not in result.stdout + result.stderr
+    assert not out.exists()
+
+
+def test_a_checkpoint_of_another_class_count_stops_before_quantizing(edgecnn_cmd, tmp_path,
+                                                                    monkeypatch, digits):
+    """--checkpoint: the loaded model against its own record's class count, before PTQ
+    (export --int8) or the fp32 ONNX (export)."""
+    from user_models import imagenet_head
+
+    from edgecnn.checkpoint import ModelConfig, save_checkpoint
+    from edgecnn.train import preprocessing_for
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [TESTS, os.environ.get(
+        "PYTHONPATH")])))
+    ckpt = tmp_path / "ckpt"
+    save_checkpoint(ckpt, imagenet_head(), ModelConfig(
+        "user_models:imagenet_head", preprocessing_for(digits), {"num_classes": 10}, "digits"))
+    for args in (["--int8", "--ptq"], ["--formats", "onnx"]):  # the int8 pipeline, fp32 export
+        result = _cli(edgecnn_cmd, "export", *args, "user_models:imagenet_head", "--checkpoint",
+                      str(ckpt), "--out", str(tmp_path / "out"))
+        assert _one_error(result) == (f"error: user_models:imagenet_head returns 1000 logits "
+                                      f"per image; {ckpt / 'config.json'} has 10 classes {HINT}")
+        assert not (tmp_path / "out" / "quantized").exists()
+        assert not (tmp_path / "out" / "model_fp32.onnx").exists()
+
+
+def test_a_branch_on_the_batch_size_is_caught_at_export(edgecnn_cmd, tmp_path, monkeypatch,
+                                                        digits):
+    """torch.export traces batch 2 and drops a `x.shape[0] == 1` branch: the fp32 ONNX is
+    compared with the model at batch 1 and refused, nothing written; the same model
+    without the branch exports."""
+    from user_models import BatchOneBranch, TinyNet
+
+    from edgecnn.checkpoint import ModelConfig, save_checkpoint
+    from edgecnn.train import preprocessing_for
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [TESTS, os.environ.get(
+        "PYTHONPATH")])))
+    record = preprocessing_for(digits)
+    for model in (BatchOneBranch(), TinyNet()):
+        name = f"user_models:{type(model).__name__}"
+        save_checkpoint(tmp_path / name, model, ModelConfig(name, record, {}, "digits"))
+        result = _cli(edgecnn_cmd, "export", name, "--checkpoint", str(tmp_path / name),
+                      "--formats", "onnx", "--out", str(tmp_path / f"{name}_out"))
+        if isinstance(model, BatchOneBranch):
+            line = _one_error(result)
+            assert line.startswith(f"error: {name}: the exported ONNX differs from the model at "
+                                   "batch 1 (max |diff| "), line
+            assert line.endswith("): a Python branch on the input's shape? torch.export fixes "
+                                 "such a branch for the batch it traces (2)"), line
+            assert not (tmp_path / f"{name}_out" / "model_fp32.onnx").exists()
+        else:
+            assert result.returncode == 0, result.stderr
+            assert (tmp_path / f"{name}_out" / "model_fp32.onnx").is_file()
+
+
+def test_a_grey_dataset_feeds_an_rgb_model(tmp_path):
+    """A factory without in_channels whose first conv takes RGB, on grey digits: the record
+    says 3 channels (grey repeated, the data's statistics per channel) and every artifact
+    takes 3 channels; training, calibration and validation read the same record."""
+    import onnx
+
+    import edgecnn
+    from edgecnn.quant.recipe import PTQ
+    from edgecnn.reference import Training
+    from edgecnn.runtime.backends.tflite import interpreter
+    from edgecnn.train import TrainConfig
+
+    report = edgecnn.export_int8("user_models:rgb_net", data="digits", recipe=PTQ(),
+                                 reference=Training(TrainConfig(epochs=2, lr=1e-2)),
+                                 bench_runs=2, out=tmp_path, show_progress=False)
+    record = json.loads((tmp_path / "preprocessing.json").read_text())
+    assert record["channels"] == 3 and len(set(record["mean"])) == 1 == len(set(record["std"]))
+    config = json.loads((tmp_path / "checkpoint" / "config.json").read_text())
+    assert config["options"]["in_channels"] == 3
+    for name in ("model_fp32.onnx", "model_int8.onnx"):
+        dims = onnx.load(str(tmp_path / name)).graph.input[0].type.tensor_type.shape.dim
+        assert [d.dim_value for d in dims[1:]] == [3, 32, 32], name
+    for name in ("model_fp32.tflite", "model_int8.tflite"):
+        shape = interpreter(tmp_path / name).get_input_details()[0]["shape"]
+        assert list(shape[1:]) == [32, 32, 3], name
+    # it learnt from the repeated grey, and onnxruntime, fed by the record, agrees with torch
+    accuracy = report.data["reference_accuracy"]
+    assert accuracy > 0.3 and abs(accuracy - report.data["torch_fp32_accuracy"]) <= 1 / 359

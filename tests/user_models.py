@@ -117,6 +117,72 @@ def groupnorm_resnet_block(num_classes: int = 10, in_channels: int = 1) -> nn.Mo
     return GroupNormResNetBlock(num_classes, in_channels)
 
 
+class TinyNet(nn.Module):
+    """A small classifier: two stride-2 conv + BN + ReLU, global mean, linear head. The
+    interface tests' models below each break one rule of a model's interface."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(in_channels, 16, 3, 2, 1), nn.BatchNorm2d(16),
+                                  nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.BatchNorm2d(32),
+                                  nn.ReLU())
+        self.fc = nn.Linear(32, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).mean((2, 3)))
+
+
+class TupleOut(TinyNet):
+    """Returns (logits, features), as a model with an auxiliary output does."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.features(x)
+        return self.fc(features.mean((2, 3))), features
+
+
+class SpatialOut(TinyNet):
+    """A 1x1 conv head and no pooling: [N, classes, H / 4, W / 4], a segmentation map."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__(num_classes, in_channels)
+        self.fc = nn.Conv2d(32, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
+def seven_logits(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    """A factory that ignores its num_classes: 7 logits."""
+    return TinyNet(7, in_channels)
+
+
+def imagenet_head(in_channels: int = 1) -> nn.Module:
+    """A factory without a num_classes parameter: ImageNet's 1000 logits."""
+    return TinyNet(1000, in_channels)
+
+
+def rgb_net(num_classes: int = 10) -> nn.Module:
+    """A factory without an in_channels parameter whose first convolution takes RGB."""
+    return TinyNet(num_classes, 3)
+
+
+def four_channel_net(num_classes: int = 10) -> nn.Module:
+    """RGBA or RGB-D input: a first convolution taking 4 channels."""
+    return TinyNet(num_classes, 4)
+
+
+class BatchOneBranch(TinyNet):
+    """A Python branch on the batch size: torch.export traces batch 2 and drops it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 1:
+            x = x * 2
+        return super().forward(x)
+
+
 # -- blocks of the CNN literature (tests/test_blocks.py, benchmarks/blocks.py): 3-channel
 # input, 10 classes --------------------------------------------------------------------
 

@@ -50,9 +50,12 @@ class Dataset:
             return images.channels
         return int(images.shape[3])
 
-    def channel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    def channel_stats(self, channels: int | None = None,
+                      ) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Per-channel mean and std of the training images, on the 0..1 scale (of at most
-        `STATS_SAMPLE` evenly spaced images when they are files)."""
+        `STATS_SAMPLE` evenly spaced images when they are files); with `channels` (1 or 3)
+        other than the images', of the images converted as `preprocess.normalize` converts
+        them (grey repeated, or RGB to luma)."""
         images = self.train_images
         if isinstance(images, ImageFiles):
             step = max(1, len(images) // STATS_SAMPLE)
@@ -60,7 +63,11 @@ class Dataset:
             x = np.concatenate(pixels).astype(np.float64) / 255.0
         else:
             x = images.reshape(-1, self.channels).astype(np.float64) / 255.0
+        if channels == 1 and self.channels == 3:
+            x = x @ np.array([[0.299], [0.587], [0.114]])
         mean, std = x.mean(0), np.maximum(x.std(0), 1e-3)
+        if channels == 3 and self.channels == 1:
+            mean, std = np.repeat(mean, 3), np.repeat(std, 3)
         return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
 
 

@@ -77,24 +77,28 @@ class PreprocessOptions:
 
 
 def choose_preprocessing(dataset: Dataset, input_size: int,
-                         options: PreprocessOptions | None = None) -> Preprocessing:
-    """The record of a model trained on `dataset` at `input_size` (square): the user's
-    `options`, else the defaults of the module docstring. Raises `EdgecnnError` naming the
-    flag when --mean/--std do not have one value per channel or --resize-size is smaller
-    than the input."""
+                         options: PreprocessOptions | None = None, *,
+                         channels: int | None = None) -> Preprocessing:
+    """The record of a model trained on `dataset` at `input_size` (square) taking
+    `channels` (1 or 3; default: the data's; grey images are repeated to RGB, RGB reduced
+    to luma): the user's `options`, else the defaults of the module docstring. Raises
+    `EdgecnnError` naming the flag when --mean/--std do not have one value per channel or
+    --resize-size is smaller than the input."""
     options = options or PreprocessOptions()
-    channels, small = dataset.channels, input_size < SMALL_INPUT
+    small = input_size < SMALL_INPUT
+    channels = channels or dataset.channels
     if options.mean is not None:
         if len(options.mean) == 1 == len(options.std):  # one value stands for every channel
             options = replace(options, mean=options.mean * channels, std=options.std * channels)
         if len(options.mean) != channels:
+            whose = "data" if channels == dataset.channels else "model's input"
             raise ParameterError("mean", f"and {{std}} have {len(options.mean)} values but the "
-                                 f"data has {channels} channel(s)", also=("std",))
+                                 f"{whose} has {channels} channel(s)", also=("std",))
         mean, std = options.mean, options.std
     elif channels == 3 and not small:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     else:
-        mean, std = dataset.channel_stats()
+        mean, std = dataset.channel_stats(channels)
     resize = options.resize or (
         "shorter" if options.resize_size is not None
         or (not small and max(dataset.image_size) > input_size) else "whole")
