@@ -30,7 +30,7 @@ from edgecnn.train import TrainConfig
 out = Path(sys.argv[1])
 execution = Execution(device="cpu", workers=0)
 train_reference("dsc_net", "digits", out / "checkpoint",
-                Training(TrainConfig(epochs=3, lr=5e-3), input_size=16, width_mult=0.5),
+                Training(TrainConfig(epochs=4, lr=1e-2), input_size=16, width_mult=0.5),
                 show_progress=True, execution=execution)
 quantize_checkpoint(out / "checkpoint", out / "quantized",
                     QAT(train=replace(QAT_SCHEDULE, epochs=1)), show_progress=True,
@@ -52,7 +52,9 @@ def test_two_gloo_processes_train_and_qat_like_one(tmp_path):
     averaged. What differs: BatchNorm normalizes each half batch by its own statistics
     (training and QAT), the observers see rank 0's half, and the last batch of an epoch
     holds one repeated image (1,438 images on 2 ranks). Tolerance: validation top-1 (fp32
-    and QAT int8) within 3 points (11 of 359 images), per-epoch training loss within 0.1."""
+    and QAT int8) within 3 points (11 of 359 images), per-epoch training loss within 0.1.
+    Trained to ~89% (4 epochs at lr 1e-2): at 3 epochs and lr 5e-3 (~50%, loss 1.8) the
+    two runs' differences compounded past these bounds on another CPU (an AMD EPYC VM)."""
     script = tmp_path / "run.py"
     script.write_text(_RUN)
     one = subprocess.Popen([sys.executable, str(script), str(tmp_path / "one")],
