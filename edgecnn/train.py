@@ -48,9 +48,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                  weight_decay=self.weight_decay, label_smoothing=self.label_smoothing,
-                  seed=self.seed, freeze_epochs=self.freeze_epochs,
-                  backbone_lr_factor=self.backbone_lr_factor)
+                     weight_decay=self.weight_decay, label_smoothing=self.label_smoothing,
+                     seed=self.seed, freeze_epochs=self.freeze_epochs,
+                     backbone_lr_factor=self.backbone_lr_factor)
         if self.freeze_epochs > self.epochs:
             raise ParameterError("freeze_epochs", f"must be at most {{epochs}} "
                                                   f"({self.epochs}), got {self.freeze_epochs}",

@@ -174,7 +174,8 @@ def test_preprocessing_flags_are_checked_before_any_work(edgecnn_cmd, tmp_path):
             (["train", "dsc_net", "--mean", "0.5"], "--mean and --std go together"),
             (["train", "dsc_net", "--mean", "a,b,c", "--std", "1,1,1"], "--mean takes one "),
             (["export", "--int8", "dsc_net", "--resize", "crop"], "--resize must be one of"),
-            (["export", "--int8", "dsc_net", "--resize-size", "4"], "--resize-size must be an integer in"),
+            (["export", "--int8", "dsc_net", "--resize-size", "4"],
+             "--resize-size must be an integer in"),
             (["export", "dsc_net", "--checkpoint", str(tmp_path), "--interpolation", "bicubic"],
              "export without --int8 uses the checkpoint's record")):
         result = subprocess.run([*edgecnn_cmd, *argv], capture_output=True, text=True,
