@@ -105,6 +105,9 @@ MEAN_KEEPDIMS = {"MEAN": 1, "RESHAPE": 1}
 NORM_OPS = {"MEAN": 2, "SUB": 1, "MUL": 2, "ADD": 2, "SQRT": 1, "DIV": 1}
 #: GroupNorm(G, C), 1 < G < C: the chain between a RESHAPE to the groups and one back
 GROUP_NORM_OPS = {**NORM_OPS, "RESHAPE": 2}
+#: quantize_static gives a max its own output scale; the kernel copies its input's
+#: (edgecnn's quantizer shares them: test_quant_spec)
+REQUANTIZED_MAX = {"REDUCE_MAX": 1, "QUANTIZE": 1}
 NORM_ALONE = ("quantize_static quantizes no normalization: alone, the QDQ model is the float "
               "one; layer_norm_channels_last (int8 transposes around it) covers the island")
 
@@ -139,6 +142,13 @@ CASES = [
          {"x": (2, 16)}, {"FULLY_CONNECTED": 1}),
     Case("matmul", plain("MatMul", ["x", "w"], {"w": _w(16, 10)}), {"x": (2, 16)},
          {"FULLY_CONNECTED": 1}),
+    # a Linear on tokens [N, L, C] as torch.onnx writes it: one FULLY_CONNECTED (keep_num_dims)
+    # with the Add's bias; quantize_static quantizes the product, so int8 keeps the ADD
+    Case("linear_tokens", lambda: (
+        [helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]),
+         helper.make_node("MatMul", ["x", "wt"], ["p"]), node("Add", ["p", "b"])],
+        {"w": _w(10, 16), "b": _w(10)}), {"x": (1, 6, 16)}, {"FULLY_CONNECTED": 1},
+         qdq_ops={"FULLY_CONNECTED": 1, "ADD": 1}),
     Case("matmul_two_activations", plain("MatMul", ["a", "b"]),
          {"a": (1, 8, 12), "b": (1, 12, 3)}, {"BATCH_MATMUL": 1}, input_scale={"b": 0.5}),
     Case("add_const_channels", plain("Add", ["x", "c"], {"c": _w(8, 1, 1)}), X8, {"ADD": 1}),
@@ -155,6 +165,13 @@ CASES = [
     Case("reduce_mean_flat", plain("ReduceMean", ["x", "axes"],
                                    {"axes": np.array([-1, -2], np.int64)}, keepdims=0),
          X8, {"MEAN": 1}),
+    # max over channels (CBAM's spatial branch) and over H, W (a global max pool)
+    Case("reduce_max_channels", plain("ReduceMax", ["x", "axes"],
+                                      {"axes": np.array([1], np.int64)}), X8,
+         {"REDUCE_MAX": 1}, quantized_ops=("ReduceMax",), qdq_ops=REQUANTIZED_MAX),
+    Case("reduce_max_global_flat", plain("ReduceMax", ["x", "axes"],
+                                         {"axes": np.array([2, 3], np.int64)}, keepdims=0),
+         X8, {"REDUCE_MAX": 1}, quantized_ops=("ReduceMax",), qdq_ops=REQUANTIZED_MAX),
     Case("average_pool2x2", plain("AveragePool", ["x"], kernel_shape=[2, 2], strides=[2, 2]),
          X8, {"AVERAGE_POOL_2D": 1}),
     Case("average_pool3x3_same", plain("AveragePool", ["x"], kernel_shape=[3, 3],

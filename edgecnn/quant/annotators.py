@@ -60,6 +60,10 @@ LOWERS_TO: dict[object, str | None] = {
     # several outputs (getitem reads each): `annotate_split`, before the single-output ones
     aten.split.Tensor: "SPLIT", aten.split_with_sizes.default: "SPLIT",
     aten.chunk.default: "SPLIT",
+    # (values, indices): a max over dims, a global adaptive max pool (a non-global one
+    # exports as MaxPool, "same" too); x.amax has one output
+    aten.max.dim: "REDUCE_MAX", aten.adaptive_max_pool2d.default: "REDUCE_MAX",
+    aten.amax.default: "REDUCE_MAX",
     aten.upsample_nearest2d.vec: "RESIZE_NEAREST_NEIGHBOR",
     aten.upsample_bilinear2d.vec: "RESIZE_BILINEAR",
     aten.constant_pad_nd.default: "PAD", aten.pad.default: "PAD",
@@ -325,6 +329,9 @@ def annotate_own_output(gm: GraphModule, specs: Specs) -> None:
 
 
 SPLIT_OPS = (aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default)
+#: ops whose float outputs are read by getitem: split's pieces, a max's values (its indices
+#: are integers, not quantized)
+TUPLE_OPS = SPLIT_OPS + (aten.max.dim, aten.adaptive_max_pool2d.default)
 
 
 #: x ** c with a Python number c: its builtin depends on c (`annotate_pow`)
@@ -370,13 +377,19 @@ def annotate_float_islands(gm: GraphModule, specs: Specs) -> None:
 
 @annotator("split")
 def annotate_split(gm: GraphModule, specs: Specs) -> None:
-    """split / chunk (ShuffleNetV2's channel split): the input quantized, and each piece
-    (a getitem of the tuple) shares the input's quantization, as TFLite SPLIT copies."""
-    for node in candidates(gm, SPLIT_OPS):
+    """split / chunk (ShuffleNetV2's channel split), max over dims / adaptive max pool
+    (CBAM): the input quantized, and each float piece (a getitem of the tuple) shares the
+    input's quantization, as TFLite SPLIT and REDUCE_MAX copy; a max's indices are not
+    quantized."""
+    for node in candidates(gm, TUPLE_OPS):
         x = node.args[0]
         annotate(node, {x: specs.activation})
         for piece in node.users:
-            annotate(piece, output=SharedQuantizationSpec((x, node)))
+            value = piece.meta.get("val")
+            if value is None or value.dtype.is_floating_point:
+                annotate(piece, output=SharedQuantizationSpec((x, node)))
+            else:
+                mark([piece])
 
 
 @annotator("shared")

@@ -7,7 +7,7 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from edgecnn.errors import EdgecnnError
-from edgecnn.export.tflite.graph import Graph, Op
+from edgecnn.export.tflite.graph import Graph, Op, Quant
 
 # DequantizeLinear of a constant stays: fold_qdq turns it into int8 weights.
 NOT_FOLDED = frozenset({"DequantizeLinear"})
@@ -64,4 +64,26 @@ def remove_identities(graph: Graph) -> None:
             graph.replace_uses(op.outputs[0], op.inputs[0])
             continue
         kept.append(op)
+    graph.ops = kept
+
+
+def fold_weight_transposes(graph: Graph) -> None:
+    """A Transpose of a quantized constant (torch.onnx writes a Linear on a rank-3 input as
+    MatMul(x, Transpose(DequantizeLinear(W)))) becomes the transposed constant, its
+    per-channel axis moved with it, so the MatMul sees constant weights. In place; after
+    `fold_qdq`, which makes DequantizeLinear(W) a quantized constant."""
+    kept: list[Op] = []
+    for op in graph.ops:
+        source = graph.tensor(op.inputs[0]) if op.inputs else None
+        if op.type != "Transpose" or source is None or not source.is_const \
+                or source.quant is None:
+            kept.append(op)
+            continue
+        perm = list(op.attrs.get("perm", range(source.rank)[::-1]))
+        quant = source.quant
+        axis = None if quant.axis is None else perm.index(quant.axis % source.rank)
+        target = graph.tensor(op.outputs[0])
+        target.data = np.ascontiguousarray(source.data.transpose(perm))
+        target.shape, target.dtype = target.data.shape, target.data.dtype
+        target.quant = Quant(quant.scale, quant.zero_point, axis)
     graph.ops = kept
