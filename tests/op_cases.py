@@ -156,6 +156,10 @@ CASES = [
          {"ADD": 1}, input_scale={"b": 3.0}),
     Case("mul_squeeze_excite", plain("Mul", ["a", "s"]), {"a": (1, 8, 6, 6), "s": (1, 8, 1, 1)},
          {"MUL": 1}, input_scale={"s": 0.5}),
+    Case("expand_then_mul", lambda: (  # x * s.expand_as(x): MUL broadcasts s itself
+        [helper.make_node("Expand", ["s", "shape"], ["e"]), node("Mul", ["a", "e"])],
+        {"shape": np.array([1, 8, 6, 6], np.int64)}), {"a": (1, 8, 6, 6), "s": (1, 8, 1, 1)},
+         {"MUL": 1}, input_scale={"s": 0.5}, quantized_ops=("Expand",)),
     Case("mul_scalar", plain("Mul", ["x", "c"], {"c": np.float32(0.5)}), X8, {"MUL": 1}),
     Case("sub_const", plain("Sub", ["x", "c"], {"c": _w(8, 1, 1)}), X8, {"SUB": 1}),
     # keep_dims means are MEAN + RESHAPE: TFLite's keep_dims int8 kernel is biased

@@ -313,3 +313,13 @@ def test_linear_on_tokens_is_one_fully_connected_with_its_bias() -> None:
         scale, zero = out["quantization"]
         expected = np.clip(np.round(ref / scale) + zero, -128, 127)
         assert np.abs(it.get_tensor(out["index"]).astype(np.int32) - expected).max() <= 1
+
+
+def test_an_expand_no_binary_op_broadcasts_is_refused_naming_its_reader() -> None:
+    """An Expand read by an op that does not broadcast (here a Relu) stays, and its
+    lowering refuses it, naming the reader."""
+    g = QDQGraph()
+    g.op("Relu", [g.op("Expand", ["x", g.const("shape", np.array([1, 4, 8, 8]))], "e")], "r")
+    model = g.model({"x": (1, 4, 1, 1)}, "r")
+    with pytest.raises(EdgecnnError, match=r"Expand.*Add / Sub / Mul.*\(Relu\)"):
+        to_flatbuffer(model)

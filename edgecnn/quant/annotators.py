@@ -61,6 +61,8 @@ LOWERS_TO: dict[object, str | None] = {
     aten.unsqueeze.default: "RESHAPE", aten.permute.default: "TRANSPOSE",
     aten.slice.Tensor: "STRIDED_SLICE", aten.transpose.int: "TRANSPOSE",
     aten.contiguous.default: None,
+    # x * s.expand_as(x): the Mul broadcasts s (`passes.constants.drop_broadcast_expands`)
+    aten.expand_as.default: None, aten.expand.default: None,
     # several outputs (getitem reads each): `annotate_split`, before the single-output ones
     aten.split.Tensor: "SPLIT", aten.split_with_sizes.default: "SPLIT",
     aten.chunk.default: "SPLIT",
