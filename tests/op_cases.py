@@ -105,6 +105,9 @@ MEAN_KEEPDIMS = {"MEAN": 1, "RESHAPE": 1}
 NORM_OPS = {"MEAN": 2, "SUB": 1, "MUL": 2, "ADD": 2, "SQRT": 1, "DIV": 1}
 #: GroupNorm(G, C), 1 < G < C: the chain between a RESHAPE to the groups and one back
 GROUP_NORM_OPS = {**NORM_OPS, "RESHAPE": 2}
+#: quantize_static gives a max its own output scale; the kernel copies its input's
+#: (edgecnn's quantizer shares them: test_quant_spec)
+REQUANTIZED_MAX = {"REDUCE_MAX": 1, "QUANTIZE": 1}
 NORM_ALONE = ("quantize_static quantizes no normalization: alone, the QDQ model is the float "
               "one; layer_norm_channels_last (int8 transposes around it) covers the island")
 
@@ -139,6 +142,13 @@ CASES = [
          {"x": (2, 16)}, {"FULLY_CONNECTED": 1}),
     Case("matmul", plain("MatMul", ["x", "w"], {"w": _w(16, 10)}), {"x": (2, 16)},
          {"FULLY_CONNECTED": 1}),
+    # a Linear on tokens [N, L, C] as torch.onnx writes it: one FULLY_CONNECTED (keep_num_dims)
+    # with the Add's bias; quantize_static quantizes the product, so int8 keeps the ADD
+    Case("linear_tokens", lambda: (
+        [helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]),
+         helper.make_node("MatMul", ["x", "wt"], ["p"]), node("Add", ["p", "b"])],
+        {"w": _w(10, 16), "b": _w(10)}), {"x": (1, 6, 16)}, {"FULLY_CONNECTED": 1},
+         qdq_ops={"FULLY_CONNECTED": 1, "ADD": 1}),
     Case("matmul_two_activations", plain("MatMul", ["a", "b"]),
          {"a": (1, 8, 12), "b": (1, 12, 3)}, {"BATCH_MATMUL": 1}, input_scale={"b": 0.5}),
     Case("add_const_channels", plain("Add", ["x", "c"], {"c": _w(8, 1, 1)}), X8, {"ADD": 1}),
@@ -146,6 +156,10 @@ CASES = [
          {"ADD": 1}, input_scale={"b": 3.0}),
     Case("mul_squeeze_excite", plain("Mul", ["a", "s"]), {"a": (1, 8, 6, 6), "s": (1, 8, 1, 1)},
          {"MUL": 1}, input_scale={"s": 0.5}),
+    Case("expand_then_mul", lambda: (  # x * s.expand_as(x): MUL broadcasts s itself
+        [helper.make_node("Expand", ["s", "shape"], ["e"]), node("Mul", ["a", "e"])],
+        {"shape": np.array([1, 8, 6, 6], np.int64)}), {"a": (1, 8, 6, 6), "s": (1, 8, 1, 1)},
+         {"MUL": 1}, input_scale={"s": 0.5}, quantized_ops=("Expand",)),
     Case("mul_scalar", plain("Mul", ["x", "c"], {"c": np.float32(0.5)}), X8, {"MUL": 1}),
     Case("sub_const", plain("Sub", ["x", "c"], {"c": _w(8, 1, 1)}), X8, {"SUB": 1}),
     # keep_dims means are MEAN + RESHAPE: TFLite's keep_dims int8 kernel is biased
@@ -155,6 +169,13 @@ CASES = [
     Case("reduce_mean_flat", plain("ReduceMean", ["x", "axes"],
                                    {"axes": np.array([-1, -2], np.int64)}, keepdims=0),
          X8, {"MEAN": 1}),
+    # max over channels (CBAM's spatial branch) and over H, W (a global max pool)
+    Case("reduce_max_channels", plain("ReduceMax", ["x", "axes"],
+                                      {"axes": np.array([1], np.int64)}), X8,
+         {"REDUCE_MAX": 1}, quantized_ops=("ReduceMax",), qdq_ops=REQUANTIZED_MAX),
+    Case("reduce_max_global_flat", plain("ReduceMax", ["x", "axes"],
+                                         {"axes": np.array([2, 3], np.int64)}, keepdims=0),
+         X8, {"REDUCE_MAX": 1}, quantized_ops=("ReduceMax",), qdq_ops=REQUANTIZED_MAX),
     Case("average_pool2x2", plain("AveragePool", ["x"], kernel_shape=[2, 2], strides=[2, 2]),
          X8, {"AVERAGE_POOL_2D": 1}),
     Case("average_pool3x3_same", plain("AveragePool", ["x"], kernel_shape=[3, 3],
@@ -209,6 +230,19 @@ CASES = [
         {"pads": np.array([0, 0, 0, 0, 0, 0, 1, 1], np.int64), "w": _w(8, 3, 3, 3),
          "b": _w(8)}), X, CONV),
     Case("leaky_relu", plain("LeakyRelu", ["x"], alpha=0.1), X8, {"LEAKY_RELU": 1}),
+    Case("abs", plain("Abs", ["x"]), X8, {"ABS": 1}, quantized_ops=("Abs",)),
+    Case("elu", plain("Elu", ["x"]), X8, {"ELU": 1}, input_scale={"x": 2.0},
+         quantized_ops=("Elu",)),
+    # max with 0 (torch's clamp(min=0)) is RELU; with another constant or an activation,
+    # MAXIMUM / MINIMUM, int8 on one grid (quantize_static gives each tensor its own: the
+    # inputs are requantized to the output's)
+    Case("max_zero", plain("Max", ["x", "c"], {"c": np.float32(0)}), X8, {"RELU": 1},
+         quantized_ops=("Max",)),
+    Case("max_const_channels", plain("Max", ["x", "c"], {"c": _w(8, 1, 1)}), X8,
+         {"MAXIMUM": 1}, quantized_ops=("Max",), qdq_ops={"MAXIMUM": 1, "QUANTIZE": 1}),
+    Case("min_two_inputs", plain("Min", ["a", "b"]), {"a": (1, 8, 6, 6), "b": (1, 8, 6, 6)},
+         {"MINIMUM": 1}, input_scale={"b": 2.0}, quantized_ops=("Min",),
+         qdq_ops={"MINIMUM": 1, "QUANTIZE": 2}),
     Case("prelu_channels", plain("PRelu", ["x", "slope"], {"slope": _w(8, 1, 1)}), X8,
          {"PRELU": 1}),
     Case("hardsigmoid_torch", plain("HardSigmoid", ["x"], alpha=1 / 6, beta=0.5), X8,

@@ -202,3 +202,19 @@ def test_only_spatial_keepdims_means_become_global_average_pools():
         expected = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
         got = ort.InferenceSession(rewritten.SerializeToString()).run(None, {"x": x})[0]
         np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_numbered_nodes_are_named_after_the_tensor_they_write():
+    """torch.onnx numbers the ops of an inlined decomposition (`n0`: amax's ReduceMax);
+    they take `node_<output>`, the torch program's name, as every other node has; a name
+    some node already has is left alone."""
+    from onnx import helper
+
+    nodes = [helper.make_node("Relu", ["x"], ["amax"], name="n0"),
+             helper.make_node("Relu", ["amax"], ["relu"], name="n1"),
+             helper.make_node("Relu", ["relu"], ["y"], name="node_relu"),
+             helper.make_node("Relu", ["y"], ["z"])]
+    graph = helper.make_graph(nodes, "g", [], [])
+    proto = helper.make_model(graph)
+    onnx_export.name_anonymous_nodes(proto)
+    assert [n.name for n in proto.graph.node] == ["node_amax", "n1", "node_relu", "node_z"]

@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from edgecnn.config import ArtifactMetadata, Preprocessing
@@ -485,3 +486,49 @@ def test_qat_simulates_every_conv_bn_fold_and_folds_it_for_convert():
     # the same function up to float rounding, which may flip an activation by one step
     assert (after.argmax(1) == before.argmax(1)).float().mean() >= 0.95
     assert (after - before).abs().mean() <= 0.01 * before.abs().mean()
+
+
+class WithMaxesAndAbs(nn.Module):
+    """CBAM's maxes (amax over channels, torch.max over channels, a global adaptive max
+    pool), clamp(min=0), maximum with zeros_like, abs, elu and SE's expand_as."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x).clamp(min=0)
+        gate = torch.sigmoid(F.adaptive_max_pool2d(x, 1)).expand_as(x)
+        x = x * gate + x.amax(1, keepdim=True) + torch.max(x, 1, keepdim=True)[0]
+        x = F.elu(torch.abs(x - 0.5))
+        x = torch.maximum(x, torch.zeros_like(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_maxes_share_their_input_quantization_abs_elu_own_it():
+    """amax / max.dim / adaptive max pool, expand_as and maximum copy values (TFLite
+    REDUCE_MAX, MAXIMUM; the expand is dropped): input and output on one grid; abs and
+    elu (ABS, ELU) requantize; clamp(min=0) is the conv's fused activation; nothing is
+    left float."""
+    x, y = toy_data(16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnquantizedOpWarning)
+        gm = quantize(WithMaxesAndAbs().eval(), x[:2], PTQ(calib_batches=1), train_data=(x, y))
+    (clamp,) = nodes(gm, aten.clamp.default)
+    assert calls(clamp.args[0], aten.conv2d.default)  # no quantization between them
+    (pool,) = nodes(gm, aten.adaptive_max_pool2d.default)
+    (values,) = [u for u in pool.users if u.args[1] == 0]
+    shared = [(pool, values), *((n, n) for n in nodes(gm, aten.amax.default)),
+              *((n, n) for n in nodes(gm, aten.expand_as.default))]
+    (max_dim,) = nodes(gm, aten.max.dim)
+    shared.append((max_dim, next(u for u in max_dim.users if u.args[1] == 0)))
+    (maximum,) = nodes(gm, aten.maximum.default)
+    shared.append((maximum, maximum))
+    assert len(shared) == 5
+    for reader, writer in shared:
+        assert input_qparams(reader) == output_qparams(writer), reader.name
+    assert input_qparams(maximum, 1) == input_qparams(maximum)  # the zeros, on x's grid
+    for node in (*nodes(gm, aten.abs.default), *nodes(gm, aten.elu.default)):
+        input_qparams(node)
+        output_qparams(node)

@@ -280,3 +280,46 @@ def test_hardswish_on_another_grid_rounds_its_gate() -> None:
     one step off."""
     off = _hardswish_steps(0.042488635, 23, delegate=True)
     assert off.max() == 1 and 0.9 <= (off == 0).mean() < 1
+
+
+def test_linear_on_tokens_is_one_fully_connected_with_its_bias() -> None:
+    """nn.Linear on [N, L, C] as torch.onnx writes a PT2E program: MatMul(x, Transpose(DQ(W)))
+    -> Add(DQ(int32 bias)), the product unquantized: one int8 FULLY_CONNECTED (keep_num_dims,
+    per-channel weights) with the bias, as a 2-D Linear's Gemm."""
+    g = QDQGraph()
+    x = g.qdq("x", 0.03, 2)
+    w = g.weights("w", RNG.standard_normal((10, 16)).astype(np.float32) * 0.3)
+    bias = RNG.standard_normal(10).astype(np.float32) * 0.1
+    b_scale = (0.03 * g.inits["w_s"]).astype(np.float32)
+    g.const("b_q", np.round(bias / b_scale).astype(np.int32))
+    g.const("b_s", b_scale)
+    g.const("b_z", np.zeros(10, np.int32))
+    g.op("DequantizeLinear", ["b_q", "b_s", "b_z"], "b", axis=0)
+    g.op("Transpose", [w], "wt", perm=[1, 0])
+    g.op("Add", [g.op("MatMul", [x, "wt"], "p"), "b"], "linear")
+    model = g.model({"x": (1, 6, 16)}, g.qdq("linear", 0.05, -3))
+    data = to_flatbuffer(model)
+    assert dict(op_counts(data)) == {"FULLY_CONNECTED": 1}
+    tokens = np.random.default_rng(3).standard_normal((1, 6, 16)).astype(np.float32)
+    ref = ort.InferenceSession(model.SerializeToString(),
+                               providers=["CPUExecutionProvider"]).run(None, {"x": tokens})[0]
+    for delegate in (True, False):
+        it = interpreter(data, delegate=delegate)
+        inp, out = it.get_input_details()[0], it.get_output_details()[0]
+        scale, zero = inp["quantization"]
+        it.set_tensor(inp["index"], np.clip(np.round(tokens / scale) + zero, -128, 127)
+                      .astype(np.int8))
+        it.invoke()
+        scale, zero = out["quantization"]
+        expected = np.clip(np.round(ref / scale) + zero, -128, 127)
+        assert np.abs(it.get_tensor(out["index"]).astype(np.int32) - expected).max() <= 1
+
+
+def test_an_expand_no_binary_op_broadcasts_is_refused_naming_its_reader() -> None:
+    """An Expand read by an op that does not broadcast (here a Relu) stays, and its
+    lowering refuses it, naming the reader."""
+    g = QDQGraph()
+    g.op("Relu", [g.op("Expand", ["x", g.const("shape", np.array([1, 4, 8, 8]))], "e")], "r")
+    model = g.model({"x": (1, 4, 1, 1)}, "r")
+    with pytest.raises(EdgecnnError, match=r"Expand.*Add / Sub / Mul.*\(Relu\)"):
+        to_flatbuffer(model)

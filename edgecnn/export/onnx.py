@@ -73,8 +73,22 @@ def to_onnx(module: torch.nn.Module, example_input: torch.Tensor,
     proto = program.model_proto
     if getattr(program, "exported_program", None) is not None:
         rename_values(proto, source_names(program.exported_program))
+    name_anonymous_nodes(proto)
     name_batch_dimension(proto)
     return proto
+
+
+def name_anonymous_nodes(proto: onnx.ModelProto) -> None:
+    """Name the nodes the exporter left unnamed or numbered (`n0`: an op of an inlined
+    decomposition, amax's ReduceMax) `node_<output>`, after the tensor they write (which
+    keeps the torch program's name), so errors name what `--keep-float` selects; in
+    place, a name already taken left alone."""
+    taken = {node.name for node in proto.graph.node}
+    for node in proto.graph.node:
+        if (not node.name or re.fullmatch(r"n\d+", node.name)) and node.output \
+                and f"node_{node.output[0]}" not in taken:
+            node.name = f"node_{node.output[0]}"
+            taken.add(node.name)
 
 
 def name_batch_dimension(proto: onnx.ModelProto, name: str = "batch") -> None:

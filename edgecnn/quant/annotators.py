@@ -38,6 +38,10 @@ RELU_OPS = (aten.relu.default,)
 RELU6_OPS = (aten.relu6.default,)  # F.relu6; nn.ReLU6 is hardtanh(0, 6)
 HARDTANH_OPS = (aten.hardtanh.default,)
 FUSED_HARDTANH_BOUNDS = ((0.0, 6.0), (-1.0, 1.0))
+#: clamp(min=0) exports as Max(x, 0) -> RELU, clamp(0, 6) / (-1, 1) as Clip -> RELU6 /
+#: RELU_N1_TO_1: fusable as relu / hardtanh are
+CLAMP_OPS = (aten.clamp.default,)
+FUSED_CLAMP_BOUNDS = ((0.0, None), *FUSED_HARDTANH_BOUNDS)
 ADD_OPS = (aten.add.Tensor,)
 MUL_OPS = (aten.mul.Tensor,)
 #: with a scalar operand these become MUL / ADD / SUB by a constant (`annotate_binary`)
@@ -57,9 +61,15 @@ LOWERS_TO: dict[object, str | None] = {
     aten.unsqueeze.default: "RESHAPE", aten.permute.default: "TRANSPOSE",
     aten.slice.Tensor: "STRIDED_SLICE", aten.transpose.int: "TRANSPOSE",
     aten.contiguous.default: None,
+    # x * s.expand_as(x): the Mul broadcasts s (`passes.constants.drop_broadcast_expands`)
+    aten.expand_as.default: None, aten.expand.default: None,
     # several outputs (getitem reads each): `annotate_split`, before the single-output ones
     aten.split.Tensor: "SPLIT", aten.split_with_sizes.default: "SPLIT",
     aten.chunk.default: "SPLIT",
+    # (values, indices): a max over dims, a global adaptive max pool (a non-global one
+    # exports as MaxPool, "same" too); x.amax has one output
+    aten.max.dim: "REDUCE_MAX", aten.adaptive_max_pool2d.default: "REDUCE_MAX",
+    aten.amax.default: "REDUCE_MAX",
     aten.upsample_nearest2d.vec: "RESIZE_NEAREST_NEIGHBOR",
     aten.upsample_bilinear2d.vec: "RESIZE_BILINEAR",
     aten.constant_pad_nd.default: "PAD", aten.pad.default: "PAD",
@@ -86,6 +96,8 @@ LOWERS_TO: dict[object, str | None] = {
     # an int8 kernel with its own output scale (rsqrt: Sqrt -> Reciprocal in ONNX, one RSQRT
     # in TFLite, `passes.fusions.fuse_rsqrt`)
     aten.exp.default: "EXP", aten.rsqrt.default: "RSQRT",
+    aten.abs.default: "ABS", aten.elu.default: "ELU",  # own output scale too (ELU: alpha 1)
+    aten.clamp.default: "RELU",  # (0, None); Max(x, c) for another c: MAXIMUM, requantized
 }
 
 
@@ -164,6 +176,10 @@ def is_fusable_activation(node: Node | None) -> bool:
         low = float(node.args[1]) if len(node.args) > 1 else -1.0
         high = float(node.args[2]) if len(node.args) > 2 else 1.0
         return (low, high) in FUSED_HARDTANH_BOUNDS
+    if calls(node, CLAMP_OPS):
+        bounds = [*node.args[1:3], None, None][:2]
+        bounds = [node.kwargs.get(k, b) for k, b in zip(("min", "max"), bounds, strict=True)]
+        return tuple(None if b is None else float(b) for b in bounds) in FUSED_CLAMP_BOUNDS
     return False
 
 
@@ -325,6 +341,9 @@ def annotate_own_output(gm: GraphModule, specs: Specs) -> None:
 
 
 SPLIT_OPS = (aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default)
+#: ops whose float outputs are read by getitem: split's pieces, a max's values (its indices
+#: are integers, not quantized)
+TUPLE_OPS = SPLIT_OPS + (aten.max.dim, aten.adaptive_max_pool2d.default)
 
 
 #: x ** c with a Python number c: its builtin depends on c (`annotate_pow`)
@@ -370,13 +389,19 @@ def annotate_float_islands(gm: GraphModule, specs: Specs) -> None:
 
 @annotator("split")
 def annotate_split(gm: GraphModule, specs: Specs) -> None:
-    """split / chunk (ShuffleNetV2's channel split): the input quantized, and each piece
-    (a getitem of the tuple) shares the input's quantization, as TFLite SPLIT copies."""
-    for node in candidates(gm, SPLIT_OPS):
+    """split / chunk (ShuffleNetV2's channel split), max over dims / adaptive max pool
+    (CBAM): the input quantized, and each float piece (a getitem of the tuple) shares the
+    input's quantization, as TFLite SPLIT and REDUCE_MAX copy; a max's indices are not
+    quantized."""
+    for node in candidates(gm, TUPLE_OPS):
         x = node.args[0]
         annotate(node, {x: specs.activation})
         for piece in node.users:
-            annotate(piece, output=SharedQuantizationSpec((x, node)))
+            value = piece.meta.get("val")
+            if value is None or value.dtype.is_floating_point:
+                annotate(piece, output=SharedQuantizationSpec((x, node)))
+            else:
+                mark([piece])
 
 
 @annotator("shared")
@@ -398,6 +423,26 @@ def annotate_concat(gm: GraphModule, specs: Specs) -> None:
                  shared)
 
 
+MAX_MIN_OPS = (aten.maximum.default, aten.minimum.default)
+#: constant-valued tensors shaped like an activation (maximum(x, zeros_like(x))): the
+#: converter folds them to constants, quantized on the max's grid
+CONSTANT_LIKE_OPS = (aten.zeros_like.default, aten.ones_like.default, aten.full_like.default)
+
+
+@annotator("max_min")
+def annotate_max_min(gm: GraphModule, specs: Specs) -> None:
+    """maximum / minimum of two tensors (TFLite MAXIMUM / MINIMUM copy the winner): both
+    inputs and the output share the first input's quantization, as concat's do; a
+    zeros_like / full_like operand is claimed with them (a constant in the ONNX graph)."""
+    for node in candidates(gm, MAX_MIN_OPS):
+        inputs = [a for a in node.args[:2] if isinstance(a, Node)]
+        if len(inputs) != 2:
+            continue
+        shared = SharedQuantizationSpec((inputs[0], node))
+        annotate(node, {inputs[0]: specs.activation, inputs[1]: shared}, shared)
+        mark([a for a in inputs if calls(a, CONSTANT_LIKE_OPS)])
+
+
 #: aten op -> the TFLite builtin it becomes, for the ops the pattern annotators claim (the
 #: single-input ones are `LOWERS_TO`); a global mean / adaptive pool becomes MEAN, a
 #: non-global adaptive pool AVERAGE_POOL_2D (both have 16x8 kernels), a division by a
@@ -409,6 +454,7 @@ PATTERN_BUILTINS: dict[object, str] = {
     aten.sub.Tensor: "SUB", aten.div.Tensor: "MUL",
     **{op: "MEAN" for op in MEAN_OPS}, **{op: "CONCATENATION" for op in CONCAT_OPS},
     aten.matmul.default: "BATCH_MATMUL", aten.bmm.default: "BATCH_MATMUL",
+    aten.maximum.default: "MAXIMUM", aten.minimum.default: "MINIMUM",
 }
 
 
@@ -552,7 +598,7 @@ def unannotated(gm: GraphModule) -> list[Node]:
 
 def known_ops() -> list[str]:
     tables = (CONV_OPS, CONV_TRANSPOSE_OPS, LINEAR_OPS, BATCH_NORM_OPS, ADD_OPS, MUL_OPS,
-              MATMUL_OPS, SCALAR_OPS, MEAN_OPS,
+              MATMUL_OPS, SCALAR_OPS, MEAN_OPS, MAX_MIN_OPS,
               tuple(FIXED_OUTPUT_OPS), OWN_OUTPUT_OPS, SHARED_OPS, CONCAT_OPS, FLOAT_OPS, POW_OPS,
               (aten.silu.default, aten.conv1d.padding, aten.conv2d.padding))
     return sorted({str(op) for table in tables for op in table})

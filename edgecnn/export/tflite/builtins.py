@@ -154,6 +154,8 @@ builtin("SUB", "SubOptions", {F32: 1, I8: 2, I16: 5}, fuses_activation=True,
 builtin("MUL", "MulOptions", {F32: 1, I8: 2, I16: 4}, version_rules=((_mul_rescale_ge_1, 3),),
         fuses_activation=True)
 builtin("MEAN", "ReducerOptions", {F32: 1, I8: 2, I16: 3}, rounding="away")
+# int8 ABS rescales to its own output parameters (elementwise.cc AbsPrepare; op_version.cc 2)
+builtin("ABS")
 # -- no int8 kernel: float islands (a normalization's decomposition, division by a tensor) ----
 builtin("SQRT", versions={F32: 1}, int8="float")
 builtin("DIV", "DivOptions", versions={F32: 1}, int8="float", fuses_activation=True)
@@ -182,6 +184,11 @@ builtin("RESIZE_BILINEAR", "ResizeBilinearOptions", {F32: 1, I8: 2, I16: 4}, int
 builtin("CONCATENATION", "ConcatenationOptions", {F32: 1, I8: 2, I16: 3}, int8="same")
 builtin("SPLIT", "SplitOptions", {F32: 1, I8: 2, I16: 4}, int8="same", data_input=1)
 builtin("SPLIT_V", "SplitVOptions", int8="same")
+# compare int8 values and copy the winner: input(s) and output on one grid (reduce.cc,
+# maximum_minimum.cc; op_version.cc: int8 version 2)
+builtin("REDUCE_MAX", "ReducerOptions", int8="same")
+builtin("MAXIMUM", "MaximumMinimumOptions", int8="same")
+builtin("MINIMUM", "MaximumMinimumOptions", int8="same")
 # -- activations ------------------------------------------------------------------------------
 builtin("LOGISTIC", versions={F32: 1, I8: 2, I16: 3}, int8="fixed", fixed_output=(1 / 256, -128),
         fixed_output16=(1 / 32768, 0))
@@ -195,6 +202,7 @@ builtin("LEAKY_RELU", "LeakyReluOptions", {F32: 1, I8: 2, I16: 2})
 builtin("GELU", "GeluOptions",
         int16_unwritten="on LiteRT only, not on tflite-runtime 2.14")
 builtin("PRELU", versions={F32: 1, I8: 1})
+builtin("ELU", versions={F32: 1, I8: 1})  # int8: a lookup table, own output (activations.cc)
 builtin("RELU", versions={F32: 1, I8: 2, I16: 3}, fusable=True)
 builtin("RELU6", versions={F32: 1, I8: 2, I16: 3}, fusable=True)
 builtin("RELU_N1_TO_1", versions={F32: 1, I8: 1}, fusable=True)

@@ -46,6 +46,34 @@ def lower_relu(ctx: Lowering) -> None:
     _unary(ctx, "RELU")
 
 
+def _max_min(ctx: Lowering, builtin: str) -> None:
+    if len(ctx.op.inputs) != 2:
+        raise ctx.fail(f"{len(ctx.op.inputs)} inputs; supported: 2")
+    for index in (0, 1):
+        other = ctx.input(1 - index)
+        values = _values(other) if other.is_const else None
+        if builtin == "MAXIMUM" and values is not None and not np.any(values) \
+                and ctx.output().shape == ctx.input(index).shape:
+            ctx.emit("RELU", [ctx.input(index).name], [ctx.output().name])
+            return
+    ctx.emit(builtin, [ctx.operand(0), ctx.operand(1)], [ctx.output().name])
+
+
+@register("Max", layout=elementwise_layout)
+def lower_max(ctx: Lowering) -> None:
+    """Elementwise max of two inputs (numpy broadcasting): with a constant 0 (torch's
+    clamp(min=0), maximum(x, zeros_like(x))) -> RELU, which a producer may fuse; else
+    MAXIMUM. int8: MAXIMUM copies the larger value, so its inputs and output share
+    parameters (`align_same_scale` puts a constant on that grid)."""
+    _max_min(ctx, "MAXIMUM")
+
+
+@register("Min", layout=elementwise_layout)
+def lower_min(ctx: Lowering) -> None:
+    """Elementwise min of two inputs (numpy broadcasting) -> MINIMUM; int8 as MAXIMUM."""
+    _max_min(ctx, "MINIMUM")
+
+
 # (min, max) -> builtin; None is an open bound.
 CLIP_BUILTINS = {(0.0, 6.0): "RELU6", (0.0, None): "RELU", (-1.0, 1.0): "RELU_N1_TO_1"}
 
@@ -172,6 +200,21 @@ def lower_logsoftmax(ctx: Lowering, *, axis: int = -1) -> None:
 def lower_leakyrelu(ctx: Lowering, *, alpha: float = 0.01) -> None:
     """x if x >= 0 else alpha * x -> LEAKY_RELU. int8: the output has its own scale."""
     _unary(ctx, "LEAKY_RELU", alpha=float(alpha))
+
+
+@register("Elu")
+def lower_elu(ctx: Lowering, *, alpha: float = 1.0) -> None:
+    """x if x > 0 else alpha * (exp(x) - 1), alpha 1 (TFLite's ELU has no alpha) -> ELU.
+    int8: a lookup table over the 256 input values (activations.cc); own output scale."""
+    if not math.isclose(alpha, 1.0, rel_tol=1e-6):
+        raise ctx.fail(f"alpha {alpha} is not supported (TFLite ELU is alpha 1)")
+    _unary(ctx, "ELU")
+
+
+@register("Abs")
+def lower_abs(ctx: Lowering) -> None:
+    """|x| -> ABS. int8: the output has its own scale (the kernel rescales, version 2)."""
+    _unary(ctx, "ABS")
 
 
 @register("PRelu", layout=elementwise_layout)

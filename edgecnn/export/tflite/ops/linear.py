@@ -48,7 +48,8 @@ def lower_gemm(ctx: Lowering, *, alpha: float = 1.0, beta: float = 1.0, transA: 
 
 @register("MatMul")
 def lower_matmul(ctx: Lowering) -> None:
-    """Y = A @ B. B a constant [K, N] -> FULLY_CONNECTED (keep_num_dims for rank > 2);
+    """Y = A @ B [+ C]. B a constant [K, N] -> FULLY_CONNECTED (keep_num_dims for rank > 2;
+    C, a bias `passes.fusions.fuse_matmul_bias` folded in from the Add after it);
     B an activation (a global-context block's attention pooling, [N, C, HW] @ [N, HW, 1])
     -> BATCH_MATMUL over A and B of equal rank 2 or 3 (rank-4 activations are stored
     NHWC, whose last two axes are not the matrices').
@@ -64,5 +65,6 @@ def lower_matmul(ctx: Lowering) -> None:
                  asymmetric_quantize_inputs=False)
         return
     weights = _weights_out_in(ctx, b, transposed=False)
-    ctx.emit("FULLY_CONNECTED", [a.name, weights, bias_input(ctx, None, y.shape[-1])], [y.name],
+    bias = bias_input(ctx, ctx.input(2), y.shape[-1])
+    ctx.emit("FULLY_CONNECTED", [a.name, weights, bias], [y.name],
              fused_activation_function="NONE", keep_num_dims=a.rank > 2)

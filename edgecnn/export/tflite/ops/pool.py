@@ -1,4 +1,4 @@
-"""Pooling and reductions: MEAN, AVERAGE_POOL_2D, MAX_POOL_2D."""
+"""Pooling and reductions: MEAN, REDUCE_MAX, AVERAGE_POOL_2D, MAX_POOL_2D."""
 
 from __future__ import annotations
 
@@ -44,6 +44,18 @@ def lower_reducemean(ctx: Lowering, *, axes: list[int] | None = None, keepdims: 
     if noop_with_empty_axes and not axes:
         raise ctx.fail("noop_with_empty_axes with no axes is not supported")
     _mean(ctx, list(axes or []), bool(keepdims))
+
+
+@register("ReduceMax", layout=reduce_layout, propagates="forward")
+def lower_reducemax(ctx: Lowering, *, axes: list[int] | None = None, keepdims: int = 1,
+                    noop_with_empty_axes: int = 0) -> None:
+    """Max over `axes` (NHWC after the layout pass; CBAM's max over channels, a global
+    max pool) -> REDUCE_MAX. int8: the kernel copies the largest value, so input and
+    output share parameters (`align_same_scale` requantizes a QDQ output that differs)."""
+    if noop_with_empty_axes and not axes:
+        raise ctx.fail("noop_with_empty_axes with no axes is not supported")
+    ctx.emit("REDUCE_MAX", [ctx.input(0).name, ctx.int32("axes", list(axes or []))],
+             [ctx.output().name], keep_dims=bool(keepdims))
 
 
 def _lowest(x: Tensor) -> float | None:

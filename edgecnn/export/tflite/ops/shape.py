@@ -118,3 +118,13 @@ def lower_slice(ctx: Lowering) -> None:
     ctx.emit("STRIDED_SLICE", [x.name, ctx.int32("begin", begin), ctx.int32("end", end),
                                ctx.int32("strides", stride)], [ctx.output().name],
              begin_mask=0, end_mask=0, ellipsis_mask=0, new_axis_mask=0, shrink_axis_mask=0)
+
+
+@register("Expand")
+def lower_expand(ctx: Lowering) -> None:
+    """Expand read by broadcasting Add / Sub / Mul is dropped before lowering
+    (`passes.constants.drop_broadcast_expands`); any other is refused, naming what reads it."""
+    readers = [op.describe() for op in ctx.graph.consumers().get(ctx.output().name, [])]
+    raise ctx.fail(f"an Expand is supported only where Add / Sub / Mul read it and broadcast "
+                   f"its input themselves (with its input's quantization); read by "
+                   f"{', '.join(readers) or 'the model output'}")

@@ -7,8 +7,13 @@ place and says what it changes in its docstring.
 
 from edgecnn.export.tflite.passes.activations import fuse_activations
 from edgecnn.export.tflite.passes.channels_last import fold_channels_last
-from edgecnn.export.tflite.passes.constants import fold_constants, remove_identities
-from edgecnn.export.tflite.passes.fusions import fuse_gelu, fuse_rsqrt
+from edgecnn.export.tflite.passes.constants import (
+    drop_broadcast_expands,
+    fold_constants,
+    fold_weight_transposes,
+    remove_identities,
+)
+from edgecnn.export.tflite.passes.fusions import fuse_gelu, fuse_matmul_bias, fuse_rsqrt
 from edgecnn.export.tflite.passes.io import float_io, name_io, uint8_io
 from edgecnn.export.tflite.passes.islands import isolate_float_ops, mark_float_layers
 from edgecnn.export.tflite.passes.layout import to_nhwc
@@ -33,6 +38,9 @@ ONNX_PASSES = (
     fold_constants,      # shape arithmetic and Q(constant) become constants
     remove_identities,   # Identity, inference Dropout
     fold_qdq,            # Q/DQ pairs -> int8 tensors with (scale, zero point)
+    fold_weight_transposes,  # Transpose(quantized weights) -> the transposed constant
+    fuse_matmul_bias,    # MatMul(x, W) -> Add(b): one MatMul with a bias (rank-3 Linear)
+    drop_broadcast_expands,  # Expand read by broadcasting Add / Sub / Mul: dropped
     propagate_quant,     # reshape-like neighbours share parameters
     lift_conv1d,         # Conv1d regions: [N, C, L] -> [N, C, 1, L]
     fold_pads,           # zero Pad -> Conv: the conv's own padding (TF 'SAME' ports)

@@ -7,7 +7,7 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from edgecnn.errors import EdgecnnError
-from edgecnn.export.tflite.graph import Graph, Op
+from edgecnn.export.tflite.graph import Graph, Op, Quant
 
 # DequantizeLinear of a constant stays: fold_qdq turns it into int8 weights.
 NOT_FOLDED = frozenset({"DequantizeLinear"})
@@ -65,3 +65,64 @@ def remove_identities(graph: Graph) -> None:
             continue
         kept.append(op)
     graph.ops = kept
+
+
+def fold_weight_transposes(graph: Graph) -> None:
+    """A Transpose of a quantized constant (torch.onnx writes a Linear on a rank-3 input as
+    MatMul(x, Transpose(DequantizeLinear(W)))) becomes the transposed constant, its
+    per-channel axis moved with it, so the MatMul sees constant weights. In place; after
+    `fold_qdq`, which makes DequantizeLinear(W) a quantized constant."""
+    kept: list[Op] = []
+    for op in graph.ops:
+        source = graph.tensor(op.inputs[0]) if op.inputs else None
+        if op.type != "Transpose" or source is None or not source.is_const \
+                or source.quant is None:
+            kept.append(op)
+            continue
+        perm = list(op.attrs.get("perm", range(source.rank)[::-1]))
+        quant = source.quant
+        axis = None if quant.axis is None else perm.index(quant.axis % source.rank)
+        target = graph.tensor(op.outputs[0])
+        target.data = np.ascontiguousarray(source.data.transpose(perm))
+        target.shape, target.dtype = target.data.shape, target.data.dtype
+        target.quant = Quant(quant.scale, quant.zero_point, axis)
+    graph.ops = kept
+
+
+#: ops that broadcast their inputs (numpy rules) in their TFLite builtins
+BROADCASTING = frozenset({"Add", "Sub", "Mul"})
+
+
+def drop_broadcast_expands(graph: Graph) -> None:
+    """An Expand (x * s.expand_as(x), squeeze-excite and ECA code) read only by Add / Sub /
+    Mul, whose output shapes the unexpanded input gives too, is dropped: the readers read
+    its input and broadcast it themselves. In place; after `fold_qdq`, and only where the
+    Expand's input and output have the same parameters (or none). Any other Expand is
+    left to its lowering, which refuses it."""
+    consumers = graph.consumers()
+    outputs = set(graph.outputs)
+    kept: list[Op] = []
+    for op in graph.ops:
+        readers = consumers.get(op.outputs[0], []) if op.type == "Expand" else []
+        if readers and op.outputs[0] not in outputs and _broadcast_suffices(graph, op, readers):
+            graph.replace_uses(op.outputs[0], op.inputs[0])
+            continue
+        kept.append(op)
+    graph.ops = kept
+
+
+def _broadcast_suffices(graph: Graph, expand: Op, readers: list[Op]) -> bool:
+    x, y = graph.tensor(expand.inputs[0]), graph.tensor(expand.outputs[0])
+    if (x.quant is None) != (y.quant is None) or (x.quant and not x.quant.same_as(y.quant)):
+        return False
+    for op in readers:
+        if op.type not in BROADCASTING:
+            return False
+        shapes = [x.shape if name == expand.outputs[0] else graph.tensor(name).shape
+                  for name in op.inputs]
+        try:
+            if tuple(np.broadcast_shapes(*shapes)) != graph.tensor(op.outputs[0]).shape:
+                return False
+        except ValueError:
+            return False
+    return True

@@ -111,3 +111,29 @@ def _holds_negatives(tensor) -> bool:
     if quant is None or not np.issubdtype(tensor.dtype, np.integer):
         return False
     return int(np.iinfo(tensor.dtype).min) < int(np.min(quant.zero_point))
+
+
+def fuse_matmul_bias(graph: Graph) -> None:
+    """MatMul(x, W) -> Add(., b), W and b constants, b one value per output feature (how
+    torch.onnx writes a Linear on a rank-3 input: ViT tokens), becomes one MatMul with b as
+    a third input: FULLY_CONNECTED with a bias, as a 2-D Linear's Gemm is. In place; only
+    when the Add alone reads the product (a QDQ model leaves it unquantized)."""
+    consumers = graph.consumers()
+    outputs = set(graph.outputs)
+    drop: set[int] = set()
+    for matmul in graph.ops:
+        if matmul.type != "MatMul" or len(matmul.inputs) != 2 \
+                or graph.const(matmul.inputs[1]) is None or matmul.outputs[0] in outputs:
+            continue
+        product = matmul.outputs[0]
+        add = _sole_reader(consumers, product, "Add")
+        bias = _other(add, product) if add else None
+        features = graph.tensor(matmul.inputs[1]).shape[-1]
+        if bias is None or graph.const(bias) is None or graph.tensor(product).quant is not None \
+                or graph.const(bias).size != features \
+                or graph.tensor(bias).shape[-1:] != (features,):
+            continue
+        matmul.inputs.append(bias)
+        matmul.outputs = list(add.outputs)
+        drop.add(id(add))
+    graph.ops = [op for op in graph.ops if id(op) not in drop]

@@ -91,6 +91,8 @@ def quantize_constants(graph: Graph) -> None:
                 continue  # biases: quantize_biases
             elif tensor.dtype == np.int32:
                 continue  # shapes (TRANSPOSE_CONV's output shape)
+            elif _int8_contract(op) == "same":
+                continue  # on the op's own grid: align_same_scale
             elif tensor.dtype == np.float32 or (tensor.quant and not tensor.quant.per_tensor):
                 values = tensor.data if tensor.quant is None \
                     else tensor.quant.dequantize(tensor.data)
@@ -141,12 +143,18 @@ def fix_output_quant(graph: Graph) -> None:
     graph.ops = ops
 
 
+#: copying builtins whose every input shares the output's parameters
+MULTI_INPUT_SAME = ("CONCATENATION", "MAXIMUM", "MINIMUM")
+
+
 def align_same_scale(graph: Graph) -> None:
-    """Inputs and output of copying ops (pools, reshapes, pads, concat) share parameters.
+    """Inputs and output of copying ops (pools, reshapes, pads, concat, max / min) share
+    parameters.
 
     In place. One-input ops whose QDQ output has other parameters than the
     input: the op writes the input's, and a QUANTIZE requantizes to the output's.
-    CONCATENATION keeps its output's parameters; a differing input is retargeted
+    CONCATENATION, MAXIMUM and MINIMUM keep their output's parameters (a constant input
+    is quantized onto them); a differing input is retargeted
     (noted: its producer then writes the concat's parameters directly) when only
     the concat reads it and its producer can write any scale, else requantized
     by a QUANTIZE.
@@ -160,7 +168,7 @@ def align_same_scale(graph: Graph) -> None:
             ops.append(op)
             continue
         target = graph.tensor(op.outputs[0])
-        if op.type == "CONCATENATION":
+        if op.type in MULTI_INPUT_SAME:
             op.inputs = [_aligned_input(graph, name, target.quant, op, producers, consumers,
                                         outputs, ops) for name in op.inputs]
             ops.append(op)
@@ -219,7 +227,7 @@ def _aligned_input(graph: Graph, name: str, quant: Quant, op: Op, producers: dic
             and len(consumers.get(name, [])) == 1
             and name not in outputs and name not in graph.inputs):
         tensor.quant = quant
-        graph.note("concatenation input retargeted to the concat's scale (its producer "
+        graph.note(f"{op.type} input retargeted to the output's scale (its producer "
                    "requantizes to it directly)", name, changed=name)
         return name
     staged = graph.add_tensor(f"{name}_requant", tensor.shape, dtype, quant=quant)
