@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -307,3 +308,47 @@ def test_qat_block_goes_to_int8(name: str, digits, tmp_path) -> None:
     logits = (raw.astype(np.float32) - zero) * scale
     assert (logits.argmax(1) == reference.argmax(1)).mean() >= 0.99
     assert (np.round(np.abs(logits - reference) / scale) <= 1).mean() >= 0.99
+
+
+class WithDropout(nn.Module):
+    """conv-BN-ReLU, a dropout of the family (p = 0.5: a mask left on halves the logits'
+    agreement), conv, mean, linear."""
+
+    def __init__(self, drop: nn.Module) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.drop = drop
+        self.conv = nn.Conv2d(8, 8, 3)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(self.drop(self.stem(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", ["ptq", "qat"])
+@pytest.mark.parametrize("drop", [nn.Dropout, nn.Dropout2d, nn.AlphaDropout,
+                                  nn.FeatureAlphaDropout])
+def test_dropout_is_gone_from_the_int8_files(method: str, drop: type, tmp_path) -> None:
+    """Every dropout of the family (aten dropout, feature_dropout, alpha_dropout,
+    feature_alpha_dropout) is identity in the int8 files, PTQ (captured in eval mode) or
+    QAT (captured in train mode, dropout on while fine-tuning): no rule missing, no random
+    op in the ONNX, the same logits twice from the program and onnxruntime, the .tflite
+    (no frozen mask) as onnxruntime. QAT once shipped Dropout2d's training-mode mask."""
+    from dataclasses import replace
+
+    from edgecnn.quant import QAT, QAT_SCHEDULE
+
+    torch.manual_seed(0)
+    x = images(64, size=10)
+    recipe = QAT(train=replace(QAT_SCHEDULE, epochs=1, batch_size=16)) \
+        if method == "qat" else None
+    files = Int8Files(_set_bn_statistics(WithDropout(drop(0.5))), x, tmp_path, recipe,
+                      labels=torch.arange(64) % 10)
+    assert files.caught(UnquantizedOpWarning) == []
+    ops = {node.op_type for node in onnx.load(files.onnx).graph.node}
+    assert not [op for op in ops if op.startswith("Random") or op == "Dropout"], ops
+    with torch.no_grad():
+        assert np.array_equal(files.converted(x).numpy(), files.fake_quant)
+    session = ort.InferenceSession(str(files.onnx), providers=["CPUExecutionProvider"])
+    assert np.array_equal(session.run(None, {"input": x.numpy()})[0], files.ort)
+    assert files.steps(files.litert, files.ort) <= 1

@@ -23,7 +23,7 @@ from torchao.quantization.pt2e.quantizer import (
 
 from edgecnn.export.tflite.builtins import BUILTINS
 from edgecnn.export.tflite.ops.elementwise import pow_builtin
-from edgecnn.quant.graph import calls
+from edgecnn.quant.graph import DROPOUT_OPS, calls
 from edgecnn.quant.spec import Specs
 
 aten = torch.ops.aten
@@ -63,7 +63,7 @@ LOWERS_TO: dict[object, str | None] = {
     aten.upsample_nearest2d.vec: "RESIZE_NEAREST_NEIGHBOR",
     aten.upsample_bilinear2d.vec: "RESIZE_BILINEAR",
     aten.constant_pad_nd.default: "PAD", aten.pad.default: "PAD",
-    aten.dropout.default: None, aten.clone.default: None, aten.alias.default: None,
+    **dict.fromkeys(DROPOUT_OPS), aten.clone.default: None, aten.alias.default: None,
     aten.relu6.default: "RELU6",
     aten.sigmoid.default: "LOGISTIC", aten.tanh.default: "TANH",
     aten.softmax.int: "SOFTMAX", aten._softmax.default: "SOFTMAX",
