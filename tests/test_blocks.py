@@ -352,3 +352,41 @@ def test_dropout_is_gone_from_the_int8_files(method: str, drop: type, tmp_path) 
     session = ort.InferenceSession(str(files.onnx), providers=["CPUExecutionProvider"])
     assert np.array_equal(session.run(None, {"input": x.numpy()})[0], files.ort)
     assert files.steps(files.litert, files.ort) <= 1
+
+
+@pytest.mark.parametrize("method", ["ptq", "qat"])
+def test_batch_fold_goes_through_the_saved_program(method: str, tmp_path) -> None:
+    """A reshape by the batch size (`x.reshape(n * 2, ...)`, MobileViT's unfold) through
+    the real run's path: quantize (no rule missing: the shape arithmetic is not an
+    activation), save, the checked load (it refused `_operator.mul` after training), the
+    QDQ ONNX of the loaded program and its .tflite, which agree at batch 1 and 3."""
+    from dataclasses import replace
+
+    from user_models import BatchFold
+
+    from edgecnn.config import ArtifactMetadata
+    from edgecnn.quant import PTQ, QAT, QAT_SCHEDULE, load_program, quantize, save_program
+
+    torch.manual_seed(0)
+    x, y = images(64, size=16), torch.arange(64) % 10
+    recipe = QAT(train=replace(QAT_SCHEDULE, epochs=1, batch_size=16)) \
+        if method == "qat" else PTQ(calib_batches=2, batch_size=32)
+    record = preprocessing(x, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnquantizedOpWarning)
+        converted = quantize(_set_bn_statistics(BatchFold()), x[:2], recipe,
+                             train_data=(x, y))
+    save_program(tmp_path, converted, ArtifactMetadata(record, precision="int8"),
+                 example_input=x[:2])
+    program, _ = load_program(tmp_path)
+    with torch.no_grad():
+        for batch in (1, 3):
+            assert torch.equal(program.module()(x[:batch]), converted(x[:batch]))
+    proto = onnx_export.qdq_model(program, record)
+    tflite = convert(proto, tmp_path / "model_int8.tflite")
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    raw, (scale, zero) = run_images(tflite, x.numpy())
+    logits = (raw.astype(np.float32) - zero) * scale
+    reference = session.run(None, {"input": x.numpy()})[0]
+    assert np.abs(logits - reference).max() <= scale * 1.001
+    assert np.allclose(session.run(None, {"input": x[:1].numpy()})[0], reference[:1], atol=1e-5)

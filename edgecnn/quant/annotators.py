@@ -535,12 +535,18 @@ def share_with_producers(gm: GraphModule, specs: Specs) -> None:
 PASSTHROUGH = (operator.getitem, aten.sym_size.int)
 
 
+#: what a node computing on shapes, not activations, writes: a size read from the dynamic
+#: batch and the arithmetic on it (`x.reshape(n * 2, ...)`: operator.mul of a SymInt)
+SHAPE_VALUES = (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool)
+
+
 def unannotated(gm: GraphModule) -> list[Node]:
-    """call_function nodes on the activation path (downstream of the inputs) not quantized."""
+    """call_function nodes on the activation path (downstream of the inputs, writing a
+    tensor: shape arithmetic is not on it, `SHAPE_VALUES`) not quantized."""
     on_path: set[Node] = {n for n in gm.graph.nodes if n.op == "placeholder"}
     missing = []
     for node in gm.graph.nodes:
-        if node.op != "call_function":
+        if node.op != "call_function" or isinstance(node.meta.get("val"), SHAPE_VALUES):
             continue
         if not any(a in on_path for a in node.all_input_nodes):
             continue
