@@ -4,7 +4,8 @@
 [N, classes] logits tensor (a tuple, a spatial map or another class count would fail in
 training, with a traceback, or at validation, after all the work). `check_exportable`
 takes the untrained model through the whole int8 path on random weights and random
-images (capture, PTQ on one batch, QDQ ONNX, and TFLite when asked): seconds, where
+images (capture, PTQ on one batch, the program saved and loaded back through its checked
+load, QDQ ONNX, and TFLite when asked): seconds, where
 finding out after training costs minutes. Whatever stops it is raised with the same
 one-line error the real export would give, naming the node and op at fault.
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgecnn.config import Preprocessing
+from edgecnn.config import ArtifactMetadata, Preprocessing
 from edgecnn.errors import EdgecnnError, ParameterError, first_line
 
 
@@ -84,7 +85,9 @@ def check_interface(model: nn.Module, preprocessing: Preprocessing, model_name: 
 def check_exportable(model: nn.Module, preprocessing: Preprocessing, *,
                      formats: tuple[str, ...] = ("onnx", "tflite"), io: str = "int8",
                      config=None) -> None:
-    """Quantize (PTQ, one random batch) and export a copy of `model` to int8 ONNX, then
+    """Quantize (PTQ, one random batch) a copy of `model`, save the program and load it
+    back as the real run does (`quant.save_program`, `quant.load_program`: whatever its
+    checked load refuses after training is refused here), export that to int8 ONNX, then
     convert it to TFLite when "tflite" is in `formats`; `model` is left unchanged.
 
     Raises EdgecnnError("model cannot be exported to int8 ...: <the export's own error>").
@@ -103,11 +106,15 @@ def check_exportable(model: nn.Module, preprocessing: Preprocessing, *,
             converted = quant.quantize(model.eval(), x[:2], quant.PTQ(calib_batches=1,
                                                                       batch_size=8),
                                        train_data=x, config=config)
-            path = onnx_export.export_qdq(converted, preprocessing, Path(tmp) / "model.onnx")
+            quant.save_program(Path(tmp), converted, ArtifactMetadata(
+                preprocessing, model="", precision="int8"), example_input=x[:2])
+            program, _ = quant.load_program(Path(tmp))
+            proto = onnx_export.qdq_model(program, preprocessing)
+            onnx_export.onnxruntime_variant(proto)
             if "tflite" in formats:
                 from edgecnn.export.tflite import to_flatbuffer
 
-                to_flatbuffer(path, io=io)
+                to_flatbuffer(proto, io=io)
     except ParameterError:  # an argument at fault (an --int16 layer with no 16x8 kernel)
         raise
     except EdgecnnError as exc:

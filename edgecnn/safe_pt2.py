@@ -13,8 +13,15 @@ archive is checked against what edgecnn's own programs hold:
 - no pickled payload: every weight and constant is a raw tensor
   (`use_pickle` false), no custom or opaque objects, and the sample inputs
   load with `weights_only=True`;
-- every graph node calls `torch.ops.aten.*`, `torch.ops.quantized_decomposed.*`
-  or `_operator.getitem`;
+- every graph node calls `torch.ops.aten.*`, `torch.ops.quantized_decomposed.*`,
+  `_operator.getitem` or one of `SYM_TARGETS`: the integer arithmetic torch.export writes
+  for a shape computed from the dynamic batch (`x.reshape(n * 2, ...)` with n =
+  x.shape[0], as MobileViT's unfold and multi-head splits do). These are safe: each is
+  an exact name (not a prefix) in torch's own table of symbolic ops (`_SYM_OPS` of
+  torch._export.serde.serialize), which its loader resolves by attribute lookup on the
+  `operator` / `math` / `torch` module to that pure built-in (`operator.mul`,
+  `torch.sym_max`, ...); it computes on the program's own integers and imports,
+  evaluates or unpickles nothing;
 - every symbolic expression is built from symbols, integers and the
   arithmetic sympy names torch writes; `guards_code` is empty.
 
@@ -44,13 +51,27 @@ from edgecnn.util import require_file
 MAX_ARCHIVE_BYTES = 4 * 2**30
 MAX_JSON_BYTES = 256 * 2**20
 
+#: symbolic-int (and -bool / -float) arithmetic: torch 2.13's `_SYM_OPS` as its serializer
+#: names them (`module.name`); see the module docstring for why loading them is safe
+SYM_TARGETS = frozenset({
+    *(f"_operator.{name}" for name in (
+        "add", "sub", "mul", "floordiv", "truediv", "mod", "neg", "pos", "pow",
+        "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "lshift", "rshift")),
+    "math.trunc", "torch.sym_not", "torch.sym_int", "torch.sym_float", "torch.sym_ite",
+    "torch.sym_max", "torch.sym_min", "torch._sym_sqrt"})
 ALLOWED_TARGETS = re.compile(r"^(torch\.ops\.(aten|quantized_decomposed)\.[A-Za-z0-9_]+"
-                             r"\.[A-Za-z0-9_]+|_operator\.getitem)$")
+                             r"\.[A-Za-z0-9_]+|_operator\.getitem|"
+                             + "|".join(re.escape(t) for t in sorted(SYM_TARGETS)) + ")$")
 #: Tokens a symbolic-shape expression may contain: symbols (s0, u3), integers, the sympy
 #: names torch's serializer writes, operators. Nothing else reaches `sympify`.
+#: (srepr: Add / Mul / Pow / Rational for the arithmetic of `SYM_TARGETS`, torch's own
+#: functions for division, powers, shifts and casts, sympy's relationals for comparisons)
 _EXPR_NAMES = {"Symbol", "Integer", "positive", "integer", "nonnegative", "True", "False",
                "oo", "FloorDiv", "Mod", "CeilToInt", "FloorToInt", "CleanDiv", "CeilDiv",
-               "PythonMod", "Max", "Min", "Eq", "Ne", "And", "Or", "Not"}
+               "PythonMod", "Max", "Min", "Eq", "Ne", "And", "Or", "Not",
+               "Add", "Mul", "Pow", "Rational", "IntTrueDiv", "FloatTrueDiv", "ToFloat",
+               "TruncToInt", "PowByNatural", "FloatPow", "LShift", "RShift", "Equality",
+               "Unequality", "StrictLessThan", "LessThan", "StrictGreaterThan", "GreaterThan"}
 _EXPR_TOKEN = re.compile(r"\s*(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<num>\d+)|"
                          r"(?P<sym>'[su]\d+')|(?P<op>\*\*|[-+*/%(),=<>!]))")
 _SYMBOL = re.compile(r"^[su]\d+$")
@@ -78,7 +99,8 @@ def _walk(value: Any, where: str, depth: int = 0) -> None:
         target = value.get("target")
         if isinstance(target, str) and "inputs" in value and not ALLOWED_TARGETS.match(target):
             raise EdgecnnError(f"{where}: node calls {target[:80]!r}; edgecnn loads programs "
-                               "of aten and quantized_decomposed ops only")
+                               "of aten and quantized_decomposed ops (and shape arithmetic) "
+                               "only")
         expr = value.get("expr_str")
         if isinstance(expr, str):
             _check_expr(expr, where)

@@ -1,8 +1,8 @@
 """The int8 files a user's model becomes, with each runtime's logits: a test helper.
 
-`Int8Files(model, x, out)` quantizes `model` (PTQ on `x`), exports the int8 QDQ ONNX as
-`export --int8` ships it and the full-int8 .tflite converted from it, and keeps the logits
-of fp32, the fake-quant program, onnxruntime and LiteRT (XNNPACK) on `x`.
+`Int8Files(model, x, out)` quantizes `model` (PTQ on `x`, or another recipe), exports the
+int8 QDQ ONNX as `export --int8` ships it and the full-int8 .tflite converted from it, and
+keeps the logits of fp32, the fake-quant program, onnxruntime and LiteRT (XNNPACK) on `x`.
 """
 
 from __future__ import annotations
@@ -34,15 +34,18 @@ def preprocessing(x: torch.Tensor, classes: int) -> Preprocessing:
 
 
 class Int8Files:
-    """The PTQ program of `model` on `x`, its int8 QDQ ONNX (as shipped: onnxruntime's
-    variant) and its full-int8 .tflite, with their outputs on `x` as float logits."""
+    """The PTQ program of `model` on `x` (or `recipe`'s, e.g. QAT on `x` and `labels`), its
+    int8 QDQ ONNX (as shipped: onnxruntime's variant) and its full-int8 .tflite, with their
+    outputs on `x` as float logits."""
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, out: Path) -> None:
+    def __init__(self, model: nn.Module, x: torch.Tensor, out: Path, recipe=None,
+                 labels: torch.Tensor | None = None) -> None:
         self.model = model.eval()
+        recipe = recipe or quant.PTQ(calib_batches=2, batch_size=32)
         with warnings.catch_warnings(record=True) as self.warnings:
             warnings.simplefilter("always")
-            self.converted = quant.quantize(model, x[:2], quant.PTQ(calib_batches=2, batch_size=32),
-                                            train_data=x)
+            self.converted = quant.quantize(model, x[:2], recipe,
+                                            train_data=x if labels is None else (x, labels))
             with torch.no_grad():
                 self.fp32 = model(x).numpy()
                 self.fake_quant = self.converted(x).numpy()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -307,3 +308,85 @@ def test_qat_block_goes_to_int8(name: str, digits, tmp_path) -> None:
     logits = (raw.astype(np.float32) - zero) * scale
     assert (logits.argmax(1) == reference.argmax(1)).mean() >= 0.99
     assert (np.round(np.abs(logits - reference) / scale) <= 1).mean() >= 0.99
+
+
+class WithDropout(nn.Module):
+    """conv-BN-ReLU, a dropout of the family (p = 0.5: a mask left on halves the logits'
+    agreement), conv, mean, linear."""
+
+    def __init__(self, drop: nn.Module) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.drop = drop
+        self.conv = nn.Conv2d(8, 8, 3)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(self.drop(self.stem(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", ["ptq", "qat"])
+@pytest.mark.parametrize("drop", [nn.Dropout, nn.Dropout2d, nn.AlphaDropout,
+                                  nn.FeatureAlphaDropout])
+def test_dropout_is_gone_from_the_int8_files(method: str, drop: type, tmp_path) -> None:
+    """Every dropout of the family (aten dropout, feature_dropout, alpha_dropout,
+    feature_alpha_dropout) is identity in the int8 files, PTQ (captured in eval mode) or
+    QAT (captured in train mode, dropout on while fine-tuning): no rule missing, no random
+    op in the ONNX, the same logits twice from the program and onnxruntime, the .tflite
+    (no frozen mask) as onnxruntime. QAT once shipped Dropout2d's training-mode mask."""
+    from dataclasses import replace
+
+    from edgecnn.quant import QAT, QAT_SCHEDULE
+
+    torch.manual_seed(0)
+    x = images(64, size=10)
+    recipe = QAT(train=replace(QAT_SCHEDULE, epochs=1, batch_size=16)) \
+        if method == "qat" else None
+    files = Int8Files(_set_bn_statistics(WithDropout(drop(0.5))), x, tmp_path, recipe,
+                      labels=torch.arange(64) % 10)
+    assert files.caught(UnquantizedOpWarning) == []
+    ops = {node.op_type for node in onnx.load(files.onnx).graph.node}
+    assert not [op for op in ops if op.startswith("Random") or op == "Dropout"], ops
+    with torch.no_grad():
+        assert np.array_equal(files.converted(x).numpy(), files.fake_quant)
+    session = ort.InferenceSession(str(files.onnx), providers=["CPUExecutionProvider"])
+    assert np.array_equal(session.run(None, {"input": x.numpy()})[0], files.ort)
+    assert files.steps(files.litert, files.ort) <= 1
+
+
+@pytest.mark.parametrize("method", ["ptq", "qat"])
+def test_batch_fold_goes_through_the_saved_program(method: str, tmp_path) -> None:
+    """A reshape by the batch size (`x.reshape(n * 2, ...)`, MobileViT's unfold) through
+    the real run's path: quantize (no rule missing: the shape arithmetic is not an
+    activation), save, the checked load (it refused `_operator.mul` after training), the
+    QDQ ONNX of the loaded program and its .tflite, which agree at batch 1 and 3."""
+    from dataclasses import replace
+
+    from user_models import BatchFold
+
+    from edgecnn.config import ArtifactMetadata
+    from edgecnn.quant import PTQ, QAT, QAT_SCHEDULE, load_program, quantize, save_program
+
+    torch.manual_seed(0)
+    x, y = images(64, size=16), torch.arange(64) % 10
+    recipe = QAT(train=replace(QAT_SCHEDULE, epochs=1, batch_size=16)) \
+        if method == "qat" else PTQ(calib_batches=2, batch_size=32)
+    record = preprocessing(x, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnquantizedOpWarning)
+        converted = quantize(_set_bn_statistics(BatchFold()), x[:2], recipe,
+                             train_data=(x, y))
+    save_program(tmp_path, converted, ArtifactMetadata(record, precision="int8"),
+                 example_input=x[:2])
+    program, _ = load_program(tmp_path)
+    with torch.no_grad():
+        for batch in (1, 3):
+            assert torch.equal(program.module()(x[:batch]), converted(x[:batch]))
+    proto = onnx_export.qdq_model(program, record)
+    tflite = convert(proto, tmp_path / "model_int8.tflite")
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    raw, (scale, zero) = run_images(tflite, x.numpy())
+    logits = (raw.astype(np.float32) - zero) * scale
+    reference = session.run(None, {"input": x.numpy()})[0]
+    assert np.abs(logits - reference).max() <= scale * 1.001
+    assert np.allclose(session.run(None, {"input": x[:1].numpy()})[0], reference[:1], atol=1e-5)

@@ -84,6 +84,58 @@ def test_unknown_model_lists_known_ones():
         create_model("no_such_pkg.mod:factory")
 
 
+def test_a_module_in_the_current_directory_is_found(tmp_path, monkeypatch):
+    """`module:factory` with the module in the current directory (not on sys.path) is
+    imported from there, as `python -m` and uvicorn do, and the directory stays importable
+    for the module's own later imports; a module found nowhere says where it was looked
+    for; one found on sys.path leaves sys.path as it was."""
+    import sys
+
+    from edgecnn.models.registry import resolve_factory
+
+    (tmp_path / "cwd_model_a1.py").write_text(
+        "from torch import nn\n\ndef net(num_classes=10):\n    return nn.Linear(4, num_classes)\n")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".")])
+    monkeypatch.chdir(tmp_path)
+    before = list(sys.path)
+    with pytest.raises(EdgecnnError, match=r"^cannot import module 'cwd_missing_b2' for model "
+                                           r"'cwd_missing_b2:net': No module named "
+                                           r"'cwd_missing_b2' \(looked in the current "
+                                           r"directory and the Python path\)$"):
+        resolve_factory("cwd_missing_b2:net")
+    assert sys.path == before
+    resolve_factory("torch.nn:Identity")
+    assert sys.path == before
+    assert isinstance(create_model("cwd_model_a1:net", num_classes=3), nn.Linear)
+    assert sys.path == [str(tmp_path), *before]
+    monkeypatch.delitem(sys.modules, "cwd_model_a1")
+
+
+def test_the_console_script_imports_from_the_current_directory(tmp_path):
+    """The `edgecnn` console script's sys.path starts at its own directory, not the current
+    one: `edgecnn export --int8 mymodule:net` run beside mymodule.py once said it could
+    not import it."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = shutil.which("edgecnn", path=str(Path(sys.executable).parent))
+    if script is None:
+        pytest.skip("no edgecnn console script beside this interpreter")
+    (tmp_path / "cwd_model_c3.py").write_text(
+        "def net(num_classes=10, in_channels=1):\n    raise RuntimeError('built in cwd')\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    for spec, error in (("cwd_model_c3:net", "RuntimeError: built in cwd"),
+                        ("cwd_missing_d4:net", "looked in the current directory")):
+        result = subprocess.run([script, "export", "--int8", spec, "--data", "digits",
+                                 "--out", str(tmp_path / "out")], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2 and error in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 @pytest.mark.parametrize("source, error", [
     ("def net(:\n    pass\n", r"SyntaxError: .*\(broken_\d+\.py, line 1\)"),
     ("raise RuntimeError('no GPU here')\n", "RuntimeError: no GPU here"),

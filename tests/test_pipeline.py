@@ -207,6 +207,28 @@ def test_unexportable_model_stops_before_training(tmp_path):
     assert not (out / "checkpoint").exists()
 
 
+def test_the_dry_run_loads_the_program_back_as_the_real_run(monkeypatch):
+    """The check before training saves the quantized program and loads it through the
+    checked load (`safe_pt2`), as the real run does after training: a model with shape
+    arithmetic on the batch (MobileViT's unfold, `user_models.BatchFold`) passes, and a
+    program the load refuses (here: that arithmetic no longer allowed) stops the check,
+    naming the node, where it once stopped the run after training."""
+    import re
+
+    from user_models import BatchFold
+
+    from edgecnn import preflight, safe_pt2
+    from edgecnn.config import Preprocessing
+
+    record = Preprocessing((16, 16), 1, (0.0,), (1.0,), [str(i) for i in range(10)])
+    preflight.check_exportable(BatchFold(), record, formats=("onnx",))
+    monkeypatch.setattr(safe_pt2, "ALLOWED_TARGETS",
+                        re.compile(r"^torch\.ops\.(aten|quantized_decomposed)\.\w+\.\w+$"))
+    with pytest.raises(EdgecnnError, match=r"checked before training\): \S+model_int8\.pt2: "
+                                           r"node calls '_operator\.mul'"):
+        preflight.check_exportable(BatchFold(), record, formats=("onnx",))
+
+
 def test_a_factory_that_raises_is_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}

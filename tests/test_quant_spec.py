@@ -532,3 +532,48 @@ def test_maxes_share_their_input_quantization_abs_elu_own_it():
     for node in (*nodes(gm, aten.abs.default), *nodes(gm, aten.elu.default)):
         input_qparams(node)
         output_qparams(node)
+
+
+class Dropouts(nn.Module):
+    """One module of each dropout aten op torch.export writes (dropout, feature_dropout,
+    alpha_dropout, feature_alpha_dropout), and F.dropout following the module's mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.drops = nn.Sequential(nn.Dropout(0.5), nn.Dropout2d(0.5), nn.AlphaDropout(0.5),
+                                   nn.FeatureAlphaDropout(0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.dropout(self.drops(self.conv(x)), 0.5, training=self.training)
+        return x.mean((2, 3))
+
+
+def test_qat_train_and_eval_switch_every_dropout():
+    """The QAT graph (captured in train mode) drops while fine-tuning and is deterministic
+    after .eval(), for every op of the family (`graph.DROPOUT_OPS`), defined once for
+    `bn_fold.set_dropout` and the quantizer's rules; convert leaves each switched off."""
+    from torchao.quantization.pt2e import disable_observer
+
+    from edgecnn.quant.calibrate import convert
+    from edgecnn.quant.graph import DROPOUT_OPS, DROPOUT_TRAIN
+    from edgecnn.quant.qat import prepare_qat
+
+    x = torch.randn(4, 1, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnquantizedOpWarning)
+        prepared = prepare_qat(Dropouts(), x[:2])
+    prepared(x)
+    prepared.apply(disable_observer)  # the ranges fixed: only dropout may change the output
+    drops = nodes(prepared, DROPOUT_OPS)
+    assert sorted({str(n.target) for n in drops}) == sorted(str(op) for op in DROPOUT_OPS)
+    assert len(drops) == 5 and all(n.args[DROPOUT_TRAIN] for n in drops)
+    assert not torch.equal(prepared(x), prepared(x))
+    prepared.eval()
+    assert not any(n.args[DROPOUT_TRAIN] for n in drops)
+    assert torch.equal(prepared(x), prepared(x))
+    prepared.train()
+    assert all(n.args[DROPOUT_TRAIN] for n in drops)
+    converted = convert(prepared)  # left in train mode: convert switches dropout off
+    assert not any(n.args[DROPOUT_TRAIN] for n in nodes(converted, DROPOUT_OPS))
+    assert torch.equal(converted(x), converted(x))

@@ -126,3 +126,58 @@ def test_damaged_archives_are_one_line(tmp_path, damage):
     path.write_bytes(damage)
     with pytest.raises(EdgecnnError, match="x.pt2"):
         load_pt2(path)
+
+
+@pytest.fixture(scope="module")
+def batch_fold_pt2(tmp_path_factory) -> Path:
+    """A program with shape arithmetic: `x.reshape(n * 2, ...)` on the dynamic batch."""
+    from user_models import BatchFold
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("pt2") / "fold.pt2"
+    program = torch.export.export(BatchFold().eval(), (torch.rand(2, 1, 8, 8),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch", max=64)},))
+    torch.export.save(program, str(path))
+    return path
+
+
+def test_shape_arithmetic_on_the_batch_loads(batch_fold_pt2):
+    """torch.export writes n * 2 as an `_operator.mul` node and a Mul(...) expression: a
+    MobileViT unfold's program loads, and runs at other batch sizes as the model does."""
+    from user_models import BatchFold
+
+    with zipfile.ZipFile(batch_fold_pt2) as z:
+        nodes = json.loads(z.read(_entry(z.namelist(), "/models/")))["graph_module"]["graph"]
+    assert "_operator.mul" in {n["target"] for n in nodes["nodes"]}
+    program, _ = load_pt2(batch_fold_pt2)
+    torch.manual_seed(0)
+    model = BatchFold().eval()
+    x = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():
+        for batch in (1, 3):
+            assert torch.allclose(program.module()(x[:batch]), model(x[:batch]), atol=1e-6)
+
+
+@pytest.mark.parametrize("target", ["builtins.eval", "os.system", "_operator.attrgetter",
+                                    "_operator.call", "_operator.mul.__call__",
+                                    "math.__builtins__", "torch.sym_max_", "torch.hub.load"])
+def test_only_torchs_own_shape_arithmetic_is_allowed(batch_fold_pt2, tmp_path, target):
+    """The allowed Python targets are exact names of torch's symbolic-op table
+    (`safe_pt2.SYM_TARGETS`), each a pure built-in; any other name, a prefix or an
+    attribute of one included, is refused before torch resolves it."""
+    import torch._export.serde.serialize as serde
+
+    from edgecnn.safe_pt2 import SYM_TARGETS
+
+    assert SYM_TARGETS <= {f"{op.__module__}.{op.__name__}" for op in serde._SYM_OPS}
+
+    def edit(entries):
+        def change(p):
+            (node,) = [n for n in p["graph_module"]["graph"]["nodes"]
+                       if n["target"] == "_operator.mul"]
+            node["target"] = target
+        _model_json(entries, change)
+
+    bad = _rewrite(batch_fold_pt2, tmp_path / "bad.pt2", edit)
+    with pytest.raises(EdgecnnError, match=f"bad.pt2: node calls '{target}'"):
+        check_archive(bad)

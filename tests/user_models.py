@@ -183,6 +183,30 @@ class BatchOneBranch(TinyNet):
         return super().forward(x)
 
 
+class BatchFold(nn.Module):
+    """Channel groups folded into the batch and back (`x.reshape(n * 2, ...)`, n =
+    x.shape[0]), as MobileViT's unfold and multi-head splits do: torch.export writes the
+    product as shape arithmetic (operator.mul of the dynamic batch)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, 2, 1, bias=False),
+                                  nn.BatchNorm2d(16), nn.ReLU())
+        self.conv = nn.Sequential(nn.Conv2d(8, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8),
+                                  nn.ReLU())
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        n, c, h, w = x.shape
+        y = self.conv(x.reshape(n * 2, c // 2, h, w)).reshape(n, c, h, w)
+        return self.fc((x + y).mean((2, 3)))
+
+
+def batch_fold(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    return BatchFold(num_classes, in_channels)
+
+
 # -- blocks of the CNN literature (tests/test_blocks.py, benchmarks/blocks.py): 3-channel
 # input, 10 classes --------------------------------------------------------------------
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable
+from types import ModuleType
 
 from torch import nn
 
@@ -18,12 +21,39 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return models.register()(fn)
 
 
-def resolve_factory(name: str) -> Callable[..., nn.Module]:
-    """A registered name, or `package.module:factory` for a model of the user's own.
+def _cwd_on_path() -> bool:
+    cwd = os.path.realpath(os.getcwd())
+    return any(os.path.realpath(entry or ".") == cwd for entry in sys.path)
 
-    Raises EdgecnnError for an unknown name, a module that cannot be imported (missing, or
-    raising on import: a SyntaxError names its file and line), or a factory that is not a
-    function or an nn.Module class."""
+
+def import_user_module(module_name: str) -> ModuleType:
+    """Import `module_name` with the current directory importable, as `python -m` and
+    uvicorn's `module:app` have it (the `edgecnn` console script does not: its sys.path
+    starts at the script's own directory). The current directory is tried only when the
+    module is not found otherwise, and stays on sys.path only when the module came from
+    there (its later imports of siblings find them); a library caller's sys.path is left
+    alone otherwise. Raises what the import raises; ModuleNotFoundError after both tries."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name.partition(".")[0] or _cwd_on_path():
+            raise
+    cwd = os.getcwd()
+    sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError:
+        sys.path.remove(cwd)
+        raise
+
+
+def resolve_factory(name: str) -> Callable[..., nn.Module]:
+    """A registered name, or `package.module:factory` for a model of the user's own,
+    imported with the current directory importable (`import_user_module`).
+
+    Raises EdgecnnError for an unknown name, a module that cannot be imported (missing:
+    saying where it was looked for, or raising on import: a SyntaxError names its file and
+    line), or a factory that is not a function or an nn.Module class."""
     if not isinstance(name, str) or not name.strip():
         raise EdgecnnError(f"model name is empty; known: {', '.join(models)} or "
                            "package.module:factory")
@@ -33,7 +63,12 @@ def resolve_factory(name: str) -> Callable[..., nn.Module]:
     if not module_name or not attr.isidentifier():
         raise EdgecnnError(f"model {name!r}: expected package.module:factory")
     try:
-        module = importlib.import_module(module_name)
+        module = import_user_module(module_name)
+    except ModuleNotFoundError as exc:
+        where = " (looked in the current directory and the Python path)" \
+            if exc.name == module_name.partition(".")[0] else ""
+        raise EdgecnnError(f"cannot import module {module_name!r} for model {name!r}: "
+                           f"{exc}{where}") from None
     except ImportError as exc:
         raise EdgecnnError(f"cannot import module {module_name!r} for model {name!r}: {exc}") \
             from None

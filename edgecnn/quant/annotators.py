@@ -23,7 +23,7 @@ from torchao.quantization.pt2e.quantizer import (
 
 from edgecnn.export.tflite.builtins import BUILTINS
 from edgecnn.export.tflite.ops.elementwise import pow_builtin
-from edgecnn.quant.graph import calls
+from edgecnn.quant.graph import DROPOUT_OPS, calls
 from edgecnn.quant.spec import Specs
 
 aten = torch.ops.aten
@@ -73,7 +73,7 @@ LOWERS_TO: dict[object, str | None] = {
     aten.upsample_nearest2d.vec: "RESIZE_NEAREST_NEIGHBOR",
     aten.upsample_bilinear2d.vec: "RESIZE_BILINEAR",
     aten.constant_pad_nd.default: "PAD", aten.pad.default: "PAD",
-    aten.dropout.default: None, aten.clone.default: None, aten.alias.default: None,
+    **dict.fromkeys(DROPOUT_OPS), aten.clone.default: None, aten.alias.default: None,
     aten.relu6.default: "RELU6",
     aten.sigmoid.default: "LOGISTIC", aten.tanh.default: "TANH",
     aten.softmax.int: "SOFTMAX", aten._softmax.default: "SOFTMAX",
@@ -581,12 +581,18 @@ def share_with_producers(gm: GraphModule, specs: Specs) -> None:
 PASSTHROUGH = (operator.getitem, aten.sym_size.int)
 
 
+#: what a node computing on shapes, not activations, writes: a size read from the dynamic
+#: batch and the arithmetic on it (`x.reshape(n * 2, ...)`: operator.mul of a SymInt)
+SHAPE_VALUES = (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool)
+
+
 def unannotated(gm: GraphModule) -> list[Node]:
-    """call_function nodes on the activation path (downstream of the inputs) not quantized."""
+    """call_function nodes on the activation path (downstream of the inputs, writing a
+    tensor: shape arithmetic is not on it, `SHAPE_VALUES`) not quantized."""
     on_path: set[Node] = {n for n in gm.graph.nodes if n.op == "placeholder"}
     missing = []
     for node in gm.graph.nodes:
-        if node.op != "call_function":
+        if node.op != "call_function" or isinstance(node.meta.get("val"), SHAPE_VALUES):
             continue
         if not any(a in on_path for a in node.all_input_nodes):
             continue

@@ -23,20 +23,19 @@ import types
 import torch
 from torch.fx import GraphModule, Node
 
-from edgecnn.quant.graph import calls, constant
+from edgecnn.quant.graph import DROPOUT_OPS, DROPOUT_TRAIN, calls, constant
 
 aten = torch.ops.aten
 
 #: aten.batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps, ...)
 BN_TRAINING, BN_EPS = 5, 7
-#: aten.dropout(input, p, train)
-DROPOUT_TRAIN = 2
 #: the eps torchao's QAT conv-bn pattern hard-codes in its weight scale factor
 QAT_PATTERN_EPS = 1e-5
 
 
 def set_flag(gm: GraphModule, target: object, index: int, value: bool) -> int:
-    """Set a literal flag argument on every `target` node; return how many changed."""
+    """Set a literal flag argument on every `target` node (an op or a tuple of ops); return
+    how many changed."""
     count = 0
     for node in gm.graph.nodes:
         if calls(node, target) and len(node.args) > index and node.args[index] != value:
@@ -52,15 +51,22 @@ def freeze_bn_stats(gm: GraphModule) -> int:
     return set_flag(gm, aten.batch_norm.default, BN_TRAINING, False)
 
 
+def set_dropout(gm: GraphModule, mode: bool) -> int:
+    """Switch every dropout of the family (`graph.DROPOUT_OPS`) on or off; mutates `gm`,
+    returns nodes changed."""
+    return set_flag(gm, DROPOUT_OPS, DROPOUT_TRAIN, mode)
+
+
 def enable_train_eval(gm: GraphModule) -> GraphModule:
     """Make `.train()` / `.eval()` work on a QAT graph captured in train mode.
 
-    train() switches dropout on (BN statistics follow `freeze_bn_stats`, so
+    train() switches every dropout on (`set_dropout`: nn.Dropout, Dropout1d/2d/3d,
+    AlphaDropout, FeatureAlphaDropout; BN statistics follow `freeze_bn_stats`, so
     re-entering train mode never unfreezes them); eval() switches dropout and
     BN statistics off. Mutates and returns `gm`.
     """
     def train(self: GraphModule, mode: bool = True) -> GraphModule:
-        set_flag(self, aten.dropout.default, DROPOUT_TRAIN, mode)
+        set_dropout(self, mode)
         if not mode:
             freeze_bn_stats(self)
         return self

@@ -13,6 +13,7 @@ from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 from edgecnn.errors import EdgecnnError
 from edgecnn.progress import progress_bar
 from edgecnn.quant.bias_correction import correct_biases, float_weights
+from edgecnn.quant.bn_fold import set_dropout
 from edgecnn.quant.equalize import equalize
 from edgecnn.quant.graph import add_int32_biases
 from edgecnn.quant.precision import keep_float, mark_int16
@@ -120,6 +121,8 @@ def calibrate(prepared: GraphModule, x, *, batches: int = 32,
 def convert(prepared: GraphModule, *, corrected_on: torch.Tensor | None = None,
             batches: int = 32, batch_size: int = 64, seed: int = 0) -> GraphModule:
     """Observers -> explicit quantize / dequantize; every bias int32 (see add_int32_biases).
+    Every dropout is switched off first (`bn_fold.set_dropout`): the converted program is
+    for inference, and its exports must not draw random masks.
 
     corrected_on: images (N, C, H, W) or a Dataset, for empirical bias correction
     between convert and the int32 biases (`bias_correction.correct_biases`, the same
@@ -127,6 +130,7 @@ def convert(prepared: GraphModule, *, corrected_on: torch.Tensor | None = None,
     `meta["ptq"]` records what was done (with `prepare_ptq`'s CLE record).
     """
     record = dict(prepared.meta.get("ptq") or {})
+    set_dropout(prepared, False)
     weights = float_weights(prepared) if corrected_on is not None else {}
     converted = convert_pt2e(prepared.to(memory_format=torch.contiguous_format))
     if corrected_on is not None:

@@ -33,6 +33,15 @@ QUANTIZE_OPS = (qd.quantize_per_tensor.default, qd.quantize_per_channel.default)
 DEQUANTIZE_PER_TENSOR = (qd.dequantize_per_tensor.default,)
 DEQUANTIZE_PER_CHANNEL = (qd.dequantize_per_channel.default,)
 WEIGHTED_OPS = (aten.conv1d.default, aten.conv2d.default, aten.linear.default)
+#: the dropout family as torch.export writes it, each (input, p, train): nn.Dropout and
+#: F.dropout -> dropout, nn.Dropout1d/2d/3d -> feature_dropout, nn.AlphaDropout ->
+#: alpha_dropout, nn.FeatureAlphaDropout -> feature_alpha_dropout (in place: their `_` forms,
+#: made functional by `quantizer.functionalize_inplace`; native_dropout appears only in
+#: decomposed programs, which the capture does not make). The `train` flag is a literal the
+#: capture fixes: QAT switches it (`bn_fold.enable_train_eval`), convert turns it off.
+DROPOUT_OPS = (aten.dropout.default, aten.feature_dropout.default, aten.alpha_dropout.default,
+               aten.feature_alpha_dropout.default)
+DROPOUT_TRAIN = 2
 
 
 def calls(node: object, targets: object) -> bool:
