@@ -369,6 +369,34 @@ def test_ops_without_an_int8_kernel_are_float_islands(method):
     assert any(calls(u, qd.quantize_per_tensor.default) for u in by_number.users)
 
 
+class WithSoftplus(nn.Module):
+    """softplus: no quantization rule (TFLite has no builtin for it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.softplus(self.conv(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", ["ptq", "qat"])
+def test_ops_without_a_rule_are_listed_with_the_float_islands(method):
+    """An op no annotator claims warns and stays float: the report's float islands list it,
+    so an int8 ONNX written without a .tflite does not hide it."""
+    from edgecnn.quant.precision import float_islands
+
+    x, y = toy_data(16)
+    recipe = {"ptq": PTQ(calib_batches=1),
+              "qat": QAT(train=replace(QAT_SCHEDULE, epochs=1, batch_size=8))}[method]
+    with pytest.warns(UnquantizedOpWarning, match="softplus"):
+        gm = quantize(WithSoftplus().eval(), x[:2], recipe, train_data=(x, y))
+    assert float_islands(gm) == ["softplus"]
+    (softplus,) = nodes(gm, aten.softplus.default)
+    assert calls(softplus.args[0], qd.dequantize_per_tensor.default)
+
+
 class WithPowers(nn.Module):
     """exp, rsqrt and x ** 2 (TFLite EXP, RSQRT, MUL: int8 kernels); reciprocal, x ** 0.5
     and x ** 3 (DIV, SQRT, POW: none)."""

@@ -54,6 +54,7 @@ from edgecnn.quant.annotators import (
     ADD_OPS,
     BATCH_NORM_OPS,
     CONV_OPS,
+    FLOAT_ISLAND_KEY,
     FLOAT_KEY,
     INT16_KEY,
     INT16_OPS,
@@ -322,12 +323,13 @@ def int16_layers(gm: GraphModule) -> list[str]:
 def float_islands(gm: GraphModule) -> list[str]:
     """The ops of a program left float because their TFLite builtin has no int8 kernel
     (`annotators.is_float_island`: `FLOAT_OPS`, powers other than x ** 2; a division by a
-    number is int8), as "module path (node
-    name)" in graph order: the node name is the one the ONNX node (`node_<name>`) and the
-    .tflite ops of the island carry."""
+    number is int8), and the ops no quantization rule covers (float in the int8 ONNX; the
+    TFLite converter refuses them), as "module path (node name)" in graph order: the node
+    name is the one the ONNX node (`node_<name>`) and the .tflite ops of the island carry."""
     names = []
     for node in activation_nodes(gm):
-        if node.op != "call_function" or not is_float_island(node):
+        if node.op != "call_function" or not (is_float_island(node)
+                                              or node.meta.get(FLOAT_ISLAND_KEY)):
             continue
         layer = layer_name(node)
         names.append(node.name if layer == node.name else f"{layer} ({node.name})")

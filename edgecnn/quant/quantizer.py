@@ -10,7 +10,7 @@ from torch.fx import GraphModule
 from torchao.quantization.pt2e.quantizer import Quantizer
 
 from edgecnn.errors import EdgecnnError
-from edgecnn.quant.annotators import ANNOTATORS, known_ops, unannotated
+from edgecnn.quant.annotators import ANNOTATORS, FLOAT_ISLAND_KEY, known_ops, unannotated
 from edgecnn.quant.precision import keep_float, mark_int16
 from edgecnn.quant.spec import QuantConfig, make_specs
 from edgecnn.util import listing
@@ -216,4 +216,6 @@ class TFLiteInt8Quantizer(Quantizer):
                    f"quantizes)")
         if self.config.strict:
             raise EdgecnnError(message)
+        for node in missing:  # float in the int8 program: listed with its float islands
+            node.meta[FLOAT_ISLAND_KEY] = True
         warnings.warn(f"{message}. These stay float.", UnquantizedOpWarning, stacklevel=2)
