@@ -167,24 +167,14 @@ def _gemm_to_conv(graph: Graph, unit: list[Op], dropped: set[int]) -> None:
 
 def _matmul_to_conv(graph: Graph, op: Op, consumers: dict[str, list[Op]],
                     dropped: set[int]) -> None:
-    """MatMul(x, B [Cin, Cout]) (+ Add of a constant [Cout]) -> Conv 1x1, weights
-    B^T [Cout, Cin, 1, 1] (`_weights`)."""
+    """MatMul(x, B [Cin, Cout]) [+ bias C, `passes.fusions.fuse_matmul_bias` folded it in from
+    the Add after it] -> Conv 1x1, weights B^T [Cout, Cin, 1, 1] (`_weights`), bias C."""
     name = op.inputs[1]
     weights, quant, transpose = _weights(graph, op)
     if transpose is not None and len(consumers.get(name, [])) == 1:
         dropped.add(id(transpose))
     conv_weights = graph.add_const(f"{name}_conv1x1", weights[:, :, None, None], quant=quant)
-    inputs = [op.inputs[0], conv_weights]
-    readers = consumers.get(op.outputs[0], [])
-    add = readers[0] if len(readers) == 1 and readers[0].type == "Add" else None
-    if add is not None and op.outputs[0] not in graph.outputs:
-        bias = next((n for n in add.inputs if n != op.outputs[0]), None)
-        data = graph.const(bias) if bias else None
-        if data is not None and data.size == weights.shape[0] and bias != op.outputs[0]:
-            inputs.append(bias)
-            op.outputs = list(add.outputs)
-            dropped.add(id(add))
-    _conv1x1(op, inputs, list(op.outputs))
+    _conv1x1(op, [op.inputs[0], conv_weights, *op.inputs[2:3]], list(op.outputs))
 
 
 def fold_channels_last(graph: Graph) -> None:
