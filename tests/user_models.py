@@ -191,6 +191,20 @@ class MCDropout(TinyNet):
                                              training=True))
 
 
+class ViewHead(TinyNet):
+    """The classic head `x.view(x.size(0), -1)` after a 2x2 pool: view needs the pooled
+    map contiguous, which a channels_last one is not."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__(num_classes, in_channels)
+        self.fc = nn.Linear(32 * 4, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), 2)
+        x = x.view(x.size(0), -1)
+        return self.fc(x)
+
+
 class DropPath(nn.Module):
     """timm's stochastic depth: a sample's residual branch dropped in training, identity
     in eval mode."""
