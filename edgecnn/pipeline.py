@@ -216,7 +216,8 @@ def export_int8(model: str, *, data: str = "digits",
         run_stage(stage, lambda: train_reference(model, data, ckpt_dir, reference,
                                                  show_progress=show_progress,
                                                  preflight="error", artifacts=artifacts,
-                                                 quant_config=quant))
+                                                 quant_config=quant,
+                                                 qat=isinstance(recipe, QAT)))
     else:
         ckpt_dir = Path(reference)
         loaded, loaded_config = load_checkpoint(ckpt_dir, model)  # fail early on a misfit

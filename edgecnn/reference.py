@@ -107,12 +107,14 @@ class TrainResult:
 def train_reference(model_name: str, data: str, directory: Path,
                     training: Training = Training(), *, show_progress: bool = True,
                     preflight: str | None = None, artifacts: ArtifactConfig = ArtifactConfig(),
-                    quant_config=None, execution: Execution | None = None) -> TrainResult:
+                    quant_config=None, qat: bool = False,
+                    execution: Execution | None = None) -> TrainResult:
     """Train the fp32 reference as `training` says and write checkpoint.pt, config.json
     and metrics.json (and pretrained.json when weights were loaded) to `directory`.
 
     preflight: "error" or "warn" first checks, on the untrained model, that it exports
-    to int8 `artifacts` (`edgecnn.preflight`), and raises or warns before any epoch.
+    to int8 `artifacts` (`edgecnn.preflight`), and raises or warns before any epoch;
+    `qat`: the model will be quantized by QAT (its train-mode capture is checked too).
     quant_config: the QuantConfig the model will be quantized with; its layer patterns
     (`--keep-float`) must each match a layer, checked before any epoch (raises).
     execution: device and loader workers (`edgecnn.distributed`); under torchrun every
@@ -158,7 +160,7 @@ def train_reference(model_name: str, data: str, directory: Path,
                                ": train at least one epoch")
     check_interface(model, preprocessing, model_name, data)
     if preflight is not None:
-        _preflight(model, preprocessing, artifacts, preflight, quant_config)
+        _preflight(model, preprocessing, artifacts, preflight, quant_config, qat)
     measured = train(model, dataset, preprocessing, schedule, show_progress=show_progress,
                      head=_classifier(model) if loaded is not None else None,
                      execution=execution)
@@ -229,13 +231,13 @@ def check_patterns(model: torch.nn.Module, preprocessing, quant_config) -> None:
 
 
 def _preflight(model: torch.nn.Module, preprocessing, artifacts: ArtifactConfig, mode: str,
-               quant_config=None) -> None:
+               quant_config=None, qat: bool = False) -> None:
     from edgecnn.preflight import check_exportable
 
     state = copy.deepcopy(model.state_dict())
     try:
         check_exportable(model, preprocessing, formats=artifacts.formats, io=artifacts.io,
-                         config=quant_config)
+                         config=quant_config, qat=qat)
     except EdgecnnError as exc:
         if mode == "error":
             raise

@@ -105,7 +105,8 @@ def _photo_folder(root, count: int = 48, seed: int = 0):
 def test_training_decodes_image_files_a_batch_at_a_time(tmp_path, monkeypatch):
     """With image files, training decodes each image when its batch is read: at the k-th
     forward pass of an epoch at most k batches' images have been decoded (no decoded copy
-    of the dataset up front), and every image once per epoch."""
+    of the dataset up front; one image before, for the memory-format probe), and every
+    image once per epoch."""
     from edgecnn.data import files, load
     from edgecnn.distributed import Execution
     from edgecnn.models import create_model
@@ -128,10 +129,11 @@ def test_training_decodes_image_files_a_batch_at_a_time(tmp_path, monkeypatch):
                     show_progress=False, execution=Execution(device="cpu", workers=0))
     n, batch = len(dataset.train_images), 8
     steps = -(-n // batch)
-    assert len(seen_at_forward) == 2 * steps
+    probe, *seen_at_forward = seen_at_forward  # train.memory_format's forward: one image
+    assert probe == 1 and len(seen_at_forward) == 2 * steps
     for k, count in enumerate(seen_at_forward):
         epoch, step = divmod(k, steps)
-        assert count == epoch * n + min(n, (step + 1) * batch), (k, count)
+        assert count == 1 + epoch * n + min(n, (step + 1) * batch), (k, count)
     assert metrics["train_images"] == n and metrics["val_images"] == len(dataset.val_images)
 
 

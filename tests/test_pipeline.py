@@ -207,6 +207,33 @@ def test_unexportable_model_stops_before_training(tmp_path):
     assert not (out / "checkpoint").exists()
 
 
+def test_random_ops_qat_cannot_switch_off_stop_before_training(tmp_path):
+    """export --int8 (QAT) of a model with stochastic depth: the dry run captures it in
+    train mode, as QAT does, and stops before any epoch naming the node and the module
+    (QAT once trained it, then shipped a random int8 ONNX and a .tflite with a frozen
+    mask); the PTQ dry run (eval mode: no branch) passes."""
+    from user_models import DropPathNet
+
+    from edgecnn import preflight
+    from edgecnn.config import Preprocessing
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "edgecnn", "export", "--int8",
+                             "user_models:DropPathNet", "--data", "digits", "--epochs", "1",
+                             "--out", str(out)], capture_output=True, text=True, env=env,
+                            timeout=600)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "(checked before training): QAT captures the model in train " \
+        "mode, where node 'bernoulli_' (drop_path) draws random numbers" in lines[0], lines
+    assert "epoch" not in result.stdout + result.stderr
+    assert not (out / "checkpoint").exists()
+    record = Preprocessing((16, 16), 1, (0.0,), (1.0,), [str(i) for i in range(10)])
+    preflight.check_exportable(DropPathNet(), record, formats=("onnx",))
+
+
 def test_the_dry_run_loads_the_program_back_as_the_real_run(monkeypatch):
     """The check before training saves the quantized program and loads it through the
     checked load (`safe_pt2`), as the real run does after training: a model with shape

@@ -605,3 +605,57 @@ def test_qat_train_and_eval_switch_every_dropout():
     converted = convert(prepared)  # left in train mode: convert switches dropout off
     assert not any(n.args[DROPOUT_TRAIN] for n in nodes(converted, DROPOUT_OPS))
     assert torch.equal(converted(x), converted(x))
+
+
+
+class NotRandom(nn.Module):
+    """Ops torch tags as random whose arguments can switch it off: RReLU (random in
+    training only), attention with dropout_p = 0."""
+
+    def __init__(self, act: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, 2, 1)
+        self.act = act or nn.RReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.act(self.conv(x)).flatten(2).transpose(1, 2)
+        return F.scaled_dot_product_attention(t, t, t).mean(1)
+
+
+class Noisy(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.randn_like(x)
+
+
+def test_qat_refuses_random_ops_outside_the_dropout_family():
+    """Stochastic depth (timm's DropPath: bernoulli_ on a new tensor) cannot be switched
+    off in a train-mode capture: QAT refuses it, naming the node and the module, where it
+    once shipped a random int8 ONNX (RandomUniformLike) and a .tflite with a frozen mask;
+    the eval-mode capture (PTQ) has no branch and passes. A tagged op whose arguments
+    switch the randomness off (RReLU in eval mode, attention with dropout_p = 0) passes;
+    the dropout family is QAT's to switch. In eval mode any random op is refused."""
+    from user_models import DropPathNet
+
+    from edgecnn.quant.calibrate import capture
+    from edgecnn.quant.graph import draws_random
+    from edgecnn.quant.qat import prepare_qat
+
+    x = torch.rand(2, 1, 16, 16)
+    with pytest.raises(EdgecnnError) as info:
+        prepare_qat(DropPathNet(), x)
+    assert str(info.value) == (
+        "QAT captures the model in train mode, where node 'bernoulli_' (drop_path) draws "
+        "random numbers outside nn.Dropout (stochastic depth / DropPath?): build the model "
+        "with drop_path_rate=0 for QAT, or use PTQ")
+    assert not any(draws_random(n) for n in capture(DropPathNet(), x, train=False).graph.nodes)
+    prepare_qat(DropPathNet(drop_path_rate=0.0), x)
+    prepare_qat(Dropouts(), torch.rand(2, 1, 8, 8))
+    ptq = capture(NotRandom(), x, train=False)
+    assert nodes(ptq, aten.rrelu.default) and nodes(ptq, aten.scaled_dot_product_attention.default)
+    with pytest.raises(EdgecnnError, match=r"^QAT captures the model in train mode, where node "
+                                           r"'rrelu' \(act\) draws random numbers"):
+        capture(NotRandom(), x, train=True)
+    capture(NotRandom(nn.ReLU()), x, train=True)
+    with pytest.raises(EdgecnnError, match=r"^node 'randn_like' \(test_quant_spec\.py:\d+\) "
+                                           r"draws random numbers in eval mode"):
+        capture(Noisy(), x, train=False)

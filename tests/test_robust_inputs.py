@@ -291,12 +291,16 @@ HINT = "(give the factory a num_classes parameter and size the head with it: edg
     ("export", "four_channel_net", ": its first convolution (conv.0) takes 4 input channels and "
                                    "the images of digits have 1; edgecnn gives a model grey (1 "
                                    "channel) or RGB (3) images"),
-], ids=["tuple", "spatial", "7-classes", "1000-classes", "4-channels"])
+    ("export", "MCDropout", "gives different outputs for the same input in eval mode (a random "
+                            "op eval() does not switch off: F.dropout(..., training=True)? "
+                            "torch.rand?); edgecnn needs a deterministic model to export"),
+], ids=["tuple", "spatial", "7-classes", "1000-classes", "4-channels", "random-in-eval"])
 def test_a_model_interface_misfit_stops_before_training(edgecnn_cmd, tmp_path, monkeypatch,
                                                         command, model, expected):
-    """A model that returns a tuple, a spatial map or another class count, or wants 4
-    channels: one line naming it as typed, before any epoch (a traceback in the training
-    loop, or a failure at validate after all the work, before)."""
+    """A model that returns a tuple, a spatial map or another class count, wants 4
+    channels, or is random in eval mode: one line naming it as typed, before any epoch (a
+    traceback in the training loop, a failure at validate after all the work, or, for
+    F.dropout(training=True), a misleading batch-1 mismatch at export, before)."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [TESTS, os.environ.get(
         "PYTHONPATH")])))
     out = tmp_path / "out"

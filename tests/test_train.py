@@ -52,3 +52,37 @@ def test_checkpoint_loading_never_executes_code(tmp_path):
     with pytest.raises(EdgecnnError, match=r"not a tensors-only checkpoint \(holds a non-tensor "
                                            r"object (builtins\.)?exec; only tensors are read\)$"):
         load_weights(create_model("dsc_net"), tmp_path / "checkpoint.pt")
+
+
+def test_a_model_that_needs_contiguous_tensors_trains_in_nchw(capsys):
+    """`x.view(x.size(0), -1)` after a pool fails on channels_last tensors (training's
+    faster layout) and runs in plain torch: fp32 training and QAT run it in NCHW, with one
+    note naming the line (once a process), where training once stopped with a traceback;
+    a model that runs channels_last keeps it. The probe changes no buffer (BN statistics,
+    QAT's observer ranges)."""
+    import re
+
+    from user_models import TinyNet, ViewHead
+
+    from edgecnn.quant.qat import prepare_qat, qat_finetune
+    from edgecnn.quant.recipe import QAT
+    from edgecnn.train import TrainConfig, memory_format, run_epochs
+
+    torch.manual_seed(0)
+    x, y = torch.rand(16, 1, 16, 16), torch.randint(0, 10, (16,))
+    layout, note = memory_format(ViewHead(), x[:2])
+    assert layout == torch.contiguous_format
+    assert re.fullmatch(r"note: user_models\.py:\d+ x = x\.view\(x\.size\(0\), -1\) needs "
+                        r"contiguous tensors: training in NCHW \(channels_last is ~1\.7x faster "
+                        r"for depthwise convs; x\.reshape or x\.flatten\(1\) allows it\)", note)
+    assert memory_format(TinyNet(), x[:2]) == (torch.channels_last, "")
+    config = TrainConfig(epochs=1, batch_size=8, augment=False)
+    model = ViewHead()
+    history = run_epochs(model, (x, y), config, description="train", show_progress=True)
+    assert len(history) == 1
+    prepared = prepare_qat(model.eval(), x[:2])
+    buffers = {n: b.clone() for n, b in prepared.named_buffers()}
+    assert memory_format(prepared, x[:2]) == (layout, note)  # the user's line, from the node
+    assert all(torch.equal(buffers[n], b) for n, b in prepared.named_buffers())
+    qat_finetune(prepared, (x, y), QAT(train=config), show_progress=True)
+    assert capsys.readouterr().err.count(note) == 1

@@ -183,6 +183,58 @@ class BatchOneBranch(TinyNet):
         return super().forward(x)
 
 
+class MCDropout(TinyNet):
+    """Monte-Carlo dropout: F.dropout with training=True hard-coded, random in eval mode."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(nn.functional.dropout(self.features(x).mean((2, 3)), 0.2,
+                                             training=True))
+
+
+class ViewHead(TinyNet):
+    """The classic head `x.view(x.size(0), -1)` after a 2x2 pool: view needs the pooled
+    map contiguous, which a channels_last one is not."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__(num_classes, in_channels)
+        self.fc = nn.Linear(32 * 4, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), 2)
+        x = x.view(x.size(0), -1)
+        return self.fc(x)
+
+
+class DropPath(nn.Module):
+    """timm's stochastic depth: a sample's residual branch dropped in training, identity
+    in eval mode."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = 1 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class DropPathNet(TinyNet):
+    """A residual block whose branch goes through DropPath (timm's drop_path_rate)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1,
+                 drop_path_rate: float = 0.2) -> None:
+        super().__init__(num_classes, in_channels)
+        self.block = nn.Sequential(nn.Conv2d(32, 32, 3, 1, 1), nn.BatchNorm2d(32), nn.ReLU())
+        self.drop_path = DropPath(drop_path_rate)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        return x + self.drop_path(self.block(x))
+
+
 class BatchFold(nn.Module):
     """Channel groups folded into the batch and back (`x.reshape(n * 2, ...)`, n =
     x.shape[0]), as MobileViT's unfold and multi-head splits do: torch.export writes the

@@ -15,7 +15,7 @@ from edgecnn.progress import progress_bar
 from edgecnn.quant.bias_correction import correct_biases, float_weights
 from edgecnn.quant.bn_fold import set_dropout
 from edgecnn.quant.equalize import equalize
-from edgecnn.quant.graph import add_int32_biases
+from edgecnn.quant.graph import add_int32_biases, draws_random, source_line
 from edgecnn.quant.precision import keep_float, mark_int16
 from edgecnn.quant.quantizer import (
     TFLiteInt8Quantizer,
@@ -39,6 +39,11 @@ def capture(model: nn.Module, example_input: torch.Tensor, *, train: bool) -> Gr
     In-place ops on activations become functional (`functionalize_inplace`); string conv
     padding ('same') becomes explicit (`resolve_conv_padding`); a BN after a conv with
     other readers stays unfolded (`keep_shared_convs_unfolded`).
+
+    Raises EdgecnnError naming the node and where the model made it when the program
+    draws random numbers outside the dropout family (`graph.draws_random`): in train
+    mode stochastic depth (timm's DropPath) and the like, which nothing can switch off in
+    the captured graph (QAT would ship random or frozen masks); in eval mode any.
     """
     if example_input.dim() < 1 or len(example_input) < 2:
         raise EdgecnnError("the example input needs a batch of at least 2: torch.export "
@@ -52,6 +57,17 @@ def capture(model: nn.Module, example_input: torch.Tensor, *, train: bool) -> Gr
     except Exception as exc:  # noqa: BLE001 - export raises many types; name the model
         raise EdgecnnError(f"torch.export failed for {type(model).__name__}: {exc}") from exc
     gm = program.module()
+    random = next((n for n in gm.graph.nodes if draws_random(n)), None)
+    if random is not None:
+        where = f" ({source_line(random)})" if source_line(random) else ""
+        if train:
+            raise EdgecnnError(
+                f"QAT captures the model in train mode, where node '{random.name}'{where} "
+                "draws random numbers outside nn.Dropout (stochastic depth / DropPath?): build "
+                "the model with drop_path_rate=0 for QAT, or use PTQ")
+        raise EdgecnnError(f"node '{random.name}'{where} draws random numbers in eval mode "
+                           "(torch.rand / randn_like?); edgecnn needs a deterministic model "
+                           "to export")
     functionalize_inplace(gm)
     resolve_conv_padding(gm)
     keep_shared_convs_unfolded(gm)

@@ -12,9 +12,11 @@ back for tests, metrics and the exporter.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,6 +44,9 @@ WEIGHTED_OPS = (aten.conv1d.default, aten.conv2d.default, aten.linear.default)
 DROPOUT_OPS = (aten.dropout.default, aten.feature_dropout.default, aten.alpha_dropout.default,
                aten.feature_alpha_dropout.default)
 DROPOUT_TRAIN = 2
+#: arguments that make a random op deterministic: off (rrelu, lstm, gru) or zero
+#: (scaled_dot_product_attention's dropout_p, an RNN's dropout)
+_RANDOM_OFF = {"train": False, "training": False, "dropout_p": 0.0, "dropout": 0.0}
 
 
 def calls(node: object, targets: object) -> bool:
@@ -49,6 +54,32 @@ def calls(node: object, targets: object) -> bool:
     if not isinstance(targets, tuple):
         targets = (targets,)
     return isinstance(node, Node) and node.op == "call_function" and node.target in targets
+
+
+def draws_random(node: object) -> bool:
+    """`node` draws random numbers: an op torch tags `nondeterministic_seeded` (bernoulli,
+    rand*, randn*, randint*, uniform_, normal_, rrelu in training, ...) other than the
+    dropout family (`DROPOUT_OPS`, switched by QAT's train() / eval() and off after
+    convert), unless its arguments switch the randomness off (`_RANDOM_OFF`)."""
+    if not isinstance(node, Node) or node.op != "call_function" or calls(node, DROPOUT_OPS) \
+            or torch.Tag.nondeterministic_seeded not in getattr(node.target, "tags", ()):
+        return False
+    schema = node.target._schema
+    values = {a.name: a.default_value for a in schema.arguments if a.has_default_value()}
+    values.update(zip((a.name for a in schema.arguments), node.args, strict=False))
+    values.update(node.kwargs)
+    return not any(name in values and values[name] == off for name, off in _RANDOM_OFF.items())
+
+
+def source_line(node: Node) -> str:
+    """Where the user's code made `node`: its module path (`blocks.0.drop_path`), else
+    the file and line of its stack trace (`model.py:12`), else ""."""
+    stack = node.meta.get("nn_module_stack") or {}
+    paths = [path for path, _ in stack.values() if path]
+    if paths:
+        return paths[-1]
+    found = re.findall(r'File "([^"]+)", line (\d+)', node.meta.get("stack_trace") or "")
+    return f"{Path(found[-1][0]).name}:{found[-1][1]}" if found else ""
 
 
 def constant(gm: GraphModule, node: object) -> torch.Tensor | None:
