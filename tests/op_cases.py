@@ -219,6 +219,9 @@ CASES = [
          input_scale={"x": 2.0}, qdq_ops={"SOFTMAX": 1, "QUANTIZE": 1}),
     Case("softmax_channels", plain("Softmax", ["x"], axis=1), X8, {"SOFTMAX": 1},
          qdq_ops={"SOFTMAX": 1, "QUANTIZE": 1}),
+    Case("softmax_rank4_last_axis", plain("Softmax", ["x"]), {"x": (1, 2, 6, 6)},
+         {"SOFTMAX": 1, "TRANSPOSE": 2}, input_scale={"x": 2.0},
+         qdq_ops={"SOFTMAX": 1, "TRANSPOSE": 2, "QUANTIZE": 1}),  # attention's scores
     Case("log_softmax", plain("LogSoftmax", ["x"]), {"x": (2, 10)}, {"LOG_SOFTMAX": 1},
          input_scale={"x": 2.0}, qdq="quantize_static has no QDQ rule for LogSoftmax; "
          "test_int8_correctness runs it in int8 from edgecnn's quantizer"),
@@ -274,6 +277,35 @@ CASES = [
                                        "axes": np.array([-1, 2], np.int64),
                                        "steps": np.array([1, 2], np.int64)}), X8,
          {"STRIDED_SLICE": 1}),
+    # x[i] (torch's select) -> one STRIDED_SLICE (shrink_axis_mask drops the axis): a class
+    # token, a channel of an NHWC tensor, attention's q of [3, N, heads, L, d] (rank 4 out:
+    # a TRANSPOSE to NHWC), a row (NCHW order: a TRANSPOSE in), a one-element index
+    Case("gather_class_token", plain("Gather", ["x", "i"], {"i": np.array(0, np.int64)},
+                                     axis=1), {"x": (1, 6, 8)}, {"STRIDED_SLICE": 1},
+         quantized_ops=("Gather",)),
+    Case("gather_channel_negative", plain("Gather", ["x", "i"], {"i": np.array(-1, np.int64)},
+                                          axis=1), X8, {"STRIDED_SLICE": 1},
+         quantized_ops=("Gather",)),
+    Case("gather_qkv", plain("Gather", ["x", "i"], {"i": np.array(1, np.int64)}),
+         {"x": (3, 1, 2, 6, 4)}, {"STRIDED_SLICE": 1, "TRANSPOSE": 1},
+         quantized_ops=("Gather",)),
+    Case("gather_row", plain("Gather", ["x", "i"], {"i": np.array(2, np.int64)}, axis=2), X8,
+         {"TRANSPOSE": 1, "STRIDED_SLICE": 1}, quantized_ops=("Gather",)),
+    Case("gather_one_element", plain("Gather", ["x", "i"], {"i": np.array([3], np.int64)},
+                                     axis=1), X8, {"STRIDED_SLICE": 1},
+         quantized_ops=("Gather",)),
+    # attention on [N, heads, L, d]: q, k, v from one [3, ...] tensor, (q @ k^T) @ v in NCHW
+    # order (the TRANSPOSEs between merge: k's into one, the others cancel). Without the
+    # softmax between (softmax_rank4_last_axis): its one step is many after the product
+    Case("attention_rank4", lambda: (
+        [*(helper.make_node("Gather", ["x", name], [name[0]], axis=0)
+           for name in ("q0", "k1", "v2")),
+         helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+         helper.make_node("MatMul", ["q", "kt"], ["s"]), node("MatMul", ["s", "v"])],
+        {"q0": np.array(0, np.int64), "k1": np.array(1, np.int64),
+         "v2": np.array(2, np.int64)}),
+         {"x": (3, 1, 2, 6, 4)}, {"STRIDED_SLICE": 3, "TRANSPOSE": 2, "BATCH_MATMUL": 2},
+         quantized_ops=("Gather",)),
     Case("split_channels_equal", lambda: ([helper.make_node("Split", ["x"], ["y", "rest"],
                                                             axis=1, num_outputs=2)], {}),
          X8, {"SPLIT": 1}),

@@ -60,12 +60,14 @@ LOWERS_TO: dict[object, str | None] = {
     aten.reshape.default: "RESHAPE", aten.squeeze.dim: "RESHAPE", aten.squeeze.dims: "RESHAPE",
     aten.unsqueeze.default: "RESHAPE", aten.permute.default: "TRANSPOSE",
     aten.slice.Tensor: "STRIDED_SLICE", aten.transpose.int: "TRANSPOSE",
+    aten.select.int: "STRIDED_SLICE",  # x[i]: ONNX Gather of a constant index
     aten.contiguous.default: None,
     # x * s.expand_as(x): the Mul broadcasts s (`passes.constants.drop_broadcast_expands`)
     aten.expand_as.default: None, aten.expand.default: None,
     # several outputs (getitem reads each): `annotate_split`, before the single-output ones
     aten.split.Tensor: "SPLIT", aten.split_with_sizes.default: "SPLIT",
     aten.chunk.default: "SPLIT",
+    aten.unbind.int: "STRIDED_SLICE",  # ONNX Slice + Squeeze per piece
     # (values, indices): a max over dims, a global adaptive max pool (a non-global one
     # exports as MaxPool, "same" too); x.amax has one output
     aten.max.dim: "REDUCE_MAX", aten.adaptive_max_pool2d.default: "REDUCE_MAX",
@@ -343,7 +345,7 @@ def annotate_own_output(gm: GraphModule, specs: Specs) -> None:
 SPLIT_OPS = (aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default)
 #: ops whose float outputs are read by getitem: split's pieces, a max's values (its indices
 #: are integers, not quantized)
-TUPLE_OPS = SPLIT_OPS + (aten.max.dim, aten.adaptive_max_pool2d.default)
+TUPLE_OPS = SPLIT_OPS + (aten.unbind.int, aten.max.dim, aten.adaptive_max_pool2d.default)
 
 
 #: x ** c with a Python number c: its builtin depends on c (`annotate_pow`)
@@ -389,10 +391,10 @@ def annotate_float_islands(gm: GraphModule, specs: Specs) -> None:
 
 @annotator("split")
 def annotate_split(gm: GraphModule, specs: Specs) -> None:
-    """split / chunk (ShuffleNetV2's channel split), max over dims / adaptive max pool
-    (CBAM): the input quantized, and each float piece (a getitem of the tuple) shares the
-    input's quantization, as TFLite SPLIT and REDUCE_MAX copy; a max's indices are not
-    quantized."""
+    """split / chunk (ShuffleNetV2's channel split), unbind (attention's q, k, v), max over
+    dims / adaptive max pool (CBAM): the input quantized, and each float piece (a getitem
+    of the tuple) shares the input's quantization, as TFLite SPLIT, STRIDED_SLICE and
+    REDUCE_MAX copy; a max's indices are not quantized."""
     for node in candidates(gm, TUPLE_OPS):
         x = node.args[0]
         annotate(node, {x: specs.activation})

@@ -8,7 +8,7 @@ import numpy as np
 
 from edgecnn.export.tflite.builtins import int16_kernels_text
 from edgecnn.export.tflite.graph import Quant
-from edgecnn.export.tflite.layouts import axis_layout, elementwise_layout
+from edgecnn.export.tflite.layouts import elementwise_layout, softmax_layout
 from edgecnn.export.tflite.ops.base import Lowering, register
 from edgecnn.qmath import hardswish_gate_steps
 
@@ -179,17 +179,18 @@ def _last_axis(ctx: Lowering, axis: int) -> None:
                        f"axis is supported")
 
 
-@register("Softmax", layout=axis_layout)
+@register("Softmax", layout=softmax_layout)
 def lower_softmax(ctx: Lowering, *, axis: int = -1) -> None:
     """softmax over the last axis -> SOFTMAX (beta 1). int8 output is (1/256, -128).
 
-    The layout pass has already remapped `axis` to NHWC.
+    The layout pass has already remapped `axis` to NHWC (over channels), or kept a rank-4
+    tensor in NCHW order for another axis (`softmax_layout`).
     """
     _last_axis(ctx, axis)
     _unary(ctx, "SOFTMAX", beta=1.0)
 
 
-@register("LogSoftmax", layout=axis_layout)
+@register("LogSoftmax", layout=softmax_layout)
 def lower_logsoftmax(ctx: Lowering, *, axis: int = -1) -> None:
     """log(softmax(x)) over the last axis -> LOG_SOFTMAX. int8 output is (16/256, 127)."""
     _last_axis(ctx, axis)
