@@ -57,6 +57,9 @@ class Case:
     #: leaves the inside of one aten op that ONNX writes as two (rsqrt: Sqrt -> Reciprocal)
     float_tensors: tuple[str, ...] = ()
     quantized_ops: tuple[str, ...] = ()  # op types quantized here beyond QDQ_OPS
+    #: keep a Relu / Clip after a quantized producer (quantize_static folds it into the
+    #: producer's range otherwise): its input and output quantized
+    keep_activations: bool = False
 
     def model(self) -> onnx.ModelProto:
         nodes, inits = self.nodes()
@@ -256,6 +259,20 @@ CASES = [
     Case("min_two_inputs", plain("Min", ["a", "b"]), {"a": (1, 8, 6, 6), "b": (1, 8, 6, 6)},
          {"MINIMUM": 1}, input_scale={"b": 2.0}, quantized_ops=("Min",),
          qdq_ops={"MINIMUM": 1, "QUANTIZE": 2}),
+    # clip with bounds no activation has (torch's clamp(min=0.5), clamp(max=1), clamp(-2, 2)):
+    # MAXIMUM / MINIMUM with the bounds on the output's grid; after an Add, which
+    # quantize_static quantizes (it leaves a clip alone float), kept with its own output
+    # parameters: the ADD writes them (align_same_scale retargets it), no QUANTIZE
+    *(Case(f"clip_{name}", lambda lo=lo, hi=hi: (
+        [helper.make_node("Add", ["a", "b"], ["s"]),
+         node("Clip", ["s", "lo" if lo is not None else "", *(["hi"] if hi is not None else [])])],
+        {**({"lo": np.float32(lo)} if lo is not None else {}),
+         **({"hi": np.float32(hi)} if hi is not None else {})}),
+           {"a": (1, 8, 6, 6), "b": (1, 8, 6, 6)}, {"ADD": 1, **ops}, input_scale={"b": 2.0},
+           keep_activations=True)
+      for name, lo, hi, ops in (("low", 0.5, None, {"MAXIMUM": 1}),
+                                ("high", None, 1.0, {"MINIMUM": 1}),
+                                ("both", -2.0, 2.0, {"MAXIMUM": 1, "MINIMUM": 1}))),
     Case("prelu_channels", plain("PRelu", ["x", "slope"], {"slope": _w(8, 1, 1)}), X8,
          {"PRELU": 1}),
     Case("hardsigmoid_torch", plain("HardSigmoid", ["x"], alpha=1 / 6, beta=0.5), X8,
@@ -491,7 +508,9 @@ def quantize(case: Case) -> onnx.ModelProto:
                             per_channel=True, activation_type=QuantType.QInt8,
                             weight_type=QuantType.QInt8,
                             op_types_to_quantize=QDQ_OPS + list(case.quantized_ops),
-                            extra_options={"ForceQuantizeNoInputCheck": True})
+                            extra_options={"ForceQuantizeNoInputCheck": True,
+                                           "QDQKeepRemovableActivations":
+                                               case.keep_activations})
             model = onnx.load(out)
             for tensor in case.float_tensors:
                 _drop_qdq(model, tensor)

@@ -22,7 +22,7 @@ from torchao.quantization.pt2e.quantizer import (
 )
 
 from edgecnn.export.tflite.builtins import BUILTINS
-from edgecnn.export.tflite.ops.elementwise import pow_builtin
+from edgecnn.export.tflite.ops.elementwise import CLIP_BUILTINS, clip_builtins, pow_builtin
 from edgecnn.quant.graph import DROPOUT_OPS, calls
 from edgecnn.quant.spec import Specs
 
@@ -39,9 +39,9 @@ RELU6_OPS = (aten.relu6.default,)  # F.relu6; nn.ReLU6 is hardtanh(0, 6)
 HARDTANH_OPS = (aten.hardtanh.default,)
 FUSED_HARDTANH_BOUNDS = ((0.0, 6.0), (-1.0, 1.0))
 #: clamp(min=0) exports as Max(x, 0) -> RELU, clamp(0, 6) / (-1, 1) as Clip -> RELU6 /
-#: RELU_N1_TO_1: fusable as relu / hardtanh are
+#: RELU_N1_TO_1: fusable as relu / hardtanh are; other bounds: `annotate_clamp`
 CLAMP_OPS = (aten.clamp.default,)
-FUSED_CLAMP_BOUNDS = ((0.0, None), *FUSED_HARDTANH_BOUNDS)
+FUSED_CLAMP_BOUNDS = tuple(CLIP_BUILTINS)
 ADD_OPS = (aten.add.Tensor,)
 MUL_OPS = (aten.mul.Tensor,)
 #: with a scalar operand these become MUL / ADD / SUB by a constant (`annotate_binary`)
@@ -99,7 +99,7 @@ LOWERS_TO: dict[object, str | None] = {
     # in TFLite, `passes.fusions.fuse_rsqrt`)
     aten.exp.default: "EXP", aten.rsqrt.default: "RSQRT",
     aten.abs.default: "ABS", aten.elu.default: "ELU",  # own output scale too (ELU: alpha 1)
-    aten.clamp.default: "RELU",  # (0, None); Max(x, c) for another c: MAXIMUM, requantized
+    aten.clamp.default: "RELU",  # (0, None); other bounds: MAXIMUM / MINIMUM, annotate_clamp
 }
 
 
@@ -179,10 +179,15 @@ def is_fusable_activation(node: Node | None) -> bool:
         high = float(node.args[2]) if len(node.args) > 2 else 1.0
         return (low, high) in FUSED_HARDTANH_BOUNDS
     if calls(node, CLAMP_OPS):
-        bounds = [*node.args[1:3], None, None][:2]
-        bounds = [node.kwargs.get(k, b) for k, b in zip(("min", "max"), bounds, strict=True)]
-        return tuple(None if b is None else float(b) for b in bounds) in FUSED_CLAMP_BOUNDS
+        return clamp_bounds(node) in FUSED_CLAMP_BOUNDS
     return False
+
+
+def clamp_bounds(node: Node) -> tuple[float | None, float | None]:
+    """A clamp node's (min, max), None for an open bound."""
+    bounds = [*node.args[1:3], None, None][:2]
+    bounds = [node.kwargs.get(k, b) for k, b in zip(("min", "max"), bounds, strict=True)]
+    return tuple(None if b is None else float(b) for b in bounds)
 
 
 def fuse_activation(node: Node) -> tuple[Node, list[Node]]:
@@ -333,6 +338,18 @@ def annotate_fixed_output(gm: GraphModule, specs: Specs) -> None:
     TANH 1/128 and 0, for int8; the builtin records of `export.tflite.builtins`)."""
     for node in candidates(gm, tuple(FIXED_OUTPUT_OPS)):
         annotate(node, {node.args[0]: specs.activation}, specs.fixed[FIXED_OUTPUT_OPS[node.target]])
+
+
+@annotator("clamp")
+def annotate_clamp(gm: GraphModule, specs: Specs) -> None:
+    """clamp with bounds no activation builtin has (clamp(min=0.5), clamp(-2, 2)): the
+    converter's MAXIMUM / MINIMUM with constants (`clip_builtins`), which copy the winner,
+    so the output shares the input's quantization and the int8 ONNX and the .tflite clip on
+    one grid, exactly. Fusable bounds are the conv / own-output annotators'."""
+    for node in candidates(gm, CLAMP_OPS):
+        if all(BUILTINS.get(b).int8 == "same" for b in clip_builtins(*clamp_bounds(node))):
+            x = node.args[0]
+            annotate(node, {x: specs.activation}, SharedQuantizationSpec((x, node)))
 
 
 @annotator("own_output")
