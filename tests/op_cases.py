@@ -57,6 +57,9 @@ class Case:
     #: leaves the inside of one aten op that ONNX writes as two (rsqrt: Sqrt -> Reciprocal)
     float_tensors: tuple[str, ...] = ()
     quantized_ops: tuple[str, ...] = ()  # op types quantized here beyond QDQ_OPS
+    #: keep a Relu / Clip after a quantized producer (quantize_static folds it into the
+    #: producer's range otherwise): its input and output quantized
+    keep_activations: bool = False
 
     def model(self) -> onnx.ModelProto:
         nodes, inits = self.nodes()
@@ -219,6 +222,9 @@ CASES = [
          input_scale={"x": 2.0}, qdq_ops={"SOFTMAX": 1, "QUANTIZE": 1}),
     Case("softmax_channels", plain("Softmax", ["x"], axis=1), X8, {"SOFTMAX": 1},
          qdq_ops={"SOFTMAX": 1, "QUANTIZE": 1}),
+    Case("softmax_rank4_last_axis", plain("Softmax", ["x"]), {"x": (1, 2, 6, 6)},
+         {"SOFTMAX": 1, "TRANSPOSE": 2}, input_scale={"x": 2.0},
+         qdq_ops={"SOFTMAX": 1, "TRANSPOSE": 2, "QUANTIZE": 1}),  # attention's scores
     Case("log_softmax", plain("LogSoftmax", ["x"]), {"x": (2, 10)}, {"LOG_SOFTMAX": 1},
          input_scale={"x": 2.0}, qdq="quantize_static has no QDQ rule for LogSoftmax; "
          "test_int8_correctness runs it in int8 from edgecnn's quantizer"),
@@ -253,6 +259,20 @@ CASES = [
     Case("min_two_inputs", plain("Min", ["a", "b"]), {"a": (1, 8, 6, 6), "b": (1, 8, 6, 6)},
          {"MINIMUM": 1}, input_scale={"b": 2.0}, quantized_ops=("Min",),
          qdq_ops={"MINIMUM": 1, "QUANTIZE": 2}),
+    # clip with bounds no activation has (torch's clamp(min=0.5), clamp(max=1), clamp(-2, 2)):
+    # MAXIMUM / MINIMUM with the bounds on the output's grid; after an Add, which
+    # quantize_static quantizes (it leaves a clip alone float), kept with its own output
+    # parameters: the ADD writes them (align_same_scale retargets it), no QUANTIZE
+    *(Case(f"clip_{name}", lambda lo=lo, hi=hi: (
+        [helper.make_node("Add", ["a", "b"], ["s"]),
+         node("Clip", ["s", "lo" if lo is not None else "", *(["hi"] if hi is not None else [])])],
+        {**({"lo": np.float32(lo)} if lo is not None else {}),
+         **({"hi": np.float32(hi)} if hi is not None else {})}),
+           {"a": (1, 8, 6, 6), "b": (1, 8, 6, 6)}, {"ADD": 1, **ops}, input_scale={"b": 2.0},
+           keep_activations=True)
+      for name, lo, hi, ops in (("low", 0.5, None, {"MAXIMUM": 1}),
+                                ("high", None, 1.0, {"MINIMUM": 1}),
+                                ("both", -2.0, 2.0, {"MAXIMUM": 1, "MINIMUM": 1}))),
     Case("prelu_channels", plain("PRelu", ["x", "slope"], {"slope": _w(8, 1, 1)}), X8,
          {"PRELU": 1}),
     Case("hardsigmoid_torch", plain("HardSigmoid", ["x"], alpha=1 / 6, beta=0.5), X8,
@@ -274,6 +294,35 @@ CASES = [
                                        "axes": np.array([-1, 2], np.int64),
                                        "steps": np.array([1, 2], np.int64)}), X8,
          {"STRIDED_SLICE": 1}),
+    # x[i] (torch's select) -> one STRIDED_SLICE (shrink_axis_mask drops the axis): a class
+    # token, a channel of an NHWC tensor, attention's q of [3, N, heads, L, d] (rank 4 out:
+    # a TRANSPOSE to NHWC), a row (NCHW order: a TRANSPOSE in), a one-element index
+    Case("gather_class_token", plain("Gather", ["x", "i"], {"i": np.array(0, np.int64)},
+                                     axis=1), {"x": (1, 6, 8)}, {"STRIDED_SLICE": 1},
+         quantized_ops=("Gather",)),
+    Case("gather_channel_negative", plain("Gather", ["x", "i"], {"i": np.array(-1, np.int64)},
+                                          axis=1), X8, {"STRIDED_SLICE": 1},
+         quantized_ops=("Gather",)),
+    Case("gather_qkv", plain("Gather", ["x", "i"], {"i": np.array(1, np.int64)}),
+         {"x": (3, 1, 2, 6, 4)}, {"STRIDED_SLICE": 1, "TRANSPOSE": 1},
+         quantized_ops=("Gather",)),
+    Case("gather_row", plain("Gather", ["x", "i"], {"i": np.array(2, np.int64)}, axis=2), X8,
+         {"TRANSPOSE": 1, "STRIDED_SLICE": 1}, quantized_ops=("Gather",)),
+    Case("gather_one_element", plain("Gather", ["x", "i"], {"i": np.array([3], np.int64)},
+                                     axis=1), X8, {"STRIDED_SLICE": 1},
+         quantized_ops=("Gather",)),
+    # attention on [N, heads, L, d]: q, k, v from one [3, ...] tensor, (q @ k^T) @ v in NCHW
+    # order (the TRANSPOSEs between merge: k's into one, the others cancel). Without the
+    # softmax between (softmax_rank4_last_axis): its one step is many after the product
+    Case("attention_rank4", lambda: (
+        [*(helper.make_node("Gather", ["x", name], [name[0]], axis=0)
+           for name in ("q0", "k1", "v2")),
+         helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+         helper.make_node("MatMul", ["q", "kt"], ["s"]), node("MatMul", ["s", "v"])],
+        {"q0": np.array(0, np.int64), "k1": np.array(1, np.int64),
+         "v2": np.array(2, np.int64)}),
+         {"x": (3, 1, 2, 6, 4)}, {"STRIDED_SLICE": 3, "TRANSPOSE": 2, "BATCH_MATMUL": 2},
+         quantized_ops=("Gather",)),
     Case("split_channels_equal", lambda: ([helper.make_node("Split", ["x"], ["y", "rest"],
                                                             axis=1, num_outputs=2)], {}),
          X8, {"SPLIT": 1}),
@@ -459,7 +508,9 @@ def quantize(case: Case) -> onnx.ModelProto:
                             per_channel=True, activation_type=QuantType.QInt8,
                             weight_type=QuantType.QInt8,
                             op_types_to_quantize=QDQ_OPS + list(case.quantized_ops),
-                            extra_options={"ForceQuantizeNoInputCheck": True})
+                            extra_options={"ForceQuantizeNoInputCheck": True,
+                                           "QDQKeepRemovableActivations":
+                                               case.keep_activations})
             model = onnx.load(out)
             for tensor in case.float_tensors:
                 _drop_qdq(model, tensor)

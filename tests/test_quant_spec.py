@@ -434,6 +434,38 @@ def test_exp_rsqrt_and_square_are_int8_other_powers_float_islands():
         assert not any(calls(u, qd.quantize_per_tensor.default) for u in node.args[:1]), node
 
 
+class WithSelects(nn.Module):
+    """clamp with bounds no activation has (MAXIMUM / MINIMUM), x[:, i] (select) and
+    unbind (STRIDED_SLICE): each copies its input's int8 values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.fc = nn.Linear(1, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        a, b = x[:, 0].clamp(min=0.5), x[:, 1].clamp(-2, 2)
+        c, d, _, _ = x.unbind(1)
+        return self.fc((a * b + c + d).mean((1, 2)).unsqueeze(1))
+
+
+def test_clamp_select_and_unbind_share_their_input_qparams():
+    """clamp(min=0.5) / clamp(-2, 2), select and unbind's pieces write their input's scale
+    and zero point: the converter's MAXIMUM / MINIMUM / STRIDED_SLICE need no QUANTIZE."""
+    x, y = toy_data(16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnquantizedOpWarning)
+        gm = quantize(WithSelects().eval(), x[:2], PTQ(calib_batches=1), train_data=(x, y))
+    shared = [*nodes(gm, aten.clamp.default), *nodes(gm, aten.select.int)]
+    assert len(shared) == 4
+    for node in shared:
+        assert input_qparams(node) == output_qparams(node), node.name
+    (unbind,) = nodes(gm, aten.unbind.int)
+    for piece in [u for u in unbind.users if u.users]:
+        assert output_qparams(piece) == input_qparams(unbind), piece.name
+
+
 def test_unknown_op_raises_when_strict():
     x = torch.randn(8, 1, 6, 6)
     with pytest.raises(EdgecnnError, match=r"^no quantization rule for 1 node\(s\): sin "

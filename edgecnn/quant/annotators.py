@@ -22,7 +22,7 @@ from torchao.quantization.pt2e.quantizer import (
 )
 
 from edgecnn.export.tflite.builtins import BUILTINS
-from edgecnn.export.tflite.ops.elementwise import pow_builtin
+from edgecnn.export.tflite.ops.elementwise import CLIP_BUILTINS, clip_builtins, pow_builtin
 from edgecnn.quant.graph import DROPOUT_OPS, calls
 from edgecnn.quant.spec import Specs
 
@@ -39,9 +39,9 @@ RELU6_OPS = (aten.relu6.default,)  # F.relu6; nn.ReLU6 is hardtanh(0, 6)
 HARDTANH_OPS = (aten.hardtanh.default,)
 FUSED_HARDTANH_BOUNDS = ((0.0, 6.0), (-1.0, 1.0))
 #: clamp(min=0) exports as Max(x, 0) -> RELU, clamp(0, 6) / (-1, 1) as Clip -> RELU6 /
-#: RELU_N1_TO_1: fusable as relu / hardtanh are
+#: RELU_N1_TO_1: fusable as relu / hardtanh are; other bounds: `annotate_clamp`
 CLAMP_OPS = (aten.clamp.default,)
-FUSED_CLAMP_BOUNDS = ((0.0, None), *FUSED_HARDTANH_BOUNDS)
+FUSED_CLAMP_BOUNDS = tuple(CLIP_BUILTINS)
 ADD_OPS = (aten.add.Tensor,)
 MUL_OPS = (aten.mul.Tensor,)
 #: with a scalar operand these become MUL / ADD / SUB by a constant (`annotate_binary`)
@@ -60,12 +60,14 @@ LOWERS_TO: dict[object, str | None] = {
     aten.reshape.default: "RESHAPE", aten.squeeze.dim: "RESHAPE", aten.squeeze.dims: "RESHAPE",
     aten.unsqueeze.default: "RESHAPE", aten.permute.default: "TRANSPOSE",
     aten.slice.Tensor: "STRIDED_SLICE", aten.transpose.int: "TRANSPOSE",
+    aten.select.int: "STRIDED_SLICE",  # x[i]: ONNX Gather of a constant index
     aten.contiguous.default: None,
     # x * s.expand_as(x): the Mul broadcasts s (`passes.constants.drop_broadcast_expands`)
     aten.expand_as.default: None, aten.expand.default: None,
     # several outputs (getitem reads each): `annotate_split`, before the single-output ones
     aten.split.Tensor: "SPLIT", aten.split_with_sizes.default: "SPLIT",
     aten.chunk.default: "SPLIT",
+    aten.unbind.int: "STRIDED_SLICE",  # ONNX Slice + Squeeze per piece
     # (values, indices): a max over dims, a global adaptive max pool (a non-global one
     # exports as MaxPool, "same" too); x.amax has one output
     aten.max.dim: "REDUCE_MAX", aten.adaptive_max_pool2d.default: "REDUCE_MAX",
@@ -97,7 +99,7 @@ LOWERS_TO: dict[object, str | None] = {
     # in TFLite, `passes.fusions.fuse_rsqrt`)
     aten.exp.default: "EXP", aten.rsqrt.default: "RSQRT",
     aten.abs.default: "ABS", aten.elu.default: "ELU",  # own output scale too (ELU: alpha 1)
-    aten.clamp.default: "RELU",  # (0, None); Max(x, c) for another c: MAXIMUM, requantized
+    aten.clamp.default: "RELU",  # (0, None); other bounds: MAXIMUM / MINIMUM, annotate_clamp
 }
 
 
@@ -177,10 +179,15 @@ def is_fusable_activation(node: Node | None) -> bool:
         high = float(node.args[2]) if len(node.args) > 2 else 1.0
         return (low, high) in FUSED_HARDTANH_BOUNDS
     if calls(node, CLAMP_OPS):
-        bounds = [*node.args[1:3], None, None][:2]
-        bounds = [node.kwargs.get(k, b) for k, b in zip(("min", "max"), bounds, strict=True)]
-        return tuple(None if b is None else float(b) for b in bounds) in FUSED_CLAMP_BOUNDS
+        return clamp_bounds(node) in FUSED_CLAMP_BOUNDS
     return False
+
+
+def clamp_bounds(node: Node) -> tuple[float | None, float | None]:
+    """A clamp node's (min, max), None for an open bound."""
+    bounds = [*node.args[1:3], None, None][:2]
+    bounds = [node.kwargs.get(k, b) for k, b in zip(("min", "max"), bounds, strict=True)]
+    return tuple(None if b is None else float(b) for b in bounds)
 
 
 def fuse_activation(node: Node) -> tuple[Node, list[Node]]:
@@ -333,6 +340,18 @@ def annotate_fixed_output(gm: GraphModule, specs: Specs) -> None:
         annotate(node, {node.args[0]: specs.activation}, specs.fixed[FIXED_OUTPUT_OPS[node.target]])
 
 
+@annotator("clamp")
+def annotate_clamp(gm: GraphModule, specs: Specs) -> None:
+    """clamp with bounds no activation builtin has (clamp(min=0.5), clamp(-2, 2)): the
+    converter's MAXIMUM / MINIMUM with constants (`clip_builtins`), which copy the winner,
+    so the output shares the input's quantization and the int8 ONNX and the .tflite clip on
+    one grid, exactly. Fusable bounds are the conv / own-output annotators'."""
+    for node in candidates(gm, CLAMP_OPS):
+        if all(BUILTINS.get(b).int8 == "same" for b in clip_builtins(*clamp_bounds(node))):
+            x = node.args[0]
+            annotate(node, {x: specs.activation}, SharedQuantizationSpec((x, node)))
+
+
 @annotator("own_output")
 def annotate_own_output(gm: GraphModule, specs: Specs) -> None:
     """hardswish, and relu/relu6 not fused into a producer: input and output quantized."""
@@ -343,7 +362,7 @@ def annotate_own_output(gm: GraphModule, specs: Specs) -> None:
 SPLIT_OPS = (aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default)
 #: ops whose float outputs are read by getitem: split's pieces, a max's values (its indices
 #: are integers, not quantized)
-TUPLE_OPS = SPLIT_OPS + (aten.max.dim, aten.adaptive_max_pool2d.default)
+TUPLE_OPS = SPLIT_OPS + (aten.unbind.int, aten.max.dim, aten.adaptive_max_pool2d.default)
 
 
 #: x ** c with a Python number c: its builtin depends on c (`annotate_pow`)
@@ -389,10 +408,10 @@ def annotate_float_islands(gm: GraphModule, specs: Specs) -> None:
 
 @annotator("split")
 def annotate_split(gm: GraphModule, specs: Specs) -> None:
-    """split / chunk (ShuffleNetV2's channel split), max over dims / adaptive max pool
-    (CBAM): the input quantized, and each float piece (a getitem of the tuple) shares the
-    input's quantization, as TFLite SPLIT and REDUCE_MAX copy; a max's indices are not
-    quantized."""
+    """split / chunk (ShuffleNetV2's channel split), unbind (attention's q, k, v), max over
+    dims / adaptive max pool (CBAM): the input quantized, and each float piece (a getitem
+    of the tuple) shares the input's quantization, as TFLite SPLIT, STRIDED_SLICE and
+    REDUCE_MAX copy; a max's indices are not quantized."""
     for node in candidates(gm, TUPLE_OPS):
         x = node.args[0]
         annotate(node, {x: specs.activation})

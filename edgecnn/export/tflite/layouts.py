@@ -88,6 +88,15 @@ def axis_layout(graph: Graph, op: Op) -> list[Op]:
     return [op]
 
 
+def softmax_layout(graph: Graph, op: Op) -> list[Op]:
+    """Softmax / LogSoftmax of a rank-4 tensor over channels: the NHWC last axis
+    (`axis_layout`); over another axis (attention's scores over the keys, [N, heads, L, L])
+    in NCHW element order, as a reshape."""
+    if graph.tensor(op.outputs[0]).rank == 4 and op.attrs.get("axis", -1) % 4 != 1:
+        return _in_nchw_order(graph, op)
+    return axis_layout(graph, op)
+
+
 def reduce_layout(graph: Graph, op: Op) -> list[Op]:
     """ReduceMean & co: axes (attribute or constant input) become an NHWC `axes` attribute."""
     x, y = graph.tensor(op.inputs[0]), graph.tensor(op.outputs[0])
@@ -182,20 +191,50 @@ def _transpose(graph: Graph, op: Op, src: str, dst: str, perm: tuple[int, ...]) 
     return Op("TRANSPOSE", [src, perm_name], [dst], name=op.name, domain="tflite")
 
 
-def reshape_layout(graph: Graph, op: Op) -> list[Op]:
-    """A reshape reads and writes NCHW element order; transpose only when the orders differ."""
+def _in_nchw_order(graph: Graph, op: Op, inputs: tuple[int, ...] = (0,)) -> list[Op]:
+    """`op` reads its rank-4 `inputs` and writes its rank-4 output in NCHW element order:
+    a TRANSPOSE before / after each whose NHWC order differs."""
     before: list[Op] = []
     after: list[Op] = []
-    x, y = graph.tensor(op.inputs[0]), graph.tensor(op.outputs[0])
-    if x.rank == 4 and not _same_memory(x.shape):
-        staged = graph.add_tensor(f"{x.name}_nchw", nchw(x.shape), x.dtype, quant=x.quant)
-        before.append(_transpose(graph, op, x.name, staged, TO_NCHW))
-        op.inputs[0] = staged
+    for i in inputs:
+        x = graph.tensor(op.inputs[i])
+        if x.rank == 4 and not x.is_const and not _same_memory(x.shape):
+            staged = graph.add_tensor(f"{x.name}_nchw", nchw(x.shape), x.dtype, quant=x.quant)
+            before.append(_transpose(graph, op, x.name, staged, TO_NCHW))
+            op.inputs[i] = staged
+    y = graph.tensor(op.outputs[0])
     if y.rank == 4 and not _same_memory(y.shape):
         staged = graph.add_tensor(f"{y.name}_nchw", nchw(y.shape), y.dtype, quant=y.quant)
         after.append(_transpose(graph, op, staged, y.name, TO_NHWC))
         op.outputs[0] = staged
     return [*before, op, *after]
+
+
+def reshape_layout(graph: Graph, op: Op) -> list[Op]:
+    """A reshape reads and writes NCHW element order; transpose only when the orders differ."""
+    return _in_nchw_order(graph, op)
+
+
+def gather_layout(graph: Graph, op: Op) -> list[Op]:
+    """Gather of a constant index. From a rank-4 input along channels (x[:, 0]: the NHWC
+    result drops the last axis, the rank-3 [N, H, W] order) or keeping rank 4 (a one-element
+    index): `axis` becomes the NHWC axis. Any other rank-4 input or output (qkv[0] of
+    attention's [3, N, heads, L, d]) is read / written in NCHW element order, as a reshape."""
+    x, y = graph.tensor(op.inputs[0]), graph.tensor(op.outputs[0])
+    axis = op.attrs.get("axis", 0) % x.rank
+    if x.rank == 4 and (y.rank == 4 or axis == 1):
+        op.attrs["axis"] = NHWC_AXIS[axis]
+        return [op]
+    return _in_nchw_order(graph, op)
+
+
+def matmul_layout(graph: Graph, op: Op) -> list[Op]:
+    """A product of two rank-4 activations (attention's [N, heads, L, d] @ [N, heads, d, L])
+    multiplies the last two NCHW axes: both inputs and the output in NCHW element order."""
+    a, b = (graph.tensor(name) for name in op.inputs[:2])
+    if a.rank == 4 and b.rank == 4 and not b.is_const:
+        return _in_nchw_order(graph, op, (0, 1))
+    return [op]
 
 
 def check_perm(op: Op, perm: list[int], rank: int) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 
 from edgecnn.export.tflite.builtins import int16_kernels_text
 from edgecnn.export.tflite.graph import Quant
-from edgecnn.export.tflite.layouts import axis_layout, elementwise_layout
+from edgecnn.export.tflite.layouts import elementwise_layout, softmax_layout
 from edgecnn.export.tflite.ops.base import Lowering, register
 from edgecnn.qmath import hardswish_gate_steps
 
@@ -78,11 +78,25 @@ def lower_min(ctx: Lowering) -> None:
 CLIP_BUILTINS = {(0.0, 6.0): "RELU6", (0.0, None): "RELU", (-1.0, 1.0): "RELU_N1_TO_1"}
 
 
+def clip_builtins(low: float | None, high: float | None) -> list[str]:
+    """The builtins clip(x, low, high) lowers to (None: an open bound): the activation of
+    `CLIP_BUILTINS`, else MAXIMUM with the low bound then MINIMUM with the high one (the
+    quantizer's `annotate_clamp` reads their int8 contract)."""
+    if (low, high) in CLIP_BUILTINS:
+        return [CLIP_BUILTINS[low, high]]
+    return [name for name, bound in (("MAXIMUM", low), ("MINIMUM", high)) if bound is not None]
+
+
 @register("Clip", propagates="forward")
 def lower_clip(ctx: Lowering, *, min: float | None = None, max: float | None = None) -> None:
-    """clip(x, min, max) for (0, 6), (0, inf) and (-1, 1) -> RELU6, RELU, RELU_N1_TO_1.
+    """clip(x, min, max) for (0, 6), (0, inf) and (-1, 1) -> RELU6, RELU, RELU_N1_TO_1; for
+    other bounds (torch's clamp(min=0.5), clamp(-2, 2)) MAXIMUM and / or MINIMUM with a
+    constant (`clip_builtins`). int8: MAXIMUM / MINIMUM copy the winner, the bound quantized
+    on the output's grid (`align_same_scale`), so a clip whose input and output share
+    parameters (edgecnn's quantizer) rounds nothing: exact.
 
-    Bounds come from constant inputs (opset >= 11) or attributes.
+    Bounds come from constant inputs (opset >= 11) or attributes. Raises EdgecnnError naming
+    the node for a bound that is not a scalar constant, or no bound.
     """
     bounds = []
     for index, attr in ((1, min), (2, max)):
@@ -91,11 +105,19 @@ def lower_clip(ctx: Lowering, *, min: float | None = None, max: float | None = N
             raise ctx.fail("clip bounds must be scalar constants")
         value = float(tensor.data.reshape(-1)[0]) if tensor is not None else attr
         bounds.append(None if value is None or math.isinf(value) else value)
-    builtin = CLIP_BUILTINS.get(tuple(bounds))
-    if builtin is None:
-        raise ctx.fail(f"clip bounds {tuple(bounds)} are not supported; supported: "
-                       f"{', '.join(str(b) for b in CLIP_BUILTINS)}")
-    _unary(ctx, builtin)
+    builtins = clip_builtins(*bounds)
+    if not builtins:
+        raise ctx.fail("a clip without bounds is not supported")
+    if builtins[0] in CLIP_BUILTINS.values():
+        _unary(ctx, builtins[0])
+        return
+    y, x = ctx.output(), ctx.input(0).name
+    for i, (builtin, bound) in enumerate(zip(builtins, [b for b in bounds if b is not None],
+                                             strict=True)):
+        out = y.name if i == len(builtins) - 1 else ctx.like("clip_low", y, y.shape)
+        const = ctx.graph.add_const(f"{ctx.op.name}_{builtin.lower()}", np.float32(bound))
+        ctx.emit(builtin, [x, const], [out])
+        x = out
 
 
 @register("Sigmoid")
@@ -179,17 +201,18 @@ def _last_axis(ctx: Lowering, axis: int) -> None:
                        f"axis is supported")
 
 
-@register("Softmax", layout=axis_layout)
+@register("Softmax", layout=softmax_layout)
 def lower_softmax(ctx: Lowering, *, axis: int = -1) -> None:
     """softmax over the last axis -> SOFTMAX (beta 1). int8 output is (1/256, -128).
 
-    The layout pass has already remapped `axis` to NHWC.
+    The layout pass has already remapped `axis` to NHWC (over channels), or kept a rank-4
+    tensor in NCHW order for another axis (`softmax_layout`).
     """
     _last_axis(ctx, axis)
     _unary(ctx, "SOFTMAX", beta=1.0)
 
 
-@register("LogSoftmax", layout=axis_layout)
+@register("LogSoftmax", layout=softmax_layout)
 def lower_logsoftmax(ctx: Lowering, *, axis: int = -1) -> None:
     """log(softmax(x)) over the last axis -> LOG_SOFTMAX. int8 output is (16/256, 127)."""
     _last_axis(ctx, axis)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgecnn.export.tflite.graph import Quant, Tensor
+from edgecnn.export.tflite.layouts import matmul_layout
 from edgecnn.export.tflite.ops.base import Lowering, register
 from edgecnn.export.tflite.ops.conv import bias_input
 
@@ -46,21 +47,21 @@ def lower_gemm(ctx: Lowering, *, alpha: float = 1.0, beta: float = 1.0, transA: 
              fused_activation_function="NONE", keep_num_dims=False)
 
 
-@register("MatMul")
+@register("MatMul", layout=matmul_layout)
 def lower_matmul(ctx: Lowering) -> None:
     """Y = A @ B [+ C]. B a constant [K, N] -> FULLY_CONNECTED (keep_num_dims for rank > 2;
     C, a bias `passes.fusions.fuse_matmul_bias` folded in from the Add after it);
-    B an activation (a global-context block's attention pooling, [N, C, HW] @ [N, HW, 1])
-    -> BATCH_MATMUL over A and B of equal rank 2 or 3 (rank-4 activations are stored
-    NHWC, whose last two axes are not the matrices').
+    B an activation (a global-context block's attention pooling, [N, C, HW] @ [N, HW, 1];
+    attention's [N, heads, L, d] @ [N, heads, d, L], read in NCHW order: `matmul_layout`)
+    -> BATCH_MATMUL over A and B of equal rank 2, 3 or 4.
 
     int8: BATCH_MATMUL's inputs and output each keep their own parameters (version 2).
     """
     a, b, y = ctx.input(0), ctx.input(1), ctx.output()
     if b is not None and not b.is_const:
-        if a.rank != b.rank or a.rank not in (2, 3):
+        if a.rank != b.rank or a.rank not in (2, 3, 4):
             raise ctx.fail(f"a product of two activations of ranks {a.rank} and {b.rank}; "
-                           f"supported: both of rank 2 or 3")
+                           f"supported: both of rank 2, 3 or 4")
         ctx.emit("BATCH_MATMUL", [a.name, b.name], [y.name], adj_x=False, adj_y=False,
                  asymmetric_quantize_inputs=False)
         return

@@ -1,4 +1,5 @@
-"""Data movement: reshapes -> RESHAPE, Concat -> CONCATENATION, Split, Transpose, Slice."""
+"""Data movement: reshapes -> RESHAPE, Concat -> CONCATENATION, Split, Transpose, Slice,
+Gather."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 from edgecnn.export.tflite.layouts import (
     axis_layout,
     check_perm,
+    gather_layout,
     reshape_layout,
     slice_layout,
     transpose_layout,
@@ -118,6 +120,30 @@ def lower_slice(ctx: Lowering) -> None:
     ctx.emit("STRIDED_SLICE", [x.name, ctx.int32("begin", begin), ctx.int32("end", end),
                                ctx.int32("strides", stride)], [ctx.output().name],
              begin_mask=0, end_mask=0, ellipsis_mask=0, new_axis_mask=0, shrink_axis_mask=0)
+
+
+@register("Gather", layout=gather_layout, propagates="both")
+def lower_gather(ctx: Lowering, *, axis: int = 0) -> None:
+    """x[i] along `axis` with a constant scalar index (torch's select: attention's qkv[0],
+    a class token x[:, 0]; the axis dropped, shrink_axis_mask) or a one-element index (the
+    axis kept) -> one STRIDED_SLICE. A negative index counts from the end. int8: the output
+    shares the input's parameters. Raises EdgecnnError naming the node for any other index
+    (an embedding lookup)."""
+    x, index = ctx.input(0), ctx.const(1)
+    if index is None or index.size != 1 or index.ndim > 1:
+        raise ctx.fail("only a constant scalar or one-element index is supported "
+                       "(torch's x[i] / select)")
+    axis %= x.rank
+    size, i = x.shape[axis], int(index.reshape(-1)[0])
+    if not -size <= i < size:
+        raise ctx.fail(f"index {i} is out of range for axis {axis} of size {size}")
+    begin, end = [0] * x.rank, list(x.shape)
+    begin[axis] = i % size
+    end[axis] = begin[axis] + 1
+    ctx.emit("STRIDED_SLICE", [x.name, ctx.int32("begin", begin), ctx.int32("end", end),
+                               ctx.int32("strides", [1] * x.rank)], [ctx.output().name],
+             begin_mask=0, end_mask=0, ellipsis_mask=0, new_axis_mask=0,
+             shrink_axis_mask=(1 << axis) if ctx.output().rank < x.rank else 0)
 
 
 @register("Expand")

@@ -28,9 +28,9 @@ from edgecnn.export.tflite.passes.quantization import (
     set_int16_options,
 )
 from edgecnn.export.tflite.passes.reshapes import (
-    cancel_inverse_transposes,
     fold_channel_shuffles,
     fold_reshapes,
+    merge_transposes,
 )
 from edgecnn.export.tflite.passes.sequence import lift_conv1d
 
@@ -54,7 +54,7 @@ TFLITE_PASSES = (
     mark_float_layers,   # conv / FC with float weights in a model that declares float layers
     fold_channel_shuffles,  # NCHW group reshape -> transpose -> reshape, kept NHWC
     fold_reshapes,       # RESHAPE chains -> one; no-op reshapes dropped
-    cancel_inverse_transposes,  # TRANSPOSE then its inverse -> nothing
+    merge_transposes,    # TRANSPOSE then TRANSPOSE -> one, or nothing when inverse
     fuse_rsqrt,          # SQRT -> DIV(1, .) over a float tensor -> RSQRT (int8 kernel)
     fuse_activations,    # RELU / RELU6 into the producer, when exact
     isolate_float_ops,   # ops a QDQ model leaves float: DEQUANTIZE / QUANTIZE around them

@@ -110,23 +110,33 @@ def fold_channel_shuffles(graph: Graph) -> None:
     graph.ops = [op for op in graph.ops if id(op) not in dropped]
 
 
-def cancel_inverse_transposes(graph: Graph) -> None:
-    """A TRANSPOSE read only by the TRANSPOSE that undoes it: both disappear (in place).
+def merge_transposes(graph: Graph) -> None:
+    """A TRANSPOSE read only by another TRANSPOSE: the two become one with the composed
+    perm, or disappear when the second undoes the first (in place).
 
-    A layout round trip left where two rank changes met and `fold_reshapes` removed the
-    reshapes between them (a [N, C, 1, L] image squeezed to a Conv1d's sequence and
-    lifted back to [N, C, 1, L])."""
+    Layout round trips: where two rank changes met and `fold_reshapes` removed the reshapes
+    between them (a [N, C, 1, L] image squeezed to a Conv1d's sequence and lifted back to
+    [N, C, 1, L]); attention's rank-4 tensors, written NHWC and read back in NCHW order
+    (`layouts.gather_layout`, `layouts.matmul_layout`), with k's transpose between."""
     outputs = set(graph.outputs)
-    consumers = graph.consumers()
-    dropped: set[int] = set()
-    for first in graph.ops:
-        if first.type != "TRANSPOSE" or id(first) in dropped:
-            continue
-        second = _sole(consumers, first.outputs[0], "TRANSPOSE", outputs)
-        p, q = _perm(graph, first), second and _perm(graph, second)
-        if not second or p is None or q is None or [p[i] for i in q] != list(range(len(p))) \
-                or second.outputs[0] in outputs:
-            continue
-        graph.replace_uses(second.outputs[0], first.inputs[0])
-        dropped.update((id(first), id(second)))
-    graph.ops = [op for op in graph.ops if id(op) not in dropped]
+    changed = True
+    while changed:
+        changed = False
+        consumers = graph.consumers()
+        for first in graph.ops:
+            if first.type != "TRANSPOSE":
+                continue
+            second = _sole(consumers, first.outputs[0], "TRANSPOSE", outputs)
+            p, q = _perm(graph, first), second and _perm(graph, second)
+            if not second or p is None or q is None:
+                continue
+            perm = [p[i] for i in q]
+            if perm == list(range(len(p))) and second.outputs[0] not in outputs:
+                graph.replace_uses(second.outputs[0], first.inputs[0])
+                graph.ops = [op for op in graph.ops if op is not first and op is not second]
+            else:
+                second.inputs = [first.inputs[0], graph.add_const(
+                    f"{second.name}_perm", np.asarray(perm, np.int32))]
+                graph.ops = [op for op in graph.ops if op is not first]
+            changed = True
+            break
