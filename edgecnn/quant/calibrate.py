@@ -57,6 +57,7 @@ def capture(model: nn.Module, example_input: torch.Tensor, *, train: bool) -> Gr
     except Exception as exc:  # noqa: BLE001 - export raises many types; name the model
         raise EdgecnnError(f"torch.export failed for {type(model).__name__}: {exc}") from exc
     gm = program.module()
+    functionalize_inplace(gm)  # first: dropout_ becomes dropout, which train / eval switch
     random = next((n for n in gm.graph.nodes if draws_random(n)), None)
     if random is not None:
         where = f" ({source_line(random)})" if source_line(random) else ""
@@ -68,7 +69,6 @@ def capture(model: nn.Module, example_input: torch.Tensor, *, train: bool) -> Gr
         raise EdgecnnError(f"node '{random.name}'{where} draws random numbers in eval mode "
                            "(torch.rand / randn_like?); edgecnn needs a deterministic model "
                            "to export")
-    functionalize_inplace(gm)
     resolve_conv_padding(gm)
     keep_shared_convs_unfolded(gm)
     return gm
