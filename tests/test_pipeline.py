@@ -189,16 +189,21 @@ def test_stage_keys_change_with_the_edgecnn_version(monkeypatch):
     assert pipeline.stage_key("mobilenet_v2", "digits", "qat", 3) != key
 
 
+def _export_user_model(factory: str, out: Path, *flags: str) -> subprocess.CompletedProcess:
+    """`edgecnn export --int8 user_models:FACTORY --data digits --out OUT FLAGS` in a child
+    process with tests/ importable."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "edgecnn", "export", "--int8",
+                           f"user_models:{factory}", "--data", "digits", "--out", str(out),
+                           *flags], capture_output=True, text=True, env=env, timeout=600)
+
+
 def test_unexportable_model_stops_before_training(tmp_path):
     """export --int8 checks the untrained model first: an op the converter cannot lower
     stops the run with the converter's one-line error, before any epoch or checkpoint."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "edgecnn", "export", "--int8",
-                             "user_models:cumulative_net", "--data", "digits", "--epochs", "3",
-                             "--out", str(out)], capture_output=True, text=True, env=env,
-                            timeout=600)
+    result = _export_user_model("cumulative_net", out, "--epochs", "3")
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "checked before training" in lines[0]
@@ -217,13 +222,8 @@ def test_random_ops_qat_cannot_switch_off_stop_before_training(tmp_path):
     from edgecnn import preflight
     from edgecnn.config import Preprocessing
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "edgecnn", "export", "--int8",
-                             "user_models:DropPathNet", "--data", "digits", "--epochs", "1",
-                             "--out", str(out)], capture_output=True, text=True, env=env,
-                            timeout=600)
+    result = _export_user_model("DropPathNet", out, "--epochs", "1")
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "(checked before training): QAT captures the model in train " \
