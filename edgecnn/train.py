@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 import time
 import traceback
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from edgecnn.errors import EdgecnnError, ParameterError, first_line
 from edgecnn.flags import check_fields
 from edgecnn.preprocess import prepare
 from edgecnn.progress import console, progress_bar
+from edgecnn.util import traced_frame
 
 OPTIMIZERS = ("adamw", "sgd")
 _NOTED: set[str] = set()  # the memory-format notes printed by this process
@@ -205,10 +205,9 @@ def _user_line(exc: BaseException, model: nn.Module) -> str:
         if frame.filename.startswith("<eval_with_key>") and isinstance(model, fx.GraphModule):
             name = (frame.line or "").split(" = ")[0].strip()
             node = next((n for n in model.graph.nodes if n.name == name), None)
-            trace = (node.meta.get("stack_trace") or "") if node is not None else ""
-            found = re.findall(r'File "([^"]+)", line (\d+).*\n\s*(.*)', trace)
-            if found:
-                return f"{Path(found[-1][0]).name}:{found[-1][1]} {found[-1][2].strip()}"
+            traced = traced_frame(node.meta.get("stack_trace") or "") if node is not None else None
+            if traced:
+                return f"{traced[0]}:{traced[1]} {traced[2]}"
         elif not frame.filename.startswith(("<", *skip)):
             return f"{Path(frame.filename).name}:{frame.lineno} {(frame.line or '').strip()}"
     return ""

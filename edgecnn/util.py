@@ -31,6 +31,13 @@ def listing(names: list[str], shown: int = SHOWN) -> str:
     return ", ".join(names[:shown]) + (f" ... {more} more" if more > 0 else "")
 
 
+def traced_frame(stack_trace: str) -> tuple[str, int, str] | None:
+    """(file name, line, code) of the innermost frame of a traceback text (an fx node's
+    `meta["stack_trace"]`: where the user's code made it), else None."""
+    found = re.findall(r'File "([^"]+)", line (\d+).*\n\s*(.*)', stack_trace or "")
+    return (Path(found[-1][0]).name, int(found[-1][1]), found[-1][2].strip()) if found else None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -60,7 +60,8 @@ def capture(model: nn.Module, example_input: torch.Tensor, *, train: bool) -> Gr
     functionalize_inplace(gm)  # first: dropout_ becomes dropout, which train / eval switch
     random = next((n for n in gm.graph.nodes if draws_random(n)), None)
     if random is not None:
-        where = f" ({source_line(random)})" if source_line(random) else ""
+        line = source_line(random)
+        where = f" ({line})" if line else ""
         if train:
             raise EdgecnnError(
                 f"QAT captures the model in train mode, where node '{random.name}'{where} "

@@ -12,17 +12,16 @@ back for tests, metrics and the exporter.
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.fx import GraphModule, Node
 
 from edgecnn.qmath import BIAS_RANGE, bias_safe_weight_scale, quantize_bias
+from edgecnn.util import traced_frame
 
 
 class BiasRangeWarning(UserWarning):
@@ -73,13 +72,13 @@ def draws_random(node: object) -> bool:
 
 def source_line(node: Node) -> str:
     """Where the user's code made `node`: its module path (`blocks.0.drop_path`), else
-    the file and line of its stack trace (`model.py:12`), else ""."""
+    the file and line of its stack trace (`model.py:12`, `util.traced_frame`), else ""."""
     stack = node.meta.get("nn_module_stack") or {}
     paths = [path for path, _ in stack.values() if path]
     if paths:
         return paths[-1]
-    found = re.findall(r'File "([^"]+)", line (\d+)', node.meta.get("stack_trace") or "")
-    return f"{Path(found[-1][0]).name}:{found[-1][1]}" if found else ""
+    frame = traced_frame(node.meta.get("stack_trace") or "")
+    return f"{frame[0]}:{frame[1]}" if frame else ""
 
 
 def constant(gm: GraphModule, node: object) -> torch.Tensor | None:
