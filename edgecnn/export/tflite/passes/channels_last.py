@@ -90,25 +90,17 @@ def _per_position(graph: Graph, op: Op) -> bool:
     return False
 
 
-def _weights(graph: Graph, op: Op) -> tuple[np.ndarray, Quant | None, Op | None] | None:
-    """A MatMul's constant B as [Cout, Cin] with its quantization (axis 0 per channel), and
-    the Transpose that made B from a quantized [Cout, Cin] constant, if one did (torch.onnx
-    writes a Linear on a rank-4 tensor as Transpose(DQ(W)) -> MatMul -> Add(bias))."""
-    name = op.inputs[1]
-    data, quant, transpose = graph.const(name), graph.tensor(name).quant, None
-    if data is None:
-        transpose = next((p for p in graph.ops if name in p.outputs), None)
-        if transpose is None or not _is_transpose(transpose, [1, 0]):
-            return None
-        data, quant = graph.const(transpose.inputs[0]), graph.tensor(transpose.inputs[0]).quant
-        if data is None or data.ndim != 2:
-            return None
-        return data, quant, transpose
-    if data.ndim != 2:
+def _weights(graph: Graph, op: Op) -> tuple[np.ndarray, Quant | None] | None:
+    """A MatMul's constant B as [Cout, Cin] with its quantization (axis 0 per channel);
+    None when B is not a rank-2 constant. (torch.onnx writes a Linear on a rank-4 tensor as
+    Transpose(DQ(W)) -> MatMul -> Add(bias): `fold_weight_transposes` and
+    `fuse_matmul_bias` have made that MatMul(x, W^T, b) by now.)"""
+    data, quant = graph.const(op.inputs[1]), graph.tensor(op.inputs[1]).quant
+    if data is None or data.ndim != 2:
         return None
     if quant is not None and quant.axis is not None:
         quant = Quant(quant.scale, quant.zero_point, 1 - quant.axis)
-    return np.ascontiguousarray(data.T), quant, None
+    return np.ascontiguousarray(data.T), quant
 
 
 def _flat_gemm(graph: Graph, first: Op, consumers: dict[str, list[Op]]) -> list[Op] | None:
@@ -165,15 +157,12 @@ def _gemm_to_conv(graph: Graph, unit: list[Op], dropped: set[int]) -> None:
     dropped.update((id(first), id(back)))
 
 
-def _matmul_to_conv(graph: Graph, op: Op, consumers: dict[str, list[Op]],
-                    dropped: set[int]) -> None:
+def _matmul_to_conv(graph: Graph, op: Op) -> None:
     """MatMul(x, B [Cin, Cout]) [+ bias C, `passes.fusions.fuse_matmul_bias` folded it in from
     the Add after it] -> Conv 1x1, weights B^T [Cout, Cin, 1, 1] (`_weights`), bias C."""
-    name = op.inputs[1]
-    weights, quant, transpose = _weights(graph, op)
-    if transpose is not None and len(consumers.get(name, [])) == 1:
-        dropped.add(id(transpose))
-    conv_weights = graph.add_const(f"{name}_conv1x1", weights[:, :, None, None], quant=quant)
+    weights, quant = _weights(graph, op)
+    conv_weights = graph.add_const(f"{op.inputs[1]}_conv1x1", weights[:, :, None, None],
+                                   quant=quant)
     _conv1x1(op, [op.inputs[0], conv_weights, *op.inputs[2:3]], list(op.outputs))
 
 
@@ -199,7 +188,7 @@ def fold_channels_last(graph: Graph) -> None:
                 op.attrs["axes"] = [1]
                 op.inputs[1:3] = [_to_axis1(graph, n) if n else n for n in op.inputs[1:3]]
             elif op.type == "MatMul":
-                _matmul_to_conv(graph, op, consumers, dropped)
+                _matmul_to_conv(graph, op)
             elif op.type == "Reshape":  # the first of a `_flat_gemm` unit
                 _gemm_to_conv(graph, inner[inner.index(op):inner.index(op) + 3], dropped)
             elif op.type in BINARY:
